@@ -1,0 +1,20 @@
+"""cnnrt: a small, fast inference runtime for convolutional networks.
+
+`import cnnrt` loads only NumPy-free stubs; everything heavy is imported on first use.
+"""
+__version__ = "0.1.0"
+
+__all__ = ["load_model", "Model", "CnnrtError", "FormatError", "__version__"]
+
+
+def __getattr__(name):
+    if name == "load_model":
+        from .formats import load_model
+        return load_model
+    if name == "Model":
+        from .model import Model
+        return Model
+    if name in ("CnnrtError", "FormatError", "BackendUnavailable"):
+        from . import errors
+        return getattr(errors, name)
+    raise AttributeError(f"module 'cnnrt' has no attribute {name!r}")

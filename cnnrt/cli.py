@@ -1,0 +1,168 @@
+"""The `cnnrt` command. Heavy modules are imported inside each command, so `--help` is instant."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import CnnrtError
+
+HERE = Path(__file__).resolve().parent
+
+
+def _default(rel: str) -> str:
+    """Shipped files: inside the package when installed, else the repository checkout."""
+    for base in (HERE / "_data", HERE.parent):
+        if (base / rel).exists():
+            return str(base / rel)
+    return str(HERE.parent / rel)
+
+
+DEFAULT_MODEL = "models/deep_mnist/deep_mnist.safetensors"
+DEFAULT_IMAGES = "data/mnist/t10k-images-idx3-ubyte.gz"
+DEFAULT_LABELS = "data/mnist/t10k-labels-idx1-ubyte.gz"
+
+
+def cmd_train(a) -> int:
+    from .train import train
+
+    train(a.images, a.labels, a.test_images, a.test_labels, a.out, epochs=a.epochs,
+          batch_size=a.batch_size, lr=a.lr, seed=a.seed)
+    return 0
+
+
+class _Progress:
+    """A one-line progress counter on stderr, only when a person is watching."""
+
+    def __init__(self, total: int, label: str):
+        self.total, self.label = total, label
+        self.on = sys.stderr.isatty() and total > 2000
+
+    def __call__(self, done: int) -> None:
+        if self.on:
+            end = "\n" if done >= self.total else ""
+            print(f"\r{self.label}: {done}/{self.total} images", end=end, file=sys.stderr, flush=True)
+
+
+def cmd_eval(a) -> int:
+    import time
+
+    import numpy as np
+
+    from . import backends
+    from .formats import load_model
+    from .idx import load_mnist
+
+    t0 = time.perf_counter()
+    model = load_model(a.model)
+    x, y = load_mnist(a.images, a.labels)
+    if a.limit is not None:
+        if a.limit < 1:
+            raise CnnrtError(f"--limit must be at least 1, got {a.limit}")
+        x, y = x[:a.limit], y[:a.limit]
+    name, note = backends.resolve(a.backend)
+    if note and not a.json:
+        print(note, file=sys.stderr)
+    runner = backends.prepare(model, name, a.precision)
+    t1 = time.perf_counter()
+    pred = runner.predict(x, batch_size=a.batch_size, progress=None if a.json else _Progress(len(x), "eval"))
+    t2 = time.perf_counter()
+    correct = int((pred == y).sum())
+    result = {
+        "images": int(len(x)),
+        "correct": correct,
+        "accuracy": correct / len(x),
+        "seconds": t2 - t1,
+        "images_per_second": len(x) / (t2 - t1),
+        "load_seconds": t1 - t0,
+        "backend": runner.backend,
+        "precision": runner.precision,
+        "batch_size": a.batch_size or runner.default_batch_size,
+        "model": str(a.model),
+    }
+    if a.json:
+        print(json.dumps(result))
+    else:
+        print(f"Model: {a.model} ({model.name}, {model.flops_per_image() / 1e6:.1f} MFLOP per image)")
+        print(f"Backend: {runner.backend}, {runner.precision}, batch size {result['batch_size']}")
+        print(f"Images: {result['images']}")
+        print(f"Time: {result['seconds']:.4g} seconds ({result['images_per_second']:,.0f} images/s; "
+              f"loading took {result['load_seconds']:.3g} s)")
+        print(f"Accuracy: {result['accuracy']:.4f} ({correct}/{len(x)})")
+    return 0
+
+
+def cmd_info(a) -> int:
+    from .formats import load_model
+
+    model = load_model(a.model)
+    print(model.summary())
+    if model.meta:
+        print(json.dumps(model.meta, indent=2))
+    return 0
+
+
+def cmd_convert(a) -> int:
+    from .formats import load_model, save_article, save_bundle
+
+    model = load_model(a.source)
+    if a.to == "article":
+        save_article(model, a.dest)
+    else:
+        save_bundle(model, a.dest)
+    print(f"wrote {a.dest} ({a.to})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cnnrt", description="A small, fast inference runtime for CNNs.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("eval", help="run a model over labelled images and report time and accuracy (the main job)")
+    e.add_argument("--model", default=_default(DEFAULT_MODEL),
+                   help="a .safetensors bundle or a directory in the article's raw format (default: the shipped Deep MNIST)")
+    e.add_argument("--images", default=_default(DEFAULT_IMAGES), help="IDX images, raw or .gz (default: MNIST test set)")
+    e.add_argument("--labels", default=_default(DEFAULT_LABELS), help="IDX labels, raw or .gz")
+    e.add_argument("--limit", type=int, default=None, help="use only the first N images (the article used 5000)")
+    e.add_argument("--backend", default="auto", help="auto (default: the GPU if usable, else numpy), numpy or cuda")
+    e.add_argument("--precision", choices=("fp32", "fp16"), default=None,
+                   help="fp32, or fp16 storage with fp32 accumulation (default: fp32 on the CPU, fp16 on the GPU)")
+    e.add_argument("--batch-size", type=int, default=None, help="images per batch (default: the backend's)")
+    e.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    e.set_defaults(func=cmd_eval)
+
+    i = sub.add_parser("info", help="describe a model file")
+    i.add_argument("model", nargs="?", default=_default(DEFAULT_MODEL))
+    i.set_defaults(func=cmd_info)
+
+    c = sub.add_parser("convert", help="convert between the bundle and the article's raw format")
+    c.add_argument("source", help="a bundle file or an article-format directory")
+    c.add_argument("dest")
+    c.add_argument("--to", choices=("bundle", "article"), required=True)
+    c.set_defaults(func=cmd_convert)
+
+    t = sub.add_parser("train", help="train the Deep MNIST net with TensorFlow/Keras and export it")
+    t.add_argument("--images", default=_default("data/mnist/train-images-idx3-ubyte.gz"))
+    t.add_argument("--labels", default=_default("data/mnist/train-labels-idx1-ubyte.gz"))
+    t.add_argument("--test-images", default=_default(DEFAULT_IMAGES))
+    t.add_argument("--test-labels", default=_default(DEFAULT_LABELS))
+    t.add_argument("--out", default="models/deep_mnist", help="output directory (default: %(default)s)")
+    t.add_argument("--epochs", type=int, default=8)
+    t.add_argument("--batch-size", type=int, default=50)
+    t.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate, cosine-decayed")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=cmd_train)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CnnrtError as e:
+        print(f"cnnrt: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cnnrt: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,186 @@
+"""Model files: the article's 8 raw float32 tensors, and our own one-file bundle.
+
+Article format: a directory holding W_conv1 b_conv1 W_conv2 b_conv2 W_fc1 b_fc1 W_fc2 b_fc2, raw
+little-endian float32 in C order, weights as [out][kh][kw][in] (W_fc1 as [1024][7][7][64], W_fc2 as
+[10][1][1][1024]). It has no header, so the byte count is the only check there is, and it is exact.
+
+Bundle: one safetensors file (tensors in the engine layout) whose metadata holds, under the key
+"cnnrt", a JSON description of the layers with a format version. A reader refuses a newer version.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FormatError
+from .model import Conv2D, Dense, MaxPool2D, Model, Softmax, deep_mnist
+
+BUNDLE_VERSION = 1
+BUNDLE_KEY = "cnnrt"
+
+# article file name -> (engine tensor name, shape in the article's file)
+ARTICLE_TENSORS = {
+    "W_conv1": ("conv1.weight", (32, 5, 5, 1)),
+    "b_conv1": ("conv1.bias", (32,)),
+    "W_conv2": ("conv2.weight", (64, 5, 5, 32)),
+    "b_conv2": ("conv2.bias", (64,)),
+    "W_fc1": ("fc1.weight", (1024, 7, 7, 64)),
+    "b_fc1": ("fc1.bias", (1024,)),
+    "W_fc2": ("fc2.weight", (10, 1, 1, 1024)),
+    "b_fc2": ("fc2.bias", (10,)),
+}
+
+
+def load_model(path: str | os.PathLike) -> Model:
+    """A bundle file or a directory in the article's format."""
+    path = Path(path)
+    if path.is_dir():
+        return load_article(path)
+    if not path.exists():
+        raise FormatError(f"{path}: no such model file or directory (expected a .safetensors bundle "
+                          f"or a directory of the article's 8 raw tensors)")
+    return load_bundle(path)
+
+
+# ---------------------------------------------------------------- article format
+
+def load_article(directory: str | os.PathLike) -> Model:
+    directory = Path(directory)
+    params = {}
+    for fname, (key, shape) in ARTICLE_TENSORS.items():
+        f = directory / fname
+        if not f.is_file():
+            raise FormatError(f"{f}: missing (an article-format model directory holds the 8 files "
+                              f"{' '.join(ARTICLE_TENSORS)})")
+        expected = 4 * int(np.prod(shape))
+        size = f.stat().st_size
+        if size != expected:
+            raise FormatError(f"{f}: holds {size} bytes, expected {expected} "
+                              f"({'x'.join(map(str, shape))} little-endian float32)")
+        t = np.fromfile(f, dtype="<f4").astype(np.float32).reshape(shape)
+        _check_finite(t, f)
+        if key.startswith("fc") and key.endswith("weight"):
+            t = t.reshape(shape[0], -1)
+        params[key] = t
+    return deep_mnist(params, name=directory.name)
+
+
+def save_article(model: Model, directory: str | os.PathLike) -> None:
+    """Write the 8 files. Only the article's own net fits this header-less format."""
+    directory = Path(directory)
+    params = model.params()
+    for fname, (key, shape) in ARTICLE_TENSORS.items():
+        t = params.get(key)
+        if t is None or t.size != int(np.prod(shape)):
+            raise FormatError(f"model {model.name!r} is not the article's Deep MNIST net "
+                              f"({key} should hold {'x'.join(map(str, shape))} values); save it as a bundle instead")
+    directory.mkdir(parents=True, exist_ok=True)
+    for fname, (key, shape) in ARTICLE_TENSORS.items():
+        np.ascontiguousarray(params[key], dtype="<f4").reshape(shape).tofile(directory / fname)
+
+
+# ---------------------------------------------------------------- bundle
+
+def _layer_json(layer) -> dict:
+    d = {"type": layer.kind, "name": layer.name}
+    if isinstance(layer, Conv2D):
+        d.update(stride=layer.stride, padding=layer.padding, activation=layer.activation)
+    elif isinstance(layer, MaxPool2D):
+        d.update(size=layer.size, stride=layer.stride, padding=layer.padding)
+    elif isinstance(layer, Dense):
+        d.update(activation=layer.activation)
+    return d
+
+
+def save_bundle(model: Model, path: str | os.PathLike) -> None:
+    from safetensors.numpy import save_file
+
+    desc = {
+        "format": "cnnrt",
+        "version": BUNDLE_VERSION,
+        "name": model.name,
+        "input": {"shape": list(model.input_shape), "scale": model.input_scale, "layout": "NHWC"},
+        "layers": [_layer_json(layer) for layer in model.layers],
+        "meta": model.meta,
+    }
+    tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in model.params().items()}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={BUNDLE_KEY: json.dumps(desc)})
+
+
+def load_bundle(path: str | os.PathLike) -> Model:
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="np") as f:
+            raw = (f.metadata() or {}).get(BUNDLE_KEY)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise FormatError(f"{path}: not a readable safetensors bundle ({e})") from None
+    if raw is None:
+        raise FormatError(f"{path}: a safetensors file without cnnrt's '{BUNDLE_KEY}' metadata "
+                          f"(not a cnnrt bundle; use an importer for other frameworks' files)")
+    try:
+        desc = json.loads(raw)
+        version = int(desc["version"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise FormatError(f"{path}: the '{BUNDLE_KEY}' metadata is not a valid cnnrt description ({e})") from None
+    if version > BUNDLE_VERSION:
+        raise FormatError(f"{path}: bundle format version {version} is newer than this cnnrt reads "
+                          f"(version {BUNDLE_VERSION}); upgrade cnnrt")
+    if version < 1:
+        raise FormatError(f"{path}: bad bundle format version {version}")
+
+    used = set()
+
+    def tensor(name: str) -> np.ndarray:
+        if name not in tensors:
+            raise FormatError(f"{path}: tensor {name!r} is missing")
+        used.add(name)
+        t = tensors[name]
+        if t.dtype != np.float32:
+            raise FormatError(f"{path}: tensor {name!r} is {t.dtype}, expected float32")
+        _check_finite(t, f"{path}: tensor {name!r}")
+        return t
+
+    layers = []
+    try:
+        for d in desc["layers"]:
+            kind, name = d["type"], d["name"]
+            if kind == "conv2d":
+                layers.append(Conv2D(name, tensor(f"{name}.weight"), tensor(f"{name}.bias"),
+                                     stride=int(d.get("stride", 1)), padding=d.get("padding", "same"),
+                                     activation=d.get("activation", "none")))
+            elif kind == "maxpool2d":
+                layers.append(MaxPool2D(name, size=int(d.get("size", 2)), stride=int(d.get("stride", 2)),
+                                        padding=d.get("padding", "same")))
+            elif kind == "dense":
+                layers.append(Dense(name, tensor(f"{name}.weight"), tensor(f"{name}.bias"),
+                                    activation=d.get("activation", "none")))
+            elif kind == "softmax":
+                layers.append(Softmax(name))
+            else:
+                raise FormatError(f"{path}: layer {name!r} has unknown type {kind!r}")
+        inp = desc["input"]
+        extra = set(tensors) - used
+        if extra:
+            raise FormatError(f"{path}: tensors {sorted(extra)} are not used by any layer")
+        model = Model(input_shape=tuple(inp["shape"]), input_scale=float(inp.get("scale", 1.0)),
+                      layers=layers, name=desc.get("name", path.stem), meta=desc.get("meta", {}))
+    except (KeyError, TypeError) as e:
+        raise FormatError(f"{path}: incomplete layer description (missing {e})") from None
+    except FormatError as e:
+        msg = str(e)
+        raise FormatError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+    return model
+
+
+def _check_finite(t: np.ndarray, where) -> None:
+    bad = ~np.isfinite(t)
+    if bad.any():
+        idx = tuple(int(v) for v in np.argwhere(bad)[0])
+        raise FormatError(f"{where}: holds {int(bad.sum())} NaN or Inf values (first at index {idx})")

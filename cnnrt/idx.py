@@ -1,0 +1,108 @@
+"""IDX files (the MNIST format), raw or gzip-compressed.
+
+The reader trusts nothing in the header: it checks the magic number and the element type, and
+reads in chunks so that a header promising 2**31 images in a 1 KB file fails fast without
+allocating what the header claims.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FormatError
+
+# type code -> big-endian dtype, as in the IDX specification
+_DTYPES = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+_CODES = {dt.newbyteorder("="): code for code, dt in _DTYPES.items()}
+_CHUNK = 1 << 20
+
+
+def _open(path: Path):
+    with open(path, "rb") as probe:
+        gz = probe.read(2) == b"\x1f\x8b"
+    return gzip.open(path, "rb") if gz else open(path, "rb")
+
+
+def _read_exact(f, n: int, path: Path, what: str) -> bytes:
+    """Read exactly n bytes in bounded chunks; fail with a clear message if the file is short."""
+    chunks, got = [], 0
+    while got < n:
+        try:
+            block = f.read(min(_CHUNK, n - got))
+        except (EOFError, OSError) as e:  # truncated or corrupt gzip stream
+            raise FormatError(f"{path}: corrupt or truncated compressed data while reading {what}: {e}") from None
+        if not block:
+            raise FormatError(
+                f"{path}: truncated: {what} needs {n} bytes but the file holds only {got}"
+            )
+        chunks.append(block)
+        got += len(block)
+    return b"".join(chunks)
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file into a native-endian array of the shape its header gives."""
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(f"{path}: no such file")
+    with _open(path) as f:
+        head = _read_exact(f, 4, path, "the 4-byte IDX magic number")
+        zero, code, ndim = struct.unpack(">HBB", head)
+        if zero != 0 or code not in _DTYPES or ndim == 0:
+            raise FormatError(
+                f"{path}: not an IDX file: magic number 0x{head.hex()} (expected 0x0000TTNN with a known "
+                f"type TT in {sorted(hex(c) for c in _DTYPES)} and NN >= 1 dimensions)"
+            )
+        dims = struct.unpack(f">{ndim}I", _read_exact(f, 4 * ndim, path, f"{ndim} dimension sizes"))
+        dtype = _DTYPES[code]
+        nbytes = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+        data = _read_exact(f, nbytes, path, f"a {'x'.join(map(str, dims))} {dtype.name} array")
+        try:
+            extra = f.read(1)
+        except (EOFError, OSError) as e:
+            raise FormatError(f"{path}: corrupt compressed data after the array: {e}") from None
+        if extra:
+            raise FormatError(f"{path}: trailing data: the header promises {nbytes} data bytes but the file holds more")
+    return np.frombuffer(data, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="), copy=False)
+
+
+def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write an array as IDX; gzip-compressed if the name ends in .gz."""
+    path = Path(path)
+    a = np.asarray(array)
+    native = a.dtype.newbyteorder("=")
+    if native not in _CODES:
+        raise FormatError(f"{path}: IDX cannot hold dtype {a.dtype} (supported: u1 i1 i2 i4 f4 f8)")
+    if a.ndim == 0 or a.ndim > 255:
+        raise FormatError(f"{path}: IDX needs 1 to 255 dimensions, got {a.ndim}")
+    head = struct.pack(">HBB", 0, _CODES[native], a.ndim) + struct.pack(f">{a.ndim}I", *a.shape)
+    body = np.ascontiguousarray(a, dtype=native.newbyteorder(">")).tobytes()
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wb") as f:
+        f.write(head + body)
+
+
+def load_mnist(images: str | os.PathLike, labels: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, rows, cols) uint8 and labels (N,) uint8, checked against each other."""
+    x = read_idx(images)
+    y = read_idx(labels)
+    if x.ndim != 3 or x.dtype != np.uint8:
+        raise FormatError(f"{images}: expected uint8 images of shape (N, rows, cols), got {x.dtype} {x.shape}")
+    if y.ndim != 1 or y.dtype != np.uint8:
+        raise FormatError(f"{labels}: expected uint8 labels of shape (N,), got {y.dtype} {y.shape}")
+    if len(x) != len(y):
+        raise FormatError(f"{images} holds {len(x)} images but {labels} holds {len(y)} labels")
+    if y.size and y.max() > 9:
+        raise FormatError(f"{labels}: label {int(y.max())} out of range 0..9")
+    return x, y
