@@ -1,26 +1,303 @@
-"""The CPU backend: NumPy only, fp32 arithmetic, fp32 or fp16 storage."""
+"""The CPU backend: NumPy only, fp32 arithmetic, fp32 or fp16 storage.
+
+`prepare` compiles the model once into a list of stages (weights re-packed, Winograd transforms of
+the weights done here, not at import):
+
+- Conv2D -> Winograd F(4x4, kxk) for stride-1 3x3 and 5x5 kernels over 8 or more channels
+  (cpu_kernels.WinogradConv), else one chunked im2col GEMM (cpu_kernels.Im2colConv: any stride
+  and padding). A following 2x2/2 max-pool over an even-sized map is fused: pool first, then bias
+  and activation on 4 times fewer values.
+- MaxPool2D that cannot be fused -> the reference op.
+- Dense -> one GEMM with the weight pre-transposed, bias and activation in place.
+- Softmax in place.
+
+Each stage writes its output straight into the next stage's input buffer (a conv's zero-bordered
+padded input, a dense layer's flat input rows), so there is one pass over memory per step and
+no allocation per call. Images go through in chunks: the convolutions per sub-chunk of a few
+images that stays in the caches, the dense layers per chunk (a GEMM needs rows to be efficient),
+and the chunks over a pool of threads, one per core (NumPy releases the GIL in every kernel),
+each thread with its own buffers and with OpenBLAS told to stay on that thread.
+
+fp16 storage rounds the weights, the input and every layer's output to float16 as
+`reference.forward(..., fp16_storage=True)` does, with float32 arithmetic.
+"""
 from __future__ import annotations
+
+import os
+import threading
 
 import numpy as np
 
-from ..model import Model
+from ..model import Conv2D, Dense, MaxPool2D, Model, Softmax
 from . import reference
-from .base import Runner
+from .base import Runner, check_images
+from .cpu_kernels import F32, BlasThreads, Im2colConv, Scratch, WinogradConv, pool_fusible
 
 NAME = "numpy"
 DEFAULT_PRECISION = "fp32"
+
+CONV_SUBCHUNK = 8  # images per pass through the conv layers: ~3 MB of Winograd buffers, in cache
+CHUNK = 128  # images per pass through the dense layers: enough rows for an efficient GEMM
+WINOGRAD_M = 4  # F(4x4, r x r): see bench/cpu_kernels.py for F(2x2) and F(3x3)
 
 
 def available() -> str | None:
     return None
 
 
+def _q16(a: np.ndarray) -> np.ndarray:
+    return a.astype(np.float16).astype(F32)
+
+
+class _Input:
+    """uint8 pixels (or float values) -> float32 in the first stage's input buffer."""
+
+    def __init__(self, model: Model, fp16: bool):
+        self.scale = F32(model.input_scale)
+        self.fp16 = fp16
+
+    def __call__(self, x: np.ndarray, out: np.ndarray) -> None:
+        """Into `out` (possibly a padded buffer's strided interior), as Runner.scaled does."""
+        if x.dtype == np.uint8:
+            np.multiply(x.reshape(out.shape), self.scale, out=out, dtype=F32)  # x.astype(f32) * f32(scale)
+        else:
+            out[...] = x.reshape(out.shape)
+        if self.fp16:
+            out[...] = out.astype(np.float16)
+
+
+class _ConvStage:
+    def __init__(self, kernel):
+        self.k = kernel
+        self.out_shape = kernel.out_shape
+
+    def target(self, s: Scratch, n: int) -> np.ndarray:
+        return self.k.interior(self.k.padded_input(s, n))
+
+    def __call__(self, a, s, out):
+        # `a` is this stage's target, already filled by the previous stage
+        return self.k.run_padded(self.k.padded_input(s, len(a)), s, out)
+
+
+class _PoolStage:
+    def __init__(self, layer: MaxPool2D, out_shape):
+        self.layer, self.out_shape = layer, out_shape
+
+    target = None
+
+    def __call__(self, a, s, out):
+        y = reference.maxpool2d(a, self.layer.size, self.layer.stride, self.layer.padding)
+        if out is None:
+            return y
+        out[...] = y
+        return out
+
+
+class _DenseStage:
+    def __init__(self, layer: Dense, in_shape, fp16: bool):
+        q = _q16 if fp16 else (lambda v: v.astype(F32))
+        self.wt = np.ascontiguousarray(q(layer.weight).T)  # (in, out): the fastest GEMV/GEMM form
+        self.b = q(layer.bias)
+        self.relu = layer.activation == "relu"
+        self.fp16 = fp16
+        self.n_in, self.n_out = self.wt.shape
+        self.in_shape = tuple(in_shape)
+        self.out_shape = (self.n_out,)
+        self.key = id(self)
+
+    def target(self, s: Scratch, n: int) -> np.ndarray:
+        return s.get((self.key, "x"), (n, self.n_in)).reshape((n,) + self.in_shape)
+
+    def __call__(self, a, s, out):
+        n = len(a)
+        y = out if out is not None else s.get((self.key, "y"), (n, self.n_out))
+        np.matmul(a.reshape(n, self.n_in), self.wt, out=y)
+        y += self.b
+        if self.relu:
+            np.maximum(y, 0, out=y)
+        if self.fp16:
+            y[...] = y.astype(np.float16)
+        return y
+
+
+class _SoftmaxStage:
+    target = None
+
+    def __init__(self, shape):
+        self.out_shape = shape
+
+    def __call__(self, a, s, out):
+        y = a if out is None else out
+        if y is not a:
+            y[...] = a
+        y -= y.max(axis=-1, keepdims=True)
+        np.exp(y, out=y)
+        y /= y.sum(axis=-1, keepdims=True)
+        return y
+
+
+def _conv_kernel(layer: Conv2D, in_shape, pool, fp16: bool):
+    q = _q16 if fp16 else (lambda v: v)
+    w, b = q(layer.weight), q(layer.bias)
+    o, kh, kw, c = w.shape
+    if layer.stride == 1 and kh == kw and kh in (3, 5) and c >= 8:
+        return WinogradConv(in_shape, w, b, layer.padding, layer.activation, pool, fp16, m=WINOGRAD_M)
+    return Im2colConv(in_shape, w, b, layer.stride, layer.padding, layer.activation, pool, fp16)
+
+
+_BLAS = None
+_BLAS_LOCK = threading.Lock()
+
+
+def _blas() -> BlasThreads:
+    global _BLAS
+    with _BLAS_LOCK:
+        if _BLAS is None:
+            _BLAS = BlasThreads()
+        return _BLAS
+
+
 class NumpyRunner(Runner):
     backend = NAME
+    default_batch_size = 2048
+
+    def __init__(self, model: Model, precision: str, threads: int | None = None,
+                 chunk: int = CHUNK, conv_subchunk: int = CONV_SUBCHUNK):
+        super().__init__(model, precision)
+        fp16 = precision == "fp16"
+        self.threads = max(1, threads or os.cpu_count() or 1)
+        self.chunk, self.sub = chunk, conv_subchunk
+        self.input = _Input(model, fp16)
+        stages, shape, layers, i = [], model.input_shape, model.layers, 0
+        while i < len(layers):
+            layer = layers[i]
+            nxt = layers[i + 1] if i + 1 < len(layers) else None
+            if isinstance(layer, Conv2D):
+                k = _conv_kernel(layer, shape, nxt if isinstance(nxt, MaxPool2D) else None, fp16)
+                stages.append(_ConvStage(k))
+                i += 2 if k.pool else 1
+            elif isinstance(layer, MaxPool2D):
+                stages.append(_PoolStage(layer, model.shapes[i + 1]))
+                i += 1
+            elif isinstance(layer, Dense):
+                stages.append(_DenseStage(layer, shape, fp16))
+                i += 1
+            elif isinstance(layer, Softmax):
+                stages.append(_SoftmaxStage(shape))
+                i += 1
+            else:  # pragma: no cover - Model.validate admits no other layer
+                raise TypeError(f"unknown layer {layer!r}")
+            shape = stages[-1].out_shape
+        # the spatial stages run per sub-chunk; from the first dense layer on, per chunk
+        split = next((j for j, st in enumerate(stages) if isinstance(st, (_DenseStage, _SoftmaxStage))), len(stages))
+        self.front, self.back = stages[:split], stages[split:]
+        self._local = threading.local()
+        self._pool = None
+        self._pool_lock = threading.Lock()
+
+    # ---------------------------------------------------------------- one chunk, one thread
+
+    def _scratch(self) -> Scratch:
+        s = getattr(self._local, "s", None)
+        if s is None:
+            s = self._local.s = Scratch()
+        return s
+
+    def _run_stages(self, stages, a, s, n, last_out):
+        for j, st in enumerate(stages):
+            nxt = stages[j + 1] if j + 1 < len(stages) else None
+            out = nxt.target(s, n) if nxt is not None and nxt.target is not None else None
+            if nxt is None:
+                out = last_out
+            a = st(a, s, out)
+        return a
+
+    def _chunk(self, x: np.ndarray, out: np.ndarray) -> None:
+        """x (n, H, W, C) uint8 or float -> out (n, classes), on the calling thread."""
+        s, n = self._scratch(), len(x)
+        if not self.front:
+            a = s.get(("in",), (n, *self.model.input_shape))
+            self.input(x, a)
+            self._run_stages(self.back, a, s, n, out)
+            return
+        first = self.front[0]
+        # the first dense stage's input rows, filled sub-chunk by sub-chunk
+        back_in = self.back[0].target(s, n) if self.back and self.back[0].target is not None else None
+        for i in range(0, n, self.sub):
+            xs = x[i:i + self.sub]
+            m = len(xs)
+            a = first.target(s, m) if first.target is not None else s.get(("in",), (m, *self.model.input_shape))
+            self.input(xs, a)
+            if back_in is not None:
+                last = back_in[i:i + m]
+            elif not self.back:
+                last = out[i:i + m].reshape((m,) + self.front[-1].out_shape)
+            else:
+                last = None
+            a = self._run_stages(self.front, a, s, m, last)
+            if last is None:  # the stage after the front has no buffer of its own (softmax)
+                back_in = back_in if back_in is not None else s.get(("mid",), (n, *self.front[-1].out_shape))
+                back_in[i:i + m] = a
+        if self.back:
+            self._run_stages(self.back, back_in, s, n, out)
+
+    def _chunk_on_worker(self, x, out):
+        if not getattr(self._local, "blas_set", False):
+            _blas().set_local(1)  # this pool thread's GEMMs stay on it
+            self._local.blas_set = True
+        self._chunk(x, out)
+
+    # ---------------------------------------------------------------- batches
+
+    def _executor(self):
+        with self._pool_lock:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="cnnrt-numpy")
+            return self._pool
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
-        return reference.forward(self.model, self.scaled(x), dtype=np.float32,
-                                 fp16_storage=self.precision == "fp16")
+        out = np.empty((len(x), self.model.num_classes), dtype=F32)
+        self._forward_into(x, out)
+        return out
+
+    def _forward_into(self, x: np.ndarray, out: np.ndarray) -> None:
+        n = len(x)
+        if n == 0:
+            return
+        nchunks = -(-n // self.chunk)
+        if self.threads > 1 and nchunks == 1 and n >= 2 * self.sub:
+            nchunks = 2  # two half chunks keep both cores busy
+        if self.threads == 1 or nchunks == 1:
+            # small batches (one image): on this thread, BLAS free to use its own threads for the
+            # dense layers' GEMV (measured faster for one image)
+            self._chunk(x, out)
+            return
+        size = -(-n // nchunks)
+        futs = [self._executor().submit(self._chunk_on_worker, x[i:i + size], out[i:i + size])
+                for i in range(0, n, size)]
+        for f in futs:
+            f.result()
+
+    def probabilities(self, x, batch_size: int | None = None, progress=None) -> np.ndarray:
+        x = check_images(x, self.model)
+        if batch_size is not None or progress is not None:
+            return super().probabilities(x, batch_size, progress)
+        out = np.empty((len(x), self.model.num_classes), dtype=F32)
+        self._forward_into(x, out)
+        return out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def __del__(self):
+        try:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+        except Exception:
+            pass
 
 
 def prepare(model: Model, precision: str = DEFAULT_PRECISION) -> Runner:

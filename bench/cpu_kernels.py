@@ -1,0 +1,170 @@
+"""Per-kernel versions of the CPU path side by side, each checked against float64, with timings.
+
+Like llm.c's dev/cuda: every version of a kernel stays here, runs on the same inputs in the same
+process, is checked against the float64 reference before it is timed, and is timed as the median
+of several runs (the machine is shared: compare versions within one run, not across runs).
+
+    .venv/bin/python bench/cpu_kernels.py                 # all kernels, chunk 64 images
+    .venv/bin/python bench/cpu_kernels.py conv2 -n 16 32  # one kernel, several chunk sizes
+    .venv/bin/python bench/cpu_kernels.py net --images 10000
+
+Times are per image (microseconds), for one thread unless the row says otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cnnrt.backends import reference as R  # noqa: E402
+from cnnrt.backends.cpu_kernels import Im2colConv, Scratch, WinogradConv  # noqa: E402
+from cnnrt.model import MaxPool2D  # noqa: E402
+
+
+def timeit(f, repeat=7, min_time=0.05):
+    f()  # warm-up (allocates buffers)
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < min_time / 5 or reps < 1:
+        f()
+        reps += 1
+    ts = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            f()
+        ts.append((time.perf_counter() - t0) / reps)
+    return float(np.median(ts)), float(np.min(ts))
+
+
+def rel(a, ref):
+    return float(np.linalg.norm(a.astype(np.float64) - ref) / np.linalg.norm(ref))
+
+
+def row(name, n, t, err, flops=None):
+    med, best = t
+    rate = f"{flops * n / med / 1e9:7.1f} GFLOP/s" if flops else " " * 15
+    print(f"  {name:<34} {med / n * 1e6:9.1f} us/img (best {best / n * 1e6:8.1f})  {rate}  rel.err {err:.1e}")
+
+
+def conv_case(name, rng, n, h, c, o, k, versions):
+    pool = MaxPool2D("p")
+    x = rng.random((n, h, h, c)).astype(np.float32)
+    w = (rng.standard_normal((o, k, k, c)) / np.sqrt(k * k * c)).astype(np.float32)
+    b = (rng.standard_normal(o) * 0.1).astype(np.float32)
+    ref = R.maxpool2d(R.relu(R.conv2d(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64))))
+    flops = 2 * h * h * o * k * k * c
+    print(f"{name}: {h}x{h}x{c} -> {k}x{k}x{o} + bias + ReLU + 2x2 pool, chunk {n} images, {flops / 1e6:.2f} MFLOP/img")
+    for vname, make in versions:
+        f = make(x, w, b, pool)
+        out = f()
+        row(vname, n, timeit(f), rel(out, ref), flops)
+
+
+def conv_versions(h, c):
+    def reference_fp32(x, w, b, pool):
+        return lambda: R.maxpool2d(R.relu(R.conv2d(x, w, b)))
+
+    def kernel(cls, **kw):
+        def make(x, w, b, pool):
+            k, s = cls((h, h, c), w, b, pool=pool, **kw), Scratch()
+            if not k.pool:
+                return lambda: R.maxpool2d(k(x, s))
+            return lambda: k(x, s)
+        return make
+
+    return [("v0 reference (fp32, 25 shifted GEMMs)", reference_fp32),
+            ("v1 im2col GEMM, pool-first fused", kernel(Im2colConv)),
+            ("v2 Winograd F(2x2,5x5), fused", kernel(WinogradConv, m=2)),
+            ("v3 Winograd F(3x3,5x5), unfused pool", kernel(WinogradConv, m=3)),
+            ("v4 Winograd F(4x4,5x5), fused", kernel(WinogradConv, m=4))]
+
+
+def dense_case(rng, n):
+    x = np.maximum(rng.standard_normal((n, 3136)), 0).astype(np.float32)
+    w = (rng.standard_normal((1024, 3136)) / 56).astype(np.float32)
+    b = rng.standard_normal(1024).astype(np.float32)
+    ref = R.relu(R.dense(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64)))
+    wt = np.ascontiguousarray(w.T)
+    y = np.empty((n, 1024), np.float32)
+
+    def v1():
+        np.matmul(x, wt, out=y)
+        np.add(y, b, out=y)
+        np.maximum(y, 0, out=y)
+        return y
+
+    def v0():
+        return R.relu(R.dense(x, w, b))
+    flops = 2 * 3136 * 1024
+    print(f"fc1: 3136 -> 1024 + bias + ReLU, chunk {n} images, {flops / 1e6:.2f} MFLOP/img")
+    row("v0 reference (x @ w.T)", n, timeit(v0), rel(v0(), ref), flops)
+    row("v1 pre-transposed, in place", n, timeit(v1), rel(v1(), ref), flops)
+
+
+def net_case(images, reps):
+    from cnnrt.backends import numpy_backend
+    from cnnrt.formats import load_model
+    from cnnrt.idx import load_mnist
+    root = Path(__file__).resolve().parent.parent
+    path = root / "models" / "deep_mnist" / "deep_mnist.safetensors"
+    if path.exists():
+        model = load_model(path)
+    else:
+        sys.path.insert(0, str(root / "tests"))
+        from conftest import random_deep_mnist_params
+        from cnnrt.model import deep_mnist
+        model = deep_mnist(random_deep_mnist_params(np.random.default_rng(0)), name="random")
+        print("(no trained model yet: random weights)")
+    x, _ = load_mnist(root / "data/mnist/t10k-images-idx3-ubyte.gz", root / "data/mnist/t10k-labels-idx1-ubyte.gz")
+    x = x[:images]
+    ref_logits = None
+    print(f"whole net, {len(x)} MNIST test images, {model.flops_per_image() / 1e6:.1f} MFLOP/img")
+    for prec in ("fp32",):
+        r = numpy_backend.prepare(model, prec)
+        t = timeit(lambda: r.probabilities(x), repeat=reps, min_time=0)
+        p = r.probabilities(x)
+        ref = R.forward(model, x[..., None].astype(np.float64) * model.input_scale)
+        err = float(np.abs(p - ref).max())
+        print(f"  numpy backend {prec}: {t[0]:.3f} s (best {t[1]:.3f})  "
+              f"max |p - p64| {err:.1e}  argmax agrees {np.mean(p.argmax(1) == ref.argmax(1)):.4f}")
+        one = x[:1]
+        t1 = timeit(lambda: r.probabilities(one), repeat=max(reps, 21), min_time=0.2)
+        print(f"  numpy backend {prec}, one image: {t1[0] * 1e3:.3f} ms (best {t1[1] * 1e3:.3f})")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", nargs="*", default=["conv1", "conv2", "fc1"], help="conv1 conv2 fc1 net")
+    ap.add_argument("-n", type=int, nargs="+", default=[64], help="chunk sizes (images)")
+    ap.add_argument("--images", type=int, default=10000)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--blas-threads", type=int, default=1, help="OpenBLAS threads for the kernels (default 1)")
+    a = ap.parse_args()
+    print(f"numpy {np.__version__}, {os.cpu_count()} CPUs, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}")
+    from cnnrt.backends.cpu_kernels import BlasThreads
+    blas = BlasThreads()
+    if a.blas_threads is not None and blas.available:
+        blas.set_local(a.blas_threads)
+    print(f"BLAS threads for this thread: {a.blas_threads if blas.available else 'cannot set'}")
+    rng = np.random.default_rng()
+    for what in a.what:
+        if what == "net":
+            net_case(a.images, a.reps)
+            continue
+        for n in a.n:
+            if what == "conv1":
+                conv_case("conv1", rng, n, 28, 1, 32, 5, conv_versions(28, 1)[:3])
+            elif what == "conv2":
+                conv_case("conv2", rng, n, 14, 32, 64, 5, conv_versions(14, 32))
+            elif what == "fc1":
+                dense_case(rng, n)
+
+
+if __name__ == "__main__":
+    main()

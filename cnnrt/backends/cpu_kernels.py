@@ -1,0 +1,301 @@
+"""CPU kernels for the NumPy backend: chunk-sized convolutions with bias, activation and 2x2 pooling fused.
+
+Every kernel here works on one chunk of images at a time, in float32, with buffers the caller owns
+(a `Scratch`), so a chunk's data stays in the caches between the steps and nothing is allocated per
+call once the buffers exist. Each is checked against `reference.py` in float64 by the tests.
+
+Kernels:
+- `Im2colConv`: any stride and padding. The patches of a chunk are gathered by one strided copy
+  (transposed: (kh*kw*C, pixels), so that the inner copy runs along image rows) and multiplied by
+  the weights in one GEMM. With a fusible 2x2/2 max-pool after it, the pool is taken on the GEMM
+  output first and bias + ReLU come after, on 4 times fewer values (max commutes with adding a
+  per-channel bias and with ReLU, also after rounding: rounding is monotonic).
+- `WinogradConv`: stride-1 square kernels, Winograd F(m x m, r x r) (Lavin & Gray): the input
+  tiles and the weights are transformed, (m + r - 1)^2 independent GEMMs over the channels replace
+  the convolution, and the output transform gives m x m outputs per tile. F(2x2, 5x5) takes 36
+  multiplications where direct convolution takes 100 for the same 4 outputs (2.8 times fewer);
+  F(4x4, 5x5) 64 for 16 (6.25 times fewer, less on a 14x14 image: the tiles overhang it).
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from ..model import out_size, same_pads
+
+F32 = np.float32
+# Interpolation points: small integers and halves keep the transforms exact in float32 and the
+# error growth small (measured in the tests against float64; F(2x2,5x5) below 1e-6 relative).
+POINTS = {3: (0, 1, -1, 2, -2, Fraction(1, 2), -Fraction(1, 2)),
+          4: (0, 1, -1, 2, -2, Fraction(1, 2), -Fraction(1, 2), 3)}
+
+
+def winograd_matrices(m: int, r: int, points=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(AT (m, a), G (a, r), BT (a, a)) in float64 for F(m, r), a = m + r - 1, with a - 1 finite
+    points and the point at infinity (Toom-Cook, as in Lavin & Gray and wincnn).
+
+    AT and G are built from the points; BT is then the unique solution of the bilinear identity
+    y_i = sum_k d[i + k] g[k] = AT (G g * BT d), solved exactly here and checked.
+    """
+    a = m + r - 1
+    pts = [Fraction(p) for p in (points or (0, 1, -1, 2, -2, Fraction(1, 2), -Fraction(1, 2), 3, -3, 4)[:a - 1])]
+    if len(pts) != a - 1 or len(set(pts)) != a - 1:
+        raise ValueError(f"F({m},{r}) needs {a - 1} distinct finite points, got {pts}")
+    at = [[p ** i for p in pts] + [Fraction(int(i == m - 1))] for i in range(m)]
+    g = []
+    for j, pj in enumerate(pts):
+        f = Fraction(1)
+        for l, pl in enumerate(pts):
+            if l != j:
+                f *= pj - pl
+        g.append([pj ** k / f for k in range(r)])
+    g.append([Fraction(int(k == r - 1)) for k in range(r)])
+    # linear system for BT: sum_j AT[i,j] G[j,k] BT[j,l] = [l == i + k], unknowns BT (a*a)
+    at64, g64 = np.array(at, dtype=np.float64), np.array(g, dtype=np.float64)
+    rows = np.zeros((m * r * a, a * a))
+    rhs = np.zeros(m * r * a)
+    q = 0
+    for i in range(m):
+        for k in range(r):
+            for l in range(a):
+                rows[q, l::a] = at64[i] * g64[:, k]
+                rhs[q] = float(l == i + k)
+                q += 1
+    bt = np.linalg.lstsq(rows, rhs, rcond=None)[0].reshape(a, a)
+    bt = np.round(bt * 720) / 720  # the entries are small rationals; remove the solver's last bits
+    if np.abs(rows @ bt.ravel() - rhs).max() > 1e-9:
+        raise ValueError(f"no exact Winograd F({m},{r}) for points {pts}")
+    return at64, g64, bt
+
+
+class Scratch:
+    """float32 buffers reused across calls (one Scratch per thread).
+
+    `get(key, shape)` returns a view of one flat buffer per key, grown to the largest size asked
+    for, so chunks of different sizes share it and nothing is allocated once it is big enough.
+    With zero=True the buffer starts zeroed: callers that only ever write a fixed interior (the
+    padded conv inputs, whose leading axis is the image) keep its border zero for any chunk size.
+    """
+
+    def __init__(self):
+        self.flat: dict = {}
+        self.views: dict = {}
+
+    def get(self, key, shape, zero=False) -> np.ndarray:
+        v = self.views.get((key, shape))
+        if v is not None:
+            return v
+        size = 1
+        for d in shape:
+            size *= d
+        b = self.flat.get(key)
+        if b is None or b.size < size:
+            b = np.zeros(size, dtype=F32) if zero else np.empty(size, dtype=F32)
+            self.flat[key] = b
+            self.views = {k: w for k, w in self.views.items() if k[0] != key}
+        if len(self.views) > 256:
+            self.views.clear()
+        v = self.views[(key, shape)] = b[:size].reshape(shape)
+        return v
+
+
+def _fp16_round(a: np.ndarray) -> None:
+    a[...] = a.astype(np.float16)
+
+
+def pool_fusible(conv_out_hw: tuple[int, int], pool) -> bool:
+    """A 2x2 stride-2 max-pool over an even-sized map: every window is whole, for SAME and VALID."""
+    return (pool is not None and pool.size == 2 and pool.stride == 2
+            and conv_out_hw[0] % 2 == 0 and conv_out_hw[1] % 2 == 0)
+
+
+class ConvBase:
+    """Shape bookkeeping common to the conv kernels: padded input buffer, output size."""
+
+    def __init__(self, in_shape, weight, bias, stride, padding, activation, pool, fp16):
+        self.h, self.w, self.c = in_shape
+        self.o, self.kh, self.kw, _ = weight.shape
+        self.stride, self.padding = stride, padding
+        self.ho, self.wo = out_size(self.h, self.kh, stride, padding), out_size(self.w, self.kw, stride, padding)
+        self.relu = activation == "relu"
+        self.pool = pool_fusible((self.ho, self.wo), pool)
+        self.fp16 = fp16
+        self.bias = np.ascontiguousarray(bias, dtype=F32)
+        self.out_shape = (self.ho // 2, self.wo // 2, self.o) if self.pool else (self.ho, self.wo, self.o)
+        self.key = id(self)
+
+    def _pads(self, hp_min: int, wp_min: int):
+        (pt, _), (pl, _) = ((same_pads(self.h, self.kh, self.stride), same_pads(self.w, self.kw, self.stride))
+                            if self.padding == "same" else ((0, 0), (0, 0)))
+        return pt, pl, max(hp_min, pt + self.h), max(wp_min, pl + self.w)
+
+    def padded_input(self, s: Scratch, n: int) -> np.ndarray:
+        """The chunk's zero-bordered input buffer; callers write the interior (`interior`)."""
+        return s.get((self.key, "xp"), (n, self.hp, self.wp, self.c), zero=True)
+
+    def interior(self, xp: np.ndarray) -> np.ndarray:
+        return xp[:, self.pt:self.pt + self.h, self.pl:self.pl + self.w, :]
+
+    def _finish(self, y: np.ndarray) -> None:
+        """Bias, activation and fp16 rounding in place on the (pooled) output."""
+        y += self.bias
+        if self.relu:
+            np.maximum(y, 0, out=y)
+        if self.fp16:
+            _fp16_round(y)
+
+    def __call__(self, x: np.ndarray, s: Scratch, out: np.ndarray | None = None) -> np.ndarray:
+        """x (n, H, W, C) float32 -> (n, *out_shape); `out` may be a strided view to write into."""
+        xp = self.padded_input(s, len(x))
+        self.interior(xp)[...] = x
+        return self.run_padded(xp, s, out)
+
+
+class Im2colConv(ConvBase):
+    """Any Conv2D: one strided gather of the chunk's patches, one GEMM, pool/bias/activation fused."""
+
+    def __init__(self, in_shape, weight, bias, stride=1, padding="same", activation="relu", pool=None, fp16=False):
+        super().__init__(in_shape, weight, bias, stride, padding, activation, pool, fp16)
+        s = stride
+        self.pt, self.pl, self.hp, self.wp = self._pads((self.ho - 1) * s + self.kh, (self.wo - 1) * s + self.kw)
+        # weights as (K, O) with K ordered (ky, kx, c), the gather's order
+        self.wmat = np.ascontiguousarray(weight.reshape(self.o, -1).T, dtype=F32)
+
+    def run_padded(self, xp, s: Scratch, out=None):
+        n = len(xp)
+        st, s_ = xp.strides, self.stride  # (n, row, col, c) in bytes
+        k = self.kh * self.kw * self.c
+        if self.pool:
+            # patches ordered (ky, kx, c | dy, dx, n, i, j): output pixel (2i + dy, 2j + dx)
+            hh, wh = self.ho // 2, self.wo // 2
+            shape = (self.kh, self.kw, self.c, 2, 2, n, hh, wh)
+            strides = (st[1], st[2], st[3], s_ * st[1], s_ * st[2], st[0], 2 * s_ * st[1], 2 * s_ * st[2])
+            npix = 4 * n * hh * wh
+        else:
+            shape = (self.kh, self.kw, self.c, n, self.ho, self.wo)
+            strides = (st[1], st[2], st[3], st[0], s_ * st[1], s_ * st[2])
+            npix = n * self.ho * self.wo
+        cols = s.get((self.key, "cols"), (k, npix))
+        np.copyto(cols.reshape(shape), as_strided(xp, shape, strides))
+        y = s.get((self.key, "y"), (npix, self.o))
+        np.matmul(cols.T, self.wmat, out=y)
+        if out is None:
+            out = s.get((self.key, "out"), (n, *self.out_shape))
+        if self.pool:
+            q = y.reshape(4, n, hh, wh, self.o)
+            np.maximum(q[0], q[1], out=out)
+            np.maximum(out, q[2], out=out)
+            np.maximum(out, q[3], out=out)
+        else:
+            out[...] = y.reshape(n, self.ho, self.wo, self.o)
+        self._finish(out)
+        return out
+
+
+class WinogradConv(ConvBase):
+    """Stride-1 square-kernel Conv2D by Winograd F(m x m, r x r), pool/bias/activation fused."""
+
+    def __init__(self, in_shape, weight, bias, padding="same", activation="relu", pool=None, fp16=False, m=2):
+        super().__init__(in_shape, weight, bias, 1, padding, activation, pool, fp16)
+        r = self.kh
+        if self.kw != r:
+            raise ValueError("Winograd needs a square kernel")
+        if self.pool and m % 2:
+            self.pool = False
+            self.out_shape = (self.ho, self.wo, self.o)
+        self.m, self.r, self.a = m, r, m + r - 1
+        self.th, self.tw = -(-self.ho // m), -(-self.wo // m)
+        self.pt, self.pl, self.hp, self.wp = self._pads(self.th * m + r - 1, self.tw * m + r - 1)
+        at, g, bt = winograd_matrices(m, r)
+        self.at, self.bt = at.astype(F32), bt.astype(F32)
+        # U[xi, nu, c, o] = (G w G^T) per (o, c), in float64 then rounded once
+        u = np.einsum("xa,oabc,yb->xyco", g, weight.astype(np.float64), g)
+        self.u = np.ascontiguousarray(u.reshape(self.a * self.a, self.c, self.o), dtype=F32)
+
+    def run_padded(self, xp, s: Scratch, out=None):
+        n, a, m, c, o = len(xp), self.a, self.m, self.c, self.o
+        st = xp.strides
+        t = n * self.th * self.tw
+        # 1. gather the overlapping a x a tiles: D[a1, a2, n, ty, tx, c]
+        shape = (a, a, n, self.th, self.tw, c)
+        d = s.get((self.key, "d"), (a, a * t * c))
+        np.copyto(d.reshape(shape), as_strided(xp, shape, (st[1], st[2], st[0], m * st[1], m * st[2], st[3])))
+        # 2. input transform V = BT D B, one axis at a time (two thin GEMMs over the whole chunk)
+        v1 = s.get((self.key, "v1"), (a, a * t * c))
+        np.matmul(self.bt, d, out=v1)
+        v = d.reshape(a, a, t * c)  # d is free again: reuse it
+        np.matmul(self.bt, v1.reshape(a, a, t * c), out=v)
+        # 3. a*a independent GEMMs over the channels: M[p] = V[p] (t, c) @ U[p] (c, o)
+        mm = s.get((self.key, "m"), (a * a, t, o))
+        np.matmul(v.reshape(a * a, t, c), self.u, out=mm)
+        # 4. output transform Y = AT M A, again one axis at a time
+        y1 = s.get((self.key, "y1"), (m, a * t * o))
+        np.matmul(self.at, mm.reshape(a, a * t * o), out=y1)
+        y = s.get((self.key, "y"), (m, m, t * o))
+        np.matmul(self.at, y1.reshape(m, a, t * o), out=y)
+        y6 = y.reshape(m, m, n, self.th, self.tw, o)
+        if out is None:
+            out = s.get((self.key, "out"), (n, *self.out_shape))
+        if self.pool:
+            hh, wh = self.ho // 2, self.wo // 2
+            if m == 2:
+                q = y6.reshape(4, n, self.th, self.tw, o)
+                np.maximum(q[0], q[1], out=out)
+                np.maximum(out, q[2], out=out)
+                np.maximum(out, q[3], out=out)
+            else:
+                h2 = m // 2
+                # Y[2pi + dy, 2pj + dx] -> pooled (n, ty, pi, tx, pj)
+                yv = y6.reshape(h2, 2, h2, 2, n, self.th, self.tw, o)
+                p = s.get((self.key, "p"), (h2, h2, n, self.th, self.tw, o))
+                np.maximum(yv[:, 0, :, 0], yv[:, 0, :, 1], out=p)
+                np.maximum(p, yv[:, 1, :, 0], out=p)
+                np.maximum(p, yv[:, 1, :, 1], out=p)
+                full = p.transpose(2, 3, 0, 4, 1, 5).reshape(n, self.th * h2, self.tw * h2, o)
+                out[...] = full[:, :hh, :wh]
+        else:
+            full = y6.transpose(2, 3, 0, 4, 1, 5).reshape(n, self.th * m, self.tw * m, o)
+            out[...] = full[:, :self.ho, :self.wo]
+        self._finish(out)
+        return out
+
+
+class BlasThreads:
+    """The BLAS's own thread count for the calling thread, where the BLAS lets us set it.
+
+    The backend runs its own threads over chunks of images, so each GEMM must run on the thread
+    that calls it: OpenBLAS's threads on top of ours compete for the same 2 cores and, on a busy
+    machine, wait out scheduler slices (measured in bench/cpu_kernels.py: a chunk's GEMM 15 times
+    slower). OpenBLAS >= 0.3.27 has `openblas_set_num_threads_local`, which changes only the
+    calling thread (NumPy's wheels ship it); nothing global is touched. Elsewhere (another BLAS,
+    no /proc) this is a no-op and the BLAS keeps its own threading.
+    """
+
+    def __init__(self):
+        self._set = None
+        try:
+            import ctypes
+            path = None
+            with open("/proc/self/maps") as f:
+                for line in f:
+                    p = line.rsplit(" ", 1)[-1].strip()
+                    if "openblas" in p.lower() and ".so" in p:
+                        path = p
+                        break
+            if path:
+                fn = getattr(ctypes.CDLL(path), "openblas_set_num_threads_local", None)
+                if fn is not None:
+                    fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_int]
+                    self._set = fn
+        except OSError:
+            self._set = None
+
+    @property
+    def available(self) -> bool:
+        return self._set is not None
+
+    def set_local(self, n: int) -> int | None:
+        """Threads for this thread's BLAS calls (0: back to the global setting); the old value."""
+        return self._set(n) if self._set is not None else None
