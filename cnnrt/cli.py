@@ -115,6 +115,12 @@ def cmd_convert(a) -> int:
     return 0
 
 
+def cmd_bench(a) -> int:
+    from .bench.main import command
+
+    return command(a)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cnnrt", description="A small, fast inference runtime for CNNs.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -141,6 +147,31 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("dest")
     c.add_argument("--to", choices=("bundle", "article"), required=True)
     c.set_defaults(func=cmd_convert)
+
+    b = sub.add_parser("bench", help="time cnnrt against the installed frameworks (TensorFlow, ONNX Runtime, PyTorch, JAX) on the same model and images",
+                       description="Runs the same model and images through cnnrt and every installed peer, alternating, "
+                                   "warm-up first, several rounds; prints medians with spread and ratios to cnnrt. "
+                                   "Peers that are not installed are skipped with a note (pip install 'cnnrt[bench]').")
+    b.add_argument("--model", default=_default(DEFAULT_MODEL), help="a .safetensors bundle or an article-format directory")
+    b.add_argument("--images", default=_default(DEFAULT_IMAGES), help="IDX images, raw or .gz (default: MNIST test set)")
+    b.add_argument("--sizes", default=None, help="comma-separated image counts to time (default: 5000,10000)")
+    b.add_argument("--rounds", type=int, default=None, help="timed rounds per runtime (default: 5)")
+    b.add_argument("--peers", default="all", help="comma-separated peers, 'all' (default) or 'none'; cnnrt always runs. "
+                   "Known: keras, tf-function, onnxruntime, torch, torch-compile, jax")
+    b.add_argument("--batch-size", default=None, help="one batch size, or comma-separated candidates of which each "
+                   "runtime gets its fastest (default: 50,100,250,500,1000)")
+    b.add_argument("--latency-calls", type=int, default=None, help="single-image calls per round (default: 50)")
+    b.add_argument("--cold-rounds", type=int, default=None, help="fresh processes per runtime for import and first-call time (default: 3)")
+    b.add_argument("--no-cold", action="store_true", help="skip the fresh-process import and first-call timings")
+    b.add_argument("--quick", action="store_true", help="a short run for trying things: 1,000 images, 2 rounds, 1 fresh process")
+    b.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    b.add_argument("--json-out", default=None, metavar="PATH", help="also write the JSON to PATH")
+    b.add_argument("--chart", default=None, metavar="PATH", help="write a PNG chart (needs matplotlib)")
+    b.add_argument("--markdown", default=None, metavar="PATH", help="write the Markdown report to PATH")
+    b.add_argument("--doc", default=None, metavar="PATH", help="replace the cpu-bench section of PATH (docs/benchmarks.md) with the report")
+    b.add_argument("--from-json", default=None, metavar="PATH", help="measure nothing: report (table, chart, Markdown) from a JSON that --json-out wrote")
+    b.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    b.set_defaults(func=cmd_bench)
 
     t = sub.add_parser("train", help="train the Deep MNIST net with TensorFlow/Keras and export it")
     t.add_argument("--images", default=_default("data/mnist/train-images-idx3-ubyte.gz"))

@@ -1,0 +1,56 @@
+"""JAX peer: the model as a jitted function over our tensors (lax.conv in NHWC/OHWI: our layout as is)."""
+from __future__ import annotations
+
+from . import Peer, batched, check_supported, pads
+
+
+def to_jax(model):
+    """A jitted function (N, H, W, C) float32 -> probabilities, closing over our weights."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    from ..model import Conv2D, Dense, MaxPool2D, Softmax
+
+    check_supported(model)
+    steps = []
+    for layer, shape in zip(model.layers, model.shapes):
+        if isinstance(layer, Conv2D):
+            _, kh, kw, _ = layer.weight.shape
+            p = [pads(shape[0], kh, layer.stride, layer.padding), pads(shape[1], kw, layer.stride, layer.padding)]
+            w, b, s = jnp.asarray(layer.weight), jnp.asarray(layer.bias), layer.stride
+            steps.append(lambda x, w=w, b=b, s=s, p=p: lax.conv_general_dilated(
+                x, w, (s, s), p, dimension_numbers=("NHWC", "OHWI", "NHWC")) + b)
+        elif isinstance(layer, MaxPool2D):
+            k, s = layer.size, layer.stride
+            p = [(0, 0), pads(shape[0], k, s, layer.padding), pads(shape[1], k, s, layer.padding), (0, 0)]
+            steps.append(lambda x, k=k, s=s, p=p: lax.reduce_window(x, -jnp.inf, lax.max, (1, k, k, 1), (1, s, s, 1), p))
+        elif isinstance(layer, Dense):
+            w, b = jnp.asarray(layer.weight), jnp.asarray(layer.bias)
+            steps.append(lambda x, w=w, b=b: x.reshape(x.shape[0], -1) @ w.T + b)
+        elif isinstance(layer, Softmax):
+            steps.append(lambda x: jax.nn.softmax(x, axis=-1))
+        if getattr(layer, "activation", "none") == "relu":
+            steps.append(jax.nn.relu)
+
+    def f(x):
+        for step in steps:
+            x = step(x)
+        return x
+
+    return jax.jit(f)
+
+
+class JaxJit(Peer):
+    name = "jax"
+    label = "JAX jit"
+    modules = ("jax", "jaxlib")
+    distributions = ("jax",)
+    import_statement = "import jax"
+    install_hint = "pip install jax (optional, about 600 MB)"
+
+    def prepare(self, model):
+        import numpy as np
+
+        fn = to_jax(model)
+        return batched(lambda xb: np.asarray(fn(xb)))
