@@ -1,0 +1,511 @@
+// cnnrt CUDA kernels for the Deep MNIST net (28x28x1 -> conv5x5x32 -> pool -> conv5x5x64 -> pool
+// -> fc -> fc -> softmax), compiled at run time by NVRTC through CuPy's RawModule.
+//
+// No headers: fp16 values travel as raw 16-bit patterns and are converted with inline PTX, and the
+// tensor cores are driven with inline PTX (ldmatrix + mma.sync m16n8k16, fp16 in, fp32 accumulate),
+// so this builds with the headers that pip-installed CUDA wheels ship.
+//
+// Layouts (the engine's): activations NHWC, conv weights [out][kh][kw][in], dense weights [out][in]
+// with `in` in NHWC flatten order.
+//
+//   features_*      uint8 (or float) images -> conv1 + bias + ReLU + 2x2 max-pool -> conv2 + bias +
+//                   ReLU + 2x2 max-pool -> fp16 features [n][7*7*64]. The 28x28x32 and 14x14x64
+//                   activations never leave the SM; the 14x14x32 one lives in shared memory.
+//                   conv1 and conv2 are implicit GEMMs on the tensor cores; pooling is done on the
+//                   accumulators (a GEMM row block is laid out so that each 2x2 window sits in one
+//                   thread pair).
+//   fc2_softmax     relu(fc1 + bias) read once -> fc2 + bias -> softmax + argmax, one warp per image
+//                   (fc1 itself is a cuBLAS fp16 GEMM with fp32 accumulation).
+//
+// The dev/cuda/ directory holds the earlier and alternative versions, CPU reference checks, and
+// timings (dev/cuda/NOTES.md).
+
+typedef unsigned short half_t;
+typedef unsigned int u32;
+
+#define FULL_MASK 0xffffffffu
+
+// conv2 weights in shared memory: 64 rows (output channels) of 800 fp16 (kh, kw, c), padded by 16 B
+// so that the 8 row addresses of one ldmatrix land in 8 different bank groups.
+#define W2_ROW_BYTES 1616
+#define W2_BYTES (64 * W2_ROW_BYTES)
+// one image's pooled conv1 output: 14x14 pixels x 32 channels fp16 = 4 chunks of 16 B per pixel,
+// chunk index XOR-swizzled with bits 1..2 of the pixel index (conflict-free ldmatrix rows).
+#define ACT_IMG_BYTES (196 * 64)
+// per-warp scratch: the input image as fp16, zero-padded to 32x32 (2 pixels each side)
+#define SCR_BYTES 2048
+
+#define P_GROUP 4    // images per group in the persistent kernel
+#define P_WARPS 8
+
+#define OFF_W2 0
+#define OFF_ACT (OFF_W2 + W2_BYTES)
+#define OFF_SCR (OFF_ACT + 2 * P_GROUP * ACT_IMG_BYTES)
+#define OFF_ZERO (OFF_SCR + P_WARPS * SCR_BYTES)
+#define OFF_CTR (OFF_ZERO + 64)
+#define P_SMEM_BYTES (OFF_CTR + 16 + 128)   // + 128: the base is aligned up at run time
+
+// ------------------------------------------------------------------ small helpers
+
+__device__ __forceinline__ u32 smem_u32(const void* p) {
+    u32 r;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(p));
+    return r;
+}
+
+__device__ __forceinline__ half_t f2h(float f) {
+    half_t h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+__device__ __forceinline__ float h2f(half_t h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+// two floats -> one f16x2 word, `lo` in the low half
+__device__ __forceinline__ u32 pack_h2(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+__device__ __forceinline__ void ldsm_x4(u32 (&r)[4], u32 addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+
+// D = A(16x16, row) * B(16x8, col) + D, fp16 inputs, fp32 accumulators
+__device__ __forceinline__ void mma16816(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// 2x2 max-pool of one accumulator pair, then bias + ReLU, packed to f16x2.
+// The thread holds rows g (top pixel) and g+8 (bottom pixel) of one window; the horizontal
+// neighbour is in lane ^ 4. All 32 lanes must call this.
+__device__ __forceinline__ u32 pool_bias_relu(const float (&c)[4], float bias0, float bias1) {
+    float v0 = fmaxf(c[0], c[2]);
+    float v1 = fmaxf(c[1], c[3]);
+    v0 = fmaxf(v0, __shfl_xor_sync(FULL_MASK, v0, 4));
+    v1 = fmaxf(v1, __shfl_xor_sync(FULL_MASK, v1, 4));
+    return pack_h2(fmaxf(v0 + bias0, 0.f), fmaxf(v1 + bias1, 0.f));
+}
+
+// ------------------------------------------------------------------ input image -> fp16 scratch
+
+// scratch: 32x32 fp16, pixel (y, x) at [(y+2)*32 + x+2], the border already zero
+__device__ __forceinline__ void load_image(const unsigned char* img, half_t* scr, float scale, int i0, int step) {
+    for (int c = i0; c < 49; c += step) {  // 784 bytes = 49 chunks of 16
+        uint4 v = *reinterpret_cast<const uint4*>(img + c * 16);
+        u32 w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int b = 0; b < 16; b++) {
+            int p = c * 16 + b;
+            int y = p / 28, x = p - y * 28;
+            scr[(y + 2) * 32 + x + 2] = f2h((float)((w[b >> 2] >> ((b & 3) * 8)) & 0xffu) * scale);
+        }
+    }
+}
+
+__device__ __forceinline__ void load_image(const float* img, half_t* scr, float scale, int i0, int step) {
+    for (int c = i0; c < 196; c += step) {  // 784 floats = 196 float4
+        float4 v = *reinterpret_cast<const float4*>(img + c * 4);
+        float f[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int b = 0; b < 4; b++) {
+            int p = c * 4 + b;
+            int y = p / 28, x = p - y * 28;
+            scr[(y + 2) * 32 + x + 2] = f2h(f[b] * scale);
+        }
+    }
+}
+
+// ------------------------------------------------------------------ conv1 + bias + ReLU + pool (one warp)
+
+// conv1 as a GEMM: rows = the 28x28 output pixels, K = 25 taps (padded to 32), N = 32 channels.
+// A 16-row m-tile holds 4 pool windows: row r is window (r&7)>>1, top pixel if r < 8, left/right
+// pixel by r&1. w1f: [32 n][32 k] fp16 (k = kh*5+kw, zero beyond 25) read as u32 pairs.
+// Writes m-tiles mt0, mt0+mstep, ... (of 49) of the 14x14x32 output into act (swizzled layout).
+__device__ __forceinline__ void conv1_tiles(const half_t* scr, unsigned char* act, const u32* __restrict__ w1f,
+                                            const float* __restrict__ b1, int lane, int mt0, int mstep) {
+    const int g = lane >> 2, t = lane & 3;
+    u32 bf[4][2][2];
+#pragma unroll
+    for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+        for (int s = 0; s < 2; s++) {
+            bf[nt][s][0] = __ldg(w1f + (8 * nt + g) * 16 + 8 * s + t);
+            bf[nt][s][1] = __ldg(w1f + (8 * nt + g) * 16 + 8 * s + t + 4);
+        }
+    int off[2][2][2];
+#pragma unroll
+    for (int s = 0; s < 2; s++)
+#pragma unroll
+        for (int q = 0; q < 2; q++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                int k = 16 * s + 2 * t + 8 * q + e;
+                // taps past 25 have zero weights; any finite value will do, so read the pixel itself
+                off[s][q][e] = k < 25 ? (k / 5) * 32 + (k % 5) : 2 * 32 + 2;
+            }
+    float bias[4][2];
+#pragma unroll
+    for (int nt = 0; nt < 4; nt++) {
+        bias[nt][0] = __ldg(b1 + 8 * nt + 2 * t);
+        bias[nt][1] = __ldg(b1 + 8 * nt + 2 * t + 1);
+    }
+    for (int mt = mt0; mt < 49; mt += mstep) {
+        const int w = 4 * mt + (g >> 1);  // pool window (of 196) of this thread's rows g, g+8
+        const int py = w / 14, px = w - py * 14;
+        const half_t* r0 = scr + (2 * py) * 32 + 2 * px + (g & 1);  // top pixel, tap (0,0)
+        const half_t* r1 = r0 + 32;                                  // bottom pixel
+        float acc[4][4];
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[nt][e] = 0.f;
+#pragma unroll
+        for (int s = 0; s < 2; s++) {
+            u32 a[4];
+            a[0] = (u32)r0[off[s][0][0]] | ((u32)r0[off[s][0][1]] << 16);
+            a[1] = (u32)r1[off[s][0][0]] | ((u32)r1[off[s][0][1]] << 16);
+            a[2] = (u32)r0[off[s][1][0]] | ((u32)r0[off[s][1][1]] << 16);
+            a[3] = (u32)r1[off[s][1][0]] | ((u32)r1[off[s][1][1]] << 16);
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++) mma16816(acc[nt], a, bf[nt][s][0], bf[nt][s][1]);
+        }
+        u32 res[4];
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++) res[nt] = pool_bias_relu(acc[nt], bias[nt][0], bias[nt][1]);
+        if ((g & 1) == 0) {
+            const int p = w;  // output pixel index in the 14x14 grid
+            const int swz = (p >> 1) & 3;
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++)
+                *reinterpret_cast<u32*>(act + p * 64 + ((nt ^ swz) << 4) + t * 4) = res[nt];
+        }
+    }
+}
+
+// ------------------------------------------------------------------ conv2 address of one A row
+
+// ldmatrix row address of output pixel (oy, ox) (pixel index pb = img*196 + oy*14 + ox) for tap
+// (kh, kw), channel chunk c (0/1; +2 for the second half of the 32 channels is `^ 32`), or the zero
+// row when the tap falls outside the 14x14 image. act_s and zero_s are 64-byte aligned.
+__device__ __forceinline__ u32 a_row_addr(u32 act_s, u32 zero_s, int pb, int oy, int ox, int kh, int kw, int c) {
+    const int iy = oy + kh - 2, ix = ox + kw - 2;
+    const int p = pb + (kh - 2) * 14 + (kw - 2);
+    const bool ok = (unsigned)iy < 14u && (unsigned)ix < 14u;
+    return ok ? act_s + p * 64 + ((c ^ ((p >> 1) & 3)) << 4) : zero_s + (c << 4);
+}
+
+// ------------------------------------------------------------------ conv2 job (persistent kernel)
+
+// One warp: 7 m-tiles (28 pool windows, 112 GEMM rows) x 32 output channels (half nh), K = 800.
+// B (weights) from shared memory, A gathered from the swizzled 14x14x32 images by ldmatrix.
+__device__ __forceinline__ void conv2_job(u32 act_s, u32 w2_s, u32 zero_s, int mh, int nh, int nwin,
+                                          const float* __restrict__ b2, half_t* __restrict__ feat, int lane) {
+    const int g = lane >> 2, t = lane & 3;
+    const int r = lane & 15, cA = lane >> 4;
+    int pb[7], oy[7], ox[7];
+#pragma unroll
+    for (int i = 0; i < 7; i++) {
+        const int w = 4 * (7 * mh + i) + ((r & 7) >> 1);
+        if (w < nwin) {
+            const int im = w / 49, wi = w - im * 49;
+            const int py = wi / 7, px = wi - py * 7;
+            oy[i] = 2 * py + (r >> 3);
+            ox[i] = 2 * px + (r & 1);
+            pb[i] = im * 196 + oy[i] * 14 + ox[i];
+        } else {
+            oy[i] = -64; ox[i] = -64; pb[i] = 0;  // every tap out of bounds: reads the zero row
+        }
+    }
+    float acc[7][4][4];
+#pragma unroll
+    for (int i = 0; i < 7; i++)
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[i][nt][e] = 0.f;
+
+    // B: ldmatrix.x4 over n-tiles (2q, 2q+1): lanes 0-7 rows n0..n0+7 k 0-7, 8-15 same rows k 8-15,
+    // 16-23 rows n0+8.. k 0-7, 24-31 rows n0+8.. k 8-15
+    const u32 bB = w2_s + (32 * nh + (lane & 7) + ((lane >> 4) << 3)) * W2_ROW_BYTES + ((lane >> 3) & 1) * 16;
+
+#pragma unroll 1
+    for (int kh = 0; kh < 5; kh++) {
+#pragma unroll
+        for (int kw = 0; kw < 5; kw++) {
+            u32 aa[7];
+#pragma unroll
+            for (int i = 0; i < 7; i++) aa[i] = a_row_addr(act_s, zero_s, pb[i], oy[i], ox[i], kh, kw, cA);
+            const u32 bt = bB + (kh * 5 + kw) * 64;
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                u32 b[4][2];
+#pragma unroll
+                for (int q = 0; q < 2; q++) {
+                    u32 rr[4];
+                    ldsm_x4(rr, bt + h * 32 + q * 16 * W2_ROW_BYTES);
+                    b[2 * q][0] = rr[0]; b[2 * q][1] = rr[1];
+                    b[2 * q + 1][0] = rr[2]; b[2 * q + 1][1] = rr[3];
+                }
+#pragma unroll
+                for (int i = 0; i < 7; i++) {
+                    u32 a[4];
+                    ldsm_x4(a, aa[i] ^ (h << 5));
+#pragma unroll
+                    for (int nt = 0; nt < 4; nt++) mma16816(acc[i][nt], a, b[nt][0], b[nt][1]);
+                }
+            }
+        }
+    }
+    float bias[4][2];
+#pragma unroll
+    for (int nt = 0; nt < 4; nt++) {
+        bias[nt][0] = __ldg(b2 + 32 * nh + 8 * nt + 2 * t);
+        bias[nt][1] = __ldg(b2 + 32 * nh + 8 * nt + 2 * t + 1);
+    }
+#pragma unroll
+    for (int i = 0; i < 7; i++) {
+        u32 res[4];
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++) res[nt] = pool_bias_relu(acc[i][nt], bias[nt][0], bias[nt][1]);
+        const int w = 4 * (7 * mh + i) + (g >> 1);
+        if ((g & 1) == 0 && w < nwin) {
+            const int im = w / 49, wi = w - im * 49;
+            u32* dst = reinterpret_cast<u32*>(feat + (size_t)im * 3136 + wi * 64 + 32 * nh + 2 * t);
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++) dst[4 * nt] = res[nt];
+        }
+    }
+}
+
+// ------------------------------------------------------------------ persistent fused features kernel
+
+// One block per SM (its conv2 weights, 103 KB, stay in shared memory), looping over groups of 4
+// images. Step s: conv2 of group s-1 and conv1 of group s run as one queue of warp jobs (14 conv2
+// jobs, then one conv1 job per image), taken dynamically so warps left idle by conv2 do conv1.
+template <typename T>
+__device__ __forceinline__ void features_persistent(const T* __restrict__ images, int n, float scale,
+                                                    const u32* __restrict__ w1f, const float* __restrict__ b1,
+                                                    const half_t* __restrict__ w2, const float* __restrict__ b2,
+                                                    half_t* __restrict__ feat) {
+    extern __shared__ unsigned char smem_raw[];
+    const u32 raw_s = smem_u32(smem_raw);
+    unsigned char* smem = smem_raw + (((raw_s + 127u) & ~127u) - raw_s);
+    const u32 sbase = smem_u32(smem);
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+
+    for (int c = tid; c < 64 * 100; c += blockDim.x) {
+        const int row = c / 100, col = c - row * 100;
+        *reinterpret_cast<uint4*>(smem + OFF_W2 + row * W2_ROW_BYTES + col * 16) = __ldg(reinterpret_cast<const uint4*>(w2) + c);
+    }
+    for (int c = tid; c < (P_WARPS * SCR_BYTES + 64) / 16; c += blockDim.x)
+        *reinterpret_cast<uint4*>(smem + OFF_SCR + c * 16) = make_uint4(0u, 0u, 0u, 0u);  // scratch + zero row
+    int* ctr = reinterpret_cast<int*>(smem + OFF_CTR);
+    if (tid < 2) ctr[tid] = 0;
+    __syncthreads();
+
+    half_t* scr = reinterpret_cast<half_t*>(smem + OFF_SCR + warp * SCR_BYTES);
+    const int ngroups = (n + P_GROUP - 1) / P_GROUP;
+    const int nb = gridDim.x, b = blockIdx.x;
+    const int T = b < ngroups ? (ngroups - b + nb - 1) / nb : 0;
+    for (int s = 0; s <= T; s++) {
+        if (tid == 0) ctr[(s + 1) & 1] = 0;  // used at step s-1, free since the barrier
+        const int g2 = s - 1, g1 = s;
+        const int img2 = (b + g2 * nb) * P_GROUP, img1 = (b + g1 * nb) * P_GROUP;
+        const int n2 = g2 >= 0 ? min(P_GROUP, n - img2) : 0;
+        const int n1 = g1 < T ? min(P_GROUP, n - img1) : 0;
+        const int nm2 = (49 * n2 + 3) / 4;
+        const int J2 = 2 * ((nm2 + 6) / 7);
+        const int J = J2 + n1;
+        const u32 act2 = sbase + OFF_ACT + (g2 & 1) * (P_GROUP * ACT_IMG_BYTES);
+        unsigned char* act1 = smem + OFF_ACT + (g1 & 1) * (P_GROUP * ACT_IMG_BYTES);
+        for (;;) {
+            int j = 0;
+            if (lane == 0) j = atomicAdd(&ctr[s & 1], 1);
+            j = __shfl_sync(FULL_MASK, j, 0);
+            if (j >= J) break;
+            if (j < J2) {
+                conv2_job(act2, sbase + OFF_W2, sbase + OFF_ZERO, j >> 1, j & 1, 49 * n2, b2,
+                          feat + (size_t)img2 * 3136, lane);
+            } else {
+                const int li = j - J2;
+                load_image(images + (size_t)(img1 + li) * 784, scr, scale, lane, 32);
+                __syncwarp();
+                conv1_tiles(scr, act1 + li * ACT_IMG_BYTES, w1f, b1, lane, 0, 1);
+                __syncwarp();
+            }
+        }
+        __syncthreads();
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256, 1)
+features_persistent_u8(const unsigned char* images, int n, float scale, const u32* w1f, const float* b1,
+                       const half_t* w2, const float* b2, half_t* feat) {
+    features_persistent<unsigned char>(images, n, scale, w1f, b1, w2, b2, feat);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 1)
+features_persistent_f32(const float* images, int n, float scale, const u32* w1f, const float* b1,
+                        const half_t* w2, const float* b2, half_t* feat) {
+    features_persistent<float>(images, n, scale, w1f, b1, w2, b2, feat);
+}
+
+// ------------------------------------------------------------------ latency kernel (few images)
+
+// grid (13, n): block (mt, img) computes conv1 for the whole image (4 warps share the 49 m-tiles)
+// and then conv2 m-tile mt (4 pool windows) for all 64 channels, warp w taking channels 16w..16w+15,
+// its weights read straight from global memory (L2-resident). Spreads one image over 13 SMs.
+template <typename T>
+__device__ __forceinline__ void features_small(const T* __restrict__ images, int n, float scale,
+                                               const u32* __restrict__ w1f, const float* __restrict__ b1,
+                                               const half_t* __restrict__ w2, const float* __restrict__ b2,
+                                               half_t* __restrict__ feat) {
+    __shared__ __align__(128) unsigned char act[ACT_IMG_BYTES];
+    __shared__ __align__(128) unsigned char scrb[SCR_BYTES + 64];  // scratch, then the zero row
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int mt = blockIdx.x, img = blockIdx.y;
+    for (int c = tid; c < (SCR_BYTES + 64) / 16; c += blockDim.x)
+        *reinterpret_cast<uint4*>(scrb + c * 16) = make_uint4(0u, 0u, 0u, 0u);
+    __syncthreads();
+    half_t* scr = reinterpret_cast<half_t*>(scrb);
+    load_image(images + (size_t)img * 784, scr, scale, tid, blockDim.x);
+    __syncthreads();
+    conv1_tiles(scr, act, w1f, b1, lane, warp, 4);
+    __syncthreads();
+
+    const u32 act_s = smem_u32(act), zero_s = smem_u32(scrb + SCR_BYTES);
+    const int g = lane >> 2, t = lane & 3;
+    const int r = lane & 15, cA = lane >> 4;
+    int oy, ox, pb;
+    {
+        const int w = 4 * mt + ((r & 7) >> 1);
+        if (w < 49) {
+            const int py = w / 7, px = w - py * 7;
+            oy = 2 * py + (r >> 3); ox = 2 * px + (r & 1); pb = oy * 14 + ox;
+        } else {
+            oy = -64; ox = -64; pb = 0;
+        }
+    }
+    const u32* w2u = reinterpret_cast<const u32*>(w2);
+    const int n0 = 16 * warp + g, n1 = n0 + 8;
+    float acc[2][4];
+#pragma unroll
+    for (int j = 0; j < 2; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[j][e] = 0.f;
+#pragma unroll 1
+    for (int kh = 0; kh < 5; kh++) {
+#pragma unroll
+        for (int kw = 0; kw < 5; kw++) {
+            const u32 aa = a_row_addr(act_s, zero_s, pb, oy, ox, kh, kw, cA);
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                u32 a[4];
+                ldsm_x4(a, aa ^ (h << 5));
+                const int k = (kh * 5 + kw) * 32 + 16 * h + 2 * t;
+                const u32 b00 = __ldg(w2u + (n0 * 800 + k) / 2), b01 = __ldg(w2u + (n0 * 800 + k + 8) / 2);
+                const u32 b10 = __ldg(w2u + (n1 * 800 + k) / 2), b11 = __ldg(w2u + (n1 * 800 + k + 8) / 2);
+                mma16816(acc[0], a, b00, b01);
+                mma16816(acc[1], a, b10, b11);
+            }
+        }
+    }
+    u32 res[2];
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+        const int ch = 16 * warp + 8 * j + 2 * t;
+        res[j] = pool_bias_relu(acc[j], __ldg(b2 + ch), __ldg(b2 + ch + 1));
+    }
+    const int w = 4 * mt + (g >> 1);
+    if ((g & 1) == 0 && w < 49) {
+        u32* dst = reinterpret_cast<u32*>(feat + (size_t)img * 3136 + w * 64 + 16 * warp + 2 * t);
+        dst[0] = res[0];
+        dst[4] = res[1];
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+features_small_u8(const unsigned char* images, int n, float scale, const u32* w1f, const float* b1,
+                  const half_t* w2, const float* b2, half_t* feat) {
+    features_small<unsigned char>(images, n, scale, w1f, b1, w2, b2, feat);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+features_small_f32(const float* images, int n, float scale, const u32* w1f, const float* b1,
+                   const half_t* w2, const float* b2, half_t* feat) {
+    features_small<float>(images, n, scale, w1f, b1, w2, b2, feat);
+}
+
+// ------------------------------------------------------------------ fc2 + softmax + argmax
+
+#define FC2_MAXC 16
+
+// hid: [n][H] fp16 = fc1 before bias (cuBLAS output); b1: [H]; w: [C][H] fp16; b: [C].
+// One warp per image: x = relu(hid + b1), logits = w x + b, probs = softmax, label = first argmax.
+extern "C" __global__ void __launch_bounds__(256)
+fc2_softmax(const half_t* __restrict__ hid, const float* __restrict__ b1, const half_t* __restrict__ w,
+            const float* __restrict__ b, int n, int H, int C, float* __restrict__ probs, int* __restrict__ labels) {
+    const int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    if (row >= n) return;
+    const half_t* h = hid + (size_t)row * H;
+    float acc[FC2_MAXC];
+#pragma unroll
+    for (int c = 0; c < FC2_MAXC; c++) acc[c] = 0.f;
+    for (int j = lane * 8; j < H; j += 256) {
+        const uint4 hv = *reinterpret_cast<const uint4*>(h + j);
+        const u32 hw[4] = {hv.x, hv.y, hv.z, hv.w};
+        float x[8];
+#pragma unroll
+        for (int e = 0; e < 8; e++)
+            x[e] = fmaxf(h2f((half_t)(hw[e >> 1] >> ((e & 1) * 16))) + __ldg(b1 + j + e), 0.f);
+#pragma unroll
+        for (int c = 0; c < FC2_MAXC; c++) {
+            if (c < C) {
+                const uint4 wv = __ldg(reinterpret_cast<const uint4*>(w + (size_t)c * H + j));
+                const u32 ww[4] = {wv.x, wv.y, wv.z, wv.w};
+                float s = 0.f;
+#pragma unroll
+                for (int e = 0; e < 8; e++) s = fmaf(x[e], h2f((half_t)(ww[e >> 1] >> ((e & 1) * 16))), s);
+                acc[c] += s;
+            }
+        }
+    }
+#pragma unroll
+    for (int c = 0; c < FC2_MAXC; c++) {
+        if (c < C) {
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) acc[c] += __shfl_xor_sync(FULL_MASK, acc[c], o);
+        }
+    }
+    float m = -3.402823466e38f;
+    int arg = 0;
+#pragma unroll
+    for (int c = 0; c < FC2_MAXC; c++) {
+        if (c < C) {
+            acc[c] += __ldg(b + c);
+            if (acc[c] > m) { m = acc[c]; arg = c; }
+        }
+    }
+    float sum = 0.f;
+#pragma unroll
+    for (int c = 0; c < FC2_MAXC; c++) {
+        if (c < C) { acc[c] = __expf(acc[c] - m); sum += acc[c]; }
+    }
+    const float inv = 1.f / sum;
+#pragma unroll
+    for (int c = 0; c < FC2_MAXC; c++)
+        if (c < C && lane == c) probs[(size_t)row * C + c] = acc[c] * inv;
+    if (lane == 0) labels[row] = arg;
+}
