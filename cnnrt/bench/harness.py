@@ -23,7 +23,7 @@ class Options:
     sizes: tuple[int, ...] = DEFAULT_SIZES
     rounds: int = DEFAULT_ROUNDS
     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES  # candidates; one value = fixed
-    calibration_images: int = 2000
+    calibration_images: int = 2000  # warm-up and batch-size choice (at least the largest candidate batch)
     latency_calls: int = DEFAULT_LATENCY_CALLS
     cold_rounds: int = DEFAULT_COLD_ROUNDS  # fresh-process import / first-call runs; 0 skips them
     pause: float = PAUSE_SECONDS
@@ -110,15 +110,14 @@ def run(model, images, peers, options: Options, log=print) -> dict:
 
     live = [e for e in entries if e.skipped is None]
     biggest = max(options.sizes)
-    calib = images[:min(options.calibration_images, biggest)]
+    candidates = [bs for bs in options.batch_sizes if bs <= biggest] or [min(options.batch_sizes)]
+    calib = images[:min(max(options.calibration_images, max(candidates)), biggest)]
 
     # Warm-up and best batch size: every candidate once on the calibration set, then the fastest.
     for e in live:
         infer = infers[e.name]
         try:
-            for bs in options.batch_sizes:
-                if bs > len(calib) and len(options.batch_sizes) > 1:
-                    continue
+            for bs in candidates:
                 infer(calib, bs)  # warm-up (compiles, caches, thread pools)
                 e.calibration[bs], _ = _timed(infer, calib, bs)
             for i in range(min(3, len(images))):

@@ -210,7 +210,7 @@ def chart(res: dict, path: str | os.PathLike) -> None:
                     if e["installed_bytes"] else None for e in rows], 1e-6, None))
     cols = 3
     nrows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols, 0.45 * len(rows) * nrows + 1.6 * nrows + 0.8),
+    fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols, max(0.45 * len(rows), 1.6) * nrows + 1.6 * nrows + 0.8),
                              squeeze=False)
     colors = ["#d62728" if e["name"] == "cnnrt" else "#1f77b4" for e in rows]
     for ax, (title, stats, scale, floor) in zip(axes.flat, panels):
