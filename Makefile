@@ -26,5 +26,14 @@ test: $(VENV)/.test
 	$(VENV)/bin/cnnrt eval
 	$(PY) -m pytest -q
 
+# `make bench`: cnnrt against TensorFlow, ONNX Runtime and PyTorch on this machine; refreshes the
+# cpu-bench section of docs/benchmarks.md, its chart and the raw JSON. Takes several minutes.
+$(VENV)/.bench: $(VENV)/.core
+	$(PIP) -e '.[bench]' 'torch==2.13.0'
+	touch $@
+
+bench: $(VENV)/.bench
+	$(VENV)/bin/cnnrt bench --chart docs/bench_cpu.png --json-out docs/bench_cpu.json --doc docs/benchmarks.md
+
 clean:
 	rm -rf $(VENV) build *.egg-info
