@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: run test venv test-env bench clean
+.PHONY: run test venv test-env bench clean test-gpu bench-gpu
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,16 @@ $(VENV)/.bench: $(VENV)/.core
 
 bench: $(VENV)/.bench
 	$(VENV)/bin/cnnrt bench --chart docs/bench_cpu.png --json-out docs/bench_cpu.json --doc docs/benchmarks.md
+
+# GPU targets run on the device machine with its own python3 (CuPy, PyTorch, JAX there); no venv.
+GPU_PY ?= python3
+GPU_OUT ?= bench/out
+
+test-gpu:
+	PYTHONPATH=. $(GPU_PY) -m pytest -q -m gpu tests/test_cuda.py -rs
+
+bench-gpu:
+	PYTHONPATH=. $(GPU_PY) bench/bench_gpu.py --json $(GPU_OUT)/bench_gpu.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -25,6 +25,10 @@ typedef unsigned int u32;
 
 #define FULL_MASK 0xffffffffu
 
+// our own 16-byte vectors (no dependence on the vector-type headers)
+struct alignas(16) u32x4 { u32 x, y, z, w; };
+struct alignas(16) f32x4 { float x, y, z, w; };
+
 // conv2 weights in shared memory: 64 rows (output channels) of 800 fp16 (kh, kw, c), padded by 16 B
 // so that the 8 row addresses of one ldmatrix land in 8 different bank groups.
 #define W2_ROW_BYTES 1616
@@ -102,7 +106,7 @@ __device__ __forceinline__ u32 pool_bias_relu(const float (&c)[4], float bias0, 
 // scratch: 32x32 fp16, pixel (y, x) at [(y+2)*32 + x+2], the border already zero
 __device__ __forceinline__ void load_image(const unsigned char* img, half_t* scr, float scale, int i0, int step) {
     for (int c = i0; c < 49; c += step) {  // 784 bytes = 49 chunks of 16
-        uint4 v = *reinterpret_cast<const uint4*>(img + c * 16);
+        const u32x4 v = *reinterpret_cast<const u32x4*>(img + c * 16);
         u32 w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
         for (int b = 0; b < 16; b++) {
@@ -115,7 +119,7 @@ __device__ __forceinline__ void load_image(const unsigned char* img, half_t* scr
 
 __device__ __forceinline__ void load_image(const float* img, half_t* scr, float scale, int i0, int step) {
     for (int c = i0; c < 196; c += step) {  // 784 floats = 196 float4
-        float4 v = *reinterpret_cast<const float4*>(img + c * 4);
+        const f32x4 v = *reinterpret_cast<const f32x4*>(img + c * 4);
         float f[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
         for (int b = 0; b < 4; b++) {
@@ -306,10 +310,10 @@ __device__ __forceinline__ void features_persistent(const T* __restrict__ images
 
     for (int c = tid; c < 64 * 100; c += blockDim.x) {
         const int row = c / 100, col = c - row * 100;
-        *reinterpret_cast<uint4*>(smem + OFF_W2 + row * W2_ROW_BYTES + col * 16) = __ldg(reinterpret_cast<const uint4*>(w2) + c);
+        *reinterpret_cast<u32x4*>(smem + OFF_W2 + row * W2_ROW_BYTES + col * 16) = reinterpret_cast<const u32x4*>(w2)[c];
     }
     for (int c = tid; c < (P_WARPS * SCR_BYTES + 64) / 16; c += blockDim.x)
-        *reinterpret_cast<uint4*>(smem + OFF_SCR + c * 16) = make_uint4(0u, 0u, 0u, 0u);  // scratch + zero row
+        *reinterpret_cast<u32x4*>(smem + OFF_SCR + c * 16) = u32x4{0u, 0u, 0u, 0u};  // scratch + zero row
     int* ctr = reinterpret_cast<int*>(smem + OFF_CTR);
     if (tid < 2) ctr[tid] = 0;
     __syncthreads();
@@ -317,13 +321,13 @@ __device__ __forceinline__ void features_persistent(const T* __restrict__ images
     half_t* scr = reinterpret_cast<half_t*>(smem + OFF_SCR + warp * SCR_BYTES);
     const int ngroups = (n + P_GROUP - 1) / P_GROUP;
     const int nb = gridDim.x, b = blockIdx.x;
-    const int T = b < ngroups ? (ngroups - b + nb - 1) / nb : 0;
-    for (int s = 0; s <= T; s++) {
+    const int steps = b < ngroups ? (ngroups - b + nb - 1) / nb : 0;  // my groups
+    for (int s = 0; s <= steps; s++) {
         if (tid == 0) ctr[(s + 1) & 1] = 0;  // used at step s-1, free since the barrier
         const int g2 = s - 1, g1 = s;
         const int img2 = (b + g2 * nb) * P_GROUP, img1 = (b + g1 * nb) * P_GROUP;
         const int n2 = g2 >= 0 ? min(P_GROUP, n - img2) : 0;
-        const int n1 = g1 < T ? min(P_GROUP, n - img1) : 0;
+        const int n1 = g1 < steps ? min(P_GROUP, n - img1) : 0;
         const int nm2 = (49 * n2 + 3) / 4;
         const int J2 = 2 * ((nm2 + 6) / 7);
         const int J = J2 + n1;
@@ -371,12 +375,12 @@ __device__ __forceinline__ void features_small(const T* __restrict__ images, int
                                                const u32* __restrict__ w1f, const float* __restrict__ b1,
                                                const half_t* __restrict__ w2, const float* __restrict__ b2,
                                                half_t* __restrict__ feat) {
-    __shared__ __align__(128) unsigned char act[ACT_IMG_BYTES];
-    __shared__ __align__(128) unsigned char scrb[SCR_BYTES + 64];  // scratch, then the zero row
+    __shared__ __attribute__((aligned(128))) unsigned char act[ACT_IMG_BYTES];
+    __shared__ __attribute__((aligned(128))) unsigned char scrb[SCR_BYTES + 64];  // scratch, then the zero row
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int mt = blockIdx.x, img = blockIdx.y;
     for (int c = tid; c < (SCR_BYTES + 64) / 16; c += blockDim.x)
-        *reinterpret_cast<uint4*>(scrb + c * 16) = make_uint4(0u, 0u, 0u, 0u);
+        *reinterpret_cast<u32x4*>(scrb + c * 16) = u32x4{0u, 0u, 0u, 0u};
     __syncthreads();
     half_t* scr = reinterpret_cast<half_t*>(scrb);
     load_image(images + (size_t)img * 784, scr, scale, tid, blockDim.x);
@@ -464,7 +468,7 @@ fc2_softmax(const half_t* __restrict__ hid, const float* __restrict__ b1, const 
 #pragma unroll
     for (int c = 0; c < FC2_MAXC; c++) acc[c] = 0.f;
     for (int j = lane * 8; j < H; j += 256) {
-        const uint4 hv = *reinterpret_cast<const uint4*>(h + j);
+        const u32x4 hv = *reinterpret_cast<const u32x4*>(h + j);
         const u32 hw[4] = {hv.x, hv.y, hv.z, hv.w};
         float x[8];
 #pragma unroll
@@ -473,7 +477,7 @@ fc2_softmax(const half_t* __restrict__ hid, const float* __restrict__ b1, const 
 #pragma unroll
         for (int c = 0; c < FC2_MAXC; c++) {
             if (c < C) {
-                const uint4 wv = __ldg(reinterpret_cast<const uint4*>(w + (size_t)c * H + j));
+                const u32x4 wv = reinterpret_cast<const u32x4*>(w + (size_t)c * H + j)[0];
                 const u32 ww[4] = {wv.x, wv.y, wv.z, wv.w};
                 float s = 0.f;
 #pragma unroll
