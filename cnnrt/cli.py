@@ -169,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--chart", default=None, metavar="PATH", help="write a PNG chart (needs matplotlib)")
     b.add_argument("--markdown", default=None, metavar="PATH", help="write the Markdown report to PATH")
     b.add_argument("--doc", default=None, metavar="PATH", help="replace the cpu-bench section of PATH (docs/benchmarks.md) with the report")
+    b.add_argument("--note", action="append", default=[], metavar="TEXT", help="add a note to the report (repeatable)")
     b.add_argument("--from-json", default=None, metavar="PATH", help="measure nothing: report (table, chart, Markdown) from a JSON that --json-out wrote")
     b.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     b.set_defaults(func=cmd_bench)

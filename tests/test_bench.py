@@ -332,8 +332,11 @@ def test_cli_bench_end_to_end_with_cnnrt_and_a_missing_peer(bundle, tmp_path, mo
     assert ort["skipped"].startswith("cnnrt_no_such_package_for_tests is not installed")
     assert res["model"]["flops_per_image"] > 0 and res["floor_seconds"]["24"] > 0
     # the same report again, from the JSON alone
-    rc = main(["bench", "--from-json", str(js)])
-    assert rc == 0 and "skipped: cnnrt_no_such_package_for_tests" in capsys.readouterr().out
+    md = tmp_path / "out" / "bench.md"
+    rc = main(["bench", "--from-json", str(js), "--note", "a note from the person who ran it", "--markdown", str(md)])
+    out = capsys.readouterr().out
+    assert rc == 0 and "skipped: cnnrt_no_such_package_for_tests" in out
+    assert "note: a note from the person who ran it" in out and "- a note from the person who ran it" in md.read_text()
 
 
 @pytest.mark.parametrize("args, message", [

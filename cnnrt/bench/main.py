@@ -32,6 +32,19 @@ def _prepare_output(path: str) -> None:
         raise CnnrtError(f"{path}: directory {d} is not writable")
 
 
+def _this_command() -> str:
+    if sys.argv[1:2] == ["bench"]:
+        return "cnnrt bench " + " ".join(shlex.quote(v) for v in sys.argv[2:])
+    return "cnnrt bench"
+
+
+def _shown(path) -> str:
+    """A path as a reader can reuse it: relative to the current directory when inside it."""
+    p = os.path.abspath(path)
+    rel = os.path.relpath(p)
+    return str(path) if rel.startswith("..") else rel
+
+
 def select_peers(spec: str | None):
     """cnnrt first, then the named peers (default: all known; 'none' for cnnrt alone)."""
     from ..peers import CnnrtPeer, get, peers
@@ -67,12 +80,12 @@ def bench(model_path: str, images_path: str, peer_list, opts: harness.Options, c
 
     load = system.CpuUse()
     log("machine: measuring the matrix-product rate (the floor)")
-    mm = system.matmul_rate()
+    mm = system.matmul_rate(repeats=10)
     entries = harness.run(model, images, peer_list, opts, log=log)
     if opts.cold_rounds:
         with tempfile.TemporaryDirectory(prefix="cnnrt-bench-") as work:
             harness.cold_starts(model, peer_list, entries, model_path, opts.cold_rounds, work, log=log)
-    mm_end = system.matmul_rate()
+    mm_end = system.matmul_rate(repeats=10)  # again at the end: the best of both is the machine's rate
     if mm_end["flops_per_second"] > mm["flops_per_second"]:
         mm = mm_end
     if measure_sizes:
@@ -83,15 +96,16 @@ def bench(model_path: str, images_path: str, peer_list, opts: harness.Options, c
         "command": command,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": system.machine(),
-        "model": {"path": str(model_path), "name": model.name, "flops_per_image": flops,
+        "model": {"path": _shown(model_path), "name": model.name, "flops_per_image": flops,
                   "parameters": int(sum(p.size for p in model.params().values()))},
-        "images": {"path": str(images_path), "count": int(n)},
+        "images": {"path": _shown(images_path), "count": int(n)},
         "options": {"sizes": list(opts.sizes), "rounds": opts.rounds, "batch_sizes": list(opts.batch_sizes),
                     "calibration_images": opts.calibration_images, "latency_calls": opts.latency_calls,
                     "cold_rounds": opts.cold_rounds, "pause_seconds": opts.pause},
         "matmul": mm,
         "floor_seconds": {str(k): flops * k / mm["flops_per_second"] for k in opts.sizes},
         "other_load": load.stop(),
+        "notes": [],
     }
     return report.results_dict(meta, entries)
 
@@ -135,15 +149,18 @@ def command(a) -> int:
             res["runtimes"], res["command"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise CnnrtError(f"{a.from_json}: not a JSON file written by cnnrt bench ({e})") from None
+        res["rendered_by"] = _this_command()
         return _emit(a, res)
     peer_list = select_peers(a.peers)
-    cmd = "cnnrt bench " + " ".join(shlex.quote(v) for v in sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "cnnrt bench"
+    cmd = _this_command()
     log = (lambda *m: None) if a.quiet else (lambda *m: print(*m, file=sys.stderr, flush=True))
     res = bench(a.model, a.images, peer_list, opts, cmd, log=log)
     return _emit(a, res)
 
 
 def _emit(a, res: dict) -> int:
+    if a.note:
+        res["notes"] = list(res.get("notes") or []) + list(a.note)
 
     if a.json_out:
         with open(a.json_out, "w") as f:

@@ -110,7 +110,8 @@ def _preamble(res: dict) -> list[str]:
         f"(best of {mm['repeats']}, {mm['n']}x{mm['n']}) -> {floors}",
         f"Each figure: median [min-max] of {res['options']['rounds']} rounds (latency: median [IQR] of "
         f"{res['options']['rounds'] * res['options']['latency_calls']} single-image calls; first call and import: "
-        f"{res['options']['cold_rounds']} fresh processes); 'x cnnrt' = the figure / cnnrt's (below 1: less than cnnrt).",
+        f"{res['options']['cold_rounds']} fresh process{'es' if res['options']['cold_rounds'] != 1 else ''}); "
+        f"'x cnnrt' = the figure / cnnrt's (below 1: less than cnnrt).",
     ]
     load = res.get("other_load")
     if load:
@@ -120,7 +121,7 @@ def _preamble(res: dict) -> list[str]:
 
 
 def _notes(res: dict) -> list[str]:
-    out = []
+    out = list(res.get("notes") or [])
     for e in res["runtimes"]:
         if e["skipped"]:
             out.append(f"{e['label']} ({e['name']}): skipped: {e['skipped']}")
@@ -139,9 +140,25 @@ def text(res: dict) -> str:
     return "\n".join(parts)
 
 
+METHOD = """\
+How it measures (`cnnrt/bench/`, peers in `cnnrt/peers/`): every runtime gets the same float32 NHWC
+images and a model built from the same cnnrt bundle (Keras via `set_weights`, an ONNX graph written
+with `onnx.helper`, a PyTorch `nn.Sequential`; any NHWC to NCHW transpose happens inside the timed
+call). Each runtime is warmed up, then runs at its fastest batch size among the candidates; the
+timed rounds alternate between runtimes, the order rotating each round. "First call" is a fresh
+Python process importing the framework, loading the model file (the `.onnx` file for ONNX Runtime,
+the bundle otherwise) and answering one image; "import" is the import statement alone in that
+process. "Installed MB" is the package with everything it requires, each distribution counted once.
+Agreement is against cnnrt fp32 on the largest image set. The floor is FLOPs per image times images
+over the best float32 matrix-product rate NumPy reaches on this machine. The article's one
+comparison was 5,000 images: its GPU pipeline 3.29 s against TensorFlow on the CPU 5.4 s."""
+
+
 def markdown(res: dict, chart: str | None = None) -> str:
     (h1, r1), (h2, r2) = _rows(res)
     parts = ["Produced by:", "", "```", res["command"], "```", ""]
+    if res.get("rendered_by"):
+        parts += ["and written out from its JSON (nothing re-measured) by:", "", "```", res["rendered_by"], "```", ""]
     parts += [f"- {line}" for line in _preamble(res)]
     parts += ["", "Throughput, at each runtime's best batch size (floor/time: the machine's floor over the "
               "runtime's time, 100% = the matrix-product limit):", "", _md_table(h1, r1), "",
@@ -152,6 +169,7 @@ def markdown(res: dict, chart: str | None = None) -> str:
         parts += ["", "Notes:", ""] + [f"- {n}" for n in notes]
     if chart:
         parts += ["", f"![cnnrt bench chart]({chart})"]
+    parts += ["", METHOD]
     return "\n".join(parts) + "\n"
 
 
@@ -200,7 +218,7 @@ def chart(res: dict, path: str | os.PathLike) -> None:
     for n in sorted(sizes, reverse=True):
         panels.append((f"{n:,} images (s), best batch", [(e["throughput"].get(str(n)) or None) for e in rows], 1.0,
                        res["floor_seconds"][str(n)]))
-    panels.append(("single-image latency (ms), whiskers IQR",
+    panels.append(("single-image latency (ms, log scale), whiskers IQR",
                    [{"median": s["median"], "min": s["q1"], "max": s["q3"]} if (s := e["latency"]) else None
                     for e in rows], 1e3, None))
     panels.append(("first call in a fresh process (s)", [e["first_call_seconds"] for e in rows], 1.0, None))
@@ -219,6 +237,8 @@ def chart(res: dict, path: str | os.PathLike) -> None:
         lo = [(s["median"] - s["min"]) * scale if s else 0 for s in stats]
         hi = [(s["max"] - s["median"]) * scale if s else 0 for s in stats]
         ax.barh(y, med, xerr=[lo, hi], color=colors, capsize=3, error_kw={"elinewidth": 1})
+        if "log scale" in title:
+            ax.set_xscale("log")
         for yi, (v, h, s) in enumerate(zip(med, hi, stats)):
             ax.text(v + h, yi, f"  {_num(v)}" if s else " n/a", va="center", fontsize=8)
         if floor:
@@ -228,7 +248,8 @@ def chart(res: dict, path: str | os.PathLike) -> None:
         ax.set_yticklabels(labels, fontsize=8)
         ax.invert_yaxis()
         ax.set_title(title, fontsize=10)
-        ax.margins(x=0.25)
+        if "log scale" not in title:
+            ax.margins(x=0.25)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     mach = res["machine"]
