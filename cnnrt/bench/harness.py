@@ -5,6 +5,7 @@ worker threads do not eat the next one's time; medians and spread over rounds.
 """
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -190,7 +191,11 @@ def cold_starts(model, peers, entries, bundle: str, rounds: int, workdir: str, l
             if peer.name not in artifacts:
                 continue
             try:
-                out = fresh_process(peer.name, peer.import_statement, artifacts[peer.name], model.input_shape)
+                env = {}
+                if peer.fresh_cache_env:  # no compile cache from earlier runs: a real cold start
+                    env[peer.fresh_cache_env] = tempfile.mkdtemp(prefix=f"{peer.name}-cache-", dir=workdir)
+                out = fresh_process(peer.name, peer.import_statement, artifacts[peer.name], model.input_shape,
+                                    env_extra=env)
             except Exception as ex:
                 e.notes.append(f"cold start failed: {ex}")
                 del artifacts[peer.name]

@@ -147,11 +147,12 @@ with `onnx.helper`, a PyTorch `nn.Sequential`; any NHWC to NCHW transpose happen
 call). Each runtime is warmed up, then runs at its fastest batch size among the candidates; the
 timed rounds alternate between runtimes, the order rotating each round. "First call" is a fresh
 Python process importing the framework, loading the model file (the `.onnx` file for ONNX Runtime,
-the bundle otherwise) and answering one image; "import" is the import statement alone in that
-process. "Installed MB" is the package with everything it requires, each distribution counted once.
+the bundle otherwise) and answering one image (torch.compile with an empty compile cache, so
+it compiles from scratch); "import" is the import statement alone in that process. "Installed MB" is the package with everything it requires, each distribution counted once.
 Agreement is against cnnrt fp32 on the largest image set. The floor is FLOPs per image times images
 over the best float32 matrix-product rate NumPy reaches on this machine. The article's one
-comparison was 5,000 images: its GPU pipeline 3.29 s against TensorFlow on the CPU 5.4 s."""
+comparison was 5,000 images: its GPU pipeline 3.29 s against TensorFlow on the CPU 5.4 s. GPU
+peers (PyTorch, torch.compile, JAX on CUDA) are measured by `bench/bench_gpu.py` (the CUDA section)."""
 
 
 def markdown(res: dict, chart: str | None = None) -> str:

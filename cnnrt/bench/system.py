@@ -150,9 +150,11 @@ def installed_size(root: str) -> dict:
 
 # ---------------------------------------------------------------- fresh processes
 
-def fresh_process(peer_name: str, import_statement: str, artifact: str, input_shape, timeout: float = 600) -> dict:
+def fresh_process(peer_name: str, import_statement: str, artifact: str, input_shape, timeout: float = 600,
+                  env_extra: dict | None = None) -> dict:
     """Import time and first answer (import + load + one image) of a peer in a new interpreter."""
     env = dict(os.environ)
+    env.update(env_extra or {})
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     root = str(Path(__file__).resolve().parent.parent.parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")

@@ -32,6 +32,7 @@ class Peer:
     import_statement = "pass"  # what a user's program imports to run it (timed in a fresh process)
     install_hint = "pip install 'cnnrt[bench]'"
     device = "cpu"
+    fresh_cache_env: str | None = None  # env variable naming an on-disk compile cache, emptied for a cold start
 
     def missing(self) -> str | None:
         """None when the peer can run here, else why not (without importing anything heavy)."""

@@ -91,6 +91,7 @@ class TorchCompile(Peer):
     distributions = ("torch",)
     import_statement = "import torch"
     install_hint = INSTALL
+    fresh_cache_env = "TORCHINDUCTOR_CACHE_DIR"  # a cold start compiles from scratch
 
     def missing(self):
         why = super().missing()
