@@ -133,7 +133,8 @@ def _notes(res: dict) -> list[str]:
 def text(res: dict) -> str:
     (h1, r1), (h2, r2) = _rows(res)
     parts = _preamble(res) + ["", "Throughput, at each runtime's best batch size", _text_table(h1, r1), "",
-                              "Latency, start-up, footprint, agreement with cnnrt fp32", _text_table(h2, r2)]
+                              "Latency, start-up, footprint, agreement with cnnrt fp32",
+                              _text_table(h2, r2)]
     notes = _notes(res)
     if notes:
         parts += [""] + [f"note: {n}" for n in notes]
@@ -143,16 +144,19 @@ def text(res: dict) -> str:
 METHOD = """\
 How it measures (`cnnrt/bench/`, peers in `cnnrt/peers/`): every runtime gets the same float32 NHWC
 images and a model built from the same cnnrt bundle (Keras via `set_weights`, an ONNX graph written
-with `onnx.helper`, a PyTorch `nn.Sequential`; any NHWC to NCHW transpose happens inside the timed
-call). Each runtime is warmed up, then runs at its fastest batch size among the candidates; the
-timed rounds alternate between runtimes, the order rotating each round. "First call" is a fresh
-Python process importing the framework, loading the model file (the `.onnx` file for ONNX Runtime,
-the bundle otherwise) and answering one image (torch.compile with an empty compile cache, so
-it compiles from scratch); "import" is the import statement alone in that process. "Installed MB" is the package with everything it requires, each distribution counted once.
-Agreement is against cnnrt fp32 on the largest image set. The floor is FLOPs per image times images
-over the best float32 matrix-product rate NumPy reaches on this machine. The article's one
-comparison was 5,000 images: its GPU pipeline 3.29 s against TensorFlow on the CPU 5.4 s. GPU
-peers (PyTorch, torch.compile, JAX on CUDA) are measured by `bench/bench_gpu.py` (the CUDA section)."""
+with `onnx.helper`, a PyTorch `nn.Sequential`, a jitted JAX function; any NHWC to NCHW transpose
+happens inside the timed call). Each runtime is warmed up, then runs at its fastest batch size among
+the candidates; the timed rounds alternate between runtimes, the order rotating each round. "First
+call" is a fresh Python process importing the framework, loading the model file (the `.onnx` file
+for ONNX Runtime, the bundle otherwise) and answering one image (torch.compile with an empty compile
+cache, so it compiles from scratch); "import" is the import statement alone in that process.
+"Installed MB" is the package with everything it requires, each distribution counted once. Agreement
+is against cnnrt fp32 on the largest image set. The floor is FLOPs per image times images over the
+best float32 matrix-product rate NumPy reaches on this machine. The article's one comparison was
+5,000 images: its GPU pipeline 3.29 s against TensorFlow on the CPU 5.4 s. `pip install
+'cnnrt[bench]'` installs the TensorFlow, ONNX Runtime and PyTorch peers; JAX is optional (`pip
+install jax`). GPU peers (PyTorch, torch.compile, JAX on CUDA) are measured by `bench/bench_gpu.py`
+(the CUDA section)."""
 
 
 def markdown(res: dict, chart: str | None = None) -> str:

@@ -163,7 +163,7 @@ def fresh_process(peer_name: str, import_statement: str, artifact: str, input_sh
                            ",".join(str(int(v)) for v in input_shape)],
                           capture_output=True, text=True, timeout=timeout, env=env)
     wall = time.perf_counter() - t0
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"fresh process for {peer_name} failed (exit {proc.returncode}): {tail}")

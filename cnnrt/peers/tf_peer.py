@@ -20,7 +20,8 @@ def _tf():
     if keras.backend.backend() != "tensorflow":
         from ..errors import BackendUnavailable
 
-        raise BackendUnavailable(f"Keras runs on {keras.backend.backend()!r} (KERAS_BACKEND); the TensorFlow peers need 'tensorflow'")
+        raise BackendUnavailable(f"Keras runs on {keras.backend.backend()!r} (KERAS_BACKEND); "
+                                 "the TensorFlow peers need 'tensorflow'")
     return tf, keras
 
 
