@@ -35,7 +35,7 @@ KERNEL_FILE = KERNEL_DIR / "deep_mnist.cu"
 # must match deep_mnist.cu
 P_GROUP = 4
 P_THREADS = 256
-P_SMEM_BYTES = (64 * 1616) + 2 * P_GROUP * 196 * 64 + 8 * 2048 + 64 + 16 + 128
+P_SMEM_BYTES = (64 * 1616) + 2 * P_GROUP * 200 * 64 + 8 * 2048 + 64 + 16 + 128
 FC2_MAXC = 16
 
 _available: str | None | bool = False  # False: not checked yet
@@ -94,12 +94,56 @@ def load_module(path: Path = KERNEL_FILE, options: tuple = ("--std=c++17",)):
     return _modules[key]
 
 
-def _cublas():
-    try:
-        from cupy_backends.cuda.libs import cublas
-    except ImportError:  # older layouts
-        from cupy.cuda import cublas
-    return cublas
+class _Cublas:
+    """The few cuBLAS calls we need, through ctypes on the library CuPy loaded: CuPy's own wrappers
+    refuse to run while a stream is being captured into a graph. One handle per stream, each with
+    its own workspace, so chunks on different streams never share scratch memory."""
+
+    def __init__(self, cp):
+        import ctypes
+
+        cp.cuda.device.get_cublas_handle()  # makes CuPy load libcublas
+        path = None
+        with open("/proc/self/maps") as f:
+            for line in f:
+                name = line.rsplit(None, 1)[-1]
+                if "/libcublas.so" in name:
+                    path = name
+                    break
+        if path is None:
+            raise BackendUnavailable("cuda backend: could not find the cuBLAS library CuPy loaded")
+        lib = ctypes.CDLL(path)
+        P, I = ctypes.c_void_p, ctypes.c_int
+        lib.cublasCreate_v2.argtypes = [ctypes.POINTER(P)]
+        lib.cublasDestroy_v2.argtypes = [P]
+        lib.cublasSetStream_v2.argtypes = [P, P]
+        lib.cublasSetWorkspace_v2.argtypes = [P, P, ctypes.c_size_t]
+        lib.cublasGemmEx.argtypes = [P, I, I, I, I, I, P, P, I, I, P, I, I, P, P, I, I, I, I]
+        for fn in ("cublasCreate_v2", "cublasDestroy_v2", "cublasSetStream_v2", "cublasSetWorkspace_v2", "cublasGemmEx"):
+            getattr(lib, fn).restype = I
+        self.ctypes, self.lib, self.cp = ctypes, lib, cp
+        self.workspaces = []
+
+    def _check(self, status, what):
+        if status != 0:
+            raise CnnrtError(f"cuBLAS {what} failed with status {status}")
+
+    def handle_for(self, stream, workspace_bytes=32 << 20):
+        h = self.ctypes.c_void_p()
+        self._check(self.lib.cublasCreate_v2(self.ctypes.byref(h)), "create")
+        self._check(self.lib.cublasSetStream_v2(h, stream.ptr), "setStream")
+        ws = self.cp.empty(workspace_bytes, self.cp.uint8)
+        self.workspaces.append(ws)
+        self._check(self.lib.cublasSetWorkspace_v2(h, ws.data.ptr, workspace_bytes), "setWorkspace")
+        return h
+
+    def destroy(self, h):
+        self.lib.cublasDestroy_v2(h)
+
+    def gemm_fp16(self, h, transa, transb, m, n, k, alpha_ptr, a, lda, b, ldb, beta_ptr, c, ldc):
+        """Column-major C = op(A) op(B), fp16 in and out, fp32 accumulation (CUBLAS_COMPUTE_32F)."""
+        self._check(self.lib.cublasGemmEx(h, transa, transb, m, n, k, alpha_ptr, a, 2, lda, b, 2, ldb,
+                                          beta_ptr, c, 2, ldc, 68, -1), "GemmEx")
 
 
 def is_deep_mnist(model: Model) -> bool:
@@ -187,9 +231,9 @@ class FusedRunner(Runner):
         self.classes = int(f2.weight.shape[0])
         self.scale = np.float32(model.input_scale)
 
-        self.cublas = _cublas()
+        self.blas = _Cublas(cp)
         self.streams = [cp.cuda.Stream(non_blocking=True) for _ in range(max(1, int(streams)))]
-        self.handles = [self.cublas.create() for _ in self.streams]
+        self.handles = [self.blas.handle_for(s) for s in self.streams]
         self._alpha = np.ones(1, np.float32)
         self._beta = np.zeros(1, np.float32)
         self.cap = 0
@@ -200,7 +244,7 @@ class FusedRunner(Runner):
     def __del__(self):
         try:
             for h in self.handles:
-                self.cublas.destroy(h)
+                self.blas.destroy(h)
         except Exception:
             pass
 
@@ -269,13 +313,7 @@ class FusedRunner(Runner):
             else:
                 grid = min(self.nsm, -(-cnt // P_GROUP))
                 self.k[f"features_persistent_{kind}"]((grid,), (P_THREADS,), args, shared_mem=P_SMEM_BYTES)
-            # hid[cnt][H] (row-major) = feat[cnt][3136] . fw1[H][3136]^T, as column-major
-            # C(H x cnt) = op(A)=fw1^T ... : A = fw1 (3136 x H col-major, transposed), B = feat (3136 x cnt)
-            self.cublas.gemmEx(handle, 1, 0, self.hidden, cnt, 3136,
-                               self._alpha.ctypes.data, self.fw1.data.ptr, 2, 3136,
-                               feat.data.ptr, 2, 3136,
-                               self._beta.ctypes.data, hid.data.ptr, 2, self.hidden,
-                               68, -1)  # CUDA_R_16F = 2, CUBLAS_COMPUTE_32F = 68, CUBLAS_GEMM_DEFAULT
+            self.fc1(handle, cnt, feat.data.ptr, hid.data.ptr)
             self.k["fc2_softmax"]((-(-cnt // 8),), (256,),
                                   (hid, self.fb1, self.fw2, self.fb2, np.int32(cnt), np.int32(self.hidden),
                                    np.int32(self.classes), probs, labels))
@@ -285,6 +323,12 @@ class FusedRunner(Runner):
             else:
                 rt.memcpyAsync(self.h_labels.ctypes.data + off * 4, labels.data.ptr, cnt * 4,
                                rt.memcpyDeviceToHost, stream.ptr)
+
+    def fc1(self, handle, cnt: int, feat_ptr: int, hid_ptr: int) -> None:
+        """hid[cnt][H] = feat[cnt][3136] . fw1[H][3136]^T (bias and ReLU are applied by fc2_softmax).
+        Column-major view: C (H x cnt) = A^T B with A = fw1 as a 3136 x H matrix, B = feat as 3136 x cnt."""
+        self.blas.gemm_fp16(handle, 1, 0, self.hidden, cnt, 3136, self._alpha.ctypes.data, self.fw1.data.ptr, 3136,
+                            feat_ptr, 3136, self._beta.ctypes.data, hid_ptr, self.hidden)
 
     def _graphs_for(self, n: int, kind: str, want_probs: bool):
         """[(offset, count, stream index, graph, staged)] for n images, captured on first use."""

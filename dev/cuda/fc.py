@@ -31,9 +31,7 @@ def main(n=10000):
         return cp.maximum(feat @ r.fw1.T + r.fb1.astype(cp.float16), 0)
 
     def fc1_v1():
-        with stream:
-            r.cublas.gemmEx(r.handles[0], 1, 0, r.hidden, n, 3136, r._alpha.ctypes.data, r.fw1.data.ptr, 2, 3136,
-                            feat.data.ptr, 2, 3136, r._beta.ctypes.data, hid.data.ptr, 2, r.hidden, 68, -1)
+        r.fc1(r.handles[0], n, feat.data.ptr, hid.data.ptr)
 
     fc1_v1()
     stream.synchronize()

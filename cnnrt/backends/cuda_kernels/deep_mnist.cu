@@ -34,8 +34,11 @@ struct alignas(16) f32x4 { float x, y, z, w; };
 #define W2_ROW_BYTES 1616
 #define W2_BYTES (64 * W2_ROW_BYTES)
 // one image's pooled conv1 output: 14x14 pixels x 32 channels fp16 = 4 chunks of 16 B per pixel,
-// chunk index XOR-swizzled with bits 1..2 of the pixel index (conflict-free ldmatrix rows).
-#define ACT_IMG_BYTES (196 * 64)
+// chunk index XOR-swizzled with bits 1..2 of the pixel index (conflict-free ldmatrix rows). Images
+// sit 200 pixels apart, a multiple of 8, so the swizzle of a pixel is the same counted from the
+// group buffer or from its image.
+#define ACT_IMG_PIX 200
+#define ACT_IMG_BYTES (ACT_IMG_PIX * 64)
 // per-warp scratch: the input image as fp16, zero-padded to 32x32 (2 pixels each side)
 #define SCR_BYTES 2048
 
@@ -199,7 +202,7 @@ __device__ __forceinline__ void conv1_tiles(const half_t* scr, unsigned char* ac
 
 // ------------------------------------------------------------------ conv2 address of one A row
 
-// ldmatrix row address of output pixel (oy, ox) (pixel index pb = img*196 + oy*14 + ox) for tap
+// ldmatrix row address of output pixel (oy, ox) (pixel index pb = img*200 + oy*14 + ox) for tap
 // (kh, kw), channel chunk c (0/1; +2 for the second half of the 32 channels is `^ 32`), or the zero
 // row when the tap falls outside the 14x14 image. act_s and zero_s are 64-byte aligned.
 __device__ __forceinline__ u32 a_row_addr(u32 act_s, u32 zero_s, int pb, int oy, int ox, int kh, int kw, int c) {
@@ -226,7 +229,7 @@ __device__ __forceinline__ void conv2_job(u32 act_s, u32 w2_s, u32 zero_s, int m
             const int py = wi / 7, px = wi - py * 7;
             oy[i] = 2 * py + (r >> 3);
             ox[i] = 2 * px + (r & 1);
-            pb[i] = im * 196 + oy[i] * 14 + ox[i];
+            pb[i] = im * ACT_IMG_PIX + oy[i] * 14 + ox[i];
         } else {
             oy[i] = -64; ox[i] = -64; pb[i] = 0;  // every tap out of bounds: reads the zero row
         }
