@@ -351,3 +351,13 @@ def test_cli_bench_bad_input(bundle, args, message, capsys):
 
     assert main(["bench", "--model", str(bundle), "--quiet", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_peer_selection():
+    from cnnrt.bench.main import select_peers
+
+    assert [p.name for p in select_peers("none")] == ["cnnrt"]
+    assert [p.name for p in select_peers("torch, onnxruntime,torch,cnnrt")] == ["cnnrt", "torch", "onnxruntime"]
+    assert [p.name for p in select_peers("all")][:2] == ["cnnrt", "keras"]
+    with pytest.raises(CnnrtError, match="unknown peer 'tensorflow'"):
+        select_peers("tensorflow")

@@ -54,7 +54,7 @@ def select_peers(spec: str | None):
         chosen += peers()
     elif spec != "none":
         for name in (n.strip() for n in spec.split(",")):
-            if name and name != "cnnrt":
+            if name and name not in [p.name for p in chosen]:
                 chosen.append(get(name))
     return chosen
 
