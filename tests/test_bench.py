@@ -302,7 +302,7 @@ def bundle(tmp_path, random_model):
 
 def test_fresh_process_reports_import_and_first_call(bundle):
     out = system.fresh_process("cnnrt", "import cnnrt.backends.numpy_backend", str(bundle), (28, 28, 1))
-    assert out["output_shape"] == [1, 10]
+    assert out["output_shape"] == [1, 10] and out["peak_rss_bytes"] > 1_000_000
     assert 0 < out["import_seconds"] <= out["first_call_seconds"] <= out["process_seconds"]
 
 

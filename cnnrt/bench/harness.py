@@ -59,6 +59,7 @@ class Entry:
     latency: list = field(default_factory=list)  # seconds per single-image call
     import_seconds: list = field(default_factory=list)
     first_call_seconds: list = field(default_factory=list)
+    peak_rss_bytes: list = field(default_factory=list)  # of the fresh process after its first answer
     installed_bytes: int | None = None
     installed_distributions: int | None = None
     agreement: float | None = None  # fraction of argmax equal to cnnrt fp32's
@@ -69,7 +70,7 @@ class Entry:
     def summary(self) -> dict:
         d = {k: v for k, v in self.__dict__.items()}
         d["throughput"] = {str(n): {"samples": s, **summarize(s)} for n, s in self.throughput.items() if s}
-        for key in ("latency", "import_seconds", "first_call_seconds"):
+        for key in ("latency", "import_seconds", "first_call_seconds", "peak_rss_bytes"):
             s = getattr(self, key)
             d[key] = {"samples": s, **summarize(s)} if s else None
         d["calibration"] = {str(k): v for k, v in self.calibration.items()}
@@ -202,6 +203,8 @@ def cold_starts(model, peers, entries, bundle: str, rounds: int, workdir: str, l
                 continue
             e.import_seconds.append(out["import_seconds"])
             e.first_call_seconds.append(out["first_call_seconds"])
+            if out.get("peak_rss_bytes"):
+                e.peak_rss_bytes.append(out["peak_rss_bytes"])
         log(f"cold round {r + 1}/{rounds}: " + ", ".join(
             f"{e.name} {e.first_call_seconds[-1]:.2f}s" for e in entries if e.first_call_seconds))
 
@@ -236,7 +239,7 @@ def ratios(entries) -> None:
         r = {}
         for n in e.throughput:
             r[f"throughput_{n}"] = ratio(med(e, "throughput", n), med(base, "throughput", n))
-        for key in ("latency", "import_seconds", "first_call_seconds"):
+        for key in ("latency", "import_seconds", "first_call_seconds", "peak_rss_bytes"):
             r[key] = ratio(med(e, key), med(base, key))
         r["installed_bytes"] = ratio(e.installed_bytes, base.installed_bytes)
         e.ratios = r

@@ -54,7 +54,7 @@ def _rows(res: dict):
     n = max(sizes)
     h1 += [f"images/s ({n:,})", "GFLOP/s", "floor/time"]
     h2 = ["runtime", "version", "1 image, ms [IQR]", "x cnnrt", "first call, s", "x cnnrt",
-          "import, s", "x cnnrt", "installed MB", "x cnnrt", "argmax agree", "max abs diff"]
+          "import, s", "x cnnrt", "memory MB", "x cnnrt", "installed MB", "x cnnrt", "argmax agree", "max abs diff"]
     r1, r2 = [], []
     for e in res["runtimes"]:
         if e["skipped"]:
@@ -76,6 +76,8 @@ def _rows(res: dict):
             _ratio(e["ratios"].get("first_call_seconds")),
             _stat(e["import_seconds"]["samples"]) if e["import_seconds"] else "-",
             _ratio(e["ratios"].get("import_seconds")),
+            _num(e["peak_rss_bytes"]["median"] / 1e6) if e.get("peak_rss_bytes") else "-",
+            _ratio(e["ratios"].get("peak_rss_bytes")),
             _num(e["installed_bytes"] / 1e6) if e["installed_bytes"] else "-",
             _ratio(e["ratios"].get("installed_bytes")),
             "-" if e["agreement"] is None else f"{100 * e['agreement']:.2f}%",
@@ -149,14 +151,14 @@ happens inside the timed call). Each runtime is warmed up, then runs at its fast
 the candidates; the timed rounds alternate between runtimes, the order rotating each round. "First
 call" is a fresh Python process importing the framework, loading the model file (the `.onnx` file
 for ONNX Runtime, the bundle otherwise) and answering one image (torch.compile with an empty compile
-cache, so it compiles from scratch); "import" is the import statement alone in that process.
-"Installed MB" is the package with everything it requires, each distribution counted once. Agreement
-is against cnnrt fp32 on the largest image set. The floor is FLOPs per image times images over the
-best float32 matrix-product rate NumPy reaches on this machine. The article's one comparison was
-5,000 images: its GPU pipeline 3.29 s against TensorFlow on the CPU 5.4 s. `pip install
-'cnnrt[bench]'` installs the TensorFlow, ONNX Runtime and PyTorch peers; JAX is optional (`pip
-install jax`). GPU peers (PyTorch, torch.compile, JAX on CUDA) are measured by `bench/bench_gpu.py`
-(the CUDA section)."""
+cache, so it compiles from scratch); "import" is the import statement alone in that process,
+"memory" that process's peak resident memory after its first answer. "Installed MB" is the package
+with everything it requires, each distribution counted once. Agreement is against cnnrt fp32 on the
+largest image set. The floor is FLOPs per image times images over the best float32 matrix-product
+rate NumPy reaches on this machine. The article's one comparison was 5,000 images: its GPU pipeline
+3.29 s against TensorFlow on the CPU 5.4 s. `pip install 'cnnrt[bench]'` installs the TensorFlow,
+ONNX Runtime and PyTorch peers; JAX is optional (`pip install jax`). GPU peers (PyTorch,
+torch.compile, JAX on CUDA) are measured by `bench/bench_gpu.py` (the CUDA section)."""
 
 
 def markdown(res: dict, chart: str | None = None) -> str:
@@ -228,10 +230,11 @@ def chart(res: dict, path: str | os.PathLike) -> None:
                     for e in rows], 1e3, None))
     panels.append(("first call in a fresh process (s)", [e["first_call_seconds"] for e in rows], 1.0, None))
     panels.append(("import (s)", [e["import_seconds"] for e in rows], 1.0, None))
+    panels.append(("peak memory of that process (MB)", [e.get("peak_rss_bytes") for e in rows], 1e-6, None))
     panels.append(("installed size with dependencies (MB)",
                    [{"median": e["installed_bytes"], "min": e["installed_bytes"], "max": e["installed_bytes"]}
                     if e["installed_bytes"] else None for e in rows], 1e-6, None))
-    cols = 3
+    cols = 3 if len(panels) <= 6 else 4
     nrows = -(-len(panels) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols, max(0.45 * len(rows), 1.6) * nrows + 1.6 * nrows + 0.8),
                              squeeze=False)
