@@ -155,10 +155,13 @@ cache, so it compiles from scratch); "import" is the import statement alone in t
 "memory" that process's peak resident memory after its first answer. "Installed MB" is the package
 with everything it requires, each distribution counted once. Agreement is against cnnrt fp32 on the
 largest image set. The floor is FLOPs per image times images over the best float32 matrix-product
-rate NumPy reaches on this machine. The article's one comparison was 5,000 images: its GPU pipeline
-3.29 s against TensorFlow on the CPU 5.4 s. `pip install 'cnnrt[bench]'` installs the TensorFlow,
-ONNX Runtime and PyTorch peers; JAX is optional (`pip install jax`). GPU peers (PyTorch,
-torch.compile, JAX on CUDA) are measured by `bench/bench_gpu.py` (the CUDA section)."""
+rate NumPy reaches on this machine. FLOPs are those of direct convolution (a multiply-add counts 2):
+a runtime that does fewer multiplications, as cnnrt's CPU backend does with Winograd F(4x4, 5x5) for
+the 5x5 convolutions, or whose GEMM beats NumPy's BLAS, can pass 100% of the floor. The article's
+one comparison was 5,000 images: its GPU pipeline 3.29 s against TensorFlow on the CPU 5.4 s. `pip
+install 'cnnrt[bench]'` installs the TensorFlow, ONNX Runtime and PyTorch peers; JAX is optional
+(`pip install jax`). GPU peers (PyTorch, torch.compile, JAX on CUDA) are measured by
+`bench/bench_gpu.py` (the CUDA section)."""
 
 
 def markdown(res: dict, chart: str | None = None) -> str:
@@ -168,7 +171,7 @@ def markdown(res: dict, chart: str | None = None) -> str:
         parts += ["and written out from its JSON (nothing re-measured) by:", "", "```", res["rendered_by"], "```", ""]
     parts += [f"- {line}" for line in _preamble(res)]
     parts += ["", "Throughput, at each runtime's best batch size (floor/time: the machine's floor over the "
-              "runtime's time, 100% = the matrix-product limit):", "", _md_table(h1, r1), "",
+              "runtime's time; 100% = the direct-convolution FLOPs at the measured matrix-product rate):", "", _md_table(h1, r1), "",
               "Latency, start-up (each in a fresh process), installed size (the package and what it requires), "
               "agreement with cnnrt fp32 over the largest image set:", "", _md_table(h2, r2)]
     notes = _notes(res)
