@@ -171,7 +171,8 @@ def markdown(res: dict, chart: str | None = None) -> str:
         parts += ["and written out from its JSON (nothing re-measured) by:", "", "```", res["rendered_by"], "```", ""]
     parts += [f"- {line}" for line in _preamble(res)]
     parts += ["", "Throughput, at each runtime's best batch size (floor/time: the machine's floor over the "
-              "runtime's time; 100% = the direct-convolution FLOPs at the measured matrix-product rate):", "", _md_table(h1, r1), "",
+              "runtime's time; 100% = the direct-convolution FLOPs at the measured matrix-product rate):", "",
+              _md_table(h1, r1), "",
               "Latency, start-up (each in a fresh process), installed size (the package and what it requires), "
               "agreement with cnnrt fp32 over the largest image set:", "", _md_table(h2, r2)]
     notes = _notes(res)
