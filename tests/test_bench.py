@@ -361,3 +361,14 @@ def test_peer_selection():
     assert [p.name for p in select_peers("all")][:2] == ["cnnrt", "keras"]
     with pytest.raises(CnnrtError, match="unknown peer 'tensorflow'"):
         select_peers("tensorflow")
+
+
+def test_chart_without_matplotlib_fails_before_measuring(bundle, tmp_path, monkeypatch, capsys):
+    import sys
+
+    from cnnrt.cli import main
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    rc = main(["bench", "--model", str(bundle), "--quiet", "--chart", str(tmp_path / "c.png")])
+    assert rc == 2 and "--chart needs matplotlib: pip install 'cnnrt[bench]'" in capsys.readouterr().err
+    assert not (tmp_path / "c.png").exists()
