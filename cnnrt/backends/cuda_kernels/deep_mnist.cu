@@ -33,24 +33,24 @@ struct alignas(16) f32x4 { float x, y, z, w; };
 // so that the 8 row addresses of one ldmatrix land in 8 different bank groups.
 #define W2_ROW_BYTES 1616
 #define W2_BYTES (64 * W2_ROW_BYTES)
-// one image's pooled conv1 output: 14x14 pixels x 32 channels fp16 = 4 chunks of 16 B per pixel,
-// chunk index XOR-swizzled with bits 1..2 of the pixel index (conflict-free ldmatrix rows). Images
-// sit 200 pixels apart, a multiple of 8, so the swizzle of a pixel is the same counted from the
-// group buffer or from its image.
-#define ACT_IMG_PIX 200
-#define ACT_IMG_BYTES (ACT_IMG_PIX * 64)
-// per-warp scratch: the input image as fp16, zero-padded to 32x32 (2 pixels each side)
+// one image's pooled conv1 output: 14 rows of 16 pixels (columns 14, 15 stay zero) x 32 channels
+// fp16 = 4 chunks of 16 B per pixel, the chunk index XOR-swizzled with bits 1..2 of the column
+// (conflict-free ldmatrix rows). A tap that falls left or right of the image lands on a zero
+// column; one above or below is sent to the zero band, which also sits right before the images.
+#define ACT_ROW_BYTES 1024
+#define ACT_IMG_BYTES (14 * ACT_ROW_BYTES)
+#define ZB_BYTES 1152
+// per image: the input as fp16, zero-padded to 32x32 (2 pixels each side)
 #define SCR_BYTES 2048
 
-#define P_GROUP 4    // images per group in the persistent kernel
+#define P_GROUP 4    // images per step in the persistent kernel
 #define P_WARPS 8
 
 #define OFF_W2 0
-#define OFF_ACT (OFF_W2 + W2_BYTES)
-#define OFF_SCR (OFF_ACT + 2 * P_GROUP * ACT_IMG_BYTES)
-#define OFF_ZERO (OFF_SCR + P_WARPS * SCR_BYTES)
-#define OFF_CTR (OFF_ZERO + 64)
-#define P_SMEM_BYTES (OFF_CTR + 16 + 128)   // + 128: the base is aligned up at run time
+#define OFF_ZB (OFF_W2 + W2_BYTES)
+#define OFF_ACT (OFF_ZB + ZB_BYTES)
+#define OFF_SCR (OFF_ACT + P_GROUP * ACT_IMG_BYTES)
+#define P_SMEM_BYTES (OFF_SCR + P_GROUP * SCR_BYTES + 64)   // + 64: the base is aligned up at run time
 
 // ------------------------------------------------------------------ small helpers
 
@@ -135,108 +135,109 @@ __device__ __forceinline__ void load_image(const float* img, half_t* scr, float 
 
 // ------------------------------------------------------------------ conv1 + bias + ReLU + pool (one warp)
 
-// conv1 as a GEMM: rows = the 28x28 output pixels, K = 25 taps (padded to 32), N = 32 channels.
-// A 16-row m-tile holds 4 pool windows: row r is window (r&7)>>1, top pixel if r < 8, left/right
-// pixel by r&1. w1f: [32 n][32 k] fp16 (k = kh*5+kw, zero beyond 25) read as u32 pairs.
-// Writes m-tiles mt0, mt0+mstep, ... (of 49) of the 14x14x32 output into act (swizzled layout).
-__device__ __forceinline__ void conv1_tiles(const half_t* scr, unsigned char* act, const u32* __restrict__ w1f,
-                                            const float* __restrict__ b1, int lane, int mt0, int mstep) {
+// conv1 as a GEMM whose rows are horizontal pixel pairs: row = (y, x even), K = 5 rows x 6 columns
+// of the input patch around the pair (k = kh*6 + c, 30 used, padded to 32), N = 64 = 32 channels of
+// the left pixel (weights in columns c = 0..4) and 32 of the right pixel (the same weights, c = 1..5).
+// A 16-row m-tile holds 8 pool windows: row g = top pair of window g, row g+8 = bottom pair, so a
+// thread holds all four pixels of its window and pools without shuffles. Every A register is one
+// aligned 32-bit load (k pairs never straddle a patch row; x and c are even).
+// w1f: [64 n][32 k] fp16 read as u32. Writes units u0, u0+ustep, ... (of 25) of one image.
+__device__ __forceinline__ void conv1_units(const half_t* scr, unsigned char* act, const u32* __restrict__ w1f,
+                                            const float* __restrict__ b1, int lane, int u0, int ustep) {
     const int g = lane >> 2, t = lane & 3;
-    u32 bf[4][2][2];
+    u32 bf[8][2][2];
 #pragma unroll
-    for (int nt = 0; nt < 4; nt++)
+    for (int nt = 0; nt < 8; nt++)
 #pragma unroll
         for (int s = 0; s < 2; s++) {
             bf[nt][s][0] = __ldg(w1f + (8 * nt + g) * 16 + 8 * s + t);
             bf[nt][s][1] = __ldg(w1f + (8 * nt + g) * 16 + 8 * s + t + 4);
         }
-    int off[2][2][2];
+    int off[2][2];
 #pragma unroll
     for (int s = 0; s < 2; s++)
 #pragma unroll
-        for (int q = 0; q < 2; q++)
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                int k = 16 * s + 2 * t + 8 * q + e;
-                // taps past 25 have zero weights; any finite value will do, so read the pixel itself
-                off[s][q][e] = k < 25 ? (k / 5) * 32 + (k % 5) : 2 * 32 + 2;
-            }
+        for (int q = 0; q < 2; q++) {
+            const int k = 16 * s + 2 * t + 8 * q;
+            off[s][q] = k < 30 ? (k / 6) * 32 + (k % 6) : 0;  // zero weights past 30: any finite value
+        }
     float bias[4][2];
 #pragma unroll
     for (int nt = 0; nt < 4; nt++) {
         bias[nt][0] = __ldg(b1 + 8 * nt + 2 * t);
         bias[nt][1] = __ldg(b1 + 8 * nt + 2 * t + 1);
     }
-    for (int mt = mt0; mt < 49; mt += mstep) {
-        const int w = 4 * mt + (g >> 1);  // pool window (of 196) of this thread's rows g, g+8
-        const int py = w / 14, px = w - py * 14;
-        const half_t* r0 = scr + (2 * py) * 32 + 2 * px + (g & 1);  // top pixel, tap (0,0)
-        const half_t* r1 = r0 + 32;                                  // bottom pixel
-        float acc[4][4];
+    for (int u = u0; u < 25; u += ustep) {
+        const int w = 8 * u + g;           // pool window (of 196) of rows g and g+8
+        const int wc = w < 196 ? w : 195;  // rows past the image compute something finite, stored nowhere
+        const int py = wc / 14, px = wc - py * 14;
+        const half_t* r0 = scr + (2 * py) * 32 + 2 * px;  // top pair, tap (0,0), padded coordinates
+        float acc[8][4];
 #pragma unroll
-        for (int nt = 0; nt < 4; nt++)
+        for (int nt = 0; nt < 8; nt++)
 #pragma unroll
             for (int e = 0; e < 4; e++) acc[nt][e] = 0.f;
 #pragma unroll
         for (int s = 0; s < 2; s++) {
             u32 a[4];
-            a[0] = (u32)r0[off[s][0][0]] | ((u32)r0[off[s][0][1]] << 16);
-            a[1] = (u32)r1[off[s][0][0]] | ((u32)r1[off[s][0][1]] << 16);
-            a[2] = (u32)r0[off[s][1][0]] | ((u32)r0[off[s][1][1]] << 16);
-            a[3] = (u32)r1[off[s][1][0]] | ((u32)r1[off[s][1][1]] << 16);
+            a[0] = *reinterpret_cast<const u32*>(r0 + off[s][0]);
+            a[1] = *reinterpret_cast<const u32*>(r0 + 32 + off[s][0]);
+            a[2] = *reinterpret_cast<const u32*>(r0 + off[s][1]);
+            a[3] = *reinterpret_cast<const u32*>(r0 + 32 + off[s][1]);
 #pragma unroll
-            for (int nt = 0; nt < 4; nt++) mma16816(acc[nt], a, bf[nt][s][0], bf[nt][s][1]);
+            for (int nt = 0; nt < 8; nt++) mma16816(acc[nt], a, bf[nt][s][0], bf[nt][s][1]);
         }
-        u32 res[4];
+        if (w < 196) {
+            unsigned char* dst = act + py * ACT_ROW_BYTES + px * 64 + t * 4;
+            const int swz = (px >> 1) & 3;
 #pragma unroll
-        for (int nt = 0; nt < 4; nt++) res[nt] = pool_bias_relu(acc[nt], bias[nt][0], bias[nt][1]);
-        if ((g & 1) == 0) {
-            const int p = w;  // output pixel index in the 14x14 grid
-            const int swz = (p >> 1) & 3;
-#pragma unroll
-            for (int nt = 0; nt < 4; nt++)
-                *reinterpret_cast<u32*>(act + p * 64 + ((nt ^ swz) << 4) + t * 4) = res[nt];
+            for (int nt = 0; nt < 4; nt++) {
+                const float v0 = fmaxf(fmaxf(acc[nt][0], acc[nt][2]), fmaxf(acc[nt + 4][0], acc[nt + 4][2]));
+                const float v1 = fmaxf(fmaxf(acc[nt][1], acc[nt][3]), fmaxf(acc[nt + 4][1], acc[nt + 4][3]));
+                *reinterpret_cast<u32*>(dst + ((nt ^ swz) << 4)) =
+                    pack_h2(fmaxf(v0 + bias[nt][0], 0.f), fmaxf(v1 + bias[nt][1], 0.f));
+            }
         }
     }
-}
-
-// ------------------------------------------------------------------ conv2 address of one A row
-
-// ldmatrix row address of output pixel (oy, ox) (pixel index pb = img*200 + oy*14 + ox) for tap
-// (kh, kw), channel chunk c (0/1; +2 for the second half of the 32 channels is `^ 32`), or the zero
-// row when the tap falls outside the 14x14 image. act_s and zero_s are 64-byte aligned.
-__device__ __forceinline__ u32 a_row_addr(u32 act_s, u32 zero_s, int pb, int oy, int ox, int kh, int kw, int c) {
-    const int iy = oy + kh - 2, ix = ox + kw - 2;
-    const int p = pb + (kh - 2) * 14 + (kw - 2);
-    const bool ok = (unsigned)iy < 14u && (unsigned)ix < 14u;
-    return ok ? act_s + p * 64 + ((c ^ ((p >> 1) & 3)) << 4) : zero_s + (c << 4);
 }
 
 // ------------------------------------------------------------------ conv2 job (persistent kernel)
 
-// One warp: 7 m-tiles (28 pool windows, 112 GEMM rows) x 32 output channels (half nh), K = 800.
-// B (weights) from shared memory, A gathered from the swizzled 14x14x32 images by ldmatrix.
-__device__ __forceinline__ void conv2_job(u32 act_s, u32 w2_s, u32 zero_s, int mh, int nh, int nwin,
+__device__ __forceinline__ int sext_byte(u32 x, int k) { return ((int)(x << (24 - 8 * k))) >> 24; }
+
+// One warp: MT m-tiles (4 pool windows, 16 GEMM rows each) from m-tile mstart x 32 output channels
+// (half nh), K = 800. B (weights) from shared memory, A gathered by ldmatrix from the 14x16x32
+// images. Windows at or past nwin are computed on zeros and not stored.
+template <int MT>
+__device__ __forceinline__ void conv2_job(u32 act_s, u32 w2_s, u32 zb_s, int mstart, int nh, int nwin,
                                           const float* __restrict__ b2, half_t* __restrict__ feat, int lane) {
     const int g = lane >> 2, t = lane & 3;
     const int r = lane & 15, cA = lane >> 4;
-    int pb[7], oy[7], ox[7];
+    u32 rb0[MT], cols[MT];
+    int oyv[MT];
 #pragma unroll
-    for (int i = 0; i < 7; i++) {
-        const int w = 4 * (7 * mh + i) + ((r & 7) >> 1);
+    for (int i = 0; i < MT; i++) {
+        const int w = 4 * (mstart + i) + ((r & 7) >> 1);
         if (w < nwin) {
             const int im = w / 49, wi = w - im * 49;
             const int py = wi / 7, px = wi - py * 7;
-            oy[i] = 2 * py + (r >> 3);
-            ox[i] = 2 * px + (r & 1);
-            pb[i] = im * ACT_IMG_PIX + oy[i] * 14 + ox[i];
+            const int oy = 2 * py + (r >> 3), ox = 2 * px + (r & 1);
+            rb0[i] = act_s + im * ACT_IMG_BYTES + (oy - 2) * ACT_ROW_BYTES;
+            oyv[i] = oy;
+            u32 c = 0;
+#pragma unroll
+            for (int kw = 0; kw < 4; kw++) {  // column offset of tap kw in 16-byte units, one signed byte each
+                const int ix = ox + kw - 2;
+                c |= ((u32)(ix * 4 + (cA ^ ((ix >> 1) & 3))) & 0xffu) << (8 * kw);
+            }
+            cols[i] = c;
         } else {
-            oy[i] = -64; ox[i] = -64; pb[i] = 0;  // every tap out of bounds: reads the zero row
+            rb0[i] = 0; oyv[i] = -64; cols[i] = 0;  // every row out of range: reads the zero band
         }
     }
-    float acc[7][4][4];
+    float acc[MT][4][4];
 #pragma unroll
-    for (int i = 0; i < 7; i++)
+    for (int i = 0; i < MT; i++)
 #pragma unroll
         for (int nt = 0; nt < 4; nt++)
 #pragma unroll
@@ -245,14 +246,23 @@ __device__ __forceinline__ void conv2_job(u32 act_s, u32 w2_s, u32 zero_s, int m
     // B: ldmatrix.x4 over n-tiles (2q, 2q+1): lanes 0-7 rows n0..n0+7 k 0-7, 8-15 same rows k 8-15,
     // 16-23 rows n0+8.. k 0-7, 24-31 rows n0+8.. k 8-15
     const u32 bB = w2_s + (32 * nh + (lane & 7) + ((lane >> 4) << 3)) * W2_ROW_BYTES + ((lane >> 3) & 1) * 16;
+    const u32 zrow = zb_s + 128;
 
 #pragma unroll 1
     for (int kh = 0; kh < 5; kh++) {
+        u32 rbase[MT];
+#pragma unroll
+        for (int i = 0; i < MT; i++)
+            rbase[i] = (unsigned)(oyv[i] + kh - 2) < 14u ? rb0[i] + kh * ACT_ROW_BYTES : zrow;
 #pragma unroll
         for (int kw = 0; kw < 5; kw++) {
-            u32 aa[7];
+            u32 aa[MT];
 #pragma unroll
-            for (int i = 0; i < 7; i++) aa[i] = a_row_addr(act_s, zero_s, pb[i], oy[i], ox[i], kh, kw, cA);
+            for (int i = 0; i < MT; i++) {
+                // tap kw = 4 is tap 0 four columns right: same swizzle bits 1 (XOR 2), +16 units
+                const int v = kw < 4 ? sext_byte(cols[i], kw) : ((sext_byte(cols[i], 0) ^ 2) + 16);
+                aa[i] = rbase[i] + (v << 4);
+            }
             const u32 bt = bB + (kh * 5 + kw) * 64;
 #pragma unroll
             for (int h = 0; h < 2; h++) {
@@ -265,7 +275,7 @@ __device__ __forceinline__ void conv2_job(u32 act_s, u32 w2_s, u32 zero_s, int m
                     b[2 * q + 1][0] = rr[2]; b[2 * q + 1][1] = rr[3];
                 }
 #pragma unroll
-                for (int i = 0; i < 7; i++) {
+                for (int i = 0; i < MT; i++) {
                     u32 a[4];
                     ldsm_x4(a, aa[i] ^ (h << 5));
 #pragma unroll
@@ -281,11 +291,11 @@ __device__ __forceinline__ void conv2_job(u32 act_s, u32 w2_s, u32 zero_s, int m
         bias[nt][1] = __ldg(b2 + 32 * nh + 8 * nt + 2 * t + 1);
     }
 #pragma unroll
-    for (int i = 0; i < 7; i++) {
+    for (int i = 0; i < MT; i++) {
         u32 res[4];
 #pragma unroll
         for (int nt = 0; nt < 4; nt++) res[nt] = pool_bias_relu(acc[i][nt], bias[nt][0], bias[nt][1]);
-        const int w = 4 * (7 * mh + i) + (g >> 1);
+        const int w = 4 * (mstart + i) + (g >> 1);
         if ((g & 1) == 0 && w < nwin) {
             const int im = w / 49, wi = w - im * 49;
             u32* dst = reinterpret_cast<u32*>(feat + (size_t)im * 3136 + wi * 64 + 32 * nh + 2 * t);
@@ -298,8 +308,10 @@ __device__ __forceinline__ void conv2_job(u32 act_s, u32 w2_s, u32 zero_s, int m
 // ------------------------------------------------------------------ persistent fused features kernel
 
 // One block per SM (its conv2 weights, 103 KB, stay in shared memory), looping over groups of 4
-// images. Step s: conv2 of group s-1 and conv1 of group s run as one queue of warp jobs (14 conv2
-// jobs, then one conv1 job per image), taken dynamically so warps left idle by conv2 do conv1.
+// images in three phases: the images into fp16 scratch (all threads), conv1 (100 units of 8 windows
+// spread over the 8 warps), conv2 (warp w takes channel half w&1 and a quarter of the 49 m-tiles,
+// in jobs of 6 or 7 m-tiles). Two barriers per group; warps done with conv2 go on to the next
+// group's loads.
 template <typename T>
 __device__ __forceinline__ void features_persistent(const T* __restrict__ images, int n, float scale,
                                                     const u32* __restrict__ w1f, const float* __restrict__ b1,
@@ -307,7 +319,7 @@ __device__ __forceinline__ void features_persistent(const T* __restrict__ images
                                                     half_t* __restrict__ feat) {
     extern __shared__ unsigned char smem_raw[];
     const u32 raw_s = smem_u32(smem_raw);
-    unsigned char* smem = smem_raw + (((raw_s + 127u) & ~127u) - raw_s);
+    unsigned char* smem = smem_raw + (((raw_s + 63u) & ~63u) - raw_s);
     const u32 sbase = smem_u32(smem);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 
@@ -315,44 +327,46 @@ __device__ __forceinline__ void features_persistent(const T* __restrict__ images
         const int row = c / 100, col = c - row * 100;
         *reinterpret_cast<u32x4*>(smem + OFF_W2 + row * W2_ROW_BYTES + col * 16) = reinterpret_cast<const u32x4*>(w2)[c];
     }
-    for (int c = tid; c < (P_WARPS * SCR_BYTES + 64) / 16; c += blockDim.x)
-        *reinterpret_cast<u32x4*>(smem + OFF_SCR + c * 16) = u32x4{0u, 0u, 0u, 0u};  // scratch + zero row
-    int* ctr = reinterpret_cast<int*>(smem + OFF_CTR);
-    if (tid < 2) ctr[tid] = 0;
+    // zero band, images (their columns 14 and 15 must stay zero) and scratch (its border)
+    for (int c = tid; c < (P_SMEM_BYTES - 64 - OFF_ZB) / 16; c += blockDim.x)
+        *reinterpret_cast<u32x4*>(smem + OFF_ZB + c * 16) = u32x4{0u, 0u, 0u, 0u};
     __syncthreads();
 
-    half_t* scr = reinterpret_cast<half_t*>(smem + OFF_SCR + warp * SCR_BYTES);
     const int ngroups = (n + P_GROUP - 1) / P_GROUP;
-    const int nb = gridDim.x, b = blockIdx.x;
-    const int steps = b < ngroups ? (ngroups - b + nb - 1) / nb : 0;  // my groups
-    for (int s = 0; s <= steps; s++) {
-        if (tid == 0) ctr[(s + 1) & 1] = 0;  // used at step s-1, free since the barrier
-        const int g2 = s - 1, g1 = s;
-        const int img2 = (b + g2 * nb) * P_GROUP, img1 = (b + g1 * nb) * P_GROUP;
-        const int n2 = g2 >= 0 ? min(P_GROUP, n - img2) : 0;
-        const int n1 = g1 < steps ? min(P_GROUP, n - img1) : 0;
-        const int nm2 = (49 * n2 + 3) / 4;
-        const int J2 = 2 * ((nm2 + 6) / 7);
-        const int J = J2 + n1;
-        const u32 act2 = sbase + OFF_ACT + (g2 & 1) * (P_GROUP * ACT_IMG_BYTES);
-        unsigned char* act1 = smem + OFF_ACT + (g1 & 1) * (P_GROUP * ACT_IMG_BYTES);
-        for (;;) {
-            int j = 0;
-            if (lane == 0) j = atomicAdd(&ctr[s & 1], 1);
-            j = __shfl_sync(FULL_MASK, j, 0);
-            if (j >= J) break;
-            if (j < J2) {
-                conv2_job(act2, sbase + OFF_W2, sbase + OFF_ZERO, j >> 1, j & 1, 49 * n2, b2,
-                          feat + (size_t)img2 * 3136, lane);
-            } else {
-                const int li = j - J2;
-                load_image(images + (size_t)(img1 + li) * 784, scr, scale, lane, 32);
-                __syncwarp();
-                conv1_tiles(scr, act1 + li * ACT_IMG_BYTES, w1f, b1, lane, 0, 1);
-                __syncwarp();
-            }
+    for (int gi = blockIdx.x; gi < ngroups; gi += gridDim.x) {
+        const int img0 = gi * P_GROUP;
+        const int ng = min(P_GROUP, n - img0);
+        // phase 0: the group's images -> fp16 scratch, one per image
+        const int per = sizeof(T) == 1 ? 49 : 196;  // 16-byte chunks per image
+        for (int c = tid; c < ng * per; c += blockDim.x) {
+            const int li = c / per;
+            load_image(images + (size_t)(img0 + li) * 784, reinterpret_cast<half_t*>(smem + OFF_SCR + li * SCR_BYTES),
+                       scale, c - li * per, 1 << 30);
         }
         __syncthreads();
+        // phase 1: conv1 + pool, units of 8 windows
+        for (int u = warp; u < ng * 25; u += P_WARPS) {
+            const int li = u / 25;
+            conv1_units(reinterpret_cast<const half_t*>(smem + OFF_SCR + li * SCR_BYTES), smem + OFF_ACT + li * ACT_IMG_BYTES,
+                        w1f, b1, lane, u - li * 25, 1 << 30);
+        }
+        __syncthreads();
+        // phase 2: conv2 + pool
+        const int nwin = 49 * ng, nm = (nwin + 3) / 4;
+        const int nh = warp & 1, q = warp >> 1;
+        int ms = nm * q / 4;
+        const int me = nm * (q + 1) / 4;
+        half_t* fg = feat + (size_t)img0 * 3136;
+        while (ms < me) {
+            const int cnt = me - ms;
+            if (cnt == 6 || cnt == 12) {
+                conv2_job<6>(sbase + OFF_ACT, sbase + OFF_W2, sbase + OFF_ZB, ms, nh, min(nwin, 4 * me), b2, fg, lane);
+                ms += 6;
+            } else {
+                conv2_job<7>(sbase + OFF_ACT, sbase + OFF_W2, sbase + OFF_ZB, ms, nh, min(nwin, 4 * me), b2, fg, lane);
+                ms += 7;
+            }
+        }
     }
 }
 
@@ -370,7 +384,7 @@ features_persistent_f32(const float* images, int n, float scale, const u32* w1f,
 
 // ------------------------------------------------------------------ latency kernel (few images)
 
-// grid (13, n): block (mt, img) computes conv1 for the whole image (4 warps share the 49 m-tiles)
+// grid (13, n): block (mt, img) computes conv1 for the whole image (4 warps share the 25 units)
 // and then conv2 m-tile mt (4 pool windows) for all 64 channels, warp w taking channels 16w..16w+15,
 // its weights read straight from global memory (L2-resident). Spreads one image over 13 SMs.
 template <typename T>
@@ -378,30 +392,33 @@ __device__ __forceinline__ void features_small(const T* __restrict__ images, int
                                                const u32* __restrict__ w1f, const float* __restrict__ b1,
                                                const half_t* __restrict__ w2, const float* __restrict__ b2,
                                                half_t* __restrict__ feat) {
-    __shared__ __attribute__((aligned(128))) unsigned char act[ACT_IMG_BYTES];
-    __shared__ __attribute__((aligned(128))) unsigned char scrb[SCR_BYTES + 64];  // scratch, then the zero row
+    __shared__ __attribute__((aligned(128))) unsigned char zb_act[ZB_BYTES + ACT_IMG_BYTES];  // zero band, image
+    __shared__ __attribute__((aligned(128))) unsigned char scrb[SCR_BYTES];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int mt = blockIdx.x, img = blockIdx.y;
-    for (int c = tid; c < (SCR_BYTES + 64) / 16; c += blockDim.x)
+    for (int c = tid; c < (ZB_BYTES + ACT_IMG_BYTES) / 16; c += blockDim.x)
+        *reinterpret_cast<u32x4*>(zb_act + c * 16) = u32x4{0u, 0u, 0u, 0u};
+    for (int c = tid; c < SCR_BYTES / 16; c += blockDim.x)
         *reinterpret_cast<u32x4*>(scrb + c * 16) = u32x4{0u, 0u, 0u, 0u};
     __syncthreads();
     half_t* scr = reinterpret_cast<half_t*>(scrb);
     load_image(images + (size_t)img * 784, scr, scale, tid, blockDim.x);
     __syncthreads();
-    conv1_tiles(scr, act, w1f, b1, lane, warp, 4);
+    unsigned char* act = zb_act + ZB_BYTES;
+    conv1_units(scr, act, w1f, b1, lane, warp, 4);
     __syncthreads();
 
-    const u32 act_s = smem_u32(act), zero_s = smem_u32(scrb + SCR_BYTES);
+    const u32 act_s = smem_u32(act), zrow = smem_u32(zb_act) + 128;
     const int g = lane >> 2, t = lane & 3;
     const int r = lane & 15, cA = lane >> 4;
-    int oy, ox, pb;
+    int oy, ox;
     {
         const int w = 4 * mt + ((r & 7) >> 1);
         if (w < 49) {
             const int py = w / 7, px = w - py * 7;
-            oy = 2 * py + (r >> 3); ox = 2 * px + (r & 1); pb = oy * 14 + ox;
+            oy = 2 * py + (r >> 3); ox = 2 * px + (r & 1);
         } else {
-            oy = -64; ox = -64; pb = 0;
+            oy = -64; ox = 0;
         }
     }
     const u32* w2u = reinterpret_cast<const u32*>(w2);
@@ -413,9 +430,12 @@ __device__ __forceinline__ void features_small(const T* __restrict__ images, int
         for (int e = 0; e < 4; e++) acc[j][e] = 0.f;
 #pragma unroll 1
     for (int kh = 0; kh < 5; kh++) {
+        const int iy = oy + kh - 2;
+        const bool rowok = (unsigned)iy < 14u;
 #pragma unroll
         for (int kw = 0; kw < 5; kw++) {
-            const u32 aa = a_row_addr(act_s, zero_s, pb, oy, ox, kh, kw, cA);
+            const int ix = ox + kw - 2;  // -2..15: outside 0..13 lands on a zero column
+            const u32 aa = rowok ? act_s + iy * ACT_ROW_BYTES + ix * 64 + ((cA ^ ((ix >> 1) & 3)) << 4) : zrow + (cA << 4);
 #pragma unroll
             for (int h = 0; h < 2; h++) {
                 u32 a[4];
