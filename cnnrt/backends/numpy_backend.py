@@ -38,7 +38,10 @@ DEFAULT_PRECISION = "fp32"
 
 CONV_SUBCHUNK = 8  # images per pass through the conv layers: ~3 MB of Winograd buffers, in cache
 CHUNK = 128  # images per pass through the dense layers: enough rows for an efficient GEMM
-WINOGRAD_M = 4  # F(4x4, r x r): see bench/cpu_kernels.py for F(2x2) and F(3x3)
+SPARSE_ROWS = 4  # dense layers on at most this many rows skip the weight rows of zero inputs...
+SPARSE_DENSITY = 0.5  # ...when at most this fraction of the inputs is non-zero in some row
+SPARSE_MIN_WEIGHTS = 1 << 18  # ...and the weights are big enough (1 MB) for it to pay
+WINOGRAD_M = 2  # F(2x2, r x r) with the points in cpu_kernels.POINTS: as accurate as direct convolution
 
 
 def available() -> str | None:
@@ -111,7 +114,20 @@ class _DenseStage:
     def __call__(self, a, s, out):
         n = len(a)
         y = out if out is not None else s.get((self.key, "y"), (n, self.n_out))
-        np.matmul(a.reshape(n, self.n_in), self.wt, out=y)
+        x = a.reshape(n, self.n_in)
+        if n <= SPARSE_ROWS and self.wt.size >= SPARSE_MIN_WEIGHTS:
+            # after ReLU and max-pool most inputs are exact zeros (89% for the trained Deep MNIST's
+            # fc1 on a typical image): for a few rows, multiply only the weight rows of the inputs
+            # that are non-zero in some row. The GEMV reads the weights once, so this cuts its
+            # memory traffic (12.8 MB for fc1) by the fraction of zeros.
+            nz = np.flatnonzero(x[0] if n == 1 else x.any(axis=0))
+            k = len(nz)
+            if k <= SPARSE_DENSITY * self.n_in:
+                np.matmul(x[:, nz], self.wt[nz], out=y)  # (fancy indexing: 2x faster than np.take(out=))
+            else:
+                np.matmul(x, self.wt, out=y)
+        else:
+            np.matmul(x, self.wt, out=y)
         y += self.b
         if self.relu:
             np.maximum(y, 0, out=y)
