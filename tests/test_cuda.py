@@ -153,9 +153,18 @@ def check_runner(model, r, x, what):
     return labels
 
 
-@pytest.mark.parametrize("n", [1, 7, 64, 65])
+@pytest.mark.parametrize("n", [1, 7, 16, 17, 64])
 def test_runner_random(rng, model16, runner16, n):
     check_runner(model16, runner16, random_images(rng, n), f"n={n}")
+
+
+@pytest.mark.parametrize("n", [1, 8, 13])
+def test_fc1_small_kernel(rng, model16, runner16, n):
+    f1 = model16.layers[4]
+    feat = (rng.random((n, 3136)) * 2).astype(np.float16)
+    got = cp.asnumpy(runner16.fc1_small(feat)).astype(np.float64)
+    want = feat.astype(np.float64) @ q16(f1.weight).T
+    check_close(got, want, f"fc1_small n={n}")
 
 
 def test_runner_chunks_on_streams(rng, model16):

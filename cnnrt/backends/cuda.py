@@ -203,8 +203,8 @@ class FusedRunner(Runner):
     default_batch_size = 10000
 
     def __init__(self, model: Model, precision: str = "fp16", *, chunk: int | None = None,
-                 first_chunk: int | None = None, streams: int = 3, small_max: int = 64,
-                 stage_max_bytes: int = 1 << 18):
+                 first_chunk: int | None = None, growth: int = 7, streams: int = 3, small_max: int = 16,
+                 fc1_small_max: int = 16, stage_max_bytes: int = 1 << 18):
         super().__init__(model, precision)
         cp = _cupy()
         self.cp = cp
@@ -212,16 +212,18 @@ class FusedRunner(Runner):
         dev = cp.cuda.Device()
         self.nsm = int(dev.attributes["MultiProcessorCount"])
         q = P_GROUP * self.nsm  # images that fill every SM once
-        self.chunk = int(chunk) if chunk else 4 * q
+        self.chunk = int(chunk) if chunk else 1 << 30  # largest chunk
         self.first_chunk = int(first_chunk) if first_chunk else q
+        self.growth = max(1, int(growth))
         self.small_max = int(small_max)
+        self.fc1_small_max = int(fc1_small_max)
         self.stage_max_bytes = int(stage_max_bytes)
 
         t0 = time.perf_counter()
         mod = load_module()
         self.k = {name: mod.get_function(name) for name in (
             "features_persistent_u8", "features_persistent_f32", "features_small_u8", "features_small_f32",
-            "fc2_softmax")}
+            "fc1_small", "fc2_softmax")}
         for name in ("features_persistent_u8", "features_persistent_f32"):
             self.k[name].max_dynamic_shared_size_bytes = P_SMEM_BYTES
         self.compile_seconds = time.perf_counter() - t0
@@ -294,16 +296,20 @@ class FusedRunner(Runner):
     # -------------------------------------------------------------- launches
 
     def plan(self, n: int) -> list[tuple[int, int]]:
-        """(offset, count) chunks: a small first chunk so compute starts early, then full ones."""
-        if n <= self.first_chunk + self.chunk // 2:
+        """(offset, count) chunks: a small first chunk so compute starts while the rest is copied
+        in, then chunks `growth` times larger (copying in is ~4x faster than computing), at most
+        `chunk` images each; a tail smaller than half the last chunk is folded into it."""
+        first = min(self.first_chunk, self.chunk)
+        if n <= 2 * first:
             return [(0, n)]
-        out, off = [(0, self.first_chunk)], self.first_chunk
+        out, off, prev = [(0, first)], first, first
         while off < n:
-            cnt = min(self.chunk, n - off)
-            if n - off - cnt < self.chunk // 4:  # fold a small tail into this chunk
+            cnt = min(prev * self.growth, self.chunk, n - off)
+            if n - off - cnt < cnt // 2:
                 cnt = n - off
             out.append((off, cnt))
             off += cnt
+            prev = cnt
         return out
 
     def _launch_compute(self, off: int, cnt: int, kind: str, stream, handle, want_probs: bool) -> None:
@@ -319,12 +325,16 @@ class FusedRunner(Runner):
         args = (inp, np.int32(cnt), scale, self.w1f, self.b1, self.w2, self.b2, feat)
         with stream:
             if cnt <= self.small_max:
-                self.k[f"features_small_{kind}"]((13, cnt), (128,), args)
+                self.k[f"features_small_{kind}"]((13, cnt), (256,), args)
             else:
                 grid = min(self.nsm, -(-cnt // P_GROUP))
                 self.k[f"features_persistent_{kind}"]((grid,), (P_THREADS,), args, shared_mem=P_SMEM_BYTES)
-            self.fc1(handle, cnt, feat.data.ptr, hid.data.ptr)
-            self.k["fc2_softmax"]((-(-cnt // 8),), (256,),
+            if cnt <= self.fc1_small_max:
+                self.k["fc1_small"]((-(-self.hidden // 8),), (256,),
+                                    (feat, self.fw1, np.int32(cnt), np.int32(3136), np.int32(self.hidden), hid))
+            else:
+                self.fc1(handle, cnt, feat.data.ptr, hid.data.ptr)
+            self.k["fc2_softmax"]((-(-cnt // 32),), (256,),
                                   (hid, self.fb1, self.fw2, self.fb2, np.int32(cnt), np.int32(self.hidden),
                                    np.int32(self.classes), probs, labels))
             if want_probs:
@@ -446,7 +456,7 @@ class FusedRunner(Runner):
         scale = self.scale if kind == "u8" else np.float32(1.0)
         args = (xd, np.int32(n), scale, self.w1f, self.b1, self.w2, self.b2, out)
         if (small if small is not None else n <= self.small_max):
-            self.k[f"features_small_{kind}"]((13, n), (128,), args)
+            self.k[f"features_small_{kind}"]((13, n), (256,), args)
         else:
             grid = min(self.nsm, -(-n // P_GROUP))
             self.k[f"features_persistent_{kind}"]((grid,), (P_THREADS,), args, shared_mem=P_SMEM_BYTES)
@@ -460,11 +470,22 @@ class FusedRunner(Runner):
         n = hid.shape[0]
         probs = cp.full(n * self.classes, np.nan, cp.float32)
         labels = cp.full(n, -7, cp.int32)
-        self.k["fc2_softmax"]((-(-n // 8),), (256,),
+        self.k["fc2_softmax"]((-(-n // 32),), (256,),
                               (hid, self.fb1, self.fw2, self.fb2, np.int32(n), np.int32(self.hidden),
                                np.int32(self.classes), probs, labels))
         cp.cuda.Device().synchronize()
         return probs.reshape(n, self.classes), labels
+
+    def fc1_small(self, feat):
+        """Run only the small-batch fc1 kernel (fp16 features on the GPU) -> fc1 before bias, fp16."""
+        cp = self.cp
+        feat = cp.ascontiguousarray(cp.asarray(feat, dtype=cp.float16))
+        n = feat.shape[0]
+        hid = cp.full((n, self.hidden), np.nan, cp.float16)
+        self.k["fc1_small"]((-(-self.hidden // 8),), (256,),
+                            (feat, self.fw1, np.int32(n), np.int32(3136), np.int32(self.hidden), hid))
+        cp.cuda.Device().synchronize()
+        return hid
 
     def device_input(self, x: np.ndarray) -> None:
         """Put uint8 images into the static input buffer (for timing with the input already there)."""

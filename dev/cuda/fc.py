@@ -54,7 +54,7 @@ def main(n=10000):
 
     def fc2_v1():
         with stream:
-            r.k["fc2_softmax"]((-(-n // 8),), (256,), (hid, r.fb1, r.fw2, r.fb2, np.int32(n), np.int32(r.hidden),
+            r.k["fc2_softmax"]((-(-n // 32),), (256,), (hid, r.fb1, r.fw2, r.fb2, np.int32(n), np.int32(r.hidden),
                                                      np.int32(r.classes), probs, labels))
     p, lab = r.fc2_softmax(hid[:512])
     x = np.maximum(cp.asnumpy(hid[:512]).astype(np.float64) + f1.bias, 0)
@@ -64,7 +64,22 @@ def main(n=10000):
     with stream:
         results["fc2 v0 cupy ops"] = time_events(fc2_v0, stream=stream)
     results["fc2 v1 fused fc2_softmax"] = time_events(fc2_v1, stream=stream)
-    print(f"fc timings, {n} images (events, median of 50):")
+    for m in (1, 8):
+        f = feat[:m]
+        want = cp.asnumpy(f).astype(np.float64) @ f1.weight.astype(np.float16).astype(np.float64).T
+        got = cp.asnumpy(r.fc1_small(f)).astype(np.float64)
+        print(f"fc1_small check, {m} images: rel err {np.linalg.norm(got - want) / np.linalg.norm(want):.1e}")
+        h_m = cp.empty((m, r.hidden), cp.float16)
+
+        def small(m=m, f=f, h_m=h_m):
+            with stream:
+                r.k["fc1_small"]((-(-r.hidden // 8),), (256,), (f, r.fw1, np.int32(m), np.int32(3136), np.int32(r.hidden), h_m))
+
+        def blas(m=m, f=f, h_m=h_m):
+            r.fc1(r.handles[0], m, f.data.ptr, h_m.data.ptr)
+        results[f"fc1 small-batch kernel, {m}"] = time_events(small, stream=stream)
+        results[f"fc1 cublas, {m}"] = time_events(blas, stream=stream)
+    print(f"fc timings, {n} images unless noted (events, median of 50):")
     for k, v in results.items():
         row(k, v)
     return {k: v[0] for k, v in results.items()}

@@ -51,9 +51,9 @@ def main():
     xp[:] = x
     base = FusedRunner(model)
     q = 4 * base.nsm
-    configs = [dict(chunk=4 * q, first_chunk=q, streams=3), dict(chunk=2 * q, first_chunk=q // 2, streams=4),
-               dict(chunk=10000, first_chunk=10000, streams=1), dict(chunk=6 * q, first_chunk=q, streams=2),
-               dict(chunk=3 * q, first_chunk=q // 4, streams=3)]
+    configs = [dict(first_chunk=q, growth=7, streams=3), dict(first_chunk=q // 2, growth=7, streams=3),
+               dict(first_chunk=q, growth=4, streams=3), dict(first_chunk=10000, streams=1),
+               dict(first_chunk=q, chunk=3 * q, growth=7, streams=2)]
     print("10,000 images, host to host (ms, median of 30):")
     best = None
     for cfg in configs:
@@ -69,7 +69,7 @@ def main():
             best = (tp, cfg)
     print(f"  best: {best}")
     print("one image, host to host (us, median of 500):")
-    for sm in (64,):
+    for sm in (16,):
         r = FusedRunner(model, small_max=sm)
         one = x[:1].copy()
         onep = pinned_empty((1, 28, 28), np.uint8)
@@ -79,7 +79,7 @@ def main():
         r.device_input(one)
         td = device_ms(r, 1, reps=200) * 1e3
         print(f"  predict(1 image): {t1:.1f} us (pinned input {t1p:.1f} us); device-side graph {td:.1f} us")
-    for n in (7, 64, 65, 256, 1000):
+    for n in (7, 16, 17, 64, 256, 1000):
         r = base
         xs = x[:n].copy()
         print(f"  {n} images host to host: {wall(lambda: r.predict(xs), 100) * 1e3:.1f} us")

@@ -384,9 +384,10 @@ features_persistent_f32(const float* images, int n, float scale, const u32* w1f,
 
 // ------------------------------------------------------------------ latency kernel (few images)
 
-// grid (13, n): block (mt, img) computes conv1 for the whole image (4 warps share the 25 units)
-// and then conv2 m-tile mt (4 pool windows) for all 64 channels, warp w taking channels 16w..16w+15,
-// its weights read straight from global memory (L2-resident). Spreads one image over 13 SMs.
+// grid (13, n), 256 threads: block (mt, img) computes conv1 for the whole image (8 warps share the
+// 25 units) and then conv2 m-tile mt (4 pool windows): warp w takes channels 16(w&3)..+15 and taps
+// 13(w>>2).. (K split in two), with all its weights loaded into registers up front (one memory
+// latency, not 25); the two K halves meet in shared memory. Spreads one image over 13 SMs.
 template <typename T>
 __device__ __forceinline__ void features_small(const T* __restrict__ images, int n, float scale,
                                                const u32* __restrict__ w1f, const float* __restrict__ b1,
@@ -394,8 +395,29 @@ __device__ __forceinline__ void features_small(const T* __restrict__ images, int
                                                half_t* __restrict__ feat) {
     __shared__ __attribute__((aligned(128))) unsigned char zb_act[ZB_BYTES + ACT_IMG_BYTES];  // zero band, image
     __shared__ __attribute__((aligned(128))) unsigned char scrb[SCR_BYTES];
+    __shared__ float part[4][2][4][32];  // K-half 1 partial sums: [warp&3][n-tile][element][lane]
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int mt = blockIdx.x, img = blockIdx.y;
+    const int g = lane >> 2, t = lane & 3;
+    const int half = warp >> 2, nq = warp & 3;
+    // this warp's weights: n-tiles (2nq, 2nq+1), k-steps of taps 13*half .. (26 at most)
+    const u32* w2u = reinterpret_cast<const u32*>(w2);
+    const int n0 = 16 * nq + g, n1 = n0 + 8;
+    u32 bw[13][2][4];
+#pragma unroll
+    for (int i = 0; i < 13; i++) {
+        const int tap = 13 * half + i;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            if (tap < 25) {
+                const int k = tap * 32 + 16 * h + 2 * t;
+                bw[i][h][0] = __ldg(w2u + (n0 * 800 + k) / 2); bw[i][h][1] = __ldg(w2u + (n0 * 800 + k + 8) / 2);
+                bw[i][h][2] = __ldg(w2u + (n1 * 800 + k) / 2); bw[i][h][3] = __ldg(w2u + (n1 * 800 + k + 8) / 2);
+            } else {
+                bw[i][h][0] = bw[i][h][1] = bw[i][h][2] = bw[i][h][3] = 0u;
+            }
+        }
+    }
     for (int c = tid; c < (ZB_BYTES + ACT_IMG_BYTES) / 16; c += blockDim.x)
         *reinterpret_cast<u32x4*>(zb_act + c * 16) = u32x4{0u, 0u, 0u, 0u};
     for (int c = tid; c < SCR_BYTES / 16; c += blockDim.x)
@@ -405,11 +427,10 @@ __device__ __forceinline__ void features_small(const T* __restrict__ images, int
     load_image(images + (size_t)img * 784, scr, scale, tid, blockDim.x);
     __syncthreads();
     unsigned char* act = zb_act + ZB_BYTES;
-    conv1_units(scr, act, w1f, b1, lane, warp, 4);
+    conv1_units(scr, act, w1f, b1, lane, warp, 8);
     __syncthreads();
 
     const u32 act_s = smem_u32(act), zrow = smem_u32(zb_act) + 128;
-    const int g = lane >> 2, t = lane & 3;
     const int r = lane & 15, cA = lane >> 4;
     int oy, ox;
     {
@@ -421,54 +442,60 @@ __device__ __forceinline__ void features_small(const T* __restrict__ images, int
             oy = -64; ox = 0;
         }
     }
-    const u32* w2u = reinterpret_cast<const u32*>(w2);
-    const int n0 = 16 * warp + g, n1 = n0 + 8;
     float acc[2][4];
 #pragma unroll
     for (int j = 0; j < 2; j++)
 #pragma unroll
         for (int e = 0; e < 4; e++) acc[j][e] = 0.f;
-#pragma unroll 1
-    for (int kh = 0; kh < 5; kh++) {
-        const int iy = oy + kh - 2;
-        const bool rowok = (unsigned)iy < 14u;
 #pragma unroll
-        for (int kw = 0; kw < 5; kw++) {
-            const int ix = ox + kw - 2;  // -2..15: outside 0..13 lands on a zero column
-            const u32 aa = rowok ? act_s + iy * ACT_ROW_BYTES + ix * 64 + ((cA ^ ((ix >> 1) & 3)) << 4) : zrow + (cA << 4);
+    for (int i = 0; i < 13; i++) {
+        const int tap = 13 * half + i;
+        if (tap < 25) {
+            const int kh = tap / 5, kw = tap - kh * 5;
+            const int iy = oy + kh - 2, ix = ox + kw - 2;  // ix outside 0..13 lands on a zero column
+            const u32 aa = (unsigned)iy < 14u ? act_s + iy * ACT_ROW_BYTES + ix * 64 + ((cA ^ ((ix >> 1) & 3)) << 4)
+                                              : zrow + (cA << 4);
 #pragma unroll
             for (int h = 0; h < 2; h++) {
                 u32 a[4];
                 ldsm_x4(a, aa ^ (h << 5));
-                const int k = (kh * 5 + kw) * 32 + 16 * h + 2 * t;
-                const u32 b00 = __ldg(w2u + (n0 * 800 + k) / 2), b01 = __ldg(w2u + (n0 * 800 + k + 8) / 2);
-                const u32 b10 = __ldg(w2u + (n1 * 800 + k) / 2), b11 = __ldg(w2u + (n1 * 800 + k + 8) / 2);
-                mma16816(acc[0], a, b00, b01);
-                mma16816(acc[1], a, b10, b11);
+                mma16816(acc[0], a, bw[i][h][0], bw[i][h][1]);
+                mma16816(acc[1], a, bw[i][h][2], bw[i][h][3]);
             }
         }
     }
-    u32 res[2];
+    if (half == 1) {
 #pragma unroll
-    for (int j = 0; j < 2; j++) {
-        const int ch = 16 * warp + 8 * j + 2 * t;
-        res[j] = pool_bias_relu(acc[j], __ldg(b2 + ch), __ldg(b2 + ch + 1));
+        for (int j = 0; j < 2; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) part[nq][j][e][lane] = acc[j][e];
     }
-    const int w = 4 * mt + (g >> 1);
-    if ((g & 1) == 0 && w < 49) {
-        u32* dst = reinterpret_cast<u32*>(feat + (size_t)img * 3136 + w * 64 + 16 * warp + 2 * t);
-        dst[0] = res[0];
-        dst[4] = res[1];
+    __syncthreads();
+    if (half == 0) {
+        u32 res[2];
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[j][e] += part[nq][j][e][lane];
+            const int ch = 16 * nq + 8 * j + 2 * t;
+            res[j] = pool_bias_relu(acc[j], __ldg(b2 + ch), __ldg(b2 + ch + 1));
+        }
+        const int w = 4 * mt + (g >> 1);
+        if ((g & 1) == 0 && w < 49) {
+            u32* dst = reinterpret_cast<u32*>(feat + (size_t)img * 3136 + w * 64 + 16 * nq + 2 * t);
+            dst[0] = res[0];
+            dst[4] = res[1];
+        }
     }
 }
 
-extern "C" __global__ void __launch_bounds__(128)
+extern "C" __global__ void __launch_bounds__(256)
 features_small_u8(const unsigned char* images, int n, float scale, const u32* w1f, const float* b1,
                   const half_t* w2, const float* b2, half_t* feat) {
     features_small<unsigned char>(images, n, scale, w1f, b1, w2, b2, feat);
 }
 
-extern "C" __global__ void __launch_bounds__(128)
+extern "C" __global__ void __launch_bounds__(256)
 features_small_f32(const float* images, int n, float scale, const u32* w1f, const float* b1,
                    const half_t* w2, const float* b2, half_t* feat) {
     features_small<float>(images, n, scale, w1f, b1, w2, b2, feat);
@@ -477,62 +504,125 @@ features_small_f32(const float* images, int n, float scale, const u32* w1f, cons
 // ------------------------------------------------------------------ fc2 + softmax + argmax
 
 #define FC2_MAXC 16
+#define FC2_IMGS 4
 
 // hid: [n][H] fp16 = fc1 before bias (cuBLAS output); b1: [H]; w: [C][H] fp16; b: [C].
-// One warp per image: x = relu(hid + b1), logits = w x + b, probs = softmax, label = first argmax.
+// One warp per 4 images (the bias and weight loads are shared by the 4): x = relu(hid + b1),
+// logits = w x + b, probs = softmax, label = first argmax.
 extern "C" __global__ void __launch_bounds__(256)
 fc2_softmax(const half_t* __restrict__ hid, const float* __restrict__ b1, const half_t* __restrict__ w,
             const float* __restrict__ b, int n, int H, int C, float* __restrict__ probs, int* __restrict__ labels) {
-    const int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int row0 = ((blockIdx.x * blockDim.x + threadIdx.x) >> 5) * FC2_IMGS;
     const int lane = threadIdx.x & 31;
-    if (row >= n) return;
-    const half_t* h = hid + (size_t)row * H;
-    float acc[FC2_MAXC];
+    if (row0 >= n) return;
+    float acc[FC2_IMGS][FC2_MAXC];
 #pragma unroll
-    for (int c = 0; c < FC2_MAXC; c++) acc[c] = 0.f;
+    for (int m = 0; m < FC2_IMGS; m++)
+#pragma unroll
+        for (int c = 0; c < FC2_MAXC; c++) acc[m][c] = 0.f;
     for (int j = lane * 8; j < H; j += 256) {
-        const u32x4 hv = *reinterpret_cast<const u32x4*>(h + j);
-        const u32 hw[4] = {hv.x, hv.y, hv.z, hv.w};
-        float x[8];
+        const f32x4 bl = *reinterpret_cast<const f32x4*>(b1 + j), bh = *reinterpret_cast<const f32x4*>(b1 + j + 4);
+        const float bb[8] = {bl.x, bl.y, bl.z, bl.w, bh.x, bh.y, bh.z, bh.w};
+        float x[FC2_IMGS][8];
 #pragma unroll
-        for (int e = 0; e < 8; e++)
-            x[e] = fmaxf(h2f((half_t)(hw[e >> 1] >> ((e & 1) * 16))) + __ldg(b1 + j + e), 0.f);
+        for (int m = 0; m < FC2_IMGS; m++) {
+            u32x4 hv = {0u, 0u, 0u, 0u};
+            if (row0 + m < n) hv = *reinterpret_cast<const u32x4*>(hid + (size_t)(row0 + m) * H + j);
+            const u32 hw[4] = {hv.x, hv.y, hv.z, hv.w};
+#pragma unroll
+            for (int e = 0; e < 8; e++) x[m][e] = fmaxf(h2f((half_t)(hw[e >> 1] >> ((e & 1) * 16))) + bb[e], 0.f);
+        }
 #pragma unroll
         for (int c = 0; c < FC2_MAXC; c++) {
             if (c < C) {
-                const u32x4 wv = reinterpret_cast<const u32x4*>(w + (size_t)c * H + j)[0];
+                const u32x4 wv = *reinterpret_cast<const u32x4*>(w + (size_t)c * H + j);
                 const u32 ww[4] = {wv.x, wv.y, wv.z, wv.w};
-                float s = 0.f;
+                float wf[8];
 #pragma unroll
-                for (int e = 0; e < 8; e++) s = fmaf(x[e], h2f((half_t)(ww[e >> 1] >> ((e & 1) * 16))), s);
-                acc[c] += s;
+                for (int e = 0; e < 8; e++) wf[e] = h2f((half_t)(ww[e >> 1] >> ((e & 1) * 16)));
+#pragma unroll
+                for (int m = 0; m < FC2_IMGS; m++) {
+                    float sum = acc[m][c];
+#pragma unroll
+                    for (int e = 0; e < 8; e++) sum = fmaf(x[m][e], wf[e], sum);
+                    acc[m][c] = sum;
+                }
             }
         }
     }
 #pragma unroll
-    for (int c = 0; c < FC2_MAXC; c++) {
-        if (c < C) {
+    for (int m = 0; m < FC2_IMGS; m++) {
 #pragma unroll
-            for (int o = 16; o > 0; o >>= 1) acc[c] += __shfl_xor_sync(FULL_MASK, acc[c], o);
+        for (int c = 0; c < FC2_MAXC; c++) {
+            if (c < C) {
+#pragma unroll
+                for (int o = 16; o > 0; o >>= 1) acc[m][c] += __shfl_xor_sync(FULL_MASK, acc[m][c], o);
+            }
+        }
+        const int row = row0 + m;
+        if (row >= n) break;  // uniform
+        float mx = -3.402823466e38f;
+        int arg = 0;
+#pragma unroll
+        for (int c = 0; c < FC2_MAXC; c++) {
+            if (c < C) {
+                acc[m][c] += __ldg(b + c);
+                if (acc[m][c] > mx) { mx = acc[m][c]; arg = c; }
+            }
+        }
+        float sum = 0.f;
+#pragma unroll
+        for (int c = 0; c < FC2_MAXC; c++) {
+            if (c < C) { acc[m][c] = __expf(acc[m][c] - mx); sum += acc[m][c]; }
+        }
+        const float inv = 1.f / sum;
+#pragma unroll
+        for (int c = 0; c < FC2_MAXC; c++)
+            if (c < C && lane == c) probs[(size_t)row * C + c] = acc[m][c] * inv;
+        if (lane == 0) labels[row] = arg;
+    }
+}
+
+// ------------------------------------------------------------------ fc1 for a handful of images
+
+// hid[m][o] = sum_k feat[m][k] w[o][k] (fp16 out, fp32 accumulate, before bias), n <= 8 images per
+// pass: warp = one output o, each weight row read once for all images. For the latency path,
+// where a GEMM library's tiles would be mostly empty.
+extern "C" __global__ void __launch_bounds__(256)
+fc1_small(const half_t* __restrict__ feat, const half_t* __restrict__ w, int n, int K, int H, half_t* __restrict__ hid) {
+    const int o = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    if (o >= H) return;
+    const half_t* wr = w + (size_t)o * K;
+    for (int m0 = 0; m0 < n; m0 += 8) {
+        float acc[8];
+#pragma unroll
+        for (int m = 0; m < 8; m++) acc[m] = 0.f;
+        for (int k = lane * 8; k < K; k += 256) {
+            const u32x4 wv = *reinterpret_cast<const u32x4*>(wr + k);
+            const u32 ww[4] = {wv.x, wv.y, wv.z, wv.w};
+            float wf[8];
+#pragma unroll
+            for (int e = 0; e < 8; e++) wf[e] = h2f((half_t)(ww[e >> 1] >> ((e & 1) * 16)));
+#pragma unroll
+            for (int m = 0; m < 8; m++) {
+                if (m0 + m < n) {
+                    const u32x4 fv = *reinterpret_cast<const u32x4*>(feat + (size_t)(m0 + m) * K + k);
+                    const u32 ff[4] = {fv.x, fv.y, fv.z, fv.w};
+                    float sum = acc[m];
+#pragma unroll
+                    for (int e = 0; e < 8; e++) sum = fmaf(h2f((half_t)(ff[e >> 1] >> ((e & 1) * 16))), wf[e], sum);
+                    acc[m] = sum;
+                }
+            }
+        }
+#pragma unroll
+        for (int m = 0; m < 8; m++) {
+            if (m0 + m < n) {
+#pragma unroll
+                for (int off = 16; off > 0; off >>= 1) acc[m] += __shfl_xor_sync(FULL_MASK, acc[m], off);
+                if (lane == 0) hid[(size_t)(m0 + m) * H + o] = f2h(acc[m]);
+            }
         }
     }
-    float m = -3.402823466e38f;
-    int arg = 0;
-#pragma unroll
-    for (int c = 0; c < FC2_MAXC; c++) {
-        if (c < C) {
-            acc[c] += __ldg(b + c);
-            if (acc[c] > m) { m = acc[c]; arg = c; }
-        }
-    }
-    float sum = 0.f;
-#pragma unroll
-    for (int c = 0; c < FC2_MAXC; c++) {
-        if (c < C) { acc[c] = __expf(acc[c] - m); sum += acc[c]; }
-    }
-    const float inv = 1.f / sum;
-#pragma unroll
-    for (int c = 0; c < FC2_MAXC; c++)
-        if (c < C && lane == c) probs[(size_t)row * C + c] = acc[c] * inv;
-    if (lane == 0) labels[row] = arg;
 }
