@@ -156,12 +156,11 @@ cache, so it compiles from scratch); "import" is the import statement alone in t
 with everything it requires, each distribution counted once. Agreement is against cnnrt fp32 on the
 largest image set. The floor is FLOPs per image times images over the best float32 matrix-product
 rate NumPy reaches on this machine. FLOPs are those of direct convolution (a multiply-add counts 2):
-a runtime that does fewer multiplications, as cnnrt's CPU backend does with Winograd F(4x4, 5x5) for
-the 5x5 convolutions, or whose GEMM beats NumPy's BLAS, can pass 100% of the floor. The article's
-one comparison was 5,000 images: its GPU pipeline 3.29 s against TensorFlow on the CPU 5.4 s. `pip
-install 'cnnrt[bench]'` installs the TensorFlow, ONNX Runtime and PyTorch peers; JAX is optional
-(`pip install jax`). GPU peers (PyTorch, torch.compile, JAX on CUDA) are measured by
-`bench/bench_gpu.py` (the CUDA section)."""
+a runtime that does fewer multiplications, as cnnrt's CPU backend does with Winograd convolution, or
+whose GEMM beats NumPy's BLAS, can pass 100% of the floor. The article's one comparison was 5,000
+images: its GPU pipeline 3.29 s against TensorFlow on the CPU 5.4 s. `pip install 'cnnrt[bench]'`
+installs the TensorFlow, ONNX Runtime and PyTorch peers; JAX is optional (`pip install jax`). GPU
+peers (PyTorch, torch.compile, JAX on CUDA) are measured by `bench/bench_gpu.py` (the CUDA section)."""
 
 
 def markdown(res: dict, chart: str | None = None) -> str:
