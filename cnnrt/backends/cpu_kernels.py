@@ -160,13 +160,25 @@ class ConvBase:
     def interior(self, xp: np.ndarray) -> np.ndarray:
         return xp[:, self.pt:self.pt + self.h, self.pl:self.pl + self.w, :]
 
-    def _finish(self, y: np.ndarray) -> None:
-        """Bias, activation and fp16 rounding in place on the (pooled) output."""
-        y += self.bias
+    def _dest(self, s: Scratch, n: int, out):
+        """Where the epilogue writes: `out` if contiguous, else a contiguous buffer copied to `out`
+        at the end (ufuncs over a padded buffer's strided interior run at half speed)."""
+        if out is not None and out.flags.c_contiguous:
+            return out
+        return s.get((self.key, "out"), (n, *self.out_shape))
+
+    def _finish(self, y: np.ndarray, out=None, bias=True) -> np.ndarray:
+        """Bias, activation and fp16 rounding in place on the (pooled) output y; copied into out."""
+        if bias:
+            y += self.bias
         if self.relu:
             np.maximum(y, 0, out=y)
         if self.fp16:
             _fp16_round(y)
+        if out is None or out is y:
+            return y
+        out[...] = y
+        return out
 
     def __call__(self, x: np.ndarray, s: Scratch, out: np.ndarray | None = None) -> np.ndarray:
         """x (n, H, W, C) float32 -> (n, *out_shape); `out` may be a strided view to write into."""
@@ -182,8 +194,9 @@ class Im2colConv(ConvBase):
         super().__init__(in_shape, weight, bias, stride, padding, activation, pool, fp16)
         s = stride
         self.pt, self.pl, self.hp, self.wp = self._pads((self.ho - 1) * s + self.kh, (self.wo - 1) * s + self.kw)
-        # weights as (K, O) with K ordered (ky, kx, c), the gather's order
-        self.wmat = np.ascontiguousarray(weight.reshape(self.o, -1).T, dtype=F32)
+        # weights as (K + 1, O) with K ordered (ky, kx, c), the gather's order, and the bias as the
+        # last row: the GEMM adds it (the patches get a row of ones), one pass fewer
+        self.wmat = np.ascontiguousarray(np.vstack([weight.reshape(self.o, -1).T, self.bias[None]]), dtype=F32)
 
     def run_padded(self, xp, s: Scratch, out=None):
         n = len(xp)
@@ -199,21 +212,20 @@ class Im2colConv(ConvBase):
             shape = (self.kh, self.kw, self.c, n, self.ho, self.wo)
             strides = (st[1], st[2], st[3], st[0], s_ * st[1], s_ * st[2])
             npix = n * self.ho * self.wo
-        cols = s.get((self.key, "cols"), (k, npix))
-        np.copyto(cols.reshape(shape), as_strided(xp, shape, strides))
+        cols = s.get((self.key, "cols"), (k + 1, npix))
+        np.copyto(cols[:k].reshape(shape), as_strided(xp, shape, strides))
+        cols[k] = 1.0
         y = s.get((self.key, "y"), (npix, self.o))
         np.matmul(cols.T, self.wmat, out=y)
-        if out is None:
-            out = s.get((self.key, "out"), (n, *self.out_shape))
         if self.pool:
+            dst = self._dest(s, n, out)
             q = y.reshape(4, n, hh, wh, self.o)
-            np.maximum(q[0], q[1], out=out)
-            np.maximum(out, q[2], out=out)
-            np.maximum(out, q[3], out=out)
+            np.maximum(q[0], q[1], out=dst)
+            np.maximum(dst, q[2], out=dst)
+            np.maximum(dst, q[3], out=dst)
         else:
-            out[...] = y.reshape(n, self.ho, self.wo, self.o)
-        self._finish(out)
-        return out
+            dst = y.reshape(n, self.ho, self.wo, self.o)
+        return self._finish(dst, out, bias=False)
 
 
 class WinogradConv(ConvBase):
@@ -263,15 +275,14 @@ class WinogradConv(ConvBase):
         y = s.get((self.key, "y"), (m, m, y3))
         np.matmul(self.at, y1.reshape(m, a, y3), out=y)
         y6 = y.reshape(m, m, n, self.th, self.tw, o)
-        if out is None:
-            out = s.get((self.key, "out"), (n, *self.out_shape))
+        dst = self._dest(s, n, out)
         if self.pool:
             hh, wh = self.ho // 2, self.wo // 2
             if m == 2:
                 q = y6.reshape(4, n, self.th, self.tw, o)
-                np.maximum(q[0], q[1], out=out)
-                np.maximum(out, q[2], out=out)
-                np.maximum(out, q[3], out=out)
+                np.maximum(q[0], q[1], out=dst)
+                np.maximum(dst, q[2], out=dst)
+                np.maximum(dst, q[3], out=dst)
             else:
                 h2 = m // 2
                 # Y[2pi + dy, 2pj + dx] -> pooled (n, ty, pi, tx, pj)
@@ -281,12 +292,11 @@ class WinogradConv(ConvBase):
                 np.maximum(p, yv[:, 1, :, 0], out=p)
                 np.maximum(p, yv[:, 1, :, 1], out=p)
                 full = p.transpose(2, 3, 0, 4, 1, 5).reshape(n, self.th * h2, self.tw * h2, o)
-                out[...] = full[:, :hh, :wh]
+                dst[...] = full[:, :hh, :wh]
         else:
             full = y6.transpose(2, 3, 0, 4, 1, 5).reshape(n, self.th * m, self.tw * m, o)
-            out[...] = full[:, :self.ho, :self.wo]
-        self._finish(out)
-        return out
+            dst[...] = full[:, :self.ho, :self.wo]
+        return self._finish(dst, out)
 
 
 class BlasThreads:

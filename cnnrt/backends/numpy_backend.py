@@ -38,9 +38,12 @@ DEFAULT_PRECISION = "fp32"
 
 CONV_SUBCHUNK = 8  # images per pass through the conv layers: ~3 MB of Winograd buffers, in cache
 CHUNK = 128  # images per pass through the dense layers: enough rows for an efficient GEMM
-SPARSE_ROWS = 4  # dense layers on at most this many rows skip the weight rows of zero inputs...
-SPARSE_DENSITY = 0.5  # ...when at most this fraction of the inputs is non-zero in some row
-SPARSE_MIN_WEIGHTS = 1 << 18  # ...and the weights are big enough (1 MB) for it to pay
+# Dense layers with at least 1 MB of weights skip the weight rows of inputs that are zero in every
+# row of the chunk when at most this fraction of the inputs is non-zero (gathering a weight row
+# costs about what multiplying it costs for 2 rows, and 1/20 of what it costs for 128 rows).
+SPARSE_MIN_WEIGHTS = 1 << 18
+SPARSE_DENSITY_FEW = 0.5  # fewer than 32 rows
+SPARSE_DENSITY_BATCH = 0.9  # 32 rows or more
 WINOGRAD_M = 2  # F(2x2, r x r) with the points in cpu_kernels.POINTS: as accurate as direct convolution
 
 
@@ -104,6 +107,7 @@ class _DenseStage:
         self.relu = layer.activation == "relu"
         self.fp16 = fp16
         self.n_in, self.n_out = self.wt.shape
+        self.sparse = self.wt.size >= SPARSE_MIN_WEIGHTS
         self.in_shape = tuple(in_shape)
         self.out_shape = (self.n_out,)
         self.key = id(self)
@@ -115,15 +119,23 @@ class _DenseStage:
         n = len(a)
         y = out if out is not None else s.get((self.key, "y"), (n, self.n_out))
         x = a.reshape(n, self.n_in)
-        if n <= SPARSE_ROWS and self.wt.size >= SPARSE_MIN_WEIGHTS:
-            # after ReLU and max-pool most inputs are exact zeros (89% for the trained Deep MNIST's
-            # fc1 on a typical image): for a few rows, multiply only the weight rows of the inputs
-            # that are non-zero in some row. The GEMV reads the weights once, so this cuts its
-            # memory traffic (12.8 MB for fc1) by the fraction of zeros.
+        if self.sparse:
+            # After ReLU and max-pool most inputs are exact zeros (for the trained Deep MNIST's fc1:
+            # 88% of one image's inputs, 36% of those of 128 images together, a quarter never
+            # non-zero): multiply only the weight rows of the inputs that are non-zero in some
+            # row. For one image that cuts the GEMV's weight traffic (12.8 MB for fc1); for a
+            # chunk, the GEMM's work. Skipped terms are exact zeros (the weights are finite).
             nz = np.flatnonzero(x[0] if n == 1 else x.any(axis=0))
             k = len(nz)
-            if k <= SPARSE_DENSITY * self.n_in:
-                np.matmul(x[:, nz], self.wt[nz], out=y)  # (fancy indexing: 2x faster than np.take(out=))
+            if k <= (SPARSE_DENSITY_BATCH if n >= 32 else SPARSE_DENSITY_FEW) * self.n_in:
+                w = s.get((self.key, "w"), (self.wt.size,))[:k * self.n_out].reshape(k, self.n_out)
+                np.take(self.wt, nz, axis=0, out=w, mode="clip")  # (nz is in range: no checks)
+                if n == 1:
+                    xs = x[:, nz]
+                else:
+                    xs = s.get((self.key, "xs"), (n * self.n_in,))[:n * k].reshape(n, k)
+                    np.take(x, nz, axis=1, out=xs, mode="clip")
+                np.matmul(xs, w, out=y)
             else:
                 np.matmul(x, self.wt, out=y)
         else:
