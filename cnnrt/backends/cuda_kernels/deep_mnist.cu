@@ -598,7 +598,8 @@ fc1_small(const half_t* __restrict__ feat, const half_t* __restrict__ w, int n, 
         float acc[8];
 #pragma unroll
         for (int m = 0; m < 8; m++) acc[m] = 0.f;
-        for (int k = lane * 8; k < K; k += 256) {
+#pragma unroll 13
+        for (int k = lane * 8; k < K; k += 256) {  // unrolled: all loads in flight at once
             const u32x4 wv = *reinterpret_cast<const u32x4*>(wr + k);
             const u32 ww[4] = {wv.x, wv.y, wv.z, wv.w};
             float wf[8];
@@ -624,5 +625,15 @@ fc1_small(const half_t* __restrict__ feat, const half_t* __restrict__ w, int n, 
                 if (lane == 0) hid[(size_t)(m0 + m) * H + o] = f2h(acc[m]);
             }
         }
+    }
+}
+
+// ------------------------------------------------------------------ timing helper
+
+// Spins for `cycles` clock cycles: queued ahead of timed work so that the events measure the
+// device's time, not the host's launch latency.
+extern "C" __global__ void spin(long long cycles) {
+    const long long t0 = clock64();
+    while (clock64() - t0 < cycles) {
     }
 }
