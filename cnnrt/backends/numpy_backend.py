@@ -37,7 +37,7 @@ NAME = "numpy"
 DEFAULT_PRECISION = "fp32"
 
 CONV_SUBCHUNK = 8  # images per pass through the conv layers: ~3 MB of Winograd buffers, in cache
-CHUNK = 128  # images per pass through the dense layers: enough rows for an efficient GEMM
+CHUNK = 256  # images per pass through the dense layers: enough rows for an efficient GEMM (bench: 128-256 best)
 # Dense layers with at least 1 MB of weights skip the weight rows of inputs that are zero in every
 # row of the chunk when at most this fraction of the inputs is non-zero (gathering a weight row
 # costs about what multiplying it costs for 2 rows, and 1/20 of what it costs for 128 rows).
@@ -125,7 +125,7 @@ class _DenseStage:
             # non-zero): multiply only the weight rows of the inputs that are non-zero in some
             # row. For one image that cuts the GEMV's weight traffic (12.8 MB for fc1); for a
             # chunk, the GEMM's work. Skipped terms are exact zeros (the weights are finite).
-            nz = np.flatnonzero(x[0] if n == 1 else x.any(axis=0))
+            nz = ((x[0] != 0) if n == 1 else x.any(axis=0)).nonzero()[0]  # (bool: 4x faster than on floats)
             k = len(nz)
             if k <= (SPARSE_DENSITY_BATCH if n >= 32 else SPARSE_DENSITY_FEW) * self.n_in:
                 w = s.get((self.key, "w"), (self.wt.size,))[:k * self.n_out].reshape(k, self.n_out)
