@@ -7,6 +7,7 @@ of several runs (the machine is shared: compare versions within one run, not acr
     .venv/bin/python bench/cpu_kernels.py                 # all kernels, chunk 64 images
     .venv/bin/python bench/cpu_kernels.py conv2 -n 16 32  # one kernel, several chunk sizes
     .venv/bin/python bench/cpu_kernels.py net --images 10000
+    .venv/bin/python bench/cpu_kernels.py points          # Winograd point-set search, F(2x2,5x5)
 
 Times are per image (microseconds), for one thread unless the row says otherwise.
 """
@@ -80,13 +81,17 @@ def conv_versions(h, c):
 
     return [("v0 reference (fp32, 25 shifted GEMMs)", reference_fp32),
             ("v1 im2col GEMM, pool-first fused", kernel(Im2colConv)),
-            ("v2 Winograd F(2x2,5x5), fused", kernel(WinogradConv, m=2)),
-            ("v3 Winograd F(3x3,5x5), unfused pool", kernel(WinogradConv, m=3)),
-            ("v4 Winograd F(4x4,5x5), fused", kernel(WinogradConv, m=4))]
+            ("v2 Winograd F(2x2,5x5) pts 0,+-1,+-2", kernel(WinogradConv, m=2, points=(0, 1, -1, 2, -2))),
+            ("v3 Winograd F(2x2,5x5) pts 0,+-3/2,+-2/3", kernel(WinogradConv, m=2)),
+            ("v4 Winograd F(3x3,5x5), unfused pool", kernel(WinogradConv, m=3)),
+            ("v5 Winograd F(4x4,5x5), fused", kernel(WinogradConv, m=4))]
 
 
 def dense_case(rng, n):
-    x = np.maximum(rng.standard_normal((n, 3136)), 0).astype(np.float32)
+    # inputs as sparse as the trained Deep MNIST's after pool2: 11.5% non-zero per image, a quarter
+    # of the features never non-zero (measured on the MNIST test set)
+    x = np.maximum(rng.standard_normal((n, 3136)) - 1.2, 0).astype(np.float32)
+    x[:, rng.random(3136) < 0.25] = 0
     w = (rng.standard_normal((1024, 3136)) / 56).astype(np.float32)
     b = rng.standard_normal(1024).astype(np.float32)
     ref = R.relu(R.dense(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64)))
@@ -101,10 +106,18 @@ def dense_case(rng, n):
 
     def v0():
         return R.relu(R.dense(x, w, b))
+
+    def v2():
+        nz = x.any(axis=0).nonzero()[0]
+        np.matmul(x[:, nz], wt[nz], out=y)
+        np.add(y, b, out=y)
+        np.maximum(y, 0, out=y)
+        return y
     flops = 2 * 3136 * 1024
     print(f"fc1: 3136 -> 1024 + bias + ReLU, chunk {n} images, {flops / 1e6:.2f} MFLOP/img")
     row("v0 reference (x @ w.T)", n, timeit(v0), rel(v0(), ref), flops)
     row("v1 pre-transposed, in place", n, timeit(v1), rel(v1(), ref), flops)
+    row("v2 skip all-zero input rows", n, timeit(v2), rel(v2(), ref), flops)
 
 
 def net_case(images, reps):
@@ -138,9 +151,48 @@ def net_case(images, reps):
         print(f"  numpy backend {prec}, one image: {t1[0] * 1e3:.3f} ms (best {t1[1] * 1e3:.3f})")
 
 
+def points_case(m, r, trials):
+    """Winograd F(m, r) fp32 error against float64 for sets of interpolation points (small
+    rationals), on ReLU-like inputs with 32 channels: the search behind cpu_kernels.POINTS."""
+    import itertools
+    from fractions import Fraction as Fr
+
+    from cnnrt.backends.cpu_kernels import POINTS, winograd_matrices
+    rng = np.random.default_rng(0)
+    a, f = m + r - 1, np.float32
+    d = rng.random((trials, a, a, 32))
+    g = rng.standard_normal((64, r, r, 32)) * 0.05
+    d, g = d.astype(f).astype(np.float64), g.astype(f).astype(np.float64)
+    ref = np.stack([np.einsum("tabc,oabc->to", d[:, i:i + r, j:j + r], g) for i in range(m) for j in range(m)], 1)
+
+    def err(pts):
+        at, gg, bt = (t.astype(f) for t in winograd_matrices(m, r, pts, integer=True))
+        u = np.einsum("xa,oabc,yb->xyco", winograd_matrices(m, r, pts, integer=True)[1], g,
+                      winograd_matrices(m, r, pts, integer=True)[1]).astype(f)
+        v = np.einsum("xa,tabc,yb->txyc", bt, d.astype(f), bt).astype(f)
+        mm = np.einsum("txyc,xyco->txyo", v, u).astype(f)
+        y = np.einsum("ix,txyo,jy->tijo", at, mm, at).reshape(len(d), m * m, -1)
+        return float(np.linalg.norm(y - ref) / np.linalg.norm(ref))
+
+    cands = [Fr(1), Fr(-1), Fr(2), Fr(-2), Fr(1, 2), Fr(-1, 2), Fr(3, 2), Fr(-3, 2), Fr(2, 3), Fr(-2, 3), Fr(3), Fr(-3)]
+    res = []
+    for combo in itertools.combinations(cands, a - 2):
+        try:
+            res.append((err((0,) + combo), (0,) + combo))
+        except ValueError:
+            pass
+    res.sort(key=lambda t: t[0])
+    print(f"Winograd F({m}x{m},{r}x{r}) fp32 relative error vs float64, {len(res)} point sets, {trials} tiles:")
+    for e, p in res[:5]:
+        print(f"  {e:.2e}  points {', '.join(str(v) for v in p)}")
+    if (m, r) in POINTS:
+        print(f"  {err(POINTS[(m, r)]):.2e}  cpu_kernels.POINTS[{(m, r)}]")
+    print(f"  {err((0, 1, -1, 2, -2)):.2e}  the usual 0, 1, -1, 2, -2")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", nargs="*", default=["conv1", "conv2", "fc1"], help="conv1 conv2 fc1 net")
+    ap.add_argument("what", nargs="*", default=["conv1", "conv2", "fc1"], help="conv1 conv2 fc1 net points")
     ap.add_argument("-n", type=int, nargs="+", default=[64], help="chunk sizes (images)")
     ap.add_argument("--images", type=int, default=10000)
     ap.add_argument("--reps", type=int, default=5)
@@ -157,9 +209,12 @@ def main():
         if what == "net":
             net_case(a.images, a.reps)
             continue
+        if what == "points":
+            points_case(2, 5, 400)
+            continue
         for n in a.n:
             if what == "conv1":
-                conv_case("conv1", rng, n, 28, 1, 32, 5, conv_versions(28, 1)[:3])
+                conv_case("conv1", rng, n, 28, 1, 32, 5, conv_versions(28, 1)[:2] + conv_versions(28, 1)[3:4])
             elif what == "conv2":
                 conv_case("conv2", rng, n, 14, 32, 64, 5, conv_versions(14, 32))
             elif what == "fc1":
