@@ -155,7 +155,15 @@ def check_runner(model, r, x, what):
 
 @pytest.mark.parametrize("n", [1, 7, 16, 17, 64])
 def test_runner_random(rng, model16, runner16, n):
+    # n <= 16: the latency path (zero-copy input and outputs, fused fc1+fc2); 17, 64: graphs with copies
     check_runner(model16, runner16, random_images(rng, n), f"n={n}")
+
+
+def test_fc12_small_counter_resets(rng, model16, runner16):
+    # the last-block counter must be back at zero after every launch, or the next one never finishes fc2
+    for _ in range(3):
+        check_runner(model16, runner16, random_images(rng, 2), "n=2 repeated")
+        assert int(runner16.counter.get()[0]) == 0
 
 
 @pytest.mark.parametrize("n", [1, 8, 13])

@@ -628,6 +628,101 @@ fc1_small(const half_t* __restrict__ feat, const half_t* __restrict__ w, int n, 
     }
 }
 
+// ------------------------------------------------------------------ fc1 + fc2 for a handful of images, one launch
+
+// The latency path's classifier: warp = one fc1 output o for all n images (hid = relu(fc1 + b1),
+// fp16, into a scratch buffer); the last block to finish (a counter, reset for the next launch)
+// stages fc2's weights in shared memory and does fc2 + softmax + argmax, writing probs and labels
+// (pinned host memory on the latency path: no copy back). Small code on purpose: a cold instruction
+// cache, not arithmetic, is what a one-image launch mostly waits on. Dynamic smem: C*H*2 bytes.
+extern "C" __global__ void __launch_bounds__(256)
+fc12_small(const half_t* __restrict__ feat, const half_t* __restrict__ w1, const float* __restrict__ b1,
+           const half_t* __restrict__ w2, const float* __restrict__ b2, int n, int H, int C,
+           half_t* hid, unsigned int* counter, float* probs, int* labels) {
+    extern __shared__ __attribute__((aligned(16))) unsigned char w2s_raw[];
+    __shared__ int last;
+    __shared__ float lg[8][FC2_MAXC];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int o = blockIdx.x * 8 + warp;
+    if (o < H) {
+        const half_t* wr = w1 + (size_t)o * 3136;
+        for (int m = 0; m < n; m++) {
+            float acc = 0.f;
+#pragma unroll
+            for (int i = 0; i < 13; i++) {
+                const int k = lane * 8 + 256 * i;
+                if (k < 3136) {
+                    const u32x4 wv = *reinterpret_cast<const u32x4*>(wr + k);
+                    const u32x4 fv = *reinterpret_cast<const u32x4*>(feat + (size_t)m * 3136 + k);
+                    const u32 ww[4] = {wv.x, wv.y, wv.z, wv.w}, ff[4] = {fv.x, fv.y, fv.z, fv.w};
+#pragma unroll
+                    for (int e = 0; e < 8; e++)
+                        acc = fmaf(h2f((half_t)(ff[e >> 1] >> ((e & 1) * 16))), h2f((half_t)(ww[e >> 1] >> ((e & 1) * 16))), acc);
+                }
+            }
+#pragma unroll
+            for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(FULL_MASK, acc, off);
+            if (lane == 0) hid[(size_t)m * H + o] = f2h(fmaxf(acc + __ldg(b1 + o), 0.f));
+        }
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    half_t* w2s = reinterpret_cast<half_t*>(w2s_raw);
+    for (int c = threadIdx.x; c < C * H / 8; c += blockDim.x)
+        reinterpret_cast<u32x4*>(w2s)[c] = reinterpret_cast<const u32x4*>(w2)[c];
+    __syncthreads();
+    for (int m = warp; m < n; m += 8) {
+        float x[32];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int j = lane * 8 + 256 * i;
+            u32x4 hv = {0u, 0u, 0u, 0u};
+            if (j < H) {  // other blocks wrote hid: read it from L2, past this SM's L1
+                const u32* hp = reinterpret_cast<const u32*>(hid + (size_t)m * H + j);
+                hv.x = __ldcg(hp); hv.y = __ldcg(hp + 1); hv.z = __ldcg(hp + 2); hv.w = __ldcg(hp + 3);
+            }
+            const u32 hw[4] = {hv.x, hv.y, hv.z, hv.w};
+#pragma unroll
+            for (int e = 0; e < 8; e++) x[8 * i + e] = h2f((half_t)(hw[e >> 1] >> ((e & 1) * 16)));
+        }
+#pragma unroll 1
+        for (int c = 0; c < C; c++) {
+            float sum = 0.f;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int j = lane * 8 + 256 * i;
+                if (j < H) {
+                    const u32x4 wv = *reinterpret_cast<const u32x4*>(w2s + c * H + j);
+                    const u32 ww[4] = {wv.x, wv.y, wv.z, wv.w};
+#pragma unroll
+                    for (int e = 0; e < 8; e++) sum = fmaf(x[8 * i + e], h2f((half_t)(ww[e >> 1] >> ((e & 1) * 16))), sum);
+                }
+            }
+#pragma unroll
+            for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(FULL_MASK, sum, off);
+            if (lane == 0) lg[warp][c] = sum + __ldg(b2 + c);
+        }
+        __syncwarp();
+        if (lane == 0) {
+            float mx = lg[warp][0];
+            int arg = 0;
+            for (int c = 1; c < C; c++)
+                if (lg[warp][c] > mx) { mx = lg[warp][c]; arg = c; }
+            float sum = 0.f;
+            for (int c = 0; c < C; c++) sum += __expf(lg[warp][c] - mx);
+            const float inv = 1.f / sum;
+            for (int c = 0; c < C; c++) probs[(size_t)m * C + c] = __expf(lg[warp][c] - mx) * inv;
+            labels[m] = arg;
+        }
+        __syncwarp();
+    }
+    if (threadIdx.x == 0) *counter = 0u;
+}
+
 // ------------------------------------------------------------------ timing helper
 
 // Spins for `cycles` clock cycles: queued ahead of timed work so that the events measure the
