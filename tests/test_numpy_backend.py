@@ -10,6 +10,7 @@ import pytest
 
 from cnnrt.backends import numpy_backend, reference as R
 from cnnrt.backends.cpu_kernels import BlasThreads, Im2colConv, Scratch, WinogradConv, winograd_matrices
+from cnnrt.errors import FormatError
 from cnnrt.model import Conv2D, Dense, MaxPool2D, Model, Softmax, deep_mnist
 
 from conftest import random_deep_mnist_params
@@ -130,11 +131,14 @@ def test_deep_mnist_probabilities_and_batching(rng, random_model):
     runner = numpy_backend.prepare(random_model, "fp32")
     seen = []
     for probs in (runner.probabilities(x), runner.probabilities(x, batch_size=13, progress=seen.append),
+                  runner.probabilities(x, batch_size=13), runner.probabilities(x, batch_size=1000),
                   np.concatenate([runner.probabilities(x[i:i + 1]) for i in range(len(x))]),
                   runner.probabilities(x.astype(np.float64) * random_model.input_scale)):
         assert np.abs(probs - ref).max() < 1e-5
         np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-5)
     assert seen[-1] == 70
+    with pytest.raises(FormatError):
+        runner.probabilities(x, batch_size=-1)
 
 
 @pytest.mark.parametrize("threads", [1, 3])

@@ -289,11 +289,11 @@ class NumpyRunner(Runner):
         self._forward_into(x, out)
         return out
 
-    def _forward_into(self, x: np.ndarray, out: np.ndarray) -> None:
+    def _forward_into(self, x: np.ndarray, out: np.ndarray, chunk: int | None = None) -> None:
         n = len(x)
         if n == 0:
             return
-        nchunks = -(-n // self.chunk)
+        nchunks = -(-n // (chunk or self.chunk))
         if self.threads > 1 and nchunks == 1 and n >= 2 * self.sub:
             nchunks = 2  # two half chunks keep both cores busy
         if self.threads == 1 or nchunks == 1:
@@ -308,9 +308,19 @@ class NumpyRunner(Runner):
             f.result()
 
     def probabilities(self, x, batch_size: int | None = None, progress=None) -> np.ndarray:
+        """As Runner.probabilities. Without a progress callback the whole input streams through
+        the threads in chunks of `chunk` images, one wait at the end instead of one per batch
+        (the result is the same: every image's computation is independent of the others');
+        `batch_size` then only caps the chunk size."""
         x = check_images(x, self.model)
-        if batch_size is not None or progress is not None:
+        if progress is not None:
             return super().probabilities(x, batch_size, progress)
+        if batch_size is not None and batch_size < 1:
+            return super().probabilities(x, batch_size, progress)  # (its error message)
+        if batch_size is not None and batch_size < self.chunk:
+            out = np.empty((len(x), self.model.num_classes), dtype=F32)
+            self._forward_into(x, out, chunk=batch_size)
+            return out
         out = np.empty((len(x), self.model.num_classes), dtype=F32)
         self._forward_into(x, out)
         return out
