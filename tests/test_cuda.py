@@ -159,6 +159,20 @@ def test_runner_random(rng, model16, runner16, n):
     check_runner(model16, runner16, random_images(rng, n), f"n={n}")
 
 
+@pytest.mark.parametrize("n", [1, 3, 200])
+def test_runner_same_size_fast_path(rng, model16, runner16, n):
+    # a repeated call of the same size skips the lookups: it must still read the new images
+    for _ in range(3):
+        x = random_images(rng, n)
+        want = ref.forward(model16, scaled(model16, x)[..., None], np.float64)
+        poison(runner16)
+        p1 = runner16.probabilities(x)
+        assert np.isfinite(p1).all() and np.abs(p1 - want).max() < 1e-2
+        poison(runner16)
+        labels = runner16.predict(x)
+        np.testing.assert_array_equal(labels, p1.argmax(1))
+
+
 def test_fc12_small_counter_resets(rng, model16, runner16):
     # the last-block counter must be back at zero after every launch, or the next one never finishes fc2
     for _ in range(3):

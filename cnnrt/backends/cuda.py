@@ -184,6 +184,18 @@ def pinned_empty(shape, dtype=np.uint8) -> np.ndarray:
 
 # ====================================================================== the fused Deep MNIST path
 
+def conv2_fragments(w: np.ndarray) -> np.ndarray:
+    """conv2 (64, 5, 5, 32) -> the latency kernel's fragment-major copy [8 n-tiles][32 lanes][50
+    k-steps][2] u32: lane (g, t) of n-tile j at k-step s holds W[8j+g][16s+2t .. +1] and [.. +8, +9],
+    so a thread's two k-steps of one tap are one 16-byte load."""
+    wu = np.ascontiguousarray(w.reshape(64, 800).astype(np.float16)).view(np.uint32)  # (64, 400)
+    lane = np.arange(32)
+    g, t = lane >> 2, lane & 3
+    n = 8 * np.arange(8)[:, None, None] + g[None, :, None]            # (8, 32, 1)
+    j = 8 * np.arange(50)[None, None, :] + t[None, :, None]           # (1, 32, 50) u32 index of k = 16s+2t
+    return np.ascontiguousarray(np.stack([wu[n, j], wu[n, j + 4]], axis=-1))  # (8, 32, 50, 2)
+
+
 def conv1_pair_weights(w: np.ndarray) -> np.ndarray:
     """conv1 (32, 5, 5, 1) -> the fused kernel's B matrix [64 n][32 k] fp16: k = kh*6 + c over a
     5x6 patch; n < 32 is the left pixel of a pair (columns c = 0..4), n >= 32 the right (c = 1..5)."""
@@ -234,6 +246,7 @@ class FusedRunner(Runner):
         self.w1f = cp.asarray(conv1_pair_weights(c1.weight)).view(cp.uint32)
         self.b1 = f32(c1.bias)
         self.w2 = h16(c2.weight.reshape(64, 800))
+        self.w2f = cp.asarray(conv2_fragments(c2.weight))
         self.b2 = f32(c2.bias)
         self.fw1 = h16(f1.weight)
         self.fb1 = f32(f1.bias)
@@ -252,6 +265,9 @@ class FusedRunner(Runner):
         self.cap = 0
         self.h_stage = None
         self.graphs: OrderedDict = OrderedDict()
+        self._last = None  # (key, stage address, bytes, graph, stream) of the last staged one-chunk run
+        import ctypes
+        self._memmove = ctypes.memmove
         self._ensure(1)
 
     def __del__(self):
@@ -270,6 +286,7 @@ class FusedRunner(Runner):
         cp = self.cp
         cap = max(n, 2 * self.cap, 16)
         self.graphs.clear()
+        self._last = None
         self.d_in_u8 = cp.empty(cap * 784, cp.uint8)
         self.d_in_f32 = None  # made on first float input
         self.feat = cp.empty(cap * 3136, cp.float16)
@@ -337,7 +354,7 @@ class FusedRunner(Runner):
             with stream:
                 self.k[f"features_small_{kind}"](
                     (13, cnt), (256,), (self._mapped(self._stage(item), off * item), np.int32(cnt), scale,
-                                        self.w1f, self.b1, self.w2, self.b2, feat))
+                                        self.w1f, self.b1, self.w2f, self.b2, feat))
                 self.k["fc12_small"](
                     (-(-self.hidden // 8),), (256,),
                     (feat, self.fw1, self.fb1, self.fw2, self.fb2, np.int32(cnt), np.int32(self.hidden),
@@ -355,7 +372,7 @@ class FusedRunner(Runner):
         args = (inp, np.int32(cnt), scale, self.w1f, self.b1, self.w2, self.b2, feat)
         with stream:
             if cnt <= self.small_max:
-                self.k[f"features_small_{kind}"]((13, cnt), (256,), args)
+                self.k[f"features_small_{kind}"]((13, cnt), (256,), args[:5] + (self.w2f,) + args[6:])
             else:
                 grid = min(self.nsm, -(-cnt // P_GROUP))
                 self.k[f"features_persistent_{kind}"]((grid,), (P_THREADS,), args, shared_mem=P_SMEM_BYTES)
@@ -418,10 +435,18 @@ class FusedRunner(Runner):
         self.graphs[key] = entry
         while len(self.graphs) > 16:
             self.graphs.popitem(last=False)
+            self._last = None
         return entry
 
     def _run(self, x: np.ndarray, want_probs: bool) -> None:
         n = len(x)
+        key = (n, x.dtype.char, want_probs)
+        last = self._last
+        if last is not None and last[0] == key and x.flags.c_contiguous:  # the same shape again: no lookups
+            self._memmove(last[1], x.ctypes.data, last[2])
+            last[3].launch(last[4])
+            last[4].synchronize()
+            return
         kind = "u8" if x.dtype == np.uint8 else "f32"
         if kind == "f32" and x.dtype != np.float32:
             x = x.astype(np.float32)
@@ -432,9 +457,12 @@ class FusedRunner(Runner):
         entry = self._graphs_for(n, kind, want_probs)
         rt = self.runtime
         item = 784 * x.itemsize
-        if entry[0][4]:  # staged through our pinned buffer, copy in inside the graph
-            np.copyto(self._stage(n * item)[:n * item], x.reshape(-1).view(np.uint8))
+        if entry[0][4]:  # staged through our pinned buffer, copied in by the graph or read in place
+            stage = self._stage(n * item)
+            np.copyto(stage[:n * item], x.reshape(-1).view(np.uint8))
             src = None
+            if len(entry) == 1 and x.dtype.char == key[1]:
+                self._last = (key, stage.ctypes.data, n * item, entry[0][3], self.streams[entry[0][2]])
         else:
             src = x.ctypes.data
             d_in = self._input_buffer(kind).data.ptr
@@ -487,7 +515,7 @@ class FusedRunner(Runner):
         scale = self.scale if kind == "u8" else np.float32(1.0)
         args = (xd, np.int32(n), scale, self.w1f, self.b1, self.w2, self.b2, out)
         if (small if small is not None else n <= self.small_max):
-            self.k[f"features_small_{kind}"]((13, n), (256,), args)
+            self.k[f"features_small_{kind}"]((13, n), (256,), args[:5] + (self.w2f,) + args[6:])
         else:
             grid = min(self.nsm, -(-n // P_GROUP))
             self.k[f"features_persistent_{kind}"]((grid,), (P_THREADS,), args, shared_mem=P_SMEM_BYTES)

@@ -391,7 +391,7 @@ features_persistent_f32(const float* images, int n, float scale, const u32* w1f,
 template <typename T>
 __device__ __forceinline__ void features_small(const T* __restrict__ images, int n, float scale,
                                                const u32* __restrict__ w1f, const float* __restrict__ b1,
-                                               const half_t* __restrict__ w2, const float* __restrict__ b2,
+                                               const u32x4* __restrict__ w2f, const float* __restrict__ b2,
                                                half_t* __restrict__ feat) {
     __shared__ __attribute__((aligned(128))) unsigned char zb_act[ZB_BYTES + ACT_IMG_BYTES];  // zero band, image
     __shared__ __attribute__((aligned(128))) unsigned char scrb[SCR_BYTES];
@@ -400,22 +400,20 @@ __device__ __forceinline__ void features_small(const T* __restrict__ images, int
     const int mt = blockIdx.x, img = blockIdx.y;
     const int g = lane >> 2, t = lane & 3;
     const int half = warp >> 2, nq = warp & 3;
-    // this warp's weights: n-tiles (2nq, 2nq+1), k-steps of taps 13*half .. (26 at most)
-    const u32* w2u = reinterpret_cast<const u32*>(w2);
-    const int n0 = 16 * nq + g, n1 = n0 + 8;
+    // this warp's weights: n-tiles (2nq, 2nq+1), taps 13*half.. (13 at most), from the fragment-major
+    // copy w2f[n-tile][lane][k-step][2]: one 16-byte load per tap and n-tile (both k-steps of the tap)
     u32 bw[13][2][4];
 #pragma unroll
     for (int i = 0; i < 13; i++) {
         const int tap = 13 * half + i;
+        if (tap < 25) {
+            const u32x4 f0 = w2f[((2 * nq) * 32 + lane) * 25 + tap];
+            const u32x4 f1 = w2f[((2 * nq + 1) * 32 + lane) * 25 + tap];
+            bw[i][0][0] = f0.x; bw[i][0][1] = f0.y; bw[i][1][0] = f0.z; bw[i][1][1] = f0.w;
+            bw[i][0][2] = f1.x; bw[i][0][3] = f1.y; bw[i][1][2] = f1.z; bw[i][1][3] = f1.w;
+        } else {
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-            if (tap < 25) {
-                const int k = tap * 32 + 16 * h + 2 * t;
-                bw[i][h][0] = __ldg(w2u + (n0 * 800 + k) / 2); bw[i][h][1] = __ldg(w2u + (n0 * 800 + k + 8) / 2);
-                bw[i][h][2] = __ldg(w2u + (n1 * 800 + k) / 2); bw[i][h][3] = __ldg(w2u + (n1 * 800 + k + 8) / 2);
-            } else {
-                bw[i][h][0] = bw[i][h][1] = bw[i][h][2] = bw[i][h][3] = 0u;
-            }
+            for (int h = 0; h < 2; h++) bw[i][h][0] = bw[i][h][1] = bw[i][h][2] = bw[i][h][3] = 0u;
         }
     }
     for (int c = tid; c < (ZB_BYTES + ACT_IMG_BYTES) / 16; c += blockDim.x)
@@ -491,14 +489,14 @@ __device__ __forceinline__ void features_small(const T* __restrict__ images, int
 
 extern "C" __global__ void __launch_bounds__(256)
 features_small_u8(const unsigned char* images, int n, float scale, const u32* w1f, const float* b1,
-                  const half_t* w2, const float* b2, half_t* feat) {
-    features_small<unsigned char>(images, n, scale, w1f, b1, w2, b2, feat);
+                  const u32x4* w2f, const float* b2, half_t* feat) {
+    features_small<unsigned char>(images, n, scale, w1f, b1, w2f, b2, feat);
 }
 
 extern "C" __global__ void __launch_bounds__(256)
 features_small_f32(const float* images, int n, float scale, const u32* w1f, const float* b1,
-                   const half_t* w2, const float* b2, half_t* feat) {
-    features_small<float>(images, n, scale, w1f, b1, w2, b2, feat);
+                   const u32x4* w2f, const float* b2, half_t* feat) {
+    features_small<float>(images, n, scale, w1f, b1, w2f, b2, feat);
 }
 
 // ------------------------------------------------------------------ fc2 + softmax + argmax
@@ -644,6 +642,10 @@ fc12_small(const half_t* __restrict__ feat, const half_t* __restrict__ w1, const
     __shared__ float lg[8][FC2_MAXC];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int o = blockIdx.x * 8 + warp;
+    half_t* w2s = reinterpret_cast<half_t*>(w2s_raw);
+    // every block stages fc2's weights while it works (20 KB from L2); only the last one uses them
+    for (int c = threadIdx.x; c < C * H / 8; c += blockDim.x)
+        reinterpret_cast<u32x4*>(w2s)[c] = reinterpret_cast<const u32x4*>(w2)[c];
     if (o < H) {
         const half_t* wr = w1 + (size_t)o * 3136;
         for (int m = 0; m < n; m++) {
@@ -671,10 +673,6 @@ fc12_small(const half_t* __restrict__ feat, const half_t* __restrict__ w1, const
     __syncthreads();
     if (!last) return;
     __threadfence();
-    half_t* w2s = reinterpret_cast<half_t*>(w2s_raw);
-    for (int c = threadIdx.x; c < C * H / 8; c += blockDim.x)
-        reinterpret_cast<u32x4*>(w2s)[c] = reinterpret_cast<const u32x4*>(w2)[c];
-    __syncthreads();
     for (int m = warp; m < n; m += 8) {
         float x[32];
 #pragma unroll
