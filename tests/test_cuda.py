@@ -162,15 +162,20 @@ def test_runner_random(rng, model16, runner16, n):
 @pytest.mark.parametrize("n", [1, 3, 200])
 def test_runner_same_size_fast_path(rng, model16, runner16, n):
     # a repeated call of the same size skips the lookups: it must still read the new images
-    for _ in range(3):
-        x = random_images(rng, n)
-        want = ref.forward(model16, scaled(model16, x)[..., None], np.float64)
-        poison(runner16)
-        p1 = runner16.probabilities(x)
-        assert np.isfinite(p1).all() and np.abs(p1 - want).max() < 1e-2
-        poison(runner16)
-        labels = runner16.predict(x)
-        np.testing.assert_array_equal(labels, p1.argmax(1))
+    for what in ("probabilities", "predict"):
+        for _ in range(3):  # calls 2 and 3 take the fast path
+            x = random_images(rng, n)
+            want = ref.forward(model16, scaled(model16, x)[..., None], np.float64)
+            poison(runner16)
+            if what == "probabilities":
+                p = runner16.probabilities(x)
+                assert np.isfinite(p).all() and np.abs(p - want).max() < 1e-2
+            else:
+                labels = runner16.predict(x)
+                top2 = np.sort(want, axis=1)[:, -2:]
+                clear = top2[:, 1] - top2[:, 0] > 2e-2
+                assert (labels >= 0).all()
+                np.testing.assert_array_equal(labels[clear], want.argmax(1)[clear])
 
 
 def test_fc12_small_counter_resets(rng, model16, runner16):
