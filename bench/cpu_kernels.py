@@ -8,6 +8,7 @@ of several runs (the machine is shared: compare versions within one run, not acr
     .venv/bin/python bench/cpu_kernels.py conv2 -n 16 32  # one kernel, several chunk sizes
     .venv/bin/python bench/cpu_kernels.py net --images 10000
     .venv/bin/python bench/cpu_kernels.py points          # Winograd point-set search, F(2x2,5x5)
+    .venv/bin/python bench/cpu_kernels.py profile         # pyinstrument: where the time goes
 
 Times are per image (microseconds), for one thread unless the row says otherwise.
 """
@@ -151,6 +152,37 @@ def net_case(images, reps):
         print(f"  numpy backend {prec}, one image: {t1[0] * 1e3:.3f} ms (best {t1[1] * 1e3:.3f})")
 
 
+def _trained_or_random():
+    from cnnrt.formats import load_model
+    from cnnrt.idx import load_mnist
+    root = Path(__file__).resolve().parent.parent
+    path = root / "models" / "deep_mnist" / "deep_mnist.safetensors"
+    model = load_model(path)
+    x, _ = load_mnist(root / "data/mnist/t10k-images-idx3-ubyte.gz", root / "data/mnist/t10k-labels-idx1-ubyte.gz")
+    return model, x
+
+
+def profile_case(images):
+    """Where the time goes, by pyinstrument (pip install pyinstrument): the whole net on one thread
+    (the per-image work is the same on each of the backend's threads, and pyinstrument samples
+    one thread), then single-image calls."""
+    from pyinstrument import Profiler
+
+    from cnnrt.backends import numpy_backend
+    model, x = _trained_or_random()
+    r = numpy_backend.NumpyRunner(model, "fp32", threads=1)
+    r.probabilities(x[:500])
+    for what, f in ((f"{images} images, one thread", lambda: r.probabilities(x[:images])),
+                    (f"{images} single-image calls", lambda: [r.probabilities(x[i:i + 1], batch_size=1)
+                                                             for i in range(images)])):
+        p = Profiler(interval=0.0002)
+        p.start()
+        f()
+        p.stop()
+        print(f"--- {what}")
+        print(p.output_text(unicode=False, color=False, show_all=False))
+
+
 def points_case(m, r, trials):
     """Winograd F(m, r) fp32 error against float64 for sets of interpolation points (small
     rationals), on ReLU-like inputs with 32 channels: the search behind cpu_kernels.POINTS."""
@@ -192,7 +224,7 @@ def points_case(m, r, trials):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", nargs="*", default=["conv1", "conv2", "fc1"], help="conv1 conv2 fc1 net points")
+    ap.add_argument("what", nargs="*", default=["conv1", "conv2", "fc1"], help="conv1 conv2 fc1 net points profile")
     ap.add_argument("-n", type=int, nargs="+", default=[64], help="chunk sizes (images)")
     ap.add_argument("--images", type=int, default=10000)
     ap.add_argument("--reps", type=int, default=5)
@@ -208,6 +240,9 @@ def main():
     for what in a.what:
         if what == "net":
             net_case(a.images, a.reps)
+            continue
+        if what == "profile":
+            profile_case(min(a.images, 2000))
             continue
         if what == "points":
             points_case(2, 5, 400)

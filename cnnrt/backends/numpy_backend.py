@@ -173,6 +173,14 @@ def _conv_kernel(layer: Conv2D, in_shape, pool, fp16: bool):
     return Im2colConv(in_shape, w, b, layer.stride, layer.padding, layer.activation, pool, fp16)
 
 
+def _cores() -> int:
+    """The cores this process may run on (its affinity, where the OS tells it)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 _BLAS = None
 _BLAS_LOCK = threading.Lock()
 
@@ -193,7 +201,7 @@ class NumpyRunner(Runner):
                  chunk: int = CHUNK, conv_subchunk: int = CONV_SUBCHUNK):
         super().__init__(model, precision)
         fp16 = precision == "fp16"
-        self.threads = max(1, threads or os.cpu_count() or 1)
+        self.threads = max(1, threads or _cores())
         self.chunk, self.sub = chunk, conv_subchunk
         self.input = _Input(model, fp16)
         stages, shape, layers, i = [], model.input_shape, model.layers, 0
