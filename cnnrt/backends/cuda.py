@@ -225,7 +225,7 @@ class FusedRunner(Runner):
         self.nsm = int(dev.attributes["MultiProcessorCount"])
         q = P_GROUP * self.nsm  # images that fill every SM once
         self.chunk = int(chunk) if chunk else 1 << 30  # largest chunk
-        self.first_chunk = int(first_chunk) if first_chunk else q // 2
+        self.first_chunk = int(first_chunk) if first_chunk else q
         self.growth = max(1, int(growth))
         self.small_max = int(small_max)
         self.fc1_small_max = int(fc1_small_max)
