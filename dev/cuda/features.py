@@ -4,9 +4,12 @@ Versions, side by side:
   v0  CuPy/cuBLAS, one op at a time (what a framework does without fusion): scale, per-tap
       matmuls for each conv, bias, ReLU, pool as separate passes through device memory, fp16 storage.
   v1  features_persistent_u8 (cnnrt/backends/cuda_kernels/deep_mnist.cu): one block per SM,
-      conv2 weights resident in shared memory, conv1 (tensor cores, im2col gathered from a
-      per-warp fp16 copy of the image) and conv2 (implicit GEMM, ldmatrix + mma.sync) as one
-      dynamic queue of warp jobs, pooling on the accumulators; only the 7x7x64 result is written.
+      conv2 weights resident in shared memory, groups of 4 images in three phases (images to fp16
+      scratch; conv1 on the tensor cores as horizontal pixel pairs; conv2 as an implicit GEMM with
+      ldmatrix + mma.sync, a static split of the m-tiles over the warps), pooling on the
+      accumulators; only the 7x7x64 result is written. Its first version (a shared job counter,
+      dense 14x14 layout with per-tap bounds and swizzle math) is in git history and NOTES.md:
+      996 us on an H200 and wrong on the device; this one 551-561 us on an H100.
   v2  features_small_u8: the latency version, 13 blocks per image (one conv2 m-tile each), 8 warps
       splitting conv2's K in two with all their weights loaded up front; best for a handful of images.
 """

@@ -12,10 +12,13 @@
 //                   ReLU + 2x2 max-pool -> fp16 features [n][7*7*64]. The 28x28x32 and 14x14x64
 //                   activations never leave the SM; the 14x14x32 one lives in shared memory.
 //                   conv1 and conv2 are implicit GEMMs on the tensor cores; pooling is done on the
-//                   accumulators (a GEMM row block is laid out so that each 2x2 window sits in one
-//                   thread pair).
-//   fc2_softmax     relu(fc1 + bias) read once -> fc2 + bias -> softmax + argmax, one warp per image
+//                   accumulators (conv1: a thread holds a whole 2x2 window; conv2: a thread pair).
+//                   _persistent: one block per SM for large batches; _small: 13 blocks per image.
+//   fc2_softmax     relu(fc1 + bias) read once -> fc2 + bias -> softmax + argmax, 4 images per warp
 //                   (fc1 itself is a cuBLAS fp16 GEMM with fp32 accumulation).
+//   fc1_small       fc1 for a few images (a GEMM library's tiles would be mostly empty).
+//   fc12_small      the latency path's fc1 + fc2 + softmax + argmax in one launch.
+//   spin            a timing helper.
 //
 // The dev/cuda/ directory holds the earlier and alternative versions, CPU reference checks, and
 // timings (dev/cuda/NOTES.md).
