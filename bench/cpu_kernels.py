@@ -9,6 +9,7 @@ of several runs (the machine is shared: compare versions within one run, not acr
     .venv/bin/python bench/cpu_kernels.py net --images 10000
     .venv/bin/python bench/cpu_kernels.py points          # Winograd point-set search, F(2x2,5x5)
     .venv/bin/python bench/cpu_kernels.py profile         # pyinstrument: where the time goes
+    .venv/bin/python bench/cpu_kernels.py golden --seeds 20  # conv2 variants against TensorFlow (slow)
 
 Times are per image (microseconds), for one thread unless the row says otherwise.
 """
@@ -137,19 +138,27 @@ def net_case(images, reps):
         print("(no trained model yet: random weights)")
     x, _ = load_mnist(root / "data/mnist/t10k-images-idx3-ubyte.gz", root / "data/mnist/t10k-labels-idx1-ubyte.gz")
     x = x[:images]
-    ref_logits = None
     print(f"whole net, {len(x)} MNIST test images, {model.flops_per_image() / 1e6:.1f} MFLOP/img")
-    for prec in ("fp32",):
+    from cnnrt.model import Model, Softmax
+    logits_model = Model(model.input_shape, [l for l in model.layers if not isinstance(l, Softmax)],
+                         model.input_scale, model.name)
+    xs = x[..., None].astype(np.float64) * model.input_scale
+    ref = R.forward(logits_model, xs)
+    ref16 = R.forward(logits_model, xs.astype(np.float32), dtype=np.float32, fp16_storage=True)
+    for prec in ("fp32", "fp16"):
         r = numpy_backend.prepare(model, prec)
         t = timeit(lambda: r.probabilities(x), repeat=reps, min_time=0)
-        p = r.probabilities(x)
-        ref = R.forward(model, x[..., None].astype(np.float64) * model.input_scale)
-        err = float(np.abs(p - ref).max())
-        print(f"  numpy backend {prec}: {t[0]:.3f} s (best {t[1]:.3f})  "
-              f"max |p - p64| {err:.1e}  argmax agrees {np.mean(p.argmax(1) == ref.argmax(1)):.4f}")
-        one = x[:1]
-        t1 = timeit(lambda: r.probabilities(one), repeat=max(reps, 21), min_time=0.2)
-        print(f"  numpy backend {prec}, one image: {t1[0] * 1e3:.3f} ms (best {t1[1] * 1e3:.3f})")
+        lg = numpy_backend.prepare(logits_model, prec).probabilities(x)
+        extra = f", vs reference fp16 storage {rel(lg, ref16):.1e}" if prec == "fp16" else ""
+        print(f"  numpy backend {prec}: {t[0]:.3f} s (best {t[1]:.3f}); logits rel. err vs float64 {rel(lg, ref):.1e}"
+              f"{extra}; argmax agrees with float64 on {int((lg.argmax(1) == ref.argmax(1)).sum())}/{len(x)}")
+        ts = []
+        for i in range(max(reps, 200)):  # a different image each call, as a server sees them
+            one = x[i % len(x):i % len(x) + 1]
+            t0 = time.perf_counter()
+            r.probabilities(one, batch_size=1)
+            ts.append(time.perf_counter() - t0)
+        print(f"  numpy backend {prec}, one image: {np.median(ts) * 1e3:.3f} ms median of {len(ts)} calls")
 
 
 def _trained_or_random():
@@ -181,6 +190,52 @@ def profile_case(images):
         p.stop()
         print(f"--- {what}")
         print(p.output_text(unicode=False, color=False, show_all=False))
+
+
+def golden_case(seeds):
+    """How close each conv2 variant keeps the whole net to TensorFlow, as tests/test_golden_tensorflow.py
+    checks it (max |p - p_tf| < 1e-5 over 2,000 images, random Keras models): the max difference
+    per seed and how often it exceeds the bound. Needs TensorFlow."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from cnnrt.backends import numpy_backend
+    from cnnrt.importers.keras import from_keras
+    from cnnrt.train import build_keras_deep_mnist
+    _, x = _trained_or_random()
+    x = x[:2000]
+    variants = {"reference fp32": None, "F(2x2) 0,+-3/2,+-2/3 (default)": (2, None),
+                "F(2x2) 0,+-1,+-2": (2, (0, 1, -1, 2, -2)), "F(4x4) 0,+-1,+-2,+-1/2": (4, None)}
+    worst = {k: [] for k in variants}
+    orig_m, orig_kernel = numpy_backend.WINOGRAD_M, numpy_backend._conv_kernel
+    for seed in seeds:
+        km = build_keras_deep_mnist(seed)
+        rng = np.random.default_rng(seed)
+        km.set_weights([w + rng.standard_normal(w.shape).astype(np.float32) * 0.05 for w in km.get_weights()])
+        p_tf = km.predict(x[..., None].astype(np.float32) / 255.0, batch_size=500, verbose=0)
+        model = from_keras(km)
+        for name, v in variants.items():
+            if v is None:
+                p = R.forward(model, x[..., None].astype(np.float32) / np.float32(255), dtype=np.float32)
+            else:
+                m, pts = v
+
+                def kernel(layer, shape, pool, fp16, m=m, pts=pts):
+                    k = orig_kernel(layer, shape, pool, fp16)
+                    if isinstance(k, WinogradConv):
+                        k = WinogradConv(shape, layer.weight, layer.bias, layer.padding, layer.activation, pool,
+                                         fp16, m=m, points=pts)
+                    return k
+                numpy_backend._conv_kernel = kernel
+                try:
+                    p = numpy_backend.prepare(model, "fp32").probabilities(x)
+                finally:
+                    numpy_backend._conv_kernel = orig_kernel
+            worst[name].append(float(np.abs(p - p_tf).max()))
+        print(f"  seed {seed}: " + ", ".join(f"{k} {v[-1]:.2e}" for k, v in worst.items()), flush=True)
+    numpy_backend.WINOGRAD_M = orig_m
+    print(f"max |p - p_tf| over 2,000 images, {len(seeds)} random Keras models:")
+    for k, v in worst.items():
+        v = np.array(v)
+        print(f"  {k:<32} median {np.median(v):.2e}  max {v.max():.2e}  above 1e-5: {int((v >= 1e-5).sum())}/{len(v)}")
 
 
 def points_case(m, r, trials):
@@ -224,10 +279,12 @@ def points_case(m, r, trials):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", nargs="*", default=["conv1", "conv2", "fc1"], help="conv1 conv2 fc1 net points profile")
+    ap.add_argument("what", nargs="*", default=["conv1", "conv2", "fc1"], help="conv1 conv2 fc1 net points profile golden")
     ap.add_argument("-n", type=int, nargs="+", default=[64], help="chunk sizes (images)")
     ap.add_argument("--images", type=int, default=10000)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--seeds", type=int, default=20, help="golden: how many random Keras models")
+    ap.add_argument("--seed0", type=int, default=300, help="golden: the first seed")
     ap.add_argument("--blas-threads", type=int, default=1, help="OpenBLAS threads for the kernels (default 1)")
     a = ap.parse_args()
     print(f"numpy {np.__version__}, {os.cpu_count()} CPUs, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}")
@@ -239,10 +296,15 @@ def main():
     rng = np.random.default_rng()
     for what in a.what:
         if what == "net":
+            if blas.available:
+                blas.set_local(0)  # the backend as a user runs it: it manages BLAS threads itself
             net_case(a.images, a.reps)
             continue
         if what == "profile":
             profile_case(min(a.images, 2000))
+            continue
+        if what == "golden":
+            golden_case(range(a.seed0, a.seed0 + a.seeds))
             continue
         if what == "points":
             points_case(2, 5, 400)
