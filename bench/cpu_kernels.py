@@ -8,6 +8,7 @@ of several runs (the machine is shared: compare versions within one run, not acr
     .venv/bin/python bench/cpu_kernels.py conv2 -n 16 32  # one kernel, several chunk sizes
     .venv/bin/python bench/cpu_kernels.py net --images 10000
     .venv/bin/python bench/cpu_kernels.py points          # Winograd point-set search, F(2x2,5x5)
+    .venv/bin/python bench/cpu_kernels.py stages          # per-stage times, single images, CPU per image
     .venv/bin/python bench/cpu_kernels.py profile         # pyinstrument: where the time goes
     .venv/bin/python bench/cpu_kernels.py golden --seeds 20  # conv2 variants against TensorFlow (slow)
 
@@ -28,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cnnrt.backends import reference as R  # noqa: E402
 from cnnrt.backends.cpu_kernels import Im2colConv, Scratch, WinogradConv  # noqa: E402
 from cnnrt.model import MaxPool2D  # noqa: E402
+from numpy.lib.stride_tricks import as_strided  # noqa: E402
 
 
 def timeit(f, repeat=7, min_time=0.05):
@@ -238,6 +240,114 @@ def golden_case(seeds):
         print(f"  {k:<32} median {np.median(v):.2e}  max {v.max():.2e}  above 1e-5: {int((v >= 1e-5).sum())}/{len(v)}")
 
 
+def stages_case(images):
+    """Per-stage times of the trained net: one chunk on one thread, single images (a different image
+    each call), the Winograd conv2 step by step, CPU per image with 2 threads, a thread hand-off."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cnnrt.backends import numpy_backend
+    from cnnrt.backends.cpu_kernels import BlasThreads
+    model, x = _trained_or_random()
+    blas = BlasThreads()
+
+    def med(f, k=21):
+        f()
+        ts = []
+        for _ in range(k):
+            t0 = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t0)
+        return float(np.median(ts))
+
+    # one chunk of 256 on this thread, BLAS on this thread
+    blas.set_local(1)
+    r = numpy_backend.NumpyRunner(model, "fp32", threads=1)
+    s, n, sub = r._scratch(), 256, r.sub
+    out = np.empty((n, 10), np.float32)
+    t_all = med(lambda: r._chunk(x[:n], out), 7)
+    (c1, c2), (d1, d2) = r.front, r.back[:2]
+    a1, a2, xin = c1.target(s, sub), c2.target(s, sub), d1.target(s, n)
+    r.input(x[:sub], a1)
+    print(f"one thread, chunk {n} (conv layers per {sub} images), us per image:")
+    print(f"  whole chunk {t_all / n * 1e6:.0f}: conv1 {med(lambda: c1(a1, s, a2)) / sub * 1e6:.0f}, "
+          f"conv2 {med(lambda: c2(a2, s, xin[:sub])) / sub * 1e6:.0f}, "
+          f"fc1 {med(lambda: d1(xin, s, None), 7) / n * 1e6:.0f}")
+    # conv2 step by step
+    k, xp = c2.k, c2.k.padded_input(s, sub)
+    a, m, c, o, t = k.a, k.m, k.c, k.o, sub * k.th * k.tw
+    st = xp.strides
+    shape = (a, a, sub, k.th, k.tw, c)
+    d = s.get((k.key, "d"), (a, a * t * c))
+    v1 = s.get((k.key, "v1"), (a, a * t * c))
+    mm = s.get((k.key, "m"), (a * a, t, o))
+    y1 = s.get((k.key, "y1"), (m, a * t * o))
+    y = s.get((k.key, "y"), (m, m, t * o))
+    x3, y3 = t * c, t * o
+    v2 = np.empty_like(d)  # (the backend reuses d; here d keeps the tiles so every step can repeat)
+    steps = {
+        "gather tiles": lambda: np.copyto(d.reshape(shape), as_strided(xp, shape, (st[1], st[2], st[0], m * st[1], m * st[2], st[3]))),
+        "input transform": lambda: (np.matmul(k.bt, d.reshape(a, a, x3).transpose(1, 0, 2), out=v1.reshape(a, a, x3).transpose(1, 0, 2)),
+                                    np.matmul(k.bt, v1.reshape(a, a, x3), out=v2.reshape(a, a, x3))),
+        "36 GEMMs": lambda: np.matmul(d.reshape(a * a, t, c), k.u, out=mm),
+        "output transform": lambda: (np.matmul(k.at, mm.reshape(a, a, y3).transpose(1, 0, 2), out=y1.reshape(m, a, y3).transpose(1, 0, 2)),
+                                     np.matmul(k.at, y1.reshape(m, a, y3), out=y)),
+    }
+    print(f"  conv2 (Winograd F({m}x{m},5x5)) steps: " + ", ".join(f"{name} {med(f) / sub * 1e6:.0f}" for name, f in steps.items()))
+    # single images, a different one each call
+    blas.set_local(0)
+    r = numpy_backend.NumpyRunner(model, "fp32")
+    s = r._scratch()
+    (c1, c2), (d1, d2, sm) = r.front, r.back
+    names = ["input", "conv1", "conv2", "fc1", "fc2", "softmax", "call"]
+    times = {k: [] for k in names}
+    o1 = np.empty((1, 10), np.float32)
+    for i in range(images):
+        one = x[i:i + 1]
+        t0 = time.perf_counter()
+        a1, a2, a3, h = c1.target(s, 1), c2.target(s, 1), d1.target(s, 1), d2.target(s, 1)
+        r.input(one, a1)
+        t1 = time.perf_counter()
+        c1(a1, s, a2)
+        t2 = time.perf_counter()
+        c2(a2, s, a3)
+        t3 = time.perf_counter()
+        d1(a3, s, h)
+        t4 = time.perf_counter()
+        z = d2(h, s, None)
+        t5 = time.perf_counter()
+        sm(z, s, o1)
+        t6 = time.perf_counter()
+        r.probabilities(x[i + 1:i + 2], batch_size=1)
+        t7 = time.perf_counter()
+        for k_, (u, v) in zip(names, [(t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5), (t5, t6), (t6, t7)]):
+            times[k_].append(v - u)
+    print(f"single images ({images} calls, a different image each), median us: "
+          + ", ".join(f"{k_} {np.median(v) * 1e6:.0f}" for k_, v in times.items()))
+    xin = np.empty((64, 3136), np.float32)
+    for i in range(0, 64, 8):
+        r._run_stages(r.front, (lambda a: (r.input(x[i:i + 8], a), a)[1])(c1.target(s, 8)), s, 8,
+                      xin[i:i + 8].reshape(8, 7, 7, 64))
+    y1 = np.empty((1, 1024), np.float32)
+    dense_ts = []
+    for i in range(64):
+        t0 = time.perf_counter()
+        np.matmul(xin[i:i + 1], d1.wt, out=y1)
+        dense_ts.append(time.perf_counter() - t0)
+    print(f"  fc1 as one dense GEMV (OpenBLAS's own threads): {np.median(dense_ts) * 1e6:.0f} us")
+    # two threads: CPU per image
+    r = numpy_backend.prepare(model, "fp32")
+    r.probabilities(x[:1000])
+    for _ in range(3):
+        c0, t0 = os.times(), time.perf_counter()
+        r.probabilities(x)
+        wall, c1_ = time.perf_counter() - t0, os.times()
+        cpu = (c1_.user + c1_.system) - (c0.user + c0.system)
+        print(f"2 threads, {len(x)} images: {wall:.3f} s wall, {cpu / len(x) * 1e6:.0f} us CPU per image")
+    ex = ThreadPoolExecutor(1)
+    ex.submit(int).result()
+    print(f"a thread hand-off (submit + result of an empty task): {med(lambda: ex.submit(int).result(), 501) * 1e6:.0f} us")
+
+
 def points_case(m, r, trials):
     """Winograd F(m, r) fp32 error against float64 for sets of interpolation points (small
     rationals), on ReLU-like inputs with 32 channels: the search behind cpu_kernels.POINTS."""
@@ -279,7 +389,7 @@ def points_case(m, r, trials):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", nargs="*", default=["conv1", "conv2", "fc1"], help="conv1 conv2 fc1 net points profile golden")
+    ap.add_argument("what", nargs="*", default=["conv1", "conv2", "fc1"], help="conv1 conv2 fc1 net stages points profile golden")
     ap.add_argument("-n", type=int, nargs="+", default=[64], help="chunk sizes (images)")
     ap.add_argument("--images", type=int, default=10000)
     ap.add_argument("--reps", type=int, default=5)
@@ -302,6 +412,9 @@ def main():
             continue
         if what == "profile":
             profile_case(min(a.images, 2000))
+            continue
+        if what == "stages":
+            stages_case(min(a.images, 1000))
             continue
         if what == "golden":
             golden_case(range(a.seed0, a.seed0 + a.seeds))

@@ -303,9 +303,9 @@ class BlasThreads:
     """The BLAS's own thread count for the calling thread, where the BLAS lets us set it.
 
     The backend runs its own threads over chunks of images, so each GEMM must run on the thread
-    that calls it: OpenBLAS's threads on top of ours compete for the same 2 cores and, on a busy
-    machine, wait out scheduler slices (measured in bench/cpu_kernels.py: a chunk's GEMM 15 times
-    slower). OpenBLAS >= 0.3.27 has `openblas_set_num_threads_local`, which changes only the
+    that calls it: OpenBLAS's threads on top of ours compete for the same cores and, on a busy
+    machine, wait out scheduler slices (`bench/cpu_kernels.py --blas-threads 2` runs the kernels
+    with them). OpenBLAS >= 0.3.27 has `openblas_set_num_threads_local`, which changes only the
     calling thread (NumPy's wheels ship it); nothing global is touched. Elsewhere (another BLAS,
     no /proc) this is a no-op and the BLAS keeps its own threading.
     """
