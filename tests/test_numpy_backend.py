@@ -207,3 +207,18 @@ def test_blas_thread_control_is_local_and_restorable():
         pytest.skip("this BLAS has no per-thread thread count (not OpenBLAS >= 0.3.27)")
     old = blas.set_local(1)
     assert blas.set_local(0 if old is None else old) == 1
+
+
+@pytest.mark.parametrize("name", ["stride2-valid", "odd-pools", "winograd-3x3-chain"])
+def test_generic_models_fp16_storage(rng, name):
+    model = _generic_models(rng)[name]
+    x = rng.integers(0, 256, (9, *model.input_shape), dtype=np.uint8)
+    xs = x.astype(np.float32) * np.float32(model.input_scale)
+    ref16 = R.forward(model, xs, dtype=np.float32, fp16_storage=True)
+    ref64 = R.forward(model, xs.astype(np.float64))
+    out = numpy_backend.NumpyRunner(model, "fp16", chunk=4, conv_subchunk=2).probabilities(x)
+    assert out.shape == ref16.shape
+    # the same roundings in the same places as the reference's fp16 pipeline: far closer to it
+    # than either is to float64
+    assert rel_err(out, ref16) < 2e-3
+    assert rel_err(out, ref16) < 0.5 * rel_err(ref16, ref64) + 1e-4

@@ -3,12 +3,13 @@
 `prepare` compiles the model once into a list of stages (weights re-packed, Winograd transforms of
 the weights done here, not at import):
 
-- Conv2D -> Winograd F(4x4, kxk) for stride-1 3x3 and 5x5 kernels over 8 or more channels
-  (cpu_kernels.WinogradConv), else one chunked im2col GEMM (cpu_kernels.Im2colConv: any stride
-  and padding). A following 2x2/2 max-pool over an even-sized map is fused: pool first, then bias
-  and activation on 4 times fewer values.
+- Conv2D -> Winograd F(2x2, kxk) for stride-1 3x3 and 5x5 kernels over 8 or more channels
+  (cpu_kernels.WinogradConv, Deep MNIST's conv2), else one chunked im2col GEMM
+  (cpu_kernels.Im2colConv: any stride and padding, conv1). A following 2x2/2 max-pool over an
+  even-sized map is fused: pool first, then bias and activation on 4 times fewer values.
 - MaxPool2D that cannot be fused -> the reference op.
-- Dense -> one GEMM with the weight pre-transposed, bias and activation in place.
+- Dense -> one GEMM with the weight pre-transposed, skipping the weight rows of inputs that are
+  zero in every row (after ReLU and pooling most are), bias and activation in place.
 - Softmax in place.
 
 Each stage writes its output straight into the next stage's input buffer (a conv's zero-bordered
@@ -16,7 +17,8 @@ padded input, a dense layer's flat input rows), so there is one pass over memory
 no allocation per call. Images go through in chunks: the convolutions per sub-chunk of a few
 images that stays in the caches, the dense layers per chunk (a GEMM needs rows to be efficient),
 and the chunks over a pool of threads, one per core (NumPy releases the GIL in every kernel),
-each thread with its own buffers and with OpenBLAS told to stay on that thread.
+each thread with its own buffers and with OpenBLAS told to stay on that thread. One image (or a
+few) runs on the calling thread. Measurements: bench/cpu_kernels.py and docs/benchmarks.md.
 
 fp16 storage rounds the weights, the input and every layer's output to float16 as
 `reference.forward(..., fp16_storage=True)` does, with float32 arithmetic.
@@ -31,12 +33,12 @@ import numpy as np
 from ..model import Conv2D, Dense, MaxPool2D, Model, Softmax
 from . import reference
 from .base import Runner, check_images
-from .cpu_kernels import F32, BlasThreads, Im2colConv, Scratch, WinogradConv, pool_fusible
+from .cpu_kernels import F32, BlasThreads, Im2colConv, Scratch, WinogradConv
 
 NAME = "numpy"
 DEFAULT_PRECISION = "fp32"
 
-CONV_SUBCHUNK = 8  # images per pass through the conv layers: ~3 MB of Winograd buffers, in cache
+CONV_SUBCHUNK = 8  # images per pass through the conv layers: a few MB of Winograd buffers, in cache
 CHUNK = 256  # images per pass through the dense layers: enough rows for an efficient GEMM (bench: 128-256 best)
 # Dense layers with at least 1 MB of weights skip the weight rows of inputs that are zero in every
 # row of the chunk when at most this fraction of the inputs is non-zero (gathering a weight row
