@@ -198,6 +198,10 @@ class Im2colConv(ConvBase):
         # last row: the GEMM adds it (the patches get a row of ones), one pass fewer
         self.wmat = np.ascontiguousarray(np.vstack([weight.reshape(self.o, -1).T, self.bias[None]]), dtype=F32)
 
+    def floats_per_image(self) -> int:
+        """Scratch floats one image needs (patches and GEMM output): sizes the sub-chunks."""
+        return self.ho * self.wo * (self.kh * self.kw * self.c + 1 + self.o) + self.hp * self.wp * self.c
+
     def run_padded(self, xp, s: Scratch, out=None):
         n = len(xp)
         st, s_ = xp.strides, self.stride  # (n, row, col, c) in bytes
@@ -248,6 +252,11 @@ class WinogradConv(ConvBase):
         # U[xi, nu, c, o] = (G w G^T) per (o, c), in float64 then rounded once
         u = np.einsum("xa,oabc,yb->xyco", g, weight.astype(np.float64), g)
         self.u = np.ascontiguousarray(u.reshape(self.a * self.a, self.c, self.o), dtype=F32)
+
+    def floats_per_image(self) -> int:
+        """Scratch floats one image needs (tiles twice, the a*a GEMMs' output): sizes the sub-chunks."""
+        t = self.th * self.tw
+        return self.a * self.a * t * (2 * self.c + self.o) + self.hp * self.wp * self.c
 
     def run_padded(self, xp, s: Scratch, out=None):
         n, a, m, c, o = len(xp), self.a, self.m, self.c, self.o

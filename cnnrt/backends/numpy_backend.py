@@ -39,6 +39,7 @@ NAME = "numpy"
 DEFAULT_PRECISION = "fp32"
 
 CONV_SUBCHUNK = 8  # images per pass through the conv layers: a few MB of Winograd buffers, in cache
+SUBCHUNK_BYTES = 8 << 20  # ...fewer for bigger images: at most this much scratch per conv layer
 CHUNK = 256  # images per pass through the dense layers: enough rows for an efficient GEMM (bench: 128-256 best)
 # Dense layers with at least 1 MB of weights skip the weight rows of inputs that are zero in every
 # row of the chunk when at most this fraction of the inputs is non-zero (gathering a weight row
@@ -229,6 +230,9 @@ class NumpyRunner(Runner):
         # the spatial stages run per sub-chunk; from the first dense layer on, per chunk
         split = next((j for j, st in enumerate(stages) if isinstance(st, (_DenseStage, _SoftmaxStage))), len(stages))
         self.front, self.back = stages[:split], stages[split:]
+        per_image = max([4 * st.k.floats_per_image() for st in self.front if isinstance(st, _ConvStage)], default=0)
+        if per_image:
+            self.sub = max(1, min(self.sub, SUBCHUNK_BYTES // per_image))
         self._local = threading.local()
         self._pool = None
         self._pool_lock = threading.Lock()
