@@ -151,7 +151,8 @@ def net_case(images, reps):
         r = numpy_backend.prepare(model, prec)
         t = timeit(lambda: r.probabilities(x), repeat=reps, min_time=0)
         lg = numpy_backend.prepare(logits_model, prec).probabilities(x)
-        extra = f", vs reference fp16 storage {rel(lg, ref16):.1e}" if prec == "fp16" else ""
+        extra = (f", vs reference fp16 storage {rel(lg, ref16):.1e} (that reference itself vs float64:"
+                 f" {rel(ref16, ref):.1e})") if prec == "fp16" else ""
         print(f"  numpy backend {prec}: {t[0]:.3f} s (best {t[1]:.3f}); logits rel. err vs float64 {rel(lg, ref):.1e}"
               f"{extra}; argmax agrees with float64 on {int((lg.argmax(1) == ref.argmax(1)).sum())}/{len(x)}")
         ts = []
