@@ -55,9 +55,34 @@ def test_fp32_matches_tensorflow(keras_and_files, fmt):
     assert rel < 1e-5, f"relative logit error {rel:.3g}"
 
 
-def test_fp16_agrees_with_tensorflow(keras_and_files):
+def test_fp16_agrees_with_tensorflow_on_the_trained_model(mnist_test):
+    """The issue's fp16 bar (argmax agreement >= 99.9%), on all 10,000 images, with TensorFlow
+    running the shipped weights. The Keras model gets them through the inverse of the engine's
+    layout, written out here (conv (out, kh, kw, in) -> (kh, kw, in, out); dense (out, in) -> (in, out))."""
+    from conftest import SHIPPED
+
+    model = load_model(SHIPPED / "deep_mnist.safetensors")
+    km = build_keras_deep_mnist(0)
+    p = model.params()
+    km.set_weights([p["conv1.weight"].transpose(1, 2, 3, 0), p["conv1.bias"],
+                    p["conv2.weight"].transpose(1, 2, 3, 0), p["conv2.bias"],
+                    p["fc1.weight"].T, p["fc1.bias"], p["fc2.weight"].T, p["fc2.bias"]])
+    x = mnist_test[0]
+    tf_probs = km.predict(x[..., None].astype(np.float32) / 255.0, batch_size=1000, verbose=0)
+    probs = backends.prepare(model, "numpy", "fp16").probabilities(x)
+    agree = (probs.argmax(1) == tf_probs.argmax(1)).mean()
+    assert agree >= 0.999, f"fp16 argmax agreement {agree:.4f}"
+    assert np.abs(probs - tf_probs).max() < 1e-2
+
+
+def test_fp16_on_random_weights(keras_and_files):
+    """Random nets have many near-ties between their top two classes, closer than fp16 storage
+    can resolve: with fp16 storage, both cnnrt and the reference agreed with TensorFlow on 99.84% to
+    100% of the images, depending on the draw (40 draws tried when this test was written). So the bar here is
+    lower than on the trained model above; the fp16 arithmetic itself is checked against the
+    reference in test_numpy_backend.py."""
     km, d, x, tf_probs, _ = keras_and_files
     probs = backends.prepare(load_model(d / "article"), "numpy", "fp16").probabilities(x)
     agree = (probs.argmax(1) == tf_probs.argmax(1)).mean()
-    assert agree >= 0.999, f"fp16 argmax agreement {agree:.4f}"
+    assert agree >= 0.995, f"fp16 argmax agreement {agree:.4f}"
     assert np.abs(probs - tf_probs).max() < 5e-2
