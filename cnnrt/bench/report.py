@@ -258,6 +258,7 @@ def chart(res: dict, path: str | os.PathLike) -> None:
             ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
             ax.xaxis.set_minor_formatter(ticker.NullFormatter())
             ax.set_title(title.replace("(ms)", "(ms, log scale)"), fontsize=10)
+            ax.set_xlim(right=max(v + h for v, h in zip(med, hi)) * 4)  # room for the labels
         for yi, (v, h, s) in enumerate(zip(med, hi, stats)):
             ax.text(v + h, yi, f"  {_num(v)}" if s else " n/a", va="center", fontsize=8)
         if floor:
