@@ -64,17 +64,29 @@ def cmd_eval(a) -> int:
     name, note = backends.resolve(a.backend)
     if note and not a.json:
         print(note, file=sys.stderr)
+    if a.repeat < 1:
+        raise CnnrtError(f"--repeat must be at least 1, got {a.repeat}")
     runner = backends.prepare(model, name, a.precision)
     t1 = time.perf_counter()
     pred = runner.predict(x, batch_size=a.batch_size, progress=None if a.json else _Progress(len(x), "eval"))
-    t2 = time.perf_counter()
+    first = time.perf_counter() - t1
+    times = [first]
+    for _ in range(a.repeat - 1):  # warm runs: the first one pays for compiling, graph capture, caches
+        t = time.perf_counter()
+        again = runner.predict(x, batch_size=a.batch_size)
+        times.append(time.perf_counter() - t)
+        if not np.array_equal(again, pred):
+            raise CnnrtError(f"backend {runner.backend} gave different predictions on a repeated run")
+    seconds = float(np.median(times[1:])) if a.repeat > 1 else first
     correct = int((pred == y).sum())
     result = {
         "images": int(len(x)),
         "correct": correct,
         "accuracy": correct / len(x),
-        "seconds": t2 - t1,
-        "images_per_second": len(x) / (t2 - t1),
+        "seconds": seconds,
+        "images_per_second": len(x) / seconds,
+        "first_run_seconds": first,
+        "runs": a.repeat,
         "load_seconds": t1 - t0,
         "backend": runner.backend,
         "precision": runner.precision,
@@ -87,8 +99,13 @@ def cmd_eval(a) -> int:
         print(f"Model: {a.model} ({model.name}, {model.flops_per_image() / 1e6:.1f} MFLOP per image)")
         print(f"Backend: {runner.backend}, {runner.precision}, batch size {result['batch_size']}")
         print(f"Images: {result['images']}")
-        print(f"Time: {result['seconds']:.4g} seconds ({result['images_per_second']:,.0f} images/s; "
-              f"loading took {result['load_seconds']:.3g} s)")
+        if a.repeat > 1:
+            print(f"Time: {seconds:.4g} seconds, median of {a.repeat - 1} warm runs "
+                  f"({result['images_per_second']:,.0f} images/s); first run {first:.4g} s; "
+                  f"loading took {result['load_seconds']:.3g} s")
+        else:
+            print(f"Time: {seconds:.4g} seconds ({result['images_per_second']:,.0f} images/s; "
+                  f"loading took {result['load_seconds']:.3g} s)")
         print(f"Accuracy: {result['accuracy']:.4f} ({correct}/{len(x)})")
     return 0
 
@@ -135,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--precision", choices=("fp32", "fp16"), default=None,
                    help="fp32, or fp16 storage with fp32 accumulation (default: fp32 on the CPU, fp16 on the GPU)")
     e.add_argument("--batch-size", type=int, default=None, help="images per batch (default: the backend's)")
+    e.add_argument("--repeat", type=int, default=1,
+                   help="run N times; Time is then the median of the warm runs (all but the first)")
     e.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     e.set_defaults(func=cmd_eval)
 

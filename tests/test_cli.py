@@ -47,6 +47,13 @@ def test_both_shipped_formats_give_the_same_predictions(shipped):
     np.testing.assert_array_equal(a, b)
 
 
+def test_eval_repeat_reports_warm_median(shipped):
+    r = json.loads(cnnrt("eval", "--limit", "50", "--backend", "numpy", "--repeat", "3", "--json").stdout)
+    assert r["runs"] == 3 and r["first_run_seconds"] > 0 and r["seconds"] > 0
+    p = cnnrt("eval", "--repeat", "0", check=False)
+    assert p.returncode == 2 and "--repeat must be at least 1" in p.stderr
+
+
 def test_eval_text_output_like_the_article(shipped):
     out = cnnrt("eval", "--limit", "100", "--backend", "numpy", "--precision", "fp16").stdout
     assert "Images: 100" in out and "Accuracy: " in out and "Time: " in out and "fp16" in out
