@@ -72,7 +72,7 @@ def save_article(model: Model, directory: str | os.PathLike) -> None:
     """Write the 8 files. Only the article's own net fits this header-less format."""
     directory = Path(directory)
     params = model.params()
-    for fname, (key, shape) in ARTICLE_TENSORS.items():
+    for key, shape in ARTICLE_TENSORS.values():
         t = params.get(key)
         if t is None or t.size != int(np.prod(shape)):
             raise FormatError(f"model {model.name!r} is not the article's Deep MNIST net "

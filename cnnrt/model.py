@@ -91,14 +91,13 @@ class Model:
 
     def flops_per_image(self) -> int:
         """Multiply-adds counted as 2 FLOPs, for conv and dense layers."""
-        total, shape = 0, self.input_shape
+        total = 0
         for layer, nxt in zip(self.layers, self.shapes[1:]):
             if isinstance(layer, Conv2D):
                 o, kh, kw, i = layer.weight.shape
                 total += 2 * nxt[0] * nxt[1] * o * kh * kw * i
             elif isinstance(layer, Dense):
                 total += 2 * layer.weight.size
-            shape = nxt
         return total
 
     def validate(self) -> list[tuple[int, ...]]:
