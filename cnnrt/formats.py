@@ -72,11 +72,10 @@ def save_article(model: Model, directory: str | os.PathLike) -> None:
     """Write the 8 files. Only the article's own net fits this header-less format."""
     directory = Path(directory)
     params = model.params()
-    for key, shape in ARTICLE_TENSORS.values():
-        t = params.get(key)
-        if t is None or t.size != int(np.prod(shape)):
-            raise FormatError(f"model {model.name!r} is not the article's Deep MNIST net "
-                              f"({key} should hold {'x'.join(map(str, shape))} values); save it as a bundle instead")
+    sizes_fit = all(key in params and params[key].size == int(np.prod(shape)) for key, shape in ARTICLE_TENSORS.values())
+    if not sizes_fit or _describe(deep_mnist({k: params[k] for k, _ in ARTICLE_TENSORS.values()})) != _describe(model):
+        raise FormatError(f"model {model.name!r} is not the article's Deep MNIST net (the raw format stores only "
+                          f"its 8 tensors, so any other net would come back wrong); save it as a bundle instead")
     directory.mkdir(parents=True, exist_ok=True)
     for fname, (key, shape) in ARTICLE_TENSORS.items():
         np.ascontiguousarray(params[key], dtype="<f4").reshape(shape).tofile(directory / fname)
@@ -93,6 +92,11 @@ def _layer_json(layer) -> dict:
     elif isinstance(layer, Dense):
         d.update(activation=layer.activation)
     return d
+
+
+def _describe(model: Model) -> tuple:
+    """Everything but the weights: what a header-less format must take on trust."""
+    return (model.input_shape, model.input_scale, [_layer_json(layer) for layer in model.layers])
 
 
 def save_bundle(model: Model, path: str | os.PathLike) -> None:

@@ -159,6 +159,15 @@ def test_save_article_refuses_other_nets(tmp_path, rng):
         save_article(m, tmp_path / "a")
 
 
+def test_save_article_refuses_same_sizes_other_layers(tmp_path, random_model):
+    """Same tensor sizes, other layers (here conv2 without padding): the raw files could not say
+    so, and would load back as the article's net."""
+    random_model.layers[2].padding = "valid"
+    with pytest.raises(FormatError, match="not the article's Deep MNIST net"):
+        save_article(random_model, tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+
+
 def test_model_rejects_nan_in_memory(rng):
     p = random_deep_mnist_params(rng)
     p["fc1.weight"][5, 6] = np.inf
