@@ -12,10 +12,8 @@ HERE = Path(__file__).resolve().parent
 
 
 def _default(rel: str) -> str:
-    """Shipped files: inside the package when installed, else the repository checkout."""
-    for base in (HERE / "_data", HERE.parent):
-        if (base / rel).exists():
-            return str(base / rel)
+    """The shipped model and MNIST files live in the repository checkout (installed with -e), not
+    in the wheel: a plain install passes --model / --images / --labels."""
     return str(HERE.parent / rel)
 
 
