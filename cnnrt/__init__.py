@@ -4,10 +4,13 @@
 """
 __version__ = "0.1.0"
 
-__all__ = ["load_model", "Model", "CnnrtError", "FormatError", "__version__"]
+__all__ = ["load", "Session", "load_model", "Model", "CnnrtError", "FormatError", "__version__"]
 
 
 def __getattr__(name):
+    if name in ("load", "Session"):
+        from . import session
+        return getattr(session, name)
     if name == "load_model":
         from .formats import load_model
         return load_model
