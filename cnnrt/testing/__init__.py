@@ -1,0 +1,1 @@
+"""Test models shared by the tests, the labs and the benchmarks (never import tests/ from them)."""
