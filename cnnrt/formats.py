@@ -5,7 +5,9 @@ little-endian float32 in C order, weights as [out][kh][kw][in] (W_fc1 as [1024][
 [10][1][1][1024]). It has no header, so the byte count is the only check there is, and it is exact.
 
 Bundle: one safetensors file (tensors in the engine layout) whose metadata holds, under the key
-"cnnrt", a JSON description of the layers with a format version. A reader refuses a newer version.
+"cnnrt", a JSON description with a format version. Version 2 (written now) describes a graph
+(cnnrt.ir.serialize); version 1 (a plain list of layers) still loads. A reader refuses a newer
+version. Every loader returns a `cnnrt.ir.Graph`.
 """
 from __future__ import annotations
 
@@ -16,9 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FormatError
+from .ir import serialize
+from .ir.chain import as_graph, match, to_graph
+from .ir.graph import Graph
 from .model import Conv2D, Dense, MaxPool2D, Model, Softmax, deep_mnist
 
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2
 BUNDLE_KEY = "cnnrt"
 
 # article file name -> (engine tensor name, shape in the article's file)
@@ -34,7 +39,7 @@ ARTICLE_TENSORS = {
 }
 
 
-def load_model(path: str | os.PathLike) -> Model:
+def load_model(path: str | os.PathLike):
     """A bundle file or a directory in the article's format."""
     path = Path(path)
     if path.is_dir():
@@ -47,7 +52,7 @@ def load_model(path: str | os.PathLike) -> Model:
 
 # ---------------------------------------------------------------- article format
 
-def load_article(directory: str | os.PathLike) -> Model:
+def load_article(directory: str | os.PathLike):
     directory = Path(directory)
     params = {}
     for fname, (key, shape) in ARTICLE_TENSORS.items():
@@ -65,12 +70,17 @@ def load_article(directory: str | os.PathLike) -> Model:
         if key.startswith("fc") and key.endswith("weight"):
             t = t.reshape(shape[0], -1)
         params[key] = t
-    return deep_mnist(params, name=directory.name)
+    return to_graph(deep_mnist(params, name=directory.name))
 
 
-def save_article(model: Model, directory: str | os.PathLike) -> None:
+def save_article(model, directory: str | os.PathLike) -> None:
     """Write the 8 files. Only the article's own net fits this header-less format."""
     directory = Path(directory)
+    chain = match(model) if isinstance(model, Graph) else model
+    if chain is None:
+        raise FormatError(f"model {model.name!r} is not the article's Deep MNIST net (the raw format stores only "
+                          f"its 8 tensors, so any other net would come back wrong); save it as a bundle instead")
+    model = chain
     params = model.params()
     sizes_fit = all(key in params and params[key].size == int(np.prod(shape)) for key, shape in ARTICLE_TENSORS.values())
     if not sizes_fit or _describe(deep_mnist({k: params[k] for k, _ in ARTICLE_TENSORS.values()})) != _describe(model):
@@ -99,23 +109,18 @@ def _describe(model: Model) -> tuple:
     return (model.input_shape, model.input_scale, [_layer_json(layer) for layer in model.layers])
 
 
-def save_bundle(model: Model, path: str | os.PathLike) -> None:
+def save_bundle(model, path: str | os.PathLike) -> None:
+    """Write a version-2 bundle (a Graph, or a layer-chain Model turned into one)."""
     from safetensors.numpy import save_file
 
-    desc = {
-        "format": "cnnrt",
-        "version": BUNDLE_VERSION,
-        "name": model.name,
-        "input": {"shape": list(model.input_shape), "scale": model.input_scale, "layout": "NHWC"},
-        "layers": [_layer_json(layer) for layer in model.layers],
-        "meta": model.meta,
-    }
-    tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in model.params().items()}
+    g = as_graph(model)
+    desc = {"format": "cnnrt", "version": BUNDLE_VERSION, "name": g.name, **serialize.to_json(g), "meta": g.meta}
+    tensors = {k: np.ascontiguousarray(v) for k, v in g.params.items()}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata={BUNDLE_KEY: json.dumps(desc)})
 
 
-def load_bundle(path: str | os.PathLike) -> Model:
+def load_bundle(path: str | os.PathLike):
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -138,6 +143,17 @@ def load_bundle(path: str | os.PathLike) -> Model:
                           f"(version {BUNDLE_VERSION}); upgrade cnnrt")
     if version < 1:
         raise FormatError(f"{path}: bad bundle format version {version}")
+    if desc.get("format", "cnnrt") != "cnnrt":
+        raise FormatError(f"{path}: metadata format {desc.get('format')!r} is not 'cnnrt'")
+    if version == 2:
+        meta = desc.get("meta", {})
+        name = desc.get("name", path.stem)
+        if not isinstance(meta, dict) or not isinstance(name, str):
+            raise FormatError(f"{path}: 'name' must be a string and 'meta' an object")
+        for k, t in tensors.items():
+            if t.dtype not in (np.float32, np.int64):
+                raise FormatError(f"{path}: tensor {k!r} is {t.dtype}, expected float32 or int64")
+        return serialize.from_json(desc, tensors, str(path), name=name, meta=meta)
 
     used = set()
 
@@ -175,6 +191,7 @@ def load_bundle(path: str | os.PathLike) -> Model:
             raise FormatError(f"{path}: tensors {sorted(extra)} are not used by any layer")
         model = Model(input_shape=tuple(inp["shape"]), input_scale=float(inp.get("scale", 1.0)),
                       layers=layers, name=desc.get("name", path.stem), meta=desc.get("meta", {}))
+        model = to_graph(model)
     except (KeyError, TypeError) as e:
         raise FormatError(f"{path}: incomplete layer description (missing {e})") from None
     except FormatError as e:

@@ -73,7 +73,7 @@ class Session:
     @property
     def labels(self) -> list[str]:
         """Class names: the model's own if it stores them, else '0', '1', ..."""
-        names = (self.model.meta or {}).get("labels")
+        names = getattr(self.model, "labels", None) or (self.model.meta or {}).get("labels")
         if isinstance(names, list) and len(names) == self.num_classes:
             return [str(v) for v in names]
         return [str(i) for i in range(self.num_classes)]

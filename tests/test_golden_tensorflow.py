@@ -11,6 +11,7 @@ tf = pytest.importorskip("tensorflow", reason="TensorFlow is a test extra: pip i
 
 from cnnrt import backends  # noqa: E402
 from cnnrt.formats import load_model, save_bundle  # noqa: E402
+from cnnrt.ir.chain import as_chain  # noqa: E402
 from cnnrt.importers.keras import from_keras  # noqa: E402
 from cnnrt.train import build_keras_deep_mnist  # noqa: E402
 
@@ -41,7 +42,7 @@ def keras_and_files(tmp_path_factory, mnist_test):
 @pytest.mark.parametrize("fmt", ["article", "m.safetensors"])
 def test_fp32_matches_tensorflow(keras_and_files, fmt):
     km, d, x, tf_probs, tf_logits = keras_and_files
-    model = load_model(d / fmt)
+    model = as_chain(load_model(d / fmt))
     probs = backends.prepare(model, "numpy", "fp32").probabilities(x)
     assert probs.shape == (N, 10)
     diff = np.abs(probs - tf_probs).max()
@@ -61,7 +62,7 @@ def test_fp16_agrees_with_tensorflow_on_the_trained_model(mnist_test):
     layout, written out here (conv (out, kh, kw, in) -> (kh, kw, in, out); dense (out, in) -> (in, out))."""
     from conftest import SHIPPED
 
-    model = load_model(SHIPPED / "deep_mnist.safetensors")
+    model = as_chain(load_model(SHIPPED / "deep_mnist.safetensors"))
     km = build_keras_deep_mnist(0)
     p = model.params()
     km.set_weights([p["conv1.weight"].transpose(1, 2, 3, 0), p["conv1.bias"],

@@ -33,7 +33,9 @@ def resolve(name: str = "auto") -> tuple[str, str | None]:
 
 
 def prepare(model, backend: str = "auto", precision: str | None = None):
-    """A Runner for `model` on the named backend ('auto' picks), at its default precision if None."""
+    """A Runner for `model` (a Graph, or a layer-chain Model) on the named backend ('auto' picks),
+    at its default precision if None. Each backend runs a graph that is a classic layer chain
+    on its hand-tuned kernels and any other graph on its generic ones."""
     name, _ = resolve(backend)
     mod = _module(name)
     reason = mod.available()

@@ -9,18 +9,25 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import FormatError
-from ..model import Model
 
 PRECISIONS = ("fp32", "fp16")
 
 
-def check_images(x, model: Model, where: str = "images") -> np.ndarray:
+def check_images(x, model, where: str = "images") -> np.ndarray:
     """Accept (N, H, W) when the model has one channel, or (N, H, W, C); uint8 or float.
 
     uint8 pixels are scaled by the model's input scale by the backend; float input is taken as
     already scaled. Returns an (N, H, W, C) view, never a silent reinterpretation.
     """
     x = np.asarray(x)
+    if len(model.input_shape) != 3:  # not an image model: (N, *input_shape)
+        if x.shape[1:] != tuple(model.input_shape):
+            raise FormatError(f"{where}: expected an array of shape (N, {', '.join(map(str, model.input_shape))}), got {x.shape}")
+        if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
+            raise FormatError(f"{where}: expected uint8 or float values, got dtype {x.dtype}")
+        if x.dtype != np.uint8 and x.size and not np.isfinite(x).all():
+            raise FormatError(f"{where}: holds NaN or Inf values")
+        return x
     h, w, c = model.input_shape
     if x.ndim == 3 and c == 1:
         x = x[..., None]
@@ -39,7 +46,7 @@ class Runner:
 
     backend = "?"
 
-    def __init__(self, model: Model, precision: str):
+    def __init__(self, model, precision: str):
         if precision not in PRECISIONS:
             raise FormatError(f"unknown precision {precision!r} (expected one of {PRECISIONS})")
         self.model = model

@@ -165,8 +165,17 @@ def is_deep_mnist(model: Model) -> bool:
     return bool(ok)
 
 
-def prepare(model: Model, precision: str = DEFAULT_PRECISION, **options) -> Runner:
+def prepare(model, precision: str = DEFAULT_PRECISION, **options) -> Runner:
     _cupy()
+    from ..ir.chain import match
+    from ..ir.graph import Graph
+
+    if isinstance(model, Graph):
+        chain = match(model)
+        if chain is None:
+            raise BackendUnavailable(f"model {model.name!r}: the CUDA backend runs only layer-chain models so far "
+                                     f"(use --backend numpy)")
+        model = chain
     if precision == "fp16" and is_deep_mnist(model):
         return FusedRunner(model, precision, **options)
     return GenericRunner(model, precision)

@@ -352,5 +352,16 @@ class NumpyRunner(Runner):
             pass
 
 
-def prepare(model: Model, precision: str = DEFAULT_PRECISION) -> Runner:
+def prepare(model, precision: str = DEFAULT_PRECISION) -> Runner:
+    """The staged engine for a layer chain (from a Model, or a Graph that is one), else the
+    generic graph runner (numpy_graph.py)."""
+    from ..ir.chain import match
+    from ..ir.graph import Graph
+
+    if isinstance(model, Graph):
+        chain = match(model)
+        if chain is None:
+            from .numpy_graph import GraphRunner
+            return GraphRunner(model, precision)
+        model = chain
     return NumpyRunner(model, precision)

@@ -66,7 +66,9 @@ def bench(model_path: str, images_path: str, peer_list, opts: harness.Options, c
     from ..formats import load_model
     from ..idx import read_idx
 
-    model = load_model(model_path)
+    from ..ir.chain import as_chain
+
+    model = as_chain(load_model(model_path), "cnnrt bench")  # the peers build layer chains (issue: any graph)
     raw = read_idx(images_path)
     if raw.ndim == 3:
         raw = raw[..., None]
@@ -97,7 +99,7 @@ def bench(model_path: str, images_path: str, peer_list, opts: harness.Options, c
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": system.machine(),
         "model": {"path": _shown(model_path), "name": model.name, "flops_per_image": flops,
-                  "parameters": int(sum(p.size for p in model.params().values()))},
+                  "parameters": int(sum(p.size for p in (model.params.values() if isinstance(model.params, dict) else model.params().values())))},
         "images": {"path": _shown(images_path), "count": int(n)},
         "options": {"sizes": list(opts.sizes), "rounds": opts.rounds, "batch_sizes": list(opts.batch_sizes),
                     "calibration_images": opts.calibration_images, "latency_calls": opts.latency_calls,

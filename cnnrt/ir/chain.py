@@ -134,3 +134,20 @@ def match(g: Graph) -> Model | None:
     except Exception:  # noqa: BLE001 - anything the chain cannot describe runs generically
         return None
     return m if len(m.shapes[-1]) == 1 else None
+
+
+def as_graph(model) -> Graph:
+    """A Graph from a Graph or a layer-chain Model."""
+    return to_graph(model) if isinstance(model, Model) else model
+
+
+def as_chain(model, what: str = "this command") -> Model:
+    """A layer-chain Model from a Model or a Graph that is one; a clear error otherwise."""
+    if isinstance(model, Model):
+        return model
+    m = match(model)
+    if m is None:
+        from ..errors import CnnrtError
+        raise CnnrtError(f"model {model.name!r}: {what} supports only layer-chain models (convolutions, "
+                         f"max-pools, dense layers, ReLU, softmax in sequence) so far")
+    return m

@@ -68,7 +68,7 @@ class Graph:
                 bad = ~np.isfinite(v)
                 if bad.any():
                     idx = tuple(int(i) for i in np.argwhere(bad)[0])
-                    raise FormatError(f"{where}: constant {k!r} holds {int(bad.sum())} NaN or Inf values "
+                    raise FormatError(f"{where}: tensor {k!r} holds {int(bad.sum())} NaN or Inf values "
                                       f"(first at index {idx})")
             self.params[k] = v
         unknown = sorted({n.op for n in self.nodes if n.op not in O.OPS})

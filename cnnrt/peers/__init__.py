@@ -72,8 +72,9 @@ class Peer:
 
     def load(self, artifact: str) -> Infer:
         from ..formats import load_model
+        from ..ir.chain import as_chain
 
-        return self.prepare(load_model(artifact))
+        return self.prepare(as_chain(load_model(artifact), "the bench peers"))
 
 
 def batched(fn) -> Infer:
