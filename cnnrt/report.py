@@ -100,17 +100,16 @@ def _display_pixels(image: np.ndarray) -> np.ndarray:
 
 def thumbnail_png(image: np.ndarray) -> bytes:
     """The image scaled up by a whole factor (nearest neighbour, every pixel stays a visible square),
-    grey images in grey, as PNG bytes."""
+    as PNG bytes."""
     from matplotlib.image import imsave
 
     img = _display_pixels(image)
     factor = max(1, -(-THUMBNAIL_PIXELS // max(img.shape[:2])))
     big = np.repeat(np.repeat(img, factor, axis=0), factor, axis=1)
+    if big.ndim == 2:  # grey as equal R, G, B: exact, where a colormap would round some levels
+        big = np.repeat(big[..., None], 3, axis=2)
     buf = io.BytesIO()
-    if big.ndim == 2:
-        imsave(buf, big, format="png", cmap="gray", vmin=0, vmax=255)
-    else:
-        imsave(buf, big, format="png")
+    imsave(buf, big, format="png")
     return buf.getvalue()
 
 
