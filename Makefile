@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: run test venv test-env bench clean test-gpu bench-gpu
+.PHONY: run test venv test-env bench clean test-gpu bench-gpu docs-report
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,14 @@ $(VENV)/.bench: $(VENV)/.core
 
 bench: $(VENV)/.bench
 	$(VENV)/bin/cnnrt bench --chart docs/bench_cpu.png --json-out docs/bench_cpu.json --doc docs/benchmarks.md
+
+# `make docs-report`: docs/report.png, the page `cnnrt eval --report` writes, as chromium shows it.
+$(VENV)/.report: $(VENV)/.core
+	$(PIP) -e '.[report]'
+	touch $@
+
+docs-report: $(VENV)/.report
+	PY=$(PY) dev/report_screenshot.sh
 
 # GPU targets run on the device machine with its own python3 (CuPy, PyTorch, JAX there); no venv.
 GPU_PY ?= python3

@@ -64,6 +64,9 @@ def cmd_eval(a) -> int:
         print(note, file=sys.stderr)
     if a.repeat < 1:
         raise CnnrtError(f"--repeat must be at least 1, got {a.repeat}")
+    if a.report:
+        from .report import check_destination
+        check_destination(a.report)  # before the long work: matplotlib is there, the folder is writable
     runner = backends.prepare(model, name, a.precision)
     t1 = time.perf_counter()
     pred = runner.predict(x, batch_size=a.batch_size, progress=None if a.json else _Progress(len(x), "eval"))
@@ -91,6 +94,12 @@ def cmd_eval(a) -> int:
         "batch_size": a.batch_size or runner.default_batch_size,
         "model": str(a.model),
     }
+    if a.report:  # one more, untimed run for the probabilities; the page scores the predictions timed above
+        from .report import class_names, write_report
+        probs = runner.probabilities(x, batch_size=a.batch_size)
+        write_report(a.report, x, y, probs, class_names(model.meta, model.num_classes),
+                     {**result, "model_name": model.name}, predictions=pred)
+        result["report"] = str(a.report)
     if a.json:
         print(json.dumps(result))
     else:
@@ -105,6 +114,8 @@ def cmd_eval(a) -> int:
             print(f"Time: {seconds:.4g} seconds ({result['images_per_second']:,.0f} images/s; "
                   f"loading took {result['load_seconds']:.3g} s)")
         print(f"Accuracy: {result['accuracy']:.4f} ({correct}/{len(x)})")
+        if a.report:
+            print(f"Report: {a.report}")
     return 0
 
 
@@ -153,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--repeat", type=int, default=1,
                    help="run N times; Time is then the median of the warm runs (all but the first)")
     e.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    e.add_argument("--report", default=None, metavar="PATH", help="also write a self-contained HTML page: accuracy, "
+                   "confusion matrix, per-class precision and recall, the most confident mistakes (cnnrt[report])")
     e.set_defaults(func=cmd_eval)
 
     i = sub.add_parser("info", help="describe a model file")
