@@ -18,6 +18,7 @@ Bad input raises FormatError naming the file (or `file.npy[i]` for one image of 
 """
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ MNIST_SIZE = 28  # the field
 MNIST_BOX = 20  # the digit is scaled to fit this box
 MNIST_CENTRE = 14.0  # MNIST's centres of mass average (13.99, 14.01) in pixel-index coordinates
 INK_FLOOR = 0.1  # ink below this fraction of the darkest stroke's contrast is background noise
+MAX_PIXELS_ANY_FILE = 1 << 22
+PIXELS_PER_BYTE = 4096
 MIN_CONTRAST = 25.0  # out of 255: an image with less is blank, and gets an error, not a guess
 
 
@@ -92,15 +95,28 @@ def _read_with_pillow(path: Path) -> np.ndarray:
             # an image whose header promises far more pixels than is sane is refused, not allocated
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
+                _check_claimed_size(im.size, path)
                 im.load()
                 im = ImageOps.exif_transpose(im)  # phone photos: stored sideways with an orientation tag
                 return _from_pillow(im)
+    except FormatError:
+        raise
     except UnidentifiedImageError:
         raise FormatError(f"{path}: not an image file (expected PNG, JPEG, PGM/PBM/PPM, BMP or a NumPy .npy array)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise FormatError(f"{path}: image too large ({e})") from None
     except Exception as e:  # noqa: BLE001 - a damaged file can make a decoder raise almost anything
         raise FormatError(f"{path}: damaged or truncated image ({type(e).__name__}: {e})") from None
+
+
+def _check_claimed_size(size: tuple[int, int], path: Path) -> None:
+    """Refuse a header that claims far more pixels than its file could encode, before decoding
+    allocates them. No image format we read packs more than ~4,000 pixels per byte (a blank PNG
+    gets ~1,000); anything up to 4 megapixels is let through whatever the file's size."""
+    pixels = size[0] * size[1]
+    if pixels > max(MAX_PIXELS_ANY_FILE, PIXELS_PER_BYTE * path.stat().st_size):
+        raise FormatError(f"{path}: damaged image: its header claims {size[0]}x{size[1]} pixels, more than "
+                          f"a file of {path.stat().st_size} bytes can hold")
 
 
 def _from_pillow(im) -> np.ndarray:
@@ -115,14 +131,11 @@ def _from_pillow(im) -> np.ndarray:
         return _over_white(np.asarray(im.convert("RGBA"), dtype=np.float32))
     if mode in ("1", "L"):
         return np.asarray(im.convert("L"), dtype=np.float32)[..., None]
-    if mode == "P":
-        rgb = im.convert("RGB")
-        return np.asarray(rgb, dtype=np.float32)
     return np.asarray(im.convert("RGB"), dtype=np.float32)
 
 
 def _over_white(rgba: np.ndarray) -> np.ndarray:
-    """Composite (H, W, 4) 0..255 over a white page; grayscale stays one channel if it was."""
+    """Composite (H, W, 4) RGBA 0..255 over a white page -> (H, W, 3)."""
     alpha = rgba[..., 3:] / 255.0
     return (rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.float32)
 
@@ -138,15 +151,15 @@ def _read_npy(path: Path) -> list[Picture]:
             else:
                 shape, _, dtype = fmt.read_array_header_2_0(f)
             room = os.fstat(f.fileno()).st_size - f.tell()
-        need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        need = math.prod(shape) * dtype.itemsize  # Python ints: a huge claimed shape cannot overflow
         if need > room:  # checked before np.load allocates what the header claims
             raise FormatError(f"{path}: truncated: its header promises a {'x'.join(map(str, shape))} {dtype} array "
                               f"({need} bytes) but the file holds {room}")
         a = np.load(path, allow_pickle=False)
     except FormatError:
         raise
-    except (ValueError, OSError, EOFError, TypeError, UnicodeDecodeError, SyntaxError) as e:
-        raise FormatError(f"{path}: not a readable .npy array ({e})") from None
+    except Exception as e:  # noqa: BLE001 - NumPy's header parser raises many kinds (ValueError, TokenError, ...)
+        raise FormatError(f"{path}: not a readable .npy array ({type(e).__name__}: {e})") from None
     if a.dtype.kind not in "uifb":
         raise FormatError(f"{path}: holds {a.dtype} values; expected uint8 pixels 0..255 or floats 0..1")
     expected = "(H, W), (H, W, C), (N, H, W) or (N, H, W, C) with C = 1, 3 or 4"

@@ -109,7 +109,7 @@ def cmd_predict(a) -> int:
                               "top": [{"label": labels[c], "class": int(c), "probability": float(p[c])} for c in top],
                               **ran}))
         else:
-            alts = "  ".join(f"{labels[c]} {p[c]:.4f}" for c in top)
+            alts = ", ".join(f"{labels[c]}: {p[c]:.3g}" for c in top)
             print(f"{source}: {labels[top[0]]}  ({alts})")
     if failures:
         print(f"cnnrt: {failures} of {len(entries)} input(s) could not be classified", file=sys.stderr)

@@ -148,6 +148,9 @@ def test_fit_converts_channels_and_size(rng):
     np.testing.assert_allclose(g, pillow, atol=1.0)  # Pillow's own RGB -> L, rounded
     const = images.fit(Picture("k", np.full((33, 71, 3), [10, 200, 90], np.float32)), (16, 16, 3))
     np.testing.assert_allclose(const, np.broadcast_to([10, 200, 90], (16, 16, 3)), atol=1e-3)
+    ramp = np.broadcast_to(np.linspace(0, 255, 50, dtype=np.float32), (40, 50))[..., None]
+    r = images.fit(Picture("ramp", ramp), (20, 30, 1))[..., 0]  # a left-to-right ramp stays one
+    assert (np.diff(r, axis=1) > 0).all() and np.ptp(r, axis=0).max() < 1e-3
     with pytest.raises(FormatError, match="takes 2 channels"):
         images.fit(gray, (8, 8, 2))
 
@@ -276,6 +279,9 @@ def test_npy_that_would_unpickle_or_overallocate_is_refused(tmp_path):
     (tmp_path / "big.npy").write_bytes(raw)
     with pytest.raises(FormatError, match="big.npy: truncated"):
         images.read_pictures(tmp_path / "big.npy")
+    (tmp_path / "big.npy").write_bytes(raw.replace(b"(99999, 99999)", f"({2**62}, {2**62})".encode()))
+    with pytest.raises(FormatError, match="big.npy: truncated"):  # past int64: no overflow to a small size
+        images.read_pictures(tmp_path / "big.npy")
     (tmp_path / "cut.npy").write_bytes(b"\x93NUMPY\x01\x00")
     with pytest.raises(FormatError, match="cut.npy: not a readable .npy array"):
         images.read_pictures(tmp_path / "cut.npy")
@@ -301,8 +307,27 @@ def test_not_an_image_damaged_missing(tmp_path):
     (tmp_path / "cut.png").write_bytes((tmp_path / "whole.png").read_bytes()[:60])
     with pytest.raises(FormatError, match="cut.png: damaged or truncated image"):
         images.read_pictures(tmp_path / "cut.png")
+    (tmp_path / "huge.pgm").write_bytes(b"P5\n5000 5000\n255\n" + bytes(100))  # 25 megapixels claimed
+    with pytest.raises(FormatError, match=r"^[^(]*huge.pgm: damaged image: its header claims 5000x5000 pixels"):
+        images.read_pictures(tmp_path / "huge.pgm")
     with pytest.raises(FormatError, match="nope.png: no such file"):
         images.list_files(tmp_path / "nope.png")
+
+
+def test_unreadable_file(tmp_path, monkeypatch):
+    import builtins
+
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "locked.png")
+    real_open = builtins.open
+
+    def denying_open(file, *args, **kwargs):  # as chmod 000 would, for a user other than root
+        if str(file).endswith("locked.png"):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", denying_open)
+    with pytest.raises(FormatError, match="locked.png: cannot read .Permission denied."):
+        images.read_pictures(tmp_path / "locked.png")
 
 
 def test_without_pillow_the_error_says_how_to_get_it(tmp_path, monkeypatch):
