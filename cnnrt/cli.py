@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import predict_cmd
 from .errors import CnnrtError
 
 HERE = Path(__file__).resolve().parent
@@ -215,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate, cosine-decayed")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=cmd_train)
+
+    predict_cmd.add_parser(sub)
     return p
 
 
