@@ -67,6 +67,11 @@ class Session:
         return float(self.model.input_scale)
 
     @property
+    def preprocess(self) -> dict:
+        """How uint8 pixels become the input: scale, then optional per-channel mean and std."""
+        return dict(getattr(self.model, "preprocess", None) or {"scale": self.input_scale})
+
+    @property
     def num_classes(self) -> int:
         return int(self.model.num_classes)
 
