@@ -109,7 +109,7 @@ class StagedDir:
         """Refuse now, before any long work, if `names` would overwrite files without `overwrite`."""
         if self.overwrite:
             return
-        taken = conflicts(self.dest, names)
+        taken = conflicts(self.dest, sorted(names))
         if taken:
             raise CnnrtError(f"{self.dest}: already holds {', '.join(p.name for p in taken)} "
                              f"(use --force to replace, or choose another output directory)")

@@ -31,8 +31,15 @@ class Bar:
             from tqdm import tqdm
         except ImportError:
             return
+        try:
+            import os
+            sized = os.get_terminal_size(sys.stderr.fileno()).columns > 0
+        except (OSError, ValueError, AttributeError):
+            sized = False
+        # a terminal that reports no size (a bare pseudo-terminal) gets 80x24: tqdm draws nothing in 0x0
+        size = {"dynamic_ncols": True} if sized else {"ncols": 80, "nrows": 24}
         self._tqdm = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False,
-                          dynamic_ncols=True, unit_scale=total >= 10000)
+                          unit_scale=total >= 10000, **size)
 
     @property
     def on(self) -> bool:
@@ -45,6 +52,13 @@ class Bar:
 
     def step(self, n: int = 1) -> None:
         self(self.done + n)
+
+    def write(self, text: str) -> None:
+        """A log line on stderr that does not break the bar."""
+        if self._tqdm is not None:
+            self._tqdm.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self._tqdm is not None:

@@ -214,6 +214,17 @@ def test_eval_reports_the_batch_size_it_ran(tmp_path):
     assert "Backend: numpy, fp32, batch size 200 (asked for 5000)" in text
 
 
+def test_session_reports_the_batch_size_it_ran(rng):
+    import cnnrt as pkg
+
+    s = pkg.load(BUNDLE, backend="numpy")
+    assert s.batch_size_used is None
+    s.predict(rng.integers(0, 256, (600, 28, 28), dtype=np.uint8))
+    assert s.batch_size_used == 200
+    s.predict(rng.integers(0, 256, (600, 28, 28), dtype=np.uint8), batch_size=50)
+    assert s.batch_size_used == 50
+
+
 def test_progress_does_not_change_the_numpy_path(random_model, rng, monkeypatch):
     """A progress callback (the text mode's bar) and none (--json, the warm runs) run the same
     chunks: one streaming call, never the per-batch loop of the base Runner."""
