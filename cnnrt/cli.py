@@ -7,10 +7,25 @@ import sys
 
 from .errors import CnnrtError
 
-def _shipped_model() -> str:
-    from .resources import shipped_model
+DEFAULT_MODEL = "models/deep_mnist/deep_mnist.safetensors"
+DEFAULT_IMAGES = "data/mnist/t10k-images-idx3-ubyte.gz"
+DEFAULT_LABELS = "data/mnist/t10k-labels-idx1-ubyte.gz"
 
-    return str(shipped_model())
+
+def _default(rel: str) -> str:
+    """The shipped file for one of the DEFAULT_* names: package data (cnnrt/data/), found wherever
+    cnnrt is installed, not in a repository checkout."""
+    from . import resources
+
+    found = {DEFAULT_MODEL: resources.shipped_model, DEFAULT_IMAGES: resources.mnist_test_images,
+             DEFAULT_LABELS: resources.mnist_test_labels}
+    if rel not in found:
+        raise KeyError(f"{rel} is not shipped with cnnrt")
+    return str(found[rel]())
+
+
+def _shipped_model() -> str:
+    return _default(DEFAULT_MODEL)
 
 
 def cmd_train(a) -> int:
@@ -167,7 +182,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cnnrt", description="A small, fast inference runtime for CNNs.")
     p.add_argument("--version", action="version", version=f"cnnrt {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    from .resources import mnist_test_images
 
     e = sub.add_parser("eval", help="run a model over labelled images and report time and accuracy (the main job)")
     e.add_argument("--model", default=_shipped_model(),
@@ -202,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "warm-up first, several rounds; prints medians with spread and ratios to cnnrt. "
                                    "Peers that are not installed are skipped with a note (pip install 'cnnrt[bench]').")
     b.add_argument("--model", default=_shipped_model(), help="a .safetensors bundle or an article-format directory")
-    b.add_argument("--images", default=str(mnist_test_images()), help="IDX images, raw or .gz (default: MNIST test set)")
+    b.add_argument("--images", default=_default(DEFAULT_IMAGES), help="IDX images, raw or .gz (default: MNIST test set)")
     b.add_argument("--sizes", default=None, help="comma-separated image counts to time (default: 5000,10000)")
     b.add_argument("--rounds", type=int, default=None, help="timed rounds per runtime (default: 5)")
     b.add_argument("--peers", default="all", help="comma-separated peers, 'all' (default) or 'none'; cnnrt always runs. "

@@ -14,11 +14,10 @@ from cnnrt.formats import save_bundle
 from cnnrt.idx import write_idx
 from cnnrt.model import Dense, Model, Softmax
 
-from cli_helpers import ROOT, assert_clean_error, cnnrt, denied
+from cli_helpers import assert_clean_error, cnnrt, denied
 from conftest import SHIPPED
 
 BUNDLE = SHIPPED / "deep_mnist.safetensors"
-TEST_IMAGES = ROOT / "cnnrt/data/mnist/t10k-images-idx3-ubyte.gz"
 
 
 def linear_model(rng, classes: int, shape=(28, 28, 1), name="linear") -> Model:
@@ -126,27 +125,16 @@ def test_read_only_destination_for_convert(tmp_path):
         assert os.listdir(ro) == []
 
 
-def test_oserror_anywhere_is_reported_with_its_file(tmp_path):
+def test_oserror_anywhere_is_reported_with_its_file(tmp_path, monkeypatch, capsys):
     """The catch-all in cli.main: an OSError our code did not foresee still names the file."""
     from cnnrt import cli
 
     def boom(a):
         raise PermissionError(13, "Permission denied", str(tmp_path / "f"))
 
-    parser = cli.build_parser()
-    ns = parser.parse_args(["info"])
-    ns.func = boom
-    original = cli.build_parser
-    try:
-        cli.build_parser = lambda: type("P", (), {"parse_args": lambda self, argv: ns})()
-        import contextlib
-        import io
-        err = io.StringIO()
-        with contextlib.redirect_stderr(err):
-            rc = cli.main(["info"])
-    finally:
-        cli.build_parser = original
-    assert rc == 2 and err.getvalue() == f"cnnrt: error: {tmp_path / 'f'}: Permission denied\n"
+    monkeypatch.setattr(cli, "cmd_info", boom)
+    assert cli.main(["info"]) == 2
+    assert capsys.readouterr().err == f"cnnrt: error: {tmp_path / 'f'}: Permission denied\n"
 
 
 # ---------------------------------------------------------------- 5. bad values

@@ -82,3 +82,13 @@ def test_installed_wheel_evaluates_from_any_directory(installed, tmp_path):
     assert "Accuracy: " in text
     # (when `cnnrt predict` lands: run it here on a PNG drawn from the packaged test set)
     assert os.listdir(tmp_path) == []  # eval wrote nothing into the working directory
+
+
+def test_installed_wheel_train_asks_for_the_training_set(installed, tmp_path):
+    """The training set is not in the wheel: train says so (before needing TensorFlow) and writes nothing."""
+    _, venv = installed
+    p = subprocess.run([str(venv / "bin" / "cnnrt"), "train", "--out", "m", "--epochs", "1"], capture_output=True,
+                       text=True, cwd=tmp_path, env=_env(), timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert "the MNIST training set ships only with the source repository" in p.stderr
+    assert os.listdir(tmp_path) == []
