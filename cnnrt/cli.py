@@ -4,44 +4,78 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from . import predict_cmd
 from .errors import CnnrtError
-
-HERE = Path(__file__).resolve().parent
-
-
-def _default(rel: str) -> str:
-    """The shipped model and MNIST files live in the repository checkout (installed with -e), not
-    in the wheel: a plain install passes --model / --images / --labels."""
-    return str(HERE.parent / rel)
-
 
 DEFAULT_MODEL = "models/deep_mnist/deep_mnist.safetensors"
 DEFAULT_IMAGES = "data/mnist/t10k-images-idx3-ubyte.gz"
 DEFAULT_LABELS = "data/mnist/t10k-labels-idx1-ubyte.gz"
 
 
+def _default(rel: str) -> str:
+    """The shipped file for one of the DEFAULT_* names: package data (cnnrt/data/), found wherever
+    cnnrt is installed, not in a repository checkout."""
+    from . import resources
+
+    found = {DEFAULT_MODEL: resources.shipped_model, DEFAULT_IMAGES: resources.mnist_test_images,
+             DEFAULT_LABELS: resources.mnist_test_labels}
+    if rel not in found:
+        raise KeyError(f"{rel} is not shipped with cnnrt")
+    return str(found[rel]())
+
+
+def _shipped_model() -> str:
+    return _default(DEFAULT_MODEL)
+
+
 def cmd_train(a) -> int:
+    from .resources import mnist_test_images, mnist_test_labels, mnist_train_files
     from .train import train
 
+    if (a.images is None) != (a.labels is None):
+        raise CnnrtError("--images and --labels go together (training images and their labels)")
+    if a.images is None:
+        found = mnist_train_files()
+        if found is None or not found[0].is_file():
+            raise CnnrtError("the MNIST training set ships only with the source repository (data/mnist/); "
+                             "pass --images and --labels (IDX files, raw or .gz)")
+        a.images, a.labels = map(str, found)
+    if (a.test_images is None) != (a.test_labels is None):
+        raise CnnrtError("--test-images and --test-labels go together")
+    if a.test_images is None:
+        a.test_images, a.test_labels = str(mnist_test_images()), str(mnist_test_labels())
+    for flag, v in (("--epochs", a.epochs), ("--batch-size", a.batch_size), ("--limit", a.limit),
+                    ("--test-limit", a.test_limit)):
+        if v is not None and v < 1:
+            raise CnnrtError(f"{flag} must be at least 1, got {v}")
     train(a.images, a.labels, a.test_images, a.test_labels, a.out, epochs=a.epochs,
-          batch_size=a.batch_size, lr=a.lr, seed=a.seed)
+          batch_size=a.batch_size, lr=a.lr, seed=a.seed, limit=a.limit, test_limit=a.test_limit,
+          force=a.force, quiet=a.quiet)
     return 0
 
 
-class _Progress:
-    """A one-line progress counter on stderr, only when a person is watching."""
+def _eval_data(a, model):
+    """Images and labels for eval, checked against the model, with the files named in errors."""
+    from .idx import check_labels, load_mnist
+    from .resources import mnist_test_images, mnist_test_labels
 
-    def __init__(self, total: int, label: str):
-        self.total, self.label = total, label
-        self.on = sys.stderr.isatty() and total > 2000
-
-    def __call__(self, done: int) -> None:
-        if self.on:
-            end = "\n" if done >= self.total else ""
-            print(f"\r{self.label}: {done}/{self.total} images", end=end, file=sys.stderr, flush=True)
+    if a.images is None and a.labels is not None:
+        raise CnnrtError(f"--labels {a.labels} without --images would score the MNIST test images against "
+                         f"those labels; pass the images they belong to with --images")
+    if a.images is not None and a.labels is None:
+        raise CnnrtError(f"--images {a.images} needs --labels (an IDX file of one label per image): "
+                         f"eval measures accuracy")
+    images = a.images if a.images is not None else str(mnist_test_images())
+    labels = a.labels if a.labels is not None else str(mnist_test_labels())
+    x, y = load_mnist(images, labels)
+    h, w, c = model.input_shape
+    got = x.shape[1:] if x.ndim == 4 else x.shape[1:] + (1,)
+    if got != (h, w, c):
+        raise CnnrtError(f"{images}: images of shape {got} (height, width, channels) do not fit the model's "
+                         f"input ({h}, {w}, {c})")
+    check_labels(y, model.num_classes, labels)
+    return x, y
 
 
 def cmd_eval(a) -> int:
@@ -51,27 +85,30 @@ def cmd_eval(a) -> int:
 
     from . import backends
     from .formats import load_model
-    from .idx import load_mnist
+    from .progress import bar
 
+    for flag, v in (("--limit", a.limit), ("--batch-size", a.batch_size), ("--repeat", a.repeat)):
+        if v is not None and v < 1:
+            raise CnnrtError(f"{flag} must be at least 1, got {v}")
     t0 = time.perf_counter()
     model = load_model(a.model)
-    x, y = load_mnist(a.images, a.labels)
+    x, y = _eval_data(a, model)
     if a.limit is not None:
-        if a.limit < 1:
-            raise CnnrtError(f"--limit must be at least 1, got {a.limit}")
         x, y = x[:a.limit], y[:a.limit]
     name, note = backends.resolve(a.backend)
     if note and not a.json:
         print(note, file=sys.stderr)
-    if a.repeat < 1:
-        raise CnnrtError(f"--repeat must be at least 1, got {a.repeat}")
     if a.report:
         from .report import check_destination
         check_destination(a.report)  # before the long work: matplotlib is there, the folder is writable
     runner = backends.prepare(model, name, a.precision)
     t1 = time.perf_counter()
-    pred = runner.predict(x, batch_size=a.batch_size, progress=None if a.json else _Progress(len(x), "eval"))
+    # The first run carries a progress bar (drawn only on a terminal, without --quiet/--json); the
+    # runner takes the same path with or without it, so the first and warm runs time the same code.
+    with bar(len(x), "eval", quiet=a.quiet or a.json, min_total=2000) as progress:
+        pred = runner.predict(x, batch_size=a.batch_size, progress=progress)
     first = time.perf_counter() - t1
+    used = runner.batch_size_used
     times = [first]
     for _ in range(a.repeat - 1):  # warm runs: the first one pays for compiling, graph capture, caches
         t = time.perf_counter()
@@ -92,7 +129,8 @@ def cmd_eval(a) -> int:
         "load_seconds": t1 - t0,
         "backend": runner.backend,
         "precision": runner.precision,
-        "batch_size": a.batch_size or runner.default_batch_size,
+        "batch_size": used,  # what the runner really ran, not what was asked
+        "batch_size_requested": a.batch_size,
         "model": str(a.model),
     }
     if a.report:  # one more, untimed run for the probabilities; the page scores the predictions timed above
@@ -105,7 +143,8 @@ def cmd_eval(a) -> int:
         print(json.dumps(result))
     else:
         print(f"Model: {a.model} ({model.name}, {model.flops_per_image() / 1e6:.1f} MFLOP per image)")
-        print(f"Backend: {runner.backend}, {runner.precision}, batch size {result['batch_size']}")
+        asked = "" if a.batch_size in (None, used) else f" (asked for {a.batch_size})"
+        print(f"Backend: {runner.backend}, {runner.precision}, batch size {used}{asked}")
         print(f"Images: {result['images']}")
         if a.repeat > 1:
             print(f"Time: {seconds:.4g} seconds, median of {a.repeat - 1} warm runs "
@@ -135,10 +174,11 @@ def cmd_convert(a) -> int:
 
     model = load_model(a.source)
     if a.to == "article":
-        save_article(model, a.dest)
+        save_article(model, a.dest, overwrite=a.force)
+        print(f"wrote {a.dest} (article: the 8 raw tensors; the format keeps no name or provenance)")
     else:
-        save_bundle(model, a.dest)
-    print(f"wrote {a.dest} ({a.to})")
+        save_bundle(model, a.dest, overwrite=a.force)
+        print(f"wrote {a.dest} (bundle, model {model.name!r}" + (", with its provenance)" if model.meta else ")"))
     return 0
 
 
@@ -149,14 +189,18 @@ def cmd_bench(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     p = argparse.ArgumentParser(prog="cnnrt", description="A small, fast inference runtime for CNNs.")
+    p.add_argument("--version", action="version", version=f"cnnrt {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("eval", help="run a model over labelled images and report time and accuracy (the main job)")
-    e.add_argument("--model", default=_default(DEFAULT_MODEL),
+    e.add_argument("--model", default=_shipped_model(),
                    help="a .safetensors bundle or a directory in the article's raw format (default: the shipped Deep MNIST)")
-    e.add_argument("--images", default=_default(DEFAULT_IMAGES), help="IDX images, raw or .gz (default: MNIST test set)")
-    e.add_argument("--labels", default=_default(DEFAULT_LABELS), help="IDX labels, raw or .gz")
+    e.add_argument("--images", default=None, help="IDX images (N, H, W) or (N, H, W, C), raw or .gz "
+                   "(default: the MNIST test set, shipped with cnnrt)")
+    e.add_argument("--labels", default=None, help="IDX labels of those images, raw or .gz (required with --images)")
     e.add_argument("--limit", type=int, default=None, help="use only the first N images (the article used 5000)")
     e.add_argument("--backend", default="auto", help="auto (default: the GPU if usable, else numpy), numpy or cuda")
     e.add_argument("--precision", choices=("fp32", "fp16"), default=None,
@@ -167,23 +211,25 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     e.add_argument("--report", default=None, metavar="PATH", help="also write a self-contained HTML page: accuracy, "
                    "confusion matrix, per-class precision and recall, the most confident mistakes (cnnrt[report])")
+    e.add_argument("--quiet", action="store_true", help="no progress bar (there is none unless stderr is a terminal)")
     e.set_defaults(func=cmd_eval)
 
     i = sub.add_parser("info", help="describe a model file")
-    i.add_argument("model", nargs="?", default=_default(DEFAULT_MODEL))
+    i.add_argument("model", nargs="?", default=_shipped_model())
     i.set_defaults(func=cmd_info)
 
     c = sub.add_parser("convert", help="convert between the bundle and the article's raw format")
     c.add_argument("source", help="a bundle file or an article-format directory")
     c.add_argument("dest")
     c.add_argument("--to", choices=("bundle", "article"), required=True)
+    c.add_argument("--force", action="store_true", help="replace DEST's files if it exists (default: refuse)")
     c.set_defaults(func=cmd_convert)
 
     b = sub.add_parser("bench", help="time cnnrt against the installed frameworks (TensorFlow, ONNX Runtime, PyTorch, JAX) on the same model and images",
                        description="Runs the same model and images through cnnrt and every installed peer, alternating, "
                                    "warm-up first, several rounds; prints medians with spread and ratios to cnnrt. "
                                    "Peers that are not installed are skipped with a note (pip install 'cnnrt[bench]').")
-    b.add_argument("--model", default=_default(DEFAULT_MODEL), help="a .safetensors bundle or an article-format directory")
+    b.add_argument("--model", default=_shipped_model(), help="a .safetensors bundle or an article-format directory")
     b.add_argument("--images", default=_default(DEFAULT_IMAGES), help="IDX images, raw or .gz (default: MNIST test set)")
     b.add_argument("--sizes", default=None, help="comma-separated image counts to time (default: 5000,10000)")
     b.add_argument("--rounds", type=int, default=None, help="timed rounds per runtime (default: 5)")
@@ -205,16 +251,23 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     b.set_defaults(func=cmd_bench)
 
-    t = sub.add_parser("train", help="train the Deep MNIST net with TensorFlow/Keras and export it")
-    t.add_argument("--images", default=_default("data/mnist/train-images-idx3-ubyte.gz"))
-    t.add_argument("--labels", default=_default("data/mnist/train-labels-idx1-ubyte.gz"))
-    t.add_argument("--test-images", default=_default(DEFAULT_IMAGES))
-    t.add_argument("--test-labels", default=_default(DEFAULT_LABELS))
-    t.add_argument("--out", default="models/deep_mnist", help="output directory (default: %(default)s)")
+    t = sub.add_parser("train", help="train the Deep MNIST net with TensorFlow/Keras and export it",
+                       description="Trains, then writes OUT/deep_mnist.safetensors, OUT/article/ and OUT/training.json "
+                                   "together: built in a temporary directory beside OUT and moved in only when all are "
+                                   "complete. Files already in OUT are never replaced without --force.")
+    t.add_argument("--out", required=True, help="output directory (created if missing)")
+    t.add_argument("--force", action="store_true", help="replace a model already in OUT")
+    t.add_argument("--images", default=None, help="training images, IDX (default: data/mnist/ of the source repository)")
+    t.add_argument("--labels", default=None, help="their labels, IDX")
+    t.add_argument("--test-images", default=None, help="test images, IDX (default: the MNIST test set)")
+    t.add_argument("--test-labels", default=None, help="their labels, IDX")
+    t.add_argument("--limit", type=int, default=None, help="use only the first N training images (a tenth of them for validation)")
+    t.add_argument("--test-limit", type=int, default=None, help="test on only the first N test images")
     t.add_argument("--epochs", type=int, default=8)
     t.add_argument("--batch-size", type=int, default=50)
     t.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate, cosine-decayed")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--quiet", action="store_true", help="no progress output from Keras")
     t.set_defaults(func=cmd_train)
 
     predict_cmd.add_parser(sub)
@@ -227,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except CnnrtError as e:
         print(f"cnnrt: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file the OS would not read or write: say which and why, no traceback
+        where = ": ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+        print(f"cnnrt: error: {where + ': ' if where else ''}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cnnrt: interrupted", file=sys.stderr)

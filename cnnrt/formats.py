@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from .errors import FormatError
 from .ir import serialize
 from .ir.chain import as_graph, match, to_graph
 from .ir.graph import Graph
+from .fileio import StagedDir, atomic_write
 from .model import Conv2D, Dense, MaxPool2D, Model, Softmax, deep_mnist
 
 BUNDLE_VERSION = 2
@@ -42,15 +44,26 @@ ARTICLE_TENSORS = {
 def load_model(path: str | os.PathLike):
     """A bundle file or a directory in the article's format."""
     path = Path(path)
-    if path.is_dir():
-        return load_article(path)
-    if not path.exists():
+    try:
+        st = path.stat()
+    except FileNotFoundError:
         raise FormatError(f"{path}: no such model file or directory (expected a .safetensors bundle "
-                          f"or a directory of the article's 8 raw tensors)")
+                          f"or a directory of the article's 8 raw tensors)") from None
+    except OSError as e:
+        raise FormatError(f"{path}: cannot open the model ({e.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        return load_article(path)
     return load_bundle(path)
 
 
 # ---------------------------------------------------------------- article format
+
+def article_model_name(directory: Path) -> str:
+    """The raw format stores no name: the directory's, or its parent's for `NAME/article/` (the
+    layout `cnnrt train` writes)."""
+    d = directory.resolve()
+    return d.parent.name if d.name == "article" and d.parent.name else d.name
+
 
 def load_article(directory: str | os.PathLike):
     directory = Path(directory)
@@ -65,16 +78,25 @@ def load_article(directory: str | os.PathLike):
         if size != expected:
             raise FormatError(f"{f}: holds {size} bytes, expected {expected} "
                               f"({'x'.join(map(str, shape))} little-endian float32)")
-        t = np.fromfile(f, dtype="<f4").astype(np.float32).reshape(shape)
+        try:
+            t = np.fromfile(f, dtype="<f4").astype(np.float32).reshape(shape)
+        except OSError as e:
+            raise FormatError(f"{f}: cannot read ({e.strerror or e})") from None
         _check_finite(t, f)
         if key.startswith("fc") and key.endswith("weight"):
             t = t.reshape(shape[0], -1)
         params[key] = t
-    return to_graph(deep_mnist(params, name=directory.name))
+    return to_graph(deep_mnist(params, name=article_model_name(directory)))
 
 
-def save_article(model, directory: str | os.PathLike) -> None:
-    """Write the 8 files. Only the article's own net fits this header-less format."""
+def save_article(model, directory: str | os.PathLike, overwrite: bool = True) -> None:
+    """Write the 8 files. Only the article's own net fits this header-less format (a Graph that
+    is that chain, or the chain itself).
+
+    The files are written in a temporary directory beside `directory` and moved in when all 8
+    are complete; other files in `directory` are kept. With overwrite=False, existing files of
+    those names are refused. The model's name and provenance (meta) are not stored: the format
+    has no place for them (a bundle keeps both)."""
     directory = Path(directory)
     chain = match(model) if isinstance(model, Graph) else model
     if chain is None:
@@ -83,12 +105,15 @@ def save_article(model, directory: str | os.PathLike) -> None:
     model = chain
     params = model.params()
     sizes_fit = all(key in params and params[key].size == int(np.prod(shape)) for key, shape in ARTICLE_TENSORS.values())
-    if not sizes_fit or _describe(deep_mnist({k: params[k] for k, _ in ARTICLE_TENSORS.values()})) != _describe(model):
+    if not sizes_fit or _describe(deep_mnist({k: params[k] for k, _ in ARTICLE_TENSORS.values()}), names=False) \
+            != _describe(model, names=False):
         raise FormatError(f"model {model.name!r} is not the article's Deep MNIST net (the raw format stores only "
                           f"its 8 tensors, so any other net would come back wrong); save it as a bundle instead")
-    directory.mkdir(parents=True, exist_ok=True)
-    for fname, (key, shape) in ARTICLE_TENSORS.items():
-        np.ascontiguousarray(params[key], dtype="<f4").reshape(shape).tofile(directory / fname)
+    with StagedDir(directory, overwrite=overwrite) as staged:
+        staged.check(ARTICLE_TENSORS)
+        for fname, (key, shape) in ARTICLE_TENSORS.items():
+            np.ascontiguousarray(params[key], dtype="<f4").reshape(shape).tofile(staged.path / fname)
+        staged.commit()
 
 
 # ---------------------------------------------------------------- bundle
@@ -104,26 +129,51 @@ def _layer_json(layer) -> dict:
     return d
 
 
-def _describe(model: Model) -> tuple:
-    """Everything but the weights: what a header-less format must take on trust."""
-    return (model.input_shape, model.input_scale, [_layer_json(layer) for layer in model.layers])
+def _describe(model: Model, names: bool = True) -> tuple:
+    """Everything but the weights: what a header-less format must take on trust. Layer names
+    (which the raw format does not store; tensors are matched by the parameter keys) optional."""
+    layers = [_layer_json(layer) for layer in model.layers]
+    if not names:
+        layers = [{k: v for k, v in d.items() if k != "name"} for d in layers]
+    return (model.input_shape, model.input_scale, layers)
 
 
-def save_bundle(model, path: str | os.PathLike) -> None:
-    """Write a version-2 bundle (a Graph, or a layer-chain Model turned into one)."""
+def save_bundle(model, path: str | os.PathLike, overwrite: bool = True) -> None:
+    """Write a version-2 bundle (a Graph, or a layer-chain Model turned into one) atomically (a
+    temporary file beside `path`, then one rename), with the umask's mode. With overwrite=False
+    an existing `path` is refused."""
     from safetensors.numpy import save_file
 
     g = as_graph(model)
     desc = {"format": "cnnrt", "version": BUNDLE_VERSION, "name": g.name, **serialize.to_json(g), "meta": g.meta}
     tensors = {k: np.ascontiguousarray(v) for k, v in g.params.items()}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata={BUNDLE_KEY: json.dumps(desc)})
+    with atomic_write(path, overwrite=overwrite) as tmp:
+        save_file(tensors, str(tmp), metadata={BUNDLE_KEY: json.dumps(desc)})
+
+
+def _field(d: dict, key: str, kind, default, where: str):
+    """One metadata value, of the JSON type the format says (never coerced from a string)."""
+    if key not in d and default is None:
+        raise FormatError(f"{where}: missing '{key}'")
+    v = d.get(key, default)
+    ok = isinstance(v, kind) and not isinstance(v, bool)
+    if kind is float:
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+    if not ok:
+        want = {int: "a whole number", float: "a number", str: "a string", dict: "an object", list: "a list"}[kind]
+        raise FormatError(f"{where}: '{key}' must be {want}, got {json.dumps(v)}")
+    return float(v) if kind is float else v
 
 
 def load_bundle(path: str | os.PathLike):
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
+    try:
+        with open(path, "rb") as probe:  # the OS's own reason (permission, a directory) before the parser's
+            probe.read(1)
+    except OSError as e:
+        raise FormatError(f"{path}: cannot read the model file ({e.strerror or e})") from None
     try:
         with safe_open(str(path), framework="np") as f:
             raw = (f.metadata() or {}).get(BUNDLE_KEY)
@@ -133,23 +183,28 @@ def load_bundle(path: str | os.PathLike):
     if raw is None:
         raise FormatError(f"{path}: a safetensors file without cnnrt's '{BUNDLE_KEY}' metadata "
                           f"(not a cnnrt bundle; use an importer for other frameworks' files)")
+    meta_where = f"{path}: the '{BUNDLE_KEY}' metadata"
     try:
         desc = json.loads(raw)
-        version = int(desc["version"])
+        if not isinstance(desc, dict):
+            raise ValueError(f"expected a JSON object, got {type(desc).__name__}")
+        version = desc["version"]
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise ValueError(f"'version' must be a whole number, got {json.dumps(version)}")
     except (ValueError, KeyError, TypeError) as e:
-        raise FormatError(f"{path}: the '{BUNDLE_KEY}' metadata is not a valid cnnrt description ({e})") from None
+        raise FormatError(f"{meta_where} is not a valid cnnrt description ({e})") from None
     if version > BUNDLE_VERSION:
         raise FormatError(f"{path}: bundle format version {version} is newer than this cnnrt reads "
                           f"(version {BUNDLE_VERSION}); upgrade cnnrt")
     if version < 1:
         raise FormatError(f"{path}: bad bundle format version {version}")
     if desc.get("format", "cnnrt") != "cnnrt":
-        raise FormatError(f"{path}: metadata format {desc.get('format')!r} is not 'cnnrt'")
+        raise FormatError(f"{meta_where}: unknown format {json.dumps(desc.get('format'))} (expected \"cnnrt\")")
     if version == 2:
         meta = desc.get("meta", {})
         name = desc.get("name", path.stem)
         if not isinstance(meta, dict) or not isinstance(name, str):
-            raise FormatError(f"{path}: 'name' must be a string and 'meta' an object")
+            raise FormatError(f"{meta_where}: 'name' must be a string and 'meta' an object")
         for k, t in tensors.items():
             if t.dtype not in (np.float32, np.int64):
                 raise FormatError(f"{path}: tensor {k!r} is {t.dtype}, expected float32 or int64")
@@ -169,30 +224,44 @@ def load_bundle(path: str | os.PathLike):
 
     layers = []
     try:
-        for d in desc["layers"]:
-            kind, name = d["type"], d["name"]
+        for i, d in enumerate(_field(desc, "layers", list, None, meta_where)):
+            if not isinstance(d, dict):
+                raise FormatError(f"{meta_where}: layer {i} must be an object, got {json.dumps(d)}")
+            kind = _field(d, "type", str, None, f"{meta_where}, layer {i}")
+            name = _field(d, "name", str, None, f"{meta_where}, layer {i}")
+            where = f"{meta_where}, layer {name!r}"
             if kind == "conv2d":
                 layers.append(Conv2D(name, tensor(f"{name}.weight"), tensor(f"{name}.bias"),
-                                     stride=int(d.get("stride", 1)), padding=d.get("padding", "same"),
-                                     activation=d.get("activation", "none")))
+                                     stride=_field(d, "stride", int, 1, where),
+                                     padding=_field(d, "padding", str, "same", where),
+                                     activation=_field(d, "activation", str, "none", where)))
             elif kind == "maxpool2d":
-                layers.append(MaxPool2D(name, size=int(d.get("size", 2)), stride=int(d.get("stride", 2)),
-                                        padding=d.get("padding", "same")))
+                layers.append(MaxPool2D(name, size=_field(d, "size", int, 2, where),
+                                        stride=_field(d, "stride", int, 2, where),
+                                        padding=_field(d, "padding", str, "same", where)))
             elif kind == "dense":
                 layers.append(Dense(name, tensor(f"{name}.weight"), tensor(f"{name}.bias"),
-                                    activation=d.get("activation", "none")))
+                                    activation=_field(d, "activation", str, "none", where)))
             elif kind == "softmax":
                 layers.append(Softmax(name))
             else:
                 raise FormatError(f"{path}: layer {name!r} has unknown type {kind!r}")
-        inp = desc["input"]
+        inp = _field(desc, "input", dict, None, meta_where)
+        in_where = f"{meta_where}, input"
+        shape = _field(inp, "shape", list, None, in_where)
+        if len(shape) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) for v in shape):
+            raise FormatError(f"{in_where}: 'shape' must be 3 whole numbers [H, W, C], got {json.dumps(shape)}")
+        layout = _field(inp, "layout", str, "NHWC", in_where)
+        if layout != "NHWC":
+            raise FormatError(f"{in_where}: layout {layout!r} is not supported (cnnrt bundles hold NHWC models)")
         extra = set(tensors) - used
         if extra:
             raise FormatError(f"{path}: tensors {sorted(extra)} are not used by any layer")
-        model = Model(input_shape=tuple(inp["shape"]), input_scale=float(inp.get("scale", 1.0)),
-                      layers=layers, name=desc.get("name", path.stem), meta=desc.get("meta", {}))
+        model = Model(input_shape=tuple(shape), input_scale=_field(inp, "scale", float, 1.0, in_where),
+                      layers=layers, name=_field(desc, "name", str, path.stem, meta_where),
+                      meta=_field(desc, "meta", dict, {}, meta_where))
         model = to_graph(model)
-    except (KeyError, TypeError) as e:
+    except KeyError as e:
         raise FormatError(f"{path}: incomplete layer description (missing {e})") from None
     except FormatError as e:
         msg = str(e)

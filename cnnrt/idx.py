@@ -54,9 +54,15 @@ def _read_exact(f, n: int, path: Path, what: str) -> bytes:
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file into a native-endian array of the shape its header gives."""
     path = Path(path)
-    if not path.is_file():
-        raise FormatError(f"{path}: no such file")
-    with _open(path) as f:
+    try:
+        if path.is_dir():
+            raise FormatError(f"{path}: is a directory (expected an IDX file)")
+        f = _open(path)
+    except FileNotFoundError:
+        raise FormatError(f"{path}: no such file") from None
+    except OSError as e:
+        raise FormatError(f"{path}: cannot read ({e.strerror or e})") from None
+    with f:
         head = _read_exact(f, 4, path, "the 4-byte IDX magic number")
         zero, code, ndim = struct.unpack(">HBB", head)
         if zero != 0 or code not in _DTYPES or ndim == 0:
@@ -94,15 +100,24 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
 
 
 def load_mnist(images: str | os.PathLike, labels: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, rows, cols) uint8 and labels (N,) uint8, checked against each other."""
+    """Images (N, rows, cols) or (N, rows, cols, channels) uint8 and labels (N,) of an integer
+    type, checked against each other. Whether the labels fit a model is `check_labels`' job."""
     x = read_idx(images)
     y = read_idx(labels)
-    if x.ndim != 3 or x.dtype != np.uint8:
-        raise FormatError(f"{images}: expected uint8 images of shape (N, rows, cols), got {x.dtype} {x.shape}")
-    if y.ndim != 1 or y.dtype != np.uint8:
-        raise FormatError(f"{labels}: expected uint8 labels of shape (N,), got {y.dtype} {y.shape}")
+    if x.ndim not in (3, 4) or x.dtype != np.uint8:
+        raise FormatError(f"{images}: expected uint8 images of shape (N, rows, cols) or (N, rows, cols, channels), "
+                          f"got {x.dtype} {x.shape}")
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise FormatError(f"{labels}: expected integer labels of shape (N,), got {y.dtype} {y.shape}")
     if len(x) != len(y):
         raise FormatError(f"{images} holds {len(x)} images but {labels} holds {len(y)} labels")
-    if y.size and y.max() > 9:
-        raise FormatError(f"{labels}: label {int(y.max())} out of range 0..9")
     return x, y
+
+
+def check_labels(y: np.ndarray, num_classes: int, path) -> None:
+    """Every label is a class of the model (0 .. num_classes - 1): a label outside would only
+    ever count as wrong, an accuracy that says nothing."""
+    if y.size and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        bad = int(y.max()) if int(y.max()) >= num_classes else int(y.min())
+        raise FormatError(f"{path}: label {bad} is outside the model's {num_classes} classes "
+                          f"(0..{num_classes - 1}; the labels run from {int(y.min())} to {int(y.max())})")

@@ -58,6 +58,12 @@ class Session:
         return self._runner.default_batch_size
 
     @property
+    def batch_size_used(self) -> int | None:
+        """The images per batch the last call really ran (None before a call): on the CPU the
+        chunk size, on the GPU's fused path the whole input."""
+        return self._runner.batch_size_used
+
+    @property
     def input_shape(self) -> tuple:
         """One image's shape (H, W, C), NHWC."""
         return tuple(self.model.input_shape)

@@ -1,4 +1,4 @@
-"""Shared fixtures. Tests use only the repository's own files (data/mnist, models/), never ../shared."""
+"""Shared fixtures. Tests use only the repository's own files (data/mnist, cnnrt/data), never ../shared."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +8,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 MNIST = ROOT / "data" / "mnist"
-SHIPPED = ROOT / "models" / "deep_mnist"
+SHIPPED = ROOT / "cnnrt" / "data" / "deep_mnist"  # the package data (models/deep_mnist links here)
 
 
 def random_deep_mnist_params(rng: np.random.Generator, scale: float = 0.1) -> dict[str, np.ndarray]:

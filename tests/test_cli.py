@@ -75,14 +75,14 @@ def test_images_of_the_wrong_shape(tmp_path, shipped):
     write_idx(tmp_path / "y.gz", np.zeros((4,), np.uint8))
     p = cnnrt("eval", "--backend", "numpy", "--images", str(tmp_path / "x.gz"), "--labels", str(tmp_path / "y.gz"), check=False)
     assert p.returncode == 2 and "Traceback" not in p.stderr
-    assert "expected an array of shape (N, 28, 28, 1) or (N, 28, 28), got (4, 20, 20, 1)" in p.stderr
+    assert "x.gz: images of shape (20, 20, 1) (height, width, channels) do not fit the model's input (28, 28, 1)" in p.stderr
 
 
 def test_truncated_images_file(tmp_path, shipped):
     raw = (ROOT / "data/mnist/t10k-labels-idx1-ubyte.gz").read_bytes()
     (tmp_path / "y.gz").write_bytes(raw[: len(raw) // 2])
-    p = cnnrt("eval", "--labels", str(tmp_path / "y.gz"), check=False)
-    assert p.returncode == 2 and "y.gz" in p.stderr and "Traceback" not in p.stderr
+    p = cnnrt("eval", "--images", str(ROOT / "data/mnist/t10k-images-idx3-ubyte.gz"), "--labels", str(tmp_path / "y.gz"), check=False)
+    assert p.returncode == 2 and "y.gz: corrupt or truncated" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_unknown_backend():

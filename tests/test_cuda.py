@@ -287,3 +287,29 @@ def test_shipped_model_all_test_images(mnist_test):
     # one image at a time (the latency path) gives the same labels
     for i in (0, 1, 9999):
         assert r.predict(x[i:i + 1])[0] == labels[i]
+
+
+@pytest.mark.skipif(not BUNDLE.exists(), reason=f"{BUNDLE} not present")
+def test_fused_runner_reports_the_batch_size_it_ran(mnist_test):
+    """The fused path runs all images in one pipelined call whatever batch_size says; eval reports
+    that, not the batch size it was asked for (issue 11, item 8)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from cnnrt.formats import load_model
+    from conftest import ROOT
+
+    r = backends.prepare(load_model(BUNDLE), "cuda")
+    assert isinstance(r, cuda_backend.FusedRunner)
+    x = mnist_test[0][:1234]
+    r.predict(x, batch_size=7)
+    assert r.batch_size_used == 1234
+    root = str(ROOT)
+    p = subprocess.run([sys.executable, "-m", "cnnrt", "eval", "--backend", "cuda", "--limit", "1234",
+                        "--batch-size", "7", "--json"], capture_output=True, text=True, cwd=root,
+                       env={**os.environ, "PYTHONPATH": root})
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["batch_size"] == 1234 and out["batch_size_requested"] == 7 and out["accuracy"] > 0.98

@@ -55,9 +55,10 @@ class Runner:
     def probabilities(self, x, batch_size: int | None = None, progress=None) -> np.ndarray:
         """(N, classes) float32 probabilities (or the last layer's output if it is no softmax)."""
         x = check_images(x, self.model)
-        bs = batch_size or self.default_batch_size
+        bs = self.default_batch_size if batch_size is None else batch_size
         if bs < 1:
             raise FormatError(f"batch size must be at least 1, got {bs}")
+        self.batch_size_used = min(bs, len(x))
         out = np.empty((len(x), self.model.num_classes), dtype=np.float32)
         for start in range(0, len(x), bs):
             out[start:start + bs] = self._forward(x[start:start + bs])
@@ -69,6 +70,9 @@ class Runner:
         return self.probabilities(x, batch_size, progress).argmax(axis=1)
 
     default_batch_size = 256
+    # the images per batch of the last call, as the runner really ran them (None before a call):
+    # what a program reports as its batch size, not the one it asked for
+    batch_size_used: int | None = None
 
     def _forward(self, x: np.ndarray) -> np.ndarray:  # x (n, H, W, C) uint8 or float
         raise NotImplementedError

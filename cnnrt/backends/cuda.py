@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackendUnavailable, CnnrtError
+from ..errors import BackendUnavailable, CnnrtError, FormatError
 from ..model import Conv2D, Dense, MaxPool2D, Model, Softmax, out_size, same_pads
 from .base import Runner, check_images
 
@@ -50,7 +50,7 @@ def available() -> str | None:
     try:
         import cupy
     except ImportError:
-        _available = "CuPy is not installed: pip install 'cnnrt[cuda]'"
+        _available = "CuPy is not installed: pip install 'cnnrt[cuda12]' (or 'cnnrt[cuda13]' for a CUDA 13 driver)"
         return _available
     except Exception as e:  # a broken CUDA install can fail at import
         _available = f"CuPy failed to import ({type(e).__name__}: {e})"
@@ -215,6 +215,11 @@ def conv1_pair_weights(w: np.ndarray) -> np.ndarray:
     b = np.zeros((64, 32), np.float16)
     b[:, :30] = out.reshape(64, 30)
     return b
+
+
+def _check_batch_size(batch_size) -> None:
+    if batch_size is not None and batch_size < 1:
+        raise FormatError(f"batch size must be at least 1, got {batch_size}")
 
 
 class FusedRunner(Runner):
@@ -489,6 +494,8 @@ class FusedRunner(Runner):
 
     def probabilities(self, x, batch_size: int | None = None, progress=None) -> np.ndarray:
         x = check_images(x, self.model)
+        _check_batch_size(batch_size)
+        self.batch_size_used = len(x)  # one pipelined run over all images, whatever batch_size says
         if len(x) == 0:
             return np.empty((0, self.classes), np.float32)
         self._run(x, want_probs=True)
@@ -499,6 +506,8 @@ class FusedRunner(Runner):
     def predict(self, x, batch_size: int | None = None, progress=None) -> np.ndarray:
         """Labels only: the probabilities never leave the GPU."""
         x = check_images(x, self.model)
+        _check_batch_size(batch_size)
+        self.batch_size_used = len(x)
         if len(x) == 0:
             return np.empty((0,), np.int64)
         self._run(x, want_probs=False)

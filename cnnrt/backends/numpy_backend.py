@@ -30,6 +30,7 @@ import threading
 
 import numpy as np
 
+from ..errors import FormatError
 from ..model import Conv2D, Dense, MaxPool2D, Model, Softmax
 from . import reference
 from .base import Runner, check_images
@@ -303,9 +304,10 @@ class NumpyRunner(Runner):
         self._forward_into(x, out)
         return out
 
-    def _forward_into(self, x: np.ndarray, out: np.ndarray, chunk: int | None = None) -> None:
+    def _forward_into(self, x: np.ndarray, out: np.ndarray, chunk: int | None = None, progress=None) -> None:
         n = len(x)
         if n == 0:
+            self.batch_size_used = 0
             return
         nchunks = -(-n // (chunk or self.chunk))
         if self.threads > 1 and nchunks == 1 and n >= 2 * self.sub:
@@ -313,30 +315,39 @@ class NumpyRunner(Runner):
         if self.threads == 1 or nchunks == 1:
             # small batches (one image): on this thread, BLAS free to use its own threads for the
             # dense layers' GEMV (measured faster for one image)
+            self.batch_size_used = n
             self._chunk(x, out)
+            if progress is not None:
+                progress(n)
             return
         size = -(-n // nchunks)
+        self.batch_size_used = size  # images per chunk: what one pass through the layers holds
         futs = [self._executor().submit(self._chunk_on_worker, x[i:i + size], out[i:i + size])
                 for i in range(0, n, size)]
-        for f in futs:
+        if progress is None:
+            for f in futs:
+                f.result()
+            return
+        from concurrent.futures import as_completed
+
+        done = 0
+        for f in as_completed(futs):  # the same chunks on the same threads; only the waiting differs
             f.result()
+            done += size
+            progress(min(done, n))
 
     def probabilities(self, x, batch_size: int | None = None, progress=None) -> np.ndarray:
-        """As Runner.probabilities. Without a progress callback the whole input streams through
-        the threads in chunks of `chunk` images, one wait at the end instead of one per batch
-        (the result is the same: every image's computation is independent of the others');
-        `batch_size` then only caps the chunk size."""
+        """As Runner.probabilities, but the whole input streams through the threads in chunks of
+        `chunk` images, one wait at the end instead of one per batch (the result is the same:
+        every image's computation is independent of the others'); `batch_size` only caps the
+        chunk size. A progress callback is called as chunks finish and changes nothing else.
+        `batch_size_used` then holds the images per chunk."""
         x = check_images(x, self.model)
-        if progress is not None:
-            return super().probabilities(x, batch_size, progress)
         if batch_size is not None and batch_size < 1:
-            return super().probabilities(x, batch_size, progress)  # (its error message)
-        if batch_size is not None and batch_size < self.chunk:
-            out = np.empty((len(x), self.model.num_classes), dtype=F32)
-            self._forward_into(x, out, chunk=batch_size)
-            return out
+            raise FormatError(f"batch size must be at least 1, got {batch_size}")
         out = np.empty((len(x), self.model.num_classes), dtype=F32)
-        self._forward_into(x, out)
+        chunk = batch_size if batch_size is not None and batch_size < self.chunk else None
+        self._forward_into(x, out, chunk=chunk, progress=progress)
         return out
 
     def close(self) -> None:

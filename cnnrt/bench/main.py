@@ -155,8 +155,19 @@ def command(a) -> int:
         return _emit(a, res)
     peer_list = select_peers(a.peers)
     cmd = _this_command()
-    log = (lambda *m: None) if a.quiet else (lambda *m: print(*m, file=sys.stderr, flush=True))
-    res = bench(a.model, a.images, peer_list, opts, cmd, log=log)
+    from ..progress import bar
+
+    # a bar over the timed rounds (and fresh-process rounds) on a terminal; the log lines go above it
+    with bar(opts.rounds + opts.cold_rounds, "bench", unit="round", quiet=a.quiet) as progress:
+        def log(*m):
+            if a.quiet:
+                return
+            text = " ".join(str(v) for v in m)
+            progress.write(text)
+            if text.startswith(("round ", "cold round ")):
+                progress.step()
+
+        res = bench(a.model, a.images, peer_list, opts, cmd, log=log)
     return _emit(a, res)
 
 

@@ -59,8 +59,8 @@ def from_keras(km, name: str | None = None, input_scale: float = 1.0 / 255.0, me
                 raise FormatError(f"{where}: a separate {act} layer is not supported; fuse it into the layer before")
         else:
             raise FormatError(f"{where}: layer type not supported by cnnrt")
-        if act == "softmax":
-            layers.append(Softmax(f"{kl.name}_softmax"))
+        if act == "softmax":  # a Softmax layer keeps its name; one fused into a Dense gets a suffix
+            layers.append(Softmax(kl.name if cls in ("Softmax", "Activation") else f"{kl.name}_softmax"))
         elif act not in ("relu", "none"):
             raise FormatError(f"{where}: activation {act!r} not supported")
     return Model(input_shape=shape, layers=layers, input_scale=input_scale,
