@@ -152,16 +152,16 @@ def test_bad_bundle_metadata_on_the_command_line(tmp_path):
         desc = json.loads(f.metadata()["cnnrt"])
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     for edit, message in (
-        (lambda d: d["input"].__setitem__("scale", "abc"), "'scale' must be a number, got \"abc\""),
-        (lambda d: d["layers"][1].__setitem__("size", "2x2"), "layer 'pool1': 'size' must be a whole number"),
-        (lambda d: d["input"].__setitem__("layout", "NCHW"), "layout 'NCHW' is not supported"),
+        (lambda d: d["preprocess"].__setitem__("scale", "abc"), "preprocess scale must be a positive number, got 'abc'"),
+        (lambda d: d["graph"]["nodes"][2]["attrs"].__setitem__("kernel_shape", "2x2"), "node 'pool1' (MaxPool)"),
+        (lambda d: d["graph"].__setitem__("layout", "NCHW"), "layout 'NCHW' is not supported"),
         (lambda d: d.__setitem__("format", "other"), "unknown format \"other\""),
     ):
         bad = json.loads(json.dumps(desc))
         edit(bad)
         save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={"cnnrt": json.dumps(bad)})
         p = cnnrt("eval", "--model", tmp_path / "bad.safetensors", "--limit", "5", check=False)
-        assert_clean_error(p, f"{tmp_path / 'bad.safetensors'}: the 'cnnrt' metadata", message)
+        assert_clean_error(p, f"{tmp_path / 'bad.safetensors'}: ", message)
 
 
 # ---------------------------------------------------------------- 7. colour IDX images

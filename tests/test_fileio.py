@@ -92,7 +92,7 @@ def test_save_article_into_an_existing_model_without_overwrite(tmp_path, random_
     save_article(random_model, tmp_path / "a")
     before = (tmp_path / "a" / "W_fc1").read_bytes()
     other = load_model(tmp_path / "a")
-    other.params()["fc1.weight"][...] += 1
+    other.params["fc1.weight"][...] += 1
     with pytest.raises(CnnrtError, match="already holds W_conv1"):
         save_article(other, tmp_path / "a", overwrite=False)
     assert (tmp_path / "a" / "W_fc1").read_bytes() == before
@@ -106,4 +106,4 @@ def test_save_article_accepts_a_differently_named_softmax(tmp_path, random_model
     save_article(random_model, tmp_path / "a")
     back = load_model(tmp_path / "a")
     for k, v in random_model.params().items():
-        np.testing.assert_array_equal(back.params()[k], v)
+        np.testing.assert_array_equal(back.params[k], v)
