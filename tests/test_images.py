@@ -63,6 +63,7 @@ def test_mnist_digit_in_a_bigger_canvas_comes_back_as_the_original(mnist_test, r
 
 def test_a_big_dark_on_light_drawing_comes_back_as_the_original(mnist_test, rng):
     x, _ = mnist_test
+    scores = []
     for i in rng.choice(len(x), 20, replace=False):
         size = int(rng.integers(100, 220))
         big = np.asarray(Image.fromarray(x[i]).resize((size, size), Image.Resampling.BICUBIC), np.float32)
@@ -71,7 +72,9 @@ def test_a_big_dark_on_light_drawing_comes_back_as_the_original(mnist_test, rng)
         page[oy:oy + size, ox:ox + size] = 255 - big
         out = mnist_digit(Picture("drawn", page[..., None]))
         check_mnist_like(out)
-        assert best_shifted_correlation(out, x[i]) > 0.9, i
+        scores.append(best_shifted_correlation(out, x[i]))
+        assert scores[-1] > 0.85, i  # over 400 drawings: lowest 0.889, 1% under 0.9
+    assert np.median(scores) > 0.95, scores  # median over 400 drawings: 0.977
 
 
 def test_polarity_does_not_matter(mnist_test):
