@@ -167,8 +167,8 @@ class _Importer:
                 v = int(o.version)
         if v is None:
             raise FormatError(f"{self.where}: no opset of the default ONNX domain is imported")
-        if v < 7:
-            raise FormatError(f"{self.where}: opset {v} is older than 7, the oldest supported")
+        if v < 6:
+            raise FormatError(f"{self.where}: opset {v} is older than 6, the oldest supported")
         if v > latest:
             raise FormatError(f"{self.where}: opset {v} is newer than {latest}, the newest the installed onnx "
                               f"{self.onnx.__version__} knows")
@@ -317,7 +317,8 @@ class _Importer:
         keep_batch = d.batch and groups is not None and groups[0] == ([0], [0])
         if groups is None:  # zero-size dims: do it in the logical layout
             x = self.as_perm(d, _ident(d.rank))
-            return self.emit_dyn("Reshape", [x.name], {"shape": target}, _ident(len(target)), False, onnx_out, hint)
+            return self.emit_dyn("Reshape", [x.name], {"shape": target, "allowzero": 1}, _ident(len(target)), False,
+                                 onnx_out, hint)
         pos = {a: i for i, a in enumerate(d.perm)}
         live = lambda a: src[a] != 1 or (a == 0 and d.batch)  # noqa: E731
         gid = {a: k for k, (gi, _) in enumerate(groups) for a in gi}
@@ -495,7 +496,7 @@ class _Importer:
             for t in node.output:
                 self.env[t] = _POISON
             return
-        const = all(v is None or isinstance(v, np.ndarray) for v in ins) and _SUBGRAPH not in a.values()
+        const = all(v is None or isinstance(v, np.ndarray) for v in ins) and not any(v is _SUBGRAPH for v in a.values())
         if const and node.op_type not in _NEVER_FOLD:
             outs = self.fold(node, ins, a)
             self.folded[node.op_type] = self.folded.get(node.op_type, 0) + 1
@@ -714,8 +715,6 @@ def _h_dropout(imp, node, ins, a):
     if imp.opset >= 12 and len(ins) > 2 and ins[2] is not None:
         if bool(np.asarray(imp.const_of(ins[2], "training_mode")).reshape(-1)[0]):
             imp.fail("training mode is not supported (inference only)")
-    if imp.opset < 7 and not a.get("is_test", 0):
-        imp.fail("training mode is not supported (inference only)")
     outs = [ins[0]]
     if len(node.output) > 1 and node.output[1]:
         outs.append(np.ones(_lshape(ins[0]), np.bool_))  # inference: keep everything
@@ -808,9 +807,22 @@ def _broadcast(imp, op, vals, onnx_out=None, attrs=None):
 
 @_handler("Add", "Sub", "Mul", "Div", "Pow", "PRelu")
 def _h_binary(imp, node, ins, a):
-    if imp.opset < 7 and a.get("broadcast"):
-        imp.fail("legacy broadcast attribute (opset < 7)")
-    return [_broadcast(imp, node.op_type, ins[:2], _out(node))]
+    vals = list(ins[:2])
+    if imp.opset < 7 and node.op_type == "PRelu" and 1 <= len(_lshape(vals[1])) < len(_lshape(vals[0])):
+        a = {"broadcast": 1, "axis": 1}  # opset 6: a per-channel slope
+    if imp.opset < 7 and a.get("broadcast") and "axis" in a:
+        # opset 6: B's axes line up with A's from `axis` on; trailing size-1 axes make it NumPy broadcasting
+        ra, rb = len(_lshape(vals[0])), len(_lshape(vals[1]))
+        trail = ra - (int(a["axis"]) % ra) - rb
+        if trail < 0:
+            imp.fail(f"axis {a['axis']} does not fit operands of rank {ra} and {rb}")
+        if trail and isinstance(vals[1], np.ndarray):
+            vals[1] = vals[1].reshape(vals[1].shape + (1,) * trail)
+        elif trail:
+            d = imp.dyn(vals[1])
+            vals[1] = imp.emit_dyn("Unsqueeze", [d.name], {"axes": tuple(range(rb, rb + trail))},
+                                   d.perm + tuple(range(rb, rb + trail)), False, hint=f"{d.name}/unsqueeze")
+    return [_broadcast(imp, node.op_type, vals, _out(node))]
 
 
 @_handler("Sum", "Max", "Min", "Mean")
@@ -1292,7 +1304,8 @@ def from_onnx(src, name: str | None = None) -> Graph:
     if not model.opset_import:
         raise FormatError(f"{where}: not a valid ONNX model (no opset_import)")
     try:
-        onnx.checker.check_model(model)
+        if model.ir_version >= 4:  # older files break rules (initializers not listed as inputs) the checker now has
+            onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FormatError(f"{where}: not a valid ONNX model ({first})") from None

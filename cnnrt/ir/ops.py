@@ -694,16 +694,24 @@ def _reduce(name, fn):
 
 
 _reduce("ReduceMean", np.mean)
-_reduce("ReduceMax", np.max)
+_reduce("ReduceMax", lambda x, **k: np.max(x, initial=-np.inf, **k))
 _reduce("ReduceSum", np.sum)
-_reduce("ReduceMin", np.min)
+_reduce("ReduceMin", lambda x, **k: np.min(x, initial=np.inf, **k))
 _reduce("ReduceProd", np.prod)
 _reduce("ReduceSumSquare", lambda x, **k: np.sum(x * x, **k))
 _reduce("ReduceL1", lambda x, **k: np.sum(np.abs(x), **k))
 _reduce("ReduceL2", lambda x, **k: np.sqrt(np.sum(x * x, **k)))
 _reduce("ReduceLogSum", lambda x, **k: np.log(np.sum(x, **k)))
-_reduce("ReduceLogSumExp", lambda x, **k: np.log(np.sum(np.exp(x - np.max(x, axis=k["axis"], keepdims=True)), **k))
-        + np.max(x, **k))
+
+
+def _logsumexp(x, axis, keepdims):
+    m = np.max(x, axis=axis, keepdims=True, initial=-np.inf)
+    m = np.where(np.isfinite(m), m, 0)
+    s = np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True)) + m
+    return s if keepdims else np.squeeze(s, axis=axis)
+
+
+_reduce("ReduceLogSumExp", _logsumexp)
 
 
 def get(name: str) -> OpDef:
