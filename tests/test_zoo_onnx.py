@@ -55,7 +55,7 @@ def test_zoo_model_matches_onnxruntime(name, rng):
 
 
 def test_stripped_zoo_file_is_refused_with_its_name():
-    with pytest.raises(FormatError, match=r"resnet20\.onnx: not a valid ONNX model .*fc\.weight"):
+    with pytest.raises(FormatError, match=r"resnet20\.onnx: initializer '\S+' has dims \[\d+(, \d+)*\] but holds no values"):
         from_onnx(zoo.path("resnet20"))
 
 
