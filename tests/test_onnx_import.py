@@ -253,3 +253,12 @@ def test_opsets_out_of_range():
     m.opset_import[0].version = onnx.defs.onnx_opset_version() + 1
     with pytest.raises(FormatError, match="is newer than"):
         from_onnx(m)
+
+
+def test_constant_softmax_before_opset_13_keeps_its_semantics():
+    """onnx.reference folds with opset-13 semantics; a constant Softmax at opset 11 must not be folded by it."""
+    c = np.arange(24, dtype=np.float32).reshape(2, 3, 4) / 10
+    m = _model([helper.make_node("Softmax", ["c"], ["s"], axis=1), helper.make_node("Add", ["x", "s"], ["y"])],
+               [_vi("x", [2, 3, 4])], [_vi("y", [2, 3, 4])], [_init("c", c)], opset=11)
+    x = np.zeros((2, 3, 4), np.float32)
+    _close(_cnnrt(from_onnx(m), {"x": x})[0], _ort(m, {"x": x})[0])

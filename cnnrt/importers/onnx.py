@@ -21,7 +21,7 @@ that keeps the batch writes 0 (copy) so the graph runs at any batch size.
 
 `graph.meta["onnx"]` says what was done: `input_perm` / `output_perm` per tensor name (a feed in
 ONNX layout goes in as feed.transpose(input_perm); an output comes back as
-onnx_output.transpose(output_perm): rank-4 outputs stay NHWC), the opset, the ops folded away.
+onnx_output.transpose(output_perm): rank-4 outputs are NHWC, others in ONNX order), the opset, the ops folded away.
 """
 from __future__ import annotations
 
@@ -438,8 +438,7 @@ class _Importer:
                 out_perm[name] = list(_ident(v.ndim))
                 continue
             d = self.dyn(v)
-            if d.perm != _ident(d.rank) and not (d.rank == 4 and d.perm == _channels_last(4)):
-                d = self.as_perm(d, _ident(d.rank))
+            d = self.as_perm(d, _channels_last(4) if d.rank == 4 else _ident(d.rank))  # rank 4 out: NHWC
             name = d.name
             if name != vi.name or name in outputs:
                 name = self.emit("Identity", [d.name], out=[vi.name], hint=f"{vi.name}/output")[0]
@@ -502,6 +501,8 @@ class _Importer:
                 self.env[t] = _POISON
             return
         const = all(v is None or isinstance(v, np.ndarray) for v in ins) and not any(v is _SUBGRAPH for v in a.values())
+        if const and node.op_type in _OLD_AXIS and self.opset < 13:
+            const = False  # onnx.reference computes these with opset-13 semantics: run them here instead
         if const and node.op_type not in _NEVER_FOLD:
             outs = self.fold(node, ins, a)
             self.folded[node.op_type] = self.folded.get(node.op_type, 0) + 1
@@ -589,6 +590,7 @@ def _reshape_groups(src, dst):
 # ---------------------------------------------------------------- constant folding in NumPy
 
 _FOLDERS = {}
+_OLD_AXIS = {"Softmax", "LogSoftmax", "Hardmax"}
 _NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 
 
