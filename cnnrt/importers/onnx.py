@@ -21,7 +21,8 @@ that keeps the batch writes 0 (copy) so the graph runs at any batch size.
 
 `graph.meta["onnx"]` says what was done: `input_perm` / `output_perm` per tensor name (a feed in
 ONNX layout goes in as feed.transpose(input_perm); an output comes back as
-onnx_output.transpose(output_perm): rank-4 outputs are NHWC, others in ONNX order), the opset, the ops folded away.
+onnx_output.transpose(output_perm): rank-4 outputs are NHWC, others in ONNX order), the opset,
+the ops folded away.
 """
 from __future__ import annotations
 
@@ -56,13 +57,6 @@ def _ident(r):
 
 def _channels_last(r):
     return (0,) + tuple(range(2, r)) + (1,)
-
-
-def _inv(p):
-    out = [0] * len(p)
-    for i, a in enumerate(p):
-        out[a] = i
-    return tuple(out)
 
 
 def _drop_axes(perm, axes):
@@ -218,7 +212,7 @@ class _Importer:
             self.param_cache[key] = name
         return name
 
-    def emit(self, op, inputs, attrs=None, out=None, hint=None, n_out=1):
+    def emit(self, op, inputs, attrs=None, out=None, hint=None):
         """Append an IR node; returns its output names (shapes recorded)."""
         attrs = dict(attrs or {})
         d = O.OPS[op]
