@@ -908,8 +908,6 @@ def _h_pool(imp, node, ins, a):
         imp.fail(f"kernel_shape {ks} does not describe a 2-D window")
     st = tuple(a.get("strides") or (1, 1))
     di = tuple(a.get("dilations") or (1, 1))
-    if node.op_type == "MaxPool" and a.get("storage_order", 0):
-        pass  # only changes the Indices output
     pads = _resolve_pads(imp, a, xd.lshape[2:], ks, st, di)
     attrs = {"kernel_shape": ks, "strides": st, "dilations": di, "pads": pads, "ceil_mode": int(a.get("ceil_mode", 0))}
     if node.op_type == "AveragePool":
