@@ -4,7 +4,7 @@
 """
 __version__ = "0.1.0"
 
-__all__ = ["load", "Session", "load_model", "Model", "CnnrtError", "FormatError", "__version__"]
+__all__ = ["load", "Session", "load_model", "Model", "CnnrtError", "FormatError", "from_onnx", "__version__"]
 
 
 def __getattr__(name):
@@ -17,6 +17,9 @@ def __getattr__(name):
     if name == "Model":
         from .model import Model
         return Model
+    if name == "from_onnx":
+        from .importers.onnx import from_onnx
+        return from_onnx
     if name in ("CnnrtError", "FormatError", "BackendUnavailable"):
         from . import errors
         return getattr(errors, name)

@@ -331,6 +331,7 @@ _binary("Div", np.divide)
 _binary("Max", np.maximum)
 _binary("Min", np.minimum)
 _binary("Pow", np.power)
+_binary("PRelu", lambda x, slope: np.where(x < 0, x * slope, x))
 
 
 def _erf(x):
@@ -359,6 +360,8 @@ _unary("HardSwish", lambda x, a: x * np.clip(x / 6 + _t(x, 0.5), 0, 1), "x * cli
 _unary("Tanh", lambda x, a: np.tanh(x), "tanh")
 _unary("Exp", lambda x, a: np.exp(x), "exp")
 _unary("Sqrt", lambda x, a: np.sqrt(x), "square root")
+_unary("Log", lambda x, a: np.log(x), "natural logarithm")
+_unary("Reciprocal", lambda x, a: _t(x, 1) / x, "1 / x")
 _unary("Neg", lambda x, a: -x, "negation")
 _unary("Abs", lambda x, a: np.abs(x), "absolute value")
 _unary("Erf", lambda x, a: _erf(x), "the error function")
@@ -410,6 +413,35 @@ class LogSoftmax:
     @staticmethod
     def run(ins, a):
         return [_softmax(ins[0], _axis(a, ins[0].ndim), log=True)]
+
+
+@op("LRN", size=None, alpha=1e-4, beta=0.75, bias=1.0, axis=-1)
+class LRN:
+    """Local response normalization across `axis` (NHWC: channels, the last), ONNX's definition:
+    x / (bias + alpha / size * sum of x^2 over channels c - (size-1)//2 .. c + size//2) ** beta."""
+
+    @staticmethod
+    def shape(ins, a):
+        _axis(a, len(ins[0]))
+        if int(a["size"]) < 1:
+            raise OpError(f"size must be positive, got {a['size']}")
+        return [ins[0]]
+
+    @staticmethod
+    def run(ins, a):
+        x = ins[0]
+        ax, size = _axis(a, x.ndim), int(a["size"])
+        sq = np.moveaxis(x * x, ax, -1)
+        lo = (size - 1) // 2
+        sqp = np.pad(sq, [(0, 0)] * (sq.ndim - 1) + [(lo, size - 1 - lo)])
+        c = sq.shape[-1]
+        s = sum(sqp[..., k:k + c] for k in range(size))
+        d = (_t(x, a["bias"]) + _t(x, a["alpha"]) / size * s) ** _t(x, a["beta"])
+        return [x / np.moveaxis(d, -1, ax)]
+
+    @staticmethod
+    def flops(ins, outs, a):
+        return _numel(ins[0][1:]) * (int(a["size"]) + 4)
 
 
 # ---------------------------------------------------------------- data movement
@@ -534,6 +566,21 @@ class Split:
         return list(np.split(ins[0], idx, axis=int(a["axis"])))
 
 
+@op("Gather", n_inputs=(2, 2), axis=0)
+class Gather:
+    """numpy.take(x, indices, axis): ONNX Gather with indices already made non-negative."""
+
+    @staticmethod
+    def shape(ins, a):
+        x, i = ins
+        ax = _axis(a, len(x))
+        return [tuple(x[:ax]) + tuple(i) + tuple(x[ax + 1:])]
+
+    @staticmethod
+    def run(ins, a):
+        return [np.take(ins[0], ins[1].astype(np.int64, copy=False), axis=int(a["axis"]))]
+
+
 def slice_indices(shape, a):
     """Per-axis python slices from ONNX Slice's starts/ends/axes/steps."""
     r = len(shape)
@@ -647,9 +694,24 @@ def _reduce(name, fn):
 
 
 _reduce("ReduceMean", np.mean)
-_reduce("ReduceMax", np.max)
+_reduce("ReduceMax", lambda x, **k: np.max(x, initial=-np.inf, **k))
 _reduce("ReduceSum", np.sum)
-_reduce("ReduceMin", np.min)
+_reduce("ReduceMin", lambda x, **k: np.min(x, initial=np.inf, **k))
+_reduce("ReduceProd", np.prod)
+_reduce("ReduceSumSquare", lambda x, **k: np.sum(x * x, **k))
+_reduce("ReduceL1", lambda x, **k: np.sum(np.abs(x), **k))
+_reduce("ReduceL2", lambda x, **k: np.sqrt(np.sum(x * x, **k)))
+_reduce("ReduceLogSum", lambda x, **k: np.log(np.sum(x, **k)))
+
+
+def _logsumexp(x, axis, keepdims):
+    m = np.max(x, axis=axis, keepdims=True, initial=-np.inf)
+    m = np.where(np.isfinite(m), m, 0)
+    s = np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True)) + m
+    return s if keepdims else np.squeeze(s, axis=axis)
+
+
+_reduce("ReduceLogSumExp", _logsumexp)
 
 
 def get(name: str) -> OpDef:
