@@ -6,7 +6,9 @@ import json
 import sys
 from pathlib import Path
 
+from . import import_cmd
 from .errors import CnnrtError
+from .import_cmd import scale_arg
 
 HERE = Path(__file__).resolve().parent
 
@@ -53,7 +55,11 @@ def cmd_eval(a) -> int:
     from .idx import load_mnist
 
     t0 = time.perf_counter()
-    model = load_model(a.model)
+    if a.input_scale is None:
+        model = load_model(a.model)
+    else:
+        from .import_cmd import load_with_preprocess
+        model = load_with_preprocess(a.model, input_scale=a.input_scale)
     x, y = load_mnist(a.images, a.labels)
     if a.limit is not None:
         if a.limit < 1:
@@ -126,6 +132,16 @@ def cmd_info(a) -> int:
     print(model.summary())
     if model.meta:
         print(json.dumps(model.meta, indent=2))
+    if a.backend:  # which node runs on which kernel
+        from . import backends
+        runner = backends.prepare(model, a.backend)
+        print(f"Backend: {runner.backend}, {runner.precision}")
+        describe = getattr(runner, "describe", None)
+        plan = describe() if callable(describe) else None
+        if not isinstance(plan, list):
+            print(f"  (backend {runner.backend} does not report which kernel runs each node)")
+        for node, op, kernel in plan or []:
+            print(f"  {node:<28} {op:<22} {kernel}")
     return 0
 
 
@@ -163,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=None, help="images per batch (default: the backend's)")
     e.add_argument("--repeat", type=int, default=1,
                    help="run N times; Time is then the median of the warm runs (all but the first)")
+    e.add_argument("--input-scale", type=scale_arg, default=None, metavar="S", help="multiply uint8 pixels by S "
+                   "(default: what the model file stores; 1/255 for an .onnx, .keras or .h5 file)")
     e.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     e.add_argument("--report", default=None, metavar="PATH", help="also write a self-contained HTML page: accuracy, "
                    "confusion matrix, per-class precision and recall, the most confident mistakes (cnnrt[report])")
@@ -170,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="describe a model file")
     i.add_argument("model", nargs="?", default=_default(DEFAULT_MODEL))
+    i.add_argument("--backend", default=None, help="also show which kernel runs each node on this backend (auto, numpy, cuda)")
     i.set_defaults(func=cmd_info)
 
     c = sub.add_parser("convert", help="convert between the bundle and the article's raw format")
@@ -215,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate, cosine-decayed")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=cmd_train)
+    import_cmd.add_parser(sub)
     return p
 
 
