@@ -234,3 +234,63 @@ def test_bad_keras_files_exit_2(keras_files, capsys):
     assert "2 layers cnnrt cannot convert: upsample (UpSampling2D); volume (Conv3D)" in err
     _, err = in_process(capsys, "eval", "--model", str(d / "lambda.keras"), code=2)
     assert f"{d / 'lambda.keras'}: not a readable Keras model" in err and "Lambda" in err
+
+
+# ---------------------------------------------------------------- ONNX files
+
+@pytest.fixture(scope="module")
+def onnx_file(tmp_path_factory):
+    """A small NCHW CNN written with onnx.helper (random weights), and ONNX Runtime's session on it."""
+    if importlib.util.find_spec("cnnrt.importers.onnx") is None:
+        pytest.skip("needs cnnrt.importers.onnx")
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+    w = {"w1": rng.standard_normal((6, 1, 5, 5)) * 0.3, "b1": rng.standard_normal(6) * 0.1,
+         "w2": rng.standard_normal((10, 6 * 14 * 14)) * 0.05, "b2": rng.standard_normal(10) * 0.1}
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c"], pads=[2, 2, 2, 2]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("AveragePool", ["p"], ["a"], kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1]),
+             helper.make_node("Flatten", ["a"], ["f"], axis=1),
+             helper.make_node("Gemm", ["f", "w2", "b2"], ["logits"], transB=1),
+             helper.make_node("Softmax", ["logits"], ["probs"], axis=1)]
+    graph = helper.make_graph(nodes, "small", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 28, 28])],
+                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 10])],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in w.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    f = tmp_path_factory.mktemp("onnx") / "small.onnx"
+    onnx.save(model, str(f))
+    return f, ort.InferenceSession(str(f), providers=["CPUExecutionProvider"])
+
+
+def test_onnx_file_through_eval_info_and_import(onnx_file, tmp_path, mnist_test):
+    f, sess = onnx_file
+    x, y = mnist_test[0][:N], mnist_test[1][:N]
+    want = sess.run(None, {"x": x[:, None].astype(np.float32) / 255})[0]
+    r = json.loads(cnnrt("eval", "--model", str(f), "--limit", str(N), "--backend", "numpy", "--json").stdout)
+    assert r["correct"] == int((want.argmax(1) == y).sum())
+    p = cnnrt("info", str(f), "--backend", "numpy")
+    assert "input (28, 28, 1) x 0.00392157" in p.stdout and "Backend: numpy, fp32" in p.stdout
+    out = tmp_path / "small.safetensors"
+    cnnrt("import", str(f), str(out), "--mean", "0.1", "--std", "0.3", "--labels", ",".join("abcdefghij"))
+    from cnnrt import backends
+    from cnnrt.formats import load_model
+
+    g = load_model(out)
+    assert g.labels[1] == "b" and g.name == "small"
+    pixels = x[:16]
+    want = sess.run(None, {"x": ((pixels[:, None].astype(np.float32) / 255 - 0.1) / 0.3)})[0]
+    got = backends.prepare(g, "numpy", "fp32").probabilities(pixels)
+    assert np.abs(got - want).max() < 1e-5
+
+
+def test_malformed_onnx_file_exits_2(tmp_path):
+    if importlib.util.find_spec("cnnrt.importers.onnx") is None:
+        pytest.skip("needs cnnrt.importers.onnx")
+    f = tmp_path / "bad.onnx"
+    f.write_bytes(b"\x08\x07garbage that is no protobuf")
+    p = cnnrt("info", str(f), code=2)
+    assert f"{f}: not a" in p.stderr
