@@ -4,7 +4,7 @@
 """
 __version__ = "0.1.0"
 
-__all__ = ["load", "Session", "load_model", "Model", "CnnrtError", "FormatError", "from_onnx", "__version__"]
+__all__ = ["load", "Session", "load_model", "from_onnx", "from_torch", "from_keras", "Model", "CnnrtError", "FormatError", "__version__"]
 
 
 def __getattr__(name):
@@ -14,6 +14,12 @@ def __getattr__(name):
     if name == "load_model":
         from .formats import load_model
         return load_model
+    if name == "from_torch":
+        from .importers.torch import from_torch
+        return from_torch
+    if name == "from_keras":
+        from .importers.keras import from_keras
+        return from_keras
     if name == "Model":
         from .model import Model
         return Model

@@ -6,7 +6,9 @@ import json
 import sys
 
 from . import predict_cmd
+from . import import_cmd
 from .errors import CnnrtError
+from .import_cmd import scale_arg
 
 DEFAULT_MODEL = "models/deep_mnist/deep_mnist.safetensors"
 DEFAULT_IMAGES = "data/mnist/t10k-images-idx3-ubyte.gz"
@@ -91,7 +93,11 @@ def cmd_eval(a) -> int:
         if v is not None and v < 1:
             raise CnnrtError(f"{flag} must be at least 1, got {v}")
     t0 = time.perf_counter()
-    model = load_model(a.model)
+    if a.input_scale is None:
+        model = load_model(a.model)
+    else:
+        from .import_cmd import load_with_preprocess
+        model = load_with_preprocess(a.model, input_scale=a.input_scale)
     x, y = _eval_data(a, model)
     if a.limit is not None:
         x, y = x[:a.limit], y[:a.limit]
@@ -166,6 +172,16 @@ def cmd_info(a) -> int:
     print(model.summary())
     if model.meta:
         print(json.dumps(model.meta, indent=2))
+    if a.backend:  # which node runs on which kernel
+        from . import backends
+        runner = backends.prepare(model, a.backend)
+        print(f"Backend: {runner.backend}, {runner.precision}")
+        describe = getattr(runner, "describe", None)
+        plan = describe() if callable(describe) else None
+        if not isinstance(plan, list):
+            print(f"  (backend {runner.backend} does not report which kernel runs each node)")
+        for node, op, kernel in plan or []:
+            print(f"  {node:<28} {op:<22} {kernel}")
     return 0
 
 
@@ -208,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=None, help="images per batch (default: the backend's)")
     e.add_argument("--repeat", type=int, default=1,
                    help="run N times; Time is then the median of the warm runs (all but the first)")
+    e.add_argument("--input-scale", type=scale_arg, default=None, metavar="S", help="multiply uint8 pixels by S "
+                   "(default: what the model file stores; 1/255 for an .onnx, .keras or .h5 file)")
     e.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     e.add_argument("--report", default=None, metavar="PATH", help="also write a self-contained HTML page: accuracy, "
                    "confusion matrix, per-class precision and recall, the most confident mistakes (cnnrt[report])")
@@ -216,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="describe a model file")
     i.add_argument("model", nargs="?", default=_shipped_model())
+    i.add_argument("--backend", default=None, help="also show which kernel runs each node on this backend (auto, numpy, cuda)")
     i.set_defaults(func=cmd_info)
 
     c = sub.add_parser("convert", help="convert between the bundle and the article's raw format")
@@ -271,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     predict_cmd.add_parser(sub)
+    import_cmd.add_parser(sub)
     return p
 
 

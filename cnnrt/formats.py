@@ -42,17 +42,28 @@ ARTICLE_TENSORS = {
 
 
 def load_model(path: str | os.PathLike):
-    """A bundle file or a directory in the article's format."""
+    """A bundle file, a directory in the article's format, or another framework's file (.onnx,
+    .keras, .h5) through its importer (cnnrt.importers, needing that framework's extra)."""
     path = Path(path)
     try:
         st = path.stat()
     except FileNotFoundError:
-        raise FormatError(f"{path}: no such model file or directory (expected a .safetensors bundle "
-                          f"or a directory of the article's 8 raw tensors)") from None
+        raise FormatError(f"{path}: no such model file or directory (expected a .safetensors bundle, an .onnx, "
+                          f".keras or .h5 file, or a directory of the article's 8 raw tensors)") from None
     except OSError as e:
         raise FormatError(f"{path}: cannot open the model ({e.strerror})") from None
     if stat.S_ISDIR(st.st_mode):
         return load_article(path)
+    return _load_file(path)
+
+
+def _load_file(path: Path):
+    """Dispatch by suffix: importers for other frameworks' files, the bundle reader for the rest."""
+    from . import importers
+
+    if importers.importable(path):
+        return importers.load_file(path)
+    importers.check_suffix(path)
     return load_bundle(path)
 
 

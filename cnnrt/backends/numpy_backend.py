@@ -209,21 +209,32 @@ class NumpyRunner(Runner):
         self.chunk, self.sub = chunk, conv_subchunk
         self.input = _Input(model, fp16)
         stages, shape, layers, i = [], model.input_shape, model.layers, 0
+        self._plan = []  # (layers, what they compute, kernel) per stage, for describe()
         while i < len(layers):
             layer = layers[i]
             nxt = layers[i + 1] if i + 1 < len(layers) else None
+            act = "+Relu" if getattr(layer, "activation", "none") == "relu" else ""
             if isinstance(layer, Conv2D):
                 k = _conv_kernel(layer, shape, nxt if isinstance(nxt, MaxPool2D) else None, fp16)
                 stages.append(_ConvStage(k))
+                kind = f"Winograd F({k.m}x{k.m}, {layer.weight.shape[1]}x{layer.weight.shape[2]})" \
+                    if isinstance(k, WinogradConv) else "im2col GEMM"
+                names = [layer.name] + ([nxt.name] if k.pool else [])
+                self._plan.append((" + ".join(names), "Conv" + act + ("+MaxPool" if k.pool else ""),
+                                   f"numpy fused conv: {kind}"))
                 i += 2 if k.pool else 1
             elif isinstance(layer, MaxPool2D):
                 stages.append(_PoolStage(layer, model.shapes[i + 1]))
+                self._plan.append((layer.name, "MaxPool", "numpy reference max-pool"))
                 i += 1
             elif isinstance(layer, Dense):
                 stages.append(_DenseStage(layer, shape, fp16))
+                self._plan.append((layer.name, "Dense" + act, "numpy GEMM" + (", skipping zero inputs' weight rows"
+                                                                               if stages[-1].sparse else "")))
                 i += 1
             elif isinstance(layer, Softmax):
                 stages.append(_SoftmaxStage(shape))
+                self._plan.append((layer.name, "Softmax", "numpy softmax in place"))
                 i += 1
             else:  # pragma: no cover - Model.validate admits no other layer
                 raise TypeError(f"unknown layer {layer!r}")
@@ -237,6 +248,10 @@ class NumpyRunner(Runner):
         self._local = threading.local()
         self._pool = None
         self._pool_lock = threading.Lock()
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(layers, what they compute, kernel) for every stage of the fused layer-chain engine."""
+        return list(self._plan)
 
     # ---------------------------------------------------------------- one chunk, one thread
 
