@@ -37,8 +37,11 @@ from cnnrt.ir import run_reference  # noqa: E402
 
 
 def _run(graph, feeds):
-    """Run an imported graph in cnnrt (float32). The numpy backend takes over once it runs general graphs."""
-    return run_reference(graph, feeds, dtype=np.float32)
+    """Run an imported graph on cnnrt's NumPy backend in float32 (its generic graph runner, which
+    any graph that is not a classic layer chain gets)."""
+    from cnnrt.backends.numpy_graph import GraphRunner
+
+    return GraphRunner(graph, "fp32").run(feeds)
 
 
 # ---------------------------------------------------------------- selection
