@@ -48,7 +48,7 @@ GPU_PY ?= python3
 GPU_OUT ?= bench/out
 
 test-gpu:
-	PYTHONPATH=. $(GPU_PY) -m pytest -q -m gpu tests/test_cuda.py -rs
+	PYTHONPATH=. $(GPU_PY) -m pytest -q -m gpu tests/test_cuda.py tests/test_cuda_graph.py -rs
 
 bench-gpu:
 	PYTHONPATH=. $(GPU_PY) bench/bench_gpu.py --json $(GPU_OUT)/bench_gpu.json

@@ -20,7 +20,6 @@ NumPy definition runs on the CPU between device segments, and describe() says so
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -137,6 +136,7 @@ class Plan:
     stage: str  # the staging buffer the input is copied into
     outputs: list  # [(graph output, base buffer, shape)]
     consts: list  # const names the launches read
+    life: dict = field(default_factory=dict)  # base name -> [first, last] launch index (-1: the copy in)
 
     @property
     def capturable(self) -> bool:
@@ -521,7 +521,7 @@ class _Planner:
         offsets, size = self.assign(outputs)
         meta = np.asarray(self.meta or [0], np.int64)
         return Plan(self.n, self.in_kind, self.launches, self.buffers, offsets, size, meta, ":stage", outputs,
-                    sorted(self.consts_used))
+                    sorted(self.consts_used), self.life)
 
     def g_conv(self, grp: Group):
         p, node = self.p, grp.nodes[0]

@@ -300,3 +300,86 @@ def with_host_op(seed=0) -> Graph:
 
 
 COVERAGE = {"awkward_convs": awkward_convs, "awkward_ops": awkward_ops, "with_host_op": with_host_op}
+
+
+# ------------------------------------------------------------------------------------ one op at a time
+
+def _one(name, shape, build, seed=0) -> Graph:
+    """A graph of a few nodes on a float input 'images' (N, *shape) with output 'y'."""
+    b = Builder(name, shape, _rng(seed))
+    out = build(b, "images")
+    b.nodes[-1].outputs = ["y"]
+    return Graph(b.nodes, {"images": (1,) + tuple(shape)}, ["y"], b.params, name=name, preprocess={"scale": 1.0})
+
+
+def single_op_cases() -> dict:
+    """{case id: Graph}: every kernel family and fused pattern on awkward sizes (odd spatial sizes,
+    channel counts that are not multiples of 8, stride 2, dilation, groups, asymmetric pads)."""
+    c = {}
+
+    def add(name, shape, fn):
+        c[name] = _one(name, shape, fn)
+
+    add("conv3x3", (7, 9, 5), lambda b, x: b.conv(x, 6, 3))
+    add("conv3x3_s2_asym", (9, 8, 3), lambda b, x: b.conv(x, 7, 3, stride=2, pad=(0, 1, 2, 1)))
+    add("conv_dilated", (11, 10, 4), lambda b, x: b.conv(x, 5, 3, dil=2, pad=(2, 1, 1, 2)))
+    add("conv_s2_dilated", (12, 13, 6), lambda b, x: b.conv(x, 9, 3, stride=2, dil=3))
+    add("conv_groups3", (6, 7, 6), lambda b, x: b.conv(x, 9, 3, group=3))
+    add("conv_depthwise", (9, 7, 5), lambda b, x: b.conv(x, 5, 3, group=5))
+    add("conv_depthwise_x2_s2", (10, 9, 5), lambda b, x: b.conv(x, 10, 5, stride=2, group=5))
+    add("conv_1x1", (5, 6, 20), lambda b, x: b.conv(x, 17, 1, pad=0))
+    add("conv_7x1_nobias", (9, 4, 3), lambda b, x: b.conv(x, 4, (7, 1), pad=(3, 0, 3, 0), bias=False))
+    add("conv_wide", (6, 5, 70), lambda b, x: b.conv(x, 72, 3))
+    add("conv_stem7x7", (23, 21, 3), lambda b, x: b.conv(x, 16, 7, stride=2, pad=3))
+    add("conv_relu", (7, 7, 5), lambda b, x: b.op("Relu", [b.conv(x, 6, 3)]))
+    add("conv_add_relu", (7, 6, 5), lambda b, x: b.op("Relu", [b.op("Add", [b.conv(x, 5, 3), x])]))
+    add("conv_bn_clip", (8, 7, 3), lambda b, x: b.op("Clip", [b.bn(b.conv(x, 6, 3, bias=False))], {"min": 0.0, "max": 6.0}))
+    add("conv_sub_swapped", (5, 5, 4), lambda b, x: b.op("Sub", [b.param("k", np.linspace(-1, 1, 3)), b.conv(x, 3, 3)]))
+    add("conv_mul_nc", (6, 6, 4), lambda b, x: b.op(
+        "Mul", [b.conv(x, 4, 3), b.op("Sigmoid", [b.op("GlobalAveragePool", [x])])]))
+    add("dw_hswish", (9, 9, 6), lambda b, x: b.op("HardSwish", [b.conv(x, 6, 3, group=6)]))
+    add("maxpool_3s2p1", (9, 10, 3), lambda b, x: b.op("MaxPool", [x], {"kernel_shape": (3, 3), "strides": (2, 2),
+                                                                       "pads": (1, 1, 1, 1)}))
+    add("maxpool_ceil_dil", (10, 11, 2), lambda b, x: b.op("MaxPool", [x], {"kernel_shape": (2, 3), "strides": (2, 2),
+                                                                            "dilations": (2, 1), "ceil_mode": 1}))
+    add("avgpool_incl_pad", (7, 8, 3), lambda b, x: b.op("AveragePool", [x], {
+        "kernel_shape": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1), "count_include_pad": 1, "ceil_mode": 1}))
+    add("avgpool_excl_pad", (7, 8, 3), lambda b, x: b.op("AveragePool", [x], {
+        "kernel_shape": (3, 2), "strides": (2, 3), "pads": (1, 0, 1, 1), "count_include_pad": 0, "ceil_mode": 1}))
+    add("gap", (5, 7, 9), lambda b, x: b.op("GlobalAveragePool", [x]))
+    add("gmp_relu", (6, 3, 35), lambda b, x: b.op("Relu", [b.op("GlobalMaxPool", [x])]))
+    for op, attrs in (("Relu", {}), ("LeakyRelu", {"alpha": 0.07}), ("Sigmoid", {}), ("HardSigmoid", {"alpha": 0.3, "beta": 0.4}),
+                      ("HardSwish", {}), ("Tanh", {}), ("Exp", {}), ("Neg", {}), ("Abs", {}), ("Erf", {}), ("Elu", {"alpha": 0.8}),
+                      ("Softplus", {}), ("Gelu", {}), ("Gelu", {"approximate": "tanh"}), ("Clip", {"min": -0.5, "max": 0.7})):
+        add(f"unary_{op}_{'_'.join(map(str, attrs.values()))}".rstrip("_"), (3, 5, 7),
+            lambda b, x, op=op, attrs=attrs: b.op(op, [x], attrs))
+    add("sqrt_abs", (3, 4, 5), lambda b, x: b.op("Sqrt", [b.op("Abs", [x])]))
+    add("add_chan_const", (4, 5, 6), lambda b, x: b.op("Add", [x, b.param("c", np.arange(6) * 0.1)]))
+    add("sub_scalar_swapped", (4, 5, 6), lambda b, x: b.op("Sub", [b.param("s", np.full(1, 0.3)), x]))
+    add("mul_two_branches", (4, 5, 6), lambda b, x: b.op("Mul", [b.op("Tanh", [x]), b.op("Sigmoid", [x])]))
+    add("div_bcast_const", (4, 5, 6), lambda b, x: b.op("Div", [x, b.param("d", np.linspace(1, 2, 5).reshape(1, 5, 1))]))
+    add("max_bcast_nc_first", (4, 5, 6), lambda b, x: b.op("Max", [b.op("GlobalAveragePool", [x]), x]))
+    add("min_bcast_general", (4, 5, 6), lambda b, x: b.op("Min", [x, b.op("ReduceMean", [x], {"axes": (2,), "keepdims": 1})]))
+    add("pow", (3, 4, 5), lambda b, x: b.op("Pow", [b.op("Sigmoid", [x]), b.param("p", np.full(1, 2.5))]))
+    add("batchnorm_unfolded", (4, 6, 5), lambda b, x: b.bn(x))
+    add("softmax_axis1", (5, 4, 3), lambda b, x: b.op("Softmax", [x], {"axis": 1}))
+    add("logsoftmax_last", (2, 3, 37), lambda b, x: b.op("LogSoftmax", [x], {"axis": -1}))
+    add("transpose", (3, 4, 5), lambda b, x: b.op("Transpose", [x], {"perm": (0, 3, 1, 2)}))
+    add("concat_axis1", (3, 4, 5), lambda b, x: b.op("Concat", [x, b.op("Neg", [x]), x], {"axis": 1}))
+    add("concat_channels", (3, 4, 5), lambda b, x: b.op("Concat", [x, b.op("Relu", [x])], {"axis": 3}))
+    add("slice_neg_step", (6, 7, 5), lambda b, x: b.op("Slice", [x], {"starts": (5, 1), "ends": (0, 7), "axes": (1, 2),
+                                                                    "steps": (-2, 3)}))
+
+    def split(b, x):
+        b.nodes.append(Node("Split", "split", [x], ["s1", "s2"], {"axis": 3, "split": (3, 4)}))
+        return b.op("Concat", ["s2", "s1"], {"axis": 3})
+    add("split", (6, 4, 7), split)
+    add("pad", (4, 5, 3), lambda b, x: b.op("Pad", [x], {"pads": (0, 2, -1, 1, 0, 1, 2, 0), "value": -0.5}))
+    add("reduce_sum_keep0", (4, 5, 6), lambda b, x: b.op("ReduceSum", [x], {"axes": (1, 2), "keepdims": 0}))
+    add("reduce_max_c", (4, 5, 6), lambda b, x: b.op("ReduceMax", [x], {"axes": (3,), "keepdims": 1}))
+    add("reduce_min_all", (2, 3, 4), lambda b, x: b.op("ReduceMin", [x], {"axes": None, "keepdims": 0}))
+    add("dense", (3, 3, 5), lambda b, x: b.op("Relu", [b.dense(b.op("Flatten", [x], {"axis": 1}, channels=45), 13)]))
+    add("gap_dense", (5, 4, 11), lambda b, x: b.op("Tanh", [b.dense(b.op("Flatten", [b.op("GlobalAveragePool", [x])],
+                                                                             {"axis": 1}), 9)]))
+    add("matmul_const", (3, 4, 6), lambda b, x: b.op("MatMul", [x, b.param("m", b.rng.standard_normal((6, 5)))]))
+    return c
