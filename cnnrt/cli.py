@@ -94,6 +94,8 @@ def cmd_eval(a) -> int:
         "batch_size": a.batch_size or runner.default_batch_size,
         "model": str(a.model),
     }
+    if hasattr(runner, "summary"):  # which nodes ran fused, on generic kernels, on the host
+        result["kernels"] = runner.summary(a.batch_size)
     if a.report:  # one more, untimed run for the probabilities; the page scores the predictions timed above
         from .report import class_names, write_report
         probs = runner.probabilities(x, batch_size=a.batch_size)
@@ -105,6 +107,8 @@ def cmd_eval(a) -> int:
     else:
         print(f"Model: {a.model} ({model.name}, {model.flops_per_image() / 1e6:.1f} MFLOP per image)")
         print(f"Backend: {runner.backend}, {runner.precision}, batch size {result['batch_size']}")
+        if result.get("kernels"):
+            print(f"Kernels: {result['kernels']}")
         print(f"Images: {result['images']}")
         if a.repeat > 1:
             print(f"Time: {seconds:.4g} seconds, median of {a.repeat - 1} warm runs "
@@ -126,6 +130,9 @@ def cmd_info(a) -> int:
     print(model.summary())
     if model.meta:
         print(json.dumps(model.meta, indent=2))
+    if a.backend:
+        from .backends.plan_info import plan_lines
+        print("\n".join(plan_lines(model, a.backend, a.precision, a.batch_size)))
     return 0
 
 
@@ -170,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="describe a model file")
     i.add_argument("model", nargs="?", default=_default(DEFAULT_MODEL))
+    i.add_argument("--backend", choices=("numpy", "cuda"), default=None, help="also print which kernel runs each node")
+    i.add_argument("--precision", choices=("fp32", "fp16"), default=None, help="the plan's precision (default: the backend's)")
+    i.add_argument("--batch-size", type=int, default=None, help="the plan's batch size (default 1)")
     i.set_defaults(func=cmd_info)
 
     c = sub.add_parser("convert", help="convert between the bundle and the article's raw format")

@@ -149,3 +149,21 @@ def test_generated_kernels_compile():
     ptx, _ = compile_ptx(G.module_source(kernels.values()))
     for name in kernels:
         assert f".entry {name}(" in ptx or f".entry {name} (" in ptx or name in ptx
+
+
+def test_cli_info_prints_the_cuda_plan(tmp_path):
+    # the plan is pure Python: `cnnrt info --backend cuda` prints it with or without a GPU
+    import subprocess
+    import sys
+
+    from cnnrt.formats import save_bundle
+
+    path = tmp_path / "awkward.safetensors"
+    save_bundle(TG.awkward_convs(0), path)
+    p = subprocess.run([sys.executable, "-m", "cnnrt", "info", str(path), "--backend", "cuda", "--precision", "fp32",
+                        "--batch-size", "7"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "Plan on cuda, fp32, batch 7" in p.stdout
+    assert "depthwise conv (fused: Conv+Sigmoid)" in p.stdout and "in fused kernels" in p.stdout
+    p = subprocess.run([sys.executable, "-m", "cnnrt", "info", "--backend", "cuda"], capture_output=True, text=True)
+    assert p.returncode == 0 and "deep_mnist pattern: features kernel" in p.stdout

@@ -193,6 +193,21 @@ def _build_deep_mnist(graph, precision: str, **options) -> Runner:
     return r
 
 
+def deep_mnist_rows(graph) -> list[tuple[str, str, str]]:
+    """(node, op, kernel) for a graph the deep_mnist pattern runs."""
+    rows, stage, dense = [], 0, 0
+    names = ("deep_mnist pattern: features kernel (fused: conv1+ReLU+pool+conv2+ReLU+pool)",
+             "deep_mnist pattern: fc1 cuBLAS fp16 GEMM (bias and ReLU fused into the next kernel)",
+             "deep_mnist pattern: fc2 kernel (fused: fc1 bias+ReLU, fc2, softmax, argmax)")
+    for n in graph.nodes:
+        if n.op == "Dense":
+            dense += 1
+        if n.op in ("Dense", "Flatten"):
+            stage = max(stage, min(dense + (n.op == "Flatten"), 2))
+        rows.append((n.name, n.op, names[stage]))
+    return rows
+
+
 def _register_patterns() -> None:
     from . import cuda_graph
 
@@ -535,18 +550,7 @@ class FusedRunner(Runner):
         """(node, op, kernel) for every node: all of them on the fused Deep MNIST kernels."""
         from ..ir.chain import to_graph
 
-        g = getattr(self, "graph", None) or to_graph(self.model)
-        rows, stage = [], 0
-        names = ("deep_mnist pattern: features kernel (fused: conv1+ReLU+pool+conv2+ReLU+pool)",
-                 "deep_mnist pattern: fc1 cuBLAS fp16 GEMM (bias and ReLU fused into the next kernel)",
-                 "deep_mnist pattern: fc2 kernel (fused: fc1 bias+ReLU, fc2, softmax, argmax)")
-        for n in g.nodes:
-            if n.op in ("Dense", "Flatten") and stage == 0:
-                stage = 1
-            elif n.op == "Dense" and stage == 1:
-                stage = 2
-            rows.append((n.name, n.op, names[stage]))
-        return rows
+        return deep_mnist_rows(getattr(self, "graph", None) or to_graph(self.model))
 
     def summary(self, batch_size: int | None = None) -> str:
         from .cuda_graph import plan_summary

@@ -55,7 +55,7 @@ class _Lane:
         self.h_in = None
         self.h_out = None
         self.graphs: OrderedDict = OrderedDict()
-        self.pending = None  # (start, count, plan) of a chunk launched and not yet collected
+        self.gen = 0  # bumped whenever the arena or the pinned buffers move (bound launches and graphs go stale)
 
     def ensure(self, plan: Plan) -> None:
         from .cuda import pinned_empty
@@ -76,6 +76,7 @@ class _Lane:
             changed = True
         if changed:
             self.graphs.clear()
+            self.gen += 1
 
 
 class GraphRunner(Runner):
@@ -155,7 +156,7 @@ class GraphRunner(Runner):
 
     def _bind(self, lane_index: int, plan: Plan) -> list:
         """The plan's launches with device addresses and typed arguments, for one lane."""
-        key = (lane_index, plan.n, plan.in_kind, id(self.lanes[lane_index].arena))
+        key = (lane_index, plan.n, plan.in_kind, self.lanes[lane_index].gen)
         if key in self.bound:
             return self.bound[key]
         lane = self.lanes[lane_index]
