@@ -138,11 +138,16 @@ def _sig(params) -> str:
     return ",\n    ".join(f"{t} {n}" for t, n in params)
 
 
+GENERATED: dict = {}  # name -> Kernel, every kernel generated in this process (the CPU fake of CuPy reads it)
+
+
 def _finish(family: str, template: str, params: list, threads: int = 256, static: dict | None = None) -> Kernel:
     body = template.replace("$SIG", _sig(params))
     h = hashlib.sha1(body.encode()).hexdigest()[:12]
     name = f"{family}_{h}"
-    return Kernel(family, name, body.replace("$NAME", name), params, threads, static or {})
+    k = Kernel(family, name, body.replace("$NAME", name), params, threads, static or {})
+    GENERATED.setdefault(name, k)
+    return k
 
 
 # ----------------------------------------------------------------------------- convolution

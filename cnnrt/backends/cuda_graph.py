@@ -67,6 +67,7 @@ class _Lane:
             self.arena = None
             self.arena_bytes = max(plan.arena_bytes, self.arena_bytes + self.arena_bytes // 2)
             self.arena = cp.empty(self.arena_bytes, cp.uint8)
+            self.arena.fill(0)  # the capture's warm-up run reads it: never uninitialised memory
             changed = True
         if self.h_in is None or plan.in_bytes > self.h_in.size:
             self.h_in = pinned_empty((max(plan.in_bytes, 1 << 12),), np.uint8)

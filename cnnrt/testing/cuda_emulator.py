@@ -30,21 +30,33 @@ class Emulator:
         return self.arena[off:off + b.nbytes].view(NP[b.dtype])
 
     def arg(self, a) -> np.ndarray:
+        if a[0] == "arr":
+            return a[1]
         if a[0] == "t":
             return self.buf(a[1])
         if a[0] == "c":
             return self.prog.consts[a[1]].reshape(-1)
         raise ValueError(a)
 
-    def read(self, a) -> np.ndarray:
-        return self.arg(a).astype(np.float64)
+    def read(self, a, count: int | None = None) -> np.ndarray:
+        v = self.arg(a)
+        return (v if count is None else v[:count]).astype(np.float64)
 
     def store(self, a, values) -> None:
-        dst = self.arg(a)
-        dst[...] = np.asarray(values, np.float64).astype(dst.dtype).reshape(dst.shape)
+        dst = self.arg(a).reshape(-1)
+        v = np.asarray(values, np.float64).reshape(-1)
+        assert v.size <= dst.size
+        dst[:v.size] = v.astype(dst.dtype)
 
     def m(self, off: int, count: int) -> list:
         return [int(v) for v in self.meta[off:off + count]]
+
+    def meta_offset(self, a) -> int:
+        """The offset of a launch's meta block ('m', offset); the CuPy fake passes the block itself."""
+        if a[0] == "arr":
+            self.meta = a[1]
+            return 0
+        return a[1]
 
     # ---------------------------------------------------------- epilogue
     def epilogue(self, l, v: np.ndarray, CH: int, HWC: int) -> np.ndarray:
@@ -106,7 +118,7 @@ class Emulator:
     # ---------------------------------------------------------- kernel families
     def prep(self, l):
         a = l.args
-        x = self.read(a["x"])
+        x = self.read(a["x"], a["total"])
         c = np.arange(x.size) % a["CH"]
         mean, std = self.read(a["mean"]), self.read(a["std"])
         self.store(a["y"], (x * a["scale"] - mean[c]) / std[c])
@@ -120,8 +132,8 @@ class Emulator:
         groups = O_ // Og
         M = N * Ho * Wo
         assert l.grid[0] * t.bm >= M and l.grid[1] * t.bn >= Og and l.grid[2] == groups, "grid does not cover the output"
-        x = self.read(a["x"]).reshape(N, H, W, C)
-        w = self.read(a["w"]).reshape(groups, K, Og)
+        x = self.read(a["x"], N * H * W * C).reshape(N, H, W, C)
+        w = self.read(a["w"], groups * K * Og).reshape(groups, K, Og)
         xp = np.zeros((N, H + 2 * KH * a["dh"] + Ho * a["sh"], W + 2 * KW * a["dw"] + Wo * a["sw"], C))
         oh, ow = KH * a["dh"], KW * a["dw"]  # generous zero border
         xp[:, oh:oh + H, ow:ow + W] = x
@@ -140,8 +152,8 @@ class Emulator:
     def dwconv(self, l):
         a = l.args
         N, H, W, C, Ho, Wo, O_, KH, KW = (a[k] for k in ("N", "H", "W", "C", "Ho", "Wo", "O", "KH", "KW"))
-        x = self.read(a["x"]).reshape(N, H, W, C)
-        w = self.read(a["w"]).reshape(KH * KW, O_)
+        x = self.read(a["x"], N * H * W * C).reshape(N, H, W, C)
+        w = self.read(a["w"], KH * KW * O_).reshape(KH * KW, O_)
         xs = np.repeat(x, a["mult"], axis=3)  # output channel c reads input channel c // mult
         acc = np.zeros((N, Ho, Wo, O_))
         for i in range(KH):
@@ -151,13 +163,13 @@ class Emulator:
                 vh, vw = (hi >= 0) & (hi < H), (wi >= 0) & (wi < W)
                 tap = xs[:, np.clip(hi, 0, H - 1)][:, :, np.clip(wi, 0, W - 1)] * (vh[:, None] & vw[None, :])[None, :, :, None]
                 acc += tap * w[i * KW + j]
-        v = (acc + self.read(a["bias"])).reshape(-1)
+        v = (acc + self.read(a["bias"], O_)).reshape(-1)
         self.store(a["y"], self.epilogue(l, v, O_, Ho * Wo * O_))
 
     def pool(self, l):
         a = l.args
         N, H, W, C, Ho, Wo, KH, KW = (a[k] for k in ("N", "H", "W", "C", "Ho", "Wo", "KH", "KW"))
-        x = self.read(a["x"]).reshape(N, H, W, C)
+        x = self.read(a["x"], N * H * W * C).reshape(N, H, W, C)
         kind = l.kernel.static["kind"]
         acc = np.full((N, Ho, Wo, C), -np.inf if kind == "max" else 0.0)
         cnt = np.zeros((Ho, Wo))
@@ -178,7 +190,7 @@ class Emulator:
     def gpool(self, l):
         a = l.args
         HW, C = a["HW"], a["C"]
-        x = self.read(a["x"]).reshape(-1, HW, C)
+        x = self.read(a["x"], l.grid[1] * HW * C).reshape(-1, HW, C)
         assert l.grid[0] * 32 >= C and l.grid[1] == len(x), "grid does not cover the output"
         v = x.max(axis=1) if l.kernel.static["kind"] == "max" else x.sum(axis=1) * a["inv"]
         self.store(a["y"], self.epilogue(l, v.reshape(-1), C, C))
@@ -188,9 +200,9 @@ class Emulator:
         N, HW, K, O_ = a["N"], a["HW"], a["K"], a["O"]
         assert l.grid[0] * 8 * G.DENSE_SMALL_OPW >= O_, "grid does not cover the output"
         assert a["NB"] * K * 4 <= l.smem and a["NB"] <= G.DENSE_SMALL_NB
-        x = self.read(a["x"]).reshape(N, HW, K).sum(axis=1) * a["inv"]
-        w = self.read(a["w"]).reshape(O_, K)
-        v = x @ w.T + self.read(a["bias"])
+        x = self.read(a["x"], N * HW * K).reshape(N, HW, K).sum(axis=1) * a["inv"]
+        w = self.read(a["w"], O_ * K).reshape(O_, K)
+        v = x @ w.T + self.read(a["bias"], O_)
         self.store(a["y"], self.epilogue(l, v.reshape(-1), O_, O_))
 
     def eltwise(self, l):
@@ -199,7 +211,7 @@ class Emulator:
         idx = np.arange(total)
         st = l.kernel.static
         ops = [e for e in st["epi"] if e.mode is not None]
-        moff = a["meta"][1]
+        moff = self.meta_offset(a["meta"])
         nb = (st["mode0"] == "bcast") + sum(e.mode == "bcast" for e in ops)
         dims = self.m(moff, 6) if nb else None
         coords = np.stack(np.unravel_index(idx, dims), axis=0) if nb else None
@@ -235,9 +247,9 @@ class Emulator:
         a = l.args
         outer, L, inner = a["outer"], a["L"], a["inner"]
         assert l.grid[0] * l.block[0] >= outer * inner * 32, "grid does not cover the rows"
-        x = self.read(a["x"]).reshape(outer, L, inner)
+        x = self.read(a["x"], outer * L * inner).reshape(outer, L, inner)
         if l.kernel.static["bias"]:
-            x = x + self.read(a["b"])[None, :, None]
+            x = x + self.read(a["b"], L)[None, :, None]
         m = x.max(axis=1, keepdims=True)
         e = np.exp(x - m)
         s = e.sum(axis=1, keepdims=True)
@@ -246,7 +258,7 @@ class Emulator:
 
     def copy(self, l):
         a = l.args
-        off = a["meta"][1]
+        off = self.meta_offset(a["meta"])
         dims, os_, is_, lo, hi = (np.asarray(self.m(off + 6 * i, 6)) for i in range(5))
         obase, ibase = self.m(off + 30, 2)
         total = a["total"]
@@ -264,7 +276,7 @@ class Emulator:
 
     def reduce(self, l):
         a = l.args
-        off = a["meta"][1]
+        off = self.meta_offset(a["meta"])
         odims, ostr, rdims, rstr = (np.asarray(self.m(off + 6 * i, 6)) for i in range(4))
         x = self.read(a["x"])
         oc = np.stack(np.unravel_index(np.arange(a["total"]), odims), 0)
