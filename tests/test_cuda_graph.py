@@ -72,11 +72,12 @@ def check_fp16(out, ref, what, min_agree=0.99):
     assert out.shape == ref.shape and np.isfinite(out).all(), what
     o, r = out.reshape(len(out), -1), ref.reshape(len(ref), -1)
     top2 = np.sort(r, axis=1)[:, -2:]
-    clear = (top2[:, 1] - top2[:, 0]) > 1e-2 * np.abs(r).max()
+    clear = (top2[:, 1] - top2[:, 0]) > 5e-2 * np.abs(r).max()
     agree = (o.argmax(1) == r.argmax(1))
     assert agree[clear].all(), f"{what}: argmax differs on {int((~agree[clear]).sum())} clear rows"
     assert agree.mean() >= min_agree or len(agree) < 100, f"{what}: argmax agreement {agree.mean():.4f}"
-    assert rel_err(out, ref) < 5e-2, f"{what}: error {rel_err(out, ref):.2e}"
+    # fp16 storage over tens of layers: a few percent; a wrong kernel is off by the whole scale
+    assert rel_err(out, ref) < 0.1, f"{what}: error {rel_err(out, ref):.2e}"
 
 
 # ------------------------------------------------------------------------------ every kernel family
