@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: run test venv test-env bench clean test-gpu bench-gpu docs-report
+.PHONY: run test venv test-env bench clean test-gpu bench-gpu bench-gpu-zoo docs-report
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,10 +48,14 @@ GPU_PY ?= python3
 GPU_OUT ?= bench/out
 
 test-gpu:
-	PYTHONPATH=. $(GPU_PY) -m pytest -q -m gpu tests/test_cuda.py -rs
+	PYTHONPATH=. $(GPU_PY) -m pytest -q -m gpu tests/test_cuda.py tests/test_cuda_graph.py -rs
 
 bench-gpu:
 	PYTHONPATH=. $(GPU_PY) bench/bench_gpu.py --json $(GPU_OUT)/bench_gpu.json
+
+# the model zoo (Deep MNIST ... ResNet-18, MobileNetV3-small): cnnrt fp16/fp32 against PyTorch and JAX
+bench-gpu-zoo:
+	PYTHONPATH=. $(GPU_PY) benchmarks/gpu_zoo.py --json $(GPU_OUT)/gpu_zoo.json $(ZOO_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -139,6 +139,8 @@ def cmd_eval(a) -> int:
         "batch_size_requested": a.batch_size,
         "model": str(a.model),
     }
+    if hasattr(runner, "summary"):  # which nodes ran fused, on generic kernels, on the host
+        result["kernels"] = runner.summary(a.batch_size)
     if a.report:  # one more, untimed run for the probabilities; the page scores the predictions timed above
         from .report import class_names, write_report
         probs = runner.probabilities(x, batch_size=a.batch_size)
@@ -151,6 +153,8 @@ def cmd_eval(a) -> int:
         print(f"Model: {a.model} ({model.name}, {model.flops_per_image() / 1e6:.1f} MFLOP per image)")
         asked = "" if a.batch_size in (None, used) else f" (asked for {a.batch_size})"
         print(f"Backend: {runner.backend}, {runner.precision}, batch size {used}{asked}")
+        if result.get("kernels"):
+            print(f"Kernels: {result['kernels']}")
         print(f"Images: {result['images']}")
         if a.repeat > 1:
             print(f"Time: {seconds:.4g} seconds, median of {a.repeat - 1} warm runs "
@@ -172,16 +176,9 @@ def cmd_info(a) -> int:
     print(model.summary())
     if model.meta:
         print(json.dumps(model.meta, indent=2))
-    if a.backend:  # which node runs on which kernel
-        from . import backends
-        runner = backends.prepare(model, a.backend)
-        print(f"Backend: {runner.backend}, {runner.precision}")
-        describe = getattr(runner, "describe", None)
-        plan = describe() if callable(describe) else None
-        if not isinstance(plan, list):
-            print(f"  (backend {runner.backend} does not report which kernel runs each node)")
-        for node, op, kernel in plan or []:
-            print(f"  {node:<28} {op:<22} {kernel}")
+    if a.backend:
+        from .backends.plan_info import plan_lines
+        print("\n".join(plan_lines(model, a.backend, a.precision, a.batch_size)))
     return 0
 
 
@@ -234,7 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="describe a model file")
     i.add_argument("model", nargs="?", default=_shipped_model())
-    i.add_argument("--backend", default=None, help="also show which kernel runs each node on this backend (auto, numpy, cuda)")
+    i.add_argument("--backend", choices=("numpy", "cuda"), default=None, help="also print which kernel runs each node")
+    i.add_argument("--precision", choices=("fp32", "fp16"), default=None, help="the plan's precision (default: the backend's)")
+    i.add_argument("--batch-size", type=int, default=None, help="the plan's batch size (default 1)")
     i.set_defaults(func=cmd_info)
 
     c = sub.add_parser("convert", help="convert between the bundle and the article's raw format")

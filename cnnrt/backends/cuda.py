@@ -8,9 +8,9 @@ Two runners:
   accumulation, and one kernel does fc1's bias + ReLU, fc2, softmax and argmax. Each chunk of
   images is one CUDA graph replay on static buffers; large inputs are split into chunks on several
   streams so the copies in and out overlap compute. Kernel sources: cuda_kernels/*.cu; their
-  versions, checks and timings: dev/cuda/.
-* GenericRunner, for any other model built from our layer types, and for fp32: the reference
-  algorithms written with CuPy arrays (cuBLAS matmuls, elementwise ops). Simple, not tuned.
+  versions, checks and timings: dev/cuda/. It is the whole-graph pattern `deep_mnist`.
+* cuda_graph.GraphRunner, for every other graph and precision: the planner (cuda_plan.py) fuses
+  nodes into generic kernels generated from Python (cuda_codegen.py), one CUDA graph per batch size.
 
 CuPy is imported only when the backend is used, never by `import cnnrt`.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendUnavailable, CnnrtError, FormatError
-from ..model import Conv2D, Dense, MaxPool2D, Model, Softmax, out_size, same_pads
+from ..model import Conv2D, Dense, MaxPool2D, Model, Softmax
 from .base import Runner, check_images
 
 NAME = "cuda"
@@ -166,19 +166,53 @@ def is_deep_mnist(model: Model) -> bool:
 
 
 def prepare(model, precision: str = DEFAULT_PRECISION, **options) -> Runner:
+    """A runner for a Graph (or a layer-chain Model): a registered whole-graph pattern (Deep MNIST in
+    fp16) if one matches, else the generic planner (cuda_graph.GraphRunner)."""
     _cupy()
-    from ..ir.chain import match
-    from ..ir.graph import Graph
+    from ..ir.chain import as_graph
+    from . import cuda_graph
 
-    if isinstance(model, Graph):
-        chain = match(model)
-        if chain is None:
-            raise BackendUnavailable(f"model {model.name!r}: the CUDA backend runs only layer-chain models so far "
-                                     f"(use --backend numpy)")
-        model = chain
-    if precision == "fp16" and is_deep_mnist(model):
-        return FusedRunner(model, precision, **options)
-    return GenericRunner(model, precision)
+    _register_patterns()
+    return cuda_graph.prepare(as_graph(model), precision, **options)
+
+
+def _match_deep_mnist(graph, precision: str) -> bool:
+    from ..ir.chain import match
+
+    if precision != "fp16":
+        return False
+    chain = match(graph)
+    return chain is not None and is_deep_mnist(chain)
+
+
+def _build_deep_mnist(graph, precision: str, **options) -> Runner:
+    from ..ir.chain import match
+
+    r = FusedRunner(match(graph), precision, **options)
+    r.graph = graph
+    return r
+
+
+def deep_mnist_rows(graph) -> list[tuple[str, str, str]]:
+    """(node, op, kernel) for a graph the deep_mnist pattern runs."""
+    rows, stage, dense = [], 0, 0
+    names = ("deep_mnist pattern: features kernel (fused: conv1+ReLU+pool+conv2+ReLU+pool)",
+             "deep_mnist pattern: fc1 cuBLAS fp16 GEMM (bias and ReLU fused into the next kernel)",
+             "deep_mnist pattern: fc2 kernel (fused: fc1 bias+ReLU, fc2, softmax, argmax)")
+    for n in graph.nodes:
+        if n.op == "Dense":
+            dense += 1
+        if n.op in ("Dense", "Flatten"):
+            stage = max(stage, min(dense + (n.op == "Flatten"), 2))
+        rows.append((n.name, n.op, names[stage]))
+    return rows
+
+
+def _register_patterns() -> None:
+    from . import cuda_graph
+
+    if not any(name == "deep_mnist" for name, _, _ in cuda_graph.PATTERNS):
+        cuda_graph.register_pattern("deep_mnist", _match_deep_mnist, _build_deep_mnist)
 
 
 def pinned_empty(shape, dtype=np.uint8) -> np.ndarray:
@@ -520,6 +554,18 @@ class FusedRunner(Runner):
         self._run(x, want_probs=True)
         return self.h_probs[:len(x)].copy()
 
+    # -------------------------------------------------------------- what runs
+    def describe(self, batch_size: int | None = None) -> list[tuple[str, str, str]]:
+        """(node, op, kernel) for every node: all of them on the fused Deep MNIST kernels."""
+        from ..ir.chain import to_graph
+
+        return deep_mnist_rows(getattr(self, "graph", None) or to_graph(self.model))
+
+    def summary(self, batch_size: int | None = None) -> str:
+        from .cuda_graph import plan_summary
+
+        return plan_summary(self.describe(batch_size), self.precision) + " (the deep_mnist pattern)"
+
     # -------------------------------------------------------------- for tests and benchmarks
 
     def features(self, x: np.ndarray, small: bool | None = None):
@@ -593,83 +639,3 @@ class FusedRunner(Runner):
                 e = cp.cuda.Event(disable_timing=True)
                 e.record(self.streams[si])
                 s0.wait_event(e)
-
-
-# ====================================================================== the generic path
-
-class GenericRunner(Runner):
-    """Any model of our layer types, the reference algorithms on CuPy arrays (fp32 arithmetic;
-    fp16 storage rounds every layer's output to float16, as the reference does)."""
-
-    backend = NAME
-    default_batch_size = 4096
-
-    def __init__(self, model: Model, precision: str):
-        super().__init__(model, precision)
-        cp = _cupy()
-        self.cp = cp
-        q = (lambda a: a.astype(np.float16).astype(np.float32)) if precision == "fp16" else (lambda a: a)
-        self.params = []
-        for layer in model.layers:
-            if isinstance(layer, (Conv2D, Dense)):
-                self.params.append((cp.asarray(q(layer.weight.astype(np.float32))),
-                                    cp.asarray(q(layer.bias.astype(np.float32)))))
-            else:
-                self.params.append(None)
-
-    def _q(self, a):
-        return a.astype(self.cp.float16).astype(self.cp.float32) if self.precision == "fp16" else a
-
-    def _forward(self, x: np.ndarray) -> np.ndarray:
-        cp = self.cp
-        xd = cp.asarray(np.ascontiguousarray(x))
-        xd = xd.astype(cp.float32) * np.float32(self.model.input_scale) if x.dtype == np.uint8 else xd.astype(cp.float32)
-        xd = self._q(xd)
-        for layer, p in zip(self.model.layers, self.params):
-            if isinstance(layer, Conv2D):
-                xd = self._conv(xd, p[0], p[1], layer.stride, layer.padding)
-            elif isinstance(layer, Dense):
-                xd = xd.reshape(len(xd), -1) @ p[0].T + p[1]
-            elif isinstance(layer, MaxPool2D):
-                xd = self._pool(xd, layer.size, layer.stride, layer.padding)
-            elif isinstance(layer, Softmax):
-                e = cp.exp(xd - xd.max(axis=-1, keepdims=True))
-                xd = e / e.sum(axis=-1, keepdims=True)
-                continue
-            else:  # pragma: no cover - Model.validate refuses these
-                raise CnnrtError(f"layer {layer!r} is not supported by the cuda backend")
-            if getattr(layer, "activation", "none") == "relu":
-                xd = cp.maximum(xd, 0)
-            xd = self._q(xd)
-        return cp.asnumpy(xd).astype(np.float32)
-
-    def _conv(self, x, w, b, stride, padding):
-        cp = self.cp
-        n, h, wd, c = x.shape
-        o, kh, kw, _ = w.shape
-        ho, wo = out_size(h, kh, stride, padding), out_size(wd, kw, stride, padding)
-        (pt, pb), (pl, pr) = _pads(h, kh, stride, padding), _pads(wd, kw, stride, padding)
-        xp = cp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-        out = cp.zeros((n * ho * wo, o), cp.float32)
-        for i in range(kh):
-            for j in range(kw):
-                patch = xp[:, i:i + (ho - 1) * stride + 1:stride, j:j + (wo - 1) * stride + 1:stride, :]
-                out += cp.ascontiguousarray(patch).reshape(-1, c) @ w[:, i, j, :].T
-        return (out + b).reshape(n, ho, wo, o)
-
-    def _pool(self, x, size, stride, padding):
-        cp = self.cp
-        n, h, w, c = x.shape
-        ho, wo = out_size(h, size, stride, padding), out_size(w, size, stride, padding)
-        (pt, pb), (pl, pr) = _pads(h, size, stride, padding), _pads(w, size, stride, padding)
-        xp = cp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)), constant_values=-np.inf)
-        out = cp.full((n, ho, wo, c), -np.inf, cp.float32)
-        for i in range(size):
-            for j in range(size):
-                cp.maximum(out, xp[:, i:i + (ho - 1) * stride + 1:stride, j:j + (wo - 1) * stride + 1:stride, :],
-                           out=out)
-        return out
-
-
-def _pads(n: int, k: int, s: int, padding: str) -> tuple[int, int]:
-    return same_pads(n, k, s) if padding == "same" else (0, 0)

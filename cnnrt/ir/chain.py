@@ -7,9 +7,7 @@ imported from ONNX or Keras gets the fused kernels too, and `to_graph` turns a c
 """
 from __future__ import annotations
 
-import numpy as np
-
-from ..model import Conv2D, Dense, MaxPool2D, Model, Softmax, out_size, same_pads
+from ..model import Conv2D, Dense, MaxPool2D, Model, Softmax, same_pads
 from .graph import Graph, Node
 
 

@@ -21,18 +21,32 @@ from common import cpu_features, kernel_report, load_model, mnist_images, rel_er
 
 
 def v0_cupy(cp, model, xd):
-    from cnnrt.backends.cuda import GenericRunner
-
-    r = GenericRunner.__new__(GenericRunner)
-    r.cp, r.precision, r.model = cp, "fp16", model
+    """v0: the reference algorithms on CuPy arrays (per-tap matrix products; SAME pads, 2x2 pools)."""
     c1, _, c2, _ = model.layers[:4]
     w1, b1 = cp.asarray(c1.weight), cp.asarray(c1.bias)
     w2, b2 = cp.asarray(c2.weight), cp.asarray(c2.bias)
 
+    def q(a):
+        return a.astype(cp.float16).astype(cp.float32)
+
+    def conv(x, w, b):
+        n, h, wd, c = x.shape
+        o, kh, kw, _ = w.shape
+        xp = cp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+        out = cp.zeros((n * h * wd, o), cp.float32)
+        for i in range(kh):
+            for j in range(kw):
+                out += cp.ascontiguousarray(xp[:, i:i + h, j:j + wd, :]).reshape(-1, c) @ w[:, i, j, :].T
+        return (out + b).reshape(n, h, wd, o)
+
+    def pool(x):
+        n, h, wd, c = x.shape
+        return x.reshape(n, h // 2, 2, wd // 2, 2, c).max(axis=(2, 4))
+
     def run():
-        h = r._q(xd.astype(cp.float32) * np.float32(model.input_scale))
-        h = r._q(r._pool(cp.maximum(r._conv(h, w1, b1, 1, "same"), 0), 2, 2, "same"))
-        h = r._q(r._pool(cp.maximum(r._conv(h, w2, b2, 1, "same"), 0), 2, 2, "same"))
+        h = q(xd.astype(cp.float32) * np.float32(model.input_scale))
+        h = q(pool(cp.maximum(conv(h, w1, b1), 0)))
+        h = q(pool(cp.maximum(conv(h, w2, b2), 0)))
         return h.reshape(len(h), -1)
     return run
 

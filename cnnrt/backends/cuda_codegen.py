@@ -1,0 +1,723 @@
+"""CUDA C source for the generic graph kernels, generated from Python (no CuPy needed here).
+
+Every kernel is generated from a template plus the few things fixed at compile time: storage types
+(fp32 or fp16, as raw 16-bit patterns converted with inline PTX, so no CUDA header is needed),
+tile sizes, and the *epilogue*: the chain of elementwise ops fused after the kernel's main
+computation (bias, activation, residual add, per-channel scale...). Shapes, strides, pads and
+dilations are run-time arguments, so one kernel serves every layer with the same epilogue.
+
+Each generator returns a `Kernel`: its unique name (a hash of the source, so identical kernels of
+different layers are compiled once), its source and its parameter list `params` [(ctype, name)].
+The planner (cuda_plan.py) fills arguments by these names; the executor (cuda_graph.py) packs them
+with the matching NumPy scalar types; nothing is copied by hand between C and Python.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+PRELUDE = r"""
+typedef unsigned short half_t;
+typedef unsigned char u8_t;
+struct __align__(16) f4_t { float x, y, z, w; };
+struct __align__(8) f2_t { float x, y; };
+__device__ __forceinline__ float h2f(half_t h) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h)); return f; }
+__device__ __forceinline__ half_t f2h(float f) { half_t h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h; }
+__device__ __forceinline__ float ldf(const float* p, long long i) { return p[i]; }
+__device__ __forceinline__ float ldf(const half_t* p, long long i) { return h2f(p[i]); }
+__device__ __forceinline__ float ldf(const u8_t* p, long long i) { return (float)p[i]; }
+__device__ __forceinline__ void stf(float* p, long long i, float v) { p[i] = v; }
+__device__ __forceinline__ void stf(half_t* p, long long i, float v) { p[i] = f2h(v); }
+#define NEG_INF __int_as_float(0xff800000)
+"""
+
+CTYPE = {"f32": "float", "f16": "half_t", "u8": "u8_t"}
+ITEMSIZE = {"f32": 4, "f16": 2, "u8": 1}
+
+
+@dataclass(frozen=True)
+class EpiOp:
+    """One fused elementwise op. `mode` says how its operand is indexed: 'full' (same shape as the
+    output), 'chan' (one value per channel: the last axis), 'nc' (one per image and channel: an
+    (N, 1, 1, C) tensor), 'scalar', or 'bcast' (general broadcasting, eltwise kernels only);
+    None for a unary op. `swap`: the operand is the left-hand side (for Sub, Div, Pow)."""
+
+    op: str
+    attrs: tuple = ()  # sorted (name, value) pairs that change the code
+    mode: str | None = None
+    dtype: str = "f32"  # the operand's storage type
+    swap: bool = False
+
+    @property
+    def a(self) -> dict:
+        return dict(self.attrs)
+
+
+@dataclass
+class Kernel:
+    family: str
+    name: str
+    source: str
+    params: list  # [(ctype, name)]
+    threads: int = 256
+    static: dict = field(default_factory=dict)
+
+
+def lit(x: float) -> str:
+    """A float literal for C (finite values only)."""
+    x = float(x)
+    if not math.isfinite(x):
+        raise ValueError(f"not a finite constant: {x}")
+    r = repr(x)
+    if "e" not in r and "." not in r:
+        r += ".0"
+    return r + "f"
+
+
+UNARY = {
+    "Relu": lambda a: "v = fmaxf(v, 0.f);",
+    "LeakyRelu": lambda a: f"v = v >= 0.f ? v : v * {lit(a['alpha'])};",
+    "Sigmoid": lambda a: "v = 1.f / (1.f + expf(-v));",
+    "HardSigmoid": lambda a: f"v = fminf(fmaxf(v * {lit(a['alpha'])} + {lit(a['beta'])}, 0.f), 1.f);",
+    "HardSwish": lambda a: "v = v * fminf(fmaxf(v / 6.f + 0.5f, 0.f), 1.f);",
+    "Tanh": lambda a: "v = tanhf(v);",
+    "Exp": lambda a: "v = expf(v);",
+    "Sqrt": lambda a: "v = sqrtf(v);",
+    "Neg": lambda a: "v = -v;",
+    "Abs": lambda a: "v = fabsf(v);",
+    "Erf": lambda a: "v = erff(v);",
+    "Elu": lambda a: f"v = v > 0.f ? v : {lit(a['alpha'])} * expm1f(v);",
+    "Softplus": lambda a: "v = fmaxf(v, 0.f) + log1pf(expf(-fabsf(v)));",
+    "Gelu": lambda a: ("v = 0.5f * v * (1.f + erff(v * 0.70710678118654752f));" if a.get("approximate", "none") == "none"
+                       else "v = 0.5f * v * (1.f + tanhf(0.79788456080286536f * (v + 0.044715f * v * v * v)));"),
+    "Clip": lambda a: " ".join(s for s in (
+        f"v = fmaxf(v, {lit(a['min'])});" if math.isfinite(a["min"]) else "",
+        f"v = fminf(v, {lit(a['max'])});" if math.isfinite(a["max"]) else "") if s) or "/* clip: no bounds */",
+}
+UNARY_ATTRS = {"LeakyRelu": ("alpha",), "HardSigmoid": ("alpha", "beta"), "Elu": ("alpha",), "Gelu": ("approximate",),
+               "Clip": ("min", "max")}
+BINARY = {
+    "Add": ("v + u", "u + v"), "Sub": ("v - u", "u - v"), "Mul": ("v * u", "u * v"), "Div": ("v / u", "u / v"),
+    "Max": ("fmaxf(v, u)", "fmaxf(u, v)"), "Min": ("fminf(v, u)", "fminf(u, v)"), "Pow": ("powf(v, u)", "powf(u, v)"),
+}
+MODES = ("full", "chan", "nc", "scalar", "bcast")
+
+
+def epi_op(op: str, attrs: dict | None = None, mode: str | None = None, dtype: str = "f32", swap: bool = False) -> EpiOp:
+    keep = tuple(sorted((k, (attrs or {})[k]) for k in UNARY_ATTRS.get(op, ()) if k in (attrs or {})))
+    if op not in UNARY and op not in BINARY:
+        raise ValueError(f"{op} cannot be fused into an epilogue")
+    if (op in BINARY) != (mode is not None):
+        raise ValueError(f"{op}: operand mode {mode!r} does not fit")
+    return EpiOp(op, keep, mode, dtype, swap)
+
+
+def index_expr(mode: str, slot: int) -> str:
+    return {"full": "idx", "chan": "c", "nc": "(nimg * CH + c)", "scalar": "0", "bcast": f"boff{slot}"}[mode]
+
+
+def epilogue(epi) -> tuple[list, str, bool]:
+    """(params, code, uses nimg) for a chain of EpiOps; operands are params e0, e1, ... in order.
+    The code runs on `float v` with `idx` (flat output index), `c` (channel), `nimg`, `CH` in scope."""
+    params, lines, nimg = [], [], False
+    slot = 0
+    for e in epi:
+        if e.mode is None:
+            lines.append(UNARY[e.op](e.a))
+            continue
+        params.append((f"const {CTYPE[e.dtype]}*", f"e{slot}"))
+        lines.append(f"{{ const float u = ldf(e{slot}, {index_expr(e.mode, slot)}); "
+                     f"v = {BINARY[e.op][1 if e.swap else 0]}; }}")
+        nimg |= e.mode == "nc"
+        slot += 1
+    return params, "\n            ".join(lines), nimg
+
+
+def _sig(params) -> str:
+    return ",\n    ".join(f"{t} {n}" for t, n in params)
+
+
+GENERATED: dict = {}  # name -> Kernel, every kernel generated in this process (the CPU fake of CuPy reads it)
+
+
+def _finish(family: str, template: str, params: list, threads: int = 256, static: dict | None = None) -> Kernel:
+    body = template.replace("$SIG", _sig(params))
+    h = hashlib.sha1(body.encode()).hexdigest()[:12]
+    name = f"{family}_{h}"
+    k = Kernel(family, name, body.replace("$NAME", name), params, threads, static or {})
+    GENERATED.setdefault(name, k)
+    return k
+
+
+# ----------------------------------------------------------------------------- convolution
+
+@dataclass(frozen=True)
+class Tile:
+    bm: int
+    bn: int
+    bk: int
+    tm: int
+    tn: int
+
+    @property
+    def threads(self) -> int:
+        return (self.bm // self.tm) * (self.bn // self.tn)
+
+    def check(self) -> None:
+        t = self.threads
+        assert self.bm % self.tm == 0 and self.bn % self.tn == 0, self
+        assert t % 32 == 0 and t <= 1024, self
+        assert t % self.bk == 0 and t % self.bn == 0, self
+        assert self.tm in (1, 2, 4, 8) and self.tn in (1, 2, 4, 8), self
+
+
+TILES = {
+    "128x64": Tile(128, 64, 8, 8, 4),
+    "128x32": Tile(128, 32, 8, 4, 4),
+    "64x64": Tile(64, 64, 8, 4, 4),
+    "64x32": Tile(64, 32, 8, 4, 2),
+    "128x16": Tile(128, 16, 8, 4, 2),
+    "32x32": Tile(32, 32, 8, 2, 2),
+    "64x16": Tile(64, 16, 8, 4, 1),
+    "32x16": Tile(32, 16, 8, 2, 2),
+}
+
+
+def _vec_loads(dst: str, src: str, count: int) -> str:
+    """Read `count` consecutive floats of shared memory at `src` into registers dst[0..count)."""
+    if count % 4 == 0:
+        return " ".join(f"{{ const f4_t t = *reinterpret_cast<const f4_t*>(&{src} + {4 * i}); "
+                        f"{dst}[{4 * i}] = t.x; {dst}[{4 * i + 1}] = t.y; {dst}[{4 * i + 2}] = t.z; {dst}[{4 * i + 3}] = t.w; }}"
+                        for i in range(count // 4))
+    if count == 2:
+        return f"{{ const f2_t t = *reinterpret_cast<const f2_t*>(&{src}); {dst}[0] = t.x; {dst}[1] = t.y; }}"
+    return " ".join(f"{dst}[{i}] = (&{src})[{i}];" for i in range(count))
+
+
+CONV_TEMPLATE = r"""
+extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
+    $SIG)
+{
+    constexpr int BM = $BM, BN = $BN, BK = $BK, TM = $TM, TN = $TN, THREADS = $THREADS;
+    constexpr int AP = 4;
+    constexpr int A_ROWS = THREADS / BK;
+    constexpr int A_IT = (BM + A_ROWS - 1) / A_ROWS;
+    constexpr int B_ROWS = THREADS / BN;
+    constexpr int B_IT = (BK + B_ROWS - 1) / B_ROWS;
+    __shared__ __align__(16) float As[2][BK][BM + AP];
+    __shared__ __align__(16) float Bs[2][BK][BN];
+    const int tid = threadIdx.x;
+    const int g = blockIdx.z;
+    const int m0 = blockIdx.x * BM, o0 = blockIdx.y * BN;
+    const int HWo = Ho * Wo;
+    const int M = N * HWo;
+    const int CH = O;
+    const int a_k = tid % BK, a_r = tid / BK;
+    int a_h[A_IT], a_w[A_IT];
+    long long a_base[A_IT];
+#pragma unroll
+    for (int i = 0; i < A_IT; ++i) {
+        const int r = a_r + i * A_ROWS;
+        const int m = m0 + r;
+        if (r < BM && m < M) {
+            const int n = m / HWo, rem = m - n * HWo, ho = rem / Wo, wo = rem - ho * Wo;
+            a_h[i] = ho * sh - ph;
+            a_w[i] = wo * sw - pw;
+            a_base[i] = (long long)n * H * W * C + (long long)g * Cg;
+        } else {
+            a_h[i] = -(1 << 28); a_w[i] = -(1 << 28); a_base[i] = 0;
+        }
+    }
+    int a_c = a_k, a_kw = 0, a_kh = 0;
+    while (a_c >= Cg) { a_c -= Cg; if (++a_kw == KW) { a_kw = 0; ++a_kh; } }
+    const int b_o = tid % BN, b_r = tid / BN;
+    const int ob = o0 + b_o;
+    const float* wg = w + (long long)g * K * Og;
+    float ra[A_IT], rb[B_IT];
+    const int KT = (K + BK - 1) / BK;
+
+    auto load = [&](int kt) {
+        const int k = kt * BK + a_k;
+#pragma unroll
+        for (int i = 0; i < A_IT; ++i) {
+            float v = 0.f;
+            const int hi = a_h[i] + a_kh * dh, wi = a_w[i] + a_kw * dw;
+            if (k < K && (unsigned)hi < (unsigned)H && (unsigned)wi < (unsigned)W)
+                v = ldf(x, a_base[i] + ((long long)hi * W + wi) * C + a_c);
+            ra[i] = v;
+        }
+#pragma unroll
+        for (int j = 0; j < B_IT; ++j) {
+            const int kr = b_r + j * B_ROWS;
+            const int kk = kt * BK + kr;
+            rb[j] = (kr < BK && kk < K && ob < Og) ? wg[(long long)kk * Og + ob] : 0.f;
+        }
+        a_c += BK;
+        while (a_c >= Cg) { a_c -= Cg; if (++a_kw == KW) { a_kw = 0; ++a_kh; } }
+    };
+    auto store = [&](int buf) {
+#pragma unroll
+        for (int i = 0; i < A_IT; ++i) { const int r = a_r + i * A_ROWS; if (r < BM) As[buf][a_k][r] = ra[i]; }
+#pragma unroll
+        for (int j = 0; j < B_IT; ++j) { const int kr = b_r + j * B_ROWS; if (kr < BK) Bs[buf][kr][b_o] = rb[j]; }
+    };
+
+    const int tx = tid % (BN / TN), ty = tid / (BN / TN);
+    float acc[TM][TN];
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[i][j] = 0.f;
+
+    load(0);
+    store(0);
+    __syncthreads();
+    for (int kt = 0; kt < KT; ++kt) {
+        const int buf = kt & 1;
+        if (kt + 1 < KT) load(kt + 1);
+#pragma unroll
+        for (int kk = 0; kk < BK; ++kk) {
+            float a[TM], b[TN];
+            $LOAD_A
+            $LOAD_B
+#pragma unroll
+            for (int i = 0; i < TM; ++i)
+#pragma unroll
+                for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+        }
+        if (kt + 1 < KT) store(buf ^ 1);
+        __syncthreads();
+    }
+
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+        const int m = m0 + ty * TM + i;
+        if (m >= M) continue;
+        const long long nimg = m / HWo;
+        (void)nimg;
+#pragma unroll
+        for (int j = 0; j < TN; ++j) {
+            const int o = o0 + tx * TN + j;
+            if (o >= Og) continue;
+            const int c = g * Og + o;
+            const long long idx = (long long)m * O + c;
+            float v = acc[i][j] + bias[c];
+            $EPI
+            stf(y, idx, v);
+        }
+    }
+}
+"""
+
+
+def conv_kernel(tile: Tile, ti: str, to: str, epi=()) -> Kernel:
+    """Implicit-GEMM convolution, fp32 SIMT: M = N*Ho*Wo pixels, N = output channels of a group,
+    K = KH*KW*Cg; grid (ceil(M/BM), ceil(Og/BN), groups). Weights packed [group][K][Og] float32."""
+    tile.check()
+    eparams, ecode, _ = epilogue(epi)
+    params = ([(f"const {CTYPE[ti]}* __restrict__", "x"), ("const float* __restrict__", "w"),
+               ("const float* __restrict__", "bias"), (f"{CTYPE[to]}* __restrict__", "y")] + eparams
+              + [("int", n) for n in ("N", "H", "W", "C", "Ho", "Wo", "O", "KW", "sh", "sw", "ph", "pw", "dh", "dw",
+                                       "Cg", "Og", "K")])
+    src = (CONV_TEMPLATE.replace("$THREADS", str(tile.threads)).replace("$BM", str(tile.bm))
+           .replace("$BN", str(tile.bn)).replace("$BK", str(tile.bk)).replace("$TM", str(tile.tm))
+           .replace("$TN", str(tile.tn)).replace("$EPI", ecode)
+           .replace("$LOAD_A", _vec_loads("a", "As[buf][kk][ty * TM]", tile.tm))
+           .replace("$LOAD_B", _vec_loads("b", "Bs[buf][kk][tx * TN]", tile.tn)))
+    return _finish("conv", src, params, tile.threads, {"tile": tile, "ti": ti, "to": to, "epi": tuple(epi)})
+
+
+DW_TEMPLATE = r"""
+extern "C" __global__ void __launch_bounds__(256) $NAME(
+    $SIG)
+{
+    const long long total = (long long)N * Ho * Wo * O;
+    const int CH = O;
+    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
+         idx += (long long)gridDim.x * blockDim.x) {
+        const int c = (int)(idx % O);
+        long long p = idx / O;
+        const int wo = (int)(p % Wo); p /= Wo;
+        const int ho = (int)(p % Ho);
+        const long long nimg = p / Ho;
+        const int ci = c / mult;
+        const long long xb = nimg * H * W * C + ci;
+        const int h0 = ho * sh - ph, w0 = wo * sw - pw;
+        float acc = 0.f;
+        for (int kh = 0; kh < KH; ++kh) {
+            const int hi = h0 + kh * dh;
+            if ((unsigned)hi >= (unsigned)H) continue;
+            for (int kw = 0; kw < KW; ++kw) {
+                const int wi = w0 + kw * dw;
+                if ((unsigned)wi >= (unsigned)W) continue;
+                acc = fmaf(ldf(x, xb + ((long long)hi * W + wi) * C), w[(kh * KW + kw) * O + c], acc);
+            }
+        }
+        float v = acc + bias[c];
+        $EPI
+        stf(y, idx, v);
+    }
+}
+"""
+
+
+def dwconv_kernel(ti: str, to: str, epi=()) -> Kernel:
+    """Depthwise convolution (one input channel per group, `mult` outputs each), one thread per
+    output value, channels fastest (coalesced). Weights packed [KH*KW][O] float32."""
+    eparams, ecode, _ = epilogue(epi)
+    params = ([(f"const {CTYPE[ti]}* __restrict__", "x"), ("const float* __restrict__", "w"),
+               ("const float* __restrict__", "bias"), (f"{CTYPE[to]}* __restrict__", "y")] + eparams
+              + [("int", n) for n in ("N", "H", "W", "C", "Ho", "Wo", "O", "KH", "KW", "sh", "sw", "ph", "pw", "dh",
+                                       "dw", "mult")])
+    return _finish("dwconv", DW_TEMPLATE.replace("$EPI", ecode), params, 256, {"ti": ti, "to": to, "epi": tuple(epi)})
+
+
+# ----------------------------------------------------------------------------- pooling
+
+POOL_TEMPLATE = r"""
+extern "C" __global__ void __launch_bounds__(256) $NAME(
+    $SIG)
+{
+    const long long total = (long long)N * Ho * Wo * C;
+    const int CH = C;
+    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
+         idx += (long long)gridDim.x * blockDim.x) {
+        const int c = (int)(idx % C);
+        long long p = idx / C;
+        const int wo = (int)(p % Wo); p /= Wo;
+        const int ho = (int)(p % Ho);
+        const long long nimg = p / Ho;
+        const long long xb = nimg * H * W * C + c;
+        const int h0 = ho * sh - ph, w0 = wo * sw - pw;
+        float acc = $INIT;
+        int cnt = 0;
+        for (int kh = 0; kh < KH; ++kh) {
+            const int hi = h0 + kh * dh;
+            for (int kw = 0; kw < KW; ++kw) {
+                const int wi = w0 + kw * dw;
+                const bool inside = (unsigned)hi < (unsigned)H && (unsigned)wi < (unsigned)W;
+                $BODY
+            }
+        }
+        float v = $FINAL;
+        $EPI
+        stf(y, idx, v);
+    }
+}
+"""
+
+
+def pool_kernel(kind: str, ti: str, to: str, epi=()) -> Kernel:
+    """Max or average pooling, one thread per output value. Average: a tap counts in the divisor
+    when it lies in [hlo, hhi) x [wlo, whi) (the input, or the input and its pads)."""
+    eparams, ecode, _ = epilogue(epi)
+    params = ([(f"const {CTYPE[ti]}* __restrict__", "x"), (f"{CTYPE[to]}* __restrict__", "y")] + eparams
+              + [("int", n) for n in ("N", "H", "W", "C", "Ho", "Wo", "KH", "KW", "sh", "sw", "ph", "pw", "dh", "dw",
+                                       "hlo", "hhi", "wlo", "whi")])
+    if kind == "max":
+        init, body, final = "NEG_INF", "if (inside) acc = fmaxf(acc, ldf(x, xb + ((long long)hi * W + wi) * C));", "acc"
+    else:
+        init = "0.f"
+        body = ("if (inside) acc += ldf(x, xb + ((long long)hi * W + wi) * C);\n"
+                "                if (hi >= hlo && hi < hhi && wi >= wlo && wi < whi) ++cnt;")
+        final = "acc / (float)(cnt > 0 ? cnt : 1)"
+    src = (POOL_TEMPLATE.replace("$INIT", init).replace("$BODY", body).replace("$FINAL", final)
+           .replace("$EPI", ecode))
+    return _finish("pool", src, params, 256, {"kind": kind, "ti": ti, "to": to, "epi": tuple(epi)})
+
+
+GPOOL_TEMPLATE = r"""
+extern "C" __global__ void __launch_bounds__(256) $NAME(
+    $SIG)
+{
+    __shared__ float red[8][33];
+    const int c = blockIdx.x * 32 + threadIdx.x;
+    const long long nimg = blockIdx.y;
+    const int CH = C;
+    float acc = $INIT;
+    if (c < C) {
+        const long long xb = nimg * HW * C + c;
+        for (int p = threadIdx.y; p < HW; p += 8) {
+            const float t = ldf(x, xb + (long long)p * C);
+            acc = $COMBINE;
+        }
+    }
+    red[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < C) {
+        for (int i = 1; i < 8; ++i) { const float t = red[i][threadIdx.x]; acc = $COMBINE; }
+        float v = $FINAL;
+        const long long idx = nimg * C + c;
+        $EPI
+        stf(y, idx, v);
+    }
+}
+"""
+
+
+def gpool_kernel(kind: str, ti: str, to: str, epi=()) -> Kernel:
+    """Global average or max pooling: block (32, 8) per image and 32 channels, grid (ceil(C/32), N)."""
+    eparams, ecode, _ = epilogue(epi)
+    params = ([(f"const {CTYPE[ti]}* __restrict__", "x"), (f"{CTYPE[to]}* __restrict__", "y")] + eparams
+              + [("int", "HW"), ("int", "C"), ("float", "inv")])
+    init, comb, final = (("NEG_INF", "fmaxf(acc, t)", "acc") if kind == "max" else ("0.f", "acc + t", "acc * inv"))
+    src = (GPOOL_TEMPLATE.replace("$INIT", init).replace("$COMBINE", comb).replace("$FINAL", final)
+           .replace("$EPI", ecode))
+    return _finish("gpool", src, params, 256, {"kind": kind, "ti": ti, "to": to, "epi": tuple(epi)})
+
+
+# ----------------------------------------------------------------------------- dense (small batch)
+
+DENSE_SMALL_NB = 8  # images per pass (registers per lane)
+DENSE_SMALL_OPW = 4  # outputs per warp
+DENSE_SMALL_SMEM = 48 * 1024
+
+DENSE_TEMPLATE = r"""
+extern "C" __global__ void __launch_bounds__(256) $NAME(
+    $SIG)
+{
+    extern __shared__ float xs[];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int obase = (blockIdx.x * 8 + warp) * $OPW;
+    const int CH = O;
+    for (int n0 = 0; n0 < N; n0 += NB) {
+        const int nb = min(NB, N - n0);
+        __syncthreads();
+        for (int e = threadIdx.x; e < nb * K; e += blockDim.x) {
+            const int b = e / K, k = e - b * K;
+            const long long xb = (long long)(n0 + b) * HW * K + k;
+            float s = 0.f;
+            for (int p = 0; p < HW; ++p) s += ldf(x, xb + (long long)p * K);
+            xs[e] = s * inv;
+        }
+        __syncthreads();
+        for (int t = 0; t < $OPW; ++t) {
+            const int o = obase + t;
+            if (o >= O) break;
+            float acc[$NB];
+#pragma unroll
+            for (int b = 0; b < $NB; ++b) acc[b] = 0.f;
+            const long long wb = (long long)o * K;
+            for (int k = lane; k < K; k += 32) {
+                const float wv = ldf(w, wb + k);
+#pragma unroll
+                for (int b = 0; b < $NB; ++b) if (b < nb) acc[b] = fmaf(xs[b * K + k], wv, acc[b]);
+            }
+#pragma unroll
+            for (int b = 0; b < $NB; ++b) {
+                float s = acc[b];
+#pragma unroll
+                for (int off = 16; off; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+                if (lane == 0 && b < nb) {
+                    const int c = o;
+                    const long long nimg = n0 + b;
+                    const long long idx = nimg * O + o;
+                    float v = s + bias[o];
+                    $EPI
+                    stf(y, idx, v);
+                }
+            }
+        }
+    }
+}
+"""
+
+
+def dense_small_kernel(ti: str, tw: str, to: str, epi=()) -> Kernel:
+    """Dense layer for a few rows, optionally over a global average pool of its input (HW > 1):
+    the (pooled) rows in shared memory, one warp per output, fused bias and epilogue.
+    grid ceil(O / (8 * OPW)), 256 threads, NB*K*4 bytes of dynamic shared memory."""
+    eparams, ecode, _ = epilogue(epi)
+    params = ([(f"const {CTYPE[ti]}* __restrict__", "x"), (f"const {CTYPE[tw]}* __restrict__", "w"),
+               ("const float* __restrict__", "bias"), (f"{CTYPE[to]}* __restrict__", "y")] + eparams
+              + [("int", "N"), ("int", "HW"), ("int", "K"), ("int", "O"), ("float", "inv"), ("int", "NB")])
+    src = (DENSE_TEMPLATE.replace("$OPW", str(DENSE_SMALL_OPW)).replace("$NB", str(DENSE_SMALL_NB))
+           .replace("$EPI", ecode))
+    return _finish("dense", src, params, 256, {"ti": ti, "tw": tw, "to": to, "epi": tuple(epi)})
+
+
+# ----------------------------------------------------------------------------- elementwise
+
+ELT_TEMPLATE = r"""
+extern "C" __global__ void __launch_bounds__(256) $NAME(
+    $SIG)
+{
+    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
+         idx += (long long)gridDim.x * blockDim.x) {
+        const int c = (int)(idx % CH);
+        const long long nimg = idx / HWC;
+        (void)nimg;
+        $COORDS
+        float v = ldf(a0, $A0);
+        $EPI
+        stf(y, idx, v);
+    }
+}
+"""
+
+
+def eltwise_kernel(mode0: str, t0: str, to: str, epi=()) -> Kernel:
+    """A chain of elementwise ops over the output's elements (grid-stride loop): the first input a0
+    indexed by `mode0`, each further operand by its EpiOp mode. 'bcast' operands read their
+    strides from `meta`: 6 output dims, then 6 strides per 'bcast' operand (a0 first if bcast)."""
+    eparams, ecode, _ = epilogue(epi)
+    nb = (mode0 == "bcast") + sum(e.mode == "bcast" for e in epi)
+    coords = ""
+    if nb:
+        lines = ["long long rem = idx, cc[6];",
+                 "#pragma unroll\n        for (int d = 5; d >= 0; --d) { cc[d] = rem % meta[d]; rem /= meta[d]; }"]
+        slot_b = 0
+        names = []
+        if mode0 == "bcast":
+            names.append("boffa")
+        names += [f"boff{i}" for i, e in enumerate([e for e in epi if e.mode is not None]) if e.mode == "bcast"]
+        for nm in names:
+            lines.append(f"long long {nm} = 0;\n#pragma unroll\n        for (int d = 0; d < 6; ++d) "
+                         f"{nm} += cc[d] * meta[{6 + 6 * slot_b} + d];")
+            slot_b += 1
+        coords = "\n        ".join(lines)
+    a0 = "boffa" if mode0 == "bcast" else index_expr(mode0, -1)
+    params = ([(f"const {CTYPE[t0]}* __restrict__", "a0")] + eparams
+              + [(f"{CTYPE[to]}* __restrict__", "y"), ("long long", "total"), ("int", "CH"), ("long long", "HWC"),
+                 ("const long long* __restrict__", "meta")])
+    src = ELT_TEMPLATE.replace("$COORDS", coords).replace("$A0", a0).replace("$EPI", ecode)
+    return _finish("eltwise", src, params, 256, {"mode0": mode0, "t0": t0, "to": to, "epi": tuple(epi)})
+
+
+# ----------------------------------------------------------------------------- softmax
+
+SOFTMAX_TEMPLATE = r"""
+extern "C" __global__ void __launch_bounds__(256) $NAME(
+    $SIG)
+{
+    const long long row = (blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    if (row >= (long long)outer * inner) return;
+    const long long base = (row / inner) * L * inner + row % inner;
+    float m = NEG_INF;
+    for (int j = lane; j < L; j += 32) m = fmaxf(m, ldf(x, base + (long long)j * inner)$BIAS);
+#pragma unroll
+    for (int off = 16; off; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+    float s = 0.f;
+    for (int j = lane; j < L; j += 32) s += expf(ldf(x, base + (long long)j * inner)$BIAS - m);
+#pragma unroll
+    for (int off = 16; off; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    $PRE
+    for (int j = lane; j < L; j += 32) {
+        const float v = ldf(x, base + (long long)j * inner)$BIAS;
+        stf(y, base + (long long)j * inner, $OUT);
+    }
+}
+"""
+
+
+def softmax_kernel(log: bool, ti: str, to: str, bias: bool = False) -> Kernel:
+    """Softmax or LogSoftmax along an axis: one warp per (outer, inner) row of L values strided by
+    `inner`; `bias` (inner == 1 only) adds a per-position vector first (a dense layer's bias)."""
+    params = [(f"const {CTYPE[ti]}* __restrict__", "x"), (f"{CTYPE[to]}* __restrict__", "y"),
+              ("const float* __restrict__", "b"), ("int", "outer"), ("int", "L"), ("int", "inner")]
+    src = (SOFTMAX_TEMPLATE.replace("$BIAS", " + b[j]" if bias else "")
+           .replace("$PRE", "const float ls = logf(s);" if log else "")
+           .replace("$OUT", "v - m - ls" if log else "expf(v - m) / s"))
+    return _finish("softmax", src, params, 256, {"log": log, "ti": ti, "to": to, "bias": bias})
+
+
+# ----------------------------------------------------------------------------- data movement
+
+COPY_TEMPLATE = r"""
+extern "C" __global__ void __launch_bounds__(256) $NAME(
+    $SIG)
+{
+    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
+         idx += (long long)gridDim.x * blockDim.x) {
+        long long rem = idx, oo = meta[30], io = meta[31];
+        bool ok = true;
+#pragma unroll
+        for (int d = 5; d >= 0; --d) {
+            const long long cd = rem % meta[d];
+            rem /= meta[d];
+            oo += cd * meta[6 + d];
+            io += cd * meta[12 + d];
+            ok = ok && cd >= meta[18 + d] && cd < meta[24 + d];
+        }
+        stf(y, oo, ok ? ldf(x, io) : fill);
+    }
+}
+"""
+
+
+def copy_kernel(ti: str, to: str) -> Kernel:
+    """Strided copy over up to 6 dims: Transpose, Concat (one launch per input), Slice, Split, Pad.
+    meta: dims[6], out strides[6], in strides[6], lo[6], hi[6] (outside [lo, hi): `fill`),
+    out base, in base."""
+    params = [(f"const {CTYPE[ti]}* __restrict__", "x"), (f"{CTYPE[to]}* __restrict__", "y"), ("long long", "total"),
+              ("const long long* __restrict__", "meta"), ("float", "fill")]
+    return _finish("copy", COPY_TEMPLATE, params, 256, {"ti": ti, "to": to})
+
+
+REDUCE_TEMPLATE = r"""
+extern "C" __global__ void __launch_bounds__(256) $NAME(
+    $SIG)
+{
+    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
+         idx += (long long)gridDim.x * blockDim.x) {
+        long long rem = idx, base = 0;
+#pragma unroll
+        for (int d = 5; d >= 0; --d) { const long long cd = rem % meta[d]; rem /= meta[d]; base += cd * meta[6 + d]; }
+        float acc = $INIT;
+        for (long long r = 0; r < R; ++r) {
+            long long rr = r, off = base;
+#pragma unroll
+            for (int d = 5; d >= 0; --d) { const long long cd = rr % meta[12 + d]; rr /= meta[12 + d]; off += cd * meta[18 + d]; }
+            const float t = ldf(x, off);
+            acc = $COMBINE;
+        }
+        stf(y, idx, $FINAL);
+    }
+}
+"""
+
+REDUCE = {"ReduceSum": ("0.f", "acc + t", "acc"), "ReduceMean": ("0.f", "acc + t", "acc * scale"),
+          "ReduceMax": ("NEG_INF", "fmaxf(acc, t)", "acc"), "ReduceMin": ("-NEG_INF", "fminf(acc, t)", "acc")}
+
+
+def reduce_kernel(op: str, ti: str, to: str) -> Kernel:
+    """Reduction over any axes: one thread per output value. meta: kept dims[6], their input
+    strides[6], reduced dims[6], their input strides[6]."""
+    init, comb, final = REDUCE[op]
+    params = [(f"const {CTYPE[ti]}* __restrict__", "x"), (f"{CTYPE[to]}* __restrict__", "y"), ("long long", "total"),
+              ("long long", "R"), ("const long long* __restrict__", "meta"), ("float", "scale")]
+    src = REDUCE_TEMPLATE.replace("$INIT", init).replace("$COMBINE", comb).replace("$FINAL", final)
+    return _finish("reduce", src, params, 256, {"op": op, "ti": ti, "to": to})
+
+
+PREP_TEMPLATE = r"""
+extern "C" __global__ void __launch_bounds__(256) $NAME(
+    $SIG)
+{
+    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
+         idx += (long long)gridDim.x * blockDim.x) {
+        const int c = (int)(idx % CH);
+        stf(y, idx, (ldf(x, idx) * scale - mean[c]) / std[c]);
+    }
+}
+"""
+
+
+def prep_kernel(ti: str, to: str) -> Kernel:
+    """The model's input preprocessing: (x * scale - mean[c]) / std[c] into the storage type."""
+    params = [(f"const {CTYPE[ti]}* __restrict__", "x"), (f"{CTYPE[to]}* __restrict__", "y"), ("long long", "total"),
+              ("int", "CH"), ("float", "scale"), ("const float* __restrict__", "mean"),
+              ("const float* __restrict__", "std")]
+    return _finish("prep", PREP_TEMPLATE, params, 256, {"ti": ti, "to": to})
+
+
+def module_source(kernels) -> str:
+    """One translation unit for a set of kernels (each once)."""
+    seen, parts = set(), [PRELUDE]
+    for k in kernels:
+        if k.name not in seen:
+            seen.add(k.name)
+            parts.append(k.source)
+    return "\n".join(parts)

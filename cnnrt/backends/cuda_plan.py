@@ -1,0 +1,842 @@
+"""The CUDA backend's planner: a graph becomes a list of kernel launches (pure Python, no CuPy).
+
+`Program(graph, precision)` runs once per model: it folds BatchNormalization (ir.passes.optimize),
+groups nodes into fused launches, and keeps the constants in the layouts the kernels read.
+Fusion is epilogue fusion: a conv, depthwise conv, pool, global pool, dense layer or elementwise
+op absorbs the chain of elementwise nodes that follows it (bias, activation, residual Add,
+per-channel or per-image scale, an unfolded BatchNormalization), as long as each intermediate
+tensor has that one reader. A global average pool read only by a dense layer (through
+Flatten/Reshape) becomes one `gpool_dense` group. Reshapes are free (views of the same buffer).
+
+`Program.plan(n, input_kind)` instantiates the groups for a batch of n: shapes, tile sizes, grids,
+the kernels' sources (cuda_codegen), buffers (one arena; tensors whose lifetimes do not overlap
+share memory), and the small int64 `meta` array that strided kernels read. A Plan is data: the
+executor (cuda_graph.py) turns it into CUDA launches and one CUDA graph; the NumPy emulator
+(cnnrt/testing/cuda_emulator.py) runs the same Plan on the CPU so that the planning is tested
+without a GPU.
+
+Nodes that no kernel covers (a MatMul of two activations, say) become `host` launches: their
+NumPy definition runs on the CPU between device segments, and describe() says so.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import BackendUnavailable
+from ..ir import ops as O
+from ..ir.graph import Graph, Node
+from . import cuda_codegen as G
+
+ALIAS_OPS = {"Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze"}
+COPY_OPS = {"Transpose", "Concat", "Slice", "Split", "Pad"}
+REDUCE_OPS = set(G.REDUCE)
+EPI_KINDS = {"conv", "dwconv", "pool", "gpool", "dense", "eltwise", "gpool_dense"}
+ALIGN = 256
+DENSE_SMALL_MAX_ROWS = 32  # dense layers with at most this many rows use our kernel, else cuBLAS
+GRID_STRIDE_BLOCKS = 32  # grid-stride kernels: at most this many blocks per SM
+PROBE_BATCHES = (2, 3)  # fusion decisions must hold for any batch: checked at two sizes
+
+
+def prod(s) -> int:
+    return int(np.prod(s, dtype=np.int64)) if len(s) else 1
+
+
+def contiguous_strides(s) -> list[int]:
+    out, acc = [], 1
+    for d in reversed(s):
+        out.append(acc)
+        acc *= int(d)
+    return out[::-1]
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def pad6(vals, fill) -> list[int]:
+    vals = [int(v) for v in vals]
+    if len(vals) > 6:
+        raise BackendUnavailable(f"tensors of rank {len(vals)} are not supported by the CUDA kernels (at most 6)")
+    return [fill] * (6 - len(vals)) + vals
+
+
+def bcast_strides(s, out) -> list[int]:
+    """Strides (in elements) that read a tensor of shape s broadcast to shape out."""
+    s = (1,) * (len(out) - len(s)) + tuple(s)
+    st = contiguous_strides(s)
+    return [0 if (d == 1 and o != 1) else x for d, o, x in zip(s, out, st)]
+
+
+# ---------------------------------------------------------------------------- tile choice
+
+TILE_COST = {"128x64": 1.0, "128x32": 1.25, "64x64": 1.25, "64x32": 1.6, "128x16": 1.8, "32x32": 2.2, "64x16": 2.6,
+             "32x16": 3.0}
+BLOCKS_PER_SM = 2
+
+
+def choose_tile(M: int, Og: int, K: int, groups: int, nsm: int) -> str:
+    """The tile shape with the least estimated time: waves of blocks over the SMs, each block's
+    work weighted by how well the tile reuses its loads."""
+    best, best_t = None, None
+    kpad = cdiv(K, 8) * 8
+    for name, t in G.TILES.items():
+        if Og <= t.bn // 2 and t.bn > 16:
+            continue  # more than half the tile's columns would be empty
+        blocks = cdiv(M, t.bm) * cdiv(Og, t.bn) * groups
+        waves = cdiv(blocks, nsm * BLOCKS_PER_SM)
+        est = waves * t.bm * t.bn * kpad * TILE_COST[name]
+        if best_t is None or est < best_t:
+            best, best_t = name, est
+    return best
+
+
+# ---------------------------------------------------------------------------- plan records
+
+@dataclass
+class Launch:
+    """One step of a plan. kind 'kernel': `kernel` launched on grid x block with `args` by
+    parameter name; 'gemm': a cuBLAS product (`gemm`); 'host': a node's NumPy definition."""
+
+    kind: str
+    label: str
+    nodes: list
+    reads: list  # base tensors read
+    writes: list  # base tensors written
+    kernel: G.Kernel | None = None
+    grid: tuple = (1, 1, 1)
+    block: tuple = (256, 1, 1)
+    smem: int = 0
+    args: dict = field(default_factory=dict)  # name -> ('t', tensor) | ('c', const) | ('m', offset) | ('null',) | number
+    gemm: dict | None = None
+    host: Node | None = None
+
+
+@dataclass
+class Buffer:
+    name: str
+    shape: tuple
+    dtype: str
+
+    @property
+    def nbytes(self) -> int:
+        return prod(self.shape) * G.ITEMSIZE[self.dtype]
+
+
+@dataclass
+class Plan:
+    n: int
+    in_kind: str
+    launches: list
+    buffers: dict  # base name -> Buffer
+    offsets: dict  # base name -> byte offset in the arena
+    arena_bytes: int
+    meta: np.ndarray  # int64
+    stage: str  # the staging buffer the input is copied into
+    outputs: list  # [(graph output, base buffer, shape)]
+    consts: list  # const names the launches read
+    life: dict = field(default_factory=dict)  # base name -> [first, last] launch index (-1: the copy in)
+
+    @property
+    def capturable(self) -> bool:
+        return not any(l.kind == "host" for l in self.launches)
+
+    @property
+    def kernels(self) -> list:
+        return [l.kernel for l in self.launches if l.kernel is not None]
+
+    @property
+    def in_bytes(self) -> int:
+        return self.buffers[self.stage].nbytes
+
+    @property
+    def out_bytes(self) -> int:
+        return sum(prod(s) * 4 for _, _, s in self.outputs)
+
+
+@dataclass
+class Group:
+    kind: str
+    nodes: list
+    epi: list = field(default_factory=list)  # [(op, attrs, operand or None, swap)]
+    output: str = ""
+    pos: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.nodes[0].name
+
+    @property
+    def ops(self) -> list:
+        return [n.op for n in self.nodes]
+
+
+# ---------------------------------------------------------------------------- the program
+
+class Program:
+    """A graph compiled for the CUDA kernels, independent of the batch size."""
+
+    def __init__(self, graph: Graph, precision: str = "fp32", nsm: int = 132):
+        from ..ir.passes import optimize
+
+        if precision not in ("fp32", "fp16"):
+            raise BackendUnavailable(f"unknown precision {precision!r}")
+        if not graph.batched:
+            raise BackendUnavailable(f"model {graph.name!r}: the CUDA backend needs a batch axis on the input")
+        if len(graph.inputs) != 1:
+            raise BackendUnavailable(f"model {graph.name!r}: the CUDA backend runs single-input graphs "
+                                     f"(this one has {len(graph.inputs)})")
+        if any(v != "float32" for v in graph.input_dtypes.values()):
+            raise BackendUnavailable(f"model {graph.name!r}: the CUDA backend takes float inputs only")
+        self.original = graph
+        self.g = g = optimize(graph)
+        self.precision = precision
+        self.fp16 = precision == "fp16"
+        self.nsm = int(nsm)
+        self.input = g.input_name
+        self.item_shape = tuple(g.inputs[self.input][1:])
+        for t in g.outputs:
+            if t in g.params:
+                raise BackendUnavailable(f"model {g.name!r}: output {t!r} is a constant")
+        self.probe = [g.infer_shapes({self.input: (b,) + self.item_shape}) for b in PROBE_BATCHES]
+        self.alias: dict[str, str] = {}
+        self.consts: dict[str, np.ndarray] = {}
+        self.groups = self._fuse()
+        self.out_bases = {self.base(t) for t in g.outputs}
+        pp = g.preprocess
+        c = self.item_shape[-1] if self.item_shape else 1
+        self._chan_const("prep:mean", pp.get("mean"), c, 0.0)
+        self._chan_const("prep:std", pp.get("std"), c, 1.0)
+        self._chan_const("prep:zero", None, c, 0.0)
+        self._chan_const("prep:one", None, c, 1.0)
+        self._plans: dict = {}
+
+    # ------------------------------------------------------------ constants
+    def _q(self, a: np.ndarray) -> np.ndarray:
+        a = np.ascontiguousarray(a, dtype=np.float32)
+        return a.astype(np.float16).astype(np.float32) if self.fp16 else a
+
+    def const(self, name: str, make) -> str:
+        if name not in self.consts:
+            self.consts[name] = np.ascontiguousarray(make())
+        return name
+
+    def _chan_const(self, name, vals, c, default):
+        v = np.full(c, default, np.float32) if vals is None else np.broadcast_to(np.asarray(vals, np.float32).reshape(-1), (c,))
+        self.consts[name] = np.ascontiguousarray(v, dtype=np.float32)
+
+    # ------------------------------------------------------------ tensors
+    def base(self, t: str) -> str:
+        while t in self.alias:
+            t = self.alias[t]
+        return t
+
+    def dtype(self, t: str) -> str:
+        if t in self.g.params:
+            return "f32"
+        b = self.base(t)
+        return "f32" if (not self.fp16 or b in self.out_bases) else "f16"
+
+    def is_param(self, t: str) -> bool:
+        return t in self.g.params
+
+    # ------------------------------------------------------------ fusion
+    def _kind(self, n: Node) -> str:
+        g, p = self.g, self.is_param
+        shape = self.probe[0]
+        if n.op in ALIAS_OPS:
+            return "alias" if not p(n.inputs[0]) else "host"
+        if p(n.inputs[0]) and n.op not in G.BINARY and n.op not in COPY_OPS:
+            return "host"
+        rank = len(shape[n.inputs[0]])
+        if n.op == "Conv":
+            if not all(p(t) for t in n.inputs[1:]) or rank != 4:
+                return "host"
+            w = g.params[n.inputs[1]]
+            grp = int(n.attrs["group"])
+            return "dwconv" if (w.shape[3] == 1 and grp == shape[n.inputs[0]][3] and grp > 1) else "conv"
+        if n.op == "Dense":
+            return "dense" if all(p(t) for t in n.inputs[1:]) else "host"
+        if n.op == "MatMul":
+            ok = p(n.inputs[1]) and g.params[n.inputs[1]].ndim == 2 and rank >= 2 and not p(n.inputs[0])
+            return "dense" if ok else "host"
+        if n.op in ("MaxPool", "AveragePool"):
+            return "pool" if rank == 4 else "host"
+        if n.op in ("GlobalAveragePool", "GlobalMaxPool"):
+            return "gpool" if rank == 4 else "host"
+        if n.op in ("Softmax", "LogSoftmax"):
+            return "softmax"
+        if n.op in G.UNARY:
+            return "eltwise"
+        if n.op in G.BINARY:
+            if all(p(t) for t in n.inputs) or max(len(shape[t]) for t in n.inputs) > 6:
+                return "host"
+            return "eltwise"
+        if n.op == "BatchNormalization":
+            ok = all(p(t) for t in n.inputs[1:]) and int(n.attrs["axis"]) % rank == rank - 1
+            return "eltwise" if ok else "host"
+        if n.op in COPY_OPS:
+            return "copy" if rank <= 6 else "host"
+        if n.op in REDUCE_OPS:
+            return "reduce" if rank <= 6 else "host"
+        return "host"
+
+    def _bn_consts(self, n: Node) -> tuple[str, str]:
+        s, b, m, v = (self.g.params[t].astype(np.float64) for t in n.inputs[1:])
+        k = s / np.sqrt(v + float(n.attrs["epsilon"]))
+        kn = self.const(f"{n.name}:bn_k", lambda: self._q(k))
+        bn = self.const(f"{n.name}:bn_b", lambda: self._q(b - m * k))
+        return kn, bn
+
+    def _fixed_mode(self, operand: str, out: str) -> str | None:
+        """The operand's index mode against output `out`, if the same at every batch size and one that
+        the fused kernels read (full, chan, nc, scalar); else None."""
+        modes = {self.mode(operand, s[out], s) for s in self.probe}
+        m = modes.pop() if len(modes) == 1 else None
+        return m if m in ("full", "chan", "nc", "scalar") else None
+
+    def mode(self, operand: str, out_shape, shapes) -> str:
+        s = tuple(self.g.params[operand].shape) if self.is_param(operand) else tuple(shapes[operand])
+        out_shape = tuple(out_shape)
+        if prod(s) == 1:
+            return "scalar"
+        if self.is_param(operand):
+            if len(s) <= len(out_shape) and s[-1] == out_shape[-1] and all(d == 1 for d in s[:-1]):
+                return "chan"
+            return "full" if s == out_shape else "bcast"
+        if s == out_shape:
+            return "full"
+        if len(s) == 4 == len(out_shape) and s[0] == out_shape[0] and s[1] == s[2] == 1 and s[3] == out_shape[3]:
+            return "nc"
+        return "bcast"
+
+    def _as_epi(self, m: Node, t: str):
+        """m (the one reader of t) as epilogue ops on t, or None."""
+        if m.op in G.UNARY:
+            return [(m.op, dict(m.attrs), None, False)]
+        if m.op == "BatchNormalization":
+            if self._kind(m) != "eltwise" or m.inputs[0] != t:
+                return None
+            k, b = self._bn_consts(m)
+            return [("Mul", {}, k, False), ("Add", {}, b, False)]
+        if m.op in G.BINARY:
+            other = m.inputs[1] if m.inputs[0] == t else m.inputs[0]
+            if other == t or any(tuple(s[m.outputs[0]]) != tuple(s[t]) for s in self.probe):
+                return None
+            if self._fixed_mode(other, t) is None:
+                return None
+            return [(m.op, {}, other, m.inputs[1] == t)]
+        return None
+
+    def _fuse(self) -> list:
+        g = self.g
+        pos = {n.name: i for i, n in enumerate(g.nodes)}
+        readers: dict[str, list] = {}
+        for n in g.nodes:
+            for t in n.inputs:
+                readers.setdefault(t, []).append(n)
+        outs = set(g.outputs)
+        claimed: set = set()
+
+        def only_reader(t):
+            r = readers.get(t, [])
+            if t in outs or len(r) != 1 or r[0].inputs.count(t) != 1 or r[0].name in claimed:
+                return None
+            return r[0]
+
+        groups = []
+        for n in g.nodes:
+            if n.name in claimed:
+                continue
+            kind = self._kind(n)
+            claimed.add(n.name)
+            if kind == "alias":
+                self.alias[n.outputs[0]] = n.inputs[0]
+                continue
+            grp = Group(kind, [n])
+            if kind == "gpool" and n.op == "GlobalAveragePool":
+                chain, m = [], only_reader(n.outputs[0])
+                while m is not None and m.op in ALIAS_OPS:
+                    chain.append(m)
+                    m = only_reader(m.outputs[0])
+                if (m is not None and m.op == "Dense" and self._kind(m) == "dense"
+                        and all(tuple(s[m.inputs[0]]) == (s[n.inputs[0]][0], s[n.inputs[0]][3]) for s in self.probe)):
+                    grp.kind = "gpool_dense"
+                    grp.nodes += chain + [m]
+                    claimed.update(x.name for x in chain + [m])
+            if grp.kind in EPI_KINDS and len(grp.nodes[-1].outputs) == 1:
+                t = grp.nodes[-1].outputs[0]
+                while True:
+                    m = only_reader(t)
+                    ops = self._as_epi(m, t) if m is not None else None
+                    if ops is None:
+                        break
+                    grp.epi += ops
+                    grp.nodes.append(m)
+                    claimed.add(m.name)
+                    t = m.outputs[0]
+            grp.output = grp.nodes[-1].outputs[0]
+            grp.pos = max(pos[x.name] for x in grp.nodes)
+            groups.append(grp)
+        groups.sort(key=lambda q: q.pos)
+        return groups
+
+    # ------------------------------------------------------------ describe
+    def describe(self, n: int = 1) -> list[tuple[str, str, str]]:
+        """(node, op, kernel) for every node, for a batch of n: which kernel runs it, fused or generic."""
+        plan = self.plan(n)
+        where = {}
+        for l in plan.launches:
+            for name in l.nodes:
+                where.setdefault(name, l.label)
+        rows = []
+        kept = {node.name for node in self.g.nodes}
+        for node in self.original.nodes:
+            if node.name not in kept:
+                rows.append((node.name, node.op, "folded away when the model loads (ir.passes)"))
+            elif node.outputs[0] in self.alias:
+                rows.append((node.name, node.op, "view (no kernel)"))
+            else:
+                rows.append((node.name, node.op, where.get(node.name, "?")))
+        return rows
+
+    # ------------------------------------------------------------ instantiation
+    def plan(self, n: int, in_kind: str = "f32") -> Plan:
+        key = (int(n), in_kind)
+        if key not in self._plans:
+            self._plans[key] = _Planner(self, int(n), in_kind).build()
+        return self._plans[key]
+
+
+class _Planner:
+    """Builds one Plan: launches in order, then buffers and their offsets."""
+
+    def __init__(self, prog: Program, n: int, in_kind: str):
+        if n < 1:
+            raise ValueError("batch size must be at least 1")
+        self.p, self.n, self.in_kind = prog, n, in_kind
+        self.shapes = prog.g.infer_shapes({prog.input: (n,) + prog.item_shape})
+        self.launches: list[Launch] = []
+        self.buffers: dict[str, Buffer] = {}
+        self.meta: list[int] = []
+        self.consts_used: set = set()
+
+    # -------------------------------------------------------- helpers
+    def t(self, name: str):
+        """An argument for a tensor or constant."""
+        if self.p.is_param(name):
+            q = f"{name}:q"
+            self.p.const(q, lambda: self.p._q(self.p.g.params[name]))
+            self.consts_used.add(q)
+            return ("c", q)
+        b = self.p.base(name)
+        if b not in self.buffers:
+            self.buffers[b] = Buffer(b, tuple(self.shapes[b]), self.p.dtype(b))
+        return ("t", b)
+
+    def c(self, name: str):
+        self.consts_used.add(name)
+        return ("c", name)
+
+    def temp(self, name: str, shape, dtype: str):
+        self.buffers[name] = Buffer(name, tuple(int(d) for d in shape), dtype)
+        return ("t", name)
+
+    def dt(self, name: str) -> str:
+        return "f32" if self.p.is_param(name) else self.p.dtype(name)
+
+    def add_meta(self, vals) -> int:
+        off = len(self.meta)
+        self.meta.extend(int(v) for v in vals)
+        return off
+
+    def grid_stride(self, total: int) -> tuple:
+        return (max(1, min(cdiv(total, 256), self.p.nsm * GRID_STRIDE_BLOCKS)), 1, 1)
+
+    def epi(self, grp: Group, out: str, head=()):
+        """EpiOps and their operand arguments for a group's epilogue, against output `out`."""
+        ops, args = [], []
+        for op, attrs, operand, swap in list(head) + list(grp.epi):
+            if operand is None:
+                ops.append(G.epi_op(op, attrs))
+                continue
+            if operand in self.p.consts:  # a per-channel constant made by the planner (BN scale/shift, bias)
+                mode = "chan"
+            else:
+                mode = self.p.mode(operand, self.shapes[out], self.shapes)
+            if operand in self.p.consts:
+                arg, dtype = self.c(operand), "f32"
+            else:
+                arg, dtype = self.t(operand), self.dt(operand)
+            ops.append(G.epi_op(op, attrs, mode, dtype, swap))
+            args.append((arg, mode, operand))
+        return ops, args
+
+    def bcast_meta(self, out_shape, operands) -> int:
+        """meta block: the output's 6 dims, then 6 strides per broadcast operand."""
+        vals = pad6(out_shape, 1)
+        for name in operands:
+            s = tuple(self.p.g.params[name].shape) if self.p.is_param(name) else tuple(self.shapes[name])
+            vals += pad6(bcast_strides(s, out_shape), 0)
+        return self.add_meta(vals)
+
+    def emit(self, grp: Group | None, kernel, grid, block, args, reads, writes, label=None, smem=0, nodes=None):
+        nodes = nodes if nodes is not None else [x.name for x in grp.nodes]
+        rb = [a[1] for a in args.values() if isinstance(a, tuple) and a[0] == "t"]
+        self.launches.append(Launch("kernel", label or kernel.family, nodes, sorted(set(rb) - set(writes)),
+                                    list(writes), kernel, tuple(grid) + (1,) * (3 - len(grid)),
+                                    tuple(block) + (1,) * (3 - len(block)), smem, args))
+
+    @staticmethod
+    def label(grp: Group, what: str) -> str:
+        ops = grp.ops
+        if len(ops) == 1:
+            return f"{what} (generic)"
+        return f"{what} (fused: {'+'.join(ops)})"
+
+    def put_epi(self, args: dict, eargs) -> None:
+        for i, (arg, _, _) in enumerate(eargs):
+            args[f"e{i}"] = arg
+
+    # -------------------------------------------------------- groups
+    def build(self) -> Plan:
+        p = self.p
+        stage = self.temp(":stage", (self.n,) + p.item_shape, self.in_kind)
+        x = self.t(p.input)
+        u8 = self.in_kind == "u8"
+        k = G.prep_kernel(self.in_kind, p.dtype(p.input))
+        total = self.n * prod(p.item_shape)
+        self.emit(None, k, self.grid_stride(total), (256,),
+                  {"x": stage, "y": x, "total": total, "CH": p.item_shape[-1] if p.item_shape else 1,
+                   "scale": float(p.g.input_scale) if u8 else 1.0,
+                   "mean": self.c("prep:mean" if u8 else "prep:zero"), "std": self.c("prep:std" if u8 else "prep:one")},
+                  [stage[1]], [x[1]], label="prep (input scale/normalise)", nodes=[])
+        for grp in p.groups:
+            getattr(self, f"g_{grp.kind}")(grp)
+        outputs = []
+        for o in p.g.outputs:
+            arg = self.t(o)
+            outputs.append((o, arg[1], tuple(self.shapes[o])))
+        offsets, size = self.assign(outputs)
+        meta = np.asarray(self.meta or [0], np.int64)
+        return Plan(self.n, self.in_kind, self.launches, self.buffers, offsets, size, meta, ":stage", outputs,
+                    sorted(self.consts_used), self.life)
+
+    def g_conv(self, grp: Group):
+        p, node = self.p, grp.nodes[0]
+        xs, ys = self.shapes[node.inputs[0]], self.shapes[node.outputs[0]]
+        w = p.g.params[node.inputs[1]]
+        o, kh, kw, cg = w.shape
+        groups = int(node.attrs["group"])
+        og = o // groups
+        K = kh * kw * cg
+        wp = p.const(f"{node.name}:wpack", lambda: p._q(w.reshape(groups, og, K).transpose(0, 2, 1)))
+        bias = self._bias(node, o)
+        n, h, wd, c = xs
+        _, ho, wo, _ = ys
+        M = n * ho * wo
+        tile = G.TILES[choose_tile(M, og, K, groups, p.nsm)]
+        out = grp.output
+        ops, eargs = self.epi(grp, out)
+        y = self.t(out)
+        kern = G.conv_kernel(tile, self.dt(node.inputs[0]), self.dt(out), ops)
+        (sh, sw), (dh, dw), pads = node.attrs["strides"], node.attrs["dilations"], node.attrs["pads"]
+        args = {"x": self.t(node.inputs[0]), "w": self.c(wp), "bias": self.c(bias), "y": y}
+        self.put_epi(args, eargs)
+        args.update(N=n, H=h, W=wd, C=c, Ho=ho, Wo=wo, O=o, KW=kw, sh=sh, sw=sw, ph=pads[0], pw=pads[1], dh=dh, dw=dw,
+                    Cg=cg, Og=og, K=K)
+        tname = next(k for k, v in G.TILES.items() if v == tile)
+        self.emit(grp, kern, (cdiv(M, tile.bm), cdiv(og, tile.bn), groups), (tile.threads,), args, [], [y[1]],
+                  self.label(grp, f"conv implicit-GEMM {tname}"))
+
+    def _bias(self, node: Node, o: int) -> str:
+        if len(node.inputs) > 2:
+            b = self.p.g.params[node.inputs[2]]
+            return self.p.const(f"{node.name}:bias", lambda: self.p._q(b))
+        return self.p.const(f"zeros:{o}", lambda: np.zeros(o, np.float32))
+
+    def g_dwconv(self, grp: Group):
+        p, node = self.p, grp.nodes[0]
+        xs, ys = self.shapes[node.inputs[0]], self.shapes[node.outputs[0]]
+        w = p.g.params[node.inputs[1]]
+        o, kh, kw, _ = w.shape
+        wp = p.const(f"{node.name}:wpack", lambda: p._q(w.reshape(o, kh * kw).T))
+        bias = self._bias(node, o)
+        n, h, wd, c = xs
+        _, ho, wo, _ = ys
+        out = grp.output
+        ops, eargs = self.epi(grp, out)
+        y = self.t(out)
+        kern = G.dwconv_kernel(self.dt(node.inputs[0]), self.dt(out), ops)
+        (sh, sw), (dh, dw), pads = node.attrs["strides"], node.attrs["dilations"], node.attrs["pads"]
+        args = {"x": self.t(node.inputs[0]), "w": self.c(wp), "bias": self.c(bias), "y": y}
+        self.put_epi(args, eargs)
+        args.update(N=n, H=h, W=wd, C=c, Ho=ho, Wo=wo, O=o, KH=kh, KW=kw, sh=sh, sw=sw, ph=pads[0], pw=pads[1], dh=dh,
+                    dw=dw, mult=o // c)
+        self.emit(grp, kern, self.grid_stride(n * ho * wo * o), (256,), args, [], [y[1]],
+                  self.label(grp, "depthwise conv"))
+
+    def g_pool(self, grp: Group):
+        node = grp.nodes[0]
+        a = node.attrs
+        n, h, wd, c = self.shapes[node.inputs[0]]
+        _, ho, wo, _ = self.shapes[node.outputs[0]]
+        out = grp.output
+        ops, eargs = self.epi(grp, out)
+        y = self.t(out)
+        kind = "max" if node.op == "MaxPool" else "avg"
+        kern = G.pool_kernel(kind, self.dt(node.inputs[0]), self.dt(out), ops)
+        (kh, kw), (sh, sw), (dh, dw), pads = a["kernel_shape"], a["strides"], a["dilations"], a["pads"]
+        incl = kind == "avg" and bool(a.get("count_include_pad", 0))
+        args = {"x": self.t(node.inputs[0]), "y": y}
+        self.put_epi(args, eargs)
+        args.update(N=n, H=h, W=wd, C=c, Ho=ho, Wo=wo, KH=kh, KW=kw, sh=sh, sw=sw, ph=pads[0], pw=pads[1], dh=dh, dw=dw,
+                    hlo=-pads[0] if incl else 0, hhi=h + pads[2] if incl else h,
+                    wlo=-pads[1] if incl else 0, whi=wd + pads[3] if incl else wd)
+        self.emit(grp, kern, self.grid_stride(n * ho * wo * c), (256,), args, [], [y[1]],
+                  self.label(grp, f"{kind} pool"))
+
+    def _gpool(self, grp: Group, node: Node, out_arg, out_dtype, ops, eargs, nodes=None, label=None):
+        n, h, wd, c = self.shapes[node.inputs[0]]
+        kind = "max" if node.op == "GlobalMaxPool" else "avg"
+        kern = G.gpool_kernel(kind, self.dt(node.inputs[0]), out_dtype, ops)
+        args = {"x": self.t(node.inputs[0]), "y": out_arg}
+        self.put_epi(args, eargs)
+        args.update(HW=h * wd, C=c, inv=1.0 / (h * wd))
+        self.emit(grp, kern, (cdiv(c, 32), n), (32, 8), args, [], [out_arg[1]],
+                  label or self.label(grp, f"global {kind} pool"), nodes=nodes)
+
+    def g_gpool(self, grp: Group):
+        out = grp.output
+        ops, eargs = self.epi(grp, out)
+        y = self.t(out)
+        self._gpool(grp, grp.nodes[0], y, self.dt(out), ops, eargs)
+
+    def g_gpool_dense(self, grp: Group):
+        pool, dense = grp.nodes[0], next(x for x in grp.nodes if x.op == "Dense")
+        n, h, wd, c = self.shapes[pool.inputs[0]]
+        if self._dense_small_ok(n, c):
+            self._dense(grp, dense, pool.inputs[0], h * wd, "global avg pool + dense")
+            return
+        pooled = self.temp(f"{pool.name}:pooled", (n, c), self.p.dtype(pool.outputs[0]))
+        self._gpool(grp, pool, pooled, self.buffers[pooled[1]].dtype, [], [],
+                    nodes=[x.name for x in grp.nodes if x is not dense], label="global avg pool (generic)")
+        self._dense(grp, dense, pooled[1], 1, "dense", skip=[x.name for x in grp.nodes if x is not dense])
+
+    def g_dense(self, grp: Group):
+        node = grp.nodes[0]
+        self._dense(grp, node, node.inputs[0], 1, "dense")
+
+    @staticmethod
+    def _dense_small_ok(rows: int, k: int) -> bool:
+        return rows <= DENSE_SMALL_MAX_ROWS and k * 4 <= G.DENSE_SMALL_SMEM
+
+    def _dense(self, grp: Group, node: Node, xin: str, hw: int, what: str, skip=()):
+        """Dense (or MatMul with a constant right side) over xin, pooled over hw positions first if hw > 1."""
+        p = self.p
+        if node.op == "MatMul":
+            wsrc = p.g.params[node.inputs[1]].T
+        else:
+            wsrc = p.g.params[node.inputs[1]]
+        o, k = wsrc.shape
+        xshape = self.buffers[xin].shape if xin in self.buffers else self.shapes[xin]
+        rows = prod(xshape) // (k * hw)
+        xdt = self.buffers[xin].dtype if xin in self.buffers else self.dt(xin)
+        wname = p.const(f"{node.name}:w:{xdt}",
+                        lambda: p._q(wsrc).astype(np.float16 if xdt == "f16" else np.float32))
+        bias = self._bias(node, o) if node.op == "Dense" else p.const(f"zeros:{o}", lambda: np.zeros(o, np.float32))
+        out = grp.output
+        nodes = [x.name for x in grp.nodes if x.name not in skip]
+        xarg = ("t", xin) if xin in self.buffers and xin.endswith(":pooled") else self.t(xin)
+        if self._dense_small_ok(rows, k):
+            ops, eargs = self.epi(grp, out)
+            y = self.t(out)
+            kern = G.dense_small_kernel(xdt, xdt, self.dt(out), ops)
+            nb = min(G.DENSE_SMALL_NB, G.DENSE_SMALL_SMEM // (4 * k))
+            args = {"x": xarg, "w": self.c(wname), "bias": self.c(bias), "y": y}
+            self.put_epi(args, eargs)
+            args.update(N=rows, HW=hw, K=k, O=o, inv=1.0 / hw, NB=nb)
+            self.emit(grp, kern, (cdiv(o, 8 * G.DENSE_SMALL_OPW),), (256,), args, [], [y[1]],
+                      self.label(grp, f"{what} small-batch kernel"), smem=nb * k * 4, nodes=nodes)
+            return
+        assert hw == 1
+        acc = self.temp(f"{node.name}:acc", (rows, o), "f32")
+        self.launches.append(Launch("gemm", f"dense cuBLAS GEMM ({'fp16 in, ' if xdt == 'f16' else ''}fp32 accumulate)",
+                                    nodes, [xarg[1]], [acc[1]],
+                                    gemm={"m": o, "n": rows, "k": k, "A": self.c(wname), "B": xarg, "C": acc,
+                                          "ab": xdt}))
+        ops, eargs = self.epi(grp, out, head=[("Add", {}, bias, False)])
+        y = self.t(out)
+        kern = G.eltwise_kernel("full", "f32", self.dt(out), ops)
+        args = {"a0": acc}
+        self.put_epi(args, eargs)
+        args.update(y=y, total=rows * o, CH=o, HWC=o, meta=("m", self.add_meta([0])))
+        self.emit(grp, kern, self.grid_stride(rows * o), (256,), args, [], [y[1]],
+                  "dense bias" + (f" (fused: {'+'.join(grp.ops[1:])})" if len(nodes) > 1 else ""), nodes=nodes)
+
+    def g_eltwise(self, grp: Group):
+        node = grp.nodes[0]
+        out = grp.output
+        if node.op in G.UNARY:
+            a0, head = node.inputs[0], [(node.op, dict(node.attrs), None, False)]
+        elif node.op == "BatchNormalization":
+            kq, bq = self.p._bn_consts(node)
+            a0, head = node.inputs[0], [("Mul", {}, kq, False), ("Add", {}, bq, False)]
+        else:
+            x0, x1 = node.inputs
+            if self.p.is_param(x0):
+                a0, head = x1, [(node.op, {}, x0, True)]
+            else:
+                a0, head = x0, [(node.op, {}, x1, False)]
+        shape = self.shapes[out]
+        ops, eargs = self.epi(grp, out, head=head)
+        m0 = self.p.mode(a0, shape, self.shapes)
+        bc = ([a0] if m0 == "bcast" else []) + [name for _, mode, name in eargs if mode == "bcast"]
+        meta = self.bcast_meta(shape, bc) if bc else self.add_meta([0])
+        y = self.t(out)
+        kern = G.eltwise_kernel(m0, self.dt(a0), self.dt(out), ops)
+        args = {"a0": self.t(a0)}
+        self.put_epi(args, eargs)
+        total = prod(shape)
+        args.update(y=y, total=total, CH=shape[-1] if shape else 1, HWC=max(1, total // max(shape[0], 1)) if shape else 1,
+                    meta=("m", meta))
+        self.emit(grp, kern, self.grid_stride(total), (256,), args, [], [y[1]], self.label(grp, "elementwise"))
+
+    def g_softmax(self, grp: Group):
+        node = grp.nodes[0]
+        s = self.shapes[node.inputs[0]]
+        ax = int(node.attrs["axis"]) % len(s)
+        outer, L, inner = prod(s[:ax]), s[ax], prod(s[ax + 1:])
+        y = self.t(node.outputs[0])
+        kern = G.softmax_kernel(node.op == "LogSoftmax", self.dt(node.inputs[0]), self.dt(node.outputs[0]))
+        args = {"x": self.t(node.inputs[0]), "y": y, "b": ("null",), "outer": outer, "L": L, "inner": inner}
+        self.emit(grp, kern, (cdiv(outer * inner * 32, 256),), (256,), args, [], [y[1]],
+                  f"{node.op.lower()} (generic)")
+
+    def _copy(self, grp, src: str, dst, dims, ostr, istr, lo, hi, obase, ibase, fill=0.0, label=None):
+        meta = self.add_meta(pad6(dims, 1) + pad6(ostr, 0) + pad6(istr, 0) + pad6(lo, 0) + pad6(hi, 1) + [obase, ibase])
+        total = prod(dims)
+        kern = G.copy_kernel(self.dt(src), self.buffers[dst[1]].dtype)
+        args = {"x": self.t(src), "y": dst, "total": total, "meta": ("m", meta), "fill": float(fill)}
+        if total:
+            self.emit(grp, kern, self.grid_stride(total), (256,), args, [], [dst[1]], label or f"{grp.nodes[0].op.lower()} copy (generic)")
+
+    def g_copy(self, grp: Group):
+        node = grp.nodes[0]
+        a = node.attrs
+        s = tuple(self.shapes[node.inputs[0]])
+        if node.op == "Transpose":
+            perm = a["perm"] if a["perm"] is not None else tuple(reversed(range(len(s))))
+            o = tuple(self.shapes[node.outputs[0]])
+            st = contiguous_strides(s)
+            self._copy(grp, node.inputs[0], self.t(node.outputs[0]), o, contiguous_strides(o), [st[q] for q in perm],
+                       [0] * len(o), o, 0, 0)
+        elif node.op == "Concat":
+            o = tuple(self.shapes[node.outputs[0]])
+            ax = int(a["axis"]) % len(o)
+            y = self.t(node.outputs[0])
+            ost = contiguous_strides(o)
+            off = 0
+            for src in node.inputs:
+                si = tuple(self.shapes[src])
+                self._copy(grp, src, y, si, ost, contiguous_strides(si), [0] * len(si), si, off * ost[ax], 0,
+                           label="concat copy (generic)")
+                off += si[ax]
+        elif node.op in ("Slice", "Split"):
+            st = contiguous_strides(s)
+            if node.op == "Slice":
+                parts = [(node.outputs[0], O.slice_indices(s, a))]
+            else:
+                ax = int(a["axis"]) % len(s)
+                parts, off = [], 0
+                for t, size in zip(node.outputs, a["split"]):
+                    sl = [slice(None)] * len(s)
+                    sl[ax] = slice(off, off + int(size))
+                    parts.append((t, tuple(sl)))
+                    off += int(size)
+            for t, sl in parts:
+                o = tuple(self.shapes[t])
+                starts, steps = [], []
+                for d, q in enumerate(sl):
+                    b, _, step = q.indices(s[d])
+                    starts.append(b)
+                    steps.append(step)
+                self._copy(grp, node.inputs[0], self.t(t), o, contiguous_strides(o),
+                           [st[d] * steps[d] for d in range(len(s))], [0] * len(o), o, 0,
+                           sum(st[d] * starts[d] for d in range(len(s))))
+        elif node.op == "Pad":
+            o = tuple(self.shapes[node.outputs[0]])
+            r = len(s)
+            pads = [int(v) for v in a["pads"]]
+            st = contiguous_strides(s)
+            lo = [max(pads[d], 0) for d in range(r)]
+            hi = [max(lo[d], min(o[d], s[d] + pads[d])) for d in range(r)]
+            ibase = -sum(pads[d] * st[d] for d in range(r))
+            self._copy(grp, node.inputs[0], self.t(node.outputs[0]), o, contiguous_strides(o), st, lo, hi, 0, ibase,
+                       fill=float(a["value"]))
+
+    def g_reduce(self, grp: Group):
+        node = grp.nodes[0]
+        s = tuple(self.shapes[node.inputs[0]])
+        r = len(s)
+        axes = sorted({int(v) % r for v in node.attrs["axes"]}) if node.attrs["axes"] is not None else list(range(r))
+        st = contiguous_strides(s)
+        keep = [d for d in range(r) if d not in axes]
+        rdims = [s[d] for d in axes]
+        R = prod(rdims)
+        meta = self.add_meta(pad6([s[d] for d in keep], 1) + pad6([st[d] for d in keep], 0) + pad6(rdims, 1)
+                             + pad6([st[d] for d in axes], 0))
+        y = self.t(node.outputs[0])
+        kern = G.reduce_kernel(node.op, self.dt(node.inputs[0]), self.dt(node.outputs[0]))
+        total = prod(self.shapes[node.outputs[0]])
+        args = {"x": self.t(node.inputs[0]), "y": y, "total": total, "R": R, "meta": ("m", meta),
+                "scale": 1.0 / max(R, 1)}
+        self.emit(grp, kern, self.grid_stride(total), (256,), args, [], [y[1]], f"{node.op} (generic)")
+
+    def g_host(self, grp: Group):
+        node = grp.nodes[0]
+        reads = [self.t(t)[1] for t in node.inputs if not self.p.is_param(t)]
+        writes = [self.t(t)[1] for t in node.outputs]
+        self.launches.append(Launch("host", "host: NumPy reference (generic, not on the GPU)", [node.name], reads,
+                                    writes, host=node))
+
+    # -------------------------------------------------------- buffers
+    def assign(self, outputs) -> tuple[dict, int]:
+        """Arena offsets: each buffer lives from the first launch that touches it to the last (the
+        staging buffer from the copy in, outputs to the copy out); buffers whose lifetimes overlap
+        never share bytes. Greedy, largest first, lowest free offset."""
+        end = len(self.launches)
+        life: dict[str, list] = {":stage": [-1, 0]}
+        for i, l in enumerate(self.launches):
+            names = list(l.reads) + list(l.writes)
+            if l.kind == "gemm":
+                names += [l.gemm["B"][1], l.gemm["C"][1]]
+            for a in l.args.values():
+                if isinstance(a, tuple) and a[0] == "t":
+                    names.append(a[1])
+            for b in names:
+                lo, hi = life.get(b, [i, i])
+                life[b] = [min(lo, i), max(hi, i)]
+        for _, b, _ in outputs:
+            lo, hi = life.get(b, [end, end])
+            life[b] = [lo, end]
+        for b in self.buffers:
+            life.setdefault(b, [0, end])
+        order = sorted(self.buffers, key=lambda b: (-self.buffers[b].nbytes, b))
+        placed: list = []  # (offset, size, lo, hi)
+        offsets = {}
+        for b in order:
+            size = cdiv(max(self.buffers[b].nbytes, 1), ALIGN) * ALIGN
+            lo, hi = life[b]
+            busy = sorted((o, o + s) for o, s, l2, h2 in placed if not (h2 < lo or hi < l2))
+            off = 0
+            for s0, e0 in busy:
+                if off + size <= s0:
+                    break
+                off = max(off, e0)
+            offsets[b] = off
+            placed.append((off, size, lo, hi))
+        total = max((o + s for o, s, _, _ in placed), default=0)
+        self.life = life
+        return offsets, max(total, ALIGN)

@@ -1,0 +1,52 @@
+"""`cnnrt info --backend X`: which kernel runs each node of a model, without running it.
+
+The CUDA plan is pure Python (cuda_plan.py), so it is printed even where no GPU is present
+(planned for an H100's 132 SMs then, and it says so)."""
+from __future__ import annotations
+
+
+def plan_lines(model, backend: str, precision: str | None = None, batch_size: int | None = None) -> list[str]:
+    from ..ir.chain import as_graph, match
+
+    graph = as_graph(model)
+    batch = int(batch_size or 1)
+    if backend == "cuda":
+        from . import cuda
+        from .cuda_graph import plan_summary
+        from .cuda_plan import Program
+
+        precision = precision or cuda.DEFAULT_PRECISION
+        reason = cuda.available()
+        nsm = 132
+        note = f" (no GPU here: {reason}; planned for 132 SMs)" if reason else ""
+        if reason is None:
+            import cupy
+
+            nsm = int(cupy.cuda.Device().attributes["MultiProcessorCount"])
+        if cuda._match_deep_mnist(graph, precision):
+            rows = cuda.deep_mnist_rows(graph)
+            summary = plan_summary(rows, precision) + " (the deep_mnist pattern)"
+        else:
+            rows = Program(graph, precision, nsm).describe(batch)
+            summary = plan_summary(rows, precision)
+    elif backend == "numpy":
+        from .numpy_graph import GraphRunner
+
+        precision = precision or "fp32"
+        note = ""
+        chain = match(graph)
+        if chain is not None:
+            from .numpy_backend import NumpyRunner
+            rows = NumpyRunner(chain, precision).describe()
+        else:
+            rows = GraphRunner(graph, precision).describe()
+        summary = f"{len(rows)} nodes"
+    else:
+        from ..errors import CnnrtError
+
+        raise CnnrtError(f"unknown backend {backend!r} (expected numpy or cuda)")
+    width = max((len(n) for n, _, _ in rows), default=4)
+    out = [f"Plan on {backend}, {precision}, batch {batch}{note}:"]
+    out += [f"  {n:<{width}}  {op:<18} {k}" for n, op, k in rows]
+    out.append(f"  {summary}")
+    return out

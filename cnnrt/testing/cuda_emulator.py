@@ -1,0 +1,346 @@
+"""Run a CUDA Plan on the CPU: each kernel family re-implemented in NumPy from the launch's own
+arguments (shapes, strides, meta, arena offsets, epilogue), so the planner (fusion, buffer
+sharing, argument values, grid coverage) is tested without a GPU. The arena starts filled with
+NaN bytes, like the GPU tests' poisoned buffers: a value read before it is written shows up.
+
+This checks the plan, not the CUDA source (the device tests do that): the emulated kernels follow
+the C code's indexing, in float64.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from cnnrt.backends import cuda_codegen as G
+from cnnrt.backends.cuda_plan import Plan, Program, cdiv, prod
+
+NP = {"f32": np.float32, "f16": np.float16, "u8": np.uint8}
+
+
+class Emulator:
+    def __init__(self, prog: Program, plan: Plan):
+        self.prog, self.plan = prog, plan
+        self.arena = np.full(plan.arena_bytes, 0xFF, np.uint8)  # NaN in fp32 and fp16
+        self.meta = plan.meta
+        self.shapes = prog.g.infer_shapes({prog.input: (plan.n,) + prog.item_shape})
+
+    # ---------------------------------------------------------- memory
+    def buf(self, name: str) -> np.ndarray:
+        b = self.plan.buffers[name]
+        off = self.plan.offsets[name]
+        return self.arena[off:off + b.nbytes].view(NP[b.dtype])
+
+    def arg(self, a) -> np.ndarray:
+        if a[0] == "arr":
+            return a[1]
+        if a[0] == "t":
+            return self.buf(a[1])
+        if a[0] == "c":
+            return self.prog.consts[a[1]].reshape(-1)
+        raise ValueError(a)
+
+    def read(self, a, count: int | None = None) -> np.ndarray:
+        v = self.arg(a)
+        return (v if count is None else v[:count]).astype(np.float64)
+
+    def store(self, a, values) -> None:
+        dst = self.arg(a).reshape(-1)
+        v = np.asarray(values, np.float64).reshape(-1)
+        assert v.size <= dst.size
+        dst[:v.size] = v.astype(dst.dtype)
+
+    def m(self, off: int, count: int) -> list:
+        return [int(v) for v in self.meta[off:off + count]]
+
+    def meta_offset(self, a) -> int:
+        """The offset of a launch's meta block ('m', offset); the CuPy fake passes the block itself."""
+        if a[0] == "arr":
+            self.meta = a[1]
+            return 0
+        return a[1]
+
+    # ---------------------------------------------------------- epilogue
+    def epilogue(self, l, v: np.ndarray, CH: int, HWC: int) -> np.ndarray:
+        idx = np.arange(v.size)
+        c = idx % CH
+        nimg = idx // HWC
+        slot = 0
+        for e in l.kernel.static["epi"]:
+            if e.mode is None:
+                v = unary(e.op, e.a, v)
+                continue
+            u = self.read(l.args[f"e{slot}"])
+            if e.mode == "full":
+                u = u[idx]
+            elif e.mode == "chan":
+                u = u[c]
+            elif e.mode == "nc":
+                u = u[nimg * CH + c]
+            elif e.mode == "scalar":
+                u = np.full(v.shape, u[0])
+            else:
+                raise AssertionError("bcast operands are handled by eltwise()")
+            v = binary(e.op, u, v) if e.swap else binary(e.op, v, u)
+            slot += 1
+        return v
+
+    # ---------------------------------------------------------- run
+    def run(self, x: np.ndarray) -> dict:
+        stage = self.buf(self.plan.stage)
+        stage[...] = np.asarray(x).reshape(-1).astype(stage.dtype)
+        for l in self.plan.launches:
+            if l.kind == "gemm":
+                gm = l.gemm
+                w = self.read(gm["A"]).reshape(gm["m"], gm["k"])
+                xb = self.read(gm["B"]).reshape(gm["n"], gm["k"])
+                self.store(gm["C"], xb @ w.T)
+            elif l.kind == "host":
+                self.host(l)
+            else:
+                getattr(self, l.kernel.family)(l)
+        return {o: self.buf(b)[:prod(s)].astype(np.float64).reshape(s) for o, b, s in self.plan.outputs}
+
+    def host(self, l):
+        from cnnrt.ir import ops as O
+
+        node = l.host
+        g = self.prog.g
+        ins = []
+        for t in node.inputs:
+            if t in g.params:
+                ins.append(self.prog._q(g.params[t]))
+            else:
+                b = self.prog.base(t)
+                ins.append(self.buf(b).astype(np.float32).reshape(self.shapes[t]))
+        outs = O.OPS[node.op].run(ins, node.attrs)
+        for t, v in zip(node.outputs, outs):
+            self.store(("t", self.prog.base(t)), np.asarray(v))
+
+    # ---------------------------------------------------------- kernel families
+    def prep(self, l):
+        a = l.args
+        x = self.read(a["x"], a["total"])
+        c = np.arange(x.size) % a["CH"]
+        mean, std = self.read(a["mean"]), self.read(a["std"])
+        self.store(a["y"], (x * a["scale"] - mean[c]) / std[c])
+
+    def conv(self, l):
+        a = l.args
+        t = l.kernel.static["tile"]
+        N, H, W, C, Ho, Wo, O_ = (a[k] for k in ("N", "H", "W", "C", "Ho", "Wo", "O"))
+        Cg, Og, K, KW = a["Cg"], a["Og"], a["K"], a["KW"]
+        KH = K // (KW * Cg)
+        groups = O_ // Og
+        M = N * Ho * Wo
+        assert l.grid[0] * t.bm >= M and l.grid[1] * t.bn >= Og and l.grid[2] == groups, "grid does not cover the output"
+        x = self.read(a["x"], N * H * W * C).reshape(N, H, W, C)
+        w = self.read(a["w"], groups * K * Og).reshape(groups, K, Og)
+        xp = np.zeros((N, H + 2 * KH * a["dh"] + Ho * a["sh"], W + 2 * KW * a["dw"] + Wo * a["sw"], C))
+        oh, ow = KH * a["dh"], KW * a["dw"]  # generous zero border
+        xp[:, oh:oh + H, ow:ow + W] = x
+        cols = np.empty((N, Ho, Wo, KH, KW, C))
+        for i in range(KH):
+            for j in range(KW):
+                r0, c0 = oh - a["ph"] + i * a["dh"], ow - a["pw"] + j * a["dw"]
+                cols[:, :, :, i, j, :] = xp[:, r0:r0 + (Ho - 1) * a["sh"] + 1:a["sh"], c0:c0 + (Wo - 1) * a["sw"] + 1:a["sw"]]
+        cols = cols.reshape(M, KH * KW, groups, Cg)
+        out = np.empty((M, groups, Og))
+        for g in range(groups):
+            out[:, g] = cols[:, :, g, :].reshape(M, K) @ w[g]
+        v = out.reshape(-1) + self.read(a["bias"])[np.arange(M * O_) % O_]
+        self.store(a["y"], self.epilogue(l, v, O_, Ho * Wo * O_))
+
+    def dwconv(self, l):
+        a = l.args
+        N, H, W, C, Ho, Wo, O_, KH, KW = (a[k] for k in ("N", "H", "W", "C", "Ho", "Wo", "O", "KH", "KW"))
+        x = self.read(a["x"], N * H * W * C).reshape(N, H, W, C)
+        w = self.read(a["w"], KH * KW * O_).reshape(KH * KW, O_)
+        xs = np.repeat(x, a["mult"], axis=3)  # output channel c reads input channel c // mult
+        acc = np.zeros((N, Ho, Wo, O_))
+        for i in range(KH):
+            for j in range(KW):
+                hi = np.arange(Ho) * a["sh"] - a["ph"] + i * a["dh"]
+                wi = np.arange(Wo) * a["sw"] - a["pw"] + j * a["dw"]
+                vh, vw = (hi >= 0) & (hi < H), (wi >= 0) & (wi < W)
+                tap = xs[:, np.clip(hi, 0, H - 1)][:, :, np.clip(wi, 0, W - 1)] * (vh[:, None] & vw[None, :])[None, :, :, None]
+                acc += tap * w[i * KW + j]
+        v = (acc + self.read(a["bias"], O_)).reshape(-1)
+        self.store(a["y"], self.epilogue(l, v, O_, Ho * Wo * O_))
+
+    def pool(self, l):
+        a = l.args
+        N, H, W, C, Ho, Wo, KH, KW = (a[k] for k in ("N", "H", "W", "C", "Ho", "Wo", "KH", "KW"))
+        x = self.read(a["x"], N * H * W * C).reshape(N, H, W, C)
+        kind = l.kernel.static["kind"]
+        acc = np.full((N, Ho, Wo, C), -np.inf if kind == "max" else 0.0)
+        cnt = np.zeros((Ho, Wo))
+        for i in range(KH):
+            for j in range(KW):
+                hi = np.arange(Ho) * a["sh"] - a["ph"] + i * a["dh"]
+                wi = np.arange(Wo) * a["sw"] - a["pw"] + j * a["dw"]
+                inside = (((hi >= 0) & (hi < H))[:, None] & ((wi >= 0) & (wi < W))[None, :])
+                tap = x[:, np.clip(hi, 0, H - 1)][:, :, np.clip(wi, 0, W - 1)]
+                if kind == "max":
+                    acc = np.where(inside[None, :, :, None], np.maximum(acc, tap), acc)
+                else:
+                    acc += tap * inside[None, :, :, None]
+                    cnt += (((hi >= a["hlo"]) & (hi < a["hhi"]))[:, None] & ((wi >= a["wlo"]) & (wi < a["whi"]))[None, :])
+        v = acc if kind == "max" else acc / np.maximum(cnt, 1)[None, :, :, None]
+        self.store(a["y"], self.epilogue(l, v.reshape(-1), C, Ho * Wo * C))
+
+    def gpool(self, l):
+        a = l.args
+        HW, C = a["HW"], a["C"]
+        x = self.read(a["x"], l.grid[1] * HW * C).reshape(-1, HW, C)
+        assert l.grid[0] * 32 >= C and l.grid[1] == len(x), "grid does not cover the output"
+        v = x.max(axis=1) if l.kernel.static["kind"] == "max" else x.sum(axis=1) * a["inv"]
+        self.store(a["y"], self.epilogue(l, v.reshape(-1), C, C))
+
+    def dense(self, l):
+        a = l.args
+        N, HW, K, O_ = a["N"], a["HW"], a["K"], a["O"]
+        assert l.grid[0] * 8 * G.DENSE_SMALL_OPW >= O_, "grid does not cover the output"
+        assert a["NB"] * K * 4 <= l.smem and a["NB"] <= G.DENSE_SMALL_NB
+        x = self.read(a["x"], N * HW * K).reshape(N, HW, K).sum(axis=1) * a["inv"]
+        w = self.read(a["w"], O_ * K).reshape(O_, K)
+        v = x @ w.T + self.read(a["bias"], O_)
+        self.store(a["y"], self.epilogue(l, v.reshape(-1), O_, O_))
+
+    def eltwise(self, l):
+        a = l.args
+        total, CH, HWC = a["total"], a["CH"], a["HWC"]
+        idx = np.arange(total)
+        st = l.kernel.static
+        ops = [e for e in st["epi"] if e.mode is not None]
+        moff = self.meta_offset(a["meta"])
+        nb = (st["mode0"] == "bcast") + sum(e.mode == "bcast" for e in ops)
+        dims = self.m(moff, 6) if nb else None
+        coords = np.stack(np.unravel_index(idx, dims), axis=0) if nb else None
+        slot_b = 0
+
+        def index(mode):
+            nonlocal slot_b
+            if mode == "full":
+                return idx
+            if mode == "chan":
+                return idx % CH
+            if mode == "nc":
+                return (idx // HWC) * CH + idx % CH
+            if mode == "scalar":
+                return np.zeros_like(idx)
+            strides = np.asarray(self.m(moff + 6 + 6 * slot_b, 6))
+            slot_b += 1
+            return (coords * strides[:, None]).sum(axis=0)
+
+        v = self.read(a["a0"])[index(st["mode0"])]
+        slot = 0
+        for e in st["epi"]:
+            if e.mode is None:
+                v = unary(e.op, e.a, v)
+                continue
+            u = self.read(a[f"e{slot}"])[index(e.mode)]
+            v = binary(e.op, u, v) if e.swap else binary(e.op, v, u)
+            slot += 1
+        assert slot == len(ops)
+        self.store(a["y"], v)
+
+    def softmax(self, l):
+        a = l.args
+        outer, L, inner = a["outer"], a["L"], a["inner"]
+        assert l.grid[0] * l.block[0] >= outer * inner * 32, "grid does not cover the rows"
+        x = self.read(a["x"], outer * L * inner).reshape(outer, L, inner)
+        if l.kernel.static["bias"]:
+            x = x + self.read(a["b"], L)[None, :, None]
+        m = x.max(axis=1, keepdims=True)
+        e = np.exp(x - m)
+        s = e.sum(axis=1, keepdims=True)
+        out = (x - m - np.log(s)) if l.kernel.static["log"] else e / s
+        self.store(a["y"], out.reshape(-1))
+
+    def copy(self, l):
+        a = l.args
+        off = self.meta_offset(a["meta"])
+        dims, os_, is_, lo, hi = (np.asarray(self.m(off + 6 * i, 6)) for i in range(5))
+        obase, ibase = self.m(off + 30, 2)
+        total = a["total"]
+        assert total == prod(dims)
+        c = np.stack(np.unravel_index(np.arange(total), dims), axis=0)
+        oo = obase + (c * os_[:, None]).sum(0)
+        io = ibase + (c * is_[:, None]).sum(0)
+        ok = ((c >= lo[:, None]) & (c < hi[:, None])).all(0)
+        x = self.read(a["x"])
+        vals = np.full(total, a["fill"], np.float64)
+        vals[ok] = x[io[ok]]
+        y = self.arg(a["y"])
+        assert oo.min(initial=0) >= 0 and oo.max(initial=0) < y.size, "copy writes outside its output"
+        y[oo] = vals.astype(y.dtype)
+
+    def reduce(self, l):
+        a = l.args
+        off = self.meta_offset(a["meta"])
+        odims, ostr, rdims, rstr = (np.asarray(self.m(off + 6 * i, 6)) for i in range(4))
+        x = self.read(a["x"])
+        oc = np.stack(np.unravel_index(np.arange(a["total"]), odims), 0)
+        rc = np.stack(np.unravel_index(np.arange(a["R"]), rdims), 0)
+        offs = (oc * ostr[:, None]).sum(0)[:, None] + (rc * rstr[:, None]).sum(0)[None, :]
+        vals = x[offs]
+        op = l.kernel.static["op"]
+        out = {"ReduceSum": vals.sum(1), "ReduceMean": vals.sum(1) * a["scale"], "ReduceMax": vals.max(1),
+               "ReduceMin": vals.min(1)}[op]
+        self.store(a["y"], out)
+
+
+def _erf(v):
+    import math
+
+    return np.vectorize(math.erf)(v) if v.size else v
+
+
+def unary(op, a, v):
+    if op == "Relu":
+        return np.maximum(v, 0)
+    if op == "LeakyRelu":
+        return np.where(v >= 0, v, v * a["alpha"])
+    if op == "Sigmoid":
+        return 1 / (1 + np.exp(-v))
+    if op == "HardSigmoid":
+        return np.clip(v * a["alpha"] + a["beta"], 0, 1)
+    if op == "HardSwish":
+        return v * np.clip(v / 6 + 0.5, 0, 1)
+    if op == "Tanh":
+        return np.tanh(v)
+    if op == "Exp":
+        return np.exp(v)
+    if op == "Sqrt":
+        return np.sqrt(v)
+    if op == "Neg":
+        return -v
+    if op == "Abs":
+        return np.abs(v)
+    if op == "Erf":
+        return _erf(v)
+    if op == "Elu":
+        return np.where(v > 0, v, a["alpha"] * np.expm1(np.minimum(v, 0)))
+    if op == "Softplus":
+        return np.logaddexp(v, 0)
+    if op == "Gelu":
+        if a.get("approximate", "none") == "none":
+            return 0.5 * v * (1 + _erf(v / np.sqrt(2)))
+        return 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v ** 3)))
+    if op == "Clip":
+        return np.clip(v, a["min"], a["max"])
+    raise NotImplementedError(op)
+
+
+def binary(op, x, y):
+    return {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide, "Max": np.maximum,
+            "Min": np.minimum, "Pow": np.power}[op](x, y)
+
+
+def run(prog: Program, x: np.ndarray, in_kind: str | None = None) -> dict:
+    """The graph's outputs for input x (uint8 or float), through the plan for len(x)."""
+    kind = in_kind or ("u8" if x.dtype == np.uint8 else "f32")
+    plan = prog.plan(len(x), kind)
+    return Emulator(prog, plan).run(x)
+
+
+__all__ = ["Emulator", "run", "cdiv"]

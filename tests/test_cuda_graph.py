@@ -1,0 +1,224 @@
+"""The generic CUDA graph runner against the float64 NumPy reference (run on the device: `make test-gpu`).
+
+Every kernel family and fused pattern (cnnrt.testing.graphs.single_op_cases), the coverage nets and
+the small zoo nets, on random inputs of awkward sizes (batch 1, 7, 300 and 10,000), with the
+arena and the pinned output buffers poisoned with NaN before each run, chunked runs over two
+lanes, and concurrent calls from 4 threads. fp32: within 1e-4 of the reference relative to its
+largest value; fp16 storage: argmax agreement. Skips, with the reason, where CuPy or a GPU is missing.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from cnnrt.backends import cuda as cuda_backend
+
+pytestmark = pytest.mark.gpu
+
+_REASON = cuda_backend.available()
+if _REASON is not None:
+    pytest.skip(f"GPU tests need CuPy and an NVIDIA GPU: {_REASON}", allow_module_level=True)
+
+from cnnrt.backends import cuda_graph  # noqa: E402
+from cnnrt.ir.graph import run_reference  # noqa: E402
+from cnnrt.testing import graphs as TG  # noqa: E402
+
+CASES = TG.single_op_cases()
+_RUNNERS: dict = {}
+
+
+def runner(g, precision, **kw):
+    key = (g.name, id(g), precision, tuple(sorted(kw.items())))
+    if key not in _RUNNERS:
+        _RUNNERS[key] = cuda_backend.prepare(g, precision, **kw)
+    return _RUNNERS[key]
+
+
+def poison(r):
+    for lane in getattr(r, "lanes", []):
+        if lane.arena is not None:
+            lane.arena.fill(255)  # NaN in fp32 and fp16
+        if lane.h_out is not None:
+            lane.h_out[:] = 255
+    import cupy
+
+    cupy.cuda.Device().synchronize()
+
+
+def scaled(g, x):
+    xf = x.astype(np.float64)
+    if x.dtype == np.uint8:
+        pp = g.preprocess
+        xf = xf * pp["scale"]
+        if pp.get("mean") is not None:
+            xf = (xf - np.asarray(pp["mean"])) / np.asarray(pp["std"])
+    return xf
+
+
+def rel_err(out, ref):
+    return float(np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-30))
+
+
+def check_fp32(out, ref, what):
+    assert out.shape == ref.shape, what
+    assert np.isfinite(out).all(), f"{what}: {int((~np.isfinite(out)).sum())} values not written (NaN poison left)"
+    err = rel_err(out, ref)
+    assert err < 1e-4, f"{what}: max error {err:.2e} of the largest reference value"
+
+
+def check_fp16(out, ref, what, min_agree=0.99):
+    assert out.shape == ref.shape and np.isfinite(out).all(), what
+    o, r = out.reshape(len(out), -1), ref.reshape(len(ref), -1)
+    top2 = np.sort(r, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 5e-2 * np.abs(r).max()
+    agree = (o.argmax(1) == r.argmax(1))
+    assert agree[clear].all(), f"{what}: argmax differs on {int((~agree[clear]).sum())} clear rows"
+    assert agree.mean() >= min_agree or len(agree) < 100, f"{what}: argmax agreement {agree.mean():.4f}"
+    # fp16 storage over tens of layers: a few percent; a wrong kernel is off by the whole scale
+    assert rel_err(out, ref) < 0.1, f"{what}: error {rel_err(out, ref):.2e}"
+
+
+# ------------------------------------------------------------------------------ every kernel family
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_single_op(rng, case, precision):
+    g = CASES[case]
+    r = runner(g, precision)
+    assert isinstance(r, cuda_graph.GraphRunner)
+    for n in (1, 7, 300):
+        x = rng.standard_normal((n,) + g.input_shape).astype(np.float32)
+        poison(r)
+        out = r.run({"images": x})["y"]
+        ref = run_reference(g, {"images": x.astype(np.float64)}, fp16_storage=precision == "fp16")["y"]
+        assert out.shape == ref.shape and np.isfinite(out).all(), f"{case} n={n}: output not all written"
+        tol = 1e-4 if precision == "fp32" else 2e-2
+        assert rel_err(out, ref) < tol, f"{case} {precision} n={n}: error {rel_err(out, ref):.2e}"
+
+
+# ------------------------------------------------------------------------------ whole nets
+
+NETS = {"awkward_convs": lambda: TG.awkward_convs(3), "awkward_ops": lambda: TG.awkward_ops(4),
+        "with_host_op": lambda: TG.with_host_op(5), "lenet5": lambda: TG.lenet5(6), "resnet20": lambda: TG.resnet20(7),
+        "mobilenet_v2_32": lambda: TG.mobilenet_v2(8, size=32, classes=10),
+        "mobilenet_v3_small_64": lambda: TG.mobilenet_v3_small(9, size=64, classes=10),
+        "deep_mnist": lambda: TG.deep_mnist(10)}
+_GRAPHS: dict = {}
+
+
+def net(name):
+    if name not in _GRAPHS:
+        _GRAPHS[name] = NETS[name]()
+    return _GRAPHS[name]
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_nets(rng, name, precision):
+    g = net(name)
+    r = runner(g, precision)
+    if name == "deep_mnist" and precision == "fp16":
+        assert isinstance(r, cuda_backend.FusedRunner)  # the registered pattern
+    else:
+        assert isinstance(r, cuda_graph.GraphRunner)
+    for n in (1, 7, 300):
+        x = rng.integers(0, 256, (n,) + g.input_shape, dtype=np.uint8)
+        poison(r)
+        out = r.probabilities(x)
+        ref = run_reference(g, {"images": scaled(g, x)})[g.outputs[0]].reshape(n, -1)
+        (check_fp32 if precision == "fp32" else check_fp16)(out, ref, f"{name} {precision} n={n}")
+        np.testing.assert_array_equal(r.predict(x), out.argmax(1))
+
+
+@pytest.mark.parametrize("name", ["lenet5", "resnet20", "deep_mnist"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_ten_thousand(rng, name, precision):
+    # a large batch (one chunk, big grids), checked on a random subset of rows against the reference
+    g = net(name)
+    r = runner(g, precision)
+    x = rng.integers(0, 256, (10000,) + g.input_shape, dtype=np.uint8)
+    poison(r)
+    out = r.probabilities(x)
+    assert np.isfinite(out).all()
+    rows = np.sort(rng.choice(10000, 150, replace=False))
+    rows = np.concatenate([[0, 9999], rows])
+    ref = run_reference(g, {"images": scaled(g, x[rows])})[g.outputs[0]].reshape(len(rows), -1)
+    (check_fp32 if precision == "fp32" else check_fp16)(out[rows], ref, f"{name} {precision} n=10000")
+
+
+def test_chunks_on_two_lanes(rng):
+    g = net("resnet20")
+    r = cuda_graph.GraphRunner(g, "fp32", max_chunk=128)
+    x = rng.integers(0, 256, (777,) + g.input_shape, dtype=np.uint8)  # 6 full chunks and a tail of 9
+    poison(r)
+    out = r.probabilities(x)
+    assert len(r.lanes) == 2
+    ref = run_reference(g, {"images": scaled(g, x)})[g.outputs[0]]
+    check_fp32(out, ref, "chunked resnet20")
+    again = r.probabilities(x[:9])  # the tail's size again: graphs replay with new data
+    check_fp32(again, ref[:9], "replay")
+
+
+def test_graph_replay_new_data(rng):
+    g = net("awkward_ops")
+    r = runner(g, "fp32")
+    for n in (3, 7, 3, 1, 7):
+        x = rng.integers(0, 256, (n,) + g.input_shape, dtype=np.uint8)
+        poison(r)
+        out = r.run({"images": scaled(g, x).astype(np.float32)})["log_probabilities"]
+        check_fp32(out, run_reference(g, {"images": scaled(g, x)})["log_probabilities"], f"replay n={n}")
+
+
+def test_concurrent_calls(rng):
+    g = net("resnet20")
+    r = cuda_backend.prepare(g, "fp32")
+    inputs = [rng.integers(0, 256, (n,) + g.input_shape, dtype=np.uint8) for n in (1, 7, 64, 300)]
+    want = [r.probabilities(x) for x in inputs]
+    errors = []
+
+    def work(i):
+        try:
+            for _ in range(10):
+                got = r.probabilities(inputs[i])
+                if not np.array_equal(got, want[i]):
+                    errors.append(f"thread {i}: result differs")
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"thread {i}: {type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    check_fp32(want[2], run_reference(g, {"images": scaled(g, inputs[2])})[g.outputs[0]], "threads")
+
+
+def test_describe_and_summary():
+    g = net("mobilenet_v3_small_64")
+    r = runner(g, "fp16")
+    rows = r.describe(1)
+    assert [n for n, _, _ in rows] == [n.name for n in g.nodes]
+    assert "fused" in r.summary(1)
+    fused = runner(net("deep_mnist"), "fp16")
+    assert all("deep_mnist pattern" in k for _, _, k in fused.describe())
+
+
+def test_compile_cache_is_reused(tmp_path):
+    # a second process finds the kernels in CuPy's on-disk cache (cold start target: 0.3 s)
+    import os
+    import subprocess
+    import sys
+
+    code = ("import time, sys; t = time.perf_counter(); from cnnrt.testing.graphs import resnet20; "
+            "from cnnrt.backends.cuda_graph import GraphRunner; r = GraphRunner(resnet20(0), 'fp16'); "
+            "print(r.compile_seconds)")
+    env = dict(os.environ, CUPY_CACHE_DIR=str(tmp_path))
+    first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    t1, t2 = float(first.stdout.split()[-1]), float(second.stdout.split()[-1])
+    print(f"compile and load: first {t1:.2f} s, cached {t2:.2f} s")
+    assert t2 < t1

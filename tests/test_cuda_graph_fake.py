@@ -1,0 +1,114 @@
+"""cuda_graph.GraphRunner's own logic on the CPU, through a fake CuPy (cnnrt.testing.fake_cupy):
+binding of arguments to device addresses, pinned staging, CUDA-graph capture and replay, chunks
+over two lanes, the host fallback, the lock and the pattern registry. The kernels are emulated in
+NumPy, so this checks the executor, not the CUDA code (tests/test_cuda_graph.py does on a GPU)."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from cnnrt.ir.graph import run_reference
+from cnnrt.testing import fake_cupy
+from cnnrt.testing import graphs as TG
+
+
+@pytest.fixture
+def cuda(monkeypatch):
+    fake_cupy.install(monkeypatch)
+    from cnnrt.backends import cuda as cuda_backend
+
+    return cuda_backend
+
+
+def scaled(g, x):
+    pp = g.preprocess
+    xf = x.astype(np.float64) * pp["scale"]
+    if pp.get("mean") is not None:
+        xf = (xf - np.asarray(pp["mean"])) / np.asarray(pp["std"])
+    return xf
+
+
+def rel_err(out, ref):
+    return np.abs(out - ref).max() / np.abs(ref).max()
+
+
+@pytest.mark.parametrize("name", ["awkward_ops", "with_host_op", "awkward_convs"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_runner_on_the_fake(cuda, rng, name, precision):
+    from cnnrt.backends.cuda_graph import GraphRunner
+
+    g = TG.COVERAGE[name](1)
+    r = cuda.prepare(g, precision)
+    assert isinstance(r, GraphRunner)
+    for n in (1, 5, 1):  # the second batch-1 call replays the captured graph with new data
+        x = rng.integers(0, 256, (n,) + g.input_shape, dtype=np.uint8)
+        for lane in r.lanes:
+            if lane.arena is not None:
+                lane.arena.fill(255)
+        out = r.probabilities(x)
+        ref = run_reference(g, {"images": scaled(g, x)})[g.outputs[0]].reshape(n, -1)
+        assert np.isfinite(out).all()
+        assert rel_err(out, ref) < (1e-5 if precision == "fp32" else 3e-2)
+    graphs = sum(len(l.graphs) for l in r.lanes)
+    assert graphs == (0 if name == "with_host_op" else 2)  # host steps: no capture
+
+
+def test_chunks_lanes_and_threads(cuda, rng):
+    from cnnrt.backends.cuda_graph import GraphRunner
+
+    g = TG.lenet5(2)
+    r = GraphRunner(g, "fp32", max_chunk=16)
+    x = rng.integers(0, 256, (71,) + g.input_shape, dtype=np.uint8)  # 4 full chunks and a tail of 7
+    out = r.probabilities(x)
+    assert len(r.lanes) == 2
+    ref = run_reference(g, {"images": scaled(g, x)})["probabilities"]
+    assert rel_err(out, ref) < 1e-5
+    results, errors = {}, []
+
+    def work(i):
+        try:
+            results[i] = r.probabilities(x[i * 10:i * 10 + 3 + i])
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i in range(4):
+        assert rel_err(results[i], ref[i * 10:i * 10 + 3 + i]) < 1e-5
+
+
+def test_float_input_and_run(cuda, rng):
+    g = TG.single_op_cases()["conv_mul_nc"]
+    r = cuda.prepare(g, "fp32")
+    x = rng.standard_normal((3,) + g.input_shape).astype(np.float32)
+    out = r.run({"images": x})["y"]
+    assert rel_err(out, run_reference(g, {"images": x.astype(np.float64)})["y"]) < 1e-5
+
+
+def test_dense_large_batch_uses_cublas(cuda, rng):
+    g = TG.single_op_cases()["dense"]
+    r = cuda.prepare(g, "fp16")
+    x = rng.standard_normal((50,) + g.input_shape).astype(np.float32)
+    assert any("cuBLAS" in k for _, _, k in r.describe(50))
+    out = r.run({"images": x})["y"]
+    ref = run_reference(g, {"images": x.astype(np.float64)}, fp16_storage=True)["y"]
+    assert rel_err(out, ref) < 1e-2
+
+
+def test_deep_mnist_pattern_is_registered(cuda, monkeypatch):
+    from cnnrt.backends import cuda_graph
+
+    class Fused:
+        def __init__(self, model, precision, **kw):
+            self.model = model
+
+    monkeypatch.setattr(cuda, "FusedRunner", Fused)
+    r = cuda.prepare(TG.deep_mnist(0), "fp16")
+    assert isinstance(r, Fused) and r.graph.name == "deep_mnist" and len(r.model.layers) == 7
+    assert isinstance(cuda.prepare(TG.deep_mnist(0), "fp32"), cuda_graph.GraphRunner)

@@ -1,0 +1,169 @@
+"""The CUDA planner on the CPU: plans run through the NumPy emulator of the kernel families against
+the float64 reference, buffer sharing, tile choice, fusion, and (where an NVRTC library is
+installed) that every generated kernel compiles. No GPU needed."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cnnrt.backends import cuda_codegen as G
+from cnnrt.backends.cuda_plan import Program, choose_tile
+from cnnrt.ir.graph import run_reference
+from cnnrt.testing import cuda_emulator as EM
+from cnnrt.testing import graphs as TG
+
+CASES = TG.single_op_cases()
+
+
+def reference(g, x):
+    pp = g.preprocess
+    xf = x.astype(np.float64)
+    if x.dtype == np.uint8:
+        xf = xf * pp["scale"]
+        if pp.get("mean") is not None:
+            xf = (xf - np.asarray(pp["mean"])) / np.asarray(pp["std"])
+    return run_reference(g, {g.input_name: xf})
+
+
+def rel_err(out, ref):
+    return np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-30)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_single_op_plans(rng, case, precision):
+    g = CASES[case]
+    prog = Program(g, precision)
+    for n in (1, 3):
+        x = rng.standard_normal((n,) + g.input_shape).astype(np.float32)
+        out = EM.run(prog, x)["y"]
+        ref = run_reference(g, {"images": x.astype(np.float64)}, fp16_storage=precision == "fp16")["y"]
+        assert out.shape == ref.shape
+        assert np.isfinite(out).all(), "a value was read before it was written (NaN poison)"
+        assert rel_err(out, ref) < (1e-6 if precision == "fp32" else 1e-2), f"{case} {precision} n={n}"
+
+
+@pytest.mark.parametrize("name", ["awkward_convs", "awkward_ops", "with_host_op", "lenet5"])
+def test_whole_graphs(rng, name):
+    g = (TG.COVERAGE.get(name) or TG.ZOO[name])(int(rng.integers(1 << 30)))
+    for precision in ("fp32", "fp16"):
+        prog = Program(g, precision)
+        x = rng.integers(0, 256, (2,) + g.input_shape, dtype=np.uint8)
+        out = EM.run(prog, x)
+        ref = reference(g, x)
+        for o in g.outputs:
+            assert np.isfinite(out[o]).all()
+            if precision == "fp32":
+                assert rel_err(out[o], ref[o]) < 1e-6
+            else:
+                assert rel_err(out[o], ref[o]) < 2e-2
+
+
+def test_buffers_never_shared_while_live():
+    g = TG.resnet20(0)
+    plan = Program(g, "fp16").plan(5)
+    spans = [(plan.offsets[b], plan.offsets[b] + plan.buffers[b].nbytes, *plan.life[b]) for b in plan.buffers]
+    for i, (o1, e1, l1, h1) in enumerate(spans):
+        for o2, e2, l2, h2 in spans[i + 1:]:
+            if not (h1 < l2 or h2 < l1):
+                assert e1 <= o2 or e2 <= o1, "two live buffers overlap in the arena"
+    # and sharing happens: the arena is smaller than all buffers side by side
+    assert plan.arena_bytes < sum(b.nbytes for b in plan.buffers.values()) / 2
+
+
+def test_every_kernel_parameter_is_given():
+    for g in list(CASES.values()) + [TG.mobilenet_v3_small(0, size=64), TG.awkward_ops(0)]:
+        for precision in ("fp32", "fp16"):
+            for n in (1, 40):
+                for l in Program(g, precision).plan(n).launches:
+                    if l.kind == "kernel":
+                        names = [p for _, p in l.kernel.params]
+                        assert sorted(names) == sorted(l.args), (g.name, l.label)
+
+
+def test_fusion_resnet_and_mobilenet():
+    prog = Program(TG.resnet20(0), "fp16")
+    rows = prog.describe(64)
+    kinds = {op: {k for _, o, k in rows if o == op} for op in ("Add", "Relu", "BatchNormalization")}
+    assert all("conv implicit-GEMM" in k and "fused" in k for k in kinds["Add"]), kinds["Add"]
+    assert all("fused" in k for k in kinds["Relu"])
+    assert kinds["BatchNormalization"] == {"folded away when the model loads (ir.passes)"}
+    prog = Program(TG.mobilenet_v3_small(0, size=64), "fp16")
+    rows = prog.describe(1)
+    assert any("depthwise conv (fused: Conv+HardSwish)" == k for _, _, k in rows)
+    assert any("global avg pool + dense" in k for _, op, k in rows if op == "Dense")
+    labels = {k for _, _, k in prog.describe(256)}
+    assert any("cuBLAS" in k for k in labels)  # large batches go to cuBLAS for the dense layers
+
+
+def test_host_fallback_is_marked():
+    prog = Program(TG.with_host_op(0), "fp32")
+    plan = prog.plan(2)
+    assert not plan.capturable
+    assert any(k.startswith("host") for _, op, k in prog.describe(2) if op == "MatMul")
+
+
+def test_describe_covers_every_node():
+    g = TG.mobilenet_v2(0, size=32)
+    rows = Program(g, "fp32").describe(3)
+    assert [r[0] for r in rows] == [n.name for n in g.nodes]
+    assert all(r[2] and r[2] != "?" for r in rows)
+
+
+def test_tile_choice():
+    assert choose_tile(256 * 56 * 56, 64, 576, 1, 132) == "128x64"
+    assert G.TILES[choose_tile(64, 512, 4608, 1, 132)].bm <= 64  # batch 1, 8x8 map: small tiles fill the GPU
+    assert G.TILES[choose_tile(100000, 16, 144, 1, 132)].bn == 16  # 16 output channels: no wasted columns
+
+
+def test_codegen_epilogue_and_literals():
+    ops = (G.epi_op("Add", mode="full", dtype="f16"), G.epi_op("Clip", {"min": 0.0, "max": 6.0}),
+           G.epi_op("Sub", mode="chan", swap=True))
+    params, code, _ = G.epilogue(ops)
+    assert [n for _, n in params] == ["e0", "e1"]
+    assert "fmaxf(v, 0.0f)" in code and "fminf(v, 6.0f)" in code and "u - v" in code
+    assert G.lit(1e-5) == "1e-05f" and G.lit(2) == "2.0f"
+    with pytest.raises(ValueError):
+        G.lit(float("inf"))
+    # the same kernel for two layers is one compiled function
+    assert G.conv_kernel(G.TILES["64x64"], "f32", "f32").name == G.conv_kernel(G.TILES["64x64"], "f32", "f32").name
+
+
+def test_generated_kernels_compile():
+    from cnnrt.testing.nvrtc import compile_ptx, find_library
+
+    if find_library() is None:
+        pytest.skip("no NVRTC library here (pip install nvidia-cuda-nvrtc to check the generated CUDA on the CPU)")
+    kernels = {}
+    graphs = list(CASES.values()) + [TG.awkward_ops(0), TG.awkward_convs(0), TG.mobilenet_v3_small(0, size=64),
+                                     TG.resnet20(0)]
+    for g in graphs:
+        for precision in ("fp32", "fp16"):
+            prog = Program(g, precision)
+            for n in (1, 300):
+                for k in prog.plan(n).kernels + prog.plan(n, "u8").kernels:
+                    kernels[k.name] = k
+    for t in G.TILES.values():
+        k = G.conv_kernel(t, "f16", "f32", (G.epi_op("Relu"),))
+        kernels[k.name] = k
+    ptx, _ = compile_ptx(G.module_source(kernels.values()))
+    for name in kernels:
+        assert f".entry {name}(" in ptx or f".entry {name} (" in ptx or name in ptx
+
+
+def test_cli_info_prints_the_cuda_plan(tmp_path):
+    # the plan is pure Python: `cnnrt info --backend cuda` prints it with or without a GPU
+    import subprocess
+    import sys
+
+    from cnnrt.formats import save_bundle
+
+    path = tmp_path / "awkward.safetensors"
+    save_bundle(TG.awkward_convs(0), path)
+    p = subprocess.run([sys.executable, "-m", "cnnrt", "info", str(path), "--backend", "cuda", "--precision", "fp32",
+                        "--batch-size", "7"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "Plan on cuda, fp32, batch 7" in p.stdout
+    assert "depthwise conv (fused: Conv+Sigmoid)" in p.stdout and "in fused kernels" in p.stdout
+    p = subprocess.run([sys.executable, "-m", "cnnrt", "info", "--backend", "cuda"], capture_output=True, text=True)
+    assert p.returncode == 0 and "deep_mnist pattern: features kernel" in p.stdout
