@@ -48,7 +48,9 @@ def zoo_graph(name: str, source: str = "auto"):
         try:
             from cnnrt.testing import zoo  # the ONNX importer's helper: weights regenerated from a seed
 
-            return zoo.load(ONNX_NAMES[name], seed=0), f"cnnrt/testing/zoo/{ONNX_NAMES[name]}.onnx"
+            from cnnrt.importers.onnx import from_onnx
+
+            return from_onnx(zoo.load(ONNX_NAMES[name], seed=0), name=name), f"cnnrt/testing/zoo/{ONNX_NAMES[name]}.onnx"
         except Exception as e:  # noqa: BLE001 - no importer yet: the builders
             if source == "onnx":
                 raise

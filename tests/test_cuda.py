@@ -266,7 +266,8 @@ BUNDLE = SHIPPED / "deep_mnist.safetensors"
 def test_shipped_model_all_test_images(mnist_test):
     from cnnrt.formats import load_model
 
-    model = load_model(BUNDLE)
+    from cnnrt.ir.chain import as_chain
+    model = as_chain(load_model(BUNDLE))
     x, y = mnist_test
     assert len(x) == 10000
     r = backends.prepare(model, "cuda")

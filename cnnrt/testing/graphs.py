@@ -377,7 +377,7 @@ def single_op_cases() -> dict:
     add("pad", (4, 5, 3), lambda b, x: b.op("Pad", [x], {"pads": (0, 2, -1, 1, 0, 1, 2, 0), "value": -0.5}))
     add("reduce_sum_keep0", (4, 5, 6), lambda b, x: b.op("ReduceSum", [x], {"axes": (1, 2), "keepdims": 0}))
     add("reduce_max_c", (4, 5, 6), lambda b, x: b.op("ReduceMax", [x], {"axes": (3,), "keepdims": 1}))
-    add("reduce_min_all", (2, 3, 4), lambda b, x: b.op("ReduceMin", [x], {"axes": None, "keepdims": 0}))
+    add("reduce_min_all", (2, 3, 4), lambda b, x: b.op("ReduceMin", [x], {"axes": (1, 2, 3), "keepdims": 0}))
     add("dense", (3, 3, 5), lambda b, x: b.op("Relu", [b.dense(b.op("Flatten", [x], {"axis": 1}, channels=45), 13)]))
     add("gap_dense", (5, 4, 11), lambda b, x: b.op("Tanh", [b.dense(b.op("Flatten", [b.op("GlobalAveragePool", [x])],
                                                                              {"axis": 1}), 9)]))
