@@ -191,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     b.set_defaults(func=cmd_bench)
 
+    from .serve.cli import add_parser as add_serve; add_serve(sub)  # noqa: E702
+
     t = sub.add_parser("train", help="train the Deep MNIST net with TensorFlow/Keras and export it")
     t.add_argument("--images", default=_default("data/mnist/train-images-idx3-ubyte.gz"))
     t.add_argument("--labels", default=_default("data/mnist/train-labels-idx1-ubyte.gz"))
