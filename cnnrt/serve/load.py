@@ -1,14 +1,15 @@
 """A bounded load test of a running `cnnrt serve`: many single-image requests, every answer checked.
 
-Sends `requests` single-image KServe v2 infer requests at `concurrency`, only to this machine
+Sends `requests` single-image KServe v2 infer requests from `concurrency` client threads (each
+with its own keep-alive connection), only to this machine
 (127.0.0.1, ::1 or localhost), stops at `time_limit_s` whatever happens, and checks every answer
 against the offline probabilities the caller computed with `Session.probabilities`: a label must
 be the same, probabilities equal within `atol`. Used by bench/serve_load.py and by the tests.
 """
 from __future__ import annotations
 
-import asyncio
 import json
+import threading
 import time
 from urllib.parse import urlsplit
 
@@ -28,60 +29,76 @@ def _percentile_ms(seconds: list[float], q: float) -> float | None:
     return float(np.percentile(seconds, q) * 1000) if seconds else None
 
 
-async def _run(url: str, model: str, images: np.ndarray, expected: np.ndarray, requests: int,
-               concurrency: int, time_limit_s: float, atol: float) -> dict:
-    import httpx
+def _run(url: str, model: str, images: np.ndarray, expected: np.ndarray, requests: int,
+         concurrency: int, time_limit_s: float, atol: float) -> dict:
+    # one thread and one keep-alive connection per concurrent client: the standard library's
+    # http.client costs the client far less CPU than an asyncio client pool (which shares the cores)
+    import http.client
 
+    parts = urlsplit(url)
     bodies = [infer_body(im) for im in images[:min(len(images), requests)]]
     want_labels = expected.argmax(axis=1)
-    endpoint = f"{url.rstrip('/')}/v2/models/{model}/infer"
+    path = f"{parts.path.rstrip('/')}/v2/models/{model}/infer"
     latencies: list[float] = []
     batch_sizes: list[int] = []
     errors: list[str] = []
     counts = {"sent": 0, "ok": 0, "errors": 0, "wrong": 0, "ties": 0}
-    next_index = 0
+    lock = threading.Lock()
     deadline = time.perf_counter() + time_limit_s
 
-    async def worker(client) -> None:
-        nonlocal next_index
-        while next_index < requests and time.perf_counter() < deadline:
-            k = next_index
-            next_index += 1
-            i = k % len(bodies)
-            counts["sent"] += 1
-            t0 = time.perf_counter()
-            try:
-                r = await client.post(endpoint, content=bodies[i], headers={"Content-Type": "application/json"})
-                dt = time.perf_counter() - t0
-                if r.status_code != 200:
-                    raise RuntimeError(f"HTTP {r.status_code}: {r.text[:200]}")
-                j = r.json()
-                out = {o["name"]: o for o in j["outputs"]}
-                probs = np.asarray(out["probabilities"]["data"], dtype=np.float32)
-                label = int(out["label"]["data"][0])
-            except Exception as e:  # any failure is counted and reported, never hidden
-                counts["errors"] += 1
-                if len(errors) < 10:
-                    errors.append(f"request {k} (image {i}): {type(e).__name__}: {e}")
-                continue
-            latencies.append(dt)
-            batch_sizes.append(int(j.get("parameters", {}).get("batch_size", 0)))
-            close = probs.shape == expected[i].shape and np.allclose(probs, expected[i], rtol=0, atol=atol)
-            if label == want_labels[i] and close:
-                counts["ok"] += 1
-            elif close:
-                counts["ties"] += 1  # equal probabilities within atol, and the top two within atol: a tie
-            else:
-                counts["wrong"] += 1
-                if len(errors) < 10:
-                    errors.append(f"request {k} (image {i}): label {label}, expected {want_labels[i]}; "
-                                  f"largest probability difference {np.abs(probs - expected[i]).max():.3g}")
+    def note(kind: str, message: str | None = None) -> None:
+        with lock:
+            counts[kind] += 1
+            if message is not None and len(errors) < 10:
+                errors.append(message)
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(60.0)) as client:
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-        seconds = time.perf_counter() - t0
+    def worker() -> None:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+        try:
+            while time.perf_counter() < deadline:
+                with lock:
+                    if counts["sent"] >= requests:
+                        return
+                    k = counts["sent"]
+                    counts["sent"] += 1
+                i = k % len(bodies)
+                t0 = time.perf_counter()
+                try:
+                    conn.request("POST", path, body=bodies[i], headers={"Content-Type": "application/json"})
+                    r = conn.getresponse()
+                    raw = r.read()
+                    dt = time.perf_counter() - t0
+                    if r.status != 200:
+                        raise RuntimeError(f"HTTP {r.status}: {raw[:200]!r}")
+                    j = json.loads(raw)
+                    out = {o["name"]: o for o in j["outputs"]}
+                    probs = np.asarray(out["probabilities"]["data"], dtype=np.float32)
+                    label = int(out["label"]["data"][0])
+                except Exception as e:  # any failure is counted and reported, never hidden
+                    conn.close()  # a fresh connection for the next request
+                    note("errors", f"request {k} (image {i}): {type(e).__name__}: {e}")
+                    continue
+                close = probs.shape == expected[i].shape and np.allclose(probs, expected[i], rtol=0, atol=atol)
+                with lock:
+                    latencies.append(dt)
+                    batch_sizes.append(int(j.get("parameters", {}).get("batch_size", 0)))
+                if label == want_labels[i] and close:
+                    note("ok")
+                elif close:
+                    note("ties")  # probabilities equal within atol, so the top two are too: a tie
+                else:
+                    note("wrong", f"request {k} (image {i}): label {label}, expected {want_labels[i]}; largest "
+                                  f"probability difference {np.abs(probs - expected[i]).max():.3g}")
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - t0
     done = counts["ok"] + counts["ties"] + counts["wrong"]
     return {
         "requests": requests, "concurrency": concurrency, **counts,
@@ -106,4 +123,4 @@ def run_load(url: str, model: str, images: np.ndarray, expected: np.ndarray, req
         raise ValueError("requests and concurrency must be at least 1 and time_limit_s more than 0")
     if len(images) != len(expected):
         raise ValueError(f"{len(images)} images but {len(expected)} expected answers")
-    return asyncio.run(_run(url, model, images, expected, requests, concurrency, time_limit_s, atol))
+    return _run(url, model, images, expected, requests, concurrency, time_limit_s, atol)
