@@ -133,6 +133,7 @@ def main(argv=None) -> int:
         max_batch = a.max_batch if config == "on" else 1
         args = ["--model", f"model={a.model}", "--backend", session.backend, "--precision", session.precision,
                 "--max-batch", str(max_batch), "--max-delay-ms", str(a.max_delay_ms)]
+        load_before = os.getloadavg()
         server = ServerProcess(args)
         try:
             warm = run_load(server.url, "model", x, expected, requests=a.warmup, concurrency=a.concurrency,
@@ -148,6 +149,8 @@ def main(argv=None) -> int:
         r.update({"config": f"batching {config}", "max_batch": max_batch, "max_delay_ms": a.max_delay_ms,
                   "server_command": " ".join(["cnnrt", "serve", *args]),
                   "warmup_errors": warm["errors"] + warm["wrong"],
+                  # other work on the machine skews the numbers: the 1-minute load average, before and after
+                  "load_average_1min": [load_before[0], os.getloadavg()[0]],
                   "server": {"backend_calls": int(calls), "images": int(images),
                              "mean_batch_size": images / calls if calls else None,
                              "exit_status": code}})
