@@ -117,6 +117,20 @@ def test_drawing_a_digit_with_the_mouse_shows_its_class(page, digit, strokes):
     assert "deep_mnist on numpy fp32, batch of 1 image" in page.inner_text("#status")
 
 
+def test_the_page_answers_before_the_stroke_ends(page):
+    box = page.locator("#canvas").bounding_box()
+    page.mouse.move(box["x"] + 140, box["y"] + 40)
+    page.mouse.down()
+    for i in range(1, 21):
+        page.mouse.move(box["x"] + 140, box["y"] + 40 + 10 * i)
+        page.wait_for_timeout(25)  # a person's pace: the stroke takes half a second
+    page.wait_for_function("document.getElementById('prediction').textContent !== '–'", timeout=30_000)
+    requests_so_far = page.evaluate("performance.getEntriesByType('resource').filter(e => e.name.endsWith('/classify')).length")
+    page.mouse.up()
+    assert requests_so_far >= 1
+    assert shown(page) == "1"
+
+
 def test_drawing_with_a_finger(page):
     draw_with_finger(page, one())
     assert shown(page) == "1"
