@@ -342,3 +342,14 @@ def test_create_app_checks_its_arguments(sessions):
         create_app({})
     with pytest.raises(ValueError, match="max_batch must be at least 1"):
         create_app(sessions, max_batch=0)
+
+
+def test_the_app_serves_again_after_a_shutdown(sessions, mnist_test):
+    # lifespan twice (a test client reopened, an embedding server restarted): batchers restart
+    from cnnrt.serve.app import create_app
+
+    x, y = mnist_test
+    app = create_app({"m": sessions["deep_mnist"]})
+    for _ in range(2):
+        with TestClient(app) as c:
+            assert outputs(c.post("/v2/models/m/infer", json=infer_json(x[:3])))["label"]["data"] == y[:3].tolist()

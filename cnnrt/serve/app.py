@@ -43,8 +43,7 @@ def create_app(sessions: dict, max_batch: int = DEFAULT_MAX_BATCH, max_delay_ms:
         raise ValueError(f"max_body_bytes must be at least 1, got {max_body_bytes}")
     sessions = dict(sessions)
     metrics = Metrics(sessions)
-    executor = ThreadPoolExecutor(max_workers=len(sessions), thread_name_prefix="cnnrt-infer")
-    batchers = {name: Batcher(s, max_batch, max_delay_ms / 1000, executor, on_batch=metrics.on_batch(name))
+    batchers = {name: Batcher(s, max_batch, max_delay_ms / 1000, on_batch=metrics.on_batch(name))
                 for name, s in sessions.items()}
     for name, b in batchers.items():
         metrics.pending.labels(name).set_function(lambda b=b: b.pending)
@@ -181,8 +180,10 @@ def create_app(sessions: dict, max_batch: int = DEFAULT_MAX_BATCH, max_delay_ms:
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        # one thread per model at most: a session runs one call at a time anyway (its lock)
+        executor = ThreadPoolExecutor(max_workers=len(sessions), thread_name_prefix="cnnrt-infer")
         for b in batchers.values():
-            b.start()
+            b.start(executor)
         state["ready"] = True
         try:
             yield

@@ -57,15 +57,18 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._closing = False
 
-    def start(self) -> None:
-        """Start the worker on the running event loop."""
+    def start(self, executor: Executor | None = None) -> None:
+        """Start the worker on the running event loop (again after a close, for a new lifespan)."""
+        if executor is not None:
+            self.executor = executor
+        self._closing = False
         self._queue = asyncio.Queue()
         self._task = asyncio.get_running_loop().create_task(self._work())
 
     async def infer(self, x: np.ndarray) -> Result:
         """x: (n, H, W, C) uint8 or float32, already checked. Returns this request's rows."""
         if self._closing or self._task is None:
-            raise ShuttingDown("the server is shutting down")
+            raise ShuttingDown("the server is not taking requests now (it is starting or shutting down)")
         fut = asyncio.get_running_loop().create_future()
         self.pending += 1
         try:
