@@ -18,13 +18,9 @@ from importlib import resources
 from .batching import Batcher, ShuttingDown
 from .metrics import UNKNOWN_MODEL, Metrics
 from .protocol import ApiError, decode_request, encode_response, model_metadata
+from .settings import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_DELAY_MS, DEFAULT_MAX_IMAGE_PIXELS
 
 log = logging.getLogger("cnnrt.serve")
-
-DEFAULT_MAX_BATCH = 64
-DEFAULT_MAX_DELAY_MS = 2.0
-DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
-DEFAULT_MAX_IMAGE_PIXELS = 25_000_000
 
 
 def create_app(sessions: dict, max_batch: int = DEFAULT_MAX_BATCH, max_delay_ms: float = DEFAULT_MAX_DELAY_MS,

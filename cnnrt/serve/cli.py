@@ -10,7 +10,7 @@ from ..errors import CnnrtError
 
 def add_parser(sub) -> None:
     from ..cli import DEFAULT_MODEL, _default
-    from .app import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_DELAY_MS
+    from .settings import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_DELAY_MS
 
     s = sub.add_parser(
         "serve", help="serve models over HTTP: the KServe v2 inference API, a draw-a-digit page, /metrics",
