@@ -353,3 +353,35 @@ def test_the_app_serves_again_after_a_shutdown(sessions, mnist_test):
     for _ in range(2):
         with TestClient(app) as c:
             assert outputs(c.post("/v2/models/m/infer", json=infer_json(x[:3])))["label"]["data"] == y[:3].tolist()
+
+
+def test_decode_round_trips_any_batch_in_every_layout(sessions):
+    """Property: whatever the batch and layout, the decoded array is the one that was sent."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from cnnrt.serve.protocol import ApiError, decode_request
+
+    s = sessions["deep_mnist"]
+
+    @settings(max_examples=25, deadline=None)
+    @given(n=st.integers(1, 3), seed=st.integers(0, 2**32 - 1), four_d=st.booleans(), nested=st.booleans(),
+           fp32=st.booleans(), cut=st.integers(-3, 3))
+    def check(n, seed, four_d, nested, fp32, cut):
+        rng = np.random.default_rng(seed)
+        x = rng.integers(0, 256, size=(n, 28, 28, 1) if four_d else (n, 28, 28)).astype(np.uint8)
+        sent = x.astype(np.float32) / 255 if fp32 else x
+        req = infer_json(sent, datatype="FP32" if fp32 else "UINT8", nested=nested)
+        if cut and not nested:  # a flat list one value too long or short is refused, never reshaped
+            data = req["inputs"][0]["data"]
+            req["inputs"][0]["data"] = data[:cut] if cut < 0 else data + [0] * cut
+            with pytest.raises(ApiError) as e:
+                decode_request("m", s, req)
+            assert e.value.status == 400 and f"holds {x.size + cut} values" in e.value.message
+            return
+        got, outs, _ = decode_request("m", s, req)
+        assert got.shape == (n, 28, 28, 1) and got.dtype == (np.float32 if fp32 else np.uint8)
+        np.testing.assert_array_equal(got.reshape(sent.shape), sent)
+        assert outs == ["probabilities", "label"]
+
+    check()
