@@ -126,9 +126,9 @@ class Batcher:
         for it in batch:
             groups.setdefault(it.x.dtype, []).append(it)
         for items in groups.values():
-            x = items[0].x if len(items) == 1 else np.concatenate([it.x for it in items])
             t0 = time.perf_counter()
             try:
+                x = items[0].x if len(items) == 1 else np.concatenate([it.x for it in items])
                 probs = await loop.run_in_executor(self.executor, self.session.probabilities, x)
             except Exception as e:  # a backend failure: every request in the batch hears of it
                 for it in items:
