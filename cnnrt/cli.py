@@ -269,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     b.set_defaults(func=cmd_bench)
 
+    from .serve.cli import add_parser as add_serve
+
+    add_serve(sub)
+
     t = sub.add_parser("train", help="train the Deep MNIST net with TensorFlow/Keras and export it",
                        description="Trains, then writes OUT/deep_mnist.safetensors, OUT/article/ and OUT/training.json "
                                    "together: built in a temporary directory beside OUT and moved in only when all are "
