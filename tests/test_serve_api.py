@@ -279,7 +279,7 @@ def test_classify_image_like_the_page(client, sessions, mnist_test, rng):
 @pytest.mark.parametrize("body,status,message", [
     (b"", 400, "the request body is empty"),
     (b"this is not an image", 400, "the request body is not an image Pillow can read"),
-    (png(np.full((50, 50), 255, dtype=np.uint8)), 400, "the image is blank: no strokes found"),
+    (png(np.full((50, 50), 255, dtype=np.uint8)), 400, "no digit found: the image is blank"),
     (png(np.zeros((1500, 1500), dtype=np.uint8)), 413, "the image is 1500x1500 pixels; the limit is 2,000,000 pixels"),
     (b"\x89PNG" + b"\x00" * 300_000, 413, "larger than the limit of 200,000 bytes"),
 ])
