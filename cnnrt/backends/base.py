@@ -29,11 +29,12 @@ def check_images(x, model, where: str = "images") -> np.ndarray:
             raise FormatError(f"{where}: holds NaN or Inf values")
         return x
     h, w, c = model.input_shape
+    given = x.shape
     if x.ndim == 3 and c == 1:
         x = x[..., None]
     if x.ndim != 4 or x.shape[1:] != (h, w, c):
         want = f"(N, {h}, {w}, {c})" + (f" or (N, {h}, {w})" if c == 1 else "")
-        raise FormatError(f"{where}: expected an array of shape {want}, got {x.shape}")
+        raise FormatError(f"{where}: expected an array of shape {want}, got {given}")
     if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
         raise FormatError(f"{where}: expected uint8 pixels or float values, got dtype {x.dtype}")
     if x.dtype != np.uint8 and x.size and not np.isfinite(x).all():
