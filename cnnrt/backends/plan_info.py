@@ -38,9 +38,10 @@ def plan_lines(model, backend: str, precision: str | None = None, batch_size: in
         if chain is not None:
             from .numpy_backend import NumpyRunner
             rows = NumpyRunner(chain, precision).describe()
+            summary = f"{len(graph.nodes)} nodes in {len(rows)} fused stages (the layer-chain engine)"
         else:
             rows = GraphRunner(graph, precision).describe()
-        summary = f"{len(rows)} nodes"
+            summary = f"{len(rows)} nodes"
     else:
         from ..errors import CnnrtError
 
