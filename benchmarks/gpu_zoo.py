@@ -166,7 +166,9 @@ def bench_jax(g, precision, xs1, xl, reps):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", required=True, help="where to write the results")
+    ap.add_argument("--json", default=None, help="where to write the results")
+    ap.add_argument("--table-from", default=None, metavar="JSON",
+                    help="measure nothing: print the table of a JSON this script wrote (for docs/benchmarks.md)")
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated, from " + ", ".join(MODELS))
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--compile-mode", default="default",
@@ -175,6 +177,11 @@ def main(argv=None) -> int:
     ap.add_argument("--peers", default="torch,jax", help="comma-separated: torch, jax (or 'none')")
     ap.add_argument("--quick", action="store_true", help="large batches / 8, 5 reps: a smoke run")
     a = ap.parse_args(argv)
+    if a.table_from:
+        print_table(json.loads(Path(a.table_from).read_text()))
+        return 0
+    if not a.json:
+        ap.error("--json is required when measuring")
 
     from cnnrt.backends.cuda import available, device_name
 
