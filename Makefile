@@ -75,10 +75,10 @@ gpu-all:
 	  tail -n 30 $(GPU_OUT)/$$name.log | cut -c1-300; \
 	  echo "== $$name: exit $$rc in $$(( $$(date +%s) - s )) s$$( [ $$rc = 124 ] && echo ' (TIMED OUT)')"; \
 	  [ $$rc = 0 ] || fail="$$fail $$name"; }; \
-	step test_gpu 230 env PYTHONPATH=. $(GPU_PY) -m pytest -q -m gpu tests/test_cuda.py tests/test_cuda_graph.py -rs \
+	step test_gpu 250 env PYTHONPATH=. $(GPU_PY) -m pytest -q -m gpu tests/test_cuda.py tests/test_cuda_graph.py -rs \
 	  --junitxml=$(GPU_OUT)/test_gpu.xml --durations=15; \
-	step sanitize 170 env PYTHONPATH=. $(GPU_PY) dev/cuda/sanitize.py --out $(GPU_OUT) --timeout 150 $(SAN_ARGS); \
-	step bench_gpu_zoo 200 env PYTHONPATH=. $(GPU_PY) benchmarks/gpu_zoo.py --json $(GPU_OUT)/gpu_zoo.json $(GPU_ALL_ZOO_ARGS); \
+	step sanitize 160 env PYTHONPATH=. $(GPU_PY) dev/cuda/sanitize.py --out $(GPU_OUT) --timeout 140 $(SAN_ARGS); \
+	step bench_gpu_zoo 180 env PYTHONPATH=. $(GPU_PY) benchmarks/gpu_zoo.py --json $(GPU_OUT)/gpu_zoo.json $(GPU_ALL_ZOO_ARGS); \
 	echo "gpu-all: $$(( $$(date +%s) - t0 )) s in all; failed:$${fail:- none}; logs and JSON in $(GPU_OUT)"; \
 	ls -la $(GPU_OUT); [ -z "$$fail" ]
 
