@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: run test venv test-env bench clean test-gpu bench-gpu bench-gpu-zoo docs-report
+.PHONY: run test venv test-env bench clean test-gpu bench-gpu bench-gpu-zoo docs-report sanitize-gpu gpu-all
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,7 +48,12 @@ GPU_PY ?= python3
 GPU_OUT ?= bench/out
 
 test-gpu:
-	PYTHONPATH=. $(GPU_PY) -m pytest -q -m gpu tests/test_cuda.py tests/test_cuda_graph.py -rs
+	PYTHONPATH=. $(GPU_PY) -m pytest -q -m gpu tests/test_cuda.py tests/test_cuda_graph.py -rs $(TEST_GPU_ARGS)
+
+# compute-sanitizer memcheck/initcheck/racecheck/synccheck over our kernels (vendor kernels listed, not counted)
+SAN_ARGS ?=
+sanitize-gpu:
+	PYTHONPATH=. $(GPU_PY) dev/cuda/sanitize.py --out $(GPU_OUT) $(SAN_ARGS)
 
 bench-gpu:
 	PYTHONPATH=. $(GPU_PY) bench/bench_gpu.py --json $(GPU_OUT)/bench_gpu.json
@@ -56,6 +61,26 @@ bench-gpu:
 # the model zoo (Deep MNIST ... ResNet-18, MobileNetV3-small): cnnrt fp16/fp32 against PyTorch and JAX
 bench-gpu-zoo:
 	PYTHONPATH=. $(GPU_PY) benchmarks/gpu_zoo.py --json $(GPU_OUT)/gpu_zoo.json $(ZOO_ARGS)
+
+# `make gpu-all`: test-gpu, sanitize-gpu and bench-gpu-zoo in one device command (about 9 minutes);
+# each step has a time limit, logs go to $(GPU_OUT), a failing step does not stop the next, and the
+# exit status is non-zero if any failed.
+GPU_ALL_ZOO_ARGS ?= --compile-mode none --reps 10
+gpu-all: SHELL := /bin/bash
+gpu-all:
+	@mkdir -p $(GPU_OUT); fail=""; t0=$$(date +%s); \
+	(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; $(GPU_PY) -c 'import cupy; print("cupy", cupy.__version__)') > $(GPU_OUT)/device.txt 2>&1; cat $(GPU_OUT)/device.txt; \
+	step() { name=$$1; limit=$$2; shift 2; s=$$(date +%s); echo "== $$name (limit $$limit s)"; \
+	  timeout -k 10 $$limit "$$@" > $(GPU_OUT)/$$name.log 2>&1; rc=$$?; \
+	  tail -n 30 $(GPU_OUT)/$$name.log | cut -c1-300; \
+	  echo "== $$name: exit $$rc in $$(( $$(date +%s) - s )) s$$( [ $$rc = 124 ] && echo ' (TIMED OUT)')"; \
+	  [ $$rc = 0 ] || fail="$$fail $$name"; }; \
+	step test_gpu 250 env PYTHONPATH=. $(GPU_PY) -m pytest -q -m gpu tests/test_cuda.py tests/test_cuda_graph.py -rs \
+	  --junitxml=$(GPU_OUT)/test_gpu.xml --durations=15; \
+	step sanitize 160 env PYTHONPATH=. $(GPU_PY) dev/cuda/sanitize.py --out $(GPU_OUT) --timeout 140 $(SAN_ARGS); \
+	step bench_gpu_zoo 180 env PYTHONPATH=. $(GPU_PY) benchmarks/gpu_zoo.py --json $(GPU_OUT)/gpu_zoo.json $(GPU_ALL_ZOO_ARGS); \
+	echo "gpu-all: $$(( $$(date +%s) - t0 )) s in all; failed:$${fail:- none}; logs and JSON in $(GPU_OUT)"; \
+	ls -la $(GPU_OUT); [ -z "$$fail" ]
 
 clean:
 	rm -rf $(VENV) build *.egg-info

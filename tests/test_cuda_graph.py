@@ -171,9 +171,10 @@ def test_graph_replay_new_data(rng):
         check_fp32(out, run_reference(g, {"images": scaled(g, x)})["log_probabilities"], f"replay n={n}")
 
 
-def test_concurrent_calls(rng):
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_concurrent_calls(rng, precision):
     g = net("resnet20")
-    r = cuda_backend.prepare(g, "fp32")
+    r = cuda_backend.prepare(g, precision)
     inputs = [rng.integers(0, 256, (n,) + g.input_shape, dtype=np.uint8) for n in (1, 7, 64, 300)]
     want = [r.probabilities(x) for x in inputs]
     errors = []
@@ -193,7 +194,8 @@ def test_concurrent_calls(rng):
     for t in threads:
         t.join()
     assert not errors, errors
-    check_fp32(want[2], run_reference(g, {"images": scaled(g, inputs[2])})[g.outputs[0]], "threads")
+    check = check_fp32 if precision == "fp32" else check_fp16
+    check(want[2], run_reference(g, {"images": scaled(g, inputs[2])})[g.outputs[0]], "threads")
 
 
 def test_describe_and_summary():
@@ -222,3 +224,67 @@ def test_compile_cache_is_reused(tmp_path):
     t1, t2 = float(first.stdout.split()[-1]), float(second.stdout.split()[-1])
     print(f"compile and load: first {t1:.2f} s, cached {t2:.2f} s")
     assert t2 < t1
+
+
+# ------------------------------------------------------------------------------ tensor-core convolution
+
+MMA_CASES = TG.mma_conv_cases()
+
+
+def _needs_mma():
+    import cupy
+
+    if int(cupy.cuda.Device().compute_capability) < 80:
+        pytest.skip("mma.sync m16n8k16 needs compute capability 8.0 or later")
+
+
+def _uses_mma(r, n) -> bool:
+    return any("tensor-core" in k for _, _, k in r.describe(n))
+
+
+@pytest.mark.parametrize("case", sorted(MMA_CASES))
+def test_tensor_core_conv(rng, case):
+    # against float64 (inputs and weights rounded to fp16, as stored) and against the SIMT kernel
+    _needs_mma()
+    g = MMA_CASES[case]
+    r, simt = runner(g, "fp16"), runner(g, "fp16", mma=False)
+    assert _uses_mma(r, 7) and not _uses_mma(simt, 7)
+    for n in (1, 7, 300):
+        x = rng.standard_normal((n,) + g.input_shape).astype(np.float32)
+        poison(r)
+        poison(simt)
+        out = r.run({"images": x})["y"]
+        ref = run_reference(g, {"images": x.astype(np.float64)}, fp16_storage=True)["y"]
+        assert out.shape == ref.shape and np.isfinite(out).all(), f"{case} n={n}: output not all written"
+        assert rel_err(out, ref) < 3e-3, f"{case} n={n}: error {rel_err(out, ref):.2e}"
+        alt = simt.run({"images": x})["y"]
+        assert rel_err(out, alt) < 3e-3, f"{case} n={n}: tensor-core and SIMT differ by {rel_err(out, alt):.2e}"
+
+
+def test_tensor_core_conv_large_batch(rng):
+    # many blocks along M (a 4,096-image batch), checked on random rows
+    _needs_mma()
+    g = MMA_CASES["mma_c16_add_relu"]
+    r = runner(g, "fp16")
+    x = rng.standard_normal((4096,) + g.input_shape).astype(np.float32)
+    poison(r)
+    out = r.run({"images": x})["y"]
+    assert np.isfinite(out).all()
+    rows = np.concatenate([[0, 4095], np.sort(rng.choice(4096, 100, replace=False))])
+    ref = run_reference(g, {"images": x[rows].astype(np.float64)}, fp16_storage=True)["y"]
+    assert rel_err(out[rows], ref) < 3e-3
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenet_v2_32", "mobilenet_v3_small_64"])
+def test_nets_tensor_core_vs_simt(rng, name):
+    # the whole net with every conv on the tensor cores, against the same plan on the SIMT kernel
+    _needs_mma()
+    g = net(name)
+    r, simt = runner(g, "fp16"), runner(g, "fp16", mma=False)
+    assert _uses_mma(r, 64) and not _uses_mma(simt, 64)
+    x = rng.integers(0, 256, (64,) + g.input_shape, dtype=np.uint8)
+    poison(r)
+    out = r.probabilities(x)
+    ref = run_reference(g, {"images": scaled(g, x)})[g.outputs[0]].reshape(64, -1)
+    check_fp16(out, ref, f"{name} tensor-core")
+    check_fp16(out, simt.probabilities(x), f"{name} tensor-core vs SIMT")

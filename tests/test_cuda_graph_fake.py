@@ -112,3 +112,20 @@ def test_deep_mnist_pattern_is_registered(cuda, monkeypatch):
     r = cuda.prepare(TG.deep_mnist(0), "fp16")
     assert isinstance(r, Fused) and r.graph.name == "deep_mnist" and len(r.model.layers) == 7
     assert isinstance(cuda.prepare(TG.deep_mnist(0), "fp32"), cuda_graph.GraphRunner)
+
+
+@pytest.mark.parametrize("case", ["mma_c3_s2_relu", "mma_c16_add_relu", "mma_pointwise_clip", "mma_chain"])
+def test_tensor_core_convs_on_the_fake(cuda, rng, case, monkeypatch):
+    # the runner binds the tensor-core conv's fp16 packed weights; CNNRT_CUDA_NO_MMA=1 falls back to SIMT
+    from cnnrt.backends.cuda_graph import GraphRunner
+
+    g = TG.mma_conv_cases()[case]
+    x = rng.standard_normal((3,) + g.input_shape).astype(np.float32)
+    ref = run_reference(g, {"images": x.astype(np.float64)}, fp16_storage=True)["y"]
+    for env, want in ((None, True), ("1", False)):
+        if env:
+            monkeypatch.setenv("CNNRT_CUDA_NO_MMA", env)
+        r = GraphRunner(g, "fp16")
+        assert any("tensor-core" in k for _, _, k in r.describe(3)) == want
+        out = r.run({"images": x})["y"]
+        assert np.isfinite(out).all() and rel_err(out, ref) < 3e-3, case

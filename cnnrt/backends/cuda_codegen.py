@@ -30,6 +30,22 @@ __device__ __forceinline__ float ldf(const u8_t* p, long long i) { return (float
 __device__ __forceinline__ void stf(float* p, long long i, float v) { p[i] = v; }
 __device__ __forceinline__ void stf(half_t* p, long long i, float v) { p[i] = f2h(v); }
 #define NEG_INF __int_as_float(0xff800000)
+typedef unsigned int u32_t;
+struct __align__(16) u4_t { u32_t x, y, z, w; };
+__device__ __forceinline__ u32_t smem_u32(const void* p) {
+    u32_t r; asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(p)); return r;
+}
+__device__ __forceinline__ void ldsm_x4(u32_t (&r)[4], u32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+// D = A(16x16, row) * B(16x8, col) + D, fp16 inputs, fp32 accumulators (sm_80 and later)
+__device__ __forceinline__ void mma16816(float (&c)[4], const u32_t (&a)[4], u32_t b0, u32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
 """
 
 CTYPE = {"f32": "float", "f16": "half_t", "u8": "u8_t"}
@@ -326,6 +342,237 @@ def conv_kernel(tile: Tile, ti: str, to: str, epi=()) -> Kernel:
            .replace("$LOAD_A", _vec_loads("a", "As[buf][kk][ty * TM]", tile.tm))
            .replace("$LOAD_B", _vec_loads("b", "Bs[buf][kk][tx * TN]", tile.tn)))
     return _finish("conv", src, params, tile.threads, {"tile": tile, "ti": ti, "to": to, "epi": tuple(epi)})
+
+
+# ----------------------------------------------------------------------------- tensor-core convolution
+
+@dataclass(frozen=True)
+class MmaTile:
+    """A block tile of the tensor-core conv: BM pixels x BN output channels, warps_m x warps_n warps,
+    each warp (BM/warps_m) x (BN/warps_n) made of m16n8k16 fragments; K steps of MMA_BK."""
+
+    bm: int
+    bn: int
+    warps_m: int
+    warps_n: int
+
+    @property
+    def threads(self) -> int:
+        return 32 * self.warps_m * self.warps_n
+
+    @property
+    def smem(self) -> int:
+        return 2 * (self.bm + self.bn) * (MMA_BK + MMA_PAD) * 2
+
+    def check(self) -> None:
+        wtm, wtn = self.bm // self.warps_m, self.bn // self.warps_n
+        assert self.bm % self.warps_m == 0 and self.bn % self.warps_n == 0, self
+        assert wtm % 16 == 0 and wtn % 16 == 0, self  # whole m16 fragments; n8 fragments in ldmatrix.x4 pairs
+        assert self.smem <= 48 * 1024, self
+
+
+MMA_BK = 32  # halves of K per shared-memory stage (two k16 steps)
+MMA_PAD = 8  # halves of padding per shared row: 80-byte rows, so one ldmatrix's 8 rows hit 8 distinct bank groups
+MMA_TILES = {
+    "tc128x128": MmaTile(128, 128, 2, 4),
+    "tc128x64": MmaTile(128, 64, 4, 2),
+    "tc64x64": MmaTile(64, 64, 2, 2),
+    "tc128x32": MmaTile(128, 32, 4, 1),
+    "tc64x32": MmaTile(64, 32, 4, 1),
+    "tc32x32": MmaTile(32, 32, 2, 2),
+    "tc64x16": MmaTile(64, 16, 4, 1),
+    "tc32x16": MmaTile(32, 16, 2, 1),
+}
+MMA_AVARIANTS = ("vec", "pointwise", "scalar")  # how A (the im2col rows) is gathered, see mma_conv_kernel
+
+MMA_CONV_TEMPLATE = r"""
+extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
+    $SIG)
+{
+    constexpr int BM = $BM, BN = $BN, BK = $BK, WARPS_N = $WARPS_N, THREADS = $THREADS;
+    constexpr int WTM = BM / $WARPS_M, WTN = BN / WARPS_N, MI = WTM / 16, NI = WTN / 8;
+    constexpr int LDS = BK + $PAD;
+    constexpr int KC = BK / 8;  // 16-byte chunks per tile row
+    constexpr int A_CH = BM * KC, B_CH = BN * KC;
+    constexpr int A_IT = (A_CH + THREADS - 1) / THREADS, B_IT = (B_CH + THREADS - 1) / THREADS;
+    constexpr int AVAR = $AVAR;  // 0: C % 8 == 0 (one 16-byte load per chunk), 1: 1x1 stride 1 unpadded, 2: any C
+    __shared__ __align__(16) half_t As[2][BM][LDS];
+    __shared__ __align__(16) half_t Bs[2][BN][LDS];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wm = warp / WARPS_N, wn = warp - wm * WARPS_N;
+    const int m0 = blockIdx.x * BM, o0 = blockIdx.y * BN;
+    const int HWo = Ho * Wo;
+    const int M = N * HWo;
+    const int CH = O;
+    (void)CH;
+    const int q = tid % KC;  // this thread's chunk column, the same for all its chunks (THREADS % KC == 0)
+    int a_h[A_IT], a_w[A_IT];
+    long long a_base[A_IT];
+#pragma unroll
+    for (int i = 0; i < A_IT; ++i) {
+        const int e = tid + i * THREADS;
+        const int m = m0 + e / KC;
+        if (e < A_CH && m < M) {
+            const int n = m / HWo, rem = m - n * HWo, ho = rem / Wo, wo = rem - ho * Wo;
+            a_h[i] = ho * sh - ph;
+            a_w[i] = wo * sw - pw;
+            a_base[i] = (long long)n * H * W * C;
+        } else {
+            a_h[i] = -(1 << 28); a_w[i] = -(1 << 28); a_base[i] = 0;
+        }
+    }
+    u4_t ra[A_IT], rb[B_IT];
+    const int KT = (K + BK - 1) / BK;
+
+    auto load = [&](int kt) {
+        const int k = kt * BK + q * 8;
+        if (AVAR == 2) {
+#pragma unroll
+            for (int i = 0; i < A_IT; ++i) {
+                u32_t wv[4];
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    u32_t pair = 0;
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                        const int kk = k + 2 * j + h;
+                        const int tap = kk / C, c = kk - tap * C, kh = tap / KW, kw = tap - kh * KW;
+                        const int hi = a_h[i] + kh * dh, wi = a_w[i] + kw * dw;
+                        u32_t v = 0;
+                        if (kk < K && (unsigned)hi < (unsigned)H && (unsigned)wi < (unsigned)W)
+                            v = x[a_base[i] + ((long long)hi * W + wi) * C + c];
+                        pair |= v << (16 * h);
+                    }
+                    wv[j] = pair;
+                }
+                ra[i].x = wv[0]; ra[i].y = wv[1]; ra[i].z = wv[2]; ra[i].w = wv[3];
+            }
+        } else {
+            int c = k, kh = 0, kw = 0;
+            if (AVAR == 0) { const int tap = k / C; c = k - tap * C; kh = tap / KW; kw = tap - kh * KW; }
+#pragma unroll
+            for (int i = 0; i < A_IT; ++i) {
+                const int hi = a_h[i] + kh * dh, wi = a_w[i] + kw * dw;
+                u4_t v = {0u, 0u, 0u, 0u};
+                if (k < K && (unsigned)hi < (unsigned)H && (unsigned)wi < (unsigned)W)
+                    v = *reinterpret_cast<const u4_t*>(x + a_base[i] + ((long long)hi * W + wi) * C + c);
+                ra[i] = v;
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < B_IT; ++j) {
+            const int e = tid + j * THREADS;
+            const int o = o0 + e / KC;
+            u4_t v = {0u, 0u, 0u, 0u};
+            if (e < B_CH && o < O) v = *reinterpret_cast<const u4_t*>(w + (long long)o * Kp + kt * BK + q * 8);
+            rb[j] = v;
+        }
+    };
+    auto store = [&](int buf) {
+#pragma unroll
+        for (int i = 0; i < A_IT; ++i) {
+            const int e = tid + i * THREADS;
+            if (e < A_CH) *reinterpret_cast<u4_t*>(&As[buf][e / KC][q * 8]) = ra[i];
+        }
+#pragma unroll
+        for (int j = 0; j < B_IT; ++j) {
+            const int e = tid + j * THREADS;
+            if (e < B_CH) *reinterpret_cast<u4_t*>(&Bs[buf][e / KC][q * 8]) = rb[j];
+        }
+    };
+
+    float acc[MI][NI][4];
+#pragma unroll
+    for (int i = 0; i < MI; ++i)
+#pragma unroll
+        for (int j = 0; j < NI; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+
+    load(0);
+    store(0);
+    __syncthreads();
+    for (int kt = 0; kt < KT; ++kt) {
+        const int buf = kt & 1;
+        if (kt + 1 < KT) load(kt + 1);
+#pragma unroll
+        for (int ks = 0; ks < BK / 16; ++ks) {
+            u32_t af[MI][4], bf[NI][2];
+#pragma unroll
+            for (int i = 0; i < MI; ++i)
+                ldsm_x4(af[i], smem_u32(&As[buf][wm * WTM + i * 16 + (lane & 15)][ks * 16 + (lane >> 4) * 8]));
+#pragma unroll
+            for (int j = 0; j < NI / 2; ++j) {
+                u32_t r[4];
+                ldsm_x4(r, smem_u32(&Bs[buf][wn * WTN + j * 16 + (lane & 7) + ((lane >> 4) << 3)]
+                                       [ks * 16 + ((lane >> 3) & 1) * 8]));
+                bf[2 * j][0] = r[0]; bf[2 * j][1] = r[1]; bf[2 * j + 1][0] = r[2]; bf[2 * j + 1][1] = r[3];
+            }
+#pragma unroll
+            for (int i = 0; i < MI; ++i)
+#pragma unroll
+                for (int j = 0; j < NI; ++j) mma16816(acc[i][j], af[i], bf[j][0], bf[j][1]);
+        }
+        if (kt + 1 < KT) store(buf ^ 1);
+        __syncthreads();
+    }
+
+    const int gq = lane >> 2, tq = lane & 3;
+#pragma unroll
+    for (int i = 0; i < MI; ++i) {
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+            const int m = m0 + wm * WTM + i * 16 + gq + 8 * hr;
+            if (m >= M) continue;
+            const long long nimg = m / HWo;
+            (void)nimg;
+#pragma unroll
+            for (int j = 0; j < NI; ++j) {
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int c = o0 + wn * WTN + j * 8 + 2 * tq + e;
+                    if (c >= O) continue;
+                    const long long idx = (long long)m * O + c;
+                    float v = acc[i][j][2 * hr + e] + bias[c];
+                    $EPI
+                    stf(y, idx, v);
+                }
+            }
+        }
+    }
+}
+"""
+
+
+def mma_variant(C: int, KH: int, KW: int, strides, pads) -> str:
+    """How the tensor-core conv gathers its A rows: 'pointwise' (1x1, stride 1, no padding, C % 8 == 0:
+    a row is one pixel's channels), 'vec' (C % 8 == 0: every 16-byte chunk of K lies in one tap), or
+    'scalar' (any C: element by element, zero past K and outside the image)."""
+    if C % 8:
+        return "scalar"
+    if KH == KW == 1 and tuple(strides) == (1, 1) and not any(pads):
+        return "pointwise"
+    return "vec"
+
+
+def mma_conv_kernel(tile: MmaTile, variant: str, to: str, epi=()) -> Kernel:
+    """Implicit-GEMM convolution on the tensor cores (groups == 1): fp16 activations (NHWC) and weights
+    packed [O][Kp] fp16 (K = KH*KW*C in (kh, kw, c) order, zero-padded to Kp, a multiple of MMA_BK),
+    fp32 accumulation (mma.sync m16n8k16), bias and the fused epilogue in fp32.
+    M = N*Ho*Wo pixels; grid (ceil(M/BM), ceil(O/BN)); register-staged double buffer in shared memory,
+    fragments by ldmatrix."""
+    tile.check()
+    eparams, ecode, _ = epilogue(epi)
+    params = ([("const half_t* __restrict__", "x"), ("const half_t* __restrict__", "w"),
+               ("const float* __restrict__", "bias"), (f"{CTYPE[to]}* __restrict__", "y")] + eparams
+              + [("int", n) for n in ("N", "H", "W", "C", "Ho", "Wo", "O", "KW", "sh", "sw", "ph", "pw", "dh", "dw",
+                                       "K", "Kp")])
+    src = (MMA_CONV_TEMPLATE.replace("$THREADS", str(tile.threads)).replace("$BM", str(tile.bm))
+           .replace("$BN", str(tile.bn)).replace("$BK", str(MMA_BK)).replace("$WARPS_M", str(tile.warps_m))
+           .replace("$WARPS_N", str(tile.warps_n)).replace("$PAD", str(MMA_PAD))
+           .replace("$AVAR", str(MMA_AVARIANTS.index(variant))).replace("$EPI", ecode))
+    return _finish("mma_conv", src, params, tile.threads,
+                   {"tile": tile, "variant": variant, "ti": "f16", "to": to, "epi": tuple(epi)})
 
 
 DW_TEMPLATE = r"""

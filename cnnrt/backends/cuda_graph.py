@@ -26,7 +26,7 @@ from ..errors import BackendUnavailable, CnnrtError
 from ..ir.graph import Graph
 from . import cuda_codegen as G
 from .base import Runner, check_images
-from .cuda_plan import Plan, Program, prod
+from .cuda_plan import Plan, Program, mma_enabled, prod
 
 NAME = "cuda"
 ARENA_BUDGET = 2 << 30  # bytes of activations per lane; larger inputs are split into chunks
@@ -86,7 +86,7 @@ class GraphRunner(Runner):
     backend = NAME
 
     def __init__(self, graph: Graph, precision: str = "fp16", *, arena_budget: int = ARENA_BUDGET,
-                 max_chunk: int = MAX_CHUNK):
+                 max_chunk: int = MAX_CHUNK, mma: bool | None = None):
         from .cuda import _cupy, _Cublas
 
         cp = _cupy()
@@ -95,7 +95,11 @@ class GraphRunner(Runner):
         self.graph = graph
         self.nsm = int(cp.cuda.Device().attributes["MultiProcessorCount"])
         t0 = time.perf_counter()
-        self.program = Program(graph, precision, self.nsm)
+        # tensor-core convs need mma.sync m16n8k16 (compute capability 8.0 and later)
+        cc = int(cp.cuda.Device().compute_capability)
+        if mma is None:
+            mma = mma_enabled() and cc >= 80
+        self.program = Program(graph, precision, self.nsm, mma=mma and cc >= 80)
         self.blas = _Cublas(cp)
         self._alpha = np.ones(1, np.float32)
         self._beta = np.zeros(1, np.float32)

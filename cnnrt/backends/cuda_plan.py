@@ -20,6 +20,7 @@ NumPy definition runs on the CPU between device segments, and describe() says so
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -74,6 +75,31 @@ def bcast_strides(s, out) -> list[int]:
 TILE_COST = {"128x64": 1.0, "128x32": 1.25, "64x64": 1.25, "64x32": 1.6, "128x16": 1.8, "32x32": 2.2, "64x16": 2.6,
              "32x16": 3.0}
 BLOCKS_PER_SM = 2
+
+
+MMA_TILE_COST = {"tc128x128": 1.0, "tc128x64": 1.15, "tc64x64": 1.35, "tc128x32": 1.45, "tc64x32": 1.8,
+                 "tc32x32": 2.6, "tc64x16": 2.8, "tc32x16": 3.6}
+
+
+def mma_enabled() -> bool:
+    """Tensor-core convolutions for fp16 plans, unless CNNRT_CUDA_NO_MMA=1 (then the SIMT kernel runs them)."""
+    return os.environ.get("CNNRT_CUDA_NO_MMA", "") not in ("1", "true", "yes")
+
+
+def choose_mma_tile(M: int, O: int, K: int, nsm: int) -> str:
+    """The tensor-core tile with the least estimated time (as choose_tile: waves x tile work x cost)."""
+    best, best_t = None, None
+    kpad = cdiv(K, G.MMA_BK) * G.MMA_BK
+    for name, t in G.MMA_TILES.items():
+        if O <= t.bn // 2 and t.bn > 16:
+            continue
+        blocks = cdiv(M, t.bm) * cdiv(O, t.bn)
+        per_sm = max(1, min(2048 // t.threads, (200 * 1024) // t.smem, 16))
+        waves = cdiv(blocks, nsm * per_sm)
+        est = waves * t.bm * t.bn * kpad * MMA_TILE_COST[name] * per_sm
+        if best_t is None or est < best_t:
+            best, best_t = name, est
+    return best
 
 
 def choose_tile(M: int, Og: int, K: int, groups: int, nsm: int) -> str:
@@ -177,7 +203,7 @@ class Group:
 class Program:
     """A graph compiled for the CUDA kernels, independent of the batch size."""
 
-    def __init__(self, graph: Graph, precision: str = "fp32", nsm: int = 132):
+    def __init__(self, graph: Graph, precision: str = "fp32", nsm: int = 132, mma: bool | None = None):
         from ..ir.passes import optimize
 
         if precision not in ("fp32", "fp16"):
@@ -194,6 +220,8 @@ class Program:
         self.precision = precision
         self.fp16 = precision == "fp16"
         self.nsm = int(nsm)
+        # fp16 convolutions (groups == 1) on the tensor cores; False: every conv on the SIMT kernel
+        self.mma = self.fp16 and (mma_enabled() if mma is None else bool(mma))
         self.input = g.input_name
         self.item_shape = tuple(g.inputs[self.input][1:])
         for t in g.outputs:
@@ -531,11 +559,14 @@ class _Planner:
         groups = int(node.attrs["group"])
         og = o // groups
         K = kh * kw * cg
-        wp = p.const(f"{node.name}:wpack", lambda: p._q(w.reshape(groups, og, K).transpose(0, 2, 1)))
         bias = self._bias(node, o)
         n, h, wd, c = xs
         _, ho, wo, _ = ys
         M = n * ho * wo
+        if p.mma and groups == 1 and self.dt(node.inputs[0]) == "f16":
+            self._mma_conv(grp, node, w, bias, xs, ys)
+            return
+        wp = p.const(f"{node.name}:wpack", lambda: p._q(w.reshape(groups, og, K).transpose(0, 2, 1)))
         tile = G.TILES[choose_tile(M, og, K, groups, p.nsm)]
         out = grp.output
         ops, eargs = self.epi(grp, out)
@@ -549,6 +580,37 @@ class _Planner:
         tname = next(k for k, v in G.TILES.items() if v == tile)
         self.emit(grp, kern, (cdiv(M, tile.bm), cdiv(og, tile.bn), groups), (tile.threads,), args, [], [y[1]],
                   self.label(grp, f"conv implicit-GEMM {tname}"))
+
+    def _mma_conv(self, grp: Group, node: Node, w, bias: str, xs, ys):
+        """A groups == 1 conv with fp16 input on the tensor cores (cuda_codegen.mma_conv_kernel)."""
+        p = self.p
+        o, kh, kw, c = w.shape
+        K = kh * kw * c
+        kp = cdiv(K, G.MMA_BK) * G.MMA_BK
+
+        def pack():
+            wq = np.zeros((o, kp), np.float16)
+            wq[:, :K] = p._q(w.reshape(o, K)).astype(np.float16)
+            return wq
+
+        wp = p.const(f"{node.name}:wmma", pack)
+        n, h, wd, _ = xs
+        _, ho, wo, _ = ys
+        M = n * ho * wo
+        tname = choose_mma_tile(M, o, K, p.nsm)
+        tile = G.MMA_TILES[tname]
+        (sh, sw), (dh, dw), pads = node.attrs["strides"], node.attrs["dilations"], node.attrs["pads"]
+        variant = G.mma_variant(c, kh, kw, (sh, sw), pads)
+        out = grp.output
+        ops, eargs = self.epi(grp, out)
+        y = self.t(out)
+        kern = G.mma_conv_kernel(tile, variant, self.dt(out), ops)
+        args = {"x": self.t(node.inputs[0]), "w": self.c(wp), "bias": self.c(bias), "y": y}
+        self.put_epi(args, eargs)
+        args.update(N=n, H=h, W=wd, C=c, Ho=ho, Wo=wo, O=o, KW=kw, sh=sh, sw=sw, ph=pads[0], pw=pads[1], dh=dh, dw=dw,
+                    K=K, Kp=kp)
+        self.emit(grp, kern, (cdiv(M, tile.bm), cdiv(o, tile.bn), 1), (tile.threads,), args, [], [y[1]],
+                  self.label(grp, f"conv implicit-GEMM tensor-core {tname} {variant}"))
 
     def _bias(self, node: Node, o: int) -> str:
         if len(node.inputs) > 2:

@@ -123,6 +123,20 @@ class Emulator:
         mean, std = self.read(a["mean"]), self.read(a["std"])
         self.store(a["y"], (x * a["scale"] - mean[c]) / std[c])
 
+    def _im2col(self, a, KH: int, KW: int) -> np.ndarray:
+        """(N*Ho*Wo, KH*KW, C) taps of the input, zero outside the image."""
+        N, H, W, C, Ho, Wo = (a[k] for k in ("N", "H", "W", "C", "Ho", "Wo"))
+        x = self.read(a["x"], N * H * W * C).reshape(N, H, W, C)
+        xp = np.zeros((N, H + 2 * KH * a["dh"] + Ho * a["sh"], W + 2 * KW * a["dw"] + Wo * a["sw"], C))
+        oh, ow = KH * a["dh"], KW * a["dw"]  # generous zero border
+        xp[:, oh:oh + H, ow:ow + W] = x
+        cols = np.empty((N, Ho, Wo, KH, KW, C))
+        for i in range(KH):
+            for j in range(KW):
+                r0, c0 = oh - a["ph"] + i * a["dh"], ow - a["pw"] + j * a["dw"]
+                cols[:, :, :, i, j, :] = xp[:, r0:r0 + (Ho - 1) * a["sh"] + 1:a["sh"], c0:c0 + (Wo - 1) * a["sw"] + 1:a["sw"]]
+        return cols.reshape(N * Ho * Wo, KH * KW, C)
+
     def conv(self, l):
         a = l.args
         t = l.kernel.static["tile"]
@@ -132,20 +146,32 @@ class Emulator:
         groups = O_ // Og
         M = N * Ho * Wo
         assert l.grid[0] * t.bm >= M and l.grid[1] * t.bn >= Og and l.grid[2] == groups, "grid does not cover the output"
-        x = self.read(a["x"], N * H * W * C).reshape(N, H, W, C)
         w = self.read(a["w"], groups * K * Og).reshape(groups, K, Og)
-        xp = np.zeros((N, H + 2 * KH * a["dh"] + Ho * a["sh"], W + 2 * KW * a["dw"] + Wo * a["sw"], C))
-        oh, ow = KH * a["dh"], KW * a["dw"]  # generous zero border
-        xp[:, oh:oh + H, ow:ow + W] = x
-        cols = np.empty((N, Ho, Wo, KH, KW, C))
-        for i in range(KH):
-            for j in range(KW):
-                r0, c0 = oh - a["ph"] + i * a["dh"], ow - a["pw"] + j * a["dw"]
-                cols[:, :, :, i, j, :] = xp[:, r0:r0 + (Ho - 1) * a["sh"] + 1:a["sh"], c0:c0 + (Wo - 1) * a["sw"] + 1:a["sw"]]
-        cols = cols.reshape(M, KH * KW, groups, Cg)
+        cols = self._im2col(a, KH, KW).reshape(M, KH * KW, groups, Cg)
         out = np.empty((M, groups, Og))
         for g in range(groups):
             out[:, g] = cols[:, :, g, :].reshape(M, K) @ w[g]
+        v = out.reshape(-1) + self.read(a["bias"])[np.arange(M * O_) % O_]
+        self.store(a["y"], self.epilogue(l, v, O_, Ho * Wo * O_))
+
+    def mma_conv(self, l):
+        """The tensor-core conv: weights [O][Kp] fp16 (zero past K); fp16 products are exact in
+        float64, so this is the kernel's result up to the fp32 accumulation order."""
+        a = l.args
+        t = l.kernel.static["tile"]
+        N, Ho, Wo, O_, C, K, Kp, KW = (a[k] for k in ("N", "Ho", "Wo", "O", "C", "K", "Kp", "KW"))
+        KH = K // (KW * C)
+        M = N * Ho * Wo
+        assert KH * KW * C == K and Kp % G.MMA_BK == 0 and Kp >= K
+        assert l.grid[0] * t.bm >= M and l.grid[1] * t.bn >= O_ and l.grid[2] == 1, "grid does not cover the output"
+        assert l.block[0] == t.threads
+        if l.kernel.static["variant"] != "scalar":
+            assert C % 8 == 0, "16-byte loads need C % 8 == 0"
+        if l.kernel.static["variant"] == "pointwise":
+            assert KH == KW == 1 and a["sh"] == a["sw"] == 1 and a["ph"] == a["pw"] == 0
+        w = self.read(a["w"], O_ * Kp).reshape(O_, Kp)
+        assert not w[:, K:].any(), "the weights' K padding must be zero"
+        out = self._im2col(a, KH, KW).reshape(M, K) @ w[:, :K].T
         v = out.reshape(-1) + self.read(a["bias"])[np.arange(M * O_) % O_]
         self.store(a["y"], self.epilogue(l, v, O_, Ho * Wo * O_))
 

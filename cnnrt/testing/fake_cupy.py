@@ -243,6 +243,7 @@ def module():
 
     class Device:
         attributes = {"MultiProcessorCount": 4}
+        compute_capability = "90"
         id = 0
 
         def synchronize(self):

@@ -383,3 +383,25 @@ def single_op_cases() -> dict:
                                                                              {"axis": 1}), 9)]))
     add("matmul_const", (3, 4, 6), lambda b, x: b.op("MatMul", [x, b.param("m", b.rng.standard_normal((6, 5)))]))
     return c
+
+
+def mma_conv_cases() -> dict:
+    """{case id: Graph}: convolutions (groups == 1) that the fp16 plans run on the tensor-core kernel,
+    one per A-gather variant and awkward size: C = 3 or 5 (element gather), C % 8 == 0 (16-byte
+    chunks), 1x1 (pointwise), K not a multiple of 32, O not a multiple of 8, stride 2, dilation,
+    residual Add + Relu, and a chain whose middle tensor stays fp16."""
+    c = {}
+
+    def add(name, shape, fn):
+        c[name] = _one(name, shape, fn)
+
+    add("mma_c3_s2_relu", (13, 11, 3), lambda b, x: b.op("Relu", [b.conv(x, 20, 3, stride=2)]))
+    add("mma_c5_dilated", (15, 9, 5), lambda b, x: b.conv(x, 9, (3, 2), stride=(1, 2), dil=2, pad=(2, 1, 2, 0)))
+    add("mma_c16_add_relu", (9, 7, 16), lambda b, x: b.op("Relu", [b.op("Add", [b.conv(x, 16, 3), x])]))
+    add("mma_c8_k72_s2_dil2", (10, 10, 8), lambda b, x: b.conv(x, 24, 3, stride=2, dil=2))
+    add("mma_pointwise_clip", (7, 9, 24), lambda b, x: b.op("Clip", [b.conv(x, 40, 1, pad=0)], {"min": 0.0, "max": 6.0}))
+    add("mma_1x1_s2", (9, 9, 40), lambda b, x: b.conv(x, 16, 1, stride=2, pad=0))
+    add("mma_wide_o130", (8, 8, 64), lambda b, x: b.conv(x, 130, 3))
+    add("mma_pointwise_o200_hswish", (6, 6, 96), lambda b, x: b.op("HardSwish", [b.conv(x, 200, 1, pad=0)]))
+    add("mma_chain", (11, 12, 3), lambda b, x: b.op("Tanh", [b.conv(b.op("Relu", [b.conv(x, 16, 3)]), 37, 3, stride=2)]))
+    return c

@@ -1,0 +1,197 @@
+"""The tensor-core conv kernel (cuda_codegen.mma_conv_kernel) emulated thread by thread on the CPU.
+
+It follows the CUDA source's index expressions: which 16-byte chunk of A (im2col rows) and B
+(packed weights) each thread loads for a K step and where it stores it in shared memory, the
+lane addresses of every ldmatrix.x4, the m16n8k16 fragment layouts of mma.sync as the PTX ISA
+defines them, and which output element each accumulator register is written to. Shared memory
+starts poisoned with NaN and the output with NaN, and every element must be written exactly once,
+so a chunk stored to the wrong place, a fragment read from padding or an uncovered output shows
+up against the float64 convolution. dev/cuda/emulate.py does the same for the Deep MNIST kernels.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from cnnrt.backends import cuda_codegen as G
+
+NAN16 = np.uint16(0x7E00)
+
+
+def cdiv(a, b):
+    return -(-a // b)
+
+
+def _ldsm_x4(sm: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """ldmatrix.sync.aligned.m8n8.x4.b16 from a 2-D half array: lane L gives the start (row, col) of
+    row L%8 of matrix L//8; thread T receives, of matrix j, row T//4, halves 2*(T%4) and 2*(T%4)+1.
+    Returns (32, 4, 2) uint16: [thread, register, low/high half]."""
+    assert rows.shape == cols.shape == (32,)
+    out = np.empty((32, 4, 2), np.uint16)
+    T = np.arange(32)
+    for j in range(4):
+        src = 8 * j + T // 4
+        c0 = cols[src] + 2 * (T % 4)
+        assert (c0 + 1 < sm.shape[1]).all()
+        out[:, j, 0] = sm[rows[src], c0]
+        out[:, j, 1] = sm[rows[src], c0 + 1]
+    return out
+
+
+def _f(h: np.ndarray) -> np.ndarray:
+    return h.view(np.float16).astype(np.float64)
+
+
+def _mma(c: np.ndarray, a: np.ndarray, b0: np.ndarray, b1: np.ndarray) -> None:
+    """mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32: c (32, 4) += A (16x16) . B (16x8) with the
+    PTX fragment layouts; a (32, 4, 2), b0/b1 (32, 2) halves."""
+    A, B = np.full((16, 16), np.nan), np.full((16, 8), np.nan)
+    T = np.arange(32)
+    g, t = T >> 2, T & 3
+    for r in range(2):
+        A[g, 2 * t + r] = _f(a[:, 0, r])
+        A[g + 8, 2 * t + r] = _f(a[:, 1, r])
+        A[g, 2 * t + 8 + r] = _f(a[:, 2, r])
+        A[g + 8, 2 * t + 8 + r] = _f(a[:, 3, r])
+        B[2 * t + r, g] = _f(b0[:, r])
+        B[2 * t + 8 + r, g] = _f(b1[:, r])
+    D = A @ B
+    c[:, 0] += D[g, 2 * t]
+    c[:, 1] += D[g, 2 * t + 1]
+    c[:, 2] += D[g + 8, 2 * t]
+    c[:, 3] += D[g + 8, 2 * t + 1]
+
+
+def run(tile: G.MmaTile, variant: str, x: np.ndarray, wq: np.ndarray, bias: np.ndarray, *, KH: int, KW: int,
+        sh: int, sw: int, ph: int, pw: int, dh: int, dw: int, Ho: int, Wo: int) -> np.ndarray:
+    """The kernel's output (N*Ho*Wo, O) before the epilogue's ops (acc + bias), float64.
+    x: (N, H, W, C) float16; wq: (O, Kp) float16 as the planner packs it."""
+    N, H, W, C = x.shape
+    O, Kp = wq.shape
+    K = KH * KW * C
+    BM, BN, BK, TH = tile.bm, tile.bn, G.MMA_BK, tile.threads
+    WARPS_N = tile.warps_n
+    WTM, WTN = BM // tile.warps_m, BN // WARPS_N
+    MI, NI = WTM // 16, WTN // 8
+    LDS = BK + G.MMA_PAD
+    KC = BK // 8
+    A_CH, B_CH = BM * KC, BN * KC
+    A_IT, B_IT = cdiv(A_CH, TH), cdiv(B_CH, TH)
+    AVAR = G.MMA_AVARIANTS.index(variant)
+    assert TH % KC == 0 and Kp % BK == 0 and Kp >= K
+    xf = np.ascontiguousarray(x, np.float16).reshape(-1).view(np.uint16)
+    wf = np.ascontiguousarray(wq, np.float16).reshape(-1).view(np.uint16)
+    HWo = Ho * Wo
+    M = N * HWo
+    y = np.full(M * O, np.nan)
+    tid = np.arange(TH)
+    q = tid % KC
+    KT = cdiv(K, BK)
+    eight = np.arange(8)
+    for bx in range(cdiv(M, BM)):
+        for by in range(cdiv(O, BN)):
+            m0, o0 = bx * BM, by * BN
+            a_h = np.full((A_IT, TH), -(1 << 28))
+            a_w = np.full((A_IT, TH), -(1 << 28))
+            a_base = np.zeros((A_IT, TH), np.int64)
+            for i in range(A_IT):
+                e = tid + i * TH
+                m = m0 + e // KC
+                ok = (e < A_CH) & (m < M)
+                n = m // HWo
+                rem = m - n * HWo
+                ho = rem // Wo
+                wo = rem - ho * Wo
+                a_h[i] = np.where(ok, ho * sh - ph, a_h[i])
+                a_w[i] = np.where(ok, wo * sw - pw, a_w[i])
+                a_base[i] = np.where(ok, n.astype(np.int64) * H * W * C, 0)
+
+            def load(kt):
+                k = kt * BK + q * 8
+                ra = np.zeros((A_IT, TH, 8), np.uint16)
+                rb = np.zeros((B_IT, TH, 8), np.uint16)
+                for i in range(A_IT):
+                    if AVAR == 2:
+                        for j in range(8):
+                            kk = k + j
+                            tap = kk // C
+                            c = kk - tap * C
+                            kh = tap // KW
+                            kw = tap - kh * KW
+                            hi, wi = a_h[i] + kh * dh, a_w[i] + kw * dw
+                            ok = (kk < K) & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
+                            addr = a_base[i] + (hi.astype(np.int64) * W + wi) * C + c
+                            ra[i, :, j] = np.where(ok, xf[np.where(ok, addr, 0)], 0)
+                    else:
+                        c, kh, kw = k, 0, 0
+                        if AVAR == 0:
+                            tap = k // C
+                            c = k - tap * C
+                            kh = tap // KW
+                            kw = tap - kh * KW
+                        hi, wi = a_h[i] + kh * dh, a_w[i] + kw * dw
+                        ok = (k < K) & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
+                        addr = a_base[i] + (hi.astype(np.int64) * W + wi) * C + c
+                        assert (addr[ok] % 8 == 0).all(), "a 16-byte load of x is not 16-byte aligned"
+                        assert (addr[ok] + 8 <= xf.size).all(), "a load past the end of x"
+                        idx = np.where(ok, addr, 0)[:, None] + eight
+                        ra[i] = np.where(ok[:, None], xf[np.minimum(idx, xf.size - 1)], 0)
+                for j in range(B_IT):
+                    e = tid + j * TH
+                    o = o0 + e // KC
+                    ok = (e < B_CH) & (o < O)
+                    addr = o.astype(np.int64) * Kp + kt * BK + q * 8
+                    assert (addr[ok] + 8 <= wf.size).all()
+                    idx = np.where(ok, addr, 0)[:, None] + eight
+                    rb[j] = np.where(ok[:, None], wf[np.minimum(idx, wf.size - 1)], 0)
+                return ra, rb
+
+            As = np.full((2, BM, LDS), NAN16, np.uint16)
+            Bs = np.full((2, BN, LDS), NAN16, np.uint16)
+
+            def store(buf, ra, rb):
+                for i in range(A_IT):
+                    e = tid + i * TH
+                    for t in np.nonzero(e < A_CH)[0]:
+                        As[buf, e[t] // KC, q[t] * 8:q[t] * 8 + 8] = ra[i, t]
+                for j in range(B_IT):
+                    e = tid + j * TH
+                    for t in np.nonzero(e < B_CH)[0]:
+                        Bs[buf, e[t] // KC, q[t] * 8:q[t] * 8 + 8] = rb[j, t]
+
+            nw = TH // 32
+            acc = np.zeros((nw, MI, NI, 32, 4))
+            lane = np.arange(32)
+            store(0, *load(0))
+            for kt in range(KT):
+                buf = kt & 1
+                nxt = load(kt + 1) if kt + 1 < KT else None
+                for warp in range(nw):
+                    wm, wn = warp // WARPS_N, warp % WARPS_N
+                    for ks in range(BK // 16):
+                        af = [_ldsm_x4(As[buf], wm * WTM + i * 16 + (lane & 15), ks * 16 + (lane >> 4) * 8)
+                              for i in range(MI)]
+                        bf = [None] * NI
+                        for j in range(NI // 2):
+                            r = _ldsm_x4(Bs[buf], wn * WTN + j * 16 + (lane & 7) + ((lane >> 4) << 3),
+                                         ks * 16 + ((lane >> 3) & 1) * 8)
+                            bf[2 * j] = (r[:, 0], r[:, 1])
+                            bf[2 * j + 1] = (r[:, 2], r[:, 3])
+                        for i in range(MI):
+                            for j in range(NI):
+                                _mma(acc[warp, i, j], af[i], *bf[j])
+                if nxt is not None:
+                    store(buf ^ 1, *nxt)
+            gq, tq = lane >> 2, lane & 3
+            for warp in range(nw):
+                wm, wn = warp // WARPS_N, warp % WARPS_N
+                for i in range(MI):
+                    for hr in range(2):
+                        m = m0 + wm * WTM + i * 16 + gq + 8 * hr
+                        for j in range(NI):
+                            for e in range(2):
+                                c = o0 + wn * WTN + j * 8 + 2 * tq + e
+                                ok = (m < M) & (c < O)
+                                idx = m[ok].astype(np.int64) * O + c[ok]
+                                assert np.isnan(y[idx]).all(), "an output element written twice"
+                                y[idx] = acc[warp, i, j, ok, 2 * hr + e] + bias[c[ok]]
+    return y.reshape(M, O)

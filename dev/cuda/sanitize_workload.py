@@ -1,0 +1,91 @@
+"""The program compute-sanitizer watches (dev/cuda/sanitize.py runs it once per tool): the generic
+plan (LeNet-5, ResNet-20; fp16 with the tensor-core convs, fp32 with the SIMT ones) at batch sizes
+1, 7 and 300, one pointwise tensor-core conv, and the Deep MNIST fused pattern at 1, 7, 300 and 1,100.
+
+    python3 dev/cuda/sanitize_workload.py OUT.json [--batches 1,7,300]
+
+OUT.json lists the names of our own kernels (every generated kernel and every __global__ function
+of cuda_kernels/deep_mnist.cu), so that the driver can tell our kernels' reports from the vendor's,
+and the runs completed so far (rewritten after each run: a timeout still shows how far it got).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+
+from cnnrt.backends import cuda as C  # noqa: E402
+from cnnrt.backends import cuda_codegen as G  # noqa: E402
+from cnnrt.backends.cuda_graph import GraphRunner  # noqa: E402
+from cnnrt.testing import graphs as TG  # noqa: E402
+
+CU = os.path.join(os.path.dirname(C.__file__), "cuda_kernels", "deep_mnist.cu")
+
+
+def our_kernels() -> list[str]:
+    src = open(CU).read()
+    fused = re.findall(r'extern "C" __global__ void (?:__launch_bounds__\([^)]*\)\s*)?(\w+)\s*\(', src)
+    return sorted(set(G.GENERATED) | set(fused))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--batches", default="1,7,300")
+    ap.add_argument("--fused-batches", default="1,7,300,1100")
+    a = ap.parse_args()
+    rng = np.random.default_rng(0)
+    runs = []
+
+    def record(what, t0, ok=True):
+        runs.append({"run": what, "seconds": round(time.perf_counter() - t0, 2), "finite": ok})
+        tmp = a.out + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"kernels": our_kernels(), "runs": runs, "done": False}, f, indent=1)
+        os.replace(tmp, a.out)
+        print(f"ran {what} in {runs[-1]['seconds']} s", flush=True)
+
+    batches = [int(v) for v in a.batches.split(",") if v]
+    jobs = [("lenet5", TG.lenet5(1), "u8"), ("resnet20", TG.resnet20(2), "u8"),
+            ("mma_pointwise", TG.mma_conv_cases()["mma_pointwise_o200_hswish"], "f32")]
+    ok_all = True
+    for precision in ("fp16", "fp32"):
+        for name, g, kind in jobs:
+            if name == "mma_pointwise" and precision == "fp32":
+                continue
+            r = GraphRunner(g, precision)
+            for n in batches:
+                t0 = time.perf_counter()
+                if kind == "u8":
+                    out = r.probabilities(rng.integers(0, 256, (n,) + g.input_shape, dtype=np.uint8))
+                else:
+                    out = r.run({"images": rng.standard_normal((n,) + g.input_shape).astype(np.float32)})["y"]
+                ok = bool(np.isfinite(out).all())
+                ok_all &= ok
+                record(f"{name} {precision} n={n} ({'tensor-core' if r.program.mma else 'SIMT'} convs)", t0, ok)
+            r.close()
+    fused = [int(v) for v in a.fused_batches.split(",") if v]
+    g = TG.deep_mnist(3)
+    r = C.prepare(g, "fp16") if fused else None
+    assert r is None or type(r).__name__ == "FusedRunner", type(r)
+    for n in fused:
+        t0 = time.perf_counter()
+        out = r.probabilities(rng.integers(0, 256, (n,) + g.input_shape, dtype=np.uint8))
+        ok = bool(np.isfinite(out).all())
+        ok_all &= ok
+        record(f"deep_mnist fused fp16 n={n}", t0, ok)
+    with open(a.out + ".tmp", "w") as f:
+        json.dump({"kernels": our_kernels(), "runs": runs, "done": True}, f, indent=1)
+    os.replace(a.out + ".tmp", a.out)
+    return 0 if ok_all else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""The tensor-core conv kernel on the CPU: its thread-level emulation (cnnrt.testing.mma_emulator)
+against a float64 convolution for every tile and A-gather variant on awkward shapes, the planner's
+choice of it (and CNNRT_CUDA_NO_MMA=1), and (with an NVRTC library) that every variant compiles."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cnnrt.backends import cuda_codegen as G
+from cnnrt.backends.cuda_plan import Program, choose_mma_tile
+from cnnrt.testing import graphs as TG
+from cnnrt.testing import mma_emulator as ME
+
+
+def conv64(x, w, b, s, p, d):
+    """float64 NHWC convolution, weights (O, KH, KW, C)."""
+    N, H, W, C = x.shape
+    O, KH, KW, _ = w.shape
+    Ho = (H + 2 * p[0] - d[0] * (KH - 1) - 1) // s[0] + 1
+    Wo = (W + 2 * p[1] - d[1] * (KW - 1) - 1) // s[1] + 1
+    xp = np.zeros((N, H + 2 * p[0], W + 2 * p[1], C))
+    xp[:, p[0]:p[0] + H, p[1]:p[1] + W] = x
+    out = np.zeros((N, Ho, Wo, O))
+    for i in range(KH):
+        for j in range(KW):
+            tap = xp[:, i * d[0]:i * d[0] + (Ho - 1) * s[0] + 1:s[0], j * d[1]:j * d[1] + (Wo - 1) * s[1] + 1:s[1]]
+            out += tap @ w[:, i, j, :].T
+    return out + b, Ho, Wo
+
+
+SHAPES = [  # (N, H, W, C, O, KH, KW, stride, pad, dilation)
+    (2, 5, 6, 3, 20, 3, 3, (2, 1), (1, 1), (1, 1)),  # C=3: scalar gather, K=27 < one K step
+    (1, 7, 5, 5, 9, 3, 2, (1, 2), (2, 0), (2, 1)),  # dilation, asymmetric stride, O < 16
+    (3, 4, 4, 16, 37, 3, 3, (1, 1), (1, 1), (1, 1)),  # vec gather, K=144 (4.5 K steps), O not /8
+    (2, 6, 6, 8, 24, 3, 3, (2, 2), (1, 1), (2, 2)),  # vec, K=72 padded to 96, stride + dilation
+    (2, 3, 5, 24, 40, 1, 1, (1, 1), (0, 0), (1, 1)),  # pointwise, M = 30
+    (1, 5, 5, 40, 16, 1, 1, (2, 2), (0, 0), (1, 1)),  # 1x1 stride 2: vec, not pointwise
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=[f"s{i}" for i in range(len(SHAPES))])
+@pytest.mark.parametrize("tile", ["tc32x16", "tc64x32", "tc32x32", "tc128x64", "tc128x128"])
+def test_emulated_kernel_matches_float64(rng, shape, tile):
+    N, H, W, C, O, KH, KW, s, p, d = shape
+    x = rng.standard_normal((N, H, W, C)).astype(np.float16)
+    w = rng.standard_normal((O, KH, KW, C)).astype(np.float16)
+    b = rng.standard_normal(O)
+    K = KH * KW * C
+    kp = -(-K // G.MMA_BK) * G.MMA_BK
+    wq = np.zeros((O, kp), np.float16)
+    wq[:, :K] = w.reshape(O, K)
+    want, Ho, Wo = conv64(x.astype(np.float64), w.astype(np.float64), b, s, p, d)
+    variant = G.mma_variant(C, KH, KW, s, (p[0], p[1], p[0], p[1]))
+    got = ME.run(G.MMA_TILES[tile], variant, x, wq, b, KH=KH, KW=KW, sh=s[0], sw=s[1], ph=p[0], pw=p[1], dh=d[0],
+                 dw=d[1], Ho=Ho, Wo=Wo)
+    assert np.isfinite(got).all(), "an output not written, or a value read from poisoned shared memory"
+    np.testing.assert_allclose(got, want.reshape(-1, O), rtol=1e-9, atol=1e-9)
+
+
+def test_scalar_variant_on_a_vec_shape(rng):
+    # the generic gather must agree on shapes the 16-byte paths take too
+    x = rng.standard_normal((2, 4, 4, 16)).astype(np.float16)
+    w = rng.standard_normal((20, 1, 1, 16)).astype(np.float16)
+    wq = np.zeros((20, 32), np.float16)
+    wq[:, :16] = w.reshape(20, 16)
+    b = np.zeros(20)
+    want, Ho, Wo = conv64(x.astype(np.float64), w.astype(np.float64), b, (1, 1), (0, 0), (1, 1))
+    for variant in G.MMA_AVARIANTS:
+        got = ME.run(G.MMA_TILES["tc64x32"], variant, x, wq, b, KH=1, KW=1, sh=1, sw=1, ph=0, pw=0, dh=1, dw=1,
+                     Ho=Ho, Wo=Wo)
+        np.testing.assert_allclose(got, want.reshape(-1, 20), rtol=1e-9, atol=1e-9)
+
+
+def test_variants_and_tiles():
+    assert G.mma_variant(3, 3, 3, (1, 1), (1, 1, 1, 1)) == "scalar"
+    assert G.mma_variant(16, 3, 3, (1, 1), (1, 1, 1, 1)) == "vec"
+    assert G.mma_variant(16, 1, 1, (1, 1), (0, 0, 0, 0)) == "pointwise"
+    assert G.mma_variant(16, 1, 1, (2, 2), (0, 0, 0, 0)) == "vec"
+    for t in G.MMA_TILES.values():
+        t.check()
+    assert choose_mma_tile(256 * 56 * 56, 64, 576, 132) in ("tc128x64", "tc128x128")
+    assert G.MMA_TILES[choose_mma_tile(1000, 16, 144, 132)].bn == 16
+
+
+def test_planner_uses_tensor_cores_for_fp16_only(monkeypatch):
+    g = TG.awkward_convs(0)
+    labels = lambda prog: [l.label for l in prog.plan(7).launches if l.kernel is not None and "conv" in l.label]  # noqa: E731
+    fp16 = labels(Program(g, "fp16"))
+    assert any("tensor-core" in k for k in fp16)
+    assert any("depthwise" in k for k in fp16)  # depthwise keeps its kernel
+    grouped = [k for k in fp16 if "implicit-GEMM" in k and "tensor-core" not in k]
+    assert grouped, "the grouped conv (groups > 1) stays on the SIMT kernel"
+    assert not any("tensor-core" in k for k in labels(Program(g, "fp32")))
+    monkeypatch.setenv("CNNRT_CUDA_NO_MMA", "1")
+    assert not any("tensor-core" in k for k in labels(Program(g, "fp16")))
+    monkeypatch.delenv("CNNRT_CUDA_NO_MMA")
+    assert not any("tensor-core" in k for k in labels(Program(g, "fp16", mma=False)))
+
+
+def test_mma_kernels_compile():
+    from cnnrt.testing.nvrtc import compile_ptx, find_library
+
+    if find_library() is None:
+        pytest.skip("no NVRTC library here (pip install nvidia-cuda-nvrtc to check the generated CUDA on the CPU)")
+    ks = [G.mma_conv_kernel(t, v, to, (G.epi_op("Add", mode="full", dtype="f16"), G.epi_op("Relu")))
+          for t in G.MMA_TILES.values() for v, to in zip(G.MMA_AVARIANTS, ("f16", "f32", "f16"))]
+    ptx, _ = compile_ptx(G.module_source(ks))
+    for k in ks:
+        assert k.name in ptx
+    assert "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32" in ptx and "ldmatrix.sync.aligned" in ptx
