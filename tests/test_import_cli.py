@@ -273,7 +273,7 @@ def test_onnx_file_through_eval_info_and_import(onnx_file, tmp_path, mnist_test)
     r = json.loads(cnnrt("eval", "--model", str(f), "--limit", str(N), "--backend", "numpy", "--json").stdout)
     assert r["correct"] == int((want.argmax(1) == y).sum())
     p = cnnrt("info", str(f), "--backend", "numpy")
-    assert "input (28, 28, 1) x 0.00392157" in p.stdout and "Backend: numpy, fp32" in p.stdout
+    assert "input (28, 28, 1) x 0.00392157" in p.stdout and "Plan on numpy, fp32" in p.stdout
     out = tmp_path / "small.safetensors"
     cnnrt("import", str(f), str(out), "--mean", "0.1", "--std", "0.3", "--labels", ",".join("abcdefghij"))
     from cnnrt import backends
