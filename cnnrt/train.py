@@ -88,7 +88,7 @@ def build_keras_resnet(seed: int = 0, widths: tuple[int, ...] = (16, 32, 64), bl
     return keras.Model(inp, L.Softmax(name="softmax")(x), name="resnet")
 
 
-RESNET_EPOCHS = 7  # trains in about 13 minutes on a shared 2-core CPU (models/fashion_resnet)
+RESNET_EPOCHS = 7  # models/fashion_resnet: 17 minutes on the shared 2-core development machine
 
 # --arch -> (builder, default epochs, default batch size)
 ARCHS = {
