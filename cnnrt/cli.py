@@ -32,44 +32,52 @@ def _shipped_model() -> str:
 
 
 def cmd_train(a) -> int:
-    from .resources import mnist_test_images, mnist_test_labels, mnist_train_files
+    from . import datasets
     from .train import train
 
     if (a.images is None) != (a.labels is None):
         raise CnnrtError("--images and --labels go together (training images and their labels)")
-    if a.images is None:
-        found = mnist_train_files()
-        if found is None or not found[0].is_file():
-            raise CnnrtError("the MNIST training set ships only with the source repository (data/mnist/); "
-                             "pass --images and --labels (IDX files, raw or .gz)")
-        a.images, a.labels = map(str, found)
     if (a.test_images is None) != (a.test_labels is None):
         raise CnnrtError("--test-images and --test-labels go together")
-    if a.test_images is None:
-        a.test_images, a.test_labels = str(mnist_test_images()), str(mnist_test_labels())
     for flag, v in (("--epochs", a.epochs), ("--batch-size", a.batch_size), ("--limit", a.limit),
                     ("--test-limit", a.test_limit)):
         if v is not None and v < 1:
             raise CnnrtError(f"{flag} must be at least 1, got {v}")
-    train(a.images, a.labels, a.test_images, a.test_labels, a.out, epochs=a.epochs,
-          batch_size=a.batch_size, lr=a.lr, seed=a.seed, limit=a.limit, test_limit=a.test_limit,
-          force=a.force, quiet=a.quiet)
+    if a.images is None:
+        a.images, a.labels = datasets.train_files(a.dataset)
+    if a.test_images is None:  # the test set follows the dataset
+        a.test_images, a.test_labels = datasets.test_files(a.dataset, "--test-images and --test-labels")
+    train(a.images, a.labels, a.test_images, a.test_labels, a.out, arch=a.arch, dataset=a.dataset,
+          epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, limit=a.limit,
+          test_limit=a.test_limit, force=a.force, quiet=a.quiet)
     return 0
 
 
 def _eval_data(a, model):
-    """Images and labels for eval, checked against the model, with the files named in errors."""
+    """Images and labels for eval, checked against the model, with the files named in errors.
+    Without --images or --dataset: the test set of the dataset the model says it was trained on
+    (its provenance's "dataset", as `cnnrt train` writes it), else MNIST's."""
+    from . import datasets
     from .idx import check_labels, load_mnist
-    from .resources import mnist_test_images, mnist_test_labels
 
+    if a.dataset is not None and (a.images is not None or a.labels is not None):
+        raise CnnrtError(f"--dataset {a.dataset} names the test images and labels; it does not go with "
+                         f"--images or --labels")
     if a.images is None and a.labels is not None:
         raise CnnrtError(f"--labels {a.labels} without --images would score the MNIST test images against "
                          f"those labels; pass the images they belong to with --images")
     if a.images is not None and a.labels is None:
         raise CnnrtError(f"--images {a.images} needs --labels (an IDX file of one label per image): "
                          f"eval measures accuracy")
-    images = a.images if a.images is not None else str(mnist_test_images())
-    labels = a.labels if a.labels is not None else str(mnist_test_labels())
+    a.data = None  # the dataset eval chose, if not the default MNIST
+    if a.images is not None:
+        images, labels = a.images, a.labels
+    else:
+        trained_on = (model.meta or {}).get("dataset")
+        name = a.dataset or (trained_on if trained_on in datasets.NAMES else "mnist")
+        images, labels = datasets.test_files(name)
+        if a.dataset is not None or name != "mnist":
+            a.data = f"{datasets.get(name).title} test set" + ("" if a.dataset else ", the model's dataset")
     x, y = load_mnist(images, labels)
     h, w, c = model.input_shape
     got = x.shape[1:] if x.ndim == 4 else x.shape[1:] + (1,)
@@ -139,12 +147,14 @@ def cmd_eval(a) -> int:
         "batch_size_requested": a.batch_size,
         "model": str(a.model),
     }
+    if a.data:
+        result["data"] = a.data
     if hasattr(runner, "summary"):  # which nodes ran fused, on generic kernels, on the host
         result["kernels"] = runner.summary(a.batch_size)
     if a.report:  # one more, untimed run for the probabilities; the page scores the predictions timed above
         from .report import class_names, write_report
         probs = runner.probabilities(x, batch_size=a.batch_size)
-        write_report(a.report, x, y, probs, class_names(model.meta, model.num_classes),
+        write_report(a.report, x, y, probs, class_names(model.meta, model.num_classes, getattr(model, "labels", None)),
                      {**result, "model_name": model.name}, predictions=pred)
         result["report"] = str(a.report)
     if a.json:
@@ -155,7 +165,7 @@ def cmd_eval(a) -> int:
         print(f"Backend: {runner.backend}, {runner.precision}, batch size {used}{asked}")
         if result.get("kernels"):
             print(f"Kernels: {result['kernels']}")
-        print(f"Images: {result['images']}")
+        print(f"Images: {result['images']}" + (f" ({a.data})" if a.data else ""))
         if a.repeat > 1:
             print(f"Time: {seconds:.4g} seconds, median of {a.repeat - 1} warm runs "
                   f"({result['images_per_second']:,.0f} images/s); first run {first:.4g} s; "
@@ -214,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--images", default=None, help="IDX images (N, H, W) or (N, H, W, C), raw or .gz "
                    "(default: the MNIST test set, shipped with cnnrt)")
     e.add_argument("--labels", default=None, help="IDX labels of those images, raw or .gz (required with --images)")
+    e.add_argument("--dataset", choices=("mnist", "fashion-mnist"), default=None,
+                   help="the test set of a known dataset instead of --images/--labels (Fashion-MNIST only in the "
+                   "source repository; default: the model's own dataset as `cnnrt train` records it, else MNIST)")
     e.add_argument("--limit", type=int, default=None, help="use only the first N images (the article used 5000)")
     e.add_argument("--backend", default="auto", help="auto (default: the GPU if usable, else numpy), numpy or cuda")
     e.add_argument("--precision", choices=("fp32", "fp16"), default=None,
@@ -273,20 +286,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve(sub)
 
-    t = sub.add_parser("train", help="train the Deep MNIST net with TensorFlow/Keras and export it",
-                       description="Trains, then writes OUT/deep_mnist.safetensors, OUT/article/ and OUT/training.json "
-                                   "together: built in a temporary directory beside OUT and moved in only when all are "
-                                   "complete. Files already in OUT are never replaced without --force.")
+    t = sub.add_parser("train", help="train a CNN (Deep MNIST or a small ResNet) with TensorFlow/Keras and export it",
+                       description="Trains, then writes into OUT the bundle NAME.safetensors (deep_mnist for --arch "
+                                   "deep_mnist on MNIST, else DATASET_ARCH: fashion_resnet, mnist_resnet, ...), "
+                                   "OUT/article/ (the article's raw format, which can hold only the Deep MNIST net: "
+                                   "--arch deep_mnist only) and OUT/training.json, together: built in a temporary "
+                                   "directory beside OUT and moved in only when all are complete. Files already in "
+                                   "OUT are never replaced without --force.")
     t.add_argument("--out", required=True, help="output directory (created if missing)")
     t.add_argument("--force", action="store_true", help="replace a model already in OUT")
-    t.add_argument("--images", default=None, help="training images, IDX (default: data/mnist/ of the source repository)")
+    t.add_argument("--dataset", choices=("mnist", "fashion-mnist"), default="mnist",
+                   help="the training and test sets, from data/ of the source repository (default: mnist); "
+                   "Fashion-MNIST's class names are stored in the bundle")
+    t.add_argument("--arch", choices=("deep_mnist", "resnet"), default="deep_mnist",
+                   help="deep_mnist (default): the article's net; resnet: a small residual CNN with "
+                   "BatchNormalization (78k parameters)")
+    t.add_argument("--images", default=None, help="training images, IDX (default: the dataset's)")
     t.add_argument("--labels", default=None, help="their labels, IDX")
-    t.add_argument("--test-images", default=None, help="test images, IDX (default: the MNIST test set)")
+    t.add_argument("--test-images", default=None, help="test images, IDX (default: the dataset's test set)")
     t.add_argument("--test-labels", default=None, help="their labels, IDX")
     t.add_argument("--limit", type=int, default=None, help="use only the first N training images (a tenth of them for validation)")
     t.add_argument("--test-limit", type=int, default=None, help="test on only the first N test images")
-    t.add_argument("--epochs", type=int, default=8)
-    t.add_argument("--batch-size", type=int, default=50)
+    t.add_argument("--epochs", type=int, default=None, help="default: 8 for deep_mnist, 7 for resnet")
+    t.add_argument("--batch-size", type=int, default=None, help="default: 50 for deep_mnist, 64 for resnet")
     t.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate, cosine-decayed")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--quiet", action="store_true", help="no progress output from Keras")

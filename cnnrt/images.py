@@ -11,6 +11,9 @@ Preprocessing:
   on white anywhere on a page looks like an MNIST digit: grayscale, dark-on-light inverted, cropped
   to the digit, scaled to fit 20x20 keeping its aspect ratio (anti-aliased), placed in 28x28 with
   its centre of mass at the centre;
+- models trained on Fashion-MNIST (their provenance says so) get that data set's own conversion
+  (Xiao et al. 2017): grayscale, negated if the item is dark on a light background, trimmed to
+  the item, its longest edge scaled to 28 keeping the aspect ratio, centred on a black 28x28;
 - other models get a plain anti-aliased resize to H x W and the channel count converted;
 - then the model's normalisation (`normalisation()` is the one place that reads it).
 
@@ -283,6 +286,50 @@ def is_mnist_shaped(shape: tuple[int, int, int]) -> bool:
     return tuple(shape) == (MNIST_SIZE, MNIST_SIZE, 1)
 
 
+# ---------------------------------------------------------------- Fashion-MNIST's preprocessing
+
+def fashion_item(picture: Picture) -> np.ndarray:
+    """A picture of one clothing item -> (28, 28) uint8 as Fashion-MNIST has it (light item on black).
+
+    The data set's own conversion of Zalando's product photos: trim the border close to the
+    background, scale the longest edge to 28, centre on the canvas, negate, grayscale. Here the
+    background is the border's median, negation happens only when it is light (so an image already
+    in the data set's form comes back as it was), and the background is brought to 0."""
+    g = to_gray(picture.pixels).astype(np.float32)
+    h, w = g.shape
+    ring = max(1, round(0.02 * min(h, w)))
+    border = np.concatenate([g[:ring].ravel(), g[-ring:].ravel(), g[:, :ring].ravel(), g[:, -ring:].ravel()])
+    bg = float(np.median(border))
+    item = np.clip(bg - g if bg > 127.5 else g - bg, 0.0, 255.0)  # negated when the background is light
+    if float(item.max()) < MIN_CONTRAST:
+        raise FormatError(f"{picture.source}: no item found: the image is blank (its pixels differ from the "
+                          f"background by less than {MIN_CONTRAST:.0f}/255)")
+    # the item: what stands out of the background's own noise (its median absolute deviation on the border)
+    noise = float(np.median(np.abs(border - bg)))
+    keep = item > max(0.5, 5.0 * noise)
+    rows, cols = np.flatnonzero(keep.any(axis=1)), np.flatnonzero(keep.any(axis=0))
+    crop = item[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    ch, cw = crop.shape
+    s = MNIST_SIZE / max(ch, cw)
+    nh, nw = max(1, min(MNIST_SIZE, round(ch * s))), max(1, min(MNIST_SIZE, round(cw * s)))
+    scaled = np.clip(resize(crop, nh, nw, picture.source), 0.0, 255.0)
+    field = np.zeros((MNIST_SIZE, MNIST_SIZE), dtype=np.float32)
+    top, left = (MNIST_SIZE - nh + 1) // 2, (MNIST_SIZE - nw + 1) // 2  # an odd pixel before, as the data set has it
+    field[top:top + nh, left:left + nw] = scaled
+    return np.clip(np.rint(field), 0, 255).astype(np.uint8)
+
+
+def auto_recipe(session) -> str:
+    """The preprocessing a model's images get by default: 'fashion' for a 28x28 one-channel model
+    trained on Fashion-MNIST (its provenance's "dataset", as `cnnrt train` records it), 'mnist' for
+    other 28x28 one-channel models, 'resize' for the rest."""
+    shape = tuple(session.input_shape)
+    if not is_mnist_shaped(shape):
+        return "resize"
+    meta = getattr(getattr(session, "model", None), "meta", None) or {}
+    return "fashion" if meta.get("dataset") == "fashion-mnist" else "mnist"
+
+
 # ---------------------------------------------------------------- the model's normalisation
 
 def normalisation(session) -> tuple[float, np.ndarray | None, np.ndarray | None]:
@@ -316,9 +363,11 @@ def model_input(pixels: np.ndarray, session) -> np.ndarray:
 
 
 def preprocess(picture: Picture, shape: tuple[int, int, int], recipe: str) -> np.ndarray:
-    """One picture -> (H, W, C) pixels. recipe 'mnist': `mnist_digit`, uint8; 'resize': `fit`, float32 0..255."""
-    if recipe == "mnist":
+    """One picture -> (H, W, C) pixels. recipe 'mnist': `mnist_digit`, uint8; 'fashion': `fashion_item`,
+    uint8; 'resize': `fit`, float32 0..255."""
+    if recipe in ("mnist", "fashion"):
         if not is_mnist_shaped(shape):
-            raise FormatError(f"MNIST preprocessing needs a 28x28 single-channel model, this one takes {tuple(shape)}")
-        return mnist_digit(picture)[..., None]
+            raise FormatError(f"{'MNIST' if recipe == 'mnist' else 'Fashion-MNIST'} preprocessing needs a 28x28 "
+                              f"single-channel model, this one takes {tuple(shape)}")
+        return (mnist_digit(picture) if recipe == "mnist" else fashion_item(picture))[..., None]
     return fit(picture, shape)

@@ -12,7 +12,7 @@ import sys
 
 from .errors import CnnrtError, FormatError
 
-RECIPES = ("auto", "mnist", "resize")
+RECIPES = ("auto", "mnist", "fashion", "resize")
 
 
 def add_parser(sub) -> None:
@@ -34,9 +34,11 @@ def add_parser(sub) -> None:
                    help="fp32, or fp16 storage with fp32 accumulation (default: fp32 on the CPU, fp16 on the GPU)")
     p.add_argument("--top-k", type=int, default=3, metavar="K", help="how many of the likeliest classes to print (default: 3)")
     p.add_argument("--preprocess", choices=RECIPES, default="auto",
-                   help="mnist: MNIST's digit recipe (28x28x1 models only); resize: a plain resize, for images "
-                        "already framed like the model's (MNIST's own images, for instance); auto (default): mnist "
-                        "for 28x28 single-channel models, resize for others")
+                   help="mnist: MNIST's digit recipe (28x28x1 models only); fashion: Fashion-MNIST's conversion of "
+                        "product photos (trim, longest edge to 28, centre, light item on black; 28x28x1 only); resize: "
+                        "a plain resize, for images already framed like the model's (MNIST's own images, for "
+                        "instance); auto (default): fashion for models trained on Fashion-MNIST, mnist for other "
+                        "28x28 single-channel models, resize for others")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object per image (JSON lines), in input order; failures get an \"error\" key")
     p.set_defaults(func=cmd_predict)
@@ -54,9 +56,9 @@ def cmd_predict(a) -> int:
     shape = session.input_shape
     recipe = a.preprocess
     if recipe == "auto":
-        recipe = "mnist" if images.is_mnist_shaped(shape) else "resize"
-    elif recipe == "mnist" and not images.is_mnist_shaped(shape):
-        raise CnnrtError(f"--preprocess mnist needs a 28x28 single-channel model; {a.model} takes {shape} (H, W, C)")
+        recipe = images.auto_recipe(session)
+    elif recipe in ("mnist", "fashion") and not images.is_mnist_shaped(shape):
+        raise CnnrtError(f"--preprocess {recipe} needs a 28x28 single-channel model; {a.model} takes {shape} (H, W, C)")
 
     # every entry: (source, pixels) or (source, error message), in the order given
     entries: list[tuple[str, object]] = []

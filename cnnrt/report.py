@@ -57,9 +57,9 @@ def most_confident_mistakes(labels, predictions, probabilities, k: int = MISTAKE
     return wrong[order[:k]]
 
 
-def class_names(meta: dict | None, num_classes: int) -> list[str]:
-    """The model's own class names if its metadata stores them, else '0', '1', ..."""
-    names = (meta or {}).get("labels")
+def class_names(meta: dict | None, num_classes: int, labels: list[str] | None = None) -> list[str]:
+    """The model's own class names (its `labels`, or its metadata's) if it stores them, else '0', '1', ..."""
+    names = labels or (meta or {}).get("labels")
     if isinstance(names, list) and len(names) == num_classes:
         return [str(v) for v in names]
     return [str(i) for i in range(num_classes)]

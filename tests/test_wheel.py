@@ -92,3 +92,14 @@ def test_installed_wheel_train_asks_for_the_training_set(installed, tmp_path):
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert "the MNIST training set ships only with the source repository" in p.stderr
     assert os.listdir(tmp_path) == []
+
+
+def test_installed_wheel_eval_asks_for_the_fashion_mnist_files(installed, tmp_path):
+    """Fashion-MNIST is in the source repository only: eval --dataset fashion-mnist says so, exit 2."""
+    _, venv = installed
+    p = subprocess.run([str(venv / "bin" / "cnnrt"), "eval", "--dataset", "fashion-mnist", "--limit", "10"],
+                       capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert ("the Fashion-MNIST test set ships only with the source repository (data/fashion-mnist/); "
+            "pass --images and --labels") in p.stderr
+    assert os.listdir(tmp_path) == []

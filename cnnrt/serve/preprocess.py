@@ -1,6 +1,6 @@
 """An uploaded or drawn image -> one model input, by the same function `cnnrt predict` uses
-(cnnrt.images: MNIST's recipe for 28x28 one-channel models, a resize for the others), so the
-page and the command line see the same pixels."""
+(cnnrt.images: Fashion-MNIST's recipe for models trained on it, MNIST's for other 28x28
+one-channel models, a resize for the others), so the page and the command line see the same pixels."""
 from __future__ import annotations
 
 import io
@@ -26,12 +26,11 @@ def image_to_input(data: bytes, session, max_pixels: int) -> np.ndarray:
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise ApiError(400, f"the request body is not an image Pillow can read: {e}") from None
     from ..errors import CnnrtError
-    from ..images import Picture, _from_pillow, is_mnist_shaped, preprocess
+    from ..images import Picture, _from_pillow, auto_recipe, preprocess
 
     shape = tuple(session.input_shape)
     try:
-        x = preprocess(Picture("the uploaded image", _from_pillow(img)), shape,
-                       "mnist" if is_mnist_shaped(shape) else "resize")
+        x = preprocess(Picture("the uploaded image", _from_pillow(img)), shape, auto_recipe(session))
     except (CnnrtError, ValueError) as e:
         raise ApiError(400, str(e)) from None
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)[None]
