@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import predict_cmd
+from . import batch, predict_cmd
 from .errors import CnnrtError
 
 HERE = Path(__file__).resolve().parent
@@ -218,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     predict_cmd.add_parser(sub)
+    batch.add_parser(sub)
     return p
 
 
