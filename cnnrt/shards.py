@@ -47,6 +47,7 @@ class Source:
     recipe: str = "mnist"  # image files: 'mnist' or 'resize' (see cnnrt.images)
     files: list = field(default_factory=list)  # paths relative to root ('' when root is the file)
     rows: list = field(default_factory=list)  # rows per file
+    dtype: str = "uint8"  # of every shard's pixels: uint8 where all the input is, else float32 0..255
 
     @property
     def total(self) -> int:
@@ -163,20 +164,28 @@ def plan(src: str | os.PathLike, fmt: str, shape: tuple, shard_size: int, column
     if fmt not in FORMATS:
         raise FormatError(f"unknown input format {fmt!r} (expected auto or one of {', '.join(FORMATS)})")
     source = Source(fmt, str(srcp), tuple(int(d) for d in shape), column, recipe)
+    # Ray Data concatenates blocks, so every shard's pixels must have one dtype: uint8 where the whole
+    # input is integers (or image files under the MNIST recipe, which gives uint8), else float32
     if fmt == "idx":
         if not srcp.is_file():
             raise FormatError(f"{srcp}: --format idx needs one IDX file, not a folder")
         source.files = [""]
         source.rows = [_idx_rows(srcp, source.shape)]
+        kinds = {"u"}
     elif fmt == "npy":
         source.files = _files(srcp, (".npy",))
-        source.rows = [_npy_rows(source.path(i), source.shape) for i in range(len(source.files))]
+        found = [_npy_rows(source.path(i), source.shape) for i in range(len(source.files))]
+        source.rows, kinds = [n for n, _ in found], {k for _, k in found}
     elif fmt == "parquet":
         source.files = _files(srcp, PARQUET_SUFFIXES)
-        source.rows = [_parquet_rows(source.path(i), column) for i in range(len(source.files))]
+        found = [_parquet_rows(source.path(i), column) for i in range(len(source.files))]
+        source.rows = [n for n, _ in found]
+        kinds = {("u" if recipe == "mnist" else "f") if k == "b" else k for _, k in found}
     else:
         source.files = _files(srcp, IMAGE_SUFFIXES)
         source.rows = [1] * len(source.files)
+        kinds = {"u" if recipe == "mnist" else "f"}
+    source.dtype = "uint8" if kinds <= {"u", "i"} else "float32"
     shards: list[Shard] = []
     if fmt == "images":  # one row per file: shards are runs of files
         for k, a in enumerate(range(0, len(source.files), shard_size)):
@@ -259,16 +268,20 @@ def _npy_header(path: Path) -> tuple[tuple, np.dtype, bool, int]:
     return shape, dtype, fortran, offset
 
 
-def _npy_rows(path: Path, shape: tuple) -> int:
+def _npy_rows(path: Path, shape: tuple) -> tuple[int, str]:
+    """(images, dtype kind: u, i or f)."""
     dims, dtype, _, _ = _npy_header(path)
     if dtype.kind not in "uif" or len(dims) < 3:
         raise FormatError(f"{path}: a {dtype} array of shape {dims}; expected a stack of images (N, H, W[, C]), "
                           f"uint8 0..255 or floats 0..1")
     _check_shape(path, dims[1:], shape)
-    return int(dims[0])
+    return int(dims[0]), dtype.kind
 
 
-def _parquet_rows(path: Path, column: str) -> int:
+def _parquet_rows(path: Path, column: str) -> tuple[int, str]:
+    """(rows, what the column holds: b bytes, u/i integers, f floats)."""
+    import pyarrow as pa
+
     pq = _pyarrow_parquet(path)
     try:
         meta = pq.ParquetFile(path)
@@ -277,7 +290,19 @@ def _parquet_rows(path: Path, column: str) -> int:
     names = meta.schema_arrow.names
     if column not in names:
         raise FormatError(f"{path}: no column {column!r} (it has {', '.join(names)}); pass --column")
-    return int(meta.metadata.num_rows)
+    t = meta.schema_arrow.field(column).type
+    if isinstance(t, pa.ExtensionType):
+        t = t.storage_type
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return int(meta.metadata.num_rows), "b"
+    while pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        t = t.value_type
+    if pa.types.is_integer(t):
+        return int(meta.metadata.num_rows), "i"
+    if pa.types.is_floating(t):
+        return int(meta.metadata.num_rows), "f"
+    raise FormatError(f"{path}: column {column!r} holds {meta.schema_arrow.field(column).type}; expected image "
+                      f"bytes or lists of numbers")
 
 
 def _pyarrow_parquet(path):
@@ -302,7 +327,7 @@ def read_shard(shard: Shard, source: Source) -> np.ndarray:
     else:
         x = _read_image_files(source, shard)
     h, w, c = source.shape
-    return np.ascontiguousarray(x.reshape(len(x), h, w, c))
+    return np.ascontiguousarray(x.reshape(len(x), h, w, c), dtype=source.dtype)
 
 
 def _float_pixels(x: np.ndarray, path) -> np.ndarray:
@@ -387,8 +412,12 @@ def _read_parquet_rows(path: Path, start: int, stop: int, source: Source) -> np.
     return x if x.dtype == np.uint8 else _float_pixels(x, path)
 
 
+_SIGNATURES = (b"\x89PNG", b"\xff\xd8\xff", b"BM", b"P1", b"P2", b"P3", b"P4", b"P5", b"P6")
+
+
 def _decode_bytes(values: list, path: Path, start: int, source: Source) -> np.ndarray:
-    """Each value raw pixels (exactly H*W*C bytes, uint8) or an encoded image file (PNG, JPEG, ...)."""
+    """Each value an encoded image file (PNG, JPEG, BMP, PNM: told by its signature) or raw pixels
+    (exactly H*W*C bytes, uint8, row-major)."""
     import io
 
     h, w, c = source.shape
@@ -397,10 +426,13 @@ def _decode_bytes(values: list, path: Path, start: int, source: Source) -> np.nd
         where = f"{path}[row {start + k}]"
         if v is None:
             raise FormatError(f"{where}: missing image")
-        if len(v) == h * w * c:
+        if v.startswith(_SIGNATURES):
+            out.append(_preprocess_file(io.BytesIO(v), where, source))
+        elif len(v) == h * w * c:
             out.append(np.frombuffer(v, dtype=np.uint8).reshape(h, w, c))
         else:
-            out.append(_preprocess_file(io.BytesIO(v), where, source))
+            raise FormatError(f"{where}: {len(v)} bytes that are neither an image file (PNG, JPEG, BMP, PNM) nor "
+                              f"{h * w * c} raw pixels ({h}x{w}x{c} uint8)")
     return _stack(out)
 
 
