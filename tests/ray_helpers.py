@@ -100,3 +100,7 @@ class RecordsNode(CnnrtPredictor):
         with open(os.path.join(self.folder, f"{os.getpid()}-{int(out['id'][0]) if len(out['id']) else -1}"), "w") as f:
             f.write(node)
         return out
+
+
+class DiesOnceRecordsNode(DiesOnce, RecordsNode):
+    """Both: one run shows the work spread over the nodes and surviving a killed actor."""
