@@ -19,7 +19,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from .errors import CnnrtError, FormatError
@@ -258,8 +258,8 @@ def run_batch(src, dest, model, backend: str = "auto", precision: str | None = N
         writer = _Writer(dest, pending, source, meta, meta_session.num_classes)
         wait_s, first_s = 0.0, None
         if pending:
-            source_json = json.dumps(asdict(source))
-            run = cray.Run([s.spec() for s in pending], source_json, str(model.resolve()), name, prec, batch_size,
+            shipped = replace(source, files=[], rows=[]) if source.format == "images" else source
+            run = cray.Run([shards.shard_spec(s, source) for s in pending], json.dumps(asdict(shipped)), str(model.resolve()), name, prec, batch_size,
                            actors, cpus, gpus, predictor=predictor or cray.CnnrtPredictor,
                            predictor_kwargs=predictor_kwargs, progress=progress)
             it = iter(run)

@@ -87,14 +87,13 @@ class CnnrtPredictor:
 
 def _read_block(batch: dict, source_json: str) -> dict:
     """A Ray task: shard descriptions -> their pixels, ids and the shard index of every row."""
-    from .shards import Shard, Source, read_shard
+    from .shards import Source, read_spec
 
     source = Source(**json.loads(source_json))
     ids, shard_of, pixels, read_s = [], [], [], []
     for spec in batch["spec"]:
         t = time.perf_counter()
-        shard = Shard.from_spec(str(spec))
-        x = read_shard(shard, source)
+        shard, x = read_spec(str(spec), source)
         ids.append(np.arange(shard.first_id, shard.first_id + shard.rows, dtype=np.int64))
         shard_of.append(np.full(shard.rows, shard.index, np.int64))
         pixels.append(x)

@@ -6,7 +6,7 @@ the ids are cut into shards of at most `shard_size` rows that never straddle two
 depends only on the files and the shard size, so a rerun finds the same shards under the same
 names: that is what makes a batch run resumable.
 
-`read_shard(spec, source)` turns one shard's description back into pixels. It needs only the
+`read_spec(spec, source)` turns one shard's description back into pixels. It needs only the
 files, NumPy and (for Parquet / image files) pyarrow or Pillow, so it runs in Ray tasks on any
 node that sees SRC at the same path.
 
@@ -21,7 +21,7 @@ import json
 import math
 import os
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -90,12 +90,22 @@ class Shard:
     def name(self) -> str:
         return f"part-{self.index:06d}.parquet"
 
-    def spec(self) -> str:
-        return json.dumps([self.index, self.file, self.start, self.stop, self.first_id])
 
-    @classmethod
-    def from_spec(cls, s: str) -> "Shard":
-        return cls(*json.loads(s))
+def shard_spec(shard: Shard, source: Source) -> str:
+    """What a read task needs of one shard, as text. Image-file shards carry their own file names,
+    so that the Source shipped to every task need not list a million files."""
+    files = source.files[shard.file:shard.file + shard.rows] if source.format == "images" else None
+    return json.dumps({"shard": [shard.index, shard.file, shard.start, shard.stop, shard.first_id], "files": files})
+
+
+def read_spec(spec: str, source: Source) -> tuple[Shard, np.ndarray]:
+    """The shard a spec names and its pixels (see read_shard)."""
+    d = json.loads(spec)
+    shard = Shard(*d["shard"])
+    if d["files"] is not None:  # image files: a source of just this shard's files
+        local = replace(source, files=list(d["files"]), rows=[1] * len(d["files"]))
+        return shard, read_shard(Shard(shard.index, 0, 0, len(d["files"]), shard.first_id), local)
+    return shard, read_shard(shard, source)
 
 
 # ---------------------------------------------------------------- finding the input
