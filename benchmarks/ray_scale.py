@@ -6,6 +6,12 @@ repeated), in images per second; writes one JSON.
     # the device: one process on 1 GPU, then Ray with 1, 2 (and 4) GPUs, one actor per GPU
     python benchmarks/ray_scale.py --repeat 100 --backend cuda --num-gpus 1,2 --json-out docs/ray_scale_gpu.json
 
+Wall times on a shared machine move with the other load (recorded as the load average before and
+after each run); CPU-seconds of the model's work much less: `cpu_seconds` of the single process
+against `inference_cpu_seconds` (the model actors' processes, inside their model calls) of each
+Ray run. (Ray's own processes are not counted: actors' workers are not reaped by this process, so
+getrusage cannot see them.)
+
 The input is written once as NumPy shards (one .npy file of 10,000 images per repeat) under
 --work. The single process reads every shard and runs `cnnrt.load(model).predict` on it (reading
 and inference timed apart); each Ray run is the real command, `python -m cnnrt batch SRC DEST
@@ -18,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -49,9 +56,15 @@ def make_input(work: Path, repeat: int, x: np.ndarray) -> Path:
     return src
 
 
+def cpu_seconds(who: int) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
 def single_process(src: Path, model: str, backend: str, batch_size: int | None) -> dict:
     import cnnrt
 
+    c0 = cpu_seconds(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     session = cnnrt.load(model, backend=backend)
     load_s = time.perf_counter() - t0
@@ -69,7 +82,7 @@ def single_process(src: Path, model: str, backend: str, batch_size: int | None) 
             "batch_size": batch_size or session.default_batch_size, "images": n, "load_seconds": load_s,
             "read_seconds": read_s, "inference_seconds": infer_s, "seconds": read_s + infer_s,
             "images_per_second": n / (read_s + infer_s), "inference_images_per_second": n / infer_s,
-            "_labels": np.concatenate(labels)}
+            "cpu_seconds": cpu_seconds(resource.RUSAGE_SELF) - c0, "_labels": np.concatenate(labels)}
 
 
 def ray_run(src: Path, dest: Path, model: str, backend: str, actors: int, batch_size: int, shard_size: int,
@@ -113,7 +126,8 @@ def main() -> int:
     ap.add_argument("--num-gpus", default=None, help="cuda: comma-separated GPU counts, one actor per GPU (e.g. 1,2,4)")
     ap.add_argument("--cpus-per-actor", type=float, default=None)
     ap.add_argument("--batch-size", type=int, default=None,
-                    help="images per model call, the same for both (default: 1024 on the CPU, 4096 on GPUs)")
+                    help="images per model call, the same for both (default: 1024 on the CPU; on GPUs the shard size, "
+                         "so that each shard is one call)")
     ap.add_argument("--shard-size", type=int, default=10_000)
     ap.add_argument("--address", default=None, help="a Ray cluster to join (default: start one per run)")
     ap.add_argument("--work", default="/tmp/cnnrt-ray-scale", help="where the input and outputs go")
@@ -128,7 +142,7 @@ def main() -> int:
     t = time.perf_counter()
     src = make_input(work, a.repeat, x)
     print(f"input: {src} ({a.repeat} x {len(x)} images; ready in {time.perf_counter() - t:.1f} s)", file=sys.stderr)
-    batch = a.batch_size or (4096 if a.backend == "cuda" else 1024)
+    batch = a.batch_size or (a.shard_size if a.backend == "cuda" else 1024)
     counts = [int(v) for v in (a.num_gpus if a.backend == "cuda" and a.num_gpus else a.actors).split(",")]
     try:
         import ray

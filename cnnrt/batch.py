@@ -116,7 +116,7 @@ class _Writer:
         self.written: set[int] = set()
         self.rows = 0
         self.write_s = 0.0
-        self.timing = {"_read_s": 0.0, "_infer_s": 0.0, "_wait_s": 0.0, "_batch": 0.0}
+        self.timing = {"_read_s": 0.0, "_infer_s": 0.0, "_infer_cpu_s": 0.0, "_wait_s": 0.0, "_batch": 0.0}
         self.batches = 0
 
     def add(self, batch: dict) -> None:
@@ -292,6 +292,7 @@ def run_batch(src, dest, model, backend: str = "auto", precision: str | None = N
         images_per_second=writer.rows / run_s if writer.rows and run_s > 0 else 0.0,
         first_result_seconds=first_s or 0.0,
         read_seconds=writer.timing["_read_s"], inference_seconds=writer.timing["_infer_s"],
+        inference_cpu_seconds=writer.timing["_infer_cpu_s"],
         actor_wait_seconds=writer.timing["_wait_s"], write_seconds=writer.write_s, driver_wait_seconds=wait_s,
         inference_batches=writer.batches,
         mean_batch_rows=writer.timing["_batch"] / writer.batches if writer.batches else 0.0,

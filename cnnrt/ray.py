@@ -28,7 +28,7 @@ import numpy as np
 from .errors import BackendUnavailable, CnnrtError
 
 RAY_HINT = "pip install 'cnnrt[ray]'"
-TIMING = ("_read_s", "_infer_s", "_wait_s", "_batch")  # per-batch timing columns (see CnnrtPredictor)
+TIMING = ("_read_s", "_infer_s", "_infer_cpu_s", "_wait_s", "_batch")  # per-batch timing columns (see CnnrtPredictor)
 
 
 def _ray():
@@ -48,8 +48,9 @@ class CnnrtPredictor:
     `cnnrt eval` feeds them; float pixels are taken as 0..255 intensities (cnnrt.images's
     convention) and normalised for the model. Other columns pass through; the image column is
     dropped unless keep_input. With timings=True each batch's first row also carries how long the
-    actor computed (_infer_s) and waited for this batch since its last one (_wait_s), and the batch
-    size (_batch); the others hold 0, so that sums over a dataset are totals.
+    actor computed (_infer_s; _infer_cpu_s in CPU-seconds of its process, all threads), how long it
+    waited for this batch since its last one (_wait_s), and the batch size (_batch); the others
+    hold 0, so that sums over a dataset are totals.
     """
 
     def __init__(self, model_path: str, backend: str = "auto", precision: str | None = None,
@@ -63,7 +64,7 @@ class CnnrtPredictor:
     def __call__(self, batch: dict) -> dict:
         from . import images
 
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         x = batch[self.column]
         out = {k: v for k, v in batch.items() if k != self.column or self.keep_input}
         n = len(x)
@@ -75,8 +76,8 @@ class CnnrtPredictor:
         out["probabilities"] = p.astype(np.float32, copy=False)
         if self.timings:
             end = time.perf_counter()
-            for key, value in (("_infer_s", end - start), ("_wait_s", 0.0 if self._last is None else start - self._last),
-                               ("_batch", float(n))):
+            for key, value in (("_infer_s", end - start), ("_infer_cpu_s", time.process_time() - cpu),
+                               ("_wait_s", 0.0 if self._last is None else start - self._last), ("_batch", float(n))):
                 col = np.zeros(n, np.float64)
                 if n:
                     col[0] = value

@@ -185,3 +185,10 @@ def test_cli_end_to_end(cluster, idx_input, tmp_path):
     assert f"{dest} holds the output of a different run (shard_size: was 400, now 100" in p.stderr
     p = _cli(tmp_path / "missing.npy", tmp_path / "o2")
     assert p.returncode == 2 and "missing.npy: no such file or folder" in p.stderr and "Traceback" not in p.stderr
+    # a bad value found only when a worker reads the shard: the worker's error, plainly, exit 2
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.full((5, 28, 28), 200.0, np.float32))
+    p = _cli(bad, tmp_path / "o3", "--address", cluster, "--num-actors", "1")
+    assert p.returncode == 2, p.stderr
+    assert "bad.npy: float pixels must lie in [0, 1], these go from 200 to 200" in p.stderr
+    assert "Traceback" not in p.stderr and not list((tmp_path / "o3").glob("part-*"))
