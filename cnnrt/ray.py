@@ -121,7 +121,7 @@ def connect(address: str | None, verbose: bool = False) -> bool:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if not verbose:  # Ray's C++ core and Ray Data log at INFO/WARNING to stderr; a summary is what we print
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        logging.getLogger("ray.data").setLevel(logging.CRITICAL)
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
                  logging_level=logging.INFO if verbose else logging.ERROR)
@@ -222,4 +222,10 @@ def _ours(e: BaseException) -> CnnrtError | None:
                 msg = msg.split(name, 1)[-1]
             return CnnrtError(msg)
         stack.extend([cur.__cause__, cur.__context__, getattr(cur, "cause", None)])
+    # Ray Data re-raises a task's error as UserCodeException carrying only the remote traceback's
+    # text; ours is its line "cnnrt.errors.FormatError: <message>"
+    for line in reversed(str(e).splitlines()):
+        for name in ("cnnrt.errors.FormatError: ", "cnnrt.errors.CnnrtError: ", "cnnrt.errors.BackendUnavailable: "):
+            if line.startswith(name):
+                return CnnrtError(line[len(name):].strip())
     return None
