@@ -378,7 +378,7 @@ def format_summary(s: dict) -> str:
         f"Time: {s['run_seconds']:.2f} s ({s['images_per_second']:,.0f} images/s); setup before it "
         f"(Ray start, listing) {s['setup_seconds']:.2f} s; first results after {s['first_result_seconds']:.2f} s",
         f"Where the time went, summed over workers: reading {s['read_seconds']:.2f} s, inference "
-        f"{s['inference_seconds']:.2f} s, actors idle between batches {s['actor_wait_seconds']:.2f} s; "
+        f"{s['inference_seconds']:.2f} s ({s.get('inference_cpu_seconds', 0.0):.2f} CPU-s), actors idle between batches {s['actor_wait_seconds']:.2f} s; "
         f"this process: writing {s['write_seconds']:.2f} s, waiting for results {s['driver_wait_seconds']:.2f} s",
     ]
     return "\n".join(lines)
