@@ -3,16 +3,16 @@
 For your own pipelines, `CnnrtPredictor` is a callable class for `Dataset.map_batches`:
 
     import ray, cnnrt.ray
-    ds = ray.data.read_parquet("s3://bucket/digits/")          # a column "image": (N, 28, 28) uint8
+    ds = ray.data.read_parquet("/shared/digits/")          # a column "image": (N, 28, 28) uint8
     out = ds.map_batches(cnnrt.ray.CnnrtPredictor,
                          fn_constructor_args=("deep_mnist.safetensors", "cuda"),
                          batch_size=1024, batch_format="numpy",
                          compute=ray.data.ActorPoolStrategy(size=2), num_gpus=1)
 
 Each actor loads the model once with `cnnrt.load` and runs every batch it is given through the
-session; the batch gains the columns "label" and "probabilities". `cnnrt batch` (batch_cmd.py)
-uses `infer_shards` below: read tasks turn shard descriptions into pixels, the actor pool runs the
-model, and the results stream back to the driver, which writes them.
+session; the batch gains the columns "label" and "probabilities". `cnnrt batch` (cnnrt/batch.py)
+uses `Run` below: read tasks turn shard descriptions into pixels, the actor pool runs the model,
+and the results stream back to the driver, which writes them.
 
 Ray is an extra (`pip install 'cnnrt[ray]'`) and is imported only inside these functions.
 """
@@ -28,7 +28,6 @@ import numpy as np
 from .errors import BackendUnavailable, CnnrtError
 
 RAY_HINT = "pip install 'cnnrt[ray]'"
-TIMING = ("_read_s", "_infer_s", "_infer_cpu_s", "_wait_s", "_batch")  # per-batch timing columns (see CnnrtPredictor)
 
 
 def _ray():
@@ -110,14 +109,16 @@ def _read_block(batch: dict, source_json: str) -> dict:
 # ---------------------------------------------------------------- connecting
 
 def connect(address: str | None, verbose: bool = False) -> bool:
-    """Join the cluster at `address` (None: $RAY_ADDRESS, else a new local one; 'local': always a
-    new local one; 'auto': the one running on this machine; 'ray://host:10001' or 'host:6379').
+    """Join the cluster at `address` (None: $RAY_ADDRESS, else one that `ray start` runs on this
+    machine, else a new local one; 'local': always a new local one; 'auto': the one `ray start`
+    runs on this machine; 'host:6379' a head node's GCS; 'ray://host:10001' Ray Client).
     Returns True when this call started Ray, so that the caller shuts it down."""
     import logging
 
     ray = _ray()
     if ray.is_initialized():
         return False
+    _check_reachable(address)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if not verbose:  # Ray's C++ core and Ray Data log at INFO/WARNING to stderr; a summary is what we print
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
@@ -129,6 +130,23 @@ def connect(address: str | None, verbose: bool = False) -> bool:
         raise CnnrtError(f"cannot connect to Ray at {address or os.environ.get('RAY_ADDRESS') or 'a new local cluster'}: "
                          f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
     return True
+
+
+def _check_reachable(address: str | None) -> None:
+    """A host:port that nothing answers on fails now, not after Ray's minutes of retries."""
+    import socket
+
+    if not address or address in ("local", "auto"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise CnnrtError(f"--address {address!r}: expected local, auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as e:
+        raise CnnrtError(f"cannot reach Ray at {address}: {e.strerror or e} (is the cluster up? `ray status` on its "
+                         f"head node shows it)") from None
 
 
 def resources() -> dict:
@@ -144,7 +162,8 @@ def plan_actors(backend: str, num_actors: int | None, cpus_per_actor: float | No
     but one CPU, which is left to the read tasks (actors hold their CPUs for the whole run, so
     without a spare one nothing could read and the run would stall)."""
     gpus = 1.0 if backend == "cuda" else 0.0
-    cpus = cpus_per_actor if cpus_per_actor is not None else 1.0
+    # one CPU each; on a cluster of a single CPU, half of it (Ray's CPUs are counts, not cores)
+    cpus = cpus_per_actor if cpus_per_actor is not None else min(1.0, max(have["CPU"] - 0.5, 0.5))
     if cpus <= 0:
         raise CnnrtError(f"--cpus-per-actor must be positive, got {cpus}")
     if backend == "cuda":
@@ -166,7 +185,7 @@ def plan_actors(backend: str, num_actors: int | None, cpus_per_actor: float | No
 # ---------------------------------------------------------------- running
 
 class Run:
-    """One pass of the pipeline over some shards; iterate it for result batches, then read .stats."""
+    """One pass of the pipeline over some shards; iterate it for result batches, then ray_stats()."""
 
     def __init__(self, specs: list[str], source_json: str, model_path: str, backend: str, precision: str | None,
                  batch_size: int, actors: int, cpus: float, gpus: float, predictor=CnnrtPredictor,

@@ -183,6 +183,8 @@ def test_cli_end_to_end(cluster, idx_input, tmp_path):
     p = _cli(src, dest, "--shard-size", "100")
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert f"{dest} holds the output of a different run (shard_size: was 400, now 100" in p.stderr
+    p = _cli(src, tmp_path / "o4", "--address", "127.0.0.1:1")  # nothing listens there
+    assert p.returncode == 2 and "cannot reach Ray at 127.0.0.1:1" in p.stderr and "Traceback" not in p.stderr
     p = _cli(tmp_path / "missing.npy", tmp_path / "o2")
     assert p.returncode == 2 and "missing.npy: no such file or folder" in p.stderr and "Traceback" not in p.stderr
     # a bad value found only when a worker reads the shard: the worker's error, plainly, exit 2
