@@ -215,7 +215,8 @@ def run_batch(src, dest, model, backend: str = "auto", precision: str | None = N
         recipe = "mnist" if images.is_mnist_shaped(shape) else "resize"
     elif recipe == "mnist" and not images.is_mnist_shaped(shape):
         raise CnnrtError(f"--preprocess mnist needs a 28x28 single-channel model; {model} takes {shape} (H, W, C)")
-    source, plan = shards.plan(src, fmt, shape, shard_size, column=column, recipe=recipe)
+    # absolute: read tasks run in other working directories, on other nodes
+    source, plan = shards.plan(src.absolute(), fmt, shape, shard_size, column=column, recipe=recipe)
     if dest.exists() and not dest.is_dir():
         raise CnnrtError(f"{dest}: exists and is not a folder (DEST is a folder of Parquet shards)")
     dest.mkdir(parents=True, exist_ok=True)
@@ -327,8 +328,8 @@ def add_parser(sub) -> None:
                    help="default: fp32 on the CPU, fp16 on the GPU")
     p.add_argument("--address", default=None,
                    help="the Ray cluster: local (start one in this process), auto (the one `ray start` runs on this "
-                        "machine), host:6379 (a head node's GCS) or ray://host:10001 (Ray Client); default: "
-                        "$RAY_ADDRESS, else a cluster `ray start` runs on this machine, else a new local one")
+                        "machine) or HOST:6379 (a head node's GCS); default: $RAY_ADDRESS, else a cluster `ray start` "
+                        "runs on this machine, else a new local one. See docs/ray.md")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                    help="images per model call on an actor (default: %(default)s)")
     p.add_argument("--num-actors", type=int, default=None,

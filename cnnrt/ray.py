@@ -111,7 +111,8 @@ def _read_block(batch: dict, source_json: str) -> dict:
 def connect(address: str | None, verbose: bool = False) -> bool:
     """Join the cluster at `address` (None: $RAY_ADDRESS, else one that `ray start` runs on this
     machine, else a new local one; 'local': always a new local one; 'auto': the one `ray start`
-    runs on this machine; 'host:6379' a head node's GCS; 'ray://host:10001' Ray Client).
+    runs on this machine; 'host:6379' a head node's GCS. Ray Client, 'ray://...', is refused: Ray
+    Data's streaming executor does not run through it).
     Returns True when this call started Ray, so that the caller shuts it down."""
     import logging
 
@@ -138,10 +139,14 @@ def _check_reachable(address: str | None) -> None:
 
     if not address or address in ("local", "auto"):
         return
+    if address.startswith("ray://"):
+        raise CnnrtError(f"--address {address}: Ray Data does not run through Ray Client (ray://; with Ray 2.60 it "
+                         f"fails inside Ray); run cnnrt batch on a node of the cluster with --address auto or "
+                         f"HEAD:6379, or submit it as a Ray job (docs/ray.md)")
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
-        raise CnnrtError(f"--address {address!r}: expected local, auto, HOST:PORT or ray://HOST:PORT")
+        raise CnnrtError(f"--address {address!r}: expected local, auto or HOST:PORT")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
     except OSError as e:

@@ -328,14 +328,20 @@ def _pyarrow_parquet(path):
 def read_shard(shard: Shard, source: Source) -> np.ndarray:
     """The shard's pixels, (n, H, W, C): uint8 where the input is uint8, else float32 0..255."""
     path = source.path(shard.file)
-    if source.format == "idx":
-        x = _read_idx_rows(path, shard.start, shard.stop)
-    elif source.format == "npy":
-        x = _read_npy_rows(path, shard.start, shard.stop)
-    elif source.format == "parquet":
-        x = _read_parquet_rows(path, shard.start, shard.stop, source)
-    else:
-        x = _read_image_files(source, shard)
+    try:
+        if source.format == "idx":
+            x = _read_idx_rows(path, shard.start, shard.stop)
+        elif source.format == "npy":
+            x = _read_npy_rows(path, shard.start, shard.stop)
+        elif source.format == "parquet":
+            x = _read_parquet_rows(path, shard.start, shard.stop, source)
+        else:
+            x = _read_image_files(source, shard)
+    except OSError as e:  # on a cluster: SRC is not where the command saw it
+        import socket
+
+        raise FormatError(f"{e.filename or path}: cannot be read on node {socket.gethostname()} ({e.strerror or e}); "
+                          f"every node must see SRC at the same path") from None
     h, w, c = source.shape
     return np.ascontiguousarray(x.reshape(len(x), h, w, c), dtype=source.dtype)
 
