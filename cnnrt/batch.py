@@ -333,8 +333,10 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                    help="images per model call on an actor (default: %(default)s)")
     p.add_argument("--num-actors", type=int, default=None,
-                   help="model replicas (default: one per GPU; on CPUs, one per CPU but one left for reading)")
-    p.add_argument("--cpus-per-actor", type=float, default=None, help="CPUs Ray reserves per actor (default: 1)")
+                   help="model replicas (default: one per GPU; on CPUs, one per node)")
+    p.add_argument("--cpus-per-actor", type=float, default=None,
+                   help="CPUs Ray reserves per actor (default: 1 per GPU actor; on CPUs, all of a node's but one, "
+                        "left for reading; 1 when --num-actors is given)")
     p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
                    help="rows per output shard, the unit of resuming (default: %(default)s); keep it when resuming")
     p.add_argument("--format", dest="fmt", default="auto", choices=("auto", "idx", "npy", "parquet", "images"),

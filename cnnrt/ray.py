@@ -155,29 +155,38 @@ def _check_reachable(address: str | None) -> None:
 
 
 def resources() -> dict:
-    """The cluster's CPUs, GPUs, live nodes and GCS address, as Ray reports them."""
+    """The cluster's CPUs, GPUs, live nodes (and each one's CPUs) and GCS address, as Ray reports them."""
     ray = _ray()
     total = ray.cluster_resources()
-    return {"CPU": float(total.get("CPU", 0)), "GPU": float(total.get("GPU", 0)),
-            "nodes": sum(1 for n in ray.nodes() if n.get("Alive")), "address": ray.get_runtime_context().gcs_address}
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    return {"CPU": float(total.get("CPU", 0)), "GPU": float(total.get("GPU", 0)), "nodes": len(alive),
+            "node_cpus": [float(n.get("Resources", {}).get("CPU", 0)) for n in alive],
+            "address": ray.get_runtime_context().gcs_address}
 
 
 def plan_actors(backend: str, num_actors: int | None, cpus_per_actor: float | None, have: dict) -> tuple[int, float, float]:
-    """(actors, CPUs each, GPUs each). GPUs: one actor per GPU. CPUs: actors of one CPU on all
-    but one CPU, which is left to the read tasks (actors hold their CPUs for the whole run, so
-    without a spare one nothing could read and the run would stall)."""
+    """(actors, CPUs each, GPUs each).
+
+    GPUs: one actor per GPU. CPUs: by default one actor per node, holding all of its node's CPUs
+    but one (the NumPy backend runs a thread per core of its machine, so two actors on one node
+    would only split its cores); the CPU left over on each node runs the read tasks. Actors hold
+    their CPUs for the whole run: without a spare one nothing could read, and the run would stall.
+    """
     gpus = 1.0 if backend == "cuda" else 0.0
-    # one CPU each; on a cluster of a single CPU, half of it (Ray's CPUs are counts, not cores)
-    cpus = cpus_per_actor if cpus_per_actor is not None else min(1.0, max(have["CPU"] - 0.5, 0.5))
-    if cpus <= 0:
-        raise CnnrtError(f"--cpus-per-actor must be positive, got {cpus}")
+    if cpus_per_actor is not None and cpus_per_actor <= 0:
+        raise CnnrtError(f"--cpus-per-actor must be positive, got {cpus_per_actor}")
     if backend == "cuda":
+        cpus = cpus_per_actor if cpus_per_actor is not None else 1.0
         n = num_actors if num_actors is not None else int(have["GPU"])
         if n < 1:
             raise BackendUnavailable("--backend cuda: the Ray cluster has no GPUs")
         if n > have["GPU"]:
             raise CnnrtError(f"--num-actors {n} with one GPU each, but the cluster has {have['GPU']:g} GPUs")
+    elif num_actors is None and cpus_per_actor is None:
+        node_cpus = [c for c in have.get("node_cpus") or [have["CPU"]] if c > 0]
+        n, cpus = len(node_cpus), max(min(node_cpus) - 1.0, 0.5)
     else:
+        cpus = cpus_per_actor if cpus_per_actor is not None else 1.0
         n = num_actors if num_actors is not None else max(1, int((have["CPU"] - 1) // cpus))
     if n < 1:
         raise CnnrtError(f"--num-actors must be at least 1, got {n}")

@@ -115,8 +115,9 @@ def test_numpy_shards_parquet_and_image_files(cluster, tmp_path, rng, mnist_test
     for i, v in enumerate(x[650:700]):
         Image.fromarray(255 - v).save(tmp_path / "png" / f"{i:03d}.png")
 
-    s = run_batch(tmp_path / "npy", tmp_path / "o1", MODEL, backend="numpy", shard_size=100, num_actors=1)
+    s = run_batch(tmp_path / "npy", tmp_path / "o1", MODEL, backend="numpy", shard_size=100)  # default actors
     assert (s["format"], s["shards_total"], s["rows"]) == ("npy", 5, 400)
+    assert (s["actors"], s["cpus_per_actor"]) == (1, 1.0)  # one node of 2 CPUs: one actor, one CPU left to read
     out = read_output(tmp_path / "o1")
     check_exact(out, np.concatenate([offline(x[:250]), offline(x[250:400, ..., None] / np.float32(255.0))]))
     order = np.argsort(out["id"])
@@ -158,6 +159,23 @@ def test_bad_inputs_are_refused_with_the_file_named(tmp_path, rng):
     pq.write_table(pa.table({"x": [1, 2]}), tmp_path / "t.parquet")
     with pytest.raises(FormatError, match="t.parquet: no column 'image' .*pass --column"):
         run_batch(tmp_path / "t.parquet", tmp_path / "o", MODEL)
+
+
+def test_actor_plan():
+    """Pure arithmetic, no Ray: one CPU actor per node with all its CPUs but one; one per GPU."""
+    from cnnrt.ray import plan_actors
+
+    assert plan_actors("numpy", None, None, {"CPU": 2, "GPU": 0, "node_cpus": [2]}) == (1, 1.0, 0.0)
+    assert plan_actors("numpy", None, None, {"CPU": 64, "GPU": 0, "node_cpus": [16] * 4}) == (4, 15.0, 0.0)
+    assert plan_actors("numpy", None, None, {"CPU": 1, "GPU": 0, "node_cpus": [1]}) == (1, 0.5, 0.0)
+    assert plan_actors("numpy", 3, None, {"CPU": 4, "GPU": 0, "node_cpus": [2, 2]}) == (3, 1.0, 0.0)
+    assert plan_actors("cuda", None, None, {"CPU": 32, "GPU": 2, "node_cpus": [32]}) == (2, 1.0, 1.0)
+    with pytest.raises(CnnrtError, match="leave less than half a CPU"):
+        plan_actors("numpy", 2, None, {"CPU": 2, "GPU": 0, "node_cpus": [2]})
+    with pytest.raises(CnnrtError, match="the cluster has 2 GPUs"):
+        plan_actors("cuda", 3, None, {"CPU": 32, "GPU": 2, "node_cpus": [32]})
+    with pytest.raises(CnnrtError, match="no GPUs"):
+        plan_actors("cuda", None, None, {"CPU": 2, "GPU": 0, "node_cpus": [2]})
 
 
 def _cli(*args, timeout=240):
