@@ -5,8 +5,7 @@ import argparse
 import json
 import sys
 
-from . import predict_cmd
-from . import import_cmd
+from . import batch, import_cmd, predict_cmd
 from .errors import CnnrtError
 from .import_cmd import scale_arg
 
@@ -316,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict_cmd.add_parser(sub)
     import_cmd.add_parser(sub)
+    batch.add_parser(sub)
     return p
 
 
