@@ -1,0 +1,617 @@
+"""Kernels of the CPU graph planner: each one fused step of a compiled graph, run per block.
+
+A step computes one output tensor (N, ...) float32 into a buffer the planner owns. Spatial steps
+(convolutions, depthwise convolutions, pools) take `rows`: the images [i0, i1) and output rows
+[r0, r1) to compute, so the planner can split one image over threads; inside, they walk blocks of
+whole images or of rows sized so that a block's patches and output stay in the core's caches, and
+apply their epilogue (bias, activations, a residual Add, fp16 rounding) to each block while it is
+still there: one pass over memory per step instead of one per node.
+
+Convolutions:
+- pointwise (1x1, stride 1, no padding, one group): one GEMM on the input as it is stored;
+- im2col (any kernel, stride, dilation, padding): a strided gather of the block's patches, one GEMM;
+- depthwise (groups = channels): one multiply-add per tap over a block, all channels at once;
+- grouped (anything else): the gather in (group, tap, channel) order and one batched GEMM.
+Padding is written around the block's input rows in a per-thread buffer (only the rows a block
+reads), never around the whole tensor.
+
+Every kernel is tested against the float64 reference (cnnrt.ir.run_reference) in
+tests/test_numpy_graph.py.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from ..ir import ops as O
+
+F32 = np.float32
+BLOCK_BYTES = 256 << 10  # a GEMM block's patches (im2col) or a pool/depthwise block's output: L2-sized
+EPI_BYTES = 128 << 10  # ... of an epilogue-only pass (pointwise output rows)
+
+
+# ---------------------------------------------------------------- activations, in place
+
+def _relu(a):
+    def f(y, tmp):
+        np.maximum(y, F32(0), out=y)
+    return f
+
+
+def _clip(a):
+    lo, hi = F32(a["min"]), F32(a["max"])
+
+    def f(y, tmp):
+        if np.isfinite(lo):
+            np.maximum(y, lo, out=y)
+        if np.isfinite(hi):
+            np.minimum(y, hi, out=y)
+    return f
+
+
+def _leaky(a):
+    alpha = F32(a["alpha"])
+
+    def f(y, tmp):
+        t = tmp(y.shape)
+        np.multiply(y, alpha, out=t)
+        if alpha <= 1:
+            np.maximum(y, t, out=y)  # x >= 0: x; x < 0: alpha * x (the larger)
+        else:
+            np.copyto(y, t, where=y < 0)
+    return f
+
+
+def _hardsigmoid(a):
+    alpha, beta = F32(a["alpha"]), F32(a["beta"])
+
+    def f(y, tmp):
+        np.multiply(y, alpha, out=y)
+        np.add(y, beta, out=y)
+        np.clip(y, F32(0), F32(1), out=y)
+    return f
+
+
+def _hardswish(a):
+    def f(y, tmp):
+        t = tmp(y.shape)
+        np.divide(y, F32(6), out=t)
+        np.add(t, F32(0.5), out=t)
+        np.clip(t, F32(0), F32(1), out=t)
+        np.multiply(y, t, out=y)
+    return f
+
+
+def _sigmoid(a):
+    def f(y, tmp):
+        with np.errstate(over="ignore"):
+            np.negative(y, out=y)
+            np.exp(y, out=y)
+        np.add(y, F32(1), out=y)
+        np.reciprocal(y, out=y)
+    return f
+
+
+def _tanh(a):
+    def f(y, tmp):
+        np.tanh(y, out=y)
+    return f
+
+
+ACTIVATIONS = {"Relu": _relu, "Clip": _clip, "LeakyRelu": _leaky, "HardSigmoid": _hardsigmoid,
+               "HardSwish": _hardswish, "Sigmoid": _sigmoid, "Tanh": _tanh}
+
+
+def exact_in_fp16(node) -> bool:
+    """True when the activation's output is a float16 value whenever its input is (no rounding needed)."""
+    if node.op == "Relu":
+        return True
+    if node.op == "Clip":
+        return all(not np.isfinite(v) or float(np.float16(v)) == float(v) for v in (node.attrs["min"], node.attrs["max"]))
+    return False
+
+
+def round16(y):
+    y[...] = y.astype(np.float16)
+
+
+class Epilogue:
+    """What a step does to each output block after its main work: a list of in-place ops.
+
+    Entries: ("bias", b), ("act", fn, label), ("add", k) (add the step's input k, a residual of the
+    output's shape), ("round",) (fp16 storage: round to float16 where a node's output ends).
+    """
+
+    def __init__(self, ops=()):
+        self.ops = list(ops)
+
+    def label(self) -> str:
+        return "".join(f"+{e[2] if e[0] == 'act' else e[0]}" for e in self.ops if e[0] != "round")
+
+    def __call__(self, y, ins, sl, tmp):
+        """y: the block (a view of the output); sl: its index into the output (for residuals)."""
+        for e in self.ops:
+            k = e[0]
+            if k == "bias":
+                np.add(y, e[1], out=y)
+            elif k == "act":
+                e[1](y, tmp)
+            elif k == "add":
+                np.add(y, ins[e[1]][sl], out=y)
+            elif k == "round":
+                round16(y)
+
+
+# ---------------------------------------------------------------- window geometry (conv, pools)
+
+class Window:
+    """A 2-D window sweep over NHWC input: which input rows a block of output rows reads, and
+    that block's input with its padding written around it."""
+
+    def __init__(self, in_shape, kh, kw, strides, dilations, pads, out_hw, fill=0.0):
+        self.h, self.w, self.c = in_shape
+        self.kh, self.kw = kh, kw
+        self.sh, self.sw = strides
+        self.dh, self.dw = dilations
+        self.pt, self.pl, self.pb, self.pr = pads
+        self.ho, self.wo = out_hw
+        self.fill = F32(fill)
+        self.wp = (self.wo - 1) * self.sw + (kw - 1) * self.dw + 1  # padded columns read
+        self.cw = max(0, min(self.w, self.wp - self.pl))  # input columns that land in them
+        hp = (self.ho - 1) * self.sh + (kh - 1) * self.dh + 1
+        self.no_pad = self.pt == 0 and self.pl == 0 and hp <= self.h and self.wp <= self.w
+
+    def block_input(self, x, i0, i1, r0, r1, scr, key):
+        """(ni, rows read, wp, C): x's rows for output rows [r0, r1) of images [i0, i1), padded."""
+        a = r0 * self.sh - self.pt
+        b = (r1 - 1) * self.sh - self.pt + (self.kh - 1) * self.dh + 1
+        if self.no_pad:
+            return x[i0:i1, a:b, :self.wp]
+        ni = i1 - i0
+        buf = scr.get(key, (ni, b - a, self.wp, self.c))
+        top, bot = max(0, -a), max(0, b - self.h)
+        lo, hi = a + top, b - bot  # input rows [lo, hi) are data
+        if top:
+            buf[:, :top] = self.fill
+        if bot:
+            buf[:, b - a - bot:] = self.fill
+        if hi > lo:
+            if self.pl:
+                buf[:, top:b - a - bot, :self.pl] = self.fill
+            if self.pl + self.cw < self.wp:
+                buf[:, top:b - a - bot, self.pl + self.cw:] = self.fill
+            buf[:, top:b - a - bot, self.pl:self.pl + self.cw] = x[i0:i1, lo:hi, :self.cw]
+        return buf
+
+    def tap(self, xp, i, j, rows):
+        """The (ni, rows, wo, C) view of tap (i, j) over a block input."""
+        s = xp.strides
+        return as_strided(xp[:, i * self.dh:, j * self.dw:], (xp.shape[0], rows, self.wo, xp.shape[3]),
+                          (s[0], self.sh * s[1], self.sw * s[2], s[3]))
+
+    def patches(self, xp, rows):
+        """(ni, rows, wo, kh, kw, C) view of every patch of a block input."""
+        s = xp.strides
+        return as_strided(xp, (xp.shape[0], rows, self.wo, self.kh, self.kw, xp.shape[3]),
+                          (s[0], self.sh * s[1], self.sw * s[2], self.dh * s[1], self.dw * s[2], s[3]))
+
+
+MIN_GEMM_ROWS = 192  # a GEMM block has at least this many rows (pixels, tiles) where it can: fewer
+# and the GEMM reads its weights once per few rows (bandwidth-bound on deep layers' weights)
+
+
+def blocks(i0, i1, r0, r1, rows_total, row_elems, budget_elems, row_units=0):
+    """(ia, ib, ra, rb) blocks of whole images, or of rows of one image, of about budget_elems;
+    with row_units (GEMM rows per output row), of at least MIN_GEMM_ROWS GEMM rows."""
+    if row_units:
+        budget_elems = max(budget_elems, -(-MIN_GEMM_ROWS // row_units) * row_elems)
+    img = rows_total * row_elems
+    if r0 == 0 and r1 == rows_total and img <= budget_elems:
+        k = max(1, budget_elems // max(img, 1))
+        for ia in range(i0, i1, k):
+            yield ia, min(ia + k, i1), 0, rows_total
+        return
+    rows = max(1, budget_elems // max(row_elems, 1))
+    for i in range(i0, i1):
+        for ra in range(r0, r1, rows):
+            yield i, i + 1, ra, min(ra + rows, r1)
+
+
+# ---------------------------------------------------------------- steps
+
+class Step:
+    """One fused unit of work. `inputs`: the activation tensors it reads (in order);
+    `output`: what it writes. Spatial steps have `rows` > 0 (output rows per image: the planner
+    may split them over threads)."""
+
+    kernel = "?"
+    rows = 0
+
+    def __init__(self, nodes, inputs, output, epilogue=None):
+        self.nodes, self.inputs, self.output = nodes, list(inputs), output
+        self.epi = epilogue or Epilogue()
+        self.key = id(self)
+
+    @property
+    def label(self) -> str:
+        return f"numpy.{self.kernel}{self.epi.label()}"
+
+    def work(self, n) -> float:
+        """Rough cost of n images (multiply-adds or values touched), for deciding to split."""
+        return 0.0
+
+    def run(self, ins, out, scr, i0, i1, r0, r1) -> None:
+        raise NotImplementedError
+
+
+def _tmp(scr, key):
+    return lambda shape: scr.get((key, "tmp"), shape)
+
+
+class ConvStep(Step):
+    """Conv + bias + epilogue. `kind`: pointwise, im2col, depthwise or grouped."""
+
+    def __init__(self, nodes, inputs, output, epilogue, in_shape, w, b, attrs, out_shape):
+        super().__init__(nodes, inputs, output, epilogue)
+        o, kh, kw, cg = w.shape
+        g = int(attrs["group"])
+        self.o, self.g = o, g
+        self.win = Window(in_shape, kh, kw, tuple(attrs["strides"]), tuple(attrs["dilations"]),
+                          tuple(attrs["pads"]), out_shape[:2])
+        self.rows = out_shape[0]
+        self.out_shape = out_shape
+        c = in_shape[2]
+        self.flops = out_shape[0] * out_shape[1] * o * kh * kw * cg
+        if b is not None:
+            self.epi.ops.insert(0, ("bias", np.ascontiguousarray(b, dtype=F32)))
+        m = winograd_tile(kh, kw, attrs, c, o, g, out_shape) if WINOGRAD else 0
+        if m:
+            self.kind = "winograd"
+            self._winograd_setup(w, m, in_shape, attrs, out_shape)
+        elif g == 1 and kh == kw == 1 and self.win.sh == self.win.sw == 1 and self.win.no_pad:
+            self.kind = "pointwise"
+            self.wt = np.ascontiguousarray(w.reshape(o, c).T, dtype=F32)
+        elif g == 1:
+            self.kind = "im2col"
+            self.wt = np.ascontiguousarray(w.reshape(o, -1).T, dtype=F32)  # (kh*kw*c, o)
+        elif g == c and o == c:
+            self.kind = "depthwise"
+            self.wd = np.ascontiguousarray(w.reshape(o, kh * kw).T, dtype=F32)  # (taps, c)
+        else:
+            self.kind = "grouped"
+            og = o // g
+            # (g, kh*kw*cg, og)
+            self.wg = np.ascontiguousarray(w.reshape(g, og, kh * kw * cg).transpose(0, 2, 1), dtype=F32)
+        self.kernel = f"conv.{self.kind}" + (f".f{self.m}x{self.m}" if self.kind == "winograd" else "")
+
+    def _winograd_setup(self, w, m, in_shape, attrs, out_shape):
+        from .cpu_kernels import INTEGER_TRANSFORMS, winograd_matrices
+
+        o, r, _, c = w.shape
+        a = m + r - 1
+        self.m, self.a = m, a
+        self.th, self.tw = -(-out_shape[0] // m), -(-out_shape[1] // m)
+        # the window over whole tiles: rows/columns past the input read as zeros
+        self.win = Window(in_shape, r, r, (1, 1), (1, 1), tuple(attrs["pads"]), (self.th * m, self.tw * m))
+        self.win.no_pad = False
+        self.rows = self.th  # the unit of a row split: tile rows
+        at, gm, bt = winograd_matrices(m, r, None, integer=INTEGER_TRANSFORMS)
+        self.at, self.bt = at.astype(F32), bt.astype(F32)
+        u = np.einsum("xa,oabc,yb->xyco", gm, w.astype(np.float64), gm)  # G w G^T, in float64, rounded once
+        self.u = np.ascontiguousarray(u.reshape(a * a, c, o), dtype=F32)
+
+    def _winograd(self, ins, out, scr, i0, i1, t0, t1):
+        """Winograd F(m x m, r x r) over tile rows [t0, t1): tiles gathered, transformed (thin
+        GEMMs, one axis at a time), a*a GEMMs over the channels, transformed back, cropped."""
+        x, win, a, m, o = ins[0], self.win, self.a, self.m, self.o
+        c, tw, ho, wo = win.c, self.tw, self.out_shape[0], self.out_shape[1]
+        tmp = _tmp(scr, self.key)
+        for ia, ib, ta, tb in blocks(i0, i1, t0, t1, self.th, tw * a * a * (c + o), BLOCK_BYTES // 2, tw):
+            ni, tr = ib - ia, tb - ta
+            t = ni * tr * tw
+            xp = win.block_input(x, ia, ib, ta * m, tb * m, scr, (self.key, "xp"))
+            s = xp.strides
+            d = scr.get((self.key, "d"), (a, a, t * c))
+            np.copyto(d.reshape(a, a, ni, tr, tw, c),
+                      as_strided(xp, (a, a, ni, tr, tw, c), (s[1], s[2], s[0], m * s[1], m * s[2], s[3])))
+            x3 = t * c
+            v1 = scr.get((self.key, "v1"), (a, a, x3))
+            np.matmul(self.bt, d.transpose(1, 0, 2), out=v1.transpose(1, 0, 2))
+            np.matmul(self.bt, v1, out=d)  # d is free again: V = BT D B
+            mm = scr.get((self.key, "m"), (a * a, t, o))
+            np.matmul(d.reshape(a * a, t, c), self.u, out=mm)
+            y3 = t * o
+            y1 = scr.get((self.key, "y1"), (m, a, y3))
+            np.matmul(self.at, mm.reshape(a, a, y3).transpose(1, 0, 2), out=y1.transpose(1, 0, 2))
+            y = scr.get((self.key, "y"), (m, m, y3))
+            np.matmul(self.at, y1, out=y)
+            r0, r1 = ta * m, min(tb * m, ho)
+            dst = out[ia:ib, r0:r1]
+            full = y.reshape(m, m, ni, tr, tw, o).transpose(2, 3, 0, 4, 1, 5).reshape(ni, tr * m, tw * m, o)
+            np.copyto(dst, full[:, :r1 - r0, :wo])
+            self.epi(dst, ins, (slice(ia, ib), slice(r0, r1)), tmp)
+
+    def work(self, n):
+        return n * self.flops
+
+    def run(self, ins, out, scr, i0, i1, r0, r1):
+        getattr(self, "_" + self.kind)(ins, out, scr, i0, i1, r0, r1)
+
+    def _pointwise(self, ins, out, scr, i0, i1, r0, r1):
+        x = ins[0]
+        c, o = x.shape[3], self.o
+        wo = self.out_shape[1]
+        tmp = _tmp(scr, self.key)
+        for ia, ib, ra, rb in blocks(i0, i1, r0, r1, self.rows, wo * (c + o), BLOCK_BYTES // 4, wo):
+            y = out[ia:ib, ra:rb]
+            np.matmul(x[ia:ib, ra:rb].reshape(-1, c), self.wt, out=y.reshape(-1, o))
+            self.epi(y, ins, (slice(ia, ib), slice(ra, rb)), tmp)
+
+    def _im2col(self, ins, out, scr, i0, i1, r0, r1):
+        x, win, o = ins[0], self.win, self.o
+        k = win.kh * win.kw * win.c
+        tmp = _tmp(scr, self.key)
+        for ia, ib, ra, rb in blocks(i0, i1, r0, r1, self.rows, win.wo * k, BLOCK_BYTES // 4, win.wo):
+            xp = win.block_input(x, ia, ib, ra, rb, scr, (self.key, "xp"))
+            rows = rb - ra
+            npix = (ib - ia) * rows * win.wo
+            cols = scr.get((self.key, "cols"), (npix, k))
+            np.copyto(cols.reshape(ib - ia, rows, win.wo, win.kh, win.kw, win.c), win.patches(xp, rows))
+            y = out[ia:ib, ra:rb]
+            np.matmul(cols, self.wt, out=y.reshape(npix, o))
+            self.epi(y, ins, (slice(ia, ib), slice(ra, rb)), tmp)
+
+    def _depthwise(self, ins, out, scr, i0, i1, r0, r1):
+        x, win = ins[0], self.win
+        tmp = _tmp(scr, self.key)
+        for ia, ib, ra, rb in blocks(i0, i1, r0, r1, self.rows, win.wo * win.c, BLOCK_BYTES // 8):
+            xp = win.block_input(x, ia, ib, ra, rb, scr, (self.key, "xp"))
+            rows = rb - ra
+            y = out[ia:ib, ra:rb]
+            t = scr.get((self.key, "dw"), y.shape)
+            for i in range(win.kh):
+                for j in range(win.kw):
+                    v = win.tap(xp, i, j, rows)
+                    wt = self.wd[i * win.kw + j]
+                    if i == 0 and j == 0:
+                        np.multiply(v, wt, out=y)
+                    else:
+                        np.multiply(v, wt, out=t)
+                        np.add(y, t, out=y)
+            self.epi(y, ins, (slice(ia, ib), slice(ra, rb)), tmp)
+
+    def _grouped(self, ins, out, scr, i0, i1, r0, r1):
+        x, win, g = ins[0], self.win, self.g
+        cg = win.c // g
+        og = self.o // g
+        kg = win.kh * win.kw * cg
+        tmp = _tmp(scr, self.key)
+        for ia, ib, ra, rb in blocks(i0, i1, r0, r1, self.rows, win.wo * kg * g, BLOCK_BYTES // 4, win.wo):
+            xp = win.block_input(x, ia, ib, ra, rb, scr, (self.key, "xp"))
+            rows = rb - ra
+            ni = ib - ia
+            npix = ni * rows * win.wo
+            s = xp.strides
+            # patches in (group, pixel, tap, channel-in-group) order: one batched GEMM over groups
+            src = as_strided(xp, (g, ni, rows, win.wo, win.kh, win.kw, cg),
+                             (cg * s[3], s[0], win.sh * s[1], win.sw * s[2], win.dh * s[1], win.dw * s[2], s[3]))
+            cols = scr.get((self.key, "cols"), (g, npix, kg))
+            np.copyto(cols.reshape(g, ni, rows, win.wo, win.kh, win.kw, cg), src)
+            res = scr.get((self.key, "gy"), (g, npix, og))
+            np.matmul(cols, self.wg, out=res)
+            y = out[ia:ib, ra:rb]
+            np.copyto(y.reshape(npix, g, og), res.transpose(1, 0, 2))
+            self.epi(y, ins, (slice(ia, ib), slice(ra, rb)), tmp)
+
+
+class PoolStep(Step):
+    """MaxPool / AveragePool (any window, stride, dilation, padding, ceil mode, count rule)."""
+
+    def __init__(self, nodes, inputs, output, epilogue, in_shape, attrs, out_shape, kind):
+        super().__init__(nodes, inputs, output, epilogue)
+        kh, kw = attrs["kernel_shape"]
+        self.max = kind == "max"
+        self.win = Window(in_shape, kh, kw, tuple(attrs["strides"]), tuple(attrs["dilations"]),
+                          tuple(attrs["pads"]), out_shape[:2], fill=-np.inf if self.max else 0.0)
+        self.rows = out_shape[0]
+        self.out_shape = out_shape
+        self.kernel = "maxpool" if self.max else "avgpool"
+        if not self.max:
+            self.inv = self._inverse_counts(attrs, in_shape, out_shape).astype(F32)
+
+    def _inverse_counts(self, a, in_shape, out_shape):
+        """1 / (values in each window): padding counts when count_include_pad, the ceil-mode
+        overhang never."""
+        w = self.win
+        incl = bool(a["count_include_pad"])
+
+        def count(n_out, n_in, k, s, d, p0, p1):
+            idx = np.arange(n_out)[:, None] * s - p0 + np.arange(k)[None, :] * d
+            lo, hi = (-p0, n_in + p1) if incl else (0, n_in)
+            return ((idx >= lo) & (idx < hi)).sum(axis=1)
+
+        ch = count(out_shape[0], in_shape[0], w.kh, w.sh, w.dh, w.pt, w.pb)
+        cw = count(out_shape[1], in_shape[1], w.kw, w.sw, w.dw, w.pl, w.pr)
+        return (1.0 / np.maximum(ch[:, None] * cw[None, :], 1))[:, :, None]
+
+    def work(self, n):
+        return n * self.out_shape[0] * self.out_shape[1] * self.out_shape[2] * self.win.kh * self.win.kw
+
+    def run(self, ins, out, scr, i0, i1, r0, r1):
+        x, win = ins[0], self.win
+        tmp = _tmp(scr, self.key)
+        for ia, ib, ra, rb in blocks(i0, i1, r0, r1, self.rows, win.wo * win.c, BLOCK_BYTES // 8):
+            xp = win.block_input(x, ia, ib, ra, rb, scr, (self.key, "xp"))
+            rows = rb - ra
+            y = out[ia:ib, ra:rb]
+            first = True
+            for i in range(win.kh):
+                for j in range(win.kw):
+                    v = win.tap(xp, i, j, rows)
+                    if first:
+                        np.copyto(y, v)
+                        first = False
+                    elif self.max:
+                        np.maximum(y, v, out=y)
+                    else:
+                        np.add(y, v, out=y)
+            if not self.max:
+                np.multiply(y, self.inv[ra:rb], out=y)
+            self.epi(y, ins, (slice(ia, ib), slice(ra, rb)), tmp)
+
+
+class GapStep(Step):
+    """GlobalAveragePool (+ Flatten) (+ Dense + epilogue): the classifier head in one step."""
+
+    def __init__(self, nodes, inputs, output, epilogue, dense=None, flat=False, fp16=False, out_rank=4):
+        super().__init__(nodes, inputs, output, epilogue)
+        self.dense = None
+        self.fp16 = fp16
+        self.out_rank = out_rank
+        if dense is not None:
+            w, b = dense
+            self.wt = np.ascontiguousarray(w.T, dtype=F32)
+            self.dense = True
+            if b is not None:
+                self.epi.ops.insert(0, ("bias", np.ascontiguousarray(b, dtype=F32)))
+        self.kernel = "gap" + ("+flatten" if flat else "") + ("+dense" if dense is not None else "")
+
+    def run(self, ins, out, scr, i0, i1, r0, r1):
+        x = ins[0][i0:i1]
+        n, c = len(x), x.shape[-1]
+        hw = int(np.prod(x.shape[1:-1]))
+        if self.dense is None:
+            y = out[i0:i1].reshape(n, c)
+            np.add.reduce(x.reshape(n, hw, c), axis=1, out=y)
+            y *= F32(1.0 / hw)
+            self.epi(out[i0:i1], ins, slice(i0, i1), _tmp(scr, self.key))
+            return
+        m = scr.get((self.key, "m"), (n, c))
+        np.add.reduce(x.reshape(n, hw, c), axis=1, out=m)
+        m *= F32(1.0 / hw)
+        if self.fp16:
+            round16(m)
+        y = out[i0:i1]
+        np.matmul(m, self.wt, out=y)
+        self.epi(y, ins, slice(i0, i1), _tmp(scr, self.key))
+
+
+class DenseStep(Step):
+    """Dense + bias + epilogue."""
+
+    kernel = "dense"
+
+    def __init__(self, nodes, inputs, output, epilogue, w, b):
+        super().__init__(nodes, inputs, output, epilogue)
+        self.wt = np.ascontiguousarray(w.T, dtype=F32)
+        if b is not None:
+            self.epi.ops.insert(0, ("bias", np.ascontiguousarray(b, dtype=F32)))
+
+    def work(self, n):
+        return n * self.wt.size
+
+    def run(self, ins, out, scr, i0, i1, r0, r1):
+        y = out[i0:i1]
+        np.matmul(ins[0][i0:i1], self.wt, out=y)
+        self.epi(y, ins, slice(i0, i1), _tmp(scr, self.key))
+
+
+class EltwiseStep(Step):
+    """A binary op (with broadcasting) or a lone activation, then an epilogue of activations."""
+
+    BINARY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide,
+              "Max": np.maximum, "Min": np.minimum}
+
+    def __init__(self, nodes, inputs, output, epilogue, op, consts, batched):
+        super().__init__(nodes, inputs, output, epilogue)
+        self.op = op
+        self.consts = consts  # per operand: a constant array or None (then the next activation input)
+        self.batched = batched  # per operand: its dim 0 is the batch (sliced per block)
+        self.kernel = op.lower()
+
+    def run(self, ins, out, scr, i0, i1, r0, r1):
+        args, k = [], 0
+        for c, bt in zip(self.consts, self.batched):
+            if c is not None:
+                args.append(c)
+            else:
+                v = ins[k]
+                args.append(v[i0:i1] if bt else v)
+                k += 1
+        y = out[i0:i1]
+        if self.op in self.BINARY:
+            self.BINARY[self.op](args[0], args[1], out=y)
+        else:  # a lone activation: copy, then the epilogue applies it
+            np.copyto(y, args[0])
+        self.epi(y, ins, slice(i0, i1), _tmp(scr, self.key))
+
+
+class SoftmaxStep(Step):
+    """Softmax / LogSoftmax over the last axis, in the output buffer."""
+
+    def __init__(self, nodes, inputs, output, epilogue, log):
+        super().__init__(nodes, inputs, output, epilogue)
+        self.log = log
+        self.kernel = "logsoftmax" if log else "softmax"
+
+    def run(self, ins, out, scr, i0, i1, r0, r1):
+        y = out[i0:i1]
+        np.subtract(ins[0][i0:i1], ins[0][i0:i1].max(axis=-1, keepdims=True), out=y)
+        if self.log:
+            t = scr.get((self.key, "t"), y.shape)
+            np.exp(y, out=t)
+            y -= np.log(t.sum(axis=-1, keepdims=True))
+        else:
+            np.exp(y, out=y)
+            y /= y.sum(axis=-1, keepdims=True)
+        self.epi(y, ins, slice(i0, i1), _tmp(scr, self.key))
+
+
+class GenericStep(Step):
+    """One node through its registered fast kernel or its definition (cnnrt.ir.ops), unplanned:
+    its outputs are whatever the function returns (views of its inputs for reshapes)."""
+
+    def __init__(self, node, fn, params, fp16, kernel):
+        super().__init__([node], [t for t in node.inputs if t not in params], node.outputs[0])
+        self.node, self.fn, self.fp16 = node, fn, fp16
+        self.args = [params.get(t) for t in node.inputs]
+        self.kernel = kernel
+
+    def call(self, ins):
+        it = iter(ins)
+        args = [a if a is not None else next(it) for a in self.args]
+        outs = self.fn(args, self.node.attrs)
+        res = []
+        for v in outs:
+            v = np.asarray(v)
+            if v.dtype.kind == "f":
+                if v.dtype != F32:
+                    v = v.astype(F32)
+                if self.fp16:
+                    v = v.astype(np.float16).astype(F32)
+            res.append(v)
+        return res
+
+
+WINOGRAD = True
+
+
+def winograd_tile(kh, kw, attrs, c, o, g, out_shape) -> int:
+    """The Winograd output tile m for a convolution (0: none). Stride-1, undilated 3x3 over at
+    least 8 channels in and out: F(4x4, 3x3) (4 times fewer multiplications than direct) where
+    the tiles overhang the output by at most a quarter, F(2x2, 3x3) (2.25 times fewer) where
+    theirs do by at most 35%; direct (im2col) otherwise. Both are as accurate as direct
+    convolution to within a few float32 roundings (tests check them against float64)."""
+    if (kh, kw) != (3, 3) or g != 1 or tuple(attrs["strides"]) != (1, 1) or tuple(attrs["dilations"]) != (1, 1):
+        return 0
+    if c < 8 or o < 8:
+        return 0
+    ho, wo = out_shape[0], out_shape[1]
+    for m, slack in ((4, 1.25), (2, 1.35)):
+        if ho >= 2 * m and wo >= 2 * m and (-(-ho // m) * -(-wo // m) * m * m) <= slack * ho * wo:
+            return m
+    return 0
+
+
+def conv_out_shape(in_shape, w_shape, attrs):
+    return tuple(O.OPS["Conv"].shape([(1, *in_shape), w_shape], attrs)[0][1:])
