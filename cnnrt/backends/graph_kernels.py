@@ -527,7 +527,7 @@ class EltwiseStep(Step):
         self.op = op
         self.consts = consts  # per operand: a constant array or None (then the next activation input)
         self.batched = batched  # per operand: its dim 0 is the batch (sliced per block)
-        self.kernel = op.lower()
+        self.kernel = op.lower() if op in self.BINARY else "activation"
 
     def run(self, ins, out, scr, i0, i1, r0, r1):
         args, k = [], 0
@@ -574,7 +574,10 @@ class GenericStep(Step):
     def __init__(self, node, fn, params, fp16, kernel):
         super().__init__([node], [t for t in node.inputs if t not in params], node.outputs[0])
         self.node, self.fn, self.fp16 = node, fn, fp16
-        self.args = [params.get(t) for t in node.inputs]
+
+        def q(a):
+            return a.astype(np.float16).astype(F32) if fp16 and a.dtype.kind == "f" else a
+        self.args = [q(params[t]) if t in params else None for t in node.inputs]
         self.kernel = kernel
 
     def call(self, ins):

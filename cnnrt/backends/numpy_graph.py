@@ -202,7 +202,7 @@ class GraphRunner(Runner):
             else:
                 st.run(ins, out, s, 0, n, 0, st.rows)
             env[st.output] = out
-        return {t: env[t] for t in p.graph.outputs}
+        return {t: env[t] if t in env else p.graph.params[t] for t in p.graph.outputs}
 
     def profile(self, feeds: dict, repeats: int = 3) -> list[dict]:
         """Seconds per step (the best of `repeats` passes) of the whole plan on this thread: where

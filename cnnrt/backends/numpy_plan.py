@@ -263,7 +263,7 @@ def _generic(ctx: Ctx, n: Node):
     from .numpy_graph import KERNELS
 
     fn = KERNELS.get(n.op)
-    label = f"numpy.{n.op.lower()}" if fn is not None else "numpy.reference"
+    label = n.op.lower() if fn is not None else "reference"
     return K.GenericStep(n, fn or O.OPS[n.op].run, ctx.params, ctx.fp16, label)
 
 
