@@ -399,7 +399,11 @@ def main(argv=None) -> int:
     if a.chart:
         for r in results:
             if r["kind"] == "scaling":
-                chart(r, a.chart)
+                try:
+                    chart(r, a.chart)
+                except ImportError:
+                    log(f"no chart: matplotlib is not installed (render it elsewhere: --render {a.json or 'JSON'} "
+                        f"--chart {a.chart})")
     text = markdown(results)
     if a.markdown == "-" or a.markdown is None:
         print(text)

@@ -84,7 +84,7 @@ def _conv(ins, a):
     return [out]
 
 
-MIN_SPLIT_WORK = 2e6  # multiply-adds (or values) below which a step is not split over threads
+MIN_SPLIT_WORK = 1e7  # multiply-adds (about half a millisecond on a core) below which a step is not split over threads
 ARENA_BYTES = 4 << 20  # a chunk's planned tensors per thread: sizes the images per chunk
 MAX_CHUNK = 64
 
