@@ -4,6 +4,8 @@ one and two threads, fp32 and fp16 storage."""
 import numpy as np
 import pytest
 
+from cnnrt.backends import graph_kernels as K
+from cnnrt.backends import native as N
 from cnnrt.backends.numpy_graph import GraphRunner
 from cnnrt.ir.graph import Graph, Node, run_reference
 from cnnrt.testing import graphs
@@ -12,6 +14,27 @@ from cnnrt.testing.graphs import Builder
 
 def rel_err(a, b):
     return float(np.abs(np.asarray(a, np.float64) - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+@pytest.fixture(params=[False, True], ids=["numpy", "native"])
+def native(request, monkeypatch):
+    """The NumPy kernels alone, then with the compiled ones (skipped where none can be built)."""
+    if request.param and N.lib() is None:
+        pytest.skip(f"no compiled kernels: {N.why()}")
+    monkeypatch.setattr(K, "NATIVE", request.param)
+    return request.param
+
+
+def expect(kernel, native):
+    """The kernel a layer gets: the compiled one where it exists, with native on."""
+    if not native:
+        return kernel
+    for a, b in (("numpy.conv.im2col", "native.conv.direct"), ("numpy.conv.pointwise", "native.conv.direct"), ("numpy.conv.winograd", "native.conv.direct"),
+                 ("numpy.conv.depthwise", "native.conv.depthwise"), ("numpy.maxpool", "native.maxpool"),
+                 ("numpy.avgpool", "native.avgpool")):
+        if kernel.startswith(a):
+            return b if K.DIRECT != "none" or "depthwise" in b or "pool" in b else kernel
+    return kernel
 
 
 def check(g, n, threads, rng, tol=1e-5, kernels=(), chunk=None):
@@ -48,21 +71,23 @@ CONVS = {
     "grouped": ((8, 9, 12), dict(o=9, k=3, group=3), "numpy.conv.grouped"),
     "depthwise-multiplier": ((8, 7, 5), dict(o=10, k=3, group=5, stride=2), "numpy.conv.grouped"),
     "valid-no-pad": ((9, 9, 6), dict(o=4, k=3, pad=0), "numpy.conv.im2col"),
+    "wide-64": ((6, 7, 10), dict(o=64, k=3, stride=2), "numpy.conv.im2col"),  # four vectors per channel block
+    "odd-40": ((5, 5, 17), dict(o=40, k=1, pad=0), "numpy.conv.pointwise"),  # a partial block
 }
 
 
 @pytest.mark.parametrize("name", sorted(CONVS))
 @pytest.mark.parametrize("n,threads", [(1, 1), (5, 2), (1, 2)])
-def test_conv_kernels(rng, name, n, threads):
+def test_conv_kernels(rng, name, n, threads, native):
     shape, kw, kernel = CONVS[name]
     b = Builder(shape, seed=int(rng.integers(1 << 30)))
     y = b.conv("images", **kw)
-    check(b.graph(y, name), n, threads, rng, kernels=[kernel])
+    check(b.graph(y, name), n, threads, rng, kernels=[expect(kernel, native)])
 
 
 @pytest.mark.parametrize("act", ["relu", "relu6", "hardswish", "leaky", "sigmoid"])
 @pytest.mark.parametrize("kind", ["pointwise", "im2col", "winograd", "depthwise"])
-def test_conv_epilogues_with_residual(rng, act, kind):
+def test_conv_epilogues_with_residual(rng, act, kind, native):
     """Conv + bias + activation + residual Add + activation: one step."""
     b = Builder((12, 12, 8), seed=int(rng.integers(1 << 30)))
     x = b.conv("images", 8, 1, pad=0)
@@ -80,20 +105,20 @@ def test_conv_epilogues_with_residual(rng, act, kind):
     ("avg", 3, 2, 1, 0, 0), ("avg", 3, 2, 1, 0, 1), ("avg", 2, 2, 0, 1, 0), ("avg", 3, 2, (1, 0, 0, 1), 1, 1),
 ])
 @pytest.mark.parametrize("n,threads", [(1, 1), (3, 2)])
-def test_pools(rng, kind, k, stride, pad, ceil, incl, n, threads):
+def test_pools(rng, kind, k, stride, pad, ceil, incl, n, threads, native):
     b = Builder((11, 10, 6), seed=int(rng.integers(1 << 30)))
     if kind == "max":
         y = b.maxpool("images", k, stride, pad, ceil)
     else:
         y = b.avgpool("images", k, stride, pad, ceil, incl)
-    check(b.graph(y, "pool"), n, threads, rng, kernels=[f"numpy.{kind}pool"])
+    check(b.graph(y, "pool"), n, threads, rng, kernels=[expect(f"numpy.{kind}pool", native)])
 
 
-def test_dilated_maxpool(rng):
+def test_dilated_maxpool(rng, native):
     g = Graph([Node("MaxPool", "p", ["images"], ["y"], {"kernel_shape": (3, 2), "strides": (1, 2),
                                                           "dilations": (2, 1), "pads": (1, 0, 2, 1)})],
               {"images": (1, 9, 8, 3)}, ["y"])
-    check(g, 2, 1, rng, kernels=["numpy.maxpool"])
+    check(g, 2, 1, rng, kernels=[expect("numpy.maxpool", native)])
 
 
 @pytest.mark.parametrize("flatten", ["Flatten", "Reshape"])
@@ -116,7 +141,7 @@ def test_gap_alone_and_dense_with_activation(rng):
     check(b.graph(y, "mlp"), 4, 2, rng, kernels=["numpy.dense+bias+relu"])
 
 
-def test_eltwise_and_softmax(rng):
+def test_eltwise_and_softmax(rng, native):
     b = Builder((6, 5, 4), seed=int(rng.integers(1 << 30)))
     a = b.conv("images", 4, 3)
     c = b.conv("images", 4, 1, pad=0)
@@ -131,7 +156,7 @@ def test_eltwise_and_softmax(rng):
     g.nodes.append(Node("LogSoftmax", "ls", [d], ["logsm"], {"axis": 1}))
     g.outputs.append("logsm")
     g.validate()
-    check(g, 3, 2, rng, kernels=["numpy.conv.pointwise+bias+add+relu", "numpy.add", "numpy.mul+leakyrelu",
+    check(g, 3, 2, rng, kernels=[expect("numpy.conv.pointwise", native) + "+bias+add+relu", "numpy.add", "numpy.mul+leakyrelu",
                                  "numpy.activation+sigmoid+relu", "numpy.softmax", "numpy.logsoftmax"])
 
 
@@ -150,7 +175,7 @@ def test_graph_that_mixes_the_batch_runs_whole(rng):
     ("mobilenet_v2_96", 32, 1, 2), ("mobilenet_v2_96", 32, 3, 1),
     ("resnet18", 32, 2, 2),
 ])
-def test_zoo_nets_match_float64(rng, name, size, n, threads):
+def test_zoo_nets_match_float64(rng, name, size, n, threads, native):
     """Whole nets with BatchNorm nodes (folded by the planner's passes): logits within 1e-4 of the
     float64 reference, relative to the largest logit."""
     kw = {"batch_norm": True}
@@ -162,7 +187,10 @@ def test_zoo_nets_match_float64(rng, name, size, n, threads):
     assert "BatchNormalization" not in {op for _, op, _ in r.describe()}
 
 
-def test_chunks_rows_and_threads_agree(rng):
+def test_chunks_rows_and_threads_agree(rng, native, monkeypatch):
+    from cnnrt.backends import numpy_graph
+
+    monkeypatch.setattr(numpy_graph, "MIN_SPLIT_WORK", 0)  # every spatial step of one image split over threads
     g = graphs.resnet20(seed=int(rng.integers(1 << 30)))
     x = rng.random((7, 32, 32, 3), dtype=np.float32)
     outs = [GraphRunner(g, "fp32", threads=t, chunk=c).run({"images": x})["logits"]
@@ -200,7 +228,8 @@ def test_fp16_storage_matches_the_reference_pipeline(rng):
     assert (out.argmax(1) == ref16.argmax(1)).mean() >= 0.75
 
 
-def test_describe_names_every_node_and_its_fused_kernel(rng):
+def test_describe_names_every_node_and_its_fused_kernel(rng, monkeypatch):
+    monkeypatch.setattr(K, "NATIVE", False)
     g = graphs.mobilenet_v2(seed=0, size=32)
     r = GraphRunner(g, "fp32", threads=1)
     d = r.describe()
@@ -219,3 +248,20 @@ def test_unfused_ops_fall_back_to_their_definition(rng):
     e = b._add("Erf", ["images"], out_shape=b.shapes["images"])
     r = check(b.graph(e, "erf"), 2, 1, rng)
     assert r.describe() == [(b.nodes[0].name, "Erf", "numpy.reference")]
+
+
+@pytest.mark.parametrize("threads", [2, 5])
+def test_one_image_split_over_rows_and_channel_blocks(rng, native, monkeypatch, threads):
+    """One image, a layer of two output rows and 70 channels: rows and (compiled) channel blocks
+    are shared out to the threads; the result is the reference's."""
+    from cnnrt.backends import numpy_graph
+
+    monkeypatch.setattr(numpy_graph, "MIN_SPLIT_WORK", 0)
+    b = Builder((4, 9, 6), seed=int(rng.integers(1 << 30)))
+    y = b.conv("images", 70, 3, stride=2, pad=(0, 1, 0, 1), act="relu")
+    z = b.conv(y, 70, 1, pad=0)
+    z = b.add(z, y, act="relu6")
+    r = check(b.graph(z, "split"), 1, threads, rng)
+    if native:
+        st = r.plan.steps[0]
+        assert st.kind == "native.direct" and len(st.parts(1, threads)) > st.rows

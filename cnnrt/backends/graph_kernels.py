@@ -1,24 +1,28 @@
 """Kernels of the CPU graph planner: each one fused step of a compiled graph, run per block.
 
 A step computes one output tensor (N, ...) float32 into a buffer the planner owns. Spatial steps
-(convolutions, depthwise convolutions, pools) take `rows`: the images [i0, i1) and output rows
-[r0, r1) to compute, so the planner can split one image over threads; inside, they walk blocks of
-whole images or of rows sized so that a block's patches and output stay in the core's caches, and
-apply their epilogue (bias, activations, a residual Add, fp16 rounding) to each block while it is
-still there: one pass over memory per step instead of one per node.
+(convolutions, depthwise convolutions, pools) take the images [i0, i1) and output rows [r0, r1)
+to compute, so the planner can split one image over threads; each applies its epilogue (bias,
+activations, a residual Add, fp16 rounding) to a block of output while it is still in the caches:
+one pass over memory per step instead of one per node.
 
-Convolutions:
-- pointwise (1x1, stride 1, no padding, one group): one GEMM on the input as it is stored;
-- im2col (any kernel, stride, dilation, padding): a strided gather of the block's patches, one GEMM;
-- depthwise (groups = channels): one multiply-add per tap over a block, all channels at once;
-- grouped (anything else): the gather in (group, tap, channel) order and one batched GEMM.
-Padding is written around the block's input rows in a per-thread buffer (only the rows a block
-reads), never around the whole tensor.
+Two sets of kernels, chosen per step when the graph is compiled:
+- compiled (cnnrt.backends.native, C built at first use; ctypes releases the GIL): a direct
+  convolution for every one-group convolution (register-blocked over output channels and
+  pixels, epilogue in registers), depthwise convolution, max and average pools;
+- NumPy, always there and the fallback (no compiler, fp16 storage, an activation the C code lacks):
+  convolutions as one GEMM on the stored input (pointwise), a strided gather of a block's patches
+  and one GEMM (im2col), Winograd F(4x4, 3x3) / F(2x2, 3x3) for stride-1 3x3 layers, one
+  multiply-add per tap (depthwise), a batched GEMM over groups (grouped); pools per tap. Padding
+  is written around a block's input rows in a per-thread buffer, never around the whole tensor.
 
-Every kernel is tested against the float64 reference (cnnrt.ir.run_reference) in
+Every kernel is tested, both ways, against the float64 reference (cnnrt.ir.run_reference) in
 tests/test_numpy_graph.py.
 """
 from __future__ import annotations
+
+import ctypes
+import os
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -115,6 +119,17 @@ def round16(y):
     y[...] = y.astype(np.float16)
 
 
+def native_lib():
+    """The compiled kernels (cnnrt.backends.native) when usable, else None: the NumPy kernels run."""
+    if not NATIVE:
+        return None
+    from . import native
+    return native.lib()
+
+
+NATIVE = True  # use the compiled kernels where they are available (tests switch this off and on)
+
+
 class Epilogue:
     """What a step does to each output block after its main work: a list of in-place ops.
 
@@ -127,6 +142,55 @@ class Epilogue:
 
     def label(self) -> str:
         return "".join(f"+{e[2] if e[0] == 'act' else e[0]}" for e in self.ops if e[0] != "round")
+
+    def native(self):
+        """(Epi template, index of the residual input or None) for the compiled kernels, or None
+        when an op has no compiled form (fp16 rounding, sigmoid, tanh)."""
+        from . import native as N
+
+        e = N.Epi()
+        res = None
+        keep = []
+        for op in self.ops:
+            k = op[0]
+            if e.n == 8:
+                return None
+            if k == "bias":
+                e.code[e.n] = N.E_BIAS
+                keep.append(op[1])
+                e.bias = op[1].ctypes.data
+            elif k == "add":
+                e.code[e.n] = N.E_ADD
+                res = op[1]
+            elif k == "act":
+                name, a = op[3], op[4]
+                if name == "Relu":
+                    e.code[e.n] = N.E_RELU
+                elif name == "Clip":
+                    e.code[e.n], e.a[e.n], e.b[e.n] = N.E_CLIP, a["min"], a["max"]
+                elif name == "LeakyRelu":
+                    e.code[e.n], e.a[e.n] = N.E_LEAKY, a["alpha"]
+                elif name == "HardSwish":
+                    e.code[e.n] = N.E_HSWISH
+                elif name == "HardSigmoid":
+                    e.code[e.n], e.a[e.n], e.b[e.n] = N.E_HSIG, a["alpha"], a["beta"]
+                else:
+                    return None
+            else:
+                return None
+            e.n += 1
+        self._keep = keep
+        return e, res
+
+    @staticmethod
+    def bind(template, res_index, ins):
+        """A per-call copy of the template with the residual's address filled in."""
+        from . import native as N
+
+        e = N.Epi.from_buffer_copy(template)
+        if res_index is not None:
+            e.res = ins[res_index].ctypes.data
+        return e
 
     def __call__(self, y, ins, sl, tmp):
         """y: the block (a view of the output); sl: its index into the output (for residuals)."""
@@ -234,7 +298,7 @@ class Step:
 
     @property
     def label(self) -> str:
-        return f"numpy.{self.kernel}{self.epi.label()}"
+        return f"{'' if self.kernel.startswith('native.') else 'numpy.'}{self.kernel}{self.epi.label()}"
 
     def work(self, n) -> float:
         """Rough cost of n images (multiply-adds or values touched), for deciding to split."""
@@ -242,6 +306,14 @@ class Step:
 
     def run(self, ins, out, scr, i0, i1, r0, r1) -> None:
         raise NotImplementedError
+
+    def parts(self, n, t):
+        """About t pieces of this step over n images, each (i0, i1, r0, r1): images, or bands of
+        output rows of each image, for the threads to share."""
+        if n >= t:
+            return [(i * n // t, (i + 1) * n // t, 0, self.rows) for i in range(t)]
+        bands = max(1, min(self.rows, -(-t // n)))
+        return [(i, i + 1, b * self.rows // bands, (b + 1) * self.rows // bands) for i in range(n) for b in range(bands)]
 
 
 def _tmp(scr, key):
@@ -282,7 +354,78 @@ class ConvStep(Step):
             og = o // g
             # (g, kh*kw*cg, og)
             self.wg = np.ascontiguousarray(w.reshape(g, og, kh * kw * cg).transpose(0, 2, 1), dtype=F32)
-        self.kernel = f"conv.{self.kind}" + (f".f{self.m}x{self.m}" if self.kind == "winograd" else "")
+        self._native_setup(w, in_shape, attrs, out_shape)
+        self.kernel = ("native.conv." + self.kind[7:] if self.kind.startswith("native.") else
+                       f"conv.{self.kind}" + (f".f{self.m}x{self.m}" if self.kind == "winograd" else ""))
+
+    def _native_setup(self, w, in_shape, attrs, out_shape):
+        """Switch to a compiled kernel (cnnrt.backends.native) where one fits and pays."""
+        lib = native_lib()
+        if lib is None:
+            return
+        ne = self.epi.native()
+        if ne is None:
+            return
+        o, kh, kw, cg = w.shape
+        c = in_shape[2]
+        if self.kind == "depthwise":
+            vw2 = 2 * lib.cnnrt_vector_width()
+            cpad = -(-c // vw2) * vw2
+            wd = np.zeros((kh * kw, cpad), F32)
+            wd[:, :c] = w.reshape(o, kh * kw).T
+            self.wn, self.cpad = wd, cpad
+            self.kind = "native.depthwise"
+        elif self.g == 1 and use_direct(self.kind, kh, kw, c, o, out_shape, tuple(attrs["strides"])):
+            vw = lib.cnnrt_vector_width()
+            # output channels per block: four vectors where they divide O, else two, one for O <= one vector
+            groups = 4 if o % (4 * vw) == 0 else 1 if o <= vw else 2
+            self.direct = {1: lib.conv_direct_g1, 2: lib.conv_direct_g2, 4: lib.conv_direct_g4}[groups]
+            ob = groups * vw
+            nb = self.nb = -(-o // ob)
+            wpad = np.zeros((nb * ob, kh, kw, c), F32)
+            wpad[:o] = w
+            self.wn = np.ascontiguousarray(wpad.reshape(nb, ob, kh, kw, c).transpose(0, 2, 3, 4, 1))
+            self.zeros = np.zeros(max(c, 1), F32)
+            self.kind = "native.direct"
+            self.win = Window(in_shape, kh, kw, tuple(attrs["strides"]), tuple(attrs["dilations"]),
+                              tuple(attrs["pads"]), out_shape[:2])
+            self.rows = out_shape[0]
+        else:
+            return
+        self.lib, (self.epi_t, self.res_idx) = lib, ne
+
+    def _native_args(self, ins):
+        x = ins[0] if ins[0].flags.c_contiguous else np.ascontiguousarray(ins[0])
+        if self.res_idx is not None and not ins[self.res_idx].flags.c_contiguous:
+            ins = list(ins)
+            ins[self.res_idx] = np.ascontiguousarray(ins[self.res_idx])
+        return x, ins
+
+    def parts(self, n, t):
+        """The compiled direct convolution also splits its output-channel blocks: a deep layer of
+        one image has few rows (7) but many blocks (16 of 32 channels), and each thread then reads
+        only its own share of the weights."""
+        if self.kind != "native.direct" or n >= t or self.rows * n >= 2 * t or self.nb == 1:
+            return super().parts(n, t)
+        k = min(self.nb, -(-t // (n * self.rows)))
+        return [(i, i + 1, r, r + 1, j * self.nb // k, (j + 1) * self.nb // k)
+                for i in range(n) for r in range(self.rows) for j in range(k)]
+
+    def _native_direct(self, ins, out, scr, i0, i1, r0, r1, b0=0, b1=None):
+        x, ins = self._native_args(ins)
+        w = self.win
+        e = Epilogue.bind(self.epi_t, self.res_idx, ins)
+        self.direct(x.ctypes.data, w.h, w.w, w.c, self.wn.ctypes.data, self.o, w.kh, w.kw, w.sh, w.sw,
+                    w.dh, w.dw, w.pt, w.pl, out.ctypes.data, w.ho, w.wo, i0, i1, r0, r1, b0,
+                    self.nb if b1 is None else b1, self.zeros.ctypes.data, ctypes.byref(e))
+
+    def _native_depthwise(self, ins, out, scr, i0, i1, r0, r1):
+        x, ins = self._native_args(ins)
+        w = self.win
+        e = Epilogue.bind(self.epi_t, self.res_idx, ins)
+        self.lib.conv_depthwise(x.ctypes.data, w.h, w.w, w.c, self.wn.ctypes.data, w.kh, w.kw, w.sh, w.sw,
+                                w.dh, w.dw, w.pt, w.pl, out.ctypes.data, w.ho, w.wo, i0, i1, r0, r1, self.cpad,
+                                ctypes.byref(e))
 
     def _winograd_setup(self, w, m, in_shape, attrs, out_shape):
         from .cpu_kernels import INTEGER_TRANSFORMS, winograd_matrices
@@ -334,8 +477,8 @@ class ConvStep(Step):
     def work(self, n):
         return n * self.flops
 
-    def run(self, ins, out, scr, i0, i1, r0, r1):
-        getattr(self, "_" + self.kind)(ins, out, scr, i0, i1, r0, r1)
+    def run(self, ins, out, scr, i0, i1, r0, r1, *blocks_):
+        getattr(self, "_" + self.kind.replace(".", "_"))(ins, out, scr, i0, i1, r0, r1, *blocks_)
 
     def _pointwise(self, ins, out, scr, i0, i1, r0, r1):
         x = ins[0]
@@ -416,8 +559,14 @@ class PoolStep(Step):
         self.rows = out_shape[0]
         self.out_shape = out_shape
         self.kernel = "maxpool" if self.max else "avgpool"
-        if not self.max:
-            self.inv = self._inverse_counts(attrs, in_shape, out_shape).astype(F32)
+        self.inv = None if self.max else np.ascontiguousarray(self._inverse_counts(attrs, in_shape, out_shape), F32)
+        self.lib = native_lib()
+        ne = self.epi.native() if self.lib is not None else None
+        if ne is None:
+            self.lib = None
+        else:
+            self.epi_t, self.res_idx = ne
+            self.kernel = "native." + self.kernel
 
     def _inverse_counts(self, a, in_shape, out_shape):
         """1 / (values in each window): padding counts when count_include_pad, the ceil-mode
@@ -439,6 +588,13 @@ class PoolStep(Step):
 
     def run(self, ins, out, scr, i0, i1, r0, r1):
         x, win = ins[0], self.win
+        if self.lib is not None:
+            x = x if x.flags.c_contiguous else np.ascontiguousarray(x)
+            e = Epilogue.bind(self.epi_t, self.res_idx, ins)
+            self.lib.pool2d(x.ctypes.data, win.h, win.w, win.c, win.kh, win.kw, win.sh, win.sw, win.dh, win.dw,
+                            win.pt, win.pl, out.ctypes.data, win.ho, win.wo, i0, i1, r0, r1, int(not self.max),
+                            self.inv.ctypes.data if self.inv is not None else None, ctypes.byref(e))
+            return
         tmp = _tmp(scr, self.key)
         for ia, ib, ra, rb in blocks(i0, i1, r0, r1, self.rows, win.wo * win.c, BLOCK_BYTES // 8):
             xp = win.block_input(x, ia, ib, ra, rb, scr, (self.key, "xp"))
@@ -597,6 +753,16 @@ class GenericStep(Step):
 
 
 WINOGRAD = True
+DIRECT = os.environ.get("CNNRT_DIRECT", "auto")  # compiled direct convolution: auto, all or none
+
+
+def use_direct(kind, kh, kw, c, o, out_shape, strides) -> bool:
+    """Whether the compiled direct convolution replaces the NumPy kernel `kind` for this layer."""
+    if DIRECT in ("all", "none"):
+        return DIRECT == "all"
+    # measured on one core (benchmarks/cpu_profile.py): at or above NumPy's im2col and Winograd
+    # kernels for every layer of the zoo, and above the BLAS for 1x1 ones (its epilogue is fused)
+    return True
 
 
 def winograd_tile(kh, kw, attrs, c, o, g, out_shape) -> int:

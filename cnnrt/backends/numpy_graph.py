@@ -85,7 +85,7 @@ def _conv(ins, a):
 
 
 MIN_SPLIT_WORK = 1e7  # multiply-adds (about half a millisecond on a core) below which a step is not split over threads
-ARENA_BYTES = 4 << 20  # a chunk's planned tensors per thread: sizes the images per chunk
+ARENA_BYTES = 16 << 20  # a chunk's planned tensors per thread: sizes the images per chunk (kernels block for the caches inside)
 MAX_CHUNK = 64
 
 
@@ -117,6 +117,20 @@ class GraphRunner(Runner):
         self._pool = None
         self._pool_lock = threading.Lock()
         self._shapes: dict = {}
+
+    def compiled_kernels(self) -> str:
+        """One line on the optional compiled kernels: in use (how built, when) or why not."""
+        from . import graph_kernels, native
+
+        used = sum(1 for _, _, k in self.plan.describe if k.startswith("native."))
+        if not graph_kernels.NATIVE:
+            return "compiled kernels: off"
+        if native.lib() is None:
+            return f"compiled kernels: not used ({native.why()}); NumPy kernels run every step"
+        i = native.info()
+        built = (f"built now by {i['compiler']} in {i['compile_seconds']:.1f} s" if i["compiled_now"]
+                 else f"loaded from the cache ({i['library']})")
+        return f"compiled kernels: {used} nodes on them, {i['vector_width']} floats per vector, {built}"
 
     def describe(self) -> list[tuple[str, str, str]]:
         """(node, op, kernel) for every node of the compiled graph: what runs where. Nodes fused
@@ -233,14 +247,7 @@ class GraphRunner(Runner):
 
     def _split_rows(self, st, ins, out, n):
         """One step over the pool: images, or bands of output rows of each image, per thread."""
-        t = self.threads
-        if n >= t:
-            parts = [(i * n // t, (i + 1) * n // t, 0, st.rows) for i in range(t)]
-        else:
-            bands = max(1, min(st.rows, -(-t // n)))
-            parts = [(i, i + 1, b * st.rows // bands, (b + 1) * st.rows // bands)
-                     for i in range(n) for b in range(bands)]
-        parts = [q for q in parts if q[0] < q[1] and q[2] < q[3]]
+        parts = [q for q in st.parts(n, self.threads) if q[0] < q[1] and q[2] < q[3]]
         pool = self._executor()
         futs = [pool.submit(self._part, st, ins, out, q) for q in parts[1:]]
         st.run(ins, out, self._scratch(), *parts[0])

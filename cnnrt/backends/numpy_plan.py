@@ -83,7 +83,7 @@ def _follow_epilogue(ctx: Ctx, t: str, nodes: list, inputs: list, epi: K.Epilogu
         if r is None or len(r.outputs) != 1:
             return t
         if r.op in K.ACTIVATIONS and r.inputs[0] == t:
-            epi.ops.append(("act", K.ACTIVATIONS[r.op](r.attrs), r.op.lower()))
+            epi.ops.append(("act", K.ACTIVATIONS[r.op](r.attrs), r.op.lower(), r.op, dict(r.attrs)))
             if ctx.fp16 and not K.exact_in_fp16(r):
                 epi.ops.append(("round",))
         elif r.op == "Add" and not added and len(r.inputs) == 2:
@@ -188,7 +188,7 @@ def eltwise_pattern(ctx: Ctx, n: Node):
         return K.EltwiseStep(nodes, inputs, out, epi, n.op, consts, batched)
     if n.op in K.ACTIVATIONS:
         nodes, inputs, epi = [n], [n.inputs[0]], K.Epilogue()
-        epi.ops.append(("act", K.ACTIVATIONS[n.op](n.attrs), n.op.lower()))
+        epi.ops.append(("act", K.ACTIVATIONS[n.op](n.attrs), n.op.lower(), n.op, dict(n.attrs)))
         out = _follow_epilogue(ctx, n.outputs[0], nodes, inputs, epi, allow_add=False)  # (rounds it in fp16)
         return K.EltwiseStep(nodes, inputs, out, epi, n.op, [None], [True])
     return None
