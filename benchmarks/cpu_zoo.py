@@ -32,9 +32,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-# model, images, label; --quick shrinks them
-CASES = [("deep_mnist", 10000), ("deep_mnist", 1), ("resnet20", 10000), ("resnet20", 1),
-         ("mobilenet_v2_96", 64), ("mobilenet_v2_96", 1), ("resnet18", 64), ("resnet18", 1)]
+# model, images, images per call (the same for every runtime); --quick shrinks the counts
+CASES = [("deep_mnist", 10000, 1000), ("deep_mnist", 1, 1), ("resnet20", 10000, 500), ("resnet20", 1, 1),
+         ("mobilenet_v2_96", 64, 64), ("mobilenet_v2_96", 1, 1), ("resnet18", 64, 64), ("resnet18", 1, 1)]
 QUICK = {("resnet20", 10000): 256, ("deep_mnist", 10000): 2000}
 THREADS = (1, 2, 4, 8, 16)
 
@@ -67,21 +67,32 @@ def images(g, n: int) -> np.ndarray:
 
 # ---------------------------------------------------------------- runtimes
 
-def cnnrt_runtime(g, threads=None):
+def cnnrt_runtime(g, threads=None, compiled=True):
     from cnnrt import backends
-    from cnnrt.backends import numpy_backend, numpy_graph
+    from cnnrt.backends import graph_kernels, numpy_backend, numpy_graph
     from cnnrt.ir.chain import match
 
+    graph_kernels.NATIVE = compiled  # read when the plan is compiled
     if threads is None:
         r = backends.prepare(g, "numpy", "fp32")
     elif match(g) is not None:
         r = numpy_backend.NumpyRunner(match(g), "fp32", threads=threads)
     else:
         r = numpy_graph.GraphRunner(g, "fp32", threads=threads)
+    graph_kernels.NATIVE = True
     out = g.outputs[0]
     if isinstance(r, numpy_graph.GraphRunner):
         return (lambda x: r.run({g.input_name: x})[out]), r
     return (lambda x: r.probabilities(x, batch_size=len(x))), r
+
+
+def cnnrt_numpy_runtime(g, threads=None):
+    """cnnrt with its NumPy kernels alone (what runs where no C compiler is found)."""
+    from cnnrt.ir.chain import match
+
+    if match(g) is not None:
+        raise RuntimeError("a layer chain: the staged NumPy engine runs it either way (see cnnrt)")
+    return cnnrt_runtime(g, threads, compiled=False)
 
 
 def ort_runtime(g, threads=None):
@@ -162,7 +173,8 @@ def torch_runtime(g, threads=None):
     return infer
 
 
-RUNTIMES = {"cnnrt": cnnrt_runtime, "onnxruntime": ort_runtime, "torch": torch_runtime}
+RUNTIMES = {"cnnrt": cnnrt_runtime, "cnnrt-numpy": cnnrt_numpy_runtime, "onnxruntime": ort_runtime,
+            "torch": torch_runtime}
 
 
 def versions() -> dict:
@@ -181,11 +193,14 @@ def machine() -> dict:
             **versions()}
 
 
-def timed(fn, x, rounds):
+def timed(fn, x, rounds, batch=None):
+    """Seconds per pass over x, in calls of `batch` images."""
+    b = batch or len(x)
     ts = []
     for _ in range(rounds):
         t = time.perf_counter()
-        fn(x)
+        for i in range(0, len(x), b):
+            fn(x[i:i + b])
         ts.append(time.perf_counter() - t)
     return ts
 
@@ -208,7 +223,7 @@ def zoo(args, log) -> dict:
     res = {"kind": "zoo", "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "command": " ".join(["python3", "benchmarks/cpu_zoo.py"] + sys.argv[1:]), "cases": []}
     models = {}
-    for model, n in CASES:
+    for model, n, batch in CASES:
         if args.models and model not in args.models.split(","):
             continue
         if args.quick:
@@ -227,14 +242,15 @@ def zoo(args, log) -> dict:
         m = models[model]
         g = m["graph"]
         x = images(g, n)
-        case = {"model": model, "images": n, "flops_per_image": g.flops_per_image(), "results": {},
+        batch = min(batch, n)
+        case = {"model": model, "images": n, "batch": batch, "flops_per_image": g.flops_per_image(), "results": {},
                 "skipped": dict(m["skipped"])}
         rt = m["runtimes"]
         outs = {}
         for r, fn in rt.items():
             fn0 = fn[0] if isinstance(fn, tuple) else fn
             outs[r] = np.asarray(fn0(x[:min(n, 64)]))  # warm-up (and the output check)
-            fn0(x)
+            timed(fn0, x, 1, batch)
         ref = run_reference(g, {g.input_name: x[:2].astype(np.float64)}, np.float64)[g.outputs[0]]
         cn = outs.get("cnnrt")
         if cn is not None:
@@ -249,13 +265,17 @@ def zoo(args, log) -> dict:
             order = list(rt)[k % len(rt):] + list(rt)[:k % len(rt)]
             for r in order:
                 fn = rt[r][0] if isinstance(rt[r], tuple) else rt[r]
-                samples[r] += timed(fn, x, calls)
+                samples[r] += timed(fn, x, calls, batch)
                 time.sleep(0.1)
         for r, ts in samples.items():
             case["results"][r] = summary(ts)
         if isinstance(rt.get("cnnrt"), tuple):
-            case["cnnrt_kernels"] = sorted({d[2] for d in rt["cnnrt"][1].describe()}) if hasattr(
-                rt["cnnrt"][1], "describe") else ["staged engine (numpy_backend.NumpyRunner)"]
+            runner = rt["cnnrt"][1]
+            if hasattr(runner, "describe"):
+                case["cnnrt_kernels"] = sorted({d[2] for d in runner.describe()})
+                case["compiled_kernels"] = runner.compiled_kernels()
+            else:
+                case["cnnrt_kernels"] = ["staged engine (numpy_backend.NumpyRunner)"]
         line = "  ".join(f"{r} {v['median'] * 1e3:9.2f} ms" for r, v in case["results"].items())
         log(f"{model:16s} {n:6d} images: {line}")
         res["cases"].append(case)
@@ -310,7 +330,7 @@ def markdown(results) -> str:
                 for r in c["results"]:
                     if r not in rts:
                         rts.append(r)
-            out.append("| model | images | " + " | ".join(rts) + " | cnnrt / ORT | cnnrt vs float64 |")
+            out.append("| model | images (per call) | " + " | ".join(rts) + " | cnnrt / ORT | cnnrt vs float64 |")
             out.append("|---|---|" + "---|" * len(rts) + "---|---|")
             for c in res["cases"]:
                 cells = []
@@ -321,12 +341,18 @@ def markdown(results) -> str:
                 ort = c["results"].get("onnxruntime")
                 ratio = f"{c['results']['cnnrt']['median'] / ort['median']:.2f}×" if ort and "cnnrt" in c["results"] else "–"
                 err = f"{c['cnnrt_vs_float64']:.1e}" if "cnnrt_vs_float64" in c else "–"
-                out.append(f"| {LABEL.get(c['model'], c['model'])} | {c['images']:,} | " + " | ".join(cells) +
+                per = f" ({c['batch']:,})" if c.get("batch", c["images"]) != c["images"] else ""
+                out.append(f"| {LABEL.get(c['model'], c['model'])} | {c['images']:,}{per} | " + " | ".join(cells) +
                            f" | {ratio} | {err} |")
             out.append("")
-            out.append("Times are medians [min–max] of the rounds (one call per round for a batch; for one image, "
-                       "the calls of all rounds). cnnrt vs float64: largest logit difference over the largest "
-                       "logit, on two images.\n")
+            out.append("Times are medians [min–max] of the rounds (one pass over the images per round, in calls of the "
+                       "size shown; for one image, the calls of all rounds). cnnrt-numpy: cnnrt with its NumPy kernels "
+                       "alone (no compiled kernels; Deep MNIST runs on the staged NumPy engine either way). "
+                       "cnnrt vs float64: largest logit difference over the largest logit, on two images.\n")
+            for c in res["cases"]:
+                if c.get("compiled_kernels"):
+                    out.append(f"cnnrt in this run: {c['compiled_kernels']}.\n")
+                    break
         else:
             out.append(f"Thread scaling, Deep MNIST, {res['images']:,} images (median of rounds):\n")
             out.append("| threads | cnnrt | speed-up | ONNX Runtime | speed-up |")
@@ -376,7 +402,7 @@ def main(argv=None) -> int:
     p.add_argument("--scaling", action="store_true", help="the thread-scaling curve instead of the zoo table")
     p.add_argument("--quick", action="store_true", help="fewer images and rounds (a try, not a result)")
     p.add_argument("--models", default="", help="comma-separated subset of the zoo")
-    p.add_argument("--runtimes", default="cnnrt,onnxruntime,torch")
+    p.add_argument("--runtimes", default="cnnrt,cnnrt-numpy,onnxruntime,torch")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--latency-calls", type=int, default=20, help="one-image calls per round")
     p.add_argument("--json", default=None, help="write the results here")
