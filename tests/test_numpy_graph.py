@@ -68,6 +68,8 @@ CONVS = {
     "depthwise": ((10, 9, 13), dict(o=13, k=3, group=13), "numpy.conv.depthwise"),
     "depthwise-stride2": ((11, 12, 13), dict(o=13, k=3, stride=2, group=13, pad=(1, 1, 0, 0)), "numpy.conv.depthwise"),
     "depthwise-5x5-dilated": ((12, 12, 6), dict(o=6, k=5, group=6, dilation=2), "numpy.conv.depthwise"),
+    "depthwise-3x3-dilated": ((12, 11, 20), dict(o=20, k=3, group=20, dilation=2), "numpy.conv.depthwise"),
+    "depthwise-3x3-40": ((7, 9, 40), dict(o=40, k=3, group=40, stride=2, pad=(1, 0, 1, 1)), "numpy.conv.depthwise"),
     "grouped": ((8, 9, 12), dict(o=9, k=3, group=3), "numpy.conv.grouped"),
     "depthwise-multiplier": ((8, 7, 5), dict(o=10, k=3, group=5, stride=2), "numpy.conv.grouped"),
     "valid-no-pad": ((9, 9, 6), dict(o=4, k=3, pad=0), "numpy.conv.im2col"),

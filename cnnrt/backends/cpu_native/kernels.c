@@ -38,19 +38,23 @@ typedef struct {
     const float *res;  /* a residual laid out as the output */
 } Epi;
 
-/* the epilogue on n (<= VW) values of channel ch at output offset off */
-static inline vf epi(vf v, const Epi *e, size_t off, int ch, int n) {
-    for (int k = 0; k < e->n; k++) {
-        switch (e->code[k]) {
-        case E_BIAS: v += n == VW ? ld(e->bias + ch) : ldn(e->bias + ch, n); break;
-        case E_RELU: v = vmax(v, splat(0.f)); break;
-        case E_CLIP: v = vmin(vmax(v, splat(e->a[k])), splat(e->b[k])); break;
-        case E_LEAKY: v = vsel(v < splat(0.f), v * e->a[k], v); break;
-        case E_HSWISH: v = v * vmin(vmax(v / 6.f + 0.5f, splat(0.f)), splat(1.f)); break;
-        case E_HSIG: v = vmin(vmax(v * e->a[k] + e->b[k], splat(0.f)), splat(1.f)); break;
-        case E_ADD: v += n == VW ? ld(e->res + off) : ldn(e->res + off, n); break;
-        }
+/* epilogue op k on n (<= VW) values of channel ch at output offset off */
+static inline vf epi1(vf v, const Epi *e, int k, size_t off, int ch, int n) {
+    switch (e->code[k]) {
+    case E_BIAS: v += n == VW ? ld(e->bias + ch) : ldn(e->bias + ch, n); break;
+    case E_RELU: v = vmax(v, splat(0.f)); break;
+    case E_CLIP: v = vmin(vmax(v, splat(e->a[k])), splat(e->b[k])); break;
+    case E_LEAKY: v = vsel(v < splat(0.f), v * e->a[k], v); break;
+    case E_HSWISH: v = v * vmin(vmax(v / 6.f + 0.5f, splat(0.f)), splat(1.f)); break;
+    case E_HSIG: v = vmin(vmax(v * e->a[k] + e->b[k], splat(0.f)), splat(1.f)); break;
+    case E_ADD: v += n == VW ? ld(e->res + off) : ldn(e->res + off, n); break;
     }
+    return v;
+}
+
+/* the whole epilogue on n (<= VW) values of channel ch at output offset off */
+static inline vf epi(vf v, const Epi *e, size_t off, int ch, int n) {
+    for (int k = 0; k < e->n; k++) v = epi1(v, e, k, off, ch, n);
     return v;
 }
 
@@ -65,19 +69,23 @@ void NAME(const float *x, int H, int W, int C, const float *wp, int O, int KH, i
           int SH, int SW, int DH, int DW, int PT, int PL, float *y, int HO, int WO,                 \
           int i0, int i1, int r0, int r1, int b0, int b1, const float *zeros, const Epi *e) {      \
     const int ob_ = G * VW;                                                                         \
-    const long rows = r1 - r0, per_img = rows * WO, total = (long)(i1 - i0) * per_img;             \
-    for (int ob = b0; ob < b1; ob++)                                                                \
+    const long total = (long)(i1 - i0) * (r1 - r0) * WO;                                           \
+    for (int ob = b0; ob < b1; ob++) {                                                              \
+    int cn = i0, coy = r0, cox = 0; /* the next pixel, counted up (no divisions per pixel) */      \
     for (long q0 = 0; q0 < total; q0 += PX) {                                                       \
         const float *xb[PX];                                                                        \
         float *yp[PX];                                                                              \
         int iy0[PX], ix0[PX], np = total - q0 < PX ? (int)(total - q0) : PX;                        \
         for (int p = 0; p < PX; p++) {                                                              \
-            long q = q0 + (p < np ? p : 0); /* past the end: pixel q0 again, result dropped */      \
-            int n = i0 + (int)(q / per_img), r = (int)(q % per_img), oy = r0 + r / WO, ox = r % WO; \
-            xb[p] = x + (size_t)n * H * W * C;                                                      \
-            yp[p] = y + (((size_t)n * HO + oy) * WO + ox) * O;                                      \
-            iy0[p] = oy * SH - PT;                                                                  \
-            ix0[p] = ox * SW - PL;                                                                  \
+            if (p < np) {                                                                           \
+                xb[p] = x + (size_t)cn * H * W * C;                                                 \
+                yp[p] = y + (((size_t)cn * HO + coy) * WO + cox) * O;                               \
+                iy0[p] = coy * SH - PT;                                                             \
+                ix0[p] = cox * SW - PL;                                                             \
+                if (++cox == WO) { cox = 0; if (++coy == r1) { coy = r0; cn++; } }                  \
+            } else { /* past the end: pixel 0 again, its result dropped */                          \
+                xb[p] = xb[0]; yp[p] = yp[0]; iy0[p] = iy0[0]; ix0[p] = ix0[0];                     \
+            }                                                                                       \
         }                                                                                           \
         vf acc[PX][G];                                                                              \
         for (int p = 0; p < PX; p++)                                                                \
@@ -124,16 +132,19 @@ void NAME(const float *x, int H, int W, int C, const float *wp, int O, int KH, i
                 }                                                                                   \
             }                                                                                       \
         }                                                                                           \
-        for (int p = 0; p < np; p++) {                                                              \
-            size_t off = (size_t)(yp[p] - y);                                                       \
+        /* the epilogue op by op over the whole block (one dispatch per op, not per vector) */    \
+        for (int k = 0; k < e->n; k++)                                                              \
+            for (int p = 0; p < np; p++)                                                            \
+                for (int g = 0; g < G; g++) {                                                       \
+                    int ch = ob * ob_ + g * VW, cnt = O - ch < VW ? O - ch : VW;                    \
+                    if (cnt > 0) acc[p][g] = epi1(acc[p][g], e, k, (size_t)(yp[p] - y) + ch, ch, cnt); \
+                }                                                                                   \
+        for (int p = 0; p < np; p++)                                                                \
             for (int g = 0; g < G; g++) {                                                           \
-                int ch = ob * ob_ + g * VW;                                                         \
-                int cnt = O - ch < VW ? O - ch : VW;                                                \
-                if (cnt <= 0) break;                                                                \
-                vf v = epi(acc[p][g], e, off + ch, ch, cnt);                                        \
-                if (cnt == VW) st(yp[p] + ch, v); else stn(yp[p] + ch, v, cnt);                     \
+                int ch = ob * ob_ + g * VW, cnt = O - ch < VW ? O - ch : VW;                        \
+                if (cnt == VW) st(yp[p] + ch, acc[p][g]); else if (cnt > 0) stn(yp[p] + ch, acc[p][g], cnt); \
             }                                                                                       \
-        }                                                                                           \
+    }                                                                                               \
     }                                                                                               \
 }
 
@@ -149,10 +160,71 @@ DIRECT(conv_direct_g2, 2, 6)
 DIRECT(conv_direct_g4, 4, 3)
 #endif
 
-/* Depthwise convolution (channel multiplier 1). Weights [KH][KW][Cpad], Cpad a multiple of VW. */
+/* Depthwise 3x3: per row of output and block of 2 vectors of channels, the 9 taps' weights held
+ * in registers; interior pixels read their 9 inputs without bounds checks. */
+static void dw3x3(const float *x, int H, int W, int C, const float *w, int SH, int SW, int DH, int DW,
+                  int PT, int PL, float *y, int HO, int WO, int i0, int i1, int r0, int r1, int cpad,
+                  const Epi *e) {
+    for (int n = i0; n < i1; n++) {
+        const float *xn = x + (size_t)n * H * W * C;
+        for (int oy = r0; oy < r1; oy++) {
+            int iy0 = oy * SH - PT;
+            int rows_in = iy0 >= 0 && iy0 + 2 * DH < H;
+            for (int c0 = 0; c0 < C; c0 += 2 * VW) {
+                int cnt0 = C - c0 < VW ? C - c0 : VW;
+                int cnt1 = C - c0 - VW < VW ? C - c0 - VW : VW;
+                int full = cnt0 == VW && cnt1 == VW;
+                vf w0[9], w1[9];
+                for (int t = 0; t < 9; t++) {
+                    w0[t] = ld(w + (size_t)t * cpad + c0);
+                    w1[t] = ld(w + (size_t)t * cpad + c0 + VW);
+                }
+                for (int ox = 0; ox < WO; ox++) {
+                    int ix0 = ox * SW - PL;
+                    float *yp = y + (((size_t)n * HO + oy) * WO + ox) * C;
+                    size_t off = (size_t)(yp - y);
+                    vf a0 = splat(0.f), a1 = splat(0.f);
+                    if (full && rows_in && ix0 >= 0 && ix0 + 2 * DW < W) {
+                        const float *xp = xn + ((size_t)iy0 * W + ix0) * C + c0;
+                        for (int ky = 0; ky < 3; ky++)
+                            for (int kx = 0; kx < 3; kx++) {
+                                const float *q = xp + ((size_t)ky * DH * W + (size_t)kx * DW) * C;
+                                a0 += ld(q) * w0[ky * 3 + kx];
+                                a1 += ld(q + VW) * w1[ky * 3 + kx];
+                            }
+                    } else {
+                        for (int ky = 0; ky < 3; ky++) {
+                            int iy = iy0 + ky * DH;
+                            if (iy < 0 || iy >= H) continue;
+                            for (int kx = 0; kx < 3; kx++) {
+                                int ix = ix0 + kx * DW;
+                                if (ix < 0 || ix >= W) continue;
+                                const float *q = xn + ((size_t)iy * W + ix) * C + c0;
+                                a0 += (cnt0 == VW ? ld(q) : ldn(q, cnt0)) * w0[ky * 3 + kx];
+                                if (cnt1 > 0) a1 += (cnt1 == VW ? ld(q + VW) : ldn(q + VW, cnt1)) * w1[ky * 3 + kx];
+                            }
+                        }
+                    }
+                    a0 = epi(a0, e, off + c0, c0, cnt0);
+                    if (cnt0 == VW) st(yp + c0, a0); else stn(yp + c0, a0, cnt0);
+                    if (cnt1 > 0) {
+                        a1 = epi(a1, e, off + c0 + VW, c0 + VW, cnt1);
+                        if (cnt1 == VW) st(yp + c0 + VW, a1); else stn(yp + c0 + VW, a1, cnt1);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* Depthwise convolution (channel multiplier 1). Weights [KH][KW][Cpad], Cpad a multiple of 2 VW. */
 void conv_depthwise(const float *x, int H, int W, int C, const float *w, int KH, int KW,
                     int SH, int SW, int DH, int DW, int PT, int PL, float *y, int HO, int WO,
                     int i0, int i1, int r0, int r1, int cpad, const Epi *e) {
+    if (KH == 3 && KW == 3) {
+        dw3x3(x, H, W, C, w, SH, SW, DH, DW, PT, PL, y, HO, WO, i0, i1, r0, r1, cpad, e);
+        return;
+    }
     for (int n = i0; n < i1; n++) {
         const float *xn = x + (size_t)n * H * W * C;
         for (int oy = r0; oy < r1; oy++) {
