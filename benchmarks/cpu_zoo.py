@@ -219,6 +219,9 @@ def rel(a, b):
 def zoo(args, log) -> dict:
     from cnnrt.ir.graph import run_reference
 
+    from cnnrt.bench.system import CpuUse
+
+    busy = CpuUse()
     names = [r for r in args.runtimes.split(",") if r]
     res = {"kind": "zoo", "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "command": " ".join(["python3", "benchmarks/cpu_zoo.py"] + sys.argv[1:]), "cases": []}
@@ -279,12 +282,16 @@ def zoo(args, log) -> dict:
         line = "  ".join(f"{r} {v['median'] * 1e3:9.2f} ms" for r, v in case["results"].items())
         log(f"{model:16s} {n:6d} images: {line}")
         res["cases"].append(case)
+    res["other_load"] = busy.stop()
     return res
 
 
 # ---------------------------------------------------------------- thread scaling
 
 def scaling(args, log) -> dict:
+    from cnnrt.bench.system import CpuUse
+
+    busy = CpuUse()
     g = load("deep_mnist")
     n = 2000 if args.quick else 10000
     x = images(g, n)
@@ -305,6 +312,7 @@ def scaling(args, log) -> dict:
             row[r] = summary(timed(fn, x, args.rounds))
         res["threads"][str(k)] = row
         log(f"{k:3d} threads: " + "  ".join(f"{r} {v['median']:.3f} s" for r, v in row.items()))
+    res["other_load"] = busy.stop()
     return res
 
 
@@ -322,8 +330,12 @@ def markdown(results) -> str:
     out = []
     for res in results:
         m = res["machine"]
+        ol = res.get("other_load")
+        other = (f"  \nOther load during the run: {ol['other_cores_average']:.2f} of {m['cores']} cores on average "
+                 f"({ol['other_cpu_seconds']:.0f} CPU-seconds of other processes in {ol['wall_seconds']:.0f} s)."
+                 if ol else "")
         out.append(f"Machine: {m['cpu']}, {m['cores']} cores; onnxruntime {m.get('onnxruntime')}, torch "
-                   f"{m.get('torch')}, numpy {m['numpy']}; {res['date']}.  \nCommand: `{res['command']}`\n")
+                   f"{m.get('torch')}, numpy {m['numpy']}; {res['date']}.  \nCommand: `{res['command']}`{other}\n")
         if res["kind"] == "zoo":
             rts = []
             for c in res["cases"]:
