@@ -119,6 +119,17 @@ def round16(y):
     y[...] = y.astype(np.float16)
 
 
+def ptr(cache: dict, slot, a: np.ndarray) -> int:
+    """a's data address, remembered per slot while the same array object comes back (the planner
+    hands a step the same buffers call after call): a ctypes round trip saved per pointer."""
+    c = cache.get(slot)
+    if c is not None and c[0] is a:
+        return c[1]
+    p = a.ctypes.data
+    cache[slot] = (a, p)
+    return p
+
+
 def native_lib():
     """The compiled kernels (cnnrt.backends.native) when usable, else None: the NumPy kernels run."""
     if not NATIVE:
@@ -393,13 +404,29 @@ class ConvStep(Step):
         else:
             return
         self.lib, (self.epi_t, self.res_idx) = lib, ne
+        self._pc = {}  # pointer cache (see ptr)
+        self._epi_ref = ctypes.byref(self.epi_t)
+        self._wptr = self.wn.ctypes.data
+        self._zptr = self.zeros.ctypes.data if self.kind == "native.direct" else None
+        w = self.win
+        self.geo = np.array([w.h, w.w, w.c, self.o, w.kh, w.kw, w.sh, w.sw, w.dh, w.dw, w.pt, w.pl, w.ho, w.wo],
+                            np.intc)
+        self._gptr = self.geo.ctypes.data
 
     def _native_args(self, ins):
+        """(x address, out-of-band epilogue) for a compiled call; inputs made contiguous if they are not."""
         x = ins[0] if ins[0].flags.c_contiguous else np.ascontiguousarray(ins[0])
-        if self.res_idx is not None and not ins[self.res_idx].flags.c_contiguous:
-            ins = list(ins)
-            ins[self.res_idx] = np.ascontiguousarray(ins[self.res_idx])
-        return x, ins
+        if self.res_idx is None:
+            return ptr(self._pc, "x", x), self._epi_ref
+        r = ins[self.res_idx]
+        if not r.flags.c_contiguous:
+            r = np.ascontiguousarray(r)
+        c = self._pc.get("res")
+        if c is None or c[0] is not r:
+            e = Epilogue.bind(self.epi_t, None, ins)
+            e.res = r.ctypes.data
+            c = self._pc["res"] = (r, ctypes.byref(e), e)
+        return ptr(self._pc, "x", x), c[1]
 
     def parts(self, n, t):
         """The compiled direct convolution also splits its output-channel blocks: a deep layer of
@@ -412,20 +439,13 @@ class ConvStep(Step):
                 for i in range(n) for r in range(self.rows) for j in range(k)]
 
     def _native_direct(self, ins, out, scr, i0, i1, r0, r1, b0=0, b1=None):
-        x, ins = self._native_args(ins)
-        w = self.win
-        e = Epilogue.bind(self.epi_t, self.res_idx, ins)
-        self.direct(x.ctypes.data, w.h, w.w, w.c, self.wn.ctypes.data, self.o, w.kh, w.kw, w.sh, w.sw,
-                    w.dh, w.dw, w.pt, w.pl, out.ctypes.data, w.ho, w.wo, i0, i1, r0, r1, b0,
-                    self.nb if b1 is None else b1, self.zeros.ctypes.data, ctypes.byref(e))
+        x, e = self._native_args(ins)
+        self.direct(x, self._gptr, self._wptr, ptr(self._pc, "y", out), i0, i1, r0, r1, b0,
+                    self.nb if b1 is None else b1, self._zptr, e)
 
     def _native_depthwise(self, ins, out, scr, i0, i1, r0, r1):
-        x, ins = self._native_args(ins)
-        w = self.win
-        e = Epilogue.bind(self.epi_t, self.res_idx, ins)
-        self.lib.conv_depthwise(x.ctypes.data, w.h, w.w, w.c, self.wn.ctypes.data, w.kh, w.kw, w.sh, w.sw,
-                                w.dh, w.dw, w.pt, w.pl, out.ctypes.data, w.ho, w.wo, i0, i1, r0, r1, self.cpad,
-                                ctypes.byref(e))
+        x, e = self._native_args(ins)
+        self.lib.conv_depthwise(x, self._gptr, self._wptr, ptr(self._pc, "y", out), i0, i1, r0, r1, self.cpad, e)
 
     def _winograd_setup(self, w, m, in_shape, attrs, out_shape):
         from .cpu_kernels import INTEGER_TRANSFORMS, winograd_matrices

@@ -111,8 +111,8 @@ def _build() -> tuple[ctypes.CDLL | None, str | None, dict]:
         return None, f"cannot load {path} ({e})", info
     P, I = ctypes.c_void_p, ctypes.c_int
     for f in (lib.conv_direct_g1, lib.conv_direct_g2, lib.conv_direct_g4):
-        f.argtypes = [P, I, I, I, P, I, I, I, I, I, I, I, I, I, P, I, I, I, I, I, I, I, I, P, P]
-    lib.conv_depthwise.argtypes = [P, I, I, I, P, I, I, I, I, I, I, I, I, P, I, I, I, I, I, I, I, P]
+        f.argtypes = [P, P, P, P, I, I, I, I, I, I, P, P]
+    lib.conv_depthwise.argtypes = [P, P, P, P, I, I, I, I, I, P]
     lib.pool2d.argtypes = [P, I, I, I, I, I, I, I, I, I, I, I, P, I, I, I, I, I, I, I, P, P]
     for f in (lib.conv_direct_g1, lib.conv_direct_g2, lib.conv_direct_g4, lib.conv_depthwise, lib.pool2d):
         f.restype = None

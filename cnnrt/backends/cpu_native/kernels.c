@@ -58,6 +58,9 @@ static inline vf epi(vf v, const Epi *e, size_t off, int ch, int n) {
     return v;
 }
 
+/* geo (the layer's shape, fixed when the graph is compiled): H, W, C, O, KH, KW, SH, SW, DH, DW,
+ * PT, PL, HO, WO. */
+
 /* Direct convolution, any kernel/stride/dilation/padding, one group. Weights packed as
  * [O/(G*VW)][KH][KW][C][G*VW] (zeros past O). Loops: output-channel block outermost (its weights,
  * KH*KW*C*G*VW floats, stay in the core's L2 while every pixel of the call uses them), then the
@@ -65,9 +68,11 @@ static inline vf epi(vf v, const Epi *e, size_t off, int ch, int n) {
  * vector accumulators. A call computes channel blocks b0..b1 (threads may split those too). Taps
  * that fall in the padding read a row of zeros instead (no branches in the inner loop). */
 #define DIRECT(NAME, G, PX)                                                                         \
-void NAME(const float *x, int H, int W, int C, const float *wp, int O, int KH, int KW,              \
-          int SH, int SW, int DH, int DW, int PT, int PL, float *y, int HO, int WO,                 \
+void NAME(const float *x, const int *geo, const float *wp, float *y,                                \
           int i0, int i1, int r0, int r1, int b0, int b1, const float *zeros, const Epi *e) {      \
+    const int H = geo[0], W = geo[1], C = geo[2], O = geo[3], KH = geo[4], KW = geo[5];            \
+    const int SH = geo[6], SW = geo[7], DH = geo[8], DW = geo[9], PT = geo[10], PL = geo[11];      \
+    const int HO = geo[12], WO = geo[13];                                                           \
     const int ob_ = G * VW;                                                                         \
     const long total = (long)(i1 - i0) * (r1 - r0) * WO;                                           \
     for (int ob = b0; ob < b1; ob++) {                                                              \
@@ -218,9 +223,11 @@ static void dw3x3(const float *x, int H, int W, int C, const float *w, int SH, i
 }
 
 /* Depthwise convolution (channel multiplier 1). Weights [KH][KW][Cpad], Cpad a multiple of 2 VW. */
-void conv_depthwise(const float *x, int H, int W, int C, const float *w, int KH, int KW,
-                    int SH, int SW, int DH, int DW, int PT, int PL, float *y, int HO, int WO,
-                    int i0, int i1, int r0, int r1, int cpad, const Epi *e) {
+void conv_depthwise(const float *x, const int *geo, const float *w, float *y, int i0, int i1, int r0, int r1,
+                    int cpad, const Epi *e) {
+    const int H = geo[0], W = geo[1], C = geo[2], KH = geo[4], KW = geo[5];
+    const int SH = geo[6], SW = geo[7], DH = geo[8], DW = geo[9], PT = geo[10], PL = geo[11];
+    const int HO = geo[12], WO = geo[13];
     if (KH == 3 && KW == 3) {
         dw3x3(x, H, W, C, w, SH, SW, DH, DW, PT, PL, y, HO, WO, i0, i1, r0, r1, cpad, e);
         return;
