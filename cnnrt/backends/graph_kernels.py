@@ -350,33 +350,37 @@ class ConvStep(Step):
         m = winograd_tile(kh, kw, attrs, c, o, g, out_shape) if WINOGRAD else 0
         if m:
             self.kind = "winograd"
-            self._winograd_setup(w, m, in_shape, attrs, out_shape)
         elif g == 1 and kh == kw == 1 and self.win.sh == self.win.sw == 1 and self.win.no_pad:
             self.kind = "pointwise"
-            self.wt = np.ascontiguousarray(w.reshape(o, c).T, dtype=F32)
         elif g == 1:
             self.kind = "im2col"
-            self.wt = np.ascontiguousarray(w.reshape(o, -1).T, dtype=F32)  # (kh*kw*c, o)
         elif g == c and o == c:
             self.kind = "depthwise"
-            self.wd = np.ascontiguousarray(w.reshape(o, kh * kw).T, dtype=F32)  # (taps, c)
         else:
             self.kind = "grouped"
+        if self._native_setup(w, in_shape, attrs, out_shape):
+            pass  # a compiled kernel: no NumPy weight layout needed
+        elif self.kind == "winograd":
+            self._winograd_setup(w, m, in_shape, attrs, out_shape)
+        elif self.kind in ("pointwise", "im2col"):
+            self.wt = np.ascontiguousarray(w.reshape(o, -1).T, dtype=F32)  # (kh*kw*c, o)
+        elif self.kind == "depthwise":
+            self.wd = np.ascontiguousarray(w.reshape(o, kh * kw).T, dtype=F32)  # (taps, c)
+        else:
             og = o // g
             # (g, kh*kw*cg, og)
             self.wg = np.ascontiguousarray(w.reshape(g, og, kh * kw * cg).transpose(0, 2, 1), dtype=F32)
-        self._native_setup(w, in_shape, attrs, out_shape)
         self.kernel = ("native.conv." + self.kind[7:] if self.kind.startswith("native.") else
                        f"conv.{self.kind}" + (f".f{self.m}x{self.m}" if self.kind == "winograd" else ""))
 
-    def _native_setup(self, w, in_shape, attrs, out_shape):
+    def _native_setup(self, w, in_shape, attrs, out_shape) -> bool:
         """Switch to a compiled kernel (cnnrt.backends.native) where one fits and pays."""
         lib = native_lib()
         if lib is None:
-            return
+            return False
         ne = self.epi.native()
         if ne is None:
-            return
+            return False
         o, kh, kw, cg = w.shape
         c = in_shape[2]
         if self.kind == "depthwise":
@@ -402,7 +406,7 @@ class ConvStep(Step):
                               tuple(attrs["pads"]), out_shape[:2])
             self.rows = out_shape[0]
         else:
-            return
+            return False
         self.lib, (self.epi_t, self.res_idx) = lib, ne
         self._pc = {}  # pointer cache (see ptr)
         self._epi_ref = ctypes.byref(self.epi_t)
@@ -412,6 +416,7 @@ class ConvStep(Step):
         self.geo = np.array([w.h, w.w, w.c, self.o, w.kh, w.kw, w.sh, w.sw, w.dh, w.dw, w.pt, w.pl, w.ho, w.wo],
                             np.intc)
         self._gptr = self.geo.ctypes.data
+        return True
 
     def _native_args(self, ins):
         """(x address, out-of-band epilogue) for a compiled call; inputs made contiguous if they are not."""
