@@ -5,6 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -q --disable-pip-version-check
 
 .PHONY: run test venv test-env bench clean test-gpu bench-gpu bench-gpu-zoo docs-report sanitize-gpu gpu-all
+.PHONY: run test venv test-env bench clean test-gpu bench-gpu docs-report bench-cpu-zoo
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +35,17 @@ $(VENV)/.bench: $(VENV)/.core
 
 bench: $(VENV)/.bench
 	$(VENV)/bin/cnnrt bench --chart docs/bench_cpu.png --json-out docs/bench_cpu.json --doc docs/benchmarks.md
+
+# `make bench-cpu-zoo`: cnnrt's CPU path against ONNX Runtime and PyTorch eager on the model zoo (Deep MNIST,
+# ResNet-20, MobileNetV2 96x96, ResNet-18) and the thread-scaling curve (1..16 threads), with whatever python3
+# has them (no venv: e.g. the 16-core device host, `make bench-cpu-zoo ZOO_OUT=$$OUT`). Several minutes.
+ZOO_PY ?= python3
+ZOO_OUT ?= docs
+bench-cpu-zoo:
+	PYTHONPATH=. $(ZOO_PY) benchmarks/cpu_zoo.py --json $(ZOO_OUT)/cpu_zoo.json
+	PYTHONPATH=. $(ZOO_PY) benchmarks/cpu_zoo.py --scaling --json $(ZOO_OUT)/cpu_scaling.json
+	PYTHONPATH=. $(ZOO_PY) benchmarks/cpu_zoo.py --render $(ZOO_OUT)/cpu_zoo.json $(ZOO_OUT)/cpu_scaling.json \
+		--chart $(ZOO_OUT)/cpu_scaling.png --markdown $(ZOO_OUT)/cpu_zoo.md
 
 # `make docs-report`: docs/report.png, the page `cnnrt eval --report` writes, as chromium shows it.
 $(VENV)/.report: $(VENV)/.core

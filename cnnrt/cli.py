@@ -259,8 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Runs the same model and images through cnnrt and every installed peer, alternating, "
                                    "warm-up first, several rounds; prints medians with spread and ratios to cnnrt. "
                                    "Peers that are not installed are skipped with a note (pip install 'cnnrt[bench]').")
-    b.add_argument("--model", default=_shipped_model(), help="a .safetensors bundle or an article-format directory")
-    b.add_argument("--images", default=_default(DEFAULT_IMAGES), help="IDX images, raw or .gz (default: MNIST test set)")
+    b.add_argument("--model", default=_shipped_model(), help="any model cnnrt loads (bundle, article directory, .onnx, .keras)")
+    b.add_argument("--images", default=_default(DEFAULT_IMAGES), help="IDX images, raw or .gz (default: MNIST test "
+                   "set), or 'random': seeded random images of the model's input shape")
     b.add_argument("--sizes", default=None, help="comma-separated image counts to time (default: 5000,10000)")
     b.add_argument("--rounds", type=int, default=None, help="timed rounds per runtime (default: 5)")
     b.add_argument("--peers", default="all", help="comma-separated peers, 'all' (default) or 'none'; cnnrt always runs. "

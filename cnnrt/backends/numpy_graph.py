@@ -1,20 +1,32 @@
-"""The CPU backend's generic path: any graph, node by node, in float32.
+"""The CPU backend's path for any graph: compiled once by the planner, run over threads.
 
 Graphs that are a classic layer chain (Deep MNIST and its kind) go to the staged engine in
-numpy_backend.py with its fused, threaded kernels; everything else runs here, each node through
-a kernel registered for its op in `KERNELS` or, failing that, through its NumPy definition in
-cnnrt.ir.ops (evaluated in float32). `describe()` says which node ran on which.
+numpy_backend.py; everything else runs here. `numpy_plan.compile_plan` covers the graph with
+fused steps (graph_kernels.py) and plans their buffers; nodes no pattern covers run one by one
+through a kernel registered for their op in `KERNELS` or, failing that, their NumPy definition
+in cnnrt.ir.ops (evaluated in float32). `describe()` says which node runs on which kernel.
+
+Threads: one per core this process may use, each with its own buffers and with its BLAS calls
+kept on it (numpy_backend's BlasThreads). A batch of at least as many images as threads is split
+into chunks that each run the whole plan (a few images per chunk, so that a chunk's tensors stay
+in the caches from step to step); a smaller batch (one image) runs step by step with each large
+spatial step's output rows split over the threads.
 
 fp16 storage rounds the weights, the input and every node's output to float16, with float32
 arithmetic, as `cnnrt.ir.run_reference(..., fp16_storage=True)` does.
 """
 from __future__ import annotations
 
+import itertools
+import threading
+
 import numpy as np
 
 from ..ir import ops as O
 from ..ir.graph import Graph
 from .base import Runner, check_images
+from .cpu_kernels import Scratch
+from .graph_kernels import GenericStep
 
 F32 = np.float32
 KERNELS: dict = {}  # op name -> function(inputs, attrs) -> outputs, faster than the definition
@@ -72,17 +84,27 @@ def _conv(ins, a):
     return [out]
 
 
+MIN_SPLIT_WORK = 1e7  # multiply-adds (about half a millisecond on a core) below which a step is not split over threads
+ARENA_BYTES = 16 << 20  # a chunk's planned tensors per thread: sizes the images per chunk (kernels block for the caches inside)
+MAX_CHUNK = 64
+
+
 class GraphRunner(Runner):
     """Any graph on the CPU. `run(feeds)` for general graphs; `probabilities` for classifiers."""
 
     backend = "numpy"
     default_batch_size = 256
 
-    def __init__(self, graph: Graph, precision: str):
+    def __init__(self, graph: Graph, precision: str, threads: int | None = None, chunk: int | None = None):
         super().__init__(graph, precision)
+        from .numpy_backend import _cores
+        from .numpy_plan import compile_plan
+
         self.graph = graph
         self.fp16 = precision == "fp16"
-        self.params = {k: self._q(v) for k, v in graph.params.items()}
+        self.plan = compile_plan(graph, precision)
+        self.threads = max(1, threads or _cores())
+        self.chunk = chunk or max(1, min(MAX_CHUNK, ARENA_BYTES // max(self.plan.per_image_bytes, 1)))
         pp = graph.preprocess
         c = graph.input_shape[-1] if graph.input_shape else 1
         self.mean = np.asarray(pp["mean"], F32) if pp.get("mean") is not None else None
@@ -91,49 +113,226 @@ class GraphRunner(Runner):
             if v is not None and v.size not in (1, c):
                 from ..errors import FormatError
                 raise FormatError(f"model {graph.name!r}: preprocess {k} has {v.size} values for {c} channels")
+        self._local = threading.local()
+        self._pool = None
+        self._pool_lock = threading.Lock()
+        self._shapes: dict = {}
 
-    def _q(self, a):
-        if a.dtype.kind != "f":
-            return a
-        a = a.astype(F32, copy=False)
-        return a.astype(np.float16).astype(F32) if self.fp16 else a
+    def compiled_kernels(self) -> str:
+        """One line on the optional compiled kernels: in use (how built, when) or why not."""
+        from . import graph_kernels, native
+
+        used = sum(1 for _, _, k in self.plan.describe if k.startswith("native."))
+        if not graph_kernels.NATIVE:
+            return "compiled kernels: off"
+        if native.lib() is None:
+            return f"compiled kernels: not used ({native.why()}); NumPy kernels run every step"
+        i = native.info()
+        built = (f"built now by {i['compiler']} in {i['compile_seconds']:.1f} s" if i["compiled_now"]
+                 else f"loaded from the cache ({i['library']})")
+        return f"compiled kernels: {used} nodes on them, {i['vector_width']} floats per vector, {built}"
 
     def describe(self) -> list[tuple[str, str, str]]:
-        """(node, op, kernel) for every node: what runs where."""
-        return [(n.name, n.op, f"numpy.{n.op.lower()}" if n.op in KERNELS else "numpy.reference")
-                for n in self.graph.nodes]
+        """(node, op, kernel) for every node of the compiled graph: what runs where. Nodes fused
+        into one step share its kernel name (e.g. numpy.conv.im2col+bias+relu+add+relu)."""
+        return list(self.plan.describe)
+
+    # ---------------------------------------------------------------- threads and buffers
+
+    def _scratch(self) -> Scratch:
+        s = getattr(self._local, "s", None)
+        if s is None:
+            s = self._local.s = Scratch()
+        return s
+
+    def _executor(self):
+        with self._pool_lock:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="cnnrt-graph",
+                                                initializer=_blas_one)
+            return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def __del__(self):
+        try:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+        except Exception:
+            pass
+
+    def _shape_at(self, t: str, n: int):
+        p = self.plan
+        if p.batch_local:
+            return (n, *p.graph.shapes[t][1:])
+        shapes = self._shapes.get(n)
+        if shapes is None:
+            g = p.graph
+            shapes = g.infer_shapes({k: (n, *v[1:]) if g.batched else v for k, v in g.inputs.items()})
+            if len(self._shapes) > 8:
+                self._shapes.clear()
+            self._shapes[n] = shapes
+        return shapes[t]
+
+    # ---------------------------------------------------------------- one pass of the plan
+
+    def _fill_input(self, v: np.ndarray, buf: np.ndarray) -> None:
+        """Images (uint8: scaled and normalised; float: as given) into the input buffer."""
+        if v.dtype == np.uint8:
+            np.multiply(v.reshape(buf.shape), F32(self.graph.input_scale), out=buf, dtype=F32)
+            if self.mean is not None:
+                buf -= self.mean
+            if self.std is not None:
+                buf /= self.std
+        else:
+            np.copyto(buf, v.reshape(buf.shape), casting="unsafe")
+        if self.fp16:
+            buf[...] = buf.astype(np.float16)
+
+    def _execute(self, feeds: dict, n: int, split: bool = False) -> dict:
+        """The whole plan on `feeds` (n images) on this thread; with split, large spatial steps
+        have their rows spread over the pool."""
+        p, s = self.plan, self._scratch()
+        env = {}
+        for name, v in feeds.items():
+            if name in p.slot_of and (v.dtype.kind == "f" or v.dtype == np.uint8):
+                buf = s.get(("slot", p.slot_of[name]), self._shape_at(name, n))
+                self._fill_input(v, buf)
+                env[name] = buf
+            else:
+                env[name] = v
+        for st in p.steps:
+            ins = [env[t] for t in st.inputs]
+            if isinstance(st, GenericStep):
+                env.update(zip(st.node.outputs, st.call(ins)))
+                continue
+            out = s.get(("slot", p.slot_of[st.output]), self._shape_at(st.output, n))
+            if split and st.rows and st.work(n) >= MIN_SPLIT_WORK:
+                self._split_rows(st, ins, out, n)
+            else:
+                st.run(ins, out, s, 0, n, 0, st.rows)
+            env[st.output] = out
+        return {t: env[t] if t in env else p.graph.params[t] for t in p.graph.outputs}
+
+    def profile(self, feeds: dict, repeats: int = 3) -> list[dict]:
+        """Seconds per step (the best of `repeats` passes) of the whole plan on this thread: where
+        the time goes. Each entry: step label, its nodes, seconds, multiply-adds."""
+        import time
+
+        p, s = self.plan, self._scratch()
+        n = len(next(iter(feeds.values())))
+        best = [float("inf")] * len(p.steps)
+        for _ in range(repeats):
+            env = {}
+            for name, v in feeds.items():
+                buf = s.get(("slot", p.slot_of[name]), self._shape_at(name, n))
+                self._fill_input(np.asarray(v), buf)
+                env[name] = buf
+            for k, st in enumerate(p.steps):
+                ins = [env[t] for t in st.inputs]
+                t0 = time.perf_counter()
+                if isinstance(st, GenericStep):
+                    env.update(zip(st.node.outputs, st.call(ins)))
+                else:
+                    out = s.get(("slot", p.slot_of[st.output]), self._shape_at(st.output, n))
+                    st.run(ins, out, s, 0, n, 0, st.rows)
+                    env[st.output] = out
+                best[k] = min(best[k], time.perf_counter() - t0)
+        return [{"step": st.label, "nodes": [m.name for m in st.nodes], "seconds": t, "work": st.work(n)}
+                for st, t in zip(p.steps, best)]
+
+    def _split_rows(self, st, ins, out, n):
+        """One step over the pool: images, or bands of output rows of each image, per thread."""
+        parts = [q for q in st.parts(n, self.threads) if q[0] < q[1] and q[2] < q[3]]
+        pool = self._executor()
+        futs = [pool.submit(self._part, st, ins, out, q) for q in parts[1:]]
+        st.run(ins, out, self._scratch(), *parts[0])
+        for f in futs:
+            f.result()
+
+    def _part(self, st, ins, out, q):
+        st.run(ins, out, self._scratch(), *q)
+
+    # ---------------------------------------------------------------- batches
 
     def run(self, feeds: dict) -> dict[str, np.ndarray]:
-        env = dict(self.params)
-        for k, v in feeds.items():
-            v = np.asarray(v)
-            env[k] = self._q(v) if v.dtype.kind == "f" else v
-        for n in self.graph.nodes:
-            fn = KERNELS.get(n.op) or O.OPS[n.op].run
-            outs = fn([env[t] for t in n.inputs], n.attrs)
-            for t, v in zip(n.outputs, outs):
-                v = np.asarray(v)
-                env[t] = self._q(v) if v.dtype.kind == "f" else v
-        return {t: env[t] for t in self.graph.outputs}
+        """Outputs by name for inputs by name (float arrays as given, uint8 images scaled)."""
+        feeds = {k: np.asarray(v) for k, v in feeds.items()}
+        sizes = {v.shape[0] for v in feeds.values() if v.ndim}
+        n = sizes.pop() if len(sizes) == 1 else 0
+        p = self.plan
+        if not (p.batch_local and n >= 2 and self.threads > 1 and n >= self.threads):
+            split = self.threads > 1 and p.batch_local
+            old = _blas().set_local(1) if split else None
+            try:
+                res = self._execute(feeds, n, split=split)
+            finally:
+                if old is not None:
+                    _blas().set_local(old)
+            return {t: np.array(v, dtype=F32 if v.dtype.kind == "f" else v.dtype) for t, v in res.items()}
+        return self._run_chunked(feeds, n)
+
+    def _run_chunked(self, feeds: dict, n: int) -> dict:
+        size = max(1, min(self.chunk, -(-n // self.threads)))
+        chunks = [(i, min(i + size, n)) for i in range(0, n, size)]
+        outs: dict = {}
+        lock = threading.Lock()
+        counter = itertools.count()
+
+        def worker():
+            while True:
+                k = next(counter)
+                if k >= len(chunks):
+                    return
+                i0, i1 = chunks[k]
+                res = self._execute({name: v[i0:i1] for name, v in feeds.items()}, i1 - i0)
+                for t, v in res.items():
+                    if t not in outs:
+                        with lock:
+                            if t not in outs:
+                                outs[t] = np.empty((n, *v.shape[1:]), dtype=F32 if v.dtype.kind == "f" else v.dtype)
+                    outs[t][i0:i1] = v
+
+        pool = self._executor()
+        futs = [pool.submit(worker) for _ in range(min(self.threads, len(chunks)))]
+        for f in futs:
+            f.result()
+        return outs
 
     def prepare_input(self, x: np.ndarray) -> np.ndarray:
         """uint8 pixels: scaled, then normalised by the model's mean and std; float: as given."""
         if x.dtype != np.uint8:
             return x.astype(F32, copy=False)
-        a = x.astype(F32) * F32(self.graph.input_scale)
-        if self.mean is not None:
-            a -= self.mean
-        if self.std is not None:
-            a /= self.std
+        a = np.empty(x.shape, F32)
+        self._fill_input(x, a)
         return a
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
-        out = self.run({self.graph.input_name: self.prepare_input(x)})[self.graph.outputs[0]]
+        out = self.run({self.graph.input_name: x})[self.graph.outputs[0]]
         return out.reshape(len(x), -1)
 
     def probabilities(self, x, batch_size=None, progress=None):
+        """As Runner.probabilities; without a progress callback the whole input goes through the
+        threads at once (batch_size then only caps the chunk size: results do not depend on it)."""
         x = check_images(x, self.graph)
-        return super().probabilities(x, batch_size, progress)
+        if progress is not None or (batch_size is not None and batch_size < 1):
+            return super().probabilities(x, batch_size, progress)
+        if len(x) == 0:
+            return np.empty((0, self.graph.num_classes), F32)
+        return self._forward(x)
+
+
+def _blas_one():
+    _blas().set_local(1)
+
+
+def _blas():
+    from .numpy_backend import _blas as b
+    return b()
 
 
 def prepare(graph: Graph, precision: str = "fp32") -> Runner:

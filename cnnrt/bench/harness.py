@@ -96,7 +96,7 @@ def run(model, images, peers, options: Options, log=print) -> dict:
     for peer in peers:
         e = Entry(peer.name, peer.label)
         entries.append(e)
-        why = peer.missing()
+        why = peer.missing() or (peer.unsupported(model) if model is not None else None)
         if why:
             e.skipped = why
             log(f"skip {peer.name}: {why}")

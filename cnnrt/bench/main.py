@@ -11,6 +11,8 @@ import tempfile
 from ..errors import CnnrtError
 from . import harness, report, system
 
+RANDOM_IMAGES = "random"  # --images random: seeded random uint8 images of the model's input shape
+
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
     try:
@@ -65,20 +67,30 @@ def bench(model_path: str, images_path: str, peer_list, opts: harness.Options, c
 
     from ..formats import load_model
     from ..idx import read_idx
+    from ..ir.chain import as_graph
 
-    from ..ir.chain import as_chain
-
-    model = as_chain(load_model(model_path), "cnnrt bench")  # the peers build layer chains (issue: any graph)
-    raw = read_idx(images_path)
-    if raw.ndim == 3:
-        raw = raw[..., None]
-    if raw.ndim != 4 or raw.shape[1:] != model.input_shape:
-        raise CnnrtError(f"{images_path}: images of shape {raw.shape[1:]} do not fit the model's input {model.input_shape}")
+    # any graph: cnnrt and ONNX Runtime run every one; peers that build a layer chain skip others
+    model = as_graph(load_model(model_path))
     n = max(opts.sizes)
+    notes = []
+    if images_path == RANDOM_IMAGES:
+        raw = np.random.default_rng(0).integers(0, 256, (n, *model.input_shape), dtype=np.uint8)
+        notes.append(f"images: {n:,} random uint8 images of shape {tuple(model.input_shape)} (seed 0)")
+    else:
+        raw = read_idx(images_path)
+        if raw.ndim == 3:
+            raw = raw[..., None]
+        if raw.ndim != 4 or raw.shape[1:] != tuple(model.input_shape):
+            raise CnnrtError(f"{images_path}: images of shape {raw.shape[1:]} do not fit the model's input "
+                             f"{tuple(model.input_shape)} (--images random times random images of that shape)")
     if n > len(raw):
         raise CnnrtError(f"asked for {n:,} images but {images_path} holds {len(raw):,}")
     scale = model.input_scale if raw.dtype == np.uint8 else 1.0
     images = np.ascontiguousarray(raw[:n].astype(np.float32) * np.float32(scale))
+    pp = getattr(model, "preprocess", {}) or {}
+    if raw.dtype == np.uint8 and (pp.get("mean") is not None or pp.get("std") is not None):
+        images -= np.asarray(pp.get("mean", 0.0), np.float32)
+        images /= np.asarray(pp.get("std", 1.0), np.float32)
 
     load = system.CpuUse()
     log("machine: measuring the matrix-product rate (the floor)")
@@ -107,7 +119,7 @@ def bench(model_path: str, images_path: str, peer_list, opts: harness.Options, c
         "matmul": mm,
         "floor_seconds": {str(k): flops * k / mm["flops_per_second"] for k in opts.sizes},
         "other_load": load.stop(),
-        "notes": [],
+        "notes": notes,
     }
     return report.results_dict(meta, entries)
 

@@ -62,6 +62,12 @@ class Peer:
                 continue
         return None
 
+    chain_only = True  # builds the framework's model from a layer chain (check_supported)
+
+    def unsupported(self, model) -> str | None:
+        """None when this peer can build `model` (a Graph or a Model), else why not."""
+        return chain_only_note(model) if self.chain_only else None
+
     def prepare(self, model) -> Infer:
         raise NotImplementedError
 
@@ -72,9 +78,8 @@ class Peer:
 
     def load(self, artifact: str) -> Infer:
         from ..formats import load_model
-        from ..ir.chain import as_chain
 
-        return self.prepare(as_chain(load_model(artifact), "the bench peers"))
+        return self.prepare(load_model(artifact))
 
 
 def batched(fn) -> Infer:
@@ -88,14 +93,31 @@ def batched(fn) -> Infer:
     return infer
 
 
-def check_supported(model) -> None:
-    """The adapters cover what cnnrt's Model holds: Conv2D, MaxPool2D, Dense, Softmax, relu/none."""
+def check_supported(model):
+    """The layer chain of `model` (a Model, or a Graph that is one): what the chain adapters build
+    from (Conv2D, MaxPool2D, Dense, Softmax, relu/none); a clear error for anything else."""
     from ..errors import FormatError
+    from ..ir.chain import as_chain
     from ..model import Conv2D, Dense, MaxPool2D, Softmax
 
+    model = as_chain(model, "this bench peer")
     for layer in model.layers:
         if not isinstance(layer, (Conv2D, MaxPool2D, Dense, Softmax)):
             raise FormatError(f"bench peers: layer {layer.name!r} ({layer.kind}) is not supported")
+    return model
+
+
+def chain_only_note(model) -> str | None:
+    """Why a peer that builds its model from a layer chain cannot run `model` (None if it can)."""
+    from ..ir.chain import match
+    from ..ir.graph import Graph
+
+    if not isinstance(model, Graph) or match(model) is not None:
+        return None
+    ops = sorted({n.op for n in model.nodes} - {"Conv", "MaxPool", "Dense", "Relu", "Softmax", "Flatten"})
+    return (f"skipped: this peer builds its model from a layer chain (convolutions, max-pools, dense layers, ReLU, "
+            f"softmax in sequence) and this graph is not one ({', '.join(ops) or 'branches'}); "
+            f"cnnrt and onnxruntime run any graph")
 
 
 def pads(n: int, k: int, s: int, padding: str) -> tuple[int, int]:
@@ -117,6 +139,7 @@ class CnnrtPeer(Peer):
 
     name = "cnnrt"
     label = "cnnrt numpy fp32"
+    chain_only = False
     modules = ("numpy",)
     distributions = ("cnnrt",)
     import_statement = "import cnnrt.backends.numpy_backend"

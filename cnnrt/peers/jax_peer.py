@@ -15,7 +15,7 @@ def to_jax(model, device=None):
 
     from ..model import Conv2D, Dense, MaxPool2D, Softmax
 
-    check_supported(model)
+    model = check_supported(model)
     device = device or jax.devices("cpu")[0]
     put = lambda a: jax.device_put(a, device)  # noqa: E731
     steps = []

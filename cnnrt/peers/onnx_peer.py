@@ -1,4 +1,7 @@
-"""ONNX Runtime peer: an ONNX graph written from our Model with onnx.helper, run on the CPU.
+"""ONNX Runtime peer: an ONNX graph written from our model with onnx.helper, run on the CPU.
+
+A layer chain (Deep MNIST and its kind) is written by `to_onnx` below, as it always was; any other
+graph by cnnrt.exporters.onnx (NHWC in and out, NCHW inside), so ONNX Runtime runs every graph.
 
 The graph takes the same NHWC float32 input as cnnrt and transposes it to NCHW itself (so the cost
 is timed); conv kernels go to OIHW, and the first Dense after a conv gets its inputs permuted from
@@ -21,7 +24,7 @@ def to_onnx(model) -> bytes:
 
     from ..model import Conv2D, Dense, MaxPool2D, Softmax
 
-    check_supported(model)
+    model = check_supported(model)
     nodes, inits = [], []
 
     def init(name, array):
@@ -83,16 +86,30 @@ class OnnxRuntime(Peer):
 
         return ort.InferenceSession(source, providers=["CPUExecutionProvider"])
 
+    chain_only = False
+
     def _infer(self, sess):
-        return batched(lambda xb: sess.run(None, {"images": xb})[0])
+        name = sess.get_inputs()[0].name
+        return batched(lambda xb: sess.run(None, {name: xb})[0])
+
+    @staticmethod
+    def serialized(model) -> bytes:
+        """The ONNX bytes for a Model or a Graph (chains as before, other graphs by the exporter)."""
+        from ..ir.chain import match
+        from ..ir.graph import Graph
+
+        if isinstance(model, Graph) and match(model) is None:
+            from ..exporters.onnx import to_onnx as graph_to_onnx
+            return graph_to_onnx(model).SerializeToString()
+        return to_onnx(model)
 
     def prepare(self, model):
-        return self._infer(self._session(to_onnx(model)))
+        return self._infer(self._session(self.serialized(model)))
 
     def export(self, model, bundle: str, workdir: str) -> str:
         path = os.path.join(workdir, f"{model.name}.onnx")
         with open(path, "wb") as f:
-            f.write(to_onnx(model))
+            f.write(self.serialized(model))
         return path
 
     def load(self, artifact: str):

@@ -29,7 +29,7 @@ def to_keras(model):
     """A built Keras model computing `model` (a cnnrt Model)."""
     from ..model import Conv2D, Dense, MaxPool2D, Softmax
 
-    check_supported(model)
+    model = check_supported(model)
     _, keras = _tf()
     L = keras.layers
     layers, weights = [keras.Input(model.input_shape)], []

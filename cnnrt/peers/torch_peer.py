@@ -19,7 +19,7 @@ def to_torch(model):
 
     from ..model import Conv2D, Dense, MaxPool2D, Softmax
 
-    check_supported(model)
+    model = check_supported(model)
     mods, flat = [], False
     for layer, shape in zip(model.layers, model.shapes):
         if isinstance(layer, Conv2D):

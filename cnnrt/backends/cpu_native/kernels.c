@@ -1,0 +1,302 @@
+/* cnnrt's optional compiled CPU kernels (cnnrt.backends.native compiles this at first use).
+ *
+ * NHWC float32, one call per block of images and output rows, so that Python threads (ctypes
+ * releases the GIL) split the work exactly as they do the NumPy kernels'. Each kernel applies its
+ * step's epilogue (bias, activations, a residual add) to an output vector while it is still in
+ * registers: one write of the output, no pass over memory after it.
+ *
+ * Written with GCC/Clang vector extensions: VW floats per vector (16 where the compiler targets
+ * AVX-512, else 8), no intrinsics, so it builds for whatever CPU compiles it.
+ */
+#include <stddef.h>
+#include <string.h>
+
+#if defined(__AVX512F__)
+#define VW 16
+#else
+#define VW 8
+#endif
+typedef float vf __attribute__((vector_size(VW * 4)));
+typedef int vi __attribute__((vector_size(VW * 4)));
+
+static inline vf ld(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+static inline void st(float *p, vf v) { memcpy(p, &v, sizeof v); }
+static inline vf ldn(const float *p, int n) { float t[VW] = {0}; memcpy(t, p, n * 4); return ld(t); }
+static inline void stn(float *p, vf v, int n) { float t[VW]; st(t, v); memcpy(p, t, n * 4); }
+static inline vf splat(float a) { vf v; for (int i = 0; i < VW; i++) v[i] = a; return v; }
+static inline vf vsel(vi m, vf a, vf b) { return (vf)((m & (vi)a) | (~m & (vi)b)); }
+static inline vf vmax(vf a, vf b) { return vsel(a > b, a, b); }
+static inline vf vmin(vf a, vf b) { return vsel(a < b, a, b); }
+
+enum { E_BIAS = 1, E_RELU, E_CLIP, E_LEAKY, E_HSWISH, E_HSIG, E_ADD };
+
+typedef struct {
+    int n;          /* ops */
+    int code[8];
+    float a[8], b[8];
+    const float *bias; /* per output channel */
+    const float *res;  /* a residual laid out as the output */
+} Epi;
+
+/* epilogue op k on n (<= VW) values of channel ch at output offset off */
+static inline vf epi1(vf v, const Epi *e, int k, size_t off, int ch, int n) {
+    switch (e->code[k]) {
+    case E_BIAS: v += n == VW ? ld(e->bias + ch) : ldn(e->bias + ch, n); break;
+    case E_RELU: v = vmax(v, splat(0.f)); break;
+    case E_CLIP: v = vmin(vmax(v, splat(e->a[k])), splat(e->b[k])); break;
+    case E_LEAKY: v = vsel(v < splat(0.f), v * e->a[k], v); break;
+    case E_HSWISH: v = v * vmin(vmax(v / 6.f + 0.5f, splat(0.f)), splat(1.f)); break;
+    case E_HSIG: v = vmin(vmax(v * e->a[k] + e->b[k], splat(0.f)), splat(1.f)); break;
+    case E_ADD: v += n == VW ? ld(e->res + off) : ldn(e->res + off, n); break;
+    }
+    return v;
+}
+
+/* the whole epilogue on n (<= VW) values of channel ch at output offset off */
+static inline vf epi(vf v, const Epi *e, size_t off, int ch, int n) {
+    for (int k = 0; k < e->n; k++) v = epi1(v, e, k, off, ch, n);
+    return v;
+}
+
+/* geo (the layer's shape, fixed when the graph is compiled): H, W, C, O, KH, KW, SH, SW, DH, DW,
+ * PT, PL, HO, WO. */
+
+/* Direct convolution, any kernel/stride/dilation/padding, one group. Weights packed as
+ * [O/(G*VW)][KH][KW][C][G*VW] (zeros past O). Loops: output-channel block outermost (its weights,
+ * KH*KW*C*G*VW floats, stay in the core's L2 while every pixel of the call uses them), then the
+ * call's output pixels (images i0..i1, rows r0..r1, in storage order) in blocks of PX: G*PX
+ * vector accumulators. A call computes channel blocks b0..b1 (threads may split those too). Taps
+ * that fall in the padding read a row of zeros instead (no branches in the inner loop). */
+#define DIRECT(NAME, G, PX)                                                                         \
+void NAME(const float *x, const int *geo, const float *wp, float *y,                                \
+          int i0, int i1, int r0, int r1, int b0, int b1, const float *zeros, const Epi *e) {      \
+    const int H = geo[0], W = geo[1], C = geo[2], O = geo[3], KH = geo[4], KW = geo[5];            \
+    const int SH = geo[6], SW = geo[7], DH = geo[8], DW = geo[9], PT = geo[10], PL = geo[11];      \
+    const int HO = geo[12], WO = geo[13];                                                           \
+    const int ob_ = G * VW;                                                                         \
+    const long total = (long)(i1 - i0) * (r1 - r0) * WO;                                           \
+    for (int ob = b0; ob < b1; ob++) {                                                              \
+    int cn = i0, coy = r0, cox = 0; /* the next pixel, counted up (no divisions per pixel) */      \
+    for (long q0 = 0; q0 < total; q0 += PX) {                                                       \
+        const float *xb[PX];                                                                        \
+        float *yp[PX];                                                                              \
+        int iy0[PX], ix0[PX], np = total - q0 < PX ? (int)(total - q0) : PX;                        \
+        for (int p = 0; p < PX; p++) {                                                              \
+            if (p < np) {                                                                           \
+                xb[p] = x + (size_t)cn * H * W * C;                                                 \
+                yp[p] = y + (((size_t)cn * HO + coy) * WO + cox) * O;                               \
+                iy0[p] = coy * SH - PT;                                                             \
+                ix0[p] = cox * SW - PL;                                                             \
+                if (++cox == WO) { cox = 0; if (++coy == r1) { coy = r0; cn++; } }                  \
+            } else { /* past the end: pixel 0 again, its result dropped */                          \
+                xb[p] = xb[0]; yp[p] = yp[0]; iy0[p] = iy0[0]; ix0[p] = ix0[0];                     \
+            }                                                                                       \
+        }                                                                                           \
+        vf acc[PX][G];                                                                              \
+        for (int p = 0; p < PX; p++)                                                                \
+            for (int g = 0; g < G; g++) acc[p][g] = splat(0.f);                                     \
+        for (int ky = 0; ky < KH; ky++) {                                                           \
+            /* every pixel's whole kernel row inside the input (undilated): one run of KW*C */      \
+            int full = DW == 1;                                                                     \
+            for (int p = 0; p < PX && full; p++) {                                                  \
+                int iy = iy0[p] + ky * DH;                                                          \
+                full = iy >= 0 && iy < H && ix0[p] >= 0 && ix0[p] + KW <= W;                        \
+            }                                                                                       \
+            const float *xs[PX];                                                                    \
+            if (full) {                                                                             \
+                for (int p = 0; p < PX; p++)                                                        \
+                    xs[p] = xb[p] + ((size_t)(iy0[p] + ky * DH) * W + ix0[p]) * C;                  \
+                const float *wk = wp + ((size_t)ob * KH + ky) * KW * C * ob_;                       \
+                for (int c = 0; c < KW * C; c++) {                                                  \
+                    vf w[G];                                                                        \
+                    for (int g = 0; g < G; g++) w[g] = ld(wk + (size_t)c * ob_ + g * VW);           \
+                    for (int p = 0; p < PX; p++) {                                                  \
+                        float v = xs[p][c];                                                         \
+                        for (int g = 0; g < G; g++) acc[p][g] += v * w[g];                          \
+                    }                                                                               \
+                }                                                                                   \
+                continue;                                                                           \
+            }                                                                                       \
+            for (int kx = 0; kx < KW; kx++) {                                                       \
+                int any = 0;                                                                        \
+                for (int p = 0; p < PX; p++) {                                                      \
+                    int iy = iy0[p] + ky * DH, ix = ix0[p] + kx * DW;                               \
+                    int ok = iy >= 0 && iy < H && ix >= 0 && ix < W;                                \
+                    xs[p] = ok ? xb[p] + ((size_t)iy * W + ix) * C : zeros;                         \
+                    any |= ok;                                                                      \
+                }                                                                                   \
+                if (!any) continue;                                                                 \
+                const float *wk = wp + (((size_t)ob * KH + ky) * KW + kx) * C * ob_;                \
+                for (int c = 0; c < C; c++) {                                                       \
+                    vf w[G];                                                                        \
+                    for (int g = 0; g < G; g++) w[g] = ld(wk + (size_t)c * ob_ + g * VW);           \
+                    for (int p = 0; p < PX; p++) {                                                  \
+                        float v = xs[p][c];                                                         \
+                        for (int g = 0; g < G; g++) acc[p][g] += v * w[g];                          \
+                    }                                                                               \
+                }                                                                                   \
+            }                                                                                       \
+        }                                                                                           \
+        /* the epilogue op by op over the whole block (one dispatch per op, not per vector) */    \
+        for (int k = 0; k < e->n; k++)                                                              \
+            for (int p = 0; p < np; p++)                                                            \
+                for (int g = 0; g < G; g++) {                                                       \
+                    int ch = ob * ob_ + g * VW, cnt = O - ch < VW ? O - ch : VW;                    \
+                    if (cnt > 0) acc[p][g] = epi1(acc[p][g], e, k, (size_t)(yp[p] - y) + ch, ch, cnt); \
+                }                                                                                   \
+        for (int p = 0; p < np; p++)                                                                \
+            for (int g = 0; g < G; g++) {                                                           \
+                int ch = ob * ob_ + g * VW, cnt = O - ch < VW ? O - ch : VW;                        \
+                if (cnt == VW) st(yp[p] + ch, acc[p][g]); else if (cnt > 0) stn(yp[p] + ch, acc[p][g], cnt); \
+            }                                                                                       \
+    }                                                                                               \
+    }                                                                                               \
+}
+
+/* register blocks (G vectors of channels x PX pixels), chosen by measurement on AVX-512 (32 vector
+ * registers) and sized for AVX2's 16 */
+#if VW == 16
+DIRECT(conv_direct_g1, 1, 16)
+DIRECT(conv_direct_g2, 2, 8)
+DIRECT(conv_direct_g4, 4, 6)
+#else
+DIRECT(conv_direct_g1, 1, 12)
+DIRECT(conv_direct_g2, 2, 6)
+DIRECT(conv_direct_g4, 4, 3)
+#endif
+
+/* Depthwise 3x3: per row of output and block of 2 vectors of channels, the 9 taps' weights held
+ * in registers; interior pixels read their 9 inputs without bounds checks. */
+static void dw3x3(const float *x, int H, int W, int C, const float *w, int SH, int SW, int DH, int DW,
+                  int PT, int PL, float *y, int HO, int WO, int i0, int i1, int r0, int r1, int cpad,
+                  const Epi *e) {
+    for (int n = i0; n < i1; n++) {
+        const float *xn = x + (size_t)n * H * W * C;
+        for (int oy = r0; oy < r1; oy++) {
+            int iy0 = oy * SH - PT;
+            int rows_in = iy0 >= 0 && iy0 + 2 * DH < H;
+            for (int c0 = 0; c0 < C; c0 += 2 * VW) {
+                int cnt0 = C - c0 < VW ? C - c0 : VW;
+                int cnt1 = C - c0 - VW < VW ? C - c0 - VW : VW;
+                int full = cnt0 == VW && cnt1 == VW;
+                vf w0[9], w1[9];
+                for (int t = 0; t < 9; t++) {
+                    w0[t] = ld(w + (size_t)t * cpad + c0);
+                    w1[t] = ld(w + (size_t)t * cpad + c0 + VW);
+                }
+                for (int ox = 0; ox < WO; ox++) {
+                    int ix0 = ox * SW - PL;
+                    float *yp = y + (((size_t)n * HO + oy) * WO + ox) * C;
+                    size_t off = (size_t)(yp - y);
+                    vf a0 = splat(0.f), a1 = splat(0.f);
+                    if (full && rows_in && ix0 >= 0 && ix0 + 2 * DW < W) {
+                        const float *xp = xn + ((size_t)iy0 * W + ix0) * C + c0;
+                        for (int ky = 0; ky < 3; ky++)
+                            for (int kx = 0; kx < 3; kx++) {
+                                const float *q = xp + ((size_t)ky * DH * W + (size_t)kx * DW) * C;
+                                a0 += ld(q) * w0[ky * 3 + kx];
+                                a1 += ld(q + VW) * w1[ky * 3 + kx];
+                            }
+                    } else {
+                        for (int ky = 0; ky < 3; ky++) {
+                            int iy = iy0 + ky * DH;
+                            if (iy < 0 || iy >= H) continue;
+                            for (int kx = 0; kx < 3; kx++) {
+                                int ix = ix0 + kx * DW;
+                                if (ix < 0 || ix >= W) continue;
+                                const float *q = xn + ((size_t)iy * W + ix) * C + c0;
+                                a0 += (cnt0 == VW ? ld(q) : ldn(q, cnt0)) * w0[ky * 3 + kx];
+                                if (cnt1 > 0) a1 += (cnt1 == VW ? ld(q + VW) : ldn(q + VW, cnt1)) * w1[ky * 3 + kx];
+                            }
+                        }
+                    }
+                    a0 = epi(a0, e, off + c0, c0, cnt0);
+                    if (cnt0 == VW) st(yp + c0, a0); else stn(yp + c0, a0, cnt0);
+                    if (cnt1 > 0) {
+                        a1 = epi(a1, e, off + c0 + VW, c0 + VW, cnt1);
+                        if (cnt1 == VW) st(yp + c0 + VW, a1); else stn(yp + c0 + VW, a1, cnt1);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* Depthwise convolution (channel multiplier 1). Weights [KH][KW][Cpad], Cpad a multiple of 2 VW. */
+void conv_depthwise(const float *x, const int *geo, const float *w, float *y, int i0, int i1, int r0, int r1,
+                    int cpad, const Epi *e) {
+    const int H = geo[0], W = geo[1], C = geo[2], KH = geo[4], KW = geo[5];
+    const int SH = geo[6], SW = geo[7], DH = geo[8], DW = geo[9], PT = geo[10], PL = geo[11];
+    const int HO = geo[12], WO = geo[13];
+    if (KH == 3 && KW == 3) {
+        dw3x3(x, H, W, C, w, SH, SW, DH, DW, PT, PL, y, HO, WO, i0, i1, r0, r1, cpad, e);
+        return;
+    }
+    for (int n = i0; n < i1; n++) {
+        const float *xn = x + (size_t)n * H * W * C;
+        for (int oy = r0; oy < r1; oy++) {
+            for (int ox = 0; ox < WO; ox++) {
+                float *yp = y + (((size_t)n * HO + oy) * WO + ox) * C;
+                size_t off = (size_t)(yp - y);
+                for (int c0 = 0; c0 < C; c0 += 2 * VW) {
+                    int cnt0 = C - c0 < VW ? C - c0 : VW;
+                    int cnt1 = C - c0 - VW < VW ? C - c0 - VW : VW;
+                    vf a0 = splat(0.f), a1 = splat(0.f);
+                    for (int ky = 0; ky < KH; ky++) {
+                        int iy = oy * SH - PT + ky * DH;
+                        if (iy < 0 || iy >= H) continue;
+                        for (int kx = 0; kx < KW; kx++) {
+                            int ix = ox * SW - PL + kx * DW;
+                            if (ix < 0 || ix >= W) continue;
+                            const float *xp = xn + ((size_t)iy * W + ix) * C + c0;
+                            const float *wk = w + (size_t)(ky * KW + kx) * cpad + c0;
+                            a0 += (cnt0 == VW ? ld(xp) : ldn(xp, cnt0)) * ld(wk);
+                            if (cnt1 > 0) a1 += (cnt1 == VW ? ld(xp + VW) : ldn(xp + VW, cnt1)) * ld(wk + VW);
+                        }
+                    }
+                    a0 = epi(a0, e, off + c0, c0, cnt0);
+                    if (cnt0 == VW) st(yp + c0, a0); else stn(yp + c0, a0, cnt0);
+                    if (cnt1 > 0) {
+                        a1 = epi(a1, e, off + c0 + VW, c0 + VW, cnt1);
+                        if (cnt1 == VW) st(yp + c0 + VW, a1); else stn(yp + c0 + VW, a1, cnt1);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* Max-pool (avg = 0) or average pool (avg = 1, inv: 1/count per output pixel, HO*WO). */
+void pool2d(const float *x, int H, int W, int C, int KH, int KW, int SH, int SW, int DH, int DW,
+            int PT, int PL, float *y, int HO, int WO, int i0, int i1, int r0, int r1, int avg,
+            const float *inv, const Epi *e) {
+    for (int n = i0; n < i1; n++) {
+        const float *xn = x + (size_t)n * H * W * C;
+        for (int oy = r0; oy < r1; oy++) {
+            for (int ox = 0; ox < WO; ox++) {
+                float *yp = y + (((size_t)n * HO + oy) * WO + ox) * C;
+                size_t off = (size_t)(yp - y);
+                for (int c0 = 0; c0 < C; c0 += VW) {
+                    int cnt = C - c0 < VW ? C - c0 : VW;
+                    vf a = splat(avg ? 0.f : -__builtin_inff());
+                    for (int ky = 0; ky < KH; ky++) {
+                        int iy = oy * SH - PT + ky * DH;
+                        if (iy < 0 || iy >= H) continue;
+                        for (int kx = 0; kx < KW; kx++) {
+                            int ix = ox * SW - PL + kx * DW;
+                            if (ix < 0 || ix >= W) continue;
+                            const float *xp = xn + ((size_t)iy * W + ix) * C + c0;
+                            vf v = cnt == VW ? ld(xp) : ldn(xp, cnt);
+                            a = avg ? a + v : vmax(a, v);
+                        }
+                    }
+                    if (avg) a *= inv[oy * WO + ox];
+                    a = epi(a, e, off + c0, c0, cnt);
+                    if (cnt == VW) st(yp + c0, a); else stn(yp + c0, a, cnt);
+                }
+            }
+        }
+    }
+}
+
+int cnnrt_vector_width(void) { return VW; }

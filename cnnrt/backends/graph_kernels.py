@@ -1,0 +1,811 @@
+"""Kernels of the CPU graph planner: each one fused step of a compiled graph, run per block.
+
+A step computes one output tensor (N, ...) float32 into a buffer the planner owns. Spatial steps
+(convolutions, depthwise convolutions, pools) take the images [i0, i1) and output rows [r0, r1)
+to compute, so the planner can split one image over threads; each applies its epilogue (bias,
+activations, a residual Add, fp16 rounding) to a block of output while it is still in the caches:
+one pass over memory per step instead of one per node.
+
+Two sets of kernels, chosen per step when the graph is compiled:
+- compiled (cnnrt.backends.native, C built at first use; ctypes releases the GIL): a direct
+  convolution for every one-group convolution (register-blocked over output channels and
+  pixels, epilogue in registers), depthwise convolution, max and average pools;
+- NumPy, always there and the fallback (no compiler, fp16 storage, an activation the C code lacks):
+  convolutions as one GEMM on the stored input (pointwise), a strided gather of a block's patches
+  and one GEMM (im2col), Winograd F(4x4, 3x3) / F(2x2, 3x3) for stride-1 3x3 layers, one
+  multiply-add per tap (depthwise), a batched GEMM over groups (grouped); pools per tap. Padding
+  is written around a block's input rows in a per-thread buffer, never around the whole tensor.
+
+Every kernel is tested, both ways, against the float64 reference (cnnrt.ir.run_reference) in
+tests/test_numpy_graph.py.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from ..ir import ops as O
+
+F32 = np.float32
+BLOCK_BYTES = 256 << 10  # a GEMM block's patches (im2col) or a pool/depthwise block's output: L2-sized
+EPI_BYTES = 128 << 10  # ... of an epilogue-only pass (pointwise output rows)
+
+
+# ---------------------------------------------------------------- activations, in place
+
+def _relu(a):
+    def f(y, tmp):
+        np.maximum(y, F32(0), out=y)
+    return f
+
+
+def _clip(a):
+    lo, hi = F32(a["min"]), F32(a["max"])
+
+    def f(y, tmp):
+        if np.isfinite(lo):
+            np.maximum(y, lo, out=y)
+        if np.isfinite(hi):
+            np.minimum(y, hi, out=y)
+    return f
+
+
+def _leaky(a):
+    alpha = F32(a["alpha"])
+
+    def f(y, tmp):
+        t = tmp(y.shape)
+        np.multiply(y, alpha, out=t)
+        if alpha <= 1:
+            np.maximum(y, t, out=y)  # x >= 0: x; x < 0: alpha * x (the larger)
+        else:
+            np.copyto(y, t, where=y < 0)
+    return f
+
+
+def _hardsigmoid(a):
+    alpha, beta = F32(a["alpha"]), F32(a["beta"])
+
+    def f(y, tmp):
+        np.multiply(y, alpha, out=y)
+        np.add(y, beta, out=y)
+        np.clip(y, F32(0), F32(1), out=y)
+    return f
+
+
+def _hardswish(a):
+    def f(y, tmp):
+        t = tmp(y.shape)
+        np.divide(y, F32(6), out=t)
+        np.add(t, F32(0.5), out=t)
+        np.clip(t, F32(0), F32(1), out=t)
+        np.multiply(y, t, out=y)
+    return f
+
+
+def _sigmoid(a):
+    def f(y, tmp):
+        with np.errstate(over="ignore"):
+            np.negative(y, out=y)
+            np.exp(y, out=y)
+        np.add(y, F32(1), out=y)
+        np.reciprocal(y, out=y)
+    return f
+
+
+def _tanh(a):
+    def f(y, tmp):
+        np.tanh(y, out=y)
+    return f
+
+
+ACTIVATIONS = {"Relu": _relu, "Clip": _clip, "LeakyRelu": _leaky, "HardSigmoid": _hardsigmoid,
+               "HardSwish": _hardswish, "Sigmoid": _sigmoid, "Tanh": _tanh}
+
+
+def exact_in_fp16(node) -> bool:
+    """True when the activation's output is a float16 value whenever its input is (no rounding needed)."""
+    if node.op == "Relu":
+        return True
+    if node.op == "Clip":
+        return all(not np.isfinite(v) or float(np.float16(v)) == float(v) for v in (node.attrs["min"], node.attrs["max"]))
+    return False
+
+
+def round16(y):
+    y[...] = y.astype(np.float16)
+
+
+def ptr(cache: dict, slot, a: np.ndarray) -> int:
+    """a's data address, remembered per slot while the same array object comes back (the planner
+    hands a step the same buffers call after call): a ctypes round trip saved per pointer."""
+    c = cache.get(slot)
+    if c is not None and c[0] is a:
+        return c[1]
+    p = a.ctypes.data
+    cache[slot] = (a, p)
+    return p
+
+
+def native_lib():
+    """The compiled kernels (cnnrt.backends.native) when usable, else None: the NumPy kernels run."""
+    if not NATIVE:
+        return None
+    from . import native
+    return native.lib()
+
+
+NATIVE = True  # use the compiled kernels where they are available (tests switch this off and on)
+
+
+class Epilogue:
+    """What a step does to each output block after its main work: a list of in-place ops.
+
+    Entries: ("bias", b), ("act", fn, label), ("add", k) (add the step's input k, a residual of the
+    output's shape), ("round",) (fp16 storage: round to float16 where a node's output ends).
+    """
+
+    def __init__(self, ops=()):
+        self.ops = list(ops)
+
+    def label(self) -> str:
+        return "".join(f"+{e[2] if e[0] == 'act' else e[0]}" for e in self.ops if e[0] != "round")
+
+    def native(self):
+        """(Epi template, index of the residual input or None) for the compiled kernels, or None
+        when an op has no compiled form (fp16 rounding, sigmoid, tanh)."""
+        from . import native as N
+
+        e = N.Epi()
+        res = None
+        keep = []
+        for op in self.ops:
+            k = op[0]
+            if e.n == 8:
+                return None
+            if k == "bias":
+                e.code[e.n] = N.E_BIAS
+                keep.append(op[1])
+                e.bias = op[1].ctypes.data
+            elif k == "add":
+                e.code[e.n] = N.E_ADD
+                res = op[1]
+            elif k == "act":
+                name, a = op[3], op[4]
+                if name == "Relu":
+                    e.code[e.n] = N.E_RELU
+                elif name == "Clip":
+                    e.code[e.n], e.a[e.n], e.b[e.n] = N.E_CLIP, a["min"], a["max"]
+                elif name == "LeakyRelu":
+                    e.code[e.n], e.a[e.n] = N.E_LEAKY, a["alpha"]
+                elif name == "HardSwish":
+                    e.code[e.n] = N.E_HSWISH
+                elif name == "HardSigmoid":
+                    e.code[e.n], e.a[e.n], e.b[e.n] = N.E_HSIG, a["alpha"], a["beta"]
+                else:
+                    return None
+            else:
+                return None
+            e.n += 1
+        self._keep = keep
+        return e, res
+
+    @staticmethod
+    def bind(template, res_index, ins):
+        """A per-call copy of the template with the residual's address filled in."""
+        from . import native as N
+
+        e = N.Epi.from_buffer_copy(template)
+        if res_index is not None:
+            e.res = ins[res_index].ctypes.data
+        return e
+
+    def __call__(self, y, ins, sl, tmp):
+        """y: the block (a view of the output); sl: its index into the output (for residuals)."""
+        for e in self.ops:
+            k = e[0]
+            if k == "bias":
+                np.add(y, e[1], out=y)
+            elif k == "act":
+                e[1](y, tmp)
+            elif k == "add":
+                np.add(y, ins[e[1]][sl], out=y)
+            elif k == "round":
+                round16(y)
+
+
+# ---------------------------------------------------------------- window geometry (conv, pools)
+
+class Window:
+    """A 2-D window sweep over NHWC input: which input rows a block of output rows reads, and
+    that block's input with its padding written around it."""
+
+    def __init__(self, in_shape, kh, kw, strides, dilations, pads, out_hw, fill=0.0):
+        self.h, self.w, self.c = in_shape
+        self.kh, self.kw = kh, kw
+        self.sh, self.sw = strides
+        self.dh, self.dw = dilations
+        self.pt, self.pl, self.pb, self.pr = pads
+        self.ho, self.wo = out_hw
+        self.fill = F32(fill)
+        self.wp = (self.wo - 1) * self.sw + (kw - 1) * self.dw + 1  # padded columns read
+        self.cw = max(0, min(self.w, self.wp - self.pl))  # input columns that land in them
+        hp = (self.ho - 1) * self.sh + (kh - 1) * self.dh + 1
+        self.no_pad = self.pt == 0 and self.pl == 0 and hp <= self.h and self.wp <= self.w
+
+    def block_input(self, x, i0, i1, r0, r1, scr, key):
+        """(ni, rows read, wp, C): x's rows for output rows [r0, r1) of images [i0, i1), padded."""
+        a = r0 * self.sh - self.pt
+        b = (r1 - 1) * self.sh - self.pt + (self.kh - 1) * self.dh + 1
+        if self.no_pad:
+            return x[i0:i1, a:b, :self.wp]
+        ni = i1 - i0
+        buf = scr.get(key, (ni, b - a, self.wp, self.c))
+        top, bot = max(0, -a), max(0, b - self.h)
+        lo, hi = a + top, b - bot  # input rows [lo, hi) are data
+        if top:
+            buf[:, :top] = self.fill
+        if bot:
+            buf[:, b - a - bot:] = self.fill
+        if hi > lo:
+            if self.pl:
+                buf[:, top:b - a - bot, :self.pl] = self.fill
+            if self.pl + self.cw < self.wp:
+                buf[:, top:b - a - bot, self.pl + self.cw:] = self.fill
+            buf[:, top:b - a - bot, self.pl:self.pl + self.cw] = x[i0:i1, lo:hi, :self.cw]
+        return buf
+
+    def tap(self, xp, i, j, rows):
+        """The (ni, rows, wo, C) view of tap (i, j) over a block input."""
+        s = xp.strides
+        return as_strided(xp[:, i * self.dh:, j * self.dw:], (xp.shape[0], rows, self.wo, xp.shape[3]),
+                          (s[0], self.sh * s[1], self.sw * s[2], s[3]))
+
+    def patches(self, xp, rows):
+        """(ni, rows, wo, kh, kw, C) view of every patch of a block input."""
+        s = xp.strides
+        return as_strided(xp, (xp.shape[0], rows, self.wo, self.kh, self.kw, xp.shape[3]),
+                          (s[0], self.sh * s[1], self.sw * s[2], self.dh * s[1], self.dw * s[2], s[3]))
+
+
+MIN_GEMM_ROWS = 192  # a GEMM block has at least this many rows (pixels, tiles) where it can: fewer
+# and the GEMM reads its weights once per few rows (bandwidth-bound on deep layers' weights)
+
+
+def blocks(i0, i1, r0, r1, rows_total, row_elems, budget_elems, row_units=0):
+    """(ia, ib, ra, rb) blocks of whole images, or of rows of one image, of about budget_elems;
+    with row_units (GEMM rows per output row), of at least MIN_GEMM_ROWS GEMM rows."""
+    if row_units:
+        budget_elems = max(budget_elems, -(-MIN_GEMM_ROWS // row_units) * row_elems)
+    img = rows_total * row_elems
+    if r0 == 0 and r1 == rows_total and img <= budget_elems:
+        k = max(1, budget_elems // max(img, 1))
+        for ia in range(i0, i1, k):
+            yield ia, min(ia + k, i1), 0, rows_total
+        return
+    rows = max(1, budget_elems // max(row_elems, 1))
+    for i in range(i0, i1):
+        for ra in range(r0, r1, rows):
+            yield i, i + 1, ra, min(ra + rows, r1)
+
+
+# ---------------------------------------------------------------- steps
+
+class Step:
+    """One fused unit of work. `inputs`: the activation tensors it reads (in order);
+    `output`: what it writes. Spatial steps have `rows` > 0 (output rows per image: the planner
+    may split them over threads)."""
+
+    kernel = "?"
+    rows = 0
+
+    def __init__(self, nodes, inputs, output, epilogue=None):
+        self.nodes, self.inputs, self.output = nodes, list(inputs), output
+        self.epi = epilogue or Epilogue()
+        self.key = id(self)
+
+    @property
+    def label(self) -> str:
+        return f"{'' if self.kernel.startswith('native.') else 'numpy.'}{self.kernel}{self.epi.label()}"
+
+    def work(self, n) -> float:
+        """Rough cost of n images (multiply-adds or values touched), for deciding to split."""
+        return 0.0
+
+    def run(self, ins, out, scr, i0, i1, r0, r1) -> None:
+        raise NotImplementedError
+
+    def parts(self, n, t):
+        """About t pieces of this step over n images, each (i0, i1, r0, r1): images, or bands of
+        output rows of each image, for the threads to share."""
+        if n >= t:
+            return [(i * n // t, (i + 1) * n // t, 0, self.rows) for i in range(t)]
+        bands = max(1, min(self.rows, -(-t // n)))
+        return [(i, i + 1, b * self.rows // bands, (b + 1) * self.rows // bands) for i in range(n) for b in range(bands)]
+
+
+def _tmp(scr, key):
+    return lambda shape: scr.get((key, "tmp"), shape)
+
+
+class ConvStep(Step):
+    """Conv + bias + epilogue. `kind`: pointwise, im2col, depthwise or grouped."""
+
+    def __init__(self, nodes, inputs, output, epilogue, in_shape, w, b, attrs, out_shape):
+        super().__init__(nodes, inputs, output, epilogue)
+        o, kh, kw, cg = w.shape
+        g = int(attrs["group"])
+        self.o, self.g = o, g
+        self.win = Window(in_shape, kh, kw, tuple(attrs["strides"]), tuple(attrs["dilations"]),
+                          tuple(attrs["pads"]), out_shape[:2])
+        self.rows = out_shape[0]
+        self.out_shape = out_shape
+        c = in_shape[2]
+        self.flops = out_shape[0] * out_shape[1] * o * kh * kw * cg
+        if b is not None:
+            self.epi.ops.insert(0, ("bias", np.ascontiguousarray(b, dtype=F32)))
+        m = winograd_tile(kh, kw, attrs, c, o, g, out_shape) if WINOGRAD else 0
+        if m:
+            self.kind = "winograd"
+        elif g == 1 and kh == kw == 1 and self.win.sh == self.win.sw == 1 and self.win.no_pad:
+            self.kind = "pointwise"
+        elif g == 1:
+            self.kind = "im2col"
+        elif g == c and o == c:
+            self.kind = "depthwise"
+        else:
+            self.kind = "grouped"
+        if self._native_setup(w, in_shape, attrs, out_shape):
+            pass  # a compiled kernel: no NumPy weight layout needed
+        elif self.kind == "winograd":
+            self._winograd_setup(w, m, in_shape, attrs, out_shape)
+        elif self.kind in ("pointwise", "im2col"):
+            self.wt = np.ascontiguousarray(w.reshape(o, -1).T, dtype=F32)  # (kh*kw*c, o)
+        elif self.kind == "depthwise":
+            self.wd = np.ascontiguousarray(w.reshape(o, kh * kw).T, dtype=F32)  # (taps, c)
+        else:
+            og = o // g
+            # (g, kh*kw*cg, og)
+            self.wg = np.ascontiguousarray(w.reshape(g, og, kh * kw * cg).transpose(0, 2, 1), dtype=F32)
+        self.kernel = ("native.conv." + self.kind[7:] if self.kind.startswith("native.") else
+                       f"conv.{self.kind}" + (f".f{self.m}x{self.m}" if self.kind == "winograd" else ""))
+
+    def _native_setup(self, w, in_shape, attrs, out_shape) -> bool:
+        """Switch to a compiled kernel (cnnrt.backends.native) where one fits and pays."""
+        lib = native_lib()
+        if lib is None:
+            return False
+        ne = self.epi.native()
+        if ne is None:
+            return False
+        o, kh, kw, cg = w.shape
+        c = in_shape[2]
+        if self.kind == "depthwise":
+            vw2 = 2 * lib.cnnrt_vector_width()
+            cpad = -(-c // vw2) * vw2
+            wd = np.zeros((kh * kw, cpad), F32)
+            wd[:, :c] = w.reshape(o, kh * kw).T
+            self.wn, self.cpad = wd, cpad
+            self.kind = "native.depthwise"
+        elif self.g == 1 and use_direct(self.kind, kh, kw, c, o, out_shape, tuple(attrs["strides"])):
+            vw = lib.cnnrt_vector_width()
+            # output channels per block: four vectors where they divide O, else two, one for O <= one vector
+            groups = 4 if o % (4 * vw) == 0 else 1 if o <= vw else 2
+            self.direct = {1: lib.conv_direct_g1, 2: lib.conv_direct_g2, 4: lib.conv_direct_g4}[groups]
+            ob = groups * vw
+            nb = self.nb = -(-o // ob)
+            wpad = np.zeros((nb * ob, kh, kw, c), F32)
+            wpad[:o] = w
+            self.wn = np.ascontiguousarray(wpad.reshape(nb, ob, kh, kw, c).transpose(0, 2, 3, 4, 1))
+            self.zeros = np.zeros(max(c, 1), F32)
+            self.kind = "native.direct"
+            self.win = Window(in_shape, kh, kw, tuple(attrs["strides"]), tuple(attrs["dilations"]),
+                              tuple(attrs["pads"]), out_shape[:2])
+            self.rows = out_shape[0]
+        else:
+            return False
+        self.lib, (self.epi_t, self.res_idx) = lib, ne
+        self._pc = {}  # pointer cache (see ptr)
+        self._epi_ref = ctypes.byref(self.epi_t)
+        self._wptr = self.wn.ctypes.data
+        self._zptr = self.zeros.ctypes.data if self.kind == "native.direct" else None
+        w = self.win
+        self.geo = np.array([w.h, w.w, w.c, self.o, w.kh, w.kw, w.sh, w.sw, w.dh, w.dw, w.pt, w.pl, w.ho, w.wo],
+                            np.intc)
+        self._gptr = self.geo.ctypes.data
+        return True
+
+    def _native_args(self, ins):
+        """(x address, out-of-band epilogue) for a compiled call; inputs made contiguous if they are not."""
+        x = ins[0] if ins[0].flags.c_contiguous else np.ascontiguousarray(ins[0])
+        if self.res_idx is None:
+            return ptr(self._pc, "x", x), self._epi_ref
+        r = ins[self.res_idx]
+        if not r.flags.c_contiguous:
+            r = np.ascontiguousarray(r)
+        c = self._pc.get("res")
+        if c is None or c[0] is not r:
+            e = Epilogue.bind(self.epi_t, None, ins)
+            e.res = r.ctypes.data
+            c = self._pc["res"] = (r, ctypes.byref(e), e)
+        return ptr(self._pc, "x", x), c[1]
+
+    def parts(self, n, t):
+        """The compiled direct convolution also splits its output-channel blocks: a deep layer of
+        one image has few rows (7) but many blocks (16 of 32 channels), and each thread then reads
+        only its own share of the weights."""
+        if self.kind != "native.direct" or n >= t or self.rows * n >= 2 * t or self.nb == 1:
+            return super().parts(n, t)
+        k = min(self.nb, -(-t // (n * self.rows)))
+        return [(i, i + 1, r, r + 1, j * self.nb // k, (j + 1) * self.nb // k)
+                for i in range(n) for r in range(self.rows) for j in range(k)]
+
+    def _native_direct(self, ins, out, scr, i0, i1, r0, r1, b0=0, b1=None):
+        x, e = self._native_args(ins)
+        self.direct(x, self._gptr, self._wptr, ptr(self._pc, "y", out), i0, i1, r0, r1, b0,
+                    self.nb if b1 is None else b1, self._zptr, e)
+
+    def _native_depthwise(self, ins, out, scr, i0, i1, r0, r1):
+        x, e = self._native_args(ins)
+        self.lib.conv_depthwise(x, self._gptr, self._wptr, ptr(self._pc, "y", out), i0, i1, r0, r1, self.cpad, e)
+
+    def _winograd_setup(self, w, m, in_shape, attrs, out_shape):
+        from .cpu_kernels import INTEGER_TRANSFORMS, winograd_matrices
+
+        o, r, _, c = w.shape
+        a = m + r - 1
+        self.m, self.a = m, a
+        self.th, self.tw = -(-out_shape[0] // m), -(-out_shape[1] // m)
+        # the window over whole tiles: rows/columns past the input read as zeros
+        self.win = Window(in_shape, r, r, (1, 1), (1, 1), tuple(attrs["pads"]), (self.th * m, self.tw * m))
+        self.win.no_pad = False
+        self.rows = self.th  # the unit of a row split: tile rows
+        at, gm, bt = winograd_matrices(m, r, None, integer=INTEGER_TRANSFORMS)
+        self.at, self.bt = at.astype(F32), bt.astype(F32)
+        u = np.einsum("xa,oabc,yb->xyco", gm, w.astype(np.float64), gm)  # G w G^T, in float64, rounded once
+        self.u = np.ascontiguousarray(u.reshape(a * a, c, o), dtype=F32)
+
+    def _winograd(self, ins, out, scr, i0, i1, t0, t1):
+        """Winograd F(m x m, r x r) over tile rows [t0, t1): tiles gathered, transformed (thin
+        GEMMs, one axis at a time), a*a GEMMs over the channels, transformed back, cropped."""
+        x, win, a, m, o = ins[0], self.win, self.a, self.m, self.o
+        c, tw, ho, wo = win.c, self.tw, self.out_shape[0], self.out_shape[1]
+        tmp = _tmp(scr, self.key)
+        for ia, ib, ta, tb in blocks(i0, i1, t0, t1, self.th, tw * a * a * (c + o), BLOCK_BYTES // 2, tw):
+            ni, tr = ib - ia, tb - ta
+            t = ni * tr * tw
+            xp = win.block_input(x, ia, ib, ta * m, tb * m, scr, (self.key, "xp"))
+            s = xp.strides
+            d = scr.get((self.key, "d"), (a, a, t * c))
+            np.copyto(d.reshape(a, a, ni, tr, tw, c),
+                      as_strided(xp, (a, a, ni, tr, tw, c), (s[1], s[2], s[0], m * s[1], m * s[2], s[3])))
+            x3 = t * c
+            v1 = scr.get((self.key, "v1"), (a, a, x3))
+            np.matmul(self.bt, d.transpose(1, 0, 2), out=v1.transpose(1, 0, 2))
+            np.matmul(self.bt, v1, out=d)  # d is free again: V = BT D B
+            mm = scr.get((self.key, "m"), (a * a, t, o))
+            np.matmul(d.reshape(a * a, t, c), self.u, out=mm)
+            y3 = t * o
+            y1 = scr.get((self.key, "y1"), (m, a, y3))
+            np.matmul(self.at, mm.reshape(a, a, y3).transpose(1, 0, 2), out=y1.transpose(1, 0, 2))
+            y = scr.get((self.key, "y"), (m, m, y3))
+            np.matmul(self.at, y1, out=y)
+            r0, r1 = ta * m, min(tb * m, ho)
+            dst = out[ia:ib, r0:r1]
+            full = y.reshape(m, m, ni, tr, tw, o).transpose(2, 3, 0, 4, 1, 5).reshape(ni, tr * m, tw * m, o)
+            np.copyto(dst, full[:, :r1 - r0, :wo])
+            self.epi(dst, ins, (slice(ia, ib), slice(r0, r1)), tmp)
+
+    def work(self, n):
+        return n * self.flops
+
+    def run(self, ins, out, scr, i0, i1, r0, r1, *blocks_):
+        getattr(self, "_" + self.kind.replace(".", "_"))(ins, out, scr, i0, i1, r0, r1, *blocks_)
+
+    def _pointwise(self, ins, out, scr, i0, i1, r0, r1):
+        x = ins[0]
+        c, o = x.shape[3], self.o
+        wo = self.out_shape[1]
+        tmp = _tmp(scr, self.key)
+        for ia, ib, ra, rb in blocks(i0, i1, r0, r1, self.rows, wo * (c + o), BLOCK_BYTES // 4, wo):
+            y = out[ia:ib, ra:rb]
+            np.matmul(x[ia:ib, ra:rb].reshape(-1, c), self.wt, out=y.reshape(-1, o))
+            self.epi(y, ins, (slice(ia, ib), slice(ra, rb)), tmp)
+
+    def _im2col(self, ins, out, scr, i0, i1, r0, r1):
+        x, win, o = ins[0], self.win, self.o
+        k = win.kh * win.kw * win.c
+        tmp = _tmp(scr, self.key)
+        for ia, ib, ra, rb in blocks(i0, i1, r0, r1, self.rows, win.wo * k, BLOCK_BYTES // 4, win.wo):
+            xp = win.block_input(x, ia, ib, ra, rb, scr, (self.key, "xp"))
+            rows = rb - ra
+            npix = (ib - ia) * rows * win.wo
+            cols = scr.get((self.key, "cols"), (npix, k))
+            np.copyto(cols.reshape(ib - ia, rows, win.wo, win.kh, win.kw, win.c), win.patches(xp, rows))
+            y = out[ia:ib, ra:rb]
+            np.matmul(cols, self.wt, out=y.reshape(npix, o))
+            self.epi(y, ins, (slice(ia, ib), slice(ra, rb)), tmp)
+
+    def _depthwise(self, ins, out, scr, i0, i1, r0, r1):
+        x, win = ins[0], self.win
+        tmp = _tmp(scr, self.key)
+        for ia, ib, ra, rb in blocks(i0, i1, r0, r1, self.rows, win.wo * win.c, BLOCK_BYTES // 8):
+            xp = win.block_input(x, ia, ib, ra, rb, scr, (self.key, "xp"))
+            rows = rb - ra
+            y = out[ia:ib, ra:rb]
+            t = scr.get((self.key, "dw"), y.shape)
+            for i in range(win.kh):
+                for j in range(win.kw):
+                    v = win.tap(xp, i, j, rows)
+                    wt = self.wd[i * win.kw + j]
+                    if i == 0 and j == 0:
+                        np.multiply(v, wt, out=y)
+                    else:
+                        np.multiply(v, wt, out=t)
+                        np.add(y, t, out=y)
+            self.epi(y, ins, (slice(ia, ib), slice(ra, rb)), tmp)
+
+    def _grouped(self, ins, out, scr, i0, i1, r0, r1):
+        x, win, g = ins[0], self.win, self.g
+        cg = win.c // g
+        og = self.o // g
+        kg = win.kh * win.kw * cg
+        tmp = _tmp(scr, self.key)
+        for ia, ib, ra, rb in blocks(i0, i1, r0, r1, self.rows, win.wo * kg * g, BLOCK_BYTES // 4, win.wo):
+            xp = win.block_input(x, ia, ib, ra, rb, scr, (self.key, "xp"))
+            rows = rb - ra
+            ni = ib - ia
+            npix = ni * rows * win.wo
+            s = xp.strides
+            # patches in (group, pixel, tap, channel-in-group) order: one batched GEMM over groups
+            src = as_strided(xp, (g, ni, rows, win.wo, win.kh, win.kw, cg),
+                             (cg * s[3], s[0], win.sh * s[1], win.sw * s[2], win.dh * s[1], win.dw * s[2], s[3]))
+            cols = scr.get((self.key, "cols"), (g, npix, kg))
+            np.copyto(cols.reshape(g, ni, rows, win.wo, win.kh, win.kw, cg), src)
+            res = scr.get((self.key, "gy"), (g, npix, og))
+            np.matmul(cols, self.wg, out=res)
+            y = out[ia:ib, ra:rb]
+            np.copyto(y.reshape(npix, g, og), res.transpose(1, 0, 2))
+            self.epi(y, ins, (slice(ia, ib), slice(ra, rb)), tmp)
+
+
+class PoolStep(Step):
+    """MaxPool / AveragePool (any window, stride, dilation, padding, ceil mode, count rule)."""
+
+    def __init__(self, nodes, inputs, output, epilogue, in_shape, attrs, out_shape, kind):
+        super().__init__(nodes, inputs, output, epilogue)
+        kh, kw = attrs["kernel_shape"]
+        self.max = kind == "max"
+        self.win = Window(in_shape, kh, kw, tuple(attrs["strides"]), tuple(attrs["dilations"]),
+                          tuple(attrs["pads"]), out_shape[:2], fill=-np.inf if self.max else 0.0)
+        self.rows = out_shape[0]
+        self.out_shape = out_shape
+        self.kernel = "maxpool" if self.max else "avgpool"
+        self.inv = None if self.max else np.ascontiguousarray(self._inverse_counts(attrs, in_shape, out_shape), F32)
+        self.lib = native_lib()
+        ne = self.epi.native() if self.lib is not None else None
+        if ne is None:
+            self.lib = None
+        else:
+            self.epi_t, self.res_idx = ne
+            self.kernel = "native." + self.kernel
+
+    def _inverse_counts(self, a, in_shape, out_shape):
+        """1 / (values in each window): padding counts when count_include_pad, the ceil-mode
+        overhang never."""
+        w = self.win
+        incl = bool(a["count_include_pad"])
+
+        def count(n_out, n_in, k, s, d, p0, p1):
+            idx = np.arange(n_out)[:, None] * s - p0 + np.arange(k)[None, :] * d
+            lo, hi = (-p0, n_in + p1) if incl else (0, n_in)
+            return ((idx >= lo) & (idx < hi)).sum(axis=1)
+
+        ch = count(out_shape[0], in_shape[0], w.kh, w.sh, w.dh, w.pt, w.pb)
+        cw = count(out_shape[1], in_shape[1], w.kw, w.sw, w.dw, w.pl, w.pr)
+        return (1.0 / np.maximum(ch[:, None] * cw[None, :], 1))[:, :, None]
+
+    def work(self, n):
+        return n * self.out_shape[0] * self.out_shape[1] * self.out_shape[2] * self.win.kh * self.win.kw
+
+    def run(self, ins, out, scr, i0, i1, r0, r1):
+        x, win = ins[0], self.win
+        if self.lib is not None:
+            x = x if x.flags.c_contiguous else np.ascontiguousarray(x)
+            e = Epilogue.bind(self.epi_t, self.res_idx, ins)
+            self.lib.pool2d(x.ctypes.data, win.h, win.w, win.c, win.kh, win.kw, win.sh, win.sw, win.dh, win.dw,
+                            win.pt, win.pl, out.ctypes.data, win.ho, win.wo, i0, i1, r0, r1, int(not self.max),
+                            self.inv.ctypes.data if self.inv is not None else None, ctypes.byref(e))
+            return
+        tmp = _tmp(scr, self.key)
+        for ia, ib, ra, rb in blocks(i0, i1, r0, r1, self.rows, win.wo * win.c, BLOCK_BYTES // 8):
+            xp = win.block_input(x, ia, ib, ra, rb, scr, (self.key, "xp"))
+            rows = rb - ra
+            y = out[ia:ib, ra:rb]
+            first = True
+            for i in range(win.kh):
+                for j in range(win.kw):
+                    v = win.tap(xp, i, j, rows)
+                    if first:
+                        np.copyto(y, v)
+                        first = False
+                    elif self.max:
+                        np.maximum(y, v, out=y)
+                    else:
+                        np.add(y, v, out=y)
+            if not self.max:
+                np.multiply(y, self.inv[ra:rb], out=y)
+            self.epi(y, ins, (slice(ia, ib), slice(ra, rb)), tmp)
+
+
+class GapStep(Step):
+    """GlobalAveragePool (+ Flatten) (+ Dense + epilogue): the classifier head in one step."""
+
+    def __init__(self, nodes, inputs, output, epilogue, dense=None, flat=False, fp16=False, out_rank=4):
+        super().__init__(nodes, inputs, output, epilogue)
+        self.dense = None
+        self.fp16 = fp16
+        self.out_rank = out_rank
+        if dense is not None:
+            w, b = dense
+            self.wt = np.ascontiguousarray(w.T, dtype=F32)
+            self.dense = True
+            if b is not None:
+                self.epi.ops.insert(0, ("bias", np.ascontiguousarray(b, dtype=F32)))
+        self.kernel = "gap" + ("+flatten" if flat else "") + ("+dense" if dense is not None else "")
+
+    def run(self, ins, out, scr, i0, i1, r0, r1):
+        x = ins[0][i0:i1]
+        n, c = len(x), x.shape[-1]
+        hw = int(np.prod(x.shape[1:-1]))
+        if self.dense is None:
+            y = out[i0:i1].reshape(n, c)
+            np.add.reduce(x.reshape(n, hw, c), axis=1, out=y)
+            y *= F32(1.0 / hw)
+            self.epi(out[i0:i1], ins, slice(i0, i1), _tmp(scr, self.key))
+            return
+        m = scr.get((self.key, "m"), (n, c))
+        np.add.reduce(x.reshape(n, hw, c), axis=1, out=m)
+        m *= F32(1.0 / hw)
+        if self.fp16:
+            round16(m)
+        y = out[i0:i1]
+        np.matmul(m, self.wt, out=y)
+        self.epi(y, ins, slice(i0, i1), _tmp(scr, self.key))
+
+
+class DenseStep(Step):
+    """Dense + bias + epilogue."""
+
+    kernel = "dense"
+
+    def __init__(self, nodes, inputs, output, epilogue, w, b):
+        super().__init__(nodes, inputs, output, epilogue)
+        self.wt = np.ascontiguousarray(w.T, dtype=F32)
+        if b is not None:
+            self.epi.ops.insert(0, ("bias", np.ascontiguousarray(b, dtype=F32)))
+
+    def work(self, n):
+        return n * self.wt.size
+
+    def run(self, ins, out, scr, i0, i1, r0, r1):
+        y = out[i0:i1]
+        np.matmul(ins[0][i0:i1], self.wt, out=y)
+        self.epi(y, ins, slice(i0, i1), _tmp(scr, self.key))
+
+
+class EltwiseStep(Step):
+    """A binary op (with broadcasting) or a lone activation, then an epilogue of activations."""
+
+    BINARY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide,
+              "Max": np.maximum, "Min": np.minimum}
+
+    def __init__(self, nodes, inputs, output, epilogue, op, consts, batched):
+        super().__init__(nodes, inputs, output, epilogue)
+        self.op = op
+        self.consts = consts  # per operand: a constant array or None (then the next activation input)
+        self.batched = batched  # per operand: its dim 0 is the batch (sliced per block)
+        self.kernel = op.lower() if op in self.BINARY else "activation"
+
+    def run(self, ins, out, scr, i0, i1, r0, r1):
+        args, k = [], 0
+        for c, bt in zip(self.consts, self.batched):
+            if c is not None:
+                args.append(c)
+            else:
+                v = ins[k]
+                args.append(v[i0:i1] if bt else v)
+                k += 1
+        y = out[i0:i1]
+        if self.op in self.BINARY:
+            self.BINARY[self.op](args[0], args[1], out=y)
+        else:  # a lone activation: copy, then the epilogue applies it
+            np.copyto(y, args[0])
+        self.epi(y, ins, slice(i0, i1), _tmp(scr, self.key))
+
+
+class SoftmaxStep(Step):
+    """Softmax / LogSoftmax over the last axis, in the output buffer."""
+
+    def __init__(self, nodes, inputs, output, epilogue, log):
+        super().__init__(nodes, inputs, output, epilogue)
+        self.log = log
+        self.kernel = "logsoftmax" if log else "softmax"
+
+    def run(self, ins, out, scr, i0, i1, r0, r1):
+        y = out[i0:i1]
+        np.subtract(ins[0][i0:i1], ins[0][i0:i1].max(axis=-1, keepdims=True), out=y)
+        if self.log:
+            t = scr.get((self.key, "t"), y.shape)
+            np.exp(y, out=t)
+            y -= np.log(t.sum(axis=-1, keepdims=True))
+        else:
+            np.exp(y, out=y)
+            y /= y.sum(axis=-1, keepdims=True)
+        self.epi(y, ins, slice(i0, i1), _tmp(scr, self.key))
+
+
+class GenericStep(Step):
+    """One node through its registered fast kernel or its definition (cnnrt.ir.ops), unplanned:
+    its outputs are whatever the function returns (views of its inputs for reshapes)."""
+
+    def __init__(self, node, fn, params, fp16, kernel):
+        super().__init__([node], [t for t in node.inputs if t not in params], node.outputs[0])
+        self.node, self.fn, self.fp16 = node, fn, fp16
+
+        def q(a):
+            return a.astype(np.float16).astype(F32) if fp16 and a.dtype.kind == "f" else a
+        self.args = [q(params[t]) if t in params else None for t in node.inputs]
+        self.kernel = kernel
+
+    def call(self, ins):
+        it = iter(ins)
+        args = [a if a is not None else next(it) for a in self.args]
+        outs = self.fn(args, self.node.attrs)
+        res = []
+        for v in outs:
+            v = np.asarray(v)
+            if v.dtype.kind == "f":
+                if v.dtype != F32:
+                    v = v.astype(F32)
+                if self.fp16:
+                    v = v.astype(np.float16).astype(F32)
+            res.append(v)
+        return res
+
+
+WINOGRAD = True
+DIRECT = os.environ.get("CNNRT_DIRECT", "auto")  # compiled direct convolution: auto, all or none
+
+
+def use_direct(kind, kh, kw, c, o, out_shape, strides) -> bool:
+    """Whether the compiled direct convolution replaces the NumPy kernel `kind` for this layer."""
+    if DIRECT in ("all", "none"):
+        return DIRECT == "all"
+    # measured on one core (benchmarks/cpu_profile.py): at or above NumPy's im2col and Winograd
+    # kernels for every layer of the zoo, and above the BLAS for 1x1 ones (its epilogue is fused)
+    return True
+
+
+def winograd_tile(kh, kw, attrs, c, o, g, out_shape) -> int:
+    """The Winograd output tile m for a convolution (0: none). Stride-1, undilated 3x3 over at
+    least 8 channels in and out: F(4x4, 3x3) (4 times fewer multiplications than direct) where
+    the tiles overhang the output by at most a quarter, F(2x2, 3x3) (2.25 times fewer) where
+    theirs do by at most 35%; direct (im2col) otherwise. Both are as accurate as direct
+    convolution to within a few float32 roundings (tests check them against float64)."""
+    if (kh, kw) != (3, 3) or g != 1 or tuple(attrs["strides"]) != (1, 1) or tuple(attrs["dilations"]) != (1, 1):
+        return 0
+    if c < 8 or o < 8:
+        return 0
+    ho, wo = out_shape[0], out_shape[1]
+    for m, slack in ((4, 1.25), (2, 1.35)):
+        if ho >= 2 * m and wo >= 2 * m and (-(-ho // m) * -(-wo // m) * m * m) <= slack * ho * wo:
+            return m
+    return 0
+
+
+def conv_out_shape(in_shape, w_shape, attrs):
+    return tuple(O.OPS["Conv"].shape([(1, *in_shape), w_shape], attrs)[0][1:])

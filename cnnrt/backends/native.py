@@ -1,0 +1,145 @@
+"""The optional compiled kernels of the CPU path: cpu_native/kernels.c, built at first use.
+
+NumPy stays the default path's only requirement: when no C compiler is found, or the build
+fails, or CNNRT_NATIVE=0 is set, `lib()` returns None (and `why()` says why) and the planner keeps
+its NumPy kernels. The compiler is $CC, else cc, gcc or clang on the PATH, else the Zig toolchain
+that the `ziglang` wheel brings (`pip install 'cnnrt[native]'`: it installs from the package index
+alone). The library is built for the CPU that builds it (-march=native) and cached under
+$CNNRT_CACHE_DIR (default ~/.cache/cnnrt), keyed by the source, the flags, the compiler and the
+CPU, so a later process loads it in milliseconds; `info()` reports the first build's time.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+SOURCE = Path(__file__).with_name("cpu_native") / "kernels.c"
+FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-ffp-contract=fast", "-fno-math-errno", "-std=c11"]
+
+_lock = threading.Lock()
+_state: dict = {}
+
+
+class Epi(ctypes.Structure):
+    _fields_ = [("n", ctypes.c_int), ("code", ctypes.c_int * 8), ("a", ctypes.c_float * 8),
+                ("b", ctypes.c_float * 8), ("bias", ctypes.c_void_p), ("res", ctypes.c_void_p)]
+
+
+E_BIAS, E_RELU, E_CLIP, E_LEAKY, E_HSWISH, E_HSIG, E_ADD = range(1, 8)
+
+
+def cache_dir() -> Path:
+    d = os.environ.get("CNNRT_CACHE_DIR")
+    if d:
+        return Path(d)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "cnnrt"
+
+
+def _compiler() -> list[str] | None:
+    cc = os.environ.get("CC")
+    if cc and shutil.which(cc.split()[0]):
+        return cc.split()
+    for c in ("cc", "gcc", "clang"):
+        if shutil.which(c):
+            return [c]
+    try:
+        if importlib_util().find_spec("ziglang") is not None:
+            return [sys.executable, "-m", "ziglang", "cc"]
+    except (ImportError, ValueError):
+        pass
+    return None
+
+
+def importlib_util():
+    import importlib.util
+    return importlib.util
+
+
+def _cpu_id() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return line
+    except OSError:
+        pass
+    return platform.processor() + platform.machine()
+
+
+def _build() -> tuple[ctypes.CDLL | None, str | None, dict]:
+    if os.environ.get("CNNRT_NATIVE", "1") == "0":
+        return None, "CNNRT_NATIVE=0", {}
+    cc = _compiler()
+    if cc is None:
+        return None, "no C compiler (install one, or pip install 'cnnrt[native]' for the Zig toolchain)", {}
+    src = SOURCE.read_bytes()
+    try:
+        ver = subprocess.run(cc + ["--version"], capture_output=True, text=True, timeout=60).stdout.splitlines()[:1]
+    except (OSError, subprocess.SubprocessError) as e:
+        return None, f"C compiler {' '.join(cc)} does not run ({e})", {}
+    key = hashlib.sha256(src + repr((FLAGS, ver, _cpu_id(), platform.machine())).encode()).hexdigest()[:16]
+    d = cache_dir()
+    path = d / f"kernels-{key}.so"
+    info = {"compiler": " ".join(cc), "library": str(path), "compiled_now": False, "compile_seconds": None}
+    if not path.exists():
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=d, prefix=".kernels-", suffix=".so")
+            os.close(fd)
+            t0 = time.perf_counter()
+            p = subprocess.run(cc + FLAGS + ["-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=300)
+            if p.returncode != 0:
+                os.unlink(tmp)
+                return None, f"C build failed: {p.stderr.strip()[:400]}", info
+            os.replace(tmp, path)  # atomic: a concurrent process sees the whole library or none
+            info.update(compiled_now=True, compile_seconds=time.perf_counter() - t0)
+        except (OSError, subprocess.SubprocessError) as e:
+            return None, f"C build failed ({e})", info
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as e:
+        return None, f"cannot load {path} ({e})", info
+    P, I = ctypes.c_void_p, ctypes.c_int
+    for f in (lib.conv_direct_g1, lib.conv_direct_g2, lib.conv_direct_g4):
+        f.argtypes = [P, P, P, P, I, I, I, I, I, I, P, P]
+    lib.conv_depthwise.argtypes = [P, P, P, P, I, I, I, I, I, P]
+    lib.pool2d.argtypes = [P, I, I, I, I, I, I, I, I, I, I, I, P, I, I, I, I, I, I, I, P, P]
+    for f in (lib.conv_direct_g1, lib.conv_direct_g2, lib.conv_direct_g4, lib.conv_depthwise, lib.pool2d):
+        f.restype = None
+    lib.cnnrt_vector_width.restype = I
+    info["vector_width"] = lib.cnnrt_vector_width()
+    return lib, None, info
+
+
+def reset() -> None:
+    """Forget the loaded library (the next `lib()` looks again: for tests)."""
+    with _lock:
+        _state.clear()
+
+
+def lib():
+    """The loaded kernel library, built on first call (None when it cannot be)."""
+    with _lock:
+        if "lib" not in _state:
+            _state["lib"], _state["why"], _state["info"] = _build()
+        return _state["lib"]
+
+
+def why() -> str | None:
+    lib()
+    return _state["why"]
+
+
+def info() -> dict:
+    lib()
+    return dict(_state["info"])

@@ -1,0 +1,1 @@
+"""Writers of other formats from a cnnrt graph (each imports its framework lazily)."""
