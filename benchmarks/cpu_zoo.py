@@ -276,7 +276,7 @@ def zoo(args, log) -> dict:
             runner = rt["cnnrt"][1]
             if hasattr(runner, "describe"):
                 case["cnnrt_kernels"] = sorted({d[2] for d in runner.describe()})
-                case["compiled_kernels"] = runner.compiled_kernels()
+                case["compiled_kernels"] = runner.compiled_kernels() if hasattr(runner, "compiled_kernels") else []
             else:
                 case["cnnrt_kernels"] = ["staged engine (numpy_backend.NumpyRunner)"]
         line = "  ".join(f"{r} {v['median'] * 1e3:9.2f} ms" for r, v in case["results"].items())
