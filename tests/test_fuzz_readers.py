@@ -871,8 +871,9 @@ def test_fuzz_images(workdir, case):
 # ---------------------------------------------------------------------------------------- ONNX
 
 def onnx_seed() -> bytes:
-    """A small convolutional net as PyTorch's exporter writes one: Conv, Relu, MaxPool, a Reshape
-    whose shape is computed by Shape/Gather/Unsqueeze/Concat, Gemm, Softmax; weights as initializers."""
+    """A small convolutional net as PyTorch's exporter writes one: Conv, Relu, Dropout (with its mask),
+    MaxPool, a Reshape whose shape is computed by Shape/Gather/Unsqueeze/Concat, Gemm, Softmax;
+    weights as initializers."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -884,7 +885,8 @@ def onnx_seed() -> bytes:
              numpy_helper.from_array(np.array([-1], np.int64), "minus1")]
     nodes = [
         helper.make_node("Conv", ["x", "w1", "b1"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 1]),
-        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Relu", ["c"], ["r0"]),
+        helper.make_node("Dropout", ["r0"], ["r", "mask"], ratio=0.5),
         helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
         helper.make_node("Shape", ["p"], ["s"]),
         helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
@@ -901,11 +903,68 @@ def onnx_seed() -> bytes:
     return model.SerializeToString()
 
 
+ONNX_OPS = ["Conv", "Relu", "MaxPool", "AveragePool", "Gemm", "MatMul", "Softmax", "Reshape", "Flatten", "Concat",
+            "Gather", "Shape", "Unsqueeze", "Squeeze", "Transpose", "Add", "Mul", "Dropout", "ConstantOfShape", "Expand",
+            "Tile", "Pad", "Slice", "Split", "Resize", "Identity", "BatchNormalization", "GlobalAveragePool", "Cast",
+            "Range", "OneHot", "TopK", "NonZero", "Where", "Einsum", "Loop", "If", "Scan"]
+
+
+def _onnx_structured_edit(draw, seed: bytes) -> bytes:
+    """The seed with one field set through protobuf: an attribute's value, an initializer's dims or
+    values, an input's dims, a node's op type, inputs or outputs."""
+    import onnx
+    from onnx import helper
+
+    m = onnx.load_from_string(seed)
+    g = m.graph
+    ints = st.one_of(st.integers(-3, 9), st.sampled_from([0, -1, 2**31 - 1, 2**31, 2**40, 2**62, -(2**63)]))
+    kind = draw(st.sampled_from(["attr", "attr", "dims", "values", "input", "op", "wiring", "opset"]))
+    node = g.node[draw(st.integers(0, len(g.node) - 1))]
+    if kind == "attr":
+        name = draw(st.sampled_from(sorted({a.name for a in node.attribute} | {"axis", "kernel_shape", "pads",
+                                                                              "strides", "group", "perm"})))
+        value = draw(st.one_of(ints, st.lists(ints, max_size=6), st.floats(allow_nan=True), st.text(max_size=4)))
+        keep = [a for a in node.attribute if a.name != name]
+        del node.attribute[:]
+        node.attribute.extend(keep + [helper.make_attribute(name, value) if value != [] else
+                                      helper.make_attribute(name, [], attr_type=onnx.AttributeProto.INTS)])
+    elif kind in ("dims", "values"):
+        t = g.initializer[draw(st.integers(0, len(g.initializer) - 1))]
+        if kind == "dims":
+            t.dims[:] = draw(st.lists(ints.filter(lambda v: -(2**63) <= v < 2**63), max_size=5))
+        else:
+            t.raw_data = t.raw_data[:draw(st.integers(0, len(t.raw_data)))]
+            t.data_type = draw(st.sampled_from([t.data_type, 2, 7, 10, 11, 8, 16, 0, 99]))
+    elif kind == "input":
+        dims = g.input[0].type.tensor_type.shape.dim
+        d = dims[draw(st.integers(0, len(dims) - 1))]
+        if draw(st.booleans()):
+            d.dim_value = draw(ints.filter(lambda v: -(2**63) <= v < 2**63))
+        else:
+            d.dim_param = draw(st.sampled_from(["N", "H", "", "batch"]))
+    elif kind == "op":
+        node.op_type = draw(st.sampled_from(ONNX_OPS))
+    elif kind == "wiring":
+        names = sorted({t for n in g.node for t in list(n.input) + list(n.output)} | {"", "nothing"})
+        seq = node.input if draw(st.booleans()) or not node.output else node.output
+        if seq and draw(st.booleans()):
+            seq[draw(st.integers(0, len(seq) - 1))] = draw(st.sampled_from(names))
+        elif seq:
+            del seq[draw(st.integers(0, len(seq) - 1))]
+        else:
+            seq.append(draw(st.sampled_from(names)))
+    else:
+        m.opset_import[0].version = draw(st.sampled_from([1, 5, 6, 7, 9, 10, 12, 13, 18, 21, 99, -1]))
+    return m.SerializeToString()
+
+
 @st.composite
 def onnx_files(draw, seed: bytes):
-    how = draw(st.sampled_from(["valid", "bytes", "bytes", "bytes", "truncate"]))
+    how = draw(st.sampled_from(["valid", "bytes", "bytes", "truncate", "structure", "structure"]))
     if how == "valid":
         return Case((seed, how))
+    if how == "structure":
+        return Case((_onnx_structured_edit(draw, seed), how))
     if how == "truncate":
         return Case((seed[:draw(st.integers(0, len(seed) - 1))], how))
     return Case((apply_edits(seed, draw(byte_edits()), hot=len(seed)), how))
