@@ -134,8 +134,8 @@ def _check_png_chunks(path: Path) -> None:
             length, kind = struct.unpack(">I4s", f.read(8))
             end = pos + 12 + length  # length, type, data, CRC
             if end > size:
-                raise FormatError(f"{path}: damaged or truncated PNG: its {kind.decode('latin1')!r} chunk at byte {pos} "
-                                  f"claims {length} bytes, more than the {size - pos - 12} left in the file")
+                raise FormatError(f"{path}: damaged or truncated image: its PNG {kind.decode('latin1')!r} chunk at byte "
+                                  f"{pos} claims {length} bytes, more than the {max(size - pos - 12, 0)} left in the file")
             if kind == b"IEND":
                 return
             pos = end
@@ -169,18 +169,18 @@ def _read_npy(path: Path) -> list[Picture]:
         with open(path, "rb") as f:
             version = fmt.read_magic(f)
             if version not in ((1, 0), (2, 0), (3, 0)):
-                raise FormatError(f"{path}: damaged .npy file: unknown format version {version[0]}.{version[1]} "
-                                  f"(expected 1.0, 2.0 or 3.0)")
+                raise FormatError(f"{path}: not a readable .npy array (unknown format version {version[0]}.{version[1]}; "
+                                  f"expected 1.0, 2.0 or 3.0)")
             # the header's length, checked against the file before NumPy reads that many bytes at once
             fields = "<H" if version == (1, 0) else "<I"
             raw = f.read(struct.calcsize(fields))
             if len(raw) < struct.calcsize(fields):
-                raise FormatError(f"{path}: truncated .npy file: it ends inside its header")
+                raise FormatError(f"{path}: not a readable .npy array (truncated: it ends inside its header)")
             (hlen,) = struct.unpack(fields, raw)
             left = os.fstat(f.fileno()).st_size - f.tell()
             if hlen > left:
-                raise FormatError(f"{path}: damaged or truncated .npy file: its header claims {hlen} bytes, "
-                                  f"the file holds {left} more")
+                raise FormatError(f"{path}: not a readable .npy array (damaged or truncated: its header claims "
+                                  f"{hlen} bytes, the file holds {left} more)")
             f.seek(len(NPY_MAGIC) + 2)
             if version == (1, 0):
                 shape, _, dtype = fmt.read_array_header_1_0(f)
@@ -188,12 +188,13 @@ def _read_npy(path: Path) -> list[Picture]:
                 shape, _, dtype = fmt.read_array_header_2_0(f)
             room = os.fstat(f.fileno()).st_size - f.tell()
         need = math.prod(shape) * dtype.itemsize  # Python ints: a huge claimed shape cannot overflow
-        if min(shape, default=0) < 0 or math.prod(d for d in shape if d) * dtype.itemsize >= 1 << 62:
-            # (NumPy would multiply these in int64, wrapping around, even for an empty array)
-            raise FormatError(f"{path}: damaged .npy header: shape {shape} describes no array that could exist")
         if need > room:  # checked before np.load allocates what the header claims
             raise FormatError(f"{path}: truncated: its header promises a {'x'.join(map(str, shape))} {dtype} array "
                               f"({need} bytes) but the file holds {room}")
+        if min(shape, default=0) < 0 or math.prod(d for d in shape if d) * dtype.itemsize >= 1 << 62:
+            # (NumPy would multiply these in int64, wrapping around, even for an empty array)
+            raise FormatError(f"{path}: not a readable .npy array (damaged header: shape {shape} describes no array "
+                              f"that could exist)")
         a = np.load(path, allow_pickle=False)
     except FormatError:
         raise

@@ -176,7 +176,7 @@ def test_png_chunk_claiming_more_than_the_file(tmp_path):
     data[i:i + 4] = struct.pack(">I", 352321546)
     p = tmp_path / "bad.png"
     p.write_bytes(bytes(data))
-    refused(lambda: read_pictures(p), str(p), "damaged or truncated PNG", "'IDAT' chunk", "claims 352321546 bytes")
+    refused(lambda: read_pictures(p), str(p), "damaged or truncated image", "PNG 'IDAT' chunk", "claims 352321546 bytes")
     good = tmp_path / "good.png"
     good.write_bytes(_png(5, 7) + b"trailing bytes after IEND are ignored")
     assert read_pictures(good)[0].pixels.shape == (5, 7, 1)
@@ -195,11 +195,11 @@ def test_npy_header_length_beyond_the_file(tmp_path):
     text = b"{'descr': '|u1', 'fortran_order': False, 'shape': (2, 2), }    \n"
     p = tmp_path / "bad.npy"
     p.write_bytes(_npy_header((0, 0), text) + bytes(4))
-    refused(lambda: read_pictures(p), str(p), "unknown format version 0.0")
+    refused(lambda: read_pictures(p), str(p), "not a readable .npy array (unknown format version 0.0")
     p.write_bytes(_npy_header((2, 0), text, length=662372470) + bytes(4))
     refused(lambda: read_pictures(p), str(p), "its header claims 662372470 bytes")
     p.write_bytes(b"\x93NUMPY\x01\x00\x05")
-    refused(lambda: read_pictures(p), str(p), "ends inside its header")
+    refused(lambda: read_pictures(p), str(p), "not a readable .npy array (truncated: it ends inside its header)")
 
 
 @pytest.mark.parametrize("shape", ["(0, 1099511627776, 1099511627776)", "(-1, 4)"])
@@ -212,7 +212,7 @@ def test_npy_impossible_shape(tmp_path, shape):
     text += b" " * (-(len(text) + 11) % 64) + b"\n"
     p = tmp_path / "bad.npy"
     p.write_bytes(_npy_header((1, 0), text) + bytes(8))
-    refused(lambda: read_pictures(p), str(p), "damaged .npy header", "describes no array that could exist")
+    refused(lambda: read_pictures(p), str(p), "damaged header", "describes no array that could exist")
 
 
 # ---------------------------------------------------------------------------------------- ONNX
