@@ -134,8 +134,9 @@ def _check_png_chunks(path: Path) -> None:
             length, kind = struct.unpack(">I4s", f.read(8))
             end = pos + 12 + length  # length, type, data, CRC
             if end > size:
-                raise FormatError(f"{path}: damaged or truncated image: its PNG {kind.decode('latin1')!r} chunk at byte "
-                                  f"{pos} claims {length} bytes, more than the {max(size - pos - 12, 0)} left in the file")
+                raise FormatError(f"{path}: damaged or truncated image: its PNG {kind.decode('latin1')!r} chunk at "
+                                  f"byte {pos} claims {length} bytes, more than the {max(size - pos - 12, 0)} left "
+                                  f"in the file")
             if kind == b"IEND":
                 return
             pos = end

@@ -126,7 +126,8 @@ def test_shape_inference_allocates_nothing_of_the_declared_size(op):
     if op == "MatMul":
         node, params, want = Node("MatMul", "mm", ["x", "w"], ["y"]), {"w": np.ones((36, 5), np.float32)}, (n, 4, 5)
     else:
-        node, params, want = Node("Slice", "s", ["x"], ["y"], {"starts": (1,), "ends": (3,), "axes": (2,)}), {}, (n, 4, 2)
+        node = Node("Slice", "s", ["x"], ["y"], {"starts": (1,), "ends": (3,), "axes": (2,)})
+        params, want = {}, (n, 4, 2)
     tracemalloc.start()
     try:
         g = Graph([node], {"x": (n, 4, 36)}, ["y"], params)
@@ -142,7 +143,8 @@ def test_matmul_shape_rule_agrees_with_numpy():
 
     from cnnrt.ir.ops import OpError, matmul_shape
 
-    shapes = [(), (3,), (4,), (3, 4), (4, 3), (2, 3, 4), (1, 4, 5), (2, 1, 4, 3), (5, 4, 2), (1, 3), (4, 1), (3, 2, 4, 4)]
+    shapes = [(), (3,), (4,), (3, 4), (4, 3), (2, 3, 4), (1, 4, 5), (2, 1, 4, 3), (5, 4, 2), (1, 3), (4, 1),
+              (3, 2, 4, 4)]
     for a, b in itertools.product(shapes, repeat=2):
         try:
             want = np.matmul(np.zeros(a) if a else 0.0, np.zeros(b) if b else 0.0).shape
@@ -176,7 +178,8 @@ def test_png_chunk_claiming_more_than_the_file(tmp_path):
     data[i:i + 4] = struct.pack(">I", 352321546)
     p = tmp_path / "bad.png"
     p.write_bytes(bytes(data))
-    refused(lambda: read_pictures(p), str(p), "damaged or truncated image", "PNG 'IDAT' chunk", "claims 352321546 bytes")
+    refused(lambda: read_pictures(p), str(p), "damaged or truncated image", "PNG 'IDAT' chunk",
+            "claims 352321546 bytes")
     good = tmp_path / "good.png"
     good.write_bytes(_png(5, 7) + b"trailing bytes after IEND are ignored")
     assert read_pictures(good)[0].pixels.shape == (5, 7, 1)
