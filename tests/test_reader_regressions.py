@@ -305,3 +305,13 @@ def test_onnx_concat_of_mixed_ranks(tmp_path):
     m.graph.node.insert(2, onnx.helper.make_node("Concat", ["r0", "k"], ["cat"], axis=1))
     m.graph.node[3].input[0] = "cat"
     refused(lambda: load_model(_save(tmp_path, m)), "inputs of ranks [4, 1] cannot be concatenated")
+
+
+def test_onnx_attribute_out_of_range(tmp_path):
+    """int() of a float attribute set to infinity (Gemm's transA) raised OverflowError."""
+    from cnnrt.formats import load_model
+
+    onnx, m = _onnx_model()
+    m.graph.node[-1].attribute.append(onnx.helper.make_attribute("transA", float("inf")))
+    p = _save(tmp_path, m)
+    refused(lambda: load_model(p), str(p), "(Gemm): malformed node or attributes", "OverflowError")

@@ -523,7 +523,7 @@ class _Importer:
         elif node.op_type in _HANDLERS:
             try:
                 outs = _HANDLERS[node.op_type](self, node, ins, a)
-            except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
+            except (TypeError, ValueError, KeyError, IndexError, AttributeError, ArithmeticError) as e:
                 self.fail(f"malformed node or attributes {sorted(a)} ({type(e).__name__}: {e})")
         else:
             self.unsupported.append(f"{node.name or '(unnamed)'} ({node.op_type})")
