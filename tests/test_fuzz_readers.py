@@ -883,6 +883,7 @@ def read_and_prepare(path: Path):
     return out
 
 
+@pytest.mark.filterwarnings("ignore:invalid escape sequence")  # NumPy's literal_eval of a fuzzed .npy header
 @fuzz_settings("images")
 @given(case=image_files())
 def test_fuzz_images(workdir, case):
