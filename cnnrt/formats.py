@@ -27,6 +27,7 @@ from .model import Conv2D, Dense, MaxPool2D, Model, Softmax, deep_mnist
 
 BUNDLE_VERSION = 2
 BUNDLE_KEY = "cnnrt"
+MAX_JSON_DEPTH = 64  # a description nests 5 levels; far deeper is damage (and would exhaust the stack)
 
 # article file name -> (engine tensor name, shape in the article's file)
 ARTICLE_TENSORS = {
@@ -196,7 +197,12 @@ def load_bundle(path: str | os.PathLike):
                           f"(not a cnnrt bundle; use an importer for other frameworks' files)")
     meta_where = f"{path}: the '{BUNDLE_KEY}' metadata"
     try:
-        desc = json.loads(raw)
+        try:
+            desc = json.loads(raw)
+        except RecursionError:
+            raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep") from None
+        if _json_depth(desc) > MAX_JSON_DEPTH:  # the readers below recurse into lists (attributes)
+            raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep")
         if not isinstance(desc, dict):
             raise ValueError(f"expected a JSON object, got {type(desc).__name__}")
         version = desc["version"]
@@ -278,6 +284,18 @@ def load_bundle(path: str | os.PathLike):
         msg = str(e)
         raise FormatError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
     return model
+
+
+def _json_depth(v) -> int:
+    """How deeply lists and objects nest in a parsed JSON value (iteratively: no recursion limit)."""
+    deepest, todo = 0, [(v, 1)]
+    while todo:
+        v, d = todo.pop()
+        if isinstance(v, (list, dict)):
+            deepest = max(deepest, d)
+            if d <= MAX_JSON_DEPTH:
+                todo.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
 
 
 def _check_finite(t: np.ndarray, where) -> None:

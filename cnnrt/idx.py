@@ -7,8 +7,10 @@ allocating what the header claims.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,9 @@ _DTYPES = {
 }
 _CODES = {dt.newbyteorder("="): code for code, dt in _DTYPES.items()}
 _CHUNK = 1 << 20
+_MAX_BYTES = 1 << 62
+# what a damaged gzip stream raises: BadGzipFile (an OSError), EOFError, or zlib's own error
+_GZIP_ERRORS = (EOFError, OSError, zlib.error)
 
 
 def _open(path: Path):
@@ -40,7 +45,7 @@ def _read_exact(f, n: int, path: Path, what: str) -> bytes:
     while got < n:
         try:
             block = f.read(min(_CHUNK, n - got))
-        except (EOFError, OSError) as e:  # truncated or corrupt gzip stream
+        except _GZIP_ERRORS as e:  # truncated or corrupt gzip stream
             raise FormatError(f"{path}: corrupt or truncated compressed data while reading {what}: {e}") from None
         if not block:
             raise FormatError(
@@ -72,11 +77,14 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             )
         dims = struct.unpack(f">{ndim}I", _read_exact(f, 4 * ndim, path, f"{ndim} dimension sizes"))
         dtype = _DTYPES[code]
-        nbytes = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+        nbytes = math.prod(dims) * dtype.itemsize  # Python ints: 4 dimensions of 2**32-1 cannot wrap around
+        if math.prod(d for d in dims if d) * dtype.itemsize >= _MAX_BYTES:  # NumPy refuses such a shape even empty
+            raise FormatError(f"{path}: not a plausible IDX header: dimensions {'x'.join(map(str, dims))} describe an "
+                              f"array of more than 2**62 bytes")
         data = _read_exact(f, nbytes, path, f"a {'x'.join(map(str, dims))} {dtype.name} array")
         try:
             extra = f.read(1)
-        except (EOFError, OSError) as e:
+        except _GZIP_ERRORS as e:
             raise FormatError(f"{path}: corrupt compressed data after the array: {e}") from None
         if extra:
             raise FormatError(f"{path}: trailing data: the header promises {nbytes} data bytes but the file holds more")

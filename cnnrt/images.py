@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +100,8 @@ def _read_with_pillow(path: Path) -> np.ndarray:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 _check_claimed_size(im.size, path)
+                if im.format == "PNG":
+                    _check_png_chunks(path)
                 im.load()
                 im = ImageOps.exif_transpose(im)  # phone photos: stored sideways with an orientation tag
                 return _from_pillow(im)
@@ -120,6 +123,26 @@ def _check_claimed_size(size: tuple[int, int], path: Path) -> None:
     if pixels > max(MAX_PIXELS_ANY_FILE, PIXELS_PER_BYTE * path.stat().st_size):
         raise FormatError(f"{path}: damaged image: its header claims {size[0]}x{size[1]} pixels, more than "
                           f"a file of {path.stat().st_size} bytes can hold")
+
+
+def _check_png_chunks(path: Path) -> None:
+    """Refuse a PNG whose chunks claim more bytes than the file holds, before decoding: Pillow skips
+    the rest of an image-data chunk with one read of the claimed length (up to 2 GB), whatever the
+    file's size."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        pos = 8  # the signature
+        while pos + 8 <= size:
+            f.seek(pos)
+            length, kind = struct.unpack(">I4s", f.read(8))
+            end = pos + 12 + length  # length, type, data, CRC
+            if end > size:
+                raise FormatError(f"{path}: damaged or truncated image: its PNG {kind.decode('latin1')!r} chunk at "
+                                  f"byte {pos} claims {length} bytes, more than the {max(size - pos - 12, 0)} left "
+                                  f"in the file")
+            if kind == b"IEND":
+                return
+            pos = end
 
 
 def _from_pillow(im) -> np.ndarray:
@@ -149,6 +172,20 @@ def _read_npy(path: Path) -> list[Picture]:
     try:
         with open(path, "rb") as f:
             version = fmt.read_magic(f)
+            if version not in ((1, 0), (2, 0), (3, 0)):
+                raise FormatError(f"{path}: not a readable .npy array (unknown format version {version[0]}.{version[1]}; "
+                                  f"expected 1.0, 2.0 or 3.0)")
+            # the header's length, checked against the file before NumPy reads that many bytes at once
+            fields = "<H" if version == (1, 0) else "<I"
+            raw = f.read(struct.calcsize(fields))
+            if len(raw) < struct.calcsize(fields):
+                raise FormatError(f"{path}: not a readable .npy array (truncated: it ends inside its header)")
+            (hlen,) = struct.unpack(fields, raw)
+            left = os.fstat(f.fileno()).st_size - f.tell()
+            if hlen > left:
+                raise FormatError(f"{path}: not a readable .npy array (damaged or truncated: its header claims "
+                                  f"{hlen} bytes, the file holds {left} more)")
+            f.seek(len(NPY_MAGIC) + 2)
             if version == (1, 0):
                 shape, _, dtype = fmt.read_array_header_1_0(f)
             else:
@@ -158,6 +195,10 @@ def _read_npy(path: Path) -> list[Picture]:
         if need > room:  # checked before np.load allocates what the header claims
             raise FormatError(f"{path}: truncated: its header promises a {'x'.join(map(str, shape))} {dtype} array "
                               f"({need} bytes) but the file holds {room}")
+        if min(shape, default=0) < 0 or math.prod(d for d in shape if d) * dtype.itemsize >= 1 << 62:
+            # (NumPy would multiply these in int64, wrapping around, even for an empty array)
+            raise FormatError(f"{path}: not a readable .npy array (damaged header: shape {shape} describes no array "
+                              f"that could exist)")
         a = np.load(path, allow_pickle=False)
     except FormatError:
         raise

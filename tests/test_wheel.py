@@ -1,8 +1,9 @@
-"""Install anywhere: the built wheel, installed (not editable) into a fresh virtual environment,
-runs `cnnrt --version` and `cnnrt eval` from an unrelated directory, with its own model and test set.
+"""Install anywhere: the built wheel, installed (not editable) with its `images` extra into a fresh
+virtual environment, runs `cnnrt --version`, `cnnrt eval` and `cnnrt predict` on PNG files from an
+unrelated directory, with its own model and test set.
 
-Needs pip and the venv module, and pip's configured index (or find-links) for setuptools, NumPy
-and safetensors, as `make test` itself does.
+Needs pip and the venv module, and pip's configured index (or find-links) for setuptools, NumPy,
+safetensors and Pillow, as `make test` itself does.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import zipfile
 
+import numpy as np
 import pytest
 
 from conftest import ROOT
@@ -51,7 +53,7 @@ def installed(tmp_path_factory):
     venv = work / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", venv])
     py = venv / "bin" / "python"
-    _run([sys.executable, "-m", "pip", "--python", py, "install", "-q", wheel])
+    _run([sys.executable, "-m", "pip", "--python", py, "install", "-q", f"{wheel}[images]"])
     return wheel, venv
 
 
@@ -80,8 +82,29 @@ def test_installed_wheel_evaluates_from_any_directory(installed, tmp_path):
     assert r["images"] == 100 and r["accuracy"] >= 0.97 and r["model"].startswith(str(venv))
     text = _run([cnnrt, "eval", "--limit", "100"], cwd=tmp_path, env=_env()).stdout
     assert "Accuracy: " in text
-    # (when `cnnrt predict` lands: run it here on a PNG drawn from the packaged test set)
     assert os.listdir(tmp_path) == []  # eval wrote nothing into the working directory
+
+
+def test_installed_wheel_predicts_png_files(installed, tmp_path, mnist_test):
+    """`cnnrt predict` with the wheel's `images` extra: MNIST test digits drawn as a user would (black
+    on white, larger, off centre) as PNG files in the working directory, judged by their labels."""
+    from PIL import Image
+
+    _, venv = installed
+    x, y = mnist_test
+    names = []
+    for i in range(3):  # the test set's first digits: 7, 2, 1
+        ink = np.asarray(Image.fromarray(x[i]).resize((120, 120), Image.Resampling.BICUBIC))
+        page = np.full((200, 240), 255, np.uint8)
+        page[20 + 30 * i:140 + 30 * i, 10 + 50 * i:130 + 50 * i] = 255 - ink
+        names.append(f"digit{i}.png")
+        Image.fromarray(page, "L").save(tmp_path / names[-1])
+    p = _run([venv / "bin" / "cnnrt", "predict", *names, "--json"], cwd=tmp_path, env=_env())
+    out = [json.loads(line) for line in p.stdout.splitlines()]
+    assert [r["file"] for r in out] == names
+    assert [int(r["label"]) for r in out] == [int(v) for v in y[:3]], out
+    assert all(r["model"].startswith(str(venv)) and r["preprocess"] == "mnist" for r in out), out
+    assert sorted(os.listdir(tmp_path)) == names  # predict wrote nothing
 
 
 def test_installed_wheel_train_asks_for_the_training_set(installed, tmp_path):

@@ -49,6 +49,14 @@ def _onnx():
     return onnx
 
 
+def _type_name(onnx, code) -> str:
+    """TensorProto's name for an element type code; a code no ONNX version defines, as a number."""
+    try:
+        return onnx.TensorProto.DataType.Name(code)
+    except ValueError:
+        return f"unknown type {code}"
+
+
 # ---------------------------------------------------------------- layout algebra
 
 def _ident(r):
@@ -122,8 +130,17 @@ class _Flat:
         ls = src.lshape
         self.lshape = (ls[0], int(np.prod(ls[1:], dtype=np.int64)))
         self.batch = src.batch
-        self.idx = np.arange(self.lshape[1]).reshape(ls[1:]).transpose([a - 1 for a in src.perm[1:]]).ravel()
+        self._idx = None
         self._ir = self._logical = None
+
+    @property
+    def idx(self) -> np.ndarray:
+        """The row permutation, made when a weight of K rows (checked first) is to be permuted: the
+        declared input shape alone can imply a K far beyond memory."""
+        if self._idx is None:
+            ls = self.src.lshape
+            self._idx = np.arange(self.lshape[1]).reshape(ls[1:]).transpose([a - 1 for a in self.src.perm[1:]]).ravel()
+        return self._idx
 
 
 # ---------------------------------------------------------------- the importer
@@ -383,7 +400,7 @@ class _Importer:
             et = tt.elem_type
             if et not in _FLOAT_TYPES and et not in _INT_TYPES:
                 raise FormatError(f"{self.where}: input {vi.name!r} has element type "
-                                  f"{onnx.TensorProto.DataType.Name(et)}; cnnrt takes float or integer tensors")
+                                  f"{_type_name(onnx, et)}; cnnrt takes float or integer tensors")
             if not tt.HasField("shape"):
                 raise FormatError(f"{self.where}: input {vi.name!r} has no shape; cnnrt needs static shapes")
             ds = []
@@ -458,13 +475,16 @@ class _Importer:
             if a.type in (self.onnx.AttributeProto.GRAPH, self.onnx.AttributeProto.GRAPHS):
                 out[a.name] = _SUBGRAPH
                 continue
-            v = helper.get_attribute_value(a)
-            if isinstance(v, bytes):
-                v = v.decode()
-            elif isinstance(v, self.onnx.TensorProto):
-                v = numpy_helper.to_array(v)
-            elif isinstance(v, list) and v and isinstance(v[0], bytes):
-                v = [s.decode() for s in v]
+            try:
+                v = helper.get_attribute_value(a)
+                if isinstance(v, bytes):
+                    v = v.decode()
+                elif isinstance(v, self.onnx.TensorProto):
+                    v = numpy_helper.to_array(v)
+                elif isinstance(v, list) and v and isinstance(v[0], bytes):
+                    v = [s.decode() for s in v]
+            except Exception as e:  # noqa: BLE001 - a damaged attribute: bad UTF-8, a tensor whose data does not fit its dims
+                self.fail(f"attribute {a.name!r} cannot be read ({type(e).__name__}: {e})")
             out[a.name] = v
         return out
 
@@ -503,7 +523,7 @@ class _Importer:
         elif node.op_type in _HANDLERS:
             try:
                 outs = _HANDLERS[node.op_type](self, node, ins, a)
-            except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
+            except (TypeError, ValueError, KeyError, IndexError, AttributeError, ArithmeticError) as e:
                 self.fail(f"malformed node or attributes {sorted(a)} ({type(e).__name__}: {e})")
         else:
             self.unsupported.append(f"{node.name or '(unnamed)'} ({node.op_type})")
@@ -525,14 +545,16 @@ class _Importer:
         from onnx import helper  # noqa: PLC0415
         from onnx.reference import ReferenceEvaluator  # noqa: PLC0415
         names = [f"i{k}" if v is not None else "" for k, v in enumerate(ins)]
-        n = helper.make_node(node.op_type, names, [f"o{k}" for k in range(len(node.output))], domain=node.domain)
-        n.attribute.extend(node.attribute)
-        vis = [helper.make_tensor_value_info(nm, helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype), None)
-               for nm, v in zip(names, ins) if v is not None]
-        outs = [helper.make_tensor_value_info(f"o{k}", onnx.TensorProto.UNDEFINED, None) for k in range(len(node.output))]
-        m = helper.make_model(helper.make_graph([n], "fold", vis, outs),
-                              opset_imports=[helper.make_opsetid("", self.opset)], ir_version=self.model.ir_version or 8)
         try:
+            n = helper.make_node(node.op_type, names, [f"o{k}" for k in range(len(node.output))], domain=node.domain)
+            n.attribute.extend(node.attribute)
+            vis = [helper.make_tensor_value_info(nm, helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype), None)
+                   for nm, v in zip(names, ins) if v is not None]
+            outs = [helper.make_tensor_value_info(f"o{k}", onnx.TensorProto.UNDEFINED, None)
+                    for k in range(len(node.output))]
+            m = helper.make_model(helper.make_graph([n], "fold", vis, outs),
+                                  opset_imports=[helper.make_opsetid("", self.opset)],
+                                  ir_version=self.model.ir_version or 8)
             res = ReferenceEvaluator(m).run(None, {nm: np.asarray(v) for nm, v in zip(names, ins) if v is not None})
         except Exception as e:  # noqa: BLE001
             self.fail(f"cannot be computed at import (its inputs are constant): {type(e).__name__}: {e}")
@@ -721,7 +743,9 @@ def _h_dropout(imp, node, ins, a):
             imp.fail("training mode is not supported (inference only)")
     outs = [ins[0]]
     if len(node.output) > 1 and node.output[1]:
-        outs.append(np.ones(_lshape(ins[0]), np.bool_))  # inference: keep everything
+        # inference keeps everything: an all-true mask, as a zero-strided view (the input's declared
+        # shape may be far larger than memory; nothing that size is allocated here)
+        outs.append(np.broadcast_to(np.True_, _lshape(ins[0])))
     return outs
 
 
@@ -983,6 +1007,8 @@ def _h_gemm(imp, node, ins, a):
         W = B if tb else B.T  # (O, K)
         W = _scaled(W, alpha)
         if isinstance(A, _Flat) and not ta:
+            if W.shape[1] != A.lshape[1]:
+                imp.fail(f"weights of shape {tuple(B.shape)} do not fit an input of {A.lshape[1]} features")
             W = _take_cols(W, A.idx)
             x = imp.flat_ir(A)
             batch = A.batch
@@ -1038,6 +1064,8 @@ def _h_matmul(imp, node, ins, a):
     if isinstance(B, np.ndarray) and B.ndim == 2 and not isinstance(A, np.ndarray):
         la = _lshape(A)
         if isinstance(A, _Flat):
+            if B.shape[0] != A.lshape[1]:
+                imp.fail(f"weights of shape {tuple(B.shape)} do not fit an input of {A.lshape[1]} features")
             W = _take_cols(B.T, A.idx)
             return [imp.emit_dyn("Dense", [imp.flat_ir(A), imp.param(W, node.input[1], key=(imp.keep(B), "mm", imp.keep(A)))],
                                  {}, (0, 1), A.batch, out)]
@@ -1139,6 +1167,9 @@ def _h_concat(imp, node, ins, a):
     if not -r <= ax < r:
         imp.fail(f"axis {ax} is out of range for rank {r}")
     ax %= r
+    ranks = [len(_lshape(v)) for v in vals]
+    if any(k != r for k in ranks):
+        imp.fail(f"inputs of ranks {ranks} cannot be concatenated (they must have one rank)")
     names = [imp.as_perm(v, base.perm, hint=f"{node.output[0]}.const").name for v in vals]
     batch = base.batch and ax != 0
     return [imp.emit_dyn("Concat", names, {"axis": base.perm.index(ax)}, base.perm, batch, _out(node))]
@@ -1278,12 +1309,29 @@ def _h_cast(imp, node, ins, a):
         t = ins[1]
         to = helper.np_dtype_to_tensor_dtype(t.dtype) if isinstance(t, np.ndarray) else 1
     if to not in _FLOAT_TYPES:
-        imp.fail(f"a cast of a run-time tensor to {imp.onnx.TensorProto.DataType.Name(to)} is not supported "
+        imp.fail(f"a cast of a run-time tensor to {_type_name(imp.onnx, to)} is not supported "
                  "(cnnrt computes in floating point)")
     return [ins[0]]
 
 
 # ---------------------------------------------------------------- entry point
+
+def _check_text(model, where: str) -> None:
+    """Every name the importer reads is text: protobuf hands a string field holding invalid UTF-8
+    (a damaged file) back as bytes, which would fail far from here."""
+    g = model.graph
+    named = [("opset domain", o.domain) for o in model.opset_import]
+    for kind, items in (("input", g.input), ("output", g.output), ("initializer", g.initializer),
+                        ("value_info", g.value_info)):
+        named += [(kind, x.name) for x in items]
+    for n in g.node:
+        named += [("node", n.name), ("op type", n.op_type), ("domain", n.domain)]
+        named += [("tensor", t) for t in list(n.input) + list(n.output)]
+        named += [("attribute", a.name) for a in n.attribute]
+    for kind, v in named:
+        if isinstance(v, bytes):
+            raise FormatError(f"{where}: damaged ONNX model: the {kind} name {v!r} is not valid UTF-8 text")
+
 
 def from_onnx(src, name: str | None = None) -> Graph:
     """An ONNX model (path or onnx.ModelProto) as a cnnrt Graph (NHWC; see the module docstring)."""
@@ -1305,6 +1353,7 @@ def from_onnx(src, name: str | None = None) -> Graph:
         default = os.path.splitext(os.path.basename(path))[0]
     if not model.opset_import:
         raise FormatError(f"{where}: not a valid ONNX model (no opset_import)")
+    _check_text(model, where)
     # no onnx.checker: it refuses files that runtimes run (old IR versions, outputs without shapes);
     # the import checks what it reads and names the node at fault
     return _Importer(model, where, name or default).run()

@@ -10,12 +10,15 @@ then optional per-channel mean and std) and `labels` (class names).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import FormatError
 from . import ops as O
+
+MAX_ELEMENTS = 1 << 62  # a tensor shape whose size does not fit int64 arithmetic is damage, not a model
 
 
 @dataclass
@@ -55,6 +58,9 @@ class Graph:
             raise FormatError(f"{where}: has no input")
         if not self.outputs:
             raise FormatError(f"{where}: has no output")
+        for k, shape in self.inputs.items():
+            if math.prod(v for v in shape if v) >= MAX_ELEMENTS:
+                raise FormatError(f"{where}: input {k!r} has shape {shape}, too large for any tensor")
         for k, v in list(self.params.items()):
             if not isinstance(v, np.ndarray):
                 v = np.asarray(v)
@@ -128,15 +134,18 @@ class Graph:
                 outs = d.shape([shapes[t] for t in n.inputs], n.attrs)
             except O.OpError as e:
                 raise FormatError(f"model {self.name!r}, node {n.name!r} ({n.op}): {e}") from None
-            except (TypeError, ValueError, KeyError, IndexError) as e:
+            except (TypeError, ValueError, KeyError, IndexError, AttributeError, ArithmeticError) as e:
                 raise FormatError(f"model {self.name!r}, node {n.name!r} ({n.op}): bad attributes "
                                   f"{n.attrs} ({type(e).__name__}: {e})") from None
             if d.n_outputs != -1 and len(n.outputs) != d.n_outputs or len(outs) != len(n.outputs):
                 raise FormatError(f"model {self.name!r}, node {n.name!r} ({n.op}): gives {len(outs)} outputs, "
                                   f"names {len(n.outputs)}")
             for t, s in zip(n.outputs, outs):
-                s = tuple(int(v) for v in s)
-                if any(v < 0 for v in s):
+                try:
+                    s = tuple(int(v) for v in s)
+                except (TypeError, ValueError, OverflowError):
+                    s = (-1,)
+                if any(v < 0 for v in s) or math.prod(v for v in s if v) >= MAX_ELEMENTS:
                     raise FormatError(f"model {self.name!r}, node {n.name!r} ({n.op}): output shape {s} is invalid")
                 shapes[t] = s
         return shapes

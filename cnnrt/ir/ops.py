@@ -160,17 +160,30 @@ class Dense:
         return 2 * ins[1][0] * ins[1][1]
 
 
+def matmul_shape(a, b) -> tuple:
+    """numpy.matmul's result shape, worked out from the shapes alone (a shape read from a file may
+    be far larger than memory: nothing of that size is allocated)."""
+    a, b = tuple(a), tuple(b)
+    if not a or not b:
+        raise OpError(f"shapes {a} and {b} do not multiply (matmul needs at least 1 dimension)")
+    a2 = (1,) + a if len(a) == 1 else a
+    b2 = b + (1,) if len(b) == 1 else b
+    if a2[-1] != b2[-2]:
+        raise OpError(f"shapes {a} and {b} do not multiply (inner dimensions {a2[-1]} and {b2[-2]})")
+    try:
+        batch = tuple(np.broadcast_shapes(a2[:-2], b2[:-2]))
+    except ValueError as e:
+        raise OpError(f"shapes {a} and {b} do not multiply ({e})") from None
+    return batch + ((a2[-2],) if len(a) > 1 else ()) + ((b2[-1],) if len(b) > 1 else ())
+
+
 @op("MatMul", n_inputs=(2, 2))
 class MatMul:
     """numpy.matmul semantics (ONNX MatMul)."""
 
     @staticmethod
     def shape(ins, a):
-        try:
-            return [np.matmul(np.empty(ins[0], np.int8) if len(ins[0]) else np.int8(0),
-                              np.empty(ins[1], np.int8)).shape]
-        except ValueError as e:
-            raise OpError(f"shapes {ins[0]} and {ins[1]} do not multiply ({e})") from None
+        return [matmul_shape(ins[0], ins[1])]
 
     @staticmethod
     def run(ins, a):
@@ -608,7 +621,8 @@ class Slice:
 
     @staticmethod
     def shape(ins, a):
-        return [np.empty(ins[0], np.int8)[slice_indices(ins[0], a)].shape]
+        # a zero-strided view of the input's shape: slicing it allocates nothing, whatever the shape
+        return [np.broadcast_to(np.int8(0), ins[0])[slice_indices(ins[0], a)].shape]
 
     @staticmethod
     def run(ins, a):
