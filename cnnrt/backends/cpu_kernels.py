@@ -345,3 +345,34 @@ class BlasThreads:
     def set_local(self, n: int) -> int | None:
         """Threads for this thread's BLAS calls (0: back to the global setting); the old value."""
         return self._set(n) if self._set is not None else None
+
+
+class ThreadPool:
+    """A runner's worker threads: made on first use (one runner may never need them), shut down
+    by close() or when the runner goes away."""
+
+    def __init__(self, threads: int, name: str, initializer=None):
+        import threading
+
+        self.threads, self.name, self.initializer = threads, name, initializer
+        self._pool = None
+        self._lock = threading.Lock()
+
+    def executor(self):
+        with self._lock:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix=self.name,
+                                                initializer=self.initializer)
+            return self._pool
+
+    def close(self, wait: bool = True) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=wait)
+            self._pool = None
+
+    def __del__(self):
+        try:
+            self.close(wait=False)
+        except Exception:
+            pass

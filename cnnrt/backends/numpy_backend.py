@@ -34,7 +34,7 @@ from ..errors import FormatError
 from ..model import Conv2D, Dense, MaxPool2D, Model, Softmax
 from . import reference
 from .base import Runner, check_images
-from .cpu_kernels import F32, BlasThreads, Im2colConv, Scratch, WinogradConv
+from .cpu_kernels import F32, BlasThreads, Im2colConv, Scratch, ThreadPool, WinogradConv
 
 NAME = "numpy"
 DEFAULT_PRECISION = "fp32"
@@ -246,8 +246,7 @@ class NumpyRunner(Runner):
         if per_image:
             self.sub = max(1, min(self.sub, SUBCHUNK_BYTES // per_image))
         self._local = threading.local()
-        self._pool = None
-        self._pool_lock = threading.Lock()
+        self._pool = ThreadPool(self.threads, "cnnrt-numpy")
 
     def describe(self) -> list[tuple[str, str, str]]:
         """(layers, what they compute, kernel) for every stage of the fused layer-chain engine."""
@@ -308,11 +307,7 @@ class NumpyRunner(Runner):
     # ---------------------------------------------------------------- batches
 
     def _executor(self):
-        with self._pool_lock:
-            if self._pool is None:
-                from concurrent.futures import ThreadPoolExecutor
-                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="cnnrt-numpy")
-            return self._pool
+        return self._pool.executor()
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
         out = np.empty((len(x), self.model.num_classes), dtype=F32)
@@ -376,16 +371,7 @@ class NumpyRunner(Runner):
         return out
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-
-    def __del__(self):
-        try:
-            if self._pool is not None:
-                self._pool.shutdown(wait=False)
-        except Exception:
-            pass
+        self._pool.close()
 
 
 def prepare(model, precision: str = DEFAULT_PRECISION) -> Runner:

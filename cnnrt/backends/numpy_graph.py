@@ -25,7 +25,7 @@ import numpy as np
 from ..ir import ops as O
 from ..ir.graph import Graph
 from .base import Runner, check_images
-from .cpu_kernels import Scratch
+from .cpu_kernels import Scratch, ThreadPool
 from .graph_kernels import GenericStep
 
 F32 = np.float32
@@ -114,8 +114,7 @@ class GraphRunner(Runner):
                 from ..errors import FormatError
                 raise FormatError(f"model {graph.name!r}: preprocess {k} has {v.size} values for {c} channels")
         self._local = threading.local()
-        self._pool = None
-        self._pool_lock = threading.Lock()
+        self._pool = ThreadPool(self.threads, "cnnrt-graph", initializer=_blas_one)
         self._shapes: dict = {}
 
     def compiled_kernels(self) -> str:
@@ -146,24 +145,10 @@ class GraphRunner(Runner):
         return s
 
     def _executor(self):
-        with self._pool_lock:
-            if self._pool is None:
-                from concurrent.futures import ThreadPoolExecutor
-                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="cnnrt-graph",
-                                                initializer=_blas_one)
-            return self._pool
+        return self._pool.executor()
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-
-    def __del__(self):
-        try:
-            if self._pool is not None:
-                self._pool.shutdown(wait=False)
-        except Exception:
-            pass
+        self._pool.close()
 
     def _shape_at(self, t: str, n: int):
         p = self.plan
