@@ -414,7 +414,7 @@ def test_report_renders_in_chromium(eval_report, tmp_path):
 
     probed = tmp_path / "probed.html"
     probed.write_text(text.replace("</body>", PROBE + "</body>"), encoding="utf-8")
-    dom = chromium("--dump-dom", probed.as_uri(), tmp=tmp_path)
+    dom = chromium("--dump-dom", "--window-size=1200,2000", probed.as_uri(), tmp=tmp_path)  # the layout the screenshot gets
     m = re.search(r'<pre id="probe-result">(.*?)</pre>', dom.stdout, re.S)
     assert m, f"chromium gave no probe result (exit {dom.returncode}): {dom.stderr[-2000:]}"
     result = json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">"))
@@ -441,11 +441,15 @@ def test_report_renders_in_chromium(eval_report, tmp_path):
     white = (pixels == 255).all(axis=-1).mean()
     assert 0.3 < white < 0.98, white
     # the confusion matrix as the browser painted it is the embedded picture, pixel for pixel (nearly)
+    # The layout box can sit at a fractional position (line heights depend on the fonts installed), and
+    # the browser snaps the image to whole pixels its own way: look within 2 px of the box for it.
     x, y, w, h = (int(round(v)) for v in cm["rect"])
-    if result["dpr"] == 1 and y + h <= 2000 and (w, h) == (cm["w"], cm["h"]):
+    if result["dpr"] == 1 and y + h + 2 <= 2000 and x >= 2 and y >= 2 and (w, h) == (cm["w"], cm["h"]):
         embedded = decode_png(Page(text).imgs(id="confusion-matrix")[0]["src"])[..., :3].astype(int)
-        painted = pixels[y:y + h, x:x + w].astype(int)
-        assert np.abs(painted - embedded).mean() < 8
+        diffs = {(dx, dy): np.abs(pixels[y + dy:y + dy + h, x + dx:x + dx + w].astype(int) - embedded).mean()
+                 for dx in range(-2, 3) for dy in range(-2, 3)}
+        best = min(diffs, key=diffs.get)
+        assert diffs[best] < 4, f"the confusion matrix is not where the layout put it: box {cm['rect']}, best offset {best} differs by {diffs[best]:.1f}"
     else:
         pytest.fail(f"the confusion matrix was not drawn at its natural size in the first screen: {cm}, dpr {result['dpr']}")
 
