@@ -75,6 +75,10 @@ CONVS = {
     "valid-no-pad": ((9, 9, 6), dict(o=4, k=3, pad=0), "numpy.conv.im2col"),
     "wide-64": ((6, 7, 10), dict(o=64, k=3, stride=2), "numpy.conv.im2col"),  # four vectors per channel block
     "odd-40": ((5, 5, 17), dict(o=40, k=1, pad=0), "numpy.conv.pointwise"),  # a partial block
+    # the compiled direct kernel's two border paths: few channels gather a border pixel's kernel row,
+    # many channels (64 and more) take the per-tap path where a block touches the padding
+    "border-gather-7x7": ((9, 11, 48), dict(o=20, k=7, pad=(3, 2, 1, 3)), "numpy.conv.im2col"),
+    "border-per-tap-72": ((7, 10, 72), dict(o=36, k=3, pad=(1, 2, 0, 1)), "numpy.conv.winograd.f2x2"),
 }
 
 

@@ -400,7 +400,7 @@ class ConvStep(Step):
             wpad = np.zeros((nb * ob, kh, kw, c), F32)
             wpad[:o] = w
             self.wn = np.ascontiguousarray(wpad.reshape(nb, ob, kh, kw, c).transpose(0, 2, 3, 4, 1))
-            self.zeros = np.zeros(max(c, 1), F32)
+            self.zeros = np.zeros(max(kw * c, 1), F32)  # a kernel row of padding
             self.kind = "native.direct"
             self.win = Window(in_shape, kh, kw, tuple(attrs["strides"]), tuple(attrs["dilations"]),
                               tuple(attrs["pads"]), out_shape[:2])

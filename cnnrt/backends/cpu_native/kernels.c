@@ -61,6 +61,8 @@ static inline vf epi(vf v, const Epi *e, size_t off, int ch, int n) {
 /* geo (the layer's shape, fixed when the graph is compiled): H, W, C, O, KH, KW, SH, SW, DH, DW,
  * PT, PL, HO, WO. */
 
+#define PATCH 1024 /* the longest kernel row (KW*C floats) gathered for a border pixel */
+
 /* Direct convolution, any kernel/stride/dilation/padding, one group. Weights packed as
  * [O/(G*VW)][KH][KW][C][G*VW] (zeros past O). Loops: output-channel block outermost (its weights,
  * KH*KW*C*G*VW floats, stay in the core's L2 while every pixel of the call uses them), then the
@@ -74,6 +76,8 @@ void NAME(const float *x, const int *geo, const float *wp, float *y,            
     const int SH = geo[6], SW = geo[7], DH = geo[8], DW = geo[9], PT = geo[10], PL = geo[11];      \
     const int HO = geo[12], WO = geo[13];                                                           \
     const int ob_ = G * VW;                                                                         \
+    const int KC = KW * C <= PATCH ? KW * C : 1;                                                    \
+    float patch[PX * KC]; /* border pixels' gathered kernel rows (on the stack: at most 64 KB) */  \
     const long total = (long)(i1 - i0) * (r1 - r0) * WO;                                           \
     for (int ob = b0; ob < b1; ob++) {                                                              \
     int cn = i0, coy = r0, cox = 0; /* the next pixel, counted up (no divisions per pixel) */      \
@@ -96,16 +100,34 @@ void NAME(const float *x, const int *geo, const float *wp, float *y,            
         for (int p = 0; p < PX; p++)                                                                \
             for (int g = 0; g < G; g++) acc[p][g] = splat(0.f);                                     \
         for (int ky = 0; ky < KH; ky++) {                                                           \
-            /* every pixel's whole kernel row inside the input (undilated): one run of KW*C */      \
-            int full = DW == 1;                                                                     \
-            for (int p = 0; p < PX && full; p++) {                                                  \
-                int iy = iy0[p] + ky * DH;                                                          \
-                full = iy >= 0 && iy < H && ix0[p] >= 0 && ix0[p] + KW <= W;                        \
-            }                                                                                       \
+            /* Undilated: each pixel's kernel row is one run of KW*C floats: in the input where it  \
+             * lies inside, the zero row where the whole row is padding, else (few channels: short  \
+             * runs per tap would cost more) gathered, the part inside with zeros around it, into  \
+             * the pixel's patch. Then one loop for every pixel. Many channels: the block takes    \
+             * this path only when every pixel's row lies inside, else the per-tap path below. */  \
             const float *xs[PX];                                                                    \
-            if (full) {                                                                             \
-                for (int p = 0; p < PX; p++)                                                        \
-                    xs[p] = xb[p] + ((size_t)(iy0[p] + ky * DH) * W + ix0[p]) * C;                  \
+            int run = DW == 1 && KW * C <= PATCH && C < 4 * VW;                                     \
+            if (DW == 1 && !run) {                                                                  \
+                run = 1;                                                                            \
+                for (int p = 0; p < PX && run; p++) {                                               \
+                    int iy = iy0[p] + ky * DH;                                                      \
+                    run = iy >= 0 && iy < H && ix0[p] >= 0 && ix0[p] + KW <= W;                     \
+                }                                                                                   \
+            }                                                                                       \
+            if (run) {                                                                              \
+                for (int p = 0; p < PX; p++) {                                                      \
+                    int iy = iy0[p] + ky * DH, ix = ix0[p];                                         \
+                    if (iy < 0 || iy >= H) { xs[p] = zeros; continue; }                             \
+                    const float *row = xb[p] + (size_t)iy * W * C;                                  \
+                    if (ix >= 0 && ix + KW <= W) { xs[p] = row + (size_t)ix * C; continue; }        \
+                    float *pt = patch + (size_t)p * KC;                                          \
+                    for (int kx = 0; kx < KW; kx++) {                                               \
+                        int jx = ix + kx;                                                           \
+                        if (jx >= 0 && jx < W) memcpy(pt + kx * C, row + (size_t)jx * C, C * 4);    \
+                        else memset(pt + kx * C, 0, C * 4);                                         \
+                    }                                                                               \
+                    xs[p] = pt;                                                                     \
+                }                                                                                   \
                 const float *wk = wp + ((size_t)ob * KH + ky) * KW * C * ob_;                       \
                 for (int c = 0; c < KW * C; c++) {                                                  \
                     vf w[G];                                                                        \
