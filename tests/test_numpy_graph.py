@@ -271,3 +271,58 @@ def test_one_image_split_over_rows_and_channel_blocks(rng, native, monkeypatch, 
     if native:
         st = r.plan.steps[0]
         assert st.kind == "native.direct" and len(st.parts(1, threads)) > st.rows
+
+
+@pytest.mark.parametrize("threads,chunk", [(1, 8), (2, 5)])
+def test_big_dense_runs_on_whole_chunks(rng, native, threads, chunk):
+    """A Dense step with big weights (Deep MNIST's fc1, 12.8 MB) gets the rows of a whole chunk: the
+    steps before it run per sub-chunk of `chunk` images into those rows. Odd image counts leave a
+    partial sub-chunk and a partial chunk; results match the float64 reference either way."""
+    from cnnrt.backends import numpy_graph
+
+    g = graphs.deep_mnist(seed=int(rng.integers(1 << 30)))
+    r = check(g, 1, 1, rng, tol=1e-4)  # one image: no sub-chunks
+    assert r.split is not None and r.rows == numpy_graph.DENSE_ROWS
+    head, tail, boundary = r.split
+    assert [type(st).__name__ for st in tail][0] == "DenseStep" and len(boundary) == 1
+    check(g, 2 * numpy_graph.DENSE_ROWS + 3 * chunk + 1, threads, rng, tol=1e-4, chunk=chunk)
+
+
+def test_big_dense_split_keeps_head_outputs(rng):
+    """A graph output computed before the big Dense step (here the pooled features) comes back whole
+    from the sub-chunked head."""
+    b = Builder((12, 12, 3), seed=int(rng.integers(1 << 30)))
+    x = b.conv("images", 32, 3, act="relu")
+    p = b.maxpool(x, 2, 2)
+    f = b._add("Flatten", [p], {"axis": 1}, out_shape=(1, 6 * 6 * 32))
+    y = b.dense(f, 300, act="relu")
+    y = b.dense(y, 10, name="logits")
+    g = Graph(b.nodes, {"images": b.shapes["images"]}, [y, p], b.params, name="two_outputs")
+    r = check(g, 37, 2, rng, tol=1e-4, chunk=4)
+    assert r.split is not None and p in r.split[2]
+
+
+@pytest.mark.parametrize("n", [1, 3, 40])
+def test_big_dense_skips_zero_inputs(rng, n, monkeypatch):
+    """A big Dense step behind ReLU multiplies only the weight rows of inputs that are non-zero in
+    some image (most are zero here, as after ReLU and pooling in a trained net): the same logits
+    as the float64 reference, and the GEMM really ran on the non-zero rows alone."""
+    from cnnrt.backends import cpu_kernels
+
+    b = Builder((8, 8, 40), seed=int(rng.integers(1 << 30)))
+    a = b.act("images", "relu")
+    f = b._add("Flatten", [a], {"axis": 1}, out_shape=(1, 2560))
+    y = b.dense(f, 128, name="logits")  # 2560 x 128 floats: 1.3 MB
+    g = b.graph(y, "sparse_mlp")
+    x = rng.standard_normal((n, 8, 8, 40)).astype(np.float32)
+    x[..., 10:] = -np.abs(x[..., 10:])  # three quarters of the inputs are zero after ReLU
+    ref = run_reference(g, {"images": x.astype(np.float64)}, np.float64)["logits"]
+    seen = []
+    real = cpu_kernels.np.take
+    monkeypatch.setattr(cpu_kernels.np, "take", lambda a, idx, **k: seen.append(len(idx)) or real(a, idx, **k))
+    r = GraphRunner(g, "fp32", threads=1)
+    assert ("logits", "Dense", "numpy.dense.skip-zero-inputs+bias") in r.describe()
+    out = r.run({"images": x})["logits"]
+    assert rel_err(out, ref) < 1e-5
+    nonzero = int((x.reshape(n, -1) > 0).any(axis=0).sum())  # at most 640: 10 channels, 64 positions
+    assert nonzero <= 640 and set(seen) == {nonzero}

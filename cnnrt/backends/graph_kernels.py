@@ -28,6 +28,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..ir import ops as O
+from .cpu_kernels import matmul_skipping_zeros, sparse_ok
 
 F32 = np.float32
 BLOCK_BYTES = 256 << 10  # a GEMM block's patches (im2col) or a pool/depthwise block's output: L2-sized
@@ -687,13 +688,21 @@ class DenseStep(Step):
         self.wt = np.ascontiguousarray(w.T, dtype=F32)
         if b is not None:
             self.epi.ops.insert(0, ("bias", np.ascontiguousarray(b, dtype=F32)))
+        # big weights behind ReLU: only the rows of inputs non-zero in some image are multiplied
+        self.sparse = self.wt.ndim == 2 and sparse_ok(self.wt)
+        if self.sparse:
+            self.kernel = "dense.skip-zero-inputs"
 
     def work(self, n):
         return n * self.wt.size
 
     def run(self, ins, out, scr, i0, i1, r0, r1):
         y = out[i0:i1]
-        np.matmul(ins[0][i0:i1], self.wt, out=y)
+        x = ins[0][i0:i1]
+        if self.sparse and x.ndim == 2:
+            matmul_skipping_zeros(x, self.wt, y, scr, self.key)
+        else:
+            np.matmul(x, self.wt, out=y)
         self.epi(y, ins, slice(i0, i1), _tmp(scr, self.key))
 
 

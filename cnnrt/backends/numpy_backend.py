@@ -34,7 +34,8 @@ from ..errors import FormatError
 from ..model import Conv2D, Dense, MaxPool2D, Model, Softmax
 from . import reference
 from .base import Runner, check_images
-from .cpu_kernels import F32, BlasThreads, Im2colConv, Scratch, ThreadPool, WinogradConv
+from .cpu_kernels import (F32, BlasThreads, Im2colConv, Scratch, ThreadPool, WinogradConv, matmul_skipping_zeros,
+                          sparse_ok)
 
 NAME = "numpy"
 DEFAULT_PRECISION = "fp32"
@@ -42,12 +43,6 @@ DEFAULT_PRECISION = "fp32"
 CONV_SUBCHUNK = 8  # images per pass through the conv layers: a few MB of Winograd buffers, in cache
 SUBCHUNK_BYTES = 8 << 20  # ...fewer for bigger images: at most this much scratch per conv layer
 CHUNK = 256  # images per pass through the dense layers: enough rows for an efficient GEMM (bench: 128-256 best)
-# Dense layers with at least 1 MB of weights skip the weight rows of inputs that are zero in every
-# row of the chunk when at most this fraction of the inputs is non-zero (gathering a weight row
-# costs about what multiplying it costs for 2 rows, and 1/20 of what it costs for 128 rows).
-SPARSE_MIN_WEIGHTS = 1 << 18
-SPARSE_DENSITY_FEW = 0.5  # fewer than 32 rows
-SPARSE_DENSITY_BATCH = 0.9  # 32 rows or more
 WINOGRAD_M = 2  # F(2x2, r x r) with the points in cpu_kernels.POINTS: as accurate as direct convolution
 
 
@@ -111,7 +106,7 @@ class _DenseStage:
         self.relu = layer.activation == "relu"
         self.fp16 = fp16
         self.n_in, self.n_out = self.wt.shape
-        self.sparse = self.wt.size >= SPARSE_MIN_WEIGHTS
+        self.sparse = sparse_ok(self.wt)
         self.in_shape = tuple(in_shape)
         self.out_shape = (self.n_out,)
         self.key = id(self)
@@ -124,24 +119,7 @@ class _DenseStage:
         y = out if out is not None else s.get((self.key, "y"), (n, self.n_out))
         x = a.reshape(n, self.n_in)
         if self.sparse:
-            # After ReLU and max-pool most inputs are exact zeros (for the trained Deep MNIST's fc1:
-            # 88% of one image's inputs, 36% of those of 128 images together, a quarter never
-            # non-zero): multiply only the weight rows of the inputs that are non-zero in some
-            # row. For one image that cuts the GEMV's weight traffic (12.8 MB for fc1); for a
-            # chunk, the GEMM's work. Skipped terms are exact zeros (the weights are finite).
-            nz = ((x[0] != 0) if n == 1 else x.any(axis=0)).nonzero()[0]  # (bool: 4x faster than on floats)
-            k = len(nz)
-            if k <= (SPARSE_DENSITY_BATCH if n >= 32 else SPARSE_DENSITY_FEW) * self.n_in:
-                w = s.get((self.key, "w"), (self.wt.size,))[:k * self.n_out].reshape(k, self.n_out)
-                np.take(self.wt, nz, axis=0, out=w, mode="clip")  # (nz is in range: no checks)
-                if n == 1:
-                    xs = x[:, nz]
-                else:
-                    xs = s.get((self.key, "xs"), (n * self.n_in,))[:n * k].reshape(n, k)
-                    np.take(x, nz, axis=1, out=xs, mode="clip")
-                np.matmul(xs, w, out=y)
-            else:
-                np.matmul(x, self.wt, out=y)
+            matmul_skipping_zeros(x, self.wt, y, s, self.key)
         else:
             np.matmul(x, self.wt, out=y)
         y += self.b

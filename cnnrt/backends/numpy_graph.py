@@ -87,6 +87,11 @@ def _conv(ins, a):
 MIN_SPLIT_WORK = 1e7  # multiply-adds (about half a millisecond on a core) below which a step is not split over threads
 ARENA_BYTES = 16 << 20  # a chunk's planned tensors per thread: sizes the images per chunk (kernels block for the caches inside)
 MAX_CHUNK = 64
+# A Dense step with at least this many bytes of weights needs many rows to be a GEMM rather than a
+# pass over its weights per few images (Deep MNIST's fc1: 12.8 MB): the steps before it run on
+# cache-sized sub-chunks that fill the rows of a chunk of DENSE_ROWS images, the rest on the chunk.
+BIG_DENSE_BYTES = 1 << 20
+DENSE_ROWS = 256
 
 
 class GraphRunner(Runner):
@@ -116,6 +121,8 @@ class GraphRunner(Runner):
         self._local = threading.local()
         self._pool = ThreadPool(self.threads, "cnnrt-graph", initializer=_blas_one)
         self._shapes: dict = {}
+        self.split = _dense_split(self.plan)  # (head steps, tail steps, boundary tensors) or None
+        self.rows = max(self.chunk, DENSE_ROWS) if self.split else self.chunk  # images per chunk
 
     def compiled_kernels(self) -> str:
         """One line on the optional compiled kernels: in use (how built, when) or why not."""
@@ -180,28 +187,58 @@ class GraphRunner(Runner):
 
     def _execute(self, feeds: dict, n: int, split: bool = False) -> dict:
         """The whole plan on `feeds` (n images) on this thread; with split, large spatial steps
-        have their rows spread over the pool."""
+        have their rows spread over the pool. With a big Dense step (self.split) and more images
+        than a sub-chunk, the steps before it run per sub-chunk into the chunk's rows."""
         p, s = self.plan, self._scratch()
-        env = {}
+        if self.split is not None and n > self.chunk and not split:
+            head, tail, boundary = self.split
+            big = {t: s.get(("rows", t), self._shape_at(t, n)) for t in boundary}
+            for i0 in range(0, n, self.chunk):
+                i1 = min(i0 + self.chunk, n)
+                env = self._inputs({k: v[i0:i1] for k, v in feeds.items()}, i1 - i0, s)
+                self._steps(head, env, i1 - i0, s, False, {t: b[i0:i1] for t, b in big.items()})
+            env = dict(big)
+            for k, v in feeds.items():  # the tail may read an input (rarely): the whole chunk's
+                if k not in env:
+                    env[k] = self._inputs({k: v}, n, s, key="rows")[k]
+            self._steps(tail, env, n, s, False, {})
+        else:
+            env = self._inputs(feeds, n, s)
+            self._steps(p.steps, env, n, s, split, {})
+        return {t: env[t] if t in env else p.graph.params[t] for t in p.graph.outputs}
+
+    def _inputs(self, feeds: dict, n: int, s: Scratch, key: str = "slot") -> dict:
+        p, env = self.plan, {}
         for name, v in feeds.items():
             if name in p.slot_of and (v.dtype.kind == "f" or v.dtype == np.uint8):
-                buf = s.get(("slot", p.slot_of[name]), self._shape_at(name, n))
+                buf = s.get((key, p.slot_of[name]), self._shape_at(name, n))
                 self._fill_input(v, buf)
                 env[name] = buf
             else:
                 env[name] = v
-        for st in p.steps:
+        return env
+
+    def _steps(self, steps, env: dict, n: int, s: Scratch, split: bool, into: dict) -> None:
+        """Run steps on env's tensors (n images); outputs named in `into` go to those arrays."""
+        p = self.plan
+        for st in steps:
             ins = [env[t] for t in st.inputs]
             if isinstance(st, GenericStep):
-                env.update(zip(st.node.outputs, st.call(ins)))
+                outs = st.call(ins)
+                for t, v in zip(st.node.outputs, outs):
+                    if t in into:
+                        into[t][...] = v
+                        v = into[t]
+                    env[t] = v
                 continue
-            out = s.get(("slot", p.slot_of[st.output]), self._shape_at(st.output, n))
+            out = into.get(st.output)
+            if out is None:
+                out = s.get(("slot", p.slot_of[st.output]), self._shape_at(st.output, n))
             if split and st.rows and st.work(n) >= MIN_SPLIT_WORK:
                 self._split_rows(st, ins, out, n)
             else:
                 st.run(ins, out, s, 0, n, 0, st.rows)
             env[st.output] = out
-        return {t: env[t] if t in env else p.graph.params[t] for t in p.graph.outputs}
 
     def profile(self, feeds: dict, repeats: int = 3) -> list[dict]:
         """Seconds per step (the best of `repeats` passes) of the whole plan on this thread: where
@@ -262,7 +299,7 @@ class GraphRunner(Runner):
         return self._run_chunked(feeds, n)
 
     def _run_chunked(self, feeds: dict, n: int) -> dict:
-        size = max(1, min(self.chunk, -(-n // self.threads)))
+        size = max(1, min(self.rows, -(-n // self.threads)))
         chunks = [(i, min(i + size, n)) for i in range(0, n, size)]
         outs: dict = {}
         lock = threading.Lock()
@@ -309,6 +346,27 @@ class GraphRunner(Runner):
         if len(x) == 0:
             return np.empty((0, self.graph.num_classes), F32)
         return self._forward(x)
+
+
+def _dense_split(plan):
+    """(head steps, tail steps, tensors from head to tail) where a Dense step with big weights
+    follows batch-local steps, else None. The head's outputs that the tail (or the caller) reads
+    get buffers of the whole chunk's rows."""
+    from .graph_kernels import DenseStep
+
+    if not plan.batch_local:
+        return None
+    k = next((i for i, st in enumerate(plan.steps)
+              if isinstance(st, DenseStep) and st.wt.nbytes >= BIG_DENSE_BYTES), None)
+    if not k:
+        return None
+    head, tail = plan.steps[:k], plan.steps[k:]
+    made = {t for st in head for t in (st.node.outputs if isinstance(st, GenericStep) else [st.output])}
+    need = {t for st in tail for t in st.inputs} | set(plan.graph.outputs)
+    boundary = sorted(made & need)
+    if any(not plan.graph.shapes.get(t) for t in boundary):
+        return None
+    return head, tail, boundary
 
 
 def _blas_one():
