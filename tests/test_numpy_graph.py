@@ -274,15 +274,16 @@ def test_one_image_split_over_rows_and_channel_blocks(rng, native, monkeypatch, 
 
 
 @pytest.mark.parametrize("threads,chunk", [(1, 8), (2, 5)])
-def test_big_dense_runs_on_whole_chunks(rng, native, threads, chunk):
+def test_big_dense_runs_on_whole_chunks(rng, native, threads, chunk, monkeypatch):
     """A Dense step with big weights (Deep MNIST's fc1, 12.8 MB) gets the rows of a whole chunk: the
     steps before it run per sub-chunk of `chunk` images into those rows. Odd image counts leave a
     partial sub-chunk and a partial chunk; results match the float64 reference either way."""
     from cnnrt.backends import numpy_graph
 
+    monkeypatch.setattr(numpy_graph, "DENSE_ROWS", 24)  # (256 by default: fewer images to check)
     g = graphs.deep_mnist(seed=int(rng.integers(1 << 30)))
     r = check(g, 1, 1, rng, tol=1e-4)  # one image: no sub-chunks
-    assert r.split is not None and r.rows == numpy_graph.DENSE_ROWS
+    assert r.split is not None and r.rows == max(r.chunk, numpy_graph.DENSE_ROWS)
     head, tail, boundary = r.split
     assert [type(st).__name__ for st in tail][0] == "DenseStep" and len(boundary) == 1
     check(g, 2 * numpy_graph.DENSE_ROWS + 3 * chunk + 1, threads, rng, tol=1e-4, chunk=chunk)
@@ -326,3 +327,83 @@ def test_big_dense_skips_zero_inputs(rng, n, monkeypatch):
     assert rel_err(out, ref) < 1e-5
     nonzero = int((x.reshape(n, -1) > 0).any(axis=0).sum())  # at most 640: 10 channels, 64 positions
     assert nonzero <= 640 and set(seen) == {nonzero}
+
+
+def _native_or_skip():
+    if K.native_lib() is None:
+        pytest.skip(f"no compiled kernels here: {N.why()}")
+
+
+@pytest.mark.parametrize("name,size,threads", [("resnet20", None, 2), ("resnet20", None, 3),
+                                                ("mobilenet_v2_96", 32, 2), ("resnet18", 32, 4)])
+def test_programs_match_the_python_steps_and_float64(rng, name, size, threads):
+    """One image through compiled programs (each run of compiled steps in one C call, its parts on
+    the C threads): bit for bit what the same steps give when Python runs them part by part, and
+    within 1e-4 of the float64 reference."""
+    _native_or_skip()
+    g = graphs.build(name, seed=int(rng.integers(1 << 30)), **({"size": size} if size else {}))
+    x = rng.standard_normal((1, *g.input_shape)).astype(np.float32)
+    ref = run_reference(g, {"images": x.astype(np.float64)}, np.float64)["logits"]
+    r = GraphRunner(g, "fp32", threads=threads)
+    assert r.programs
+    out = r.run({"images": x})["logits"]
+    segs = r._local.programs[(1, threads)][1]
+    assert sum(sg[3] for sg in segs if sg[0] == "c") >= 5  # the convolutions ran in programs
+    plain = GraphRunner(g, "fp32", threads=threads)
+    plain.programs = False
+    np.testing.assert_array_equal(out, plain.run({"images": x})["logits"])
+    assert rel_err(out, ref) < 1e-4
+    again = r.run({"images": x})["logits"]  # the cached program, same buffers
+    np.testing.assert_array_equal(again, out)
+
+
+def test_programs_from_many_python_threads(rng):
+    """Several Python threads calling runners with different thread counts at once: programs run one
+    at a time on the shared C threads, each caller gets its own image's answer."""
+    import threading
+
+    _native_or_skip()
+    g = graphs.resnet20(seed=int(rng.integers(1 << 30)))
+    xs = rng.standard_normal((8, 1, *g.input_shape)).astype(np.float32)
+    runners = [GraphRunner(g, "fp32", threads=t) for t in (2, 3)]
+    want = [runners[0].run({"images": x})["logits"] for x in xs]
+    got, errors = {}, []
+
+    def call(k):
+        try:
+            for rep in range(5):
+                got[k, rep] = runners[k % 2].run({"images": xs[k]})["logits"]
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    ts = [threading.Thread(target=call, args=(k,)) for k in range(8)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    assert not errors and not any(t.is_alive() for t in ts)
+    for (k, rep), v in got.items():
+        np.testing.assert_allclose(v, want[k], rtol=0, atol=1e-5 * np.abs(want[k]).max())
+
+
+def test_programs_after_fork(rng):
+    """A child forked after the C threads started has none of them: its first program starts its own."""
+    import multiprocessing as mp
+
+    _native_or_skip()
+    g = graphs.resnet20(seed=int(rng.integers(1 << 30)))
+    x = rng.standard_normal((1, *g.input_shape)).astype(np.float32)
+    r = GraphRunner(g, "fp32", threads=2)
+    want = r.run({"images": x})["logits"]  # the parent's C threads now exist
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child_run, args=(g, x, q))
+    p.start()
+    got = q.get(timeout=60)
+    p.join(60)
+    assert p.exitcode == 0
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+def _child_run(g, x, q):
+    q.put(GraphRunner(g, "fp32", threads=2).run({"images": x})["logits"])

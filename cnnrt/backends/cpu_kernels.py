@@ -141,6 +141,7 @@ class Scratch:
     def __init__(self):
         self.flat: dict = {}
         self.views: dict = {}
+        self.generation = 0  # counts reallocations: addresses taken before one may be stale
 
     def get(self, key, shape, zero=False) -> np.ndarray:
         v = self.views.get((key, shape))
@@ -153,6 +154,7 @@ class Scratch:
         if b is None or b.size < size:
             b = np.zeros(size, dtype=F32) if zero else np.empty(size, dtype=F32)
             self.flat[key] = b
+            self.generation += 1
             self.views = {k: w for k, w in self.views.items() if k[0] != key}
         if len(self.views) > 256:
             self.views.clear()

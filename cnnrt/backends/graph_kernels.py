@@ -396,6 +396,7 @@ class ConvStep(Step):
             # output channels per block: four vectors where they divide O, else two, one for O <= one vector
             groups = 4 if o % (4 * vw) == 0 else 1 if o <= vw else 2
             self.direct = {1: lib.conv_direct_g1, 2: lib.conv_direct_g2, 4: lib.conv_direct_g4}[groups]
+            self.groups = groups
             ob = groups * vw
             nb = self.nb = -(-o // ob)
             wpad = np.zeros((nb * ob, kh, kw, c), F32)
@@ -443,6 +444,21 @@ class ConvStep(Step):
         k = min(self.nb, -(-t // (n * self.rows)))
         return [(i, i + 1, r, r + 1, j * self.nb // k, (j + 1) * self.nb // k)
                 for i in range(n) for r in range(self.rows) for j in range(k)]
+
+    def tasks(self, ins, out, n, threads, keep):
+        """This step on n images as parts for a compiled program (native.Task fields), or None
+        where it has no compiled kernel. `keep` holds what the addresses point into."""
+        if not self.kind.startswith("native."):
+            return None
+        e = Epilogue.bind(self.epi_t, self.res_idx, ins)
+        keep.append(e)
+        base = dict(x=ins[0].ctypes.data, w=self._wptr, y=out.ctypes.data, geo=self._gptr, e=ctypes.addressof(e))
+        if self.kind == "native.depthwise":
+            return [dict(base, kind=5, i0=q[0], i1=q[1], r0=q[2], r1=q[3], cpad_or_avg=self.cpad)
+                    for q in Step.parts(self, n, threads)]
+        return [dict(base, kind=self.groups, i0=q[0], i1=q[1], r0=q[2], r1=q[3],
+                     b0=q[4] if len(q) > 4 else 0, b1=q[5] if len(q) > 4 else self.nb, zeros=self._zptr)
+                for q in self.parts(n, threads)]
 
     def _native_direct(self, ins, out, scr, i0, i1, r0, r1, b0=0, b1=None):
         x, e = self._native_args(ins)
@@ -593,6 +609,19 @@ class PoolStep(Step):
         else:
             self.epi_t, self.res_idx = ne
             self.kernel = "native." + self.kernel
+            w = self.win
+            self.geo = np.array([w.h, w.w, w.c, w.kh, w.kw, w.sh, w.sw, w.dh, w.dw, w.pt, w.pl, w.ho, w.wo], np.intc)
+
+    def tasks(self, ins, out, n, threads, keep):
+        """As ConvStep.tasks."""
+        if self.lib is None:
+            return None
+        e = Epilogue.bind(self.epi_t, self.res_idx, ins)
+        keep.append(e)
+        return [dict(kind=6, i0=q[0], i1=q[1], r0=q[2], r1=q[3], cpad_or_avg=int(not self.max), x=ins[0].ctypes.data,
+                     y=out.ctypes.data, geo=self.geo.ctypes.data, e=ctypes.addressof(e),
+                     inv=self.inv.ctypes.data if self.inv is not None else None)
+                for q in self.parts(n, threads)]
 
     def _inverse_counts(self, a, in_shape, out_shape):
         """1 / (values in each window): padding counts when count_include_pad, the ceil-mode

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("cpu_native") / "kernels.c"
-FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-ffp-contract=fast", "-fno-math-errno", "-std=c11"]
+FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-pthread", "-ffp-contract=fast", "-fno-math-errno", "-std=c11"]
 
 _lock = threading.Lock()
 _state: dict = {}
@@ -35,6 +35,17 @@ class Epi(ctypes.Structure):
 
 
 E_BIAS, E_RELU, E_CLIP, E_LEAKY, E_HSWISH, E_HSIG, E_ADD = range(1, 8)
+
+
+class Task(ctypes.Structure):
+    """One part of one step of a program (cnnrt_run_program in kernels.c)."""
+    _fields_ = [("kind", ctypes.c_int), ("i0", ctypes.c_int), ("i1", ctypes.c_int), ("r0", ctypes.c_int),
+                ("r1", ctypes.c_int), ("b0", ctypes.c_int), ("b1", ctypes.c_int), ("cpad_or_avg", ctypes.c_int),
+                ("x", ctypes.c_void_p), ("w", ctypes.c_void_p), ("zeros", ctypes.c_void_p), ("inv", ctypes.c_void_p),
+                ("y", ctypes.c_void_p), ("geo", ctypes.c_void_p), ("e", ctypes.c_void_p)]
+
+
+K_DEPTHWISE, K_POOL = 5, 6  # Task.kind; 1, 2, 4: the direct convolution with that many vectors per block
 
 
 def cache_dir() -> Path:
@@ -117,6 +128,11 @@ def _build() -> tuple[ctypes.CDLL | None, str | None, dict]:
     for f in (lib.conv_direct_g1, lib.conv_direct_g2, lib.conv_direct_g4, lib.conv_depthwise, lib.pool2d):
         f.restype = None
     lib.cnnrt_vector_width.restype = I
+    lib.cnnrt_run_program.argtypes = [P, P, I, I]
+    lib.cnnrt_run_program.restype = I
+    lib.cnnrt_task_size.restype = I
+    if lib.cnnrt_task_size() != ctypes.sizeof(Task):
+        return None, f"{path}: its Task is {lib.cnnrt_task_size()} bytes, not {ctypes.sizeof(Task)}", info
     info["vector_width"] = lib.cnnrt_vector_width()
     return lib, None, info
 

@@ -17,7 +17,9 @@ arithmetic, as `cnnrt.ir.run_reference(..., fp16_storage=True)` does.
 """
 from __future__ import annotations
 
+import ctypes
 import itertools
+import os
 import threading
 
 import numpy as np
@@ -91,6 +93,7 @@ MAX_CHUNK = 64
 # pass over its weights per few images (Deep MNIST's fc1: 12.8 MB): the steps before it run on
 # cache-sized sub-chunks that fill the rows of a chunk of DENSE_ROWS images, the rest on the chunk.
 BIG_DENSE_BYTES = 1 << 20
+PROGRAMS = os.environ.get("CNNRT_PROGRAMS", "1") != "0"
 DENSE_ROWS = 256
 
 
@@ -121,6 +124,11 @@ class GraphRunner(Runner):
         self._local = threading.local()
         self._pool = ThreadPool(self.threads, "cnnrt-graph", initializer=_blas_one)
         self._shapes: dict = {}
+        from .graph_kernels import native_lib
+        self._lib = native_lib()
+        # compiled programs for small batches (cnnrt_run_program): parts of each step on the
+        # threads in C; CNNRT_PROGRAMS=0 turns them off (the same steps then run from Python)
+        self.programs = self._lib is not None and self.plan.batch_local and PROGRAMS
         self.split = _dense_split(self.plan)  # (head steps, tail steps, boundary tensors) or None
         self.rows = max(self.chunk, DENSE_ROWS) if self.split else self.chunk  # images per chunk
 
@@ -203,9 +211,84 @@ class GraphRunner(Runner):
                     env[k] = self._inputs({k: v}, n, s, key="rows")[k]
             self._steps(tail, env, n, s, False, {})
         else:
+            # a program's parts go to the C threads when this call has the cores to itself (split);
+            # a chunk on one of the pool's threads runs its program inline
+            threads = self.threads if split else 1
+            prog = self._program(n, s, feeds, threads) if self.programs else None  # (before the inputs are written)
             env = self._inputs(feeds, n, s)
-            self._steps(p.steps, env, n, s, split, {})
+            if prog is None:
+                self._steps(p.steps, env, n, s, split, {})
+            else:
+                for seg in prog:
+                    if seg[0] == "c":
+                        self._lib.cnnrt_run_program(seg[1], seg[2], seg[3], threads)
+                        env.update(seg[4])
+                    else:
+                        self._steps([seg[1]], env, n, s, split, {})
         return {t: env[t] if t in env else p.graph.params[t] for t in p.graph.outputs}
+
+    def _program(self, n: int, s: Scratch, feeds: dict, threads: int):
+        """The plan on n images as segments: ("c", tasks, step starts, steps, outputs) for each
+        run of steps with compiled kernels (one cnnrt_run_program call: their parts shared by
+        the threads in C, no Python between them), ("py", step) for the rest. Built once per
+        thread and batch size; rebuilt when a buffer has moved (the tasks hold addresses)."""
+        p = self.plan
+        if any(name not in p.slot_of or not (v.dtype.kind == "f" or v.dtype == np.uint8) for name, v in feeds.items()):
+            return None  # an input the plan does not copy into its own buffer (its address varies)
+        cache = getattr(self._local, "programs", None)
+        if cache is None:
+            cache = self._local.programs = {}
+        hit = cache.get((n, threads))
+        if hit is not None and hit[0] == s.generation:
+            return hit[1]
+        from . import native as N
+
+        def buf(t):
+            return s.get(("slot", p.slot_of[t]), self._shape_at(t, n))
+
+        for _ in range(3):  # every buffer at its size first: the gets below then move nothing
+            g0 = s.generation
+            for t in list(feeds) + [st.output for st in p.steps if not isinstance(st, GenericStep)]:
+                buf(t)
+            if s.generation == g0:
+                break
+        else:
+            return None
+        g0 = s.generation
+        segs, cur, keep = [], [], []
+
+        def flush():
+            if not cur:
+                return
+            tasks, starts = [], [0]
+            for _, parts in cur:
+                tasks += parts
+                starts.append(len(tasks))
+            arr = (N.Task * len(tasks))(*[N.Task(**t) for t in tasks])
+            segs.append(("c", arr, (ctypes.c_int * len(starts))(*starts), len(cur),
+                         {st.output: buf(st.output) for st, _ in cur}))
+            cur.clear()
+
+        planned = set(feeds)  # tensors in planned buffers (generic steps' outputs are not)
+        for st in p.steps:
+            parts = None
+            if not isinstance(st, GenericStep) and hasattr(st, "tasks") and all(t in planned for t in st.inputs):
+                parts = st.tasks([buf(t) for t in st.inputs], buf(st.output), n, threads, keep)
+            if parts:
+                cur.append((st, [q for q in parts if q["i0"] < q["i1"] and q["r0"] < q["r1"]
+                                 and q.get("b0", 0) < q.get("b1", 1)]))
+            else:
+                flush()
+                segs.append(("py", st))
+            if not isinstance(st, GenericStep):
+                planned.add(st.output)
+        flush()
+        if s.generation != g0 or not any(sg[0] == "c" for sg in segs):
+            return None
+        if len(cache) > 8:
+            cache.clear()
+        cache[(n, threads)] = (s.generation, segs, keep)  # keep: the epilogues the tasks point at
+        return segs
 
     def _inputs(self, feeds: dict, n: int, s: Scratch, key: str = "slot") -> dict:
         p, env = self.plan, {}

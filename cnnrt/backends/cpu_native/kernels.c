@@ -8,8 +8,15 @@
  * Written with GCC/Clang vector extensions: VW floats per vector (16 where the compiler targets
  * AVX-512, else 8), no intrinsics, so it builds for whatever CPU compiles it.
  */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sched.h>
+#include <time.h>
 
 #if defined(__AVX512F__)
 #define VW 16
@@ -322,3 +329,164 @@ void pool2d(const float *x, int H, int W, int C, int KH, int KW, int SH, int SW,
 }
 
 int cnnrt_vector_width(void) { return VW; }
+
+/* ------------------------------------------------------------------ programs
+ *
+ * A run of compiled steps in one call, for one image (or a few) over several threads: Python's
+ * per-step cost (a thread pool's submit and wait, tens of microseconds) is more than a small
+ * layer's whole work, so the steps' parts are handed to threads here instead. Each step is a list
+ * of parts (tasks); the threads take parts as they finish their last (an atomic counter per step)
+ * and meet at a barrier before the next step. The worker threads live as long as the process;
+ * between programs they spin a little (the next program is often microseconds away), then sleep.
+ * One program runs at a time; a caller asking for one thread runs it inline. */
+
+typedef struct {
+    int kind;            /* 1, 2, 4: conv_direct_g1/g2/g4; 5: conv_depthwise; 6: pool2d */
+    int i0, i1, r0, r1, b0, b1, cpad_or_avg;
+    const float *x, *w, *zeros, *inv;
+    float *y;
+    const int *geo;      /* conv: as the kernels take it; pool: H W C KH KW SH SW DH DW PT PL HO WO */
+    const Epi *e;
+} Task;
+
+static void run_task(const Task *t) {
+    switch (t->kind) {
+    case 1: conv_direct_g1(t->x, t->geo, t->w, t->y, t->i0, t->i1, t->r0, t->r1, t->b0, t->b1, t->zeros, t->e); break;
+    case 2: conv_direct_g2(t->x, t->geo, t->w, t->y, t->i0, t->i1, t->r0, t->r1, t->b0, t->b1, t->zeros, t->e); break;
+    case 4: conv_direct_g4(t->x, t->geo, t->w, t->y, t->i0, t->i1, t->r0, t->r1, t->b0, t->b1, t->zeros, t->e); break;
+    case 5: conv_depthwise(t->x, t->geo, t->w, t->y, t->i0, t->i1, t->r0, t->r1, t->cpad_or_avg, t->e); break;
+    case 6: {
+        const int *g = t->geo;
+        pool2d(t->x, g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], g[9], g[10], t->y, g[11], g[12],
+               t->i0, t->i1, t->r0, t->r1, t->cpad_or_avg, t->inv, t->e);
+        break;
+    }
+    }
+}
+
+#define MAX_WORKERS 255
+#define SPIN_NS 100000L /* how long a worker waits for the next program before it sleeps */
+static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER, prog_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pool_cv = PTHREAD_COND_INITIALIZER;
+static int n_workers;
+static atomic_int job_gen, bar_count, bar_phase, ticket[MAX_WORKERS];
+static const Task *job_tasks;
+static const int *job_starts;
+static int job_steps, job_threads;
+static atomic_int *job_next;
+static int job_next_cap;
+
+static inline void cpu_pause(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static long now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000000L + t.tv_nsec;
+}
+
+/* Spin, then yield the core: with more threads than free cores the thread waited for may need it. */
+static void barrier(int n) {
+    int ph = atomic_load(&bar_phase);
+    if (atomic_fetch_add(&bar_count, 1) == n - 1) {
+        atomic_store(&bar_count, 0);
+        atomic_fetch_add(&bar_phase, 1);
+    } else {
+        for (long k = 0; atomic_load(&bar_phase) == ph; k++) {
+            if (k < 2000) cpu_pause(); else sched_yield();
+        }
+    }
+}
+
+static void run_share(void) {
+    for (int s = 0; s < job_steps; s++) {
+        int a = job_starts[s], b = job_starts[s + 1];
+        for (int k; (k = a + atomic_fetch_add(&job_next[s], 1)) < b;) run_task(job_tasks + k);
+        barrier(job_threads);
+    }
+}
+
+/* Worker id waits for its ticket to change (the caller hands one to each thread a program needs,
+ * after the program's description is written), runs its share, and waits again. */
+static void *worker(void *arg) {
+    int id = (int)(intptr_t)arg, seen = 0; /* tickets start at 0; a job's is at least 1 */
+    for (;;) {
+        long k = 0, t0 = 0;
+        while (atomic_load(&ticket[id]) == seen) {
+            if ((++k & 63) != 0) { cpu_pause(); continue; }
+            if (t0 == 0) t0 = now_ns();
+            if (now_ns() - t0 < SPIN_NS) { sched_yield(); continue; }
+            pthread_mutex_lock(&pool_mu);
+            while (atomic_load(&ticket[id]) == seen) pthread_cond_wait(&pool_cv, &pool_mu);
+            pthread_mutex_unlock(&pool_mu);
+        }
+        seen = atomic_load(&ticket[id]);
+        run_share();
+    }
+    return NULL;
+}
+
+static void after_fork_child(void) { /* the workers did not come along */
+    n_workers = 0;
+    for (int i = 0; i < MAX_WORKERS; i++) atomic_store(&ticket[i], 0);
+    atomic_store(&bar_count, 0);
+    pthread_mutex_init(&pool_mu, NULL);
+    pthread_mutex_init(&prog_mu, NULL);
+    pthread_cond_init(&pool_cv, NULL);
+}
+
+/* Run nsteps steps: step s is tasks[starts[s]] .. tasks[starts[s+1]-1], on `threads` threads (the
+ * caller's included). Returns the threads used (fewer when workers could not be started). */
+int cnnrt_run_program(const Task *tasks, const int *starts, int nsteps, int threads) {
+    static int atfork_done;
+    if (threads > MAX_WORKERS + 1) threads = MAX_WORKERS + 1;
+    if (threads <= 1) {
+        for (int k = 0; k < starts[nsteps]; k++) run_task(tasks + k);
+        return 1;
+    }
+    pthread_mutex_lock(&prog_mu);
+    if (!atfork_done) { pthread_atfork(NULL, NULL, after_fork_child); atfork_done = 1; }
+    while (n_workers < threads - 1) {
+        pthread_t t;
+        pthread_attr_t at;
+        pthread_attr_init(&at);
+        pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+        int rc = pthread_create(&t, &at, worker, (void *)(intptr_t)n_workers);
+        pthread_attr_destroy(&at);
+        if (rc != 0) break;
+        n_workers++;
+    }
+    if (threads > n_workers + 1) threads = n_workers + 1;
+    if (threads <= 1) {
+        pthread_mutex_unlock(&prog_mu);
+        for (int k = 0; k < starts[nsteps]; k++) run_task(tasks + k);
+        return 1;
+    }
+    if (job_next_cap < nsteps) {
+        atomic_int *p = realloc(job_next, sizeof(atomic_int) * nsteps);
+        if (!p) {
+            pthread_mutex_unlock(&prog_mu);
+            for (int k = 0; k < starts[nsteps]; k++) run_task(tasks + k);
+            return 1;
+        }
+        job_next = p;
+        job_next_cap = nsteps;
+    }
+    for (int s = 0; s < nsteps; s++) atomic_init(&job_next[s], 0);
+    job_tasks = tasks; job_starts = starts; job_steps = nsteps; job_threads = threads;
+    int gen = atomic_fetch_add(&job_gen, 1) + 1;
+    pthread_mutex_lock(&pool_mu);
+    for (int i = 0; i < threads - 1; i++) atomic_store(&ticket[i], gen); /* publishes the job */
+    pthread_cond_broadcast(&pool_cv);
+    pthread_mutex_unlock(&pool_mu);
+    run_share(); /* its last barrier: every thread is done with every task */
+    pthread_mutex_unlock(&prog_mu);
+    return threads;
+}
+
+int cnnrt_task_size(void) { return (int)sizeof(Task); }
