@@ -24,9 +24,9 @@ LABELS = MNIST / "t10k-labels-idx1-ubyte.gz"
 N = 300
 
 
-def cnnrt(*args, code=0, pre=""):
+def cnnrt(*args, code=0, pre="", env=None):
     """Run the command in a fresh process; `pre` is Python run first (to hide a package)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     if pre:
         cmd = [sys.executable, "-c", f"{pre}\nimport sys\nfrom cnnrt.cli import main\nsys.exit(main({list(args)!r}))"]
     else:
@@ -128,9 +128,19 @@ def test_import_bad_options_exit_2_and_write_nothing(tmp_path):
 
 
 def test_info_backend_shows_the_fused_stages():
+    """The plan `cnnrt eval` would run: the planner's compiled kernels where a C compiler is found,
+    the staged engine's fused NumPy stages without one (or with CNNRT_STAGED=1)."""
+    from cnnrt.backends import numpy_backend
+
     p = cnnrt("info", str(BUNDLE), "--backend", "numpy")
     lines = p.stdout.splitlines()
     assert any(line.startswith("Plan on numpy, fp32") for line in lines)
+    if numpy_backend._compiled():
+        assert any(line.split()[:3] == ["conv2", "Conv", "native.conv.direct+bias+relu"] for line in lines)
+        assert any(line.split()[:3] == ["fc1", "Dense", "numpy.dense.skip-zero-inputs+bias+relu"] for line in lines)
+        assert lines[-1].strip() == "11 nodes, 6 on compiled kernels"
+    p = cnnrt("info", str(BUNDLE), "--backend", "numpy", env={"CNNRT_STAGED": "1"})
+    lines = p.stdout.splitlines()
     assert any("conv2 + pool2" in line and "Conv+Relu+MaxPool" in line and "Winograd" in line for line in lines)
     assert any(line.split()[:2] == ["fc2", "Dense"] for line in lines)
 
@@ -208,7 +218,7 @@ def test_keras_file_round_trip_through_info_import_and_convert(keras_files, tmp_
     assert "deep_mnist: input (28, 28, 1) x 0.00392157" in p.stdout
     for node in ("conv1", "pool2", "fc1", "softmax"):
         assert f"\n  {node} " in p.stdout
-    assert "numpy fused conv" in p.stdout and '"importer": "keras' in p.stdout
+    assert ("native.conv.direct" in p.stdout or "numpy fused conv" in p.stdout) and '"importer": "keras' in p.stdout
     out = tmp_path / "imported.safetensors"
     in_process(capsys, "import", str(d / "deep_mnist.keras"), str(out), "--labels",
                ",".join("zero one two three four five six seven eight nine".split()))

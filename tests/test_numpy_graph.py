@@ -407,3 +407,20 @@ def test_programs_after_fork(rng):
 
 def _child_run(g, x, q):
     q.put(GraphRunner(g, "fp32", threads=2).run({"images": x})["logits"])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batches_stream_in_chunks_with_progress(rng, threads):
+    """A batch goes through in even chunks of at most batch_size (the runner says how many it ran);
+    a progress callback sees the chunks finish and changes nothing in the answer."""
+    g = graphs.resnet20(seed=int(rng.integers(1 << 30)))
+    x = rng.integers(0, 256, (23, 32, 32, 3), dtype=np.uint8)
+    r = GraphRunner(g, "fp32", threads=threads)
+    want = r.probabilities(x)
+    assert r.batch_size_used == (23 if threads == 1 else 12)
+    seen = []
+    got = r.probabilities(x, batch_size=5, progress=seen.append)
+    assert r.batch_size_used == 5 and seen == sorted(seen) and seen[-1] == 23 and len(seen) == 5
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    r.probabilities(x[:1], progress=seen.append)
+    assert r.batch_size_used == 1 and seen[-1] == 1

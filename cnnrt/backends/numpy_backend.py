@@ -43,6 +43,10 @@ DEFAULT_PRECISION = "fp32"
 CONV_SUBCHUNK = 8  # images per pass through the conv layers: a few MB of Winograd buffers, in cache
 SUBCHUNK_BYTES = 8 << 20  # ...fewer for bigger images: at most this much scratch per conv layer
 CHUNK = 256  # images per pass through the dense layers: enough rows for an efficient GEMM (bench: 128-256 best)
+# A layer chain in fp32 runs on the graph runner when the compiled kernels are there (measured on 2
+# cores: as fast on 10,000 Deep MNIST images, faster on one image; docs/benchmarks.md); the staged
+# engine keeps fp16 storage and machines without a C compiler.
+CHAINS_ON_GRAPH_RUNNER = os.environ.get("CNNRT_STAGED", "0") != "1"
 WINOGRAD_M = 2  # F(2x2, r x r) with the points in cpu_kernels.POINTS: as accurate as direct convolution
 
 
@@ -360,8 +364,13 @@ def prepare(model, precision: str = DEFAULT_PRECISION) -> Runner:
 
     if isinstance(model, Graph):
         chain = match(model)
-        if chain is None:
+        if chain is None or (precision == "fp32" and CHAINS_ON_GRAPH_RUNNER and _compiled()):
             from .numpy_graph import GraphRunner
             return GraphRunner(model, precision)
         model = chain
     return NumpyRunner(model, precision)
+
+
+def _compiled() -> bool:
+    from .graph_kernels import native_lib
+    return native_lib() is not None

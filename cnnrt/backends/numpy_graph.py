@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 import os
+import queue
 import threading
 
 import numpy as np
@@ -364,29 +365,40 @@ class GraphRunner(Runner):
 
     # ---------------------------------------------------------------- batches
 
-    def run(self, feeds: dict) -> dict[str, np.ndarray]:
-        """Outputs by name for inputs by name (float arrays as given, uint8 images scaled)."""
+    def run(self, feeds: dict, max_chunk: int | None = None, progress=None) -> dict[str, np.ndarray]:
+        """Outputs by name for inputs by name (float arrays as given, uint8 images scaled).
+        A batch goes through in chunks of at most `max_chunk` images (default: self.rows);
+        `batch_size_used` then holds the images per chunk."""
         feeds = {k: np.asarray(v) for k, v in feeds.items()}
         sizes = {v.shape[0] for v in feeds.values() if v.ndim}
         n = sizes.pop() if len(sizes) == 1 else 0
         p = self.plan
-        if not (p.batch_local and n >= 2 and self.threads > 1 and n >= self.threads):
-            split = self.threads > 1 and p.batch_local
-            old = _blas().set_local(1) if split else None
-            try:
-                res = self._execute(feeds, n, split=split)
-            finally:
-                if old is not None:
-                    _blas().set_local(old)
-            return {t: np.array(v, dtype=F32 if v.dtype.kind == "f" else v.dtype) for t, v in res.items()}
-        return self._run_chunked(feeds, n)
+        cap = max(1, min(self.rows, max_chunk or self.rows))
+        if p.batch_local and n >= 2 and (n > cap or (self.threads > 1 and n >= self.threads)):
+            return self._run_chunked(feeds, n, cap, progress)
+        self.batch_size_used = n
+        split = self.threads > 1 and p.batch_local
+        old = _blas().set_local(1) if split else None
+        try:
+            res = self._execute(feeds, n, split=split)
+        finally:
+            if old is not None:
+                _blas().set_local(old)
+        out = {t: np.array(v, dtype=F32 if v.dtype.kind == "f" else v.dtype) for t, v in res.items()}
+        if progress is not None:
+            progress(n)
+        return out
 
-    def _run_chunked(self, feeds: dict, n: int) -> dict:
-        size = max(1, min(self.rows, -(-n // self.threads)))
+    def _run_chunked(self, feeds: dict, n: int, cap: int, progress=None) -> dict:
+        # as few chunks of at most `cap` images as there are threads or more, evened out
+        count = max(-(-n // cap), min(self.threads, n))
+        size = -(-n // count)
+        self.batch_size_used = size
         chunks = [(i, min(i + size, n)) for i in range(0, n, size)]
         outs: dict = {}
         lock = threading.Lock()
         counter = itertools.count()
+        finished = queue.SimpleQueue()  # images per finished chunk, for the progress callback
 
         def worker():
             while True:
@@ -401,9 +413,22 @@ class GraphRunner(Runner):
                             if t not in outs:
                                 outs[t] = np.empty((n, *v.shape[1:]), dtype=F32 if v.dtype.kind == "f" else v.dtype)
                     outs[t][i0:i1] = v
+                finished.put(i1 - i0)
 
         pool = self._executor()
         futs = [pool.submit(worker) for _ in range(min(self.threads, len(chunks)))]
+        if progress is not None:  # called on this thread as chunks finish; the work is the same
+            done = 0
+            for _ in chunks:
+                while True:
+                    try:
+                        done += finished.get(timeout=0.5)
+                        break
+                    except queue.Empty:
+                        for f in futs:  # a worker that failed ends the wait
+                            if f.done() and f.exception() is not None:
+                                f.result()
+                progress(done)
         for f in futs:
             f.result()
         return outs
@@ -416,19 +441,21 @@ class GraphRunner(Runner):
         self._fill_input(x, a)
         return a
 
-    def _forward(self, x: np.ndarray) -> np.ndarray:
-        out = self.run({self.graph.input_name: x})[self.graph.outputs[0]]
+    def _forward(self, x: np.ndarray, max_chunk: int | None = None, progress=None) -> np.ndarray:
+        out = self.run({self.graph.input_name: x}, max_chunk, progress)[self.graph.outputs[0]]
         return out.reshape(len(x), -1)
 
     def probabilities(self, x, batch_size=None, progress=None):
-        """As Runner.probabilities; without a progress callback the whole input goes through the
-        threads at once (batch_size then only caps the chunk size: results do not depend on it)."""
+        """As Runner.probabilities, but the whole input streams through the threads in chunks
+        (batch_size only caps the chunk size: results do not depend on it); a progress callback
+        is called as chunks finish and changes nothing else. `batch_size_used`: images per chunk."""
         x = check_images(x, self.graph)
-        if progress is not None or (batch_size is not None and batch_size < 1):
+        if batch_size is not None and batch_size < 1:
             return super().probabilities(x, batch_size, progress)
         if len(x) == 0:
+            self.batch_size_used = 0
             return np.empty((0, self.graph.num_classes), F32)
-        return self._forward(x)
+        return self._forward(x, batch_size, progress)
 
 
 def _dense_split(plan):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 
 def plan_lines(model, backend: str, precision: str | None = None, batch_size: int | None = None) -> list[str]:
-    from ..ir.chain import as_graph, match
+    from ..ir.chain import as_graph
 
     graph = as_graph(model)
     batch = int(batch_size or 1)
@@ -30,18 +30,19 @@ def plan_lines(model, backend: str, precision: str | None = None, batch_size: in
             rows = Program(graph, precision, nsm).describe(batch)
             summary = plan_summary(rows, precision)
     elif backend == "numpy":
-        from .numpy_graph import GraphRunner
+        from .numpy_backend import NumpyRunner
+        from .numpy_backend import prepare as numpy_prepare
 
         precision = precision or "fp32"
         note = ""
-        chain = match(graph)
-        if chain is not None:
-            from .numpy_backend import NumpyRunner
-            rows = NumpyRunner(chain, precision).describe()
+        runner = numpy_prepare(graph, precision)  # the runner `cnnrt eval` would get
+        rows = runner.describe()
+        if isinstance(runner, NumpyRunner):
             summary = f"{len(graph.nodes)} nodes in {len(rows)} fused stages (the layer-chain engine)"
         else:
-            rows = GraphRunner(graph, precision).describe()
-            summary = f"{len(rows)} nodes"
+            native = sum(1 for _, _, k in rows if k.startswith("native."))
+            summary = f"{len(rows)} nodes, {native} on compiled kernels"
+        runner.close()
     else:
         from ..errors import CnnrtError
 
