@@ -77,6 +77,9 @@ CONVS = {
     "odd-40": ((5, 5, 17), dict(o=40, k=1, pad=0), "numpy.conv.pointwise"),  # a partial block
     # the compiled direct kernel's two border paths: few channels gather a border pixel's kernel row,
     # many channels (64 and more) take the per-tap path where a block touches the padding
+    # first layers: few channels, small windows, asymmetric padding, strides
+    "tiny-3x3-rgb": ((10, 9, 3), dict(o=20, k=3, pad=(1, 2, 0, 1)), "numpy.conv.im2col"),
+    "tiny-5x5-gray-stride2": ((13, 12, 1), dict(o=33, k=5, stride=2, pad=2), "numpy.conv.im2col"),
     "border-gather-7x7": ((9, 11, 48), dict(o=20, k=7, pad=(3, 2, 1, 3)), "numpy.conv.im2col"),
     "border-per-tap-72": ((7, 10, 72), dict(o=36, k=3, pad=(1, 2, 0, 1)), "numpy.conv.winograd.f2x2"),
 }
