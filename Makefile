@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -q --disable-pip-version-check
 
 .PHONY: run test venv test-env bench clean test-gpu bench-gpu bench-gpu-zoo docs-report sanitize-gpu gpu-all
-.PHONY: run test venv test-env bench clean test-gpu bench-gpu docs-report bench-cpu-zoo
+.PHONY: run test venv test-env bench clean test-gpu bench-gpu docs-report bench-cpu-zoo device-wheels serve-gpu
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -93,6 +93,19 @@ gpu-all:
 	step bench_gpu_zoo 180 env PYTHONPATH=. $(GPU_PY) benchmarks/gpu_zoo.py --json $(GPU_OUT)/gpu_zoo.json $(GPU_ALL_ZOO_ARGS); \
 	echo "gpu-all: $$(( $$(date +%s) - t0 )) s in all; failed:$${fail:- none}; logs and JSON in $(GPU_OUT)"; \
 	ls -la $(GPU_OUT); [ -z "$$fail" ]
+
+# `make serve-gpu` on the device: the load test of `cnnrt serve --backend cuda`. The device image lacks
+# the server's packages; `make device-wheels` (here, with network) downloads them, pure Python, 0.7 MB,
+# into .whl/ (ignored by git), and the device command carries it: run(..., carry=[".whl"]). They are
+# installed into .whl/site there, nothing else is touched.
+SERVE_GPU_ARGS ?= --requests 20000 --time-limit 200
+device-wheels:
+	python3 -m pip download -q --only-binary=:all: --python-version 3.12 --platform any --implementation py \
+		--dest .whl starlette uvicorn prometheus_client
+serve-gpu:
+	@mkdir -p $(GPU_OUT)
+	$(GPU_PY) -m pip install -q --no-index --find-links .whl --target .whl/site starlette uvicorn prometheus_client
+	PYTHONPATH=.:.whl/site $(GPU_PY) bench/serve_load.py --backend cuda --json-out $(GPU_OUT)/serve_load_gpu.json $(SERVE_GPU_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -51,7 +51,9 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "cnnrt", "serve", "--host", "127.0.0.1", "--port", "0", *args]
         self.cmd = cmd
         self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                                     env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+                                     env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                         [str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))},
+                                     cwd=ROOT)
         self.lines: list[str] = []
         threading.Thread(target=lambda: self.lines.extend(self.proc.stderr), daemon=True).start()
         deadline = time.monotonic() + 120
