@@ -65,6 +65,36 @@ static inline vf epi(vf v, const Epi *e, size_t off, int ch, int n) {
     return v;
 }
 
+/* The epilogue on a register block acc[PX][G] (output-channel block ob, np valid pixels; OFF(p):
+ * an expression in p, the output offset of pixel p's channel 0): one test of the op per block, not one per vector, so
+ * that a layer with a short reduction (16 input channels: 16 multiply-adds per output) does not
+ * spend more on its epilogue than on its arithmetic. Rarer ops go through epi1 vector by vector. */
+#define EPI_BLOCK(G, PX, OFF)                                                                       \
+    for (int k = 0; k < e->n; k++) {                                                                \
+        const int code = e->code[k];                                                                \
+        if (code == E_BIAS) {                                                                       \
+            for (int g = 0; g < G; g++) {                                                           \
+                int ch = ob * ob_ + g * VW, cnt = O - ch < VW ? O - ch : VW;                        \
+                if (cnt <= 0) continue;                                                             \
+                vf bv = cnt == VW ? ld(e->bias + ch) : ldn(e->bias + ch, cnt);                      \
+                for (int p = 0; p < PX; p++) acc[p][g] += bv;                                       \
+            }                                                                                       \
+        } else if (code == E_RELU) {                                                                \
+            for (int p = 0; p < PX; p++)                                                            \
+                for (int g = 0; g < G; g++) acc[p][g] = vmax(acc[p][g], splat(0.f));                \
+        } else if (code == E_CLIP) {                                                                \
+            vf lo = splat(e->a[k]), hi = splat(e->b[k]);                                            \
+            for (int p = 0; p < PX; p++)                                                            \
+                for (int g = 0; g < G; g++) acc[p][g] = vmin(vmax(acc[p][g], lo), hi);              \
+        } else {                                                                                    \
+            for (int p = 0; p < np; p++)                                                            \
+                for (int g = 0; g < G; g++) {                                                       \
+                    int ch = ob * ob_ + g * VW, cnt = O - ch < VW ? O - ch : VW;                    \
+                    if (cnt > 0) acc[p][g] = epi1(acc[p][g], e, k, (size_t)(OFF) + ch, ch, cnt);    \
+                }                                                                                   \
+        }                                                                                           \
+    }
+
 /* geo (the layer's shape, fixed when the graph is compiled): H, W, C, O, KH, KW, SH, SW, DH, DW,
  * PT, PL, HO, WO. */
 
@@ -166,13 +196,8 @@ void NAME(const float *x, const int *geo, const float *wp, float *y,            
                 }                                                                                   \
             }                                                                                       \
         }                                                                                           \
-        /* the epilogue op by op over the whole block (one dispatch per op, not per vector) */    \
-        for (int k = 0; k < e->n; k++)                                                              \
-            for (int p = 0; p < np; p++)                                                            \
-                for (int g = 0; g < G; g++) {                                                       \
-                    int ch = ob * ob_ + g * VW, cnt = O - ch < VW ? O - ch : VW;                    \
-                    if (cnt > 0) acc[p][g] = epi1(acc[p][g], e, k, (size_t)(yp[p] - y) + ch, ch, cnt); \
-                }                                                                                   \
+        /* the epilogue op by op over the whole block */                                          \
+        EPI_BLOCK(G, PX, yp[p] - y)                                                                 \
         for (int p = 0; p < np; p++)                                                                \
             for (int g = 0; g < G; g++) {                                                           \
                 int ch = ob * ob_ + g * VW, cnt = O - ch < VW ? O - ch : VW;                        \
