@@ -221,6 +221,37 @@ DIRECT(conv_direct_g4, 4, 3)
 
 /* Depthwise 3x3: per row of output and block of 2 vectors of channels, the 9 taps' weights held
  * in registers; interior pixels read their 9 inputs without bounds checks. */
+/* The usual epilogues of a depthwise layer (bias, then nothing, ReLU, a clip or HardSwish) held in
+ * registers for a block of 2 VW channels: one test per block instead of a dispatch per op per
+ * vector. kind 0: something else (epi, op by op). */
+typedef struct { int kind; vf b0, b1, lo, hi; } FastEpi;
+
+static inline FastEpi fast_epi(const Epi *e, int c0, int cnt0, int cnt1) {
+    FastEpi f;
+    f.kind = 0;
+    f.b0 = f.b1 = f.lo = f.hi = splat(0.f);
+    if (e->n < 1 || e->n > 2 || e->code[0] != E_BIAS) return f;
+    int act = e->n == 2 ? e->code[1] : 0;
+    if (act == E_RELU) { f.kind = 2; }
+    else if (act == E_CLIP) { f.kind = 3; f.lo = splat(e->a[1]); f.hi = splat(e->b[1]); }
+    else if (act == E_HSWISH) { f.kind = 4; }
+    else if (act == 0) { f.kind = 1; }
+    else return f;
+    f.b0 = cnt0 == VW ? ld(e->bias + c0) : ldn(e->bias + c0, cnt0);
+    if (cnt1 > 0) f.b1 = cnt1 == VW ? ld(e->bias + c0 + VW) : ldn(e->bias + c0 + VW, cnt1);
+    return f;
+}
+
+static inline vf fast_apply(vf a, vf b, const FastEpi *f) {
+    a += b;
+    switch (f->kind) {
+    case 2: return vmax(a, splat(0.f));
+    case 3: return vmin(vmax(a, f->lo), f->hi);
+    case 4: return a * vmin(vmax(a / 6.f + 0.5f, splat(0.f)), splat(1.f));
+    default: return a;
+    }
+}
+
 static void dw3x3(const float *x, int H, int W, int C, const float *w, int SH, int SW, int DH, int DW,
                   int PT, int PL, float *y, int HO, int WO, int i0, int i1, int r0, int r1, int cpad,
                   const Epi *e) {
@@ -233,6 +264,7 @@ static void dw3x3(const float *x, int H, int W, int C, const float *w, int SH, i
                 int cnt0 = C - c0 < VW ? C - c0 : VW;
                 int cnt1 = C - c0 - VW < VW ? C - c0 - VW : VW;
                 int full = cnt0 == VW && cnt1 == VW;
+                const FastEpi fe = fast_epi(e, c0, cnt0, cnt1);
                 vf w0[9], w1[9];
                 for (int t = 0; t < 9; t++) {
                     w0[t] = ld(w + (size_t)t * cpad + c0);
@@ -264,10 +296,15 @@ static void dw3x3(const float *x, int H, int W, int C, const float *w, int SH, i
                             }
                         }
                     }
-                    a0 = epi(a0, e, off + c0, c0, cnt0);
+                    if (fe.kind) {
+                        a0 = fast_apply(a0, fe.b0, &fe);
+                        a1 = fast_apply(a1, fe.b1, &fe);
+                    } else {
+                        a0 = epi(a0, e, off + c0, c0, cnt0);
+                        if (cnt1 > 0) a1 = epi(a1, e, off + c0 + VW, c0 + VW, cnt1);
+                    }
                     if (cnt0 == VW) st(yp + c0, a0); else stn(yp + c0, a0, cnt0);
                     if (cnt1 > 0) {
-                        a1 = epi(a1, e, off + c0 + VW, c0 + VW, cnt1);
                         if (cnt1 == VW) st(yp + c0 + VW, a1); else stn(yp + c0 + VW, a1, cnt1);
                     }
                 }
