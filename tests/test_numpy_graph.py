@@ -427,3 +427,14 @@ def test_batches_stream_in_chunks_with_progress(rng, threads):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
     r.probabilities(x[:1], progress=seen.append)
     assert r.batch_size_used == 1 and seen[-1] == 1
+
+
+@pytest.mark.parametrize("act", [None, "relu", "relu6", "hardswish", "leaky"])
+@pytest.mark.parametrize("channels", [40, 32])
+def test_depthwise_with_its_activation(rng, act, channels, native):
+    """Depthwise 3x3 + bias + one activation (the compiled kernel keeps the usual ones in registers):
+    full and partial channel blocks, borders, stride 2."""
+    b = Builder((9, 10, channels), seed=int(rng.integers(1 << 30)))
+    y = b.conv("images", channels, 3, group=channels, act=act)
+    y = b.conv(y, channels, 3, stride=2, group=channels, act=act)
+    check(b.graph(y, "dw"), 3, 2, rng, kernels=[expect("numpy.conv.depthwise", native)])
