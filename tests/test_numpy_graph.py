@@ -438,3 +438,13 @@ def test_depthwise_with_its_activation(rng, act, channels, native):
     y = b.conv("images", channels, 3, group=channels, act=act)
     y = b.conv(y, channels, 3, stride=2, group=channels, act=act)
     check(b.graph(y, "dw"), 3, 2, rng, kernels=[expect("numpy.conv.depthwise", native)])
+
+
+@pytest.mark.parametrize("channels", [20, 32])
+def test_maxpool_2x2_stride_2_fast_path(rng, channels, native):
+    """The common 2x2/2 max-pool (compiled: its own loop inside the map): odd map sizes (the last
+    row and column dropped), channel counts with and without a partial vector."""
+    b = Builder((9, 11, channels), seed=int(rng.integers(1 << 30)))
+    y = b.maxpool("images", 2, 2)
+    check(b.graph(y, "pool"), 3, 2, rng, kernels=[expect("numpy.maxpool", native)])
+    check(b.graph(y, "pool"), 1, 1, rng, kernels=[expect("numpy.maxpool", native)])

@@ -361,6 +361,29 @@ void conv_depthwise(const float *x, const int *geo, const float *w, float *y, in
 void pool2d(const float *x, int H, int W, int C, int KH, int KW, int SH, int SW, int DH, int DW,
             int PT, int PL, float *y, int HO, int WO, int i0, int i1, int r0, int r1, int avg,
             const float *inv, const Epi *e) {
+    if (!avg && e->n == 0 && KH == 2 && KW == 2 && SH == 2 && SW == 2 && DH == 1 && DW == 1 && PT == 0 && PL == 0
+        && 2 * HO <= H && 2 * WO <= W) {
+        /* the common 2x2/2 max-pool inside the map: four loads and three maxima per vector */
+        for (int n = i0; n < i1; n++) {
+            const float *xn = x + (size_t)n * H * W * C;
+            for (int oy = r0; oy < r1; oy++) {
+                const float *x0 = xn + (size_t)(2 * oy) * W * C, *x1 = x0 + (size_t)W * C;
+                float *yp = y + (((size_t)n * HO + oy) * WO) * C;
+                for (int ox = 0; ox < WO; ox++, yp += C) {
+                    const float *a = x0 + (size_t)(2 * ox) * C, *b = x1 + (size_t)(2 * ox) * C;
+                    int c0 = 0;
+                    for (; c0 + VW <= C; c0 += VW)
+                        st(yp + c0, vmax(vmax(ld(a + c0), ld(a + C + c0)), vmax(ld(b + c0), ld(b + C + c0))));
+                    for (; c0 < C; c0++) {
+                        float m = a[c0] > a[C + c0] ? a[c0] : a[C + c0];
+                        float m2 = b[c0] > b[C + c0] ? b[c0] : b[C + c0];
+                        yp[c0] = m > m2 ? m : m2;
+                    }
+                }
+            }
+        }
+        return;
+    }
     for (int n = i0; n < i1; n++) {
         const float *xn = x + (size_t)n * H * W * C;
         for (int oy = r0; oy < r1; oy++) {
