@@ -128,11 +128,18 @@ def _build() -> tuple[ctypes.CDLL | None, str | None, dict]:
     for f in (lib.conv_direct_g1, lib.conv_direct_g2, lib.conv_direct_g4, lib.conv_depthwise, lib.pool2d):
         f.restype = None
     lib.cnnrt_vector_width.restype = I
-    lib.cnnrt_run_program.argtypes = [P, P, I, I]
-    lib.cnnrt_run_program.restype = I
-    lib.cnnrt_task_size.restype = I
-    if lib.cnnrt_task_size() != ctypes.sizeof(Task):
-        return None, f"{path}: its Task is {lib.cnnrt_task_size()} bytes, not {ctypes.sizeof(Task)}", info
+    if hasattr(lib, "cnnrt_run_program"):  # (benchmarks/cpu_ab.py loads older sources without it)
+        lib.cnnrt_run_program.argtypes = [P, P, I, I]
+        lib.cnnrt_run_program.restype = I
+        lib.cnnrt_task_size.restype = I
+        if lib.cnnrt_task_size() != ctypes.sizeof(Task):
+            return None, f"{path}: its Task is {lib.cnnrt_task_size()} bytes, not {ctypes.sizeof(Task)}", info
+        if hasattr(lib, "cnnrt_set_spin_ns"):  # CNNRT_SPIN_US: how long idle C threads spin before sleeping
+            lib.cnnrt_set_spin_ns.argtypes = [ctypes.c_long]
+            try:
+                lib.cnnrt_set_spin_ns(int(float(os.environ.get("CNNRT_SPIN_US", "100")) * 1000))
+            except ValueError:
+                pass
     info["vector_width"] = lib.cnnrt_vector_width()
     return lib, None, info
 

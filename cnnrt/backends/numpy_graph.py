@@ -129,7 +129,8 @@ class GraphRunner(Runner):
         self._lib = native_lib()
         # compiled programs for small batches (cnnrt_run_program): parts of each step on the
         # threads in C; CNNRT_PROGRAMS=0 turns them off (the same steps then run from Python)
-        self.programs = self._lib is not None and self.plan.batch_local and PROGRAMS
+        self.programs = (self._lib is not None and hasattr(self._lib, "cnnrt_run_program") and self.plan.batch_local
+                         and PROGRAMS)
         self.split = _dense_split(self.plan)  # (head steps, tail steps, boundary tensors) or None
         self.rows = max(self.chunk, DENSE_ROWS) if self.split else self.chunk  # images per chunk
 

@@ -450,7 +450,8 @@ static void run_task(const Task *t) {
 }
 
 #define MAX_WORKERS 255
-#define SPIN_NS 100000L /* how long a worker waits for the next program before it sleeps */
+static long spin_ns = 100000L; /* how long a worker waits for the next program before it sleeps */
+void cnnrt_set_spin_ns(long ns) { spin_ns = ns < 0 ? 0 : ns; }
 static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER, prog_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t pool_cv = PTHREAD_COND_INITIALIZER;
 static int n_workers;
@@ -505,7 +506,7 @@ static void *worker(void *arg) {
         while (atomic_load(&ticket[id]) == seen) {
             if ((++k & 63) != 0) { cpu_pause(); continue; }
             if (t0 == 0) t0 = now_ns();
-            if (now_ns() - t0 < SPIN_NS) { sched_yield(); continue; }
+            if (now_ns() - t0 < spin_ns) { sched_yield(); continue; }
             pthread_mutex_lock(&pool_mu);
             while (atomic_load(&ticket[id]) == seen) pthread_cond_wait(&pool_cv, &pool_mu);
             pthread_mutex_unlock(&pool_mu);
