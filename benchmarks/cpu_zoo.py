@@ -68,18 +68,13 @@ def images(g, n: int) -> np.ndarray:
 # ---------------------------------------------------------------- runtimes
 
 def cnnrt_runtime(g, threads=None, compiled=True):
-    from cnnrt import backends
     from cnnrt.backends import graph_kernels, numpy_backend, numpy_graph
-    from cnnrt.ir.chain import match
 
-    graph_kernels.NATIVE = compiled  # read when the plan is compiled
-    if threads is None:
-        r = backends.prepare(g, "numpy", "fp32")  # what `cnnrt eval` gets
-    elif match(g) is not None and not (compiled and numpy_backend.CHAINS_ON_GRAPH_RUNNER and numpy_backend._compiled()):
-        r = numpy_backend.NumpyRunner(match(g), "fp32", threads=threads)
-    else:
-        r = numpy_graph.GraphRunner(g, "fp32", threads=threads)
-    graph_kernels.NATIVE = True
+    graph_kernels.NATIVE = compiled  # read when the plan is compiled (and by the chain/graph choice)
+    try:
+        r = numpy_backend.prepare(g, "fp32", threads=threads)  # what `cnnrt eval` gets
+    finally:
+        graph_kernels.NATIVE = True
     out = g.outputs[0]
     if isinstance(r, numpy_graph.GraphRunner):
         return (lambda x: r.run({g.input_name: x})[out]), r
@@ -89,12 +84,6 @@ def cnnrt_runtime(g, threads=None, compiled=True):
 def cnnrt_numpy_runtime(g, threads=None):
     """cnnrt with its NumPy kernels alone (what runs where no C compiler is found: for a layer
     chain, the staged engine)."""
-    from cnnrt.backends import numpy_backend
-    from cnnrt.ir.chain import match
-
-    if match(g) is not None:
-        r = numpy_backend.NumpyRunner(match(g), "fp32", threads=threads)
-        return (lambda x: r.probabilities(x, batch_size=len(x))), r
     return cnnrt_runtime(g, threads, compiled=False)
 
 

@@ -356,9 +356,10 @@ class NumpyRunner(Runner):
         self._pool.close()
 
 
-def prepare(model, precision: str = DEFAULT_PRECISION) -> Runner:
-    """The staged engine for a layer chain (from a Model, or a Graph that is one), else the
-    generic graph runner (numpy_graph.py)."""
+def prepare(model, precision: str = DEFAULT_PRECISION, threads: int | None = None) -> Runner:
+    """The graph runner (numpy_graph.py) for a Graph, except a layer chain in fp16 or without the
+    compiled kernels (or with CNNRT_STAGED=1), and a layer-chain Model: those get the staged engine.
+    `threads`: default one per core."""
     from ..ir.chain import match
     from ..ir.graph import Graph
 
@@ -366,9 +367,9 @@ def prepare(model, precision: str = DEFAULT_PRECISION) -> Runner:
         chain = match(model)
         if chain is None or (precision == "fp32" and CHAINS_ON_GRAPH_RUNNER and _compiled()):
             from .numpy_graph import GraphRunner
-            return GraphRunner(model, precision)
+            return GraphRunner(model, precision, threads=threads)
         model = chain
-    return NumpyRunner(model, precision)
+    return NumpyRunner(model, precision, threads=threads)
 
 
 def _compiled() -> bool:

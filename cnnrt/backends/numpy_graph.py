@@ -334,20 +334,10 @@ class GraphRunner(Runner):
         n = len(next(iter(feeds.values())))
         best = [float("inf")] * len(p.steps)
         for _ in range(repeats):
-            env = {}
-            for name, v in feeds.items():
-                buf = s.get(("slot", p.slot_of[name]), self._shape_at(name, n))
-                self._fill_input(np.asarray(v), buf)
-                env[name] = buf
+            env = self._inputs({k: np.asarray(v) for k, v in feeds.items()}, n, s)
             for k, st in enumerate(p.steps):
-                ins = [env[t] for t in st.inputs]
                 t0 = time.perf_counter()
-                if isinstance(st, GenericStep):
-                    env.update(zip(st.node.outputs, st.call(ins)))
-                else:
-                    out = s.get(("slot", p.slot_of[st.output]), self._shape_at(st.output, n))
-                    st.run(ins, out, s, 0, n, 0, st.rows)
-                    env[st.output] = out
+                self._steps([st], env, n, s, False, {})
                 best[k] = min(best[k], time.perf_counter() - t0)
         return [{"step": st.label, "nodes": [m.name for m in st.nodes], "seconds": t, "work": st.work(n)}
                 for st, t in zip(p.steps, best)]
