@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -q --disable-pip-version-check
 
 .PHONY: run test venv test-env bench clean test-gpu bench-gpu bench-gpu-zoo docs-report sanitize-gpu gpu-all
-.PHONY: run test venv test-env bench clean test-gpu bench-gpu docs-report bench-cpu-zoo device-wheels serve-gpu
+.PHONY: run test venv test-env bench clean test-gpu bench-gpu docs-report bench-cpu-zoo device-wheels serve-gpu device-ray ray-gpu
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -106,6 +106,19 @@ serve-gpu:
 	@mkdir -p $(GPU_OUT)
 	$(GPU_PY) -m pip install -q --no-index --find-links .whl --target .whl/site starlette uvicorn prometheus_client
 	PYTHONPATH=.:.whl/site $(GPU_PY) bench/serve_load.py --backend cuda --json-out $(GPU_OUT)/serve_load_gpu.json $(SERVE_GPU_ARGS)
+
+# `make ray-gpu` on the device (kind nvidia-h200-x2): `cnnrt batch` on Ray Data with 1 and 2 GPUs against one
+# process (benchmarks/ray_scale.py). The device image has no Ray, and Ray's wheel (79 MB) is over what a device
+# command can carry; `make device-ray` (here, with network) writes a stripped Ray (26 MB, dev/device_ray.sh) and
+# the wheels of its missing requirements into .whl/; the device command carries it: run(..., carry=[".whl"]).
+RAY_GPU_ARGS ?= --repeat 100 --num-gpus 1,2
+device-ray:
+	dev/device_ray.sh 3.12
+ray-gpu:
+	@mkdir -p $(GPU_OUT) .whl/site
+	$(GPU_PY) -m pip install -q --no-index --find-links .whl --target .whl/site jsonschema
+	tar -C .whl/site -xJf $$(ls .whl/ray-*-cp312-stripped.tar.xz | tail -1)
+	PYTHONPATH=.:.whl/site $(GPU_PY) benchmarks/ray_scale.py --backend cuda $(RAY_GPU_ARGS) --json-out $(GPU_OUT)/ray_scale_gpu.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -36,6 +36,12 @@ IMAGES = ROOT / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
 LABELS = ROOT / "data" / "mnist" / "t10k-labels-idx1-ubyte.gz"
 
 
+def _gpu_name() -> str:
+    from cnnrt.backends.cuda import device_name
+
+    return device_name()
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -167,6 +173,7 @@ def main(argv=None) -> int:
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version()},
         "model": str(a.model), "backend": session.backend, "precision": session.precision,
+        "gpu": _gpu_name() if session.backend == "cuda" else None,
         "requests": a.requests, "concurrency": a.concurrency, "atol": atol, "runs": runs,
     }
     print("| configuration | requests/s | p50 ms | p99 ms | mean batch (server) | errors | wrong |")

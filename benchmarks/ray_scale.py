@@ -5,6 +5,10 @@ repeated), in images per second; writes one JSON.
     python benchmarks/ray_scale.py --repeat 100 --actors 1,2 --json-out docs/ray_scale_cpu.json
     # the device: one process on 1 GPU, then Ray with 1, 2 (and 4) GPUs, one actor per GPU
     python benchmarks/ray_scale.py --repeat 100 --backend cuda --num-gpus 1,2 --json-out docs/ray_scale_gpu.json
+    # a model whose inference, not Ray, sets the pace on a GPU: ResNet-18 (224x224, random weights
+    # from cnnrt.testing.graphs), on random images
+    python benchmarks/ray_scale.py --zoo resnet18 --images 40000 --shard-size 1000 --batch-size 256 \
+        --backend cuda --num-gpus 1,2 --json-out docs/ray_scale_gpu_resnet18.json
 
 Wall times on a shared machine move with the other load (recorded as the load average before and
 after each run); CPU-seconds of the model's work much less: `cpu_seconds` of the single process
@@ -54,6 +58,37 @@ def make_input(work: Path, repeat: int, x: np.ndarray) -> Path:
     for p in want:
         np.save(p, x)
     return src
+
+
+def make_zoo_input(work: Path, name: str, images: int, shard_size: int) -> tuple[Path, str]:
+    """A zoo model saved as a bundle, and `images` random uint8 images of its input shape in .npy
+    shards (seed 0), under work/; both are reused when they are already there."""
+    from cnnrt.formats import save_bundle
+    from cnnrt.testing import graphs as TG
+
+    model = work / f"zoo-{name}.safetensors"
+    g = TG.ZOO[name](0)
+    if not model.exists():
+        save_bundle(g, model)
+    h, w, c = g.input_shape
+    src = work / f"{name}-{images}"
+    count = -(-images // shard_size)
+    if not (src.is_dir() and len(list(src.glob("*.npy"))) == count):
+        shutil.rmtree(src, ignore_errors=True)
+        src.mkdir(parents=True)
+        rng = np.random.default_rng(0)
+        for i in range(count):
+            n = min(shard_size, images - i * shard_size)
+            np.save(src / f"part-{i:04d}.npy", rng.integers(0, 256, (n, h, w, c), dtype=np.uint8))
+    return src, str(model)
+
+
+def gpu_names() -> list[str]:
+    try:
+        p = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True)
+        return [v.strip() for v in p.stdout.splitlines() if v.strip()]
+    except OSError:
+        return []
 
 
 def cpu_seconds(who: int) -> float:
@@ -121,6 +156,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=100, help="copies of the 10,000 MNIST test images (default 100: 1M)")
     ap.add_argument("--model", default=str(ROOT / "models/deep_mnist/deep_mnist.safetensors"))
+    ap.add_argument("--zoo", default=None, help="instead of --model and MNIST: a model of cnnrt.testing.graphs.ZOO "
+                    "(e.g. resnet18) on --images random images")
+    ap.add_argument("--images", type=int, default=40000, help="with --zoo: how many random images")
     ap.add_argument("--backend", default="numpy", choices=("numpy", "cuda"))
     ap.add_argument("--actors", default="1", help="CPU: comma-separated model actor counts to run (default: 1)")
     ap.add_argument("--num-gpus", default=None, help="cuda: comma-separated GPU counts, one actor per GPU (e.g. 1,2,4)")
@@ -137,11 +175,17 @@ def main() -> int:
 
     from cnnrt.idx import read_idx
 
-    x = read_idx(ROOT / "data/mnist/t10k-images-idx3-ubyte.gz")
     work = Path(a.work)
     t = time.perf_counter()
-    src = make_input(work, a.repeat, x)
-    print(f"input: {src} ({a.repeat} x {len(x)} images; ready in {time.perf_counter() - t:.1f} s)", file=sys.stderr)
+    if a.zoo:
+        src, a.model = make_zoo_input(work, a.zoo, a.images, a.shard_size)
+        total = a.images
+        print(f"input: {src} ({a.images} random images for {a.zoo}; ready in {time.perf_counter() - t:.1f} s)", file=sys.stderr)
+    else:
+        x = read_idx(ROOT / "data/mnist/t10k-images-idx3-ubyte.gz")
+        src = make_input(work, a.repeat, x)
+        total = a.repeat * len(x)
+        print(f"input: {src} ({a.repeat} x {len(x)} images; ready in {time.perf_counter() - t:.1f} s)", file=sys.stderr)
     batch = a.batch_size or (a.shard_size if a.backend == "cuda" else 1024)
     counts = [int(v) for v in (a.num_gpus if a.backend == "cuda" and a.num_gpus else a.actors).split(",")]
     try:
@@ -152,7 +196,7 @@ def main() -> int:
         ray_version = None
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.processor() or platform.machine(),
               "cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__, "ray": ray_version,
-              "images": a.repeat * len(x), "backend": a.backend, "batch_size": batch, "shard_size": a.shard_size,
+              "gpus": gpu_names() if a.backend == "cuda" else [], "images": total, "model": a.zoo or Path(a.model).name, "backend": a.backend, "batch_size": batch, "shard_size": a.shard_size,
               "loadavg_before": loadavg(), "runs": []}
     reference = None
     if not a.no_single:

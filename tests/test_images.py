@@ -179,10 +179,27 @@ def test_normalisation_uses_the_model_scale_and_mean_std_when_given(rng):
     f = images.model_input(px.astype(np.float32), FakeSession())
     np.testing.assert_allclose(f, px / 255.0, rtol=1e-6)
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    x = images.model_input(px, FakeSession({"scale": 1 / 255, "mean": mean, "std": std}))
+    normed = FakeSession({"scale": 1 / 255, "mean": mean, "std": std})
+    assert images.model_input(px, normed) is px  # the session normalises uint8 itself
+    x = images.model_input(px.astype(np.float32), normed)
     want = (px.astype(np.float64) / 255.0 - np.array(mean)) / np.array(std)
     assert x.dtype == np.float32
     np.testing.assert_allclose(x, want, rtol=1e-5, atol=1e-5)
+
+
+def test_model_input_of_uint8_and_float_pixels_agree_on_a_normalising_model(rng):
+    """uint8 passes through to the session (which scales and normalises it); the same pixels as
+    floats are normalised on the host: both must give the model the same input."""
+    from cnnrt.session import Session
+    from cnnrt.testing import graphs as TG
+
+    g = TG.ZOO["resnet20"](0)
+    assert g.preprocess.get("mean") is not None
+    s = Session(g, backend="numpy")
+    px = rng.integers(0, 256, (3, *s.input_shape)).astype(np.uint8)
+    a = s.probabilities(images.model_input(px, s))
+    b = s.probabilities(images.model_input(px.astype(np.float32), s))
+    np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 # ---------------------------------------------------------------- reading each file type
