@@ -253,15 +253,16 @@ def zoo(args, log) -> dict:
         for r, o in outs.items():
             if cn is not None and r != "cnnrt":
                 case.setdefault("vs_cnnrt", {})[r] = rel(o, cn)
-        rounds = args.rounds if n > 1 else 1
         calls = args.latency_calls if n == 1 else 1
         samples = {r: [] for r in rt}
-        for k in range(rounds):
+        for k in range(args.rounds):
             order = list(rt)[k % len(rt):] + list(rt)[:k % len(rt)]
             for r in order:
                 fn = rt[r][0] if isinstance(rt[r], tuple) else rt[r]
+                # a pause between runtimes: the last one's idle threads stop spinning (PyTorch's
+                # OpenMP threads spin for milliseconds after a call) before the next is timed
+                time.sleep(0.3)
                 samples[r] += timed(fn, x, calls, batch)
-                time.sleep(0.1)
         for r, ts in samples.items():
             case["results"][r] = summary(ts)
         if isinstance(rt.get("cnnrt"), tuple):
@@ -350,7 +351,7 @@ def markdown(results) -> str:
                            f" | {ratio} | {err} |")
             out.append("")
             out.append("Times are medians [min–max] of the rounds (one pass over the images per round, in calls of the "
-                       "size shown; for one image, the calls of all rounds). cnnrt-numpy: cnnrt with its NumPy kernels "
+                       "size shown; for one image, every call of all rounds: the order of runtimes rotates each round, with a pause before each). cnnrt-numpy: cnnrt with its NumPy kernels "
                        "alone, what runs where no C compiler is found (for Deep MNIST the staged NumPy engine; "
                        "'skipped' in runs from before the compiled kernels took layer chains too). "
                        "cnnrt vs float64: largest logit difference over the largest logit, on two images.\n")

@@ -189,17 +189,30 @@ def test_colour_images_on_a_one_channel_model(tmp_path, rng):
 
 # ---------------------------------------------------------------- 8. the batch size that ran
 
+def even_chunk(n, cap):
+    """The chunk the runner should pick for n images of at most cap on this machine's cores: as few
+    chunks as fit, at least one per thread, and beyond that a multiple of the threads (so that no
+    thread idles in the last round)."""
+    from cnnrt.backends.numpy_backend import _cores
+
+    t = _cores()
+    count = max(-(-n // cap), min(t, n))
+    if count > t:
+        count = -(-count // t) * t
+    return -(-n // count)
+
+
 def test_eval_reports_the_batch_size_it_ran(tmp_path):
     """The numpy runner streams images in chunks of at most 256 over its threads; --batch-size
     below that sets the chunk. The report gives the chunk, not the 2048 it used to print."""
     from cnnrt.backends import numpy_backend
 
     r = json.loads(cnnrt("eval", "--limit", "600", "--backend", "numpy", "--json").stdout)
-    assert 600 / -(-600 // numpy_backend.CHUNK) == r["batch_size"]  # 3 chunks of 200 (one pass: 600)
+    assert r["batch_size"] == even_chunk(600, numpy_backend.CHUNK)  # on 2 threads: 4 chunks of 150
     r = json.loads(cnnrt("eval", "--limit", "600", "--backend", "numpy", "--batch-size", "100", "--json").stdout)
     assert r["batch_size"] == 100 and r["batch_size_requested"] == 100
     text = cnnrt("eval", "--limit", "600", "--backend", "numpy", "--batch-size", "5000").stdout
-    assert "Backend: numpy, fp32, batch size 200 (asked for 5000)" in text
+    assert f"Backend: numpy, fp32, batch size {even_chunk(600, numpy_backend.CHUNK)} (asked for 5000)" in text
 
 
 def test_session_reports_the_batch_size_it_ran(rng):
@@ -208,9 +221,9 @@ def test_session_reports_the_batch_size_it_ran(rng):
     s = pkg.load(BUNDLE, backend="numpy")
     assert s.batch_size_used is None
     s.predict(rng.integers(0, 256, (600, 28, 28), dtype=np.uint8))
-    assert s.batch_size_used == 200
+    assert s.batch_size_used == even_chunk(600, 256)
     s.predict(rng.integers(0, 256, (600, 28, 28), dtype=np.uint8), batch_size=50)
-    assert s.batch_size_used == 50
+    assert s.batch_size_used == even_chunk(600, 50)
 
 
 def test_progress_does_not_change_the_numpy_path(random_model, rng, monkeypatch):

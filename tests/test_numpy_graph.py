@@ -324,12 +324,53 @@ def test_big_dense_skips_zero_inputs(rng, n, monkeypatch):
     seen = []
     real = cpu_kernels.np.take
     monkeypatch.setattr(cpu_kernels.np, "take", lambda a, idx, **k: seen.append(len(idx)) or real(a, idx, **k))
+    monkeypatch.setattr(K.DenseStep, "TASK_IMAGES", 0)  # (a few images go to the C kernel: tested below)
     r = GraphRunner(g, "fp32", threads=1)
     assert ("logits", "Dense", "numpy.dense.skip-zero-inputs+bias") in r.describe()
     out = r.run({"images": x})["logits"]
     assert rel_err(out, ref) < 1e-5
     nonzero = int((x.reshape(n, -1) > 0).any(axis=0).sum())  # at most 640: 10 channels, 64 positions
     assert nonzero <= 640 and set(seen) == {nonzero}
+
+
+@pytest.mark.parametrize("n,threads", [(1, 1), (1, 2), (1, 3), (2, 1), (3, 2), (4, 1), (5, 1)])
+@pytest.mark.parametrize("case", ["flatten_relu_softmax", "odd_columns_residual_logsoftmax"])
+def test_dense_of_a_few_images_in_programs(rng, n, threads, case):
+    """Dense steps of one to four images run in the programs on the C kernel (dense_rows: output
+    columns split over the threads, inputs that are exactly zero skipped: graphs refuse non-finite
+    weights, so a skipped term is an exact zero): a Flatten read in place, column counts that are
+    not a multiple of the vector width, a residual Add and ReLU in the epilogue; then Softmax or
+    LogSoftmax, also in C (softmax_rows). Five images go to BLAS and NumPy. Against float64, on
+    fresh inputs."""
+    _native_or_skip()
+    b = Builder((6, 5, 7), seed=int(rng.integers(1 << 30)))
+    a = b.act("images", "relu")
+    f = b._add("Flatten", [a], {"axis": 1}, out_shape=(1, 6 * 5 * 7))
+    if case == "flatten_relu_softmax":
+        y = b.dense(f, 64, act="relu")
+        y = b.dense(y, 10)
+        y = b._add("Softmax", [y], {"axis": -1}, name="logits", out_shape=(1, 10))
+    else:
+        h = b.dense(f, 37)
+        y = b.dense(h, 37)
+        y = b.add(y, h, act="relu")
+        y = b.dense(y, 3)
+        y = b._add("LogSoftmax", [y], {"axis": 1}, name="logits", out_shape=(1, 3))
+    g = b.graph(y, case)
+    x = rng.standard_normal((n, *g.input_shape)).astype(np.float32)
+    ref = run_reference(g, {"images": x.astype(np.float64)}, np.float64)["logits"]
+    r = GraphRunner(g, "fp32", threads=threads)
+    assert not any(op == "Flatten" and "reference" in k for _, op, k in r.describe())  # read in place
+    out = r.run({"images": x})["logits"]
+    assert rel_err(out, ref) < 1e-5
+    # (this thread's programs: more images than one over several threads run in chunks on the pool's)
+    progs = getattr(r._local, "programs", {})
+    kinds = [t.kind for p in progs.values() for sg in p[1] if sg[0] == "c" for t in sg[1]]
+    if n <= K.DenseStep.TASK_IMAGES and (threads == 1 or n == 1):
+        assert 7 in kinds and 8 in kinds  # the C kernels ran the Dense and Softmax steps
+    elif n > K.DenseStep.TASK_IMAGES:
+        assert 7 not in kinds and 8 not in kinds
+    r.close()
 
 
 def _native_or_skip():
@@ -423,7 +464,9 @@ def test_batches_stream_in_chunks_with_progress(rng, threads):
     assert r.batch_size_used == (23 if threads == 1 else 12)
     seen = []
     got = r.probabilities(x, batch_size=5, progress=seen.append)
-    assert r.batch_size_used == 5 and seen == sorted(seen) and seen[-1] == 23 and len(seen) == 5
+    # at most 5 images per chunk: 5 chunks on one thread; on two, 6 (a multiple of the threads)
+    chunks = 5 if threads == 1 else 6
+    assert r.batch_size_used == -(-23 // chunks) and seen == sorted(seen) and seen[-1] == 23 and len(seen) == chunks
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
     r.probabilities(x[:1], progress=seen.append)
     assert r.batch_size_used == 1 and seen[-1] == 1

@@ -708,26 +708,60 @@ class GapStep(Step):
 
 
 class DenseStep(Step):
-    """Dense + bias + epilogue."""
+    """Dense + bias + epilogue; with flat, on the (N, ...) input of a Flatten it took over (the
+    rows of a contiguous NHWC tensor are its flattened images: a view, no step of its own)."""
 
     kernel = "dense"
+    TASK_IMAGES = 4  # programs (a few images) run it in C, split over output columns; more: BLAS
 
-    def __init__(self, nodes, inputs, output, epilogue, w, b):
+    def __init__(self, nodes, inputs, output, epilogue, w, b, flat: bool = False):
         super().__init__(nodes, inputs, output, epilogue)
         self.wt = np.ascontiguousarray(w.T, dtype=F32)
+        self.flat = flat
         if b is not None:
             self.epi.ops.insert(0, ("bias", np.ascontiguousarray(b, dtype=F32)))
         # big weights behind ReLU: only the rows of inputs non-zero in some image are multiplied
         self.sparse = self.wt.ndim == 2 and sparse_ok(self.wt)
         if self.sparse:
             self.kernel = "dense.skip-zero-inputs"
+        self.lib = native_lib() if self.wt.ndim == 2 else None
+        ne = self.epi.native() if self.lib is not None and hasattr(self.lib, "dense_rows") else None
+        if ne is None:
+            self.lib = None
+        else:
+            self.epi_t, self.res_idx = ne
+            self.finite = bool(np.isfinite(self.wt).all())  # zero inputs may be skipped
+            self.geo = np.array(self.wt.shape, np.intc)
+            self.vw = int(self.lib.cnnrt_vector_width())
+
+    @property
+    def label(self) -> str:
+        few = f" (1-{self.TASK_IMAGES} images: native.dense)" if self.lib is not None and self.TASK_IMAGES else ""
+        return super().label + few
 
     def work(self, n):
         return n * self.wt.size
 
+    def tasks(self, ins, out, n, threads, keep):
+        """For a few images, parts of output columns for a compiled program (native.Task fields);
+        None for more (BLAS is faster there) or without the compiled kernels."""
+        if self.lib is None or n > self.TASK_IMAGES:
+            return None
+        e = Epilogue.bind(self.epi_t, self.res_idx, ins)
+        keep.append(e)
+        cols = self.wt.shape[1]
+        per = max(self.vw, -(-cols // max(threads, 1)))
+        per = -(-per // self.vw) * self.vw
+        return [dict(kind=7, i0=0, i1=n, r0=0, r1=1, b0=c, b1=min(c + per, cols), cpad_or_avg=int(self.finite),
+                     x=ins[0].ctypes.data, w=self.wt.ctypes.data, y=out.ctypes.data, geo=self.geo.ctypes.data,
+                     e=ctypes.addressof(e))
+                for c in range(0, cols, per)]
+
     def run(self, ins, out, scr, i0, i1, r0, r1):
         y = out[i0:i1]
         x = ins[0][i0:i1]
+        if self.flat:
+            x = x.reshape(i1 - i0, -1)
         if self.sparse and x.ndim == 2:
             matmul_skipping_zeros(x, self.wt, y, scr, self.key)
         else:
@@ -768,10 +802,31 @@ class EltwiseStep(Step):
 class SoftmaxStep(Step):
     """Softmax / LogSoftmax over the last axis, in the output buffer."""
 
+    TASK_IMAGES = 4  # programs (a few images) run it in C (softmax_rows); more: NumPy
+
     def __init__(self, nodes, inputs, output, epilogue, log):
         super().__init__(nodes, inputs, output, epilogue)
         self.log = log
         self.kernel = "logsoftmax" if log else "softmax"
+        lib = native_lib()
+        self.lib = lib if lib is not None and hasattr(lib, "softmax_rows") and not self.epi.ops else None
+        self._geo = {}
+
+    @property
+    def label(self) -> str:
+        few = f" (1-{self.TASK_IMAGES} images: native.{self.kernel})" if self.lib is not None and self.TASK_IMAGES else ""
+        return super().label + few
+
+    def tasks(self, ins, out, n, threads, keep):
+        """For a few images, one part for a compiled program (native.Task fields): the rows are
+        short (a classifier's classes), not worth splitting. None for more images."""
+        x = ins[0]
+        if self.lib is None or n > self.TASK_IMAGES or x.ndim < 2 or not x.flags.c_contiguous:
+            return None
+        geo = np.array([x.shape[-1], int(np.prod(x.shape[1:-1], dtype=np.int64))], np.intc)
+        keep.append(geo)
+        return [dict(kind=8, i0=0, i1=n, r0=0, r1=1, cpad_or_avg=int(self.log), x=x.ctypes.data, y=out.ctypes.data,
+                     geo=geo.ctypes.data)]
 
     def run(self, ins, out, scr, i0, i1, r0, r1):
         y = out[i0:i1]

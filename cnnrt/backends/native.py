@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("cpu_native") / "kernels.c"
-FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-pthread", "-ffp-contract=fast", "-fno-math-errno", "-std=c11"]
+FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-pthread", "-ffp-contract=fast", "-fno-math-errno", "-std=c11", "-lm"]
 
 _lock = threading.Lock()
 _state: dict = {}
@@ -128,6 +128,12 @@ def _build() -> tuple[ctypes.CDLL | None, str | None, dict]:
     for f in (lib.conv_direct_g1, lib.conv_direct_g2, lib.conv_direct_g4, lib.conv_depthwise, lib.pool2d):
         f.restype = None
     lib.cnnrt_vector_width.restype = I
+    if hasattr(lib, "dense_rows"):  # (older sources, in benchmarks/cpu_ab.py, lack it)
+        lib.dense_rows.argtypes = [P, P, P, P, I, I, I, I, I, P]
+        lib.dense_rows.restype = None
+    if hasattr(lib, "softmax_rows"):
+        lib.softmax_rows.argtypes = [P, P, P, I, I, I]
+        lib.softmax_rows.restype = None
     if hasattr(lib, "cnnrt_run_program"):  # (benchmarks/cpu_ab.py loads older sources without it)
         lib.cnnrt_run_program.argtypes = [P, P, I, I]
         lib.cnnrt_run_program.restype = I

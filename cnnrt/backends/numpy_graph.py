@@ -381,8 +381,12 @@ class GraphRunner(Runner):
         return out
 
     def _run_chunked(self, feeds: dict, n: int, cap: int, progress=None) -> dict:
-        # as few chunks of at most `cap` images as there are threads or more, evened out
+        # as few chunks of at most `cap` images as there are threads or more, evened out; more
+        # chunks than threads: a multiple of the threads, so that the last round keeps every thread
+        # busy (40 chunks on 16 threads would leave half of them idle in the third round)
         count = max(-(-n // cap), min(self.threads, n))
+        if count > self.threads:
+            count = min(n, -(-count // self.threads) * self.threads)
         size = -(-n // count)
         self.batch_size_used = size
         chunks = [(i, min(i + size, n)) for i in range(0, n, size)]

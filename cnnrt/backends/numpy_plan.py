@@ -172,6 +172,25 @@ def dense_pattern(ctx: Ctx, n: Node):
     return K.DenseStep(nodes, inputs, out, epi, w, b)
 
 
+@pattern("flatten_dense", priority=11)
+def flatten_dense_pattern(ctx: Ctx, n: Node):
+    """Flatten (N, H, W, C) -> (N, HWC) read only by a Dense: the Dense reads the 4-D tensor's
+    rows as they are (its buffer is contiguous), so the Flatten is no step of its own."""
+    if n.op not in ("Flatten", "Reshape", "Squeeze") or ctx.is_const(n.inputs[0]):
+        return None
+    src = n.inputs[0]
+    if len(ctx.g.shapes[src]) < 3 or not _flattens_to_rows(ctx, n, src):
+        return None
+    d = ctx.sole_reader(n.outputs[0])
+    if d is None or d.op != "Dense" or d.inputs[0] != n.outputs[0] or not all(ctx.is_const(t) for t in d.inputs[1:]):
+        return None
+    w = ctx.q(ctx.params[d.inputs[1]])
+    b = ctx.q(ctx.params[d.inputs[2]]) if len(d.inputs) > 2 else None
+    nodes, inputs, epi = [n, d], [src], K.Epilogue()
+    out = _follow_epilogue(ctx, d.outputs[0], nodes, inputs, epi, allow_add=True)
+    return K.DenseStep(nodes, inputs, out, epi, w, b, flat=True)
+
+
 @pattern("eltwise", priority=5)
 def eltwise_pattern(ctx: Ctx, n: Node):
     if len(n.outputs) != 1 or ctx.g.shapes[n.outputs[0]] == () or all(ctx.is_const(t) for t in n.inputs):

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sched.h>
 #include <time.h>
+#include <math.h>
 
 #if defined(__AVX512F__)
 #define VW 16
@@ -413,6 +414,66 @@ void pool2d(const float *x, int H, int W, int C, int KH, int KW, int SH, int SW,
     }
 }
 
+/* Dense for a few images (a program's part: output columns [c0, c1) of images [i0, i1)):
+ * y[i, c] = epilogue(sum_k x[i, k] * wt[k, c]). geo: K (inputs), N (outputs); wt is (K, N).
+ * With skip_zeros the inputs that are exactly zero are passed over (after ReLU and max-pool most
+ * are: one image of Deep MNIST reads 12% of fc1's 12.8 MB); callers set it only when every weight
+ * is finite, so a skipped term is an exact zero. The row of y is the accumulator (it stays in L1):
+ * one pass over x and over the weight rows used, then the epilogue in place. */
+void dense_rows(const float *x, const int *geo, const float *wt, float *y, int i0, int i1, int c0, int c1,
+                int skip_zeros, const Epi *e) {
+    const int K = geo[0], N = geo[1], cols = c1 - c0, full = cols / VW * VW;
+    for (int i = i0; i < i1; i++) {
+        const float *xi = x + (size_t)i * K;
+        float *yi = y + (size_t)i * N + c0;
+        memset(yi, 0, (size_t)cols * 4);
+        for (int k = 0; k < K; k++) {
+            const float xv = xi[k];
+            if (skip_zeros && xv == 0.f) continue;
+            const float *wr = wt + (size_t)k * N + c0;
+            const vf s = splat(xv);
+            int c = 0;
+            for (; c + 4 * VW <= full; c += 4 * VW) {
+                st(yi + c, ld(yi + c) + s * ld(wr + c));
+                st(yi + c + VW, ld(yi + c + VW) + s * ld(wr + c + VW));
+                st(yi + c + 2 * VW, ld(yi + c + 2 * VW) + s * ld(wr + c + 2 * VW));
+                st(yi + c + 3 * VW, ld(yi + c + 3 * VW) + s * ld(wr + c + 3 * VW));
+            }
+            for (; c < full; c += VW) st(yi + c, ld(yi + c) + s * ld(wr + c));
+            for (; c < cols; c++) yi[c] += xv * wr[c];
+        }
+        for (int c = 0; c < cols; c += VW) {
+            const int m = cols - c < VW ? cols - c : VW;
+            const size_t off = (size_t)i * N + c0 + c;
+            vf v = epi(m == VW ? ld(yi + c) : ldn(yi + c, m), e, off, c0 + c, m);
+            if (m == VW) st(yi + c, v); else stn(yi + c, v, m);
+        }
+    }
+}
+
+/* Softmax (or log-softmax) over the last axis, for a program's part: images [i0, i1), each of
+ * geo[1] rows of geo[0] values. The same steps as the NumPy kernel: subtract the row's maximum,
+ * exponentiate, divide by the sum (log: subtract the sum's log). */
+void softmax_rows(const float *x, const int *geo, float *y, int i0, int i1, int log_) {
+    const int C = geo[0], R = geo[1];
+    for (size_t r = (size_t)i0 * R; r < (size_t)i1 * R; r++) {
+        const float *a = x + r * C;
+        float *b = y + r * C, m = a[0], sum = 0.f;
+        for (int c = 1; c < C; c++) m = a[c] > m || a[c] != a[c] ? a[c] : m;
+        for (int c = 0; c < C; c++) {
+            const float e = expf(a[c] - m);
+            sum += e;
+            if (!log_) b[c] = e;
+        }
+        if (log_) {
+            const float ls = logf(sum);
+            for (int c = 0; c < C; c++) b[c] = (a[c] - m) - ls;
+        } else {
+            for (int c = 0; c < C; c++) b[c] /= sum;
+        }
+    }
+}
+
 int cnnrt_vector_width(void) { return VW; }
 
 /* ------------------------------------------------------------------ programs
@@ -426,7 +487,7 @@ int cnnrt_vector_width(void) { return VW; }
  * One program runs at a time; a caller asking for one thread runs it inline. */
 
 typedef struct {
-    int kind;            /* 1, 2, 4: conv_direct_g1/g2/g4; 5: conv_depthwise; 6: pool2d */
+    int kind;            /* 1, 2, 4: conv_direct_g1/g2/g4; 5: conv_depthwise; 6: pool2d; 7: dense_rows; 8: softmax_rows */
     int i0, i1, r0, r1, b0, b1, cpad_or_avg;
     const float *x, *w, *zeros, *inv;
     float *y;
@@ -446,6 +507,8 @@ static void run_task(const Task *t) {
                t->i0, t->i1, t->r0, t->r1, t->cpad_or_avg, t->inv, t->e);
         break;
     }
+    case 7: dense_rows(t->x, t->geo, t->w, t->y, t->i0, t->i1, t->b0, t->b1, t->cpad_or_avg, t->e); break;
+    case 8: softmax_rows(t->x, t->geo, t->y, t->i0, t->i1, t->cpad_or_avg); break;
     }
 }
 
