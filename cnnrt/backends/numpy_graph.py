@@ -202,11 +202,16 @@ class GraphRunner(Runner):
         p, s = self.plan, self._scratch()
         if self.split is not None and n > self.chunk and not split:
             head, tail, boundary = self.split
+            prog = self._head_program(n, s, feeds) if self.programs else None
             big = {t: s.get(("rows", t), self._shape_at(t, n)) for t in boundary}
-            for i0 in range(0, n, self.chunk):
-                i1 = min(i0 + self.chunk, n)
-                env = self._inputs({k: v[i0:i1] for k, v in feeds.items()}, i1 - i0, s)
-                self._steps(head, env, i1 - i0, s, False, {t: b[i0:i1] for t, b in big.items()})
+            if prog is not None:  # every sub-chunk's head steps in one C call
+                self._inputs(feeds, n, s, key="rows")
+                self._lib.cnnrt_run_program(prog[0], prog[1], prog[2], 1)
+            else:
+                for i0 in range(0, n, self.chunk):
+                    i1 = min(i0 + self.chunk, n)
+                    env = self._inputs({k: v[i0:i1] for k, v in feeds.items()}, i1 - i0, s)
+                    self._steps(head, env, i1 - i0, s, False, {t: b[i0:i1] for t, b in big.items()})
             env = dict(big)
             for k, v in feeds.items():  # the tail may read an input (rarely): the whole chunk's
                 if k not in env:
@@ -291,6 +296,63 @@ class GraphRunner(Runner):
             cache.clear()
         cache[(n, threads)] = (s.generation, segs, keep)  # keep: the epilogues the tasks point at
         return segs
+
+    def _head_program(self, n: int, s: Scratch, feeds: dict):
+        """The steps before a big Dense over all of a chunk's sub-chunks as one compiled program,
+        run inline on this thread: (tasks, step starts, steps), or None where a head step has no
+        compiled kernel. The input is filled once for the whole chunk (its "rows" buffers); each
+        sub-chunk's steps read their rows of it and write the boundary tensors' rows, as the
+        Python loop over sub-chunks does, with no Python between the steps. Cached per thread and
+        chunk size; rebuilt when a buffer has moved."""
+        p = self.plan
+        head, _, boundary = self.split
+        if any(name not in p.slot_of or not (v.dtype.kind == "f" or v.dtype == np.uint8) for name, v in feeds.items()):
+            return None
+        if not all(hasattr(st, "tasks") and not isinstance(st, GenericStep) for st in head):
+            return None
+        cache = getattr(self._local, "programs", None)
+        if cache is None:
+            cache = self._local.programs = {}
+        hit = cache.get(("head", n))
+        if hit is not None and hit[0] == s.generation:
+            return hit[1]
+        from . import native as N
+
+        def buffers():
+            rows_in = {t: s.get(("rows", p.slot_of[t]), self._shape_at(t, n)) for t in feeds}
+            big = {t: s.get(("rows", t), self._shape_at(t, n)) for t in boundary}
+            slots = {st.output: s.get(("slot", p.slot_of[st.output]), self._shape_at(st.output, self.chunk))
+                     for st in head if st.output not in boundary}
+            return rows_in, big, slots
+
+        for _ in range(3):  # every buffer at its size first: the gets below then move nothing
+            g0 = s.generation
+            buffers()
+            if s.generation == g0:
+                break
+        else:
+            return None
+        rows_in, big, slots = buffers()
+        tasks, starts, keep = [], [0], []
+        for i0 in range(0, n, self.chunk):
+            i1 = min(i0 + self.chunk, n)
+            env = {t: v[i0:i1] for t, v in rows_in.items()}
+            for st in head:
+                out = big[st.output][i0:i1] if st.output in big else slots[st.output][:i1 - i0]
+                parts = st.tasks([env[t] for t in st.inputs], out, i1 - i0, 1, keep)
+                if not parts:
+                    return None
+                tasks += [q for q in parts if q["i0"] < q["i1"] and q["r0"] < q["r1"] and q.get("b0", 0) < q.get("b1", 1)]
+                starts.append(len(tasks))
+                env[st.output] = out
+        if s.generation != g0:
+            return None
+        prog = ((N.Task * len(tasks))(*[N.Task(**t) for t in tasks]), (ctypes.c_int * len(starts))(*starts),
+                len(starts) - 1)
+        if len(cache) > 8:
+            cache.clear()
+        cache[("head", n)] = (s.generation, prog, keep)
+        return prog
 
     def _inputs(self, feeds: dict, n: int, s: Scratch, key: str = "slot") -> dict:
         p, env = self.plan, {}
