@@ -357,17 +357,28 @@ class NumpyRunner(Runner):
 
 
 def prepare(model, precision: str = DEFAULT_PRECISION, threads: int | None = None) -> Runner:
-    """The graph runner (numpy_graph.py) for a Graph, except a layer chain in fp16 or without the
-    compiled kernels (or with CNNRT_STAGED=1), and a layer-chain Model: those get the staged engine.
+    """The graph runner (numpy_graph.py) for a Graph; a layer chain in fp16 or without the compiled
+    kernels, and a layer-chain Model, get the staged engine; a layer chain that both can run gets
+    the faster of the two on this machine (chain_engine.py; its `engine_choice` says why).
     `threads`: default one per core."""
     from ..ir.chain import match
     from ..ir.graph import Graph
 
+    from .numpy_graph import GraphRunner
+
     if isinstance(model, Graph):
         chain = match(model)
-        if chain is None or (precision == "fp32" and CHAINS_ON_GRAPH_RUNNER and _compiled()):
-            from .numpy_graph import GraphRunner
+        if chain is None:
             return GraphRunner(model, precision, threads=threads)
+        if precision == "fp32" and CHAINS_ON_GRAPH_RUNNER and _compiled():
+            from .chain_engine import choose
+
+            # both engines can run it: the faster on this machine (measured once, then cached)
+            pick = choose(model, chain, max(1, threads or _cores()))
+            r = GraphRunner(model, precision, threads=threads) if pick["engine"] == "graph" else \
+                NumpyRunner(chain, precision, threads=threads)
+            r.engine_choice = pick["why"]
+            return r
         model = chain
     return NumpyRunner(model, precision, threads=threads)
 

@@ -42,6 +42,9 @@ def plan_lines(model, backend: str, precision: str | None = None, batch_size: in
         else:
             native = sum(1 for _, _, k in rows if k.startswith("native."))
             summary = f"{len(rows)} nodes, {native} on compiled kernels"
+        if getattr(runner, "engine_choice", None):
+            summary += f"; engine: {'the planner' if not isinstance(runner, NumpyRunner) else 'the staged engine'}, " \
+                       f"{runner.engine_choice}"
         runner.close()
     else:
         from ..errors import CnnrtError

@@ -1,0 +1,114 @@
+"""Which CPU engine runs a layer chain (Deep MNIST's kind of model) in fp32: measured on the machine.
+
+A layer chain can run on the graph planner (numpy_graph.GraphRunner, compiled kernels) or on the
+staged NumPy engine (numpy_backend.NumpyRunner, Winograd through the BLAS). Which is faster
+depends on the machine, not the model alone: on the 16-core Xeon the planner ran Deep MNIST's
+10,000 images 2.8 times faster; on a 2-core AMD EPYC the staged engine was 1.2 times faster
+(docs/benchmarks.md). So the first time a chain is prepared on a machine, both run the same
+random batch, alternately, and the faster is kept, in a small JSON file in the kernels' cache
+directory keyed by the model's shape, the thread count, the CPU and cnnrt's version. Later
+processes read it (no timing).
+
+`CNNRT_CHAIN_ENGINE` = auto (default), graph or staged; `CNNRT_STAGED=1` means staged.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+
+import numpy as np
+
+ENGINES = ("graph", "staged")
+IMAGES = 512  # per timed pass: a few chunks, well under a second on 2 cores
+ROUNDS = 3
+
+
+def setting() -> str:
+    if os.environ.get("CNNRT_STAGED", "0") == "1":
+        return "staged"
+    v = os.environ.get("CNNRT_CHAIN_ENGINE", "auto").strip().lower() or "auto"
+    if v not in ("auto",) + ENGINES:
+        from ..errors import CnnrtError
+        raise CnnrtError(f"CNNRT_CHAIN_ENGINE must be auto, graph or staged, not {v!r}")
+    return v
+
+
+def _cpu() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _key(graph, threads: int) -> str:
+    from .. import __version__
+
+    shape = [(n.op, [tuple(graph.shapes.get(t, ())) for t in n.outputs]) for n in graph.nodes]
+    text = json.dumps([shape, threads, _cpu(), os.cpu_count(), __version__], default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _path(graph, threads: int):
+    from .native import cache_dir
+
+    return cache_dir() / f"chain-engine-{_key(graph, threads)}.json"
+
+
+def choose(graph, chain, threads: int) -> dict:
+    """{"engine": "graph" or "staged", "why": a sentence}; measures once per machine and model
+    shape, then reads the answer from the cache."""
+    how = setting()
+    if how != "auto":
+        return {"engine": how, "why": f"set by the environment ({how})"}
+    path = _path(graph, threads)
+    try:
+        got = json.loads(path.read_text())
+        if got.get("engine") in ENGINES:
+            return {"engine": got["engine"], "why": f"{got['why']} (measured {got['date']}, cached in {path})"}
+    except (OSError, ValueError, AttributeError, KeyError):
+        pass
+    t = measure(graph, chain, threads)
+    engine = min(t, key=t.get)
+    why = (f"the faster here: {t['graph'] * 1e3:.0f} ms on the planner, {t['staged'] * 1e3:.0f} ms on the staged "
+           f"engine, for {IMAGES} images")
+    record = {"engine": engine, "why": why, "seconds": t, "images": IMAGES, "threads": threads, "cpu": _cpu(),
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    try:  # atomic: a reader never sees half a file; a cache we cannot write only costs a re-measure
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return {"engine": engine, "why": f"{why} (measured now)"}
+
+
+def measure(graph, chain, threads: int) -> dict:
+    """Seconds per pass over the same IMAGES random uint8 images, best of ROUNDS alternating rounds."""
+    from .numpy_backend import NumpyRunner
+    from .numpy_graph import GraphRunner
+
+    x = np.random.default_rng(0).integers(0, 256, (IMAGES, *graph.input_shape), dtype=np.uint8)
+    runners = {"graph": GraphRunner(graph, "fp32", threads=threads), "staged": NumpyRunner(chain, "fp32", threads=threads)}
+    best = {k: float("inf") for k in runners}
+    try:
+        for r in runners.values():
+            r.probabilities(x[:64])  # buffers, programs, the BLAS's first call
+        for k in range(ROUNDS):
+            for name in (ENGINES if k % 2 == 0 else ENGINES[::-1]):
+                t0 = time.perf_counter()
+                runners[name].probabilities(x)
+                best[name] = min(best[name], time.perf_counter() - t0)
+    finally:
+        for r in runners.values():
+            close = getattr(r, "close", None)
+            if close is not None:
+                close()
+    return best

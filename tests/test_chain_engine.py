@@ -1,0 +1,75 @@
+"""The measured choice of engine for a layer chain in fp32 (cnnrt/backends/chain_engine.py): the
+first prepare on a machine times both engines and caches the answer; later ones read it; the
+environment overrides it; both engines give the float64 reference's answer."""
+import json
+
+import numpy as np
+import pytest
+
+from cnnrt.backends import chain_engine, numpy_backend
+from cnnrt.backends.numpy_backend import NumpyRunner
+from cnnrt.backends.numpy_graph import GraphRunner
+from cnnrt.errors import CnnrtError
+from cnnrt.ir.graph import run_reference
+from cnnrt.testing import cpu_graphs
+
+
+@pytest.fixture
+def graph(monkeypatch, tmp_path):
+    if not numpy_backend._compiled():
+        pytest.skip("no compiled kernels here: layer chains always run on the staged engine")
+    monkeypatch.setenv("CNNRT_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("CNNRT_STAGED", raising=False)
+    monkeypatch.setattr(chain_engine, "IMAGES", 32)
+    return cpu_graphs.deep_mnist(seed=3)
+
+
+def test_measured_once_then_read_from_the_cache(graph, monkeypatch, tmp_path):
+    monkeypatch.setenv("CNNRT_CHAIN_ENGINE", "auto")
+    calls = []
+    real = chain_engine.measure
+    monkeypatch.setattr(chain_engine, "measure", lambda *a: calls.append(1) or real(*a))
+    r = numpy_backend.prepare(graph, "fp32", threads=2)
+    assert len(calls) == 1 and "measured now" in r.engine_choice
+    files = list(tmp_path.glob("chain-engine-*.json"))
+    assert len(files) == 1
+    rec = json.loads(files[0].read_text())
+    want = min(rec["seconds"], key=rec["seconds"].get)  # the faster of the two times it measured
+    assert rec["engine"] == want
+    assert isinstance(r, GraphRunner if want == "graph" else NumpyRunner)
+    r.close()
+    r2 = numpy_backend.prepare(graph, "fp32", threads=2)
+    assert len(calls) == 1 and "cached in" in r2.engine_choice and type(r2) is type(r)
+    r2.close()
+    # another thread count is another question
+    numpy_backend.prepare(graph, "fp32", threads=1).close()
+    assert len(calls) == 2 and len(list(tmp_path.glob("chain-engine-*.json"))) == 2
+
+
+def test_a_broken_cache_file_is_measured_again(graph, monkeypatch, tmp_path):
+    monkeypatch.setenv("CNNRT_CHAIN_ENGINE", "auto")
+    numpy_backend.prepare(graph, "fp32", threads=2).close()
+    (f,) = tmp_path.glob("chain-engine-*.json")
+    f.write_text("{not json")
+    r = numpy_backend.prepare(graph, "fp32", threads=2)
+    assert "measured now" in r.engine_choice and json.loads(f.read_text())["engine"] in ("graph", "staged")
+    r.close()
+
+
+@pytest.mark.parametrize("env,kind", [("graph", GraphRunner), ("staged", NumpyRunner)])
+def test_the_environment_decides_and_both_engines_are_right(graph, monkeypatch, rng, env, kind):
+    monkeypatch.setenv("CNNRT_CHAIN_ENGINE", env)
+    monkeypatch.setattr(chain_engine, "measure", lambda *a: pytest.fail("measured though set"))
+    r = numpy_backend.prepare(graph, "fp32", threads=2)
+    assert isinstance(r, kind) and "environment" in r.engine_choice
+    x = rng.standard_normal((5, *graph.input_shape)).astype(np.float32)
+    ref = run_reference(graph, {graph.input_name: x.astype(np.float64)}, np.float64)[graph.outputs[0]]
+    got = r.probabilities(x)
+    assert np.abs(got - ref).max() / np.abs(ref).max() < 1e-4
+    r.close()
+
+
+def test_a_bad_setting_is_an_error(graph, monkeypatch):
+    monkeypatch.setenv("CNNRT_CHAIN_ENGINE", "fastest")
+    with pytest.raises(CnnrtError, match="CNNRT_CHAIN_ENGINE must be auto, graph or staged"):
+        numpy_backend.prepare(graph, "fp32", threads=2)
