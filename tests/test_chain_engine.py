@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from cnnrt.backends import chain_engine, numpy_backend
+from cnnrt.backends.chain_engine import ByBatch
 from cnnrt.backends.numpy_backend import NumpyRunner
 from cnnrt.backends.numpy_graph import GraphRunner
 from cnnrt.errors import CnnrtError
@@ -34,9 +35,14 @@ def test_measured_once_then_read_from_the_cache(graph, monkeypatch, tmp_path):
     files = list(tmp_path.glob("chain-engine-*.json"))
     assert len(files) == 1
     rec = json.loads(files[0].read_text())
-    want = min(rec["seconds"], key=rec["seconds"].get)  # the faster of the two times it measured
-    assert rec["engine"] == want
-    assert isinstance(r, GraphRunner if want == "graph" else NumpyRunner)
+    t = rec["seconds"]  # the faster of the two, for batches and for one image
+    assert rec["engine"] == min(("graph", "staged"), key=lambda e: t[e])
+    assert rec["single"] == min(("graph", "staged"), key=lambda e: t[e + "_one"])
+    kind = {"graph": GraphRunner, "staged": NumpyRunner}
+    if rec["engine"] == rec["single"]:
+        assert isinstance(r, kind[rec["engine"]])
+    else:
+        assert isinstance(r, ByBatch) and isinstance(r.large, kind[rec["engine"]]) and isinstance(r.single, kind[rec["single"]])
     r.close()
     r2 = numpy_backend.prepare(graph, "fp32", threads=2)
     assert len(calls) == 1 and "cached in" in r2.engine_choice and type(r2) is type(r)
@@ -73,3 +79,31 @@ def test_a_bad_setting_is_an_error(graph, monkeypatch):
     monkeypatch.setenv("CNNRT_CHAIN_ENGINE", "fastest")
     with pytest.raises(CnnrtError, match="CNNRT_CHAIN_ENGINE must be auto, graph or staged"):
         numpy_backend.prepare(graph, "fp32", threads=2)
+
+
+def test_two_engines_split_by_batch_size(graph, monkeypatch, rng):
+    """Where one engine is faster for batches and the other for single images, batches of up to
+    SMALL images go to the one-image choice and larger ones to the other: each gives the float64
+    reference's answer and says the chunk it ran."""
+    monkeypatch.setenv("CNNRT_CHAIN_ENGINE", "auto")
+    monkeypatch.setattr(chain_engine, "measure",
+                        lambda *a: {"graph": 2.0, "staged": 1.0, "graph_one": 1e-3, "staged_one": 2e-3})
+    r = numpy_backend.prepare(graph, "fp32", threads=2)
+    assert isinstance(r, ByBatch) and isinstance(r.single, GraphRunner) and isinstance(r.large, NumpyRunner)
+    assert "smaller ones on the planner" in r.engine_choice and r.precision == "fp32"
+    calls = []
+
+    def spy(part):
+        real = part.probabilities
+        return lambda *a, **k: calls.append(part) or real(*a, **k)
+
+    for part in (r.single, r.large):
+        monkeypatch.setattr(part, "probabilities", spy(part))
+    for n, want in ((3, r.single), (chain_engine.SMALL, r.single), (chain_engine.SMALL + 5, r.large)):
+        x = rng.standard_normal((n, *graph.input_shape)).astype(np.float32)
+        ref = run_reference(graph, {graph.input_name: x.astype(np.float64)}, np.float64)[graph.outputs[0]]
+        got = r.probabilities(x)
+        assert calls[-1] is want and r.batch_size_used == want.batch_size_used
+        assert np.abs(got - ref).max() / np.abs(ref).max() < 1e-4
+        assert (r.predict(x) == ref.argmax(axis=1)).all()
+    r.close()

@@ -371,14 +371,21 @@ def prepare(model, precision: str = DEFAULT_PRECISION, threads: int | None = Non
         if chain is None:
             return GraphRunner(model, precision, threads=threads)
         if precision == "fp32" and CHAINS_ON_GRAPH_RUNNER and _compiled():
-            from .chain_engine import choose
+            from .chain_engine import ByBatch, choose
 
-            # both engines can run it: the faster on this machine (measured once, then cached)
+            # both engines can run it: the faster on this machine for batches and for single
+            # images (measured once, then cached)
             pick = choose(model, chain, max(1, threads or _cores()))
-            r = GraphRunner(model, precision, threads=threads) if pick["engine"] == "graph" else \
-                NumpyRunner(chain, precision, threads=threads)
-            r.engine_choice = pick["why"]
-            return r
+
+            def engine(name):
+                return GraphRunner(model, precision, threads=threads) if name == "graph" else \
+                    NumpyRunner(chain, precision, threads=threads)
+
+            if pick["engine"] == pick["single"]:
+                r = engine(pick["engine"])
+                r.engine_choice = pick["why"]
+                return r
+            return ByBatch(engine(pick["single"]), engine(pick["engine"]), pick["why"])
         model = chain
     return NumpyRunner(model, precision, threads=threads)
 

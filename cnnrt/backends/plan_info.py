@@ -35,16 +35,19 @@ def plan_lines(model, backend: str, precision: str | None = None, batch_size: in
 
         precision = precision or "fp32"
         note = ""
+        from .chain_engine import ByBatch
+
         runner = numpy_prepare(graph, precision)  # the runner `cnnrt eval` would get
-        rows = runner.describe()
-        if isinstance(runner, NumpyRunner):
+        rows = runner.describe()  # (two engines: the batches' one)
+        if isinstance(runner.large if isinstance(runner, ByBatch) else runner, NumpyRunner):
             summary = f"{len(graph.nodes)} nodes in {len(rows)} fused stages (the layer-chain engine)"
         else:
             native = sum(1 for _, _, k in rows if k.startswith("native."))
             summary = f"{len(rows)} nodes, {native} on compiled kernels"
         if getattr(runner, "engine_choice", None):
-            summary += f"; engine: {'the planner' if not isinstance(runner, NumpyRunner) else 'the staged engine'}, " \
-                       f"{runner.engine_choice}"
+            kind = "two engines" if isinstance(runner, ByBatch) else \
+                "the planner" if not isinstance(runner, NumpyRunner) else "the staged engine"
+            summary += f"; engine: {kind}, {runner.engine_choice}"
         runner.close()
     else:
         from ..errors import CnnrtError

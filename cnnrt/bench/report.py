@@ -205,7 +205,13 @@ def update_doc(path: str | os.PathLike, body: str | None) -> None:
     m = re.match(r"(## [^\n]*\n\n?)", doc[start_line_end:end])
     if m:
         heading = m.group(1) if m.group(1).endswith("\n\n") else m.group(1) + "\n"
-    path.write_text(doc[:start_line_end] + heading + body + doc[end:])
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # atomic: a failed write leaves the old file
+    try:
+        tmp.write_text(doc[:start_line_end] + heading + body + doc[end:])
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 # ---------------------------------------------------------------- chart
