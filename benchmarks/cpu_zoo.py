@@ -255,7 +255,13 @@ def zoo(args, log) -> dict:
                 case.setdefault("vs_cnnrt", {})[r] = rel(o, cn)
         calls = args.latency_calls if n == 1 else 1
         samples = {r: [] for r in rt}
-        for k in range(args.rounds):
+        if n == 1 and not args.same_process:
+            # one image: each runtime timed in a process of its own, as a user runs it (in one
+            # process, the others' idle thread pools take the cores from a runtime's own threads)
+            case["isolated"] = True
+            for r in list(rt)[len(res["cases"]) % len(rt):] + list(rt)[:len(res["cases"]) % len(rt)]:
+                samples[r] = isolated(model, r, args.rounds, calls)
+        for k in range(0 if n == 1 and not args.same_process else args.rounds):
             order = list(rt)[k % len(rt):] + list(rt)[:k % len(rt)]
             for r in order:
                 fn = rt[r][0] if isinstance(rt[r], tuple) else rt[r]
@@ -277,6 +283,35 @@ def zoo(args, log) -> dict:
         res["cases"].append(case)
     res["other_load"] = busy.stop()
     return res
+
+
+def isolated(model: str, runtime: str, rounds: int, calls: int) -> list:
+    """One image's call times for one runtime, in a fresh process (see one_image)."""
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    p = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--one-image", model, runtime,
+                        "--rounds", str(rounds), "--latency-calls", str(calls)],
+                       capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        raise SystemExit(f"{model} {runtime} one image, in its own process: failed\n{p.stderr[-2000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def one_image(model: str, runtime: str, rounds: int, calls: int) -> list:
+    """The child of `isolated`: the runtime alone in this process, warmed up, then `rounds` rounds
+    of `calls` one-image calls with a pause between rounds."""
+    g = load(model)
+    fn = RUNTIMES[runtime](g)
+    fn = fn[0] if isinstance(fn, tuple) else fn
+    x = images(g, 1)
+    fn(images(g, 64))
+    timed(fn, x, calls)
+    out = []
+    for _ in range(rounds):
+        time.sleep(0.3)
+        out += timed(fn, x, calls)
+    return out
 
 
 # ---------------------------------------------------------------- thread scaling
@@ -351,7 +386,7 @@ def markdown(results) -> str:
                            f" | {ratio} | {err} |")
             out.append("")
             out.append("Times are medians [min–max] of the rounds (one pass over the images per round, in calls of the "
-                       "size shown; for one image, every call of all rounds: the order of runtimes rotates each round, with a pause before each). cnnrt-numpy: cnnrt with its NumPy kernels "
+                       "size shown; for one image, every call of all rounds, each runtime alone in a process of its own (runs before 2026-11-28 13:45 UTC: all in one process, the order rotating each round, with a pause before each)). cnnrt-numpy: cnnrt with its NumPy kernels "
                        "alone, what runs where no C compiler is found (for Deep MNIST the staged NumPy engine; "
                        "'skipped' in runs from before the compiled kernels took layer chains too). "
                        "cnnrt vs float64: largest logit difference over the largest logit, on two images.\n")
@@ -412,11 +447,17 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--latency-calls", type=int, default=20, help="one-image calls per round")
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--same-process", action="store_true",
+                   help="time one image of every runtime in this process too (default: each in its own)")
+    p.add_argument("--one-image", nargs=2, metavar=("MODEL", "RUNTIME"), default=None, help=argparse.SUPPRESS)
     p.add_argument("--render", nargs="*", default=None, metavar="JSON", help="measure nothing: render these JSON files")
     p.add_argument("--chart", default=None, help="the thread-scaling chart (PNG; needs matplotlib)")
     p.add_argument("--markdown", default=None, help="write the tables here ('-': stdout)")
     a = p.parse_args(argv)
     log = lambda *m: print(*m, file=sys.stderr, flush=True)  # noqa: E731
+    if a.one_image:
+        print(json.dumps(one_image(*a.one_image, a.rounds, a.latency_calls)))
+        return 0
     if a.render is not None:
         results = [json.loads(Path(f).read_text()) for f in a.render]
     else:
