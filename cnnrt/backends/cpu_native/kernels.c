@@ -518,6 +518,8 @@ void cnnrt_set_spin_ns(long ns) { spin_ns = ns < 0 ? 0 : ns; }
 static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER, prog_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t pool_cv = PTHREAD_COND_INITIALIZER;
 static int n_workers;
+static pthread_t workers[MAX_WORKERS];
+static int caller_cpu = -1; /* the CPU the workers were last kept off */
 static atomic_int job_gen, bar_count, bar_phase, ticket[MAX_WORKERS];
 static const Task *job_tasks;
 static const int *job_starts;
@@ -580,8 +582,23 @@ static void *worker(void *arg) {
     return NULL;
 }
 
+/* Keep the workers off the caller's CPU. After an idle spell the scheduler tends to wake a worker
+ * on the CPU of the thread that woke it (the caller); there the two then take turns on one core
+ * for every step (measured: one Deep MNIST image 0.65 ms instead of 0.16 ms on 2 cores, the same
+ * as with both pinned to one CPU). Only when the caller's CPU changes: a syscall per worker. */
+static void keep_off_caller(int threads) {
+    int me = sched_getcpu();
+    if (me < 0 || me == caller_cpu) return;
+    cpu_set_t allowed;
+    if (sched_getaffinity(0, sizeof allowed, &allowed) != 0 || CPU_COUNT(&allowed) < 2) return;
+    CPU_CLR(me, &allowed);
+    for (int i = 0; i < threads - 1 && i < n_workers; i++) pthread_setaffinity_np(workers[i], sizeof allowed, &allowed);
+    caller_cpu = me;
+}
+
 static void after_fork_child(void) { /* the workers did not come along */
     n_workers = 0;
+    caller_cpu = -1;
     for (int i = 0; i < MAX_WORKERS; i++) atomic_store(&ticket[i], 0);
     atomic_store(&bar_count, 0);
     pthread_mutex_init(&pool_mu, NULL);
@@ -608,7 +625,8 @@ int cnnrt_run_program(const Task *tasks, const int *starts, int nsteps, int thre
         int rc = pthread_create(&t, &at, worker, (void *)(intptr_t)n_workers);
         pthread_attr_destroy(&at);
         if (rc != 0) break;
-        n_workers++;
+        workers[n_workers++] = t;
+        caller_cpu = -1; /* the new one is not kept off yet */
     }
     if (threads > n_workers + 1) threads = n_workers + 1;
     if (threads <= 1) {
@@ -627,6 +645,7 @@ int cnnrt_run_program(const Task *tasks, const int *starts, int nsteps, int thre
         job_next_cap = nsteps;
     }
     for (int s = 0; s < nsteps; s++) atomic_init(&job_next[s], 0);
+    keep_off_caller(threads);
     job_tasks = tasks; job_starts = starts; job_steps = nsteps; job_threads = threads;
     int gen = atomic_fetch_add(&job_gen, 1) + 1;
     pthread_mutex_lock(&pool_mu);
