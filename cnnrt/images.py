@@ -104,6 +104,10 @@ def _read_with_pillow(path: Path) -> np.ndarray:
                     _check_png_chunks(path)
                 im.load()
                 im = ImageOps.exif_transpose(im)  # phone photos: stored sideways with an orientation tag
+                if im.mode == "F":  # float pixels (PFM, TIFF): NaN and Inf are no intensity
+                    a = np.asarray(im, dtype=np.float32)
+                    if not np.isfinite(a).all():
+                        raise FormatError(f"{path}: holds NaN or Inf values")
                 return _from_pillow(im)
     except FormatError:
         raise

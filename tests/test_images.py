@@ -290,6 +290,22 @@ def test_bad_npy_arrays(tmp_path, array, message):
     assert str(tmp_path / "bad.npy") in str(e.value)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_float_image_files_with_nan_or_inf_are_refused(tmp_path, bad):
+    """A PFM (float pixels, which Pillow reads as mode F) holding NaN or Inf: a clear error naming
+    the file, not a crash further on (found by the fuzz test: NaN reached the digit centring)."""
+    import struct
+
+    vals = [0.5] * 15
+    vals[7] = bad
+    (tmp_path / "f.pfm").write_bytes(b"Pf\n3 5\n-1\n" + struct.pack("<15f", *vals))
+    with pytest.raises(FormatError, match="f.pfm: holds NaN or Inf values"):
+        images.read_pictures(tmp_path / "f.pfm")
+    vals[7] = 0.25  # the same file with finite pixels reads
+    (tmp_path / "f.pfm").write_bytes(b"Pf\n3 5\n-1\n" + struct.pack("<15f", *vals))
+    assert read_one(tmp_path / "f.pfm").shape == (5, 3, 1)
+
+
 def test_npy_that_would_unpickle_or_overallocate_is_refused(tmp_path):
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(FormatError, match="obj.npy: not a readable .npy array"):
