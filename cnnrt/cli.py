@@ -150,6 +150,11 @@ def cmd_eval(a) -> int:
         result["data"] = a.data
     if hasattr(runner, "summary"):  # which nodes ran fused, on generic kernels, on the host
         result["kernels"] = runner.summary(a.batch_size)
+    if name == "numpy":  # a layer chain runs on the planner or the staged engine: which one did
+        from .backends.chain_engine import engine_used
+        engine = engine_used(runner)
+        if engine:
+            result["engine"] = engine
     if a.report:  # one more, untimed run for the probabilities; the page scores the predictions timed above
         from .report import class_names, write_report
         probs = runner.probabilities(x, batch_size=a.batch_size)
@@ -164,6 +169,8 @@ def cmd_eval(a) -> int:
         print(f"Backend: {runner.backend}, {runner.precision}, batch size {used}{asked}")
         if result.get("kernels"):
             print(f"Kernels: {result['kernels']}")
+        if result.get("engine"):
+            print(f"Engine: {result['engine']}")
         print(f"Images: {result['images']}" + (f" ({a.data})" if a.data else ""))
         if a.repeat > 1:
             print(f"Time: {seconds:.4g} seconds, median of {a.repeat - 1} warm runs "

@@ -107,3 +107,19 @@ def test_two_engines_split_by_batch_size(graph, monkeypatch, rng):
         assert np.abs(got - ref).max() / np.abs(ref).max() < 1e-4
         assert (r.predict(x) == ref.argmax(axis=1)).all()
     r.close()
+
+
+@pytest.mark.parametrize("env,name", [("graph", "the planner"), ("staged", "the staged engine")])
+def test_eval_says_which_engine_ran(env, name):
+    """`cnnrt eval` names the engine that ran the layer chain (text and JSON) and how it was chosen."""
+    from cli_helpers import cnnrt
+
+    if not numpy_backend._compiled():
+        pytest.skip("no compiled kernels here: layer chains always run on the staged engine")
+    p = cnnrt("eval", "--limit", "300", "--backend", "numpy", env={"CNNRT_CHAIN_ENGINE": env})
+    assert f"Engine: {name} (set by the environment;" in p.stdout
+    p = cnnrt("eval", "--limit", "300", "--backend", "numpy", "--json", env={"CNNRT_CHAIN_ENGINE": env})
+    r = json.loads(p.stdout)
+    assert r["engine"].startswith(name) and r["accuracy"] > 0.95
+    p = cnnrt("eval", "--limit", "30", "--backend", "numpy", "--precision", "fp16", env={"CNNRT_CHAIN_ENGINE": env})
+    assert "Engine:" not in p.stdout  # fp16: the staged engine, no choice made

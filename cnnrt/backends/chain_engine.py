@@ -169,3 +169,16 @@ class ByBatch:
         if name in ("single", "large"):
             raise AttributeError(name)
         return getattr(self.large, name)
+
+
+def engine_used(runner) -> str | None:
+    """For `cnnrt eval`: which engine ran a layer chain's last call and how it was chosen, or None
+    for a runner with no choice (any other graph, fp16, no compiled kernels)."""
+    choice = getattr(runner, "engine_choice", None) if not isinstance(runner, ByBatch) else runner.engine_choice
+    if not choice:
+        return None
+    from .numpy_backend import NumpyRunner
+
+    ran = runner._last if isinstance(runner, ByBatch) else runner
+    how = "set by the environment" if "environment" in choice else "the faster on this machine for this batch size"
+    return f"{NAMES['staged' if isinstance(ran, NumpyRunner) else 'graph']} ({how}; `cnnrt info --backend numpy` says why)"
