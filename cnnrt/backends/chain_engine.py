@@ -174,7 +174,7 @@ class ByBatch:
 def engine_used(runner) -> str | None:
     """For `cnnrt eval`: which engine ran a layer chain's last call and how it was chosen, or None
     for a runner with no choice (any other graph, fp16, no compiled kernels)."""
-    choice = getattr(runner, "engine_choice", None) if not isinstance(runner, ByBatch) else runner.engine_choice
+    choice = getattr(runner, "engine_choice", None)
     if not choice:
         return None
     from .numpy_backend import NumpyRunner

@@ -364,9 +364,9 @@ def prepare(model, precision: str = DEFAULT_PRECISION, threads: int | None = Non
     from ..ir.chain import match
     from ..ir.graph import Graph
 
-    from .numpy_graph import GraphRunner
-
     if isinstance(model, Graph):
+        from .numpy_graph import GraphRunner
+
         chain = match(model)
         if chain is None:
             return GraphRunner(model, precision, threads=threads)

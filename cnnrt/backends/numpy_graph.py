@@ -234,32 +234,68 @@ class GraphRunner(Runner):
                         self._steps([seg[1]], env, n, s, split, {})
         return {t: env[t] if t in env else p.graph.params[t] for t in p.graph.outputs}
 
+    # ---------------------------------------------------------------- compiled programs
+
+    def _plan_copies(self, feeds: dict) -> bool:
+        """Whether every input is copied into a planned buffer (else its address varies per call
+        and no program can point at it)."""
+        p = self.plan
+        return all(name in p.slot_of and (v.dtype.kind == "f" or v.dtype == np.uint8) for name, v in feeds.items())
+
+    def _cached_program(self, key, s: Scratch):
+        """This thread's program for key, if built on buffers that have not moved since."""
+        cache = getattr(self._local, "programs", None)
+        if cache is None:
+            cache = self._local.programs = {}
+        hit = cache.get(key)
+        return hit[1] if hit is not None and hit[0] == s.generation else None
+
+    def _keep_program(self, key, s: Scratch, prog, keep: list) -> None:
+        """Cache a program (keep: the epilogues and arrays its tasks point at)."""
+        cache = self._local.programs
+        if len(cache) > 8:
+            cache.clear()
+        cache[key] = (s.generation, prog, keep)
+
+    @staticmethod
+    def _settled(s: Scratch, touch) -> bool:
+        """Get every buffer a program will use at its size (touch()) until none moves, so that the
+        addresses taken next stay valid; False if they keep moving."""
+        for _ in range(3):
+            g0 = s.generation
+            touch()
+            if s.generation == g0:
+                return True
+        return False
+
+    @staticmethod
+    def _live(parts: list) -> list:
+        """The parts with work in them (a split can leave empty ones)."""
+        return [q for q in parts if q["i0"] < q["i1"] and q["r0"] < q["r1"] and q.get("b0", 0) < q.get("b1", 1)]
+
+    @staticmethod
+    def _task_arrays(tasks: list, starts: list):
+        from . import native as N
+
+        return (N.Task * len(tasks))(*[N.Task(**t) for t in tasks]), (ctypes.c_int * len(starts))(*starts)
+
     def _program(self, n: int, s: Scratch, feeds: dict, threads: int):
         """The plan on n images as segments: ("c", tasks, step starts, steps, outputs) for each
         run of steps with compiled kernels (one cnnrt_run_program call: their parts shared by
         the threads in C, no Python between them), ("py", step) for the rest. Built once per
         thread and batch size; rebuilt when a buffer has moved (the tasks hold addresses)."""
         p = self.plan
-        if any(name not in p.slot_of or not (v.dtype.kind == "f" or v.dtype == np.uint8) for name, v in feeds.items()):
-            return None  # an input the plan does not copy into its own buffer (its address varies)
-        cache = getattr(self._local, "programs", None)
-        if cache is None:
-            cache = self._local.programs = {}
-        hit = cache.get((n, threads))
-        if hit is not None and hit[0] == s.generation:
-            return hit[1]
-        from . import native as N
+        if not self._plan_copies(feeds):
+            return None
+        hit = self._cached_program((n, threads), s)
+        if hit is not None:
+            return hit
 
         def buf(t):
             return s.get(("slot", p.slot_of[t]), self._shape_at(t, n))
 
-        for _ in range(3):  # every buffer at its size first: the gets below then move nothing
-            g0 = s.generation
-            for t in list(feeds) + [st.output for st in p.steps if not isinstance(st, GenericStep)]:
-                buf(t)
-            if s.generation == g0:
-                break
-        else:
+        outputs = list(feeds) + [st.output for st in p.steps if not isinstance(st, GenericStep)]
+        if not self._settled(s, lambda: [buf(t) for t in outputs]):
             return None
         g0 = s.generation
         segs, cur, keep = [], [], []
@@ -271,9 +307,7 @@ class GraphRunner(Runner):
             for _, parts in cur:
                 tasks += parts
                 starts.append(len(tasks))
-            arr = (N.Task * len(tasks))(*[N.Task(**t) for t in tasks])
-            segs.append(("c", arr, (ctypes.c_int * len(starts))(*starts), len(cur),
-                         {st.output: buf(st.output) for st, _ in cur}))
+            segs.append(("c", *self._task_arrays(tasks, starts), len(cur), {st.output: buf(st.output) for st, _ in cur}))
             cur.clear()
 
         planned = set(feeds)  # tensors in planned buffers (generic steps' outputs are not)
@@ -282,8 +316,7 @@ class GraphRunner(Runner):
             if not isinstance(st, GenericStep) and hasattr(st, "tasks") and all(t in planned for t in st.inputs):
                 parts = st.tasks([buf(t) for t in st.inputs], buf(st.output), n, threads, keep)
             if parts:
-                cur.append((st, [q for q in parts if q["i0"] < q["i1"] and q["r0"] < q["r1"]
-                                 and q.get("b0", 0) < q.get("b1", 1)]))
+                cur.append((st, self._live(parts)))
             else:
                 flush()
                 segs.append(("py", st))
@@ -292,9 +325,7 @@ class GraphRunner(Runner):
         flush()
         if s.generation != g0 or not any(sg[0] == "c" for sg in segs):
             return None
-        if len(cache) > 8:
-            cache.clear()
-        cache[(n, threads)] = (s.generation, segs, keep)  # keep: the epilogues the tasks point at
+        self._keep_program((n, threads), s, segs, keep)
         return segs
 
     def _head_program(self, n: int, s: Scratch, feeds: dict):
@@ -306,17 +337,11 @@ class GraphRunner(Runner):
         chunk size; rebuilt when a buffer has moved."""
         p = self.plan
         head, _, boundary = self.split
-        if any(name not in p.slot_of or not (v.dtype.kind == "f" or v.dtype == np.uint8) for name, v in feeds.items()):
+        if not self._plan_copies(feeds) or not all(hasattr(st, "tasks") and not isinstance(st, GenericStep) for st in head):
             return None
-        if not all(hasattr(st, "tasks") and not isinstance(st, GenericStep) for st in head):
-            return None
-        cache = getattr(self._local, "programs", None)
-        if cache is None:
-            cache = self._local.programs = {}
-        hit = cache.get(("head", n))
-        if hit is not None and hit[0] == s.generation:
-            return hit[1]
-        from . import native as N
+        hit = self._cached_program(("head", n), s)
+        if hit is not None:
+            return hit
 
         def buffers():
             rows_in = {t: s.get(("rows", p.slot_of[t]), self._shape_at(t, n)) for t in feeds}
@@ -325,13 +350,9 @@ class GraphRunner(Runner):
                      for st in head if st.output not in boundary}
             return rows_in, big, slots
 
-        for _ in range(3):  # every buffer at its size first: the gets below then move nothing
-            g0 = s.generation
-            buffers()
-            if s.generation == g0:
-                break
-        else:
+        if not self._settled(s, buffers):
             return None
+        g0 = s.generation
         rows_in, big, slots = buffers()
         tasks, starts, keep = [], [0], []
         for i0 in range(0, n, self.chunk):
@@ -342,16 +363,13 @@ class GraphRunner(Runner):
                 parts = st.tasks([env[t] for t in st.inputs], out, i1 - i0, 1, keep)
                 if not parts:
                     return None
-                tasks += [q for q in parts if q["i0"] < q["i1"] and q["r0"] < q["r1"] and q.get("b0", 0) < q.get("b1", 1)]
+                tasks += self._live(parts)
                 starts.append(len(tasks))
                 env[st.output] = out
         if s.generation != g0:
             return None
-        prog = ((N.Task * len(tasks))(*[N.Task(**t) for t in tasks]), (ctypes.c_int * len(starts))(*starts),
-                len(starts) - 1)
-        if len(cache) > 8:
-            cache.clear()
-        cache[("head", n)] = (s.generation, prog, keep)
+        prog = (*self._task_arrays(tasks, starts), len(starts) - 1)
+        self._keep_program(("head", n), s, prog, keep)
         return prog
 
     def _inputs(self, feeds: dict, n: int, s: Scratch, key: str = "slot") -> dict:
