@@ -74,6 +74,11 @@ bench-gpu:
 bench-gpu-zoo:
 	PYTHONPATH=. $(GPU_PY) benchmarks/gpu_zoo.py --json $(GPU_OUT)/gpu_zoo.json $(ZOO_ARGS)
 
+# where the device time of each zoo model goes, launch by launch (benchmarks/gpu_profile.py)
+PROFILE_ARGS ?=
+profile-gpu:
+	PYTHONPATH=. $(GPU_PY) benchmarks/gpu_profile.py --json $(GPU_OUT)/gpu_profile.json $(PROFILE_ARGS)
+
 # `make gpu-all`: test-gpu, sanitize-gpu and bench-gpu-zoo in one device command (about 9 minutes);
 # each step has a time limit, logs go to $(GPU_OUT), a failing step does not stop the next, and the
 # exit status is non-zero if any failed.

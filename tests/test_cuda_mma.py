@@ -39,7 +39,7 @@ SHAPES = [  # (N, H, W, C, O, KH, KW, stride, pad, dilation)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"s{i}" for i in range(len(SHAPES))])
-@pytest.mark.parametrize("tile", ["tc32x16", "tc64x32", "tc32x32", "tc128x64", "tc128x128"])
+@pytest.mark.parametrize("tile", ["tc32x16", "tc64x32", "tc32x32", "tc128x64", "tc128x128", "tc256x16"])
 def test_emulated_kernel_matches_float64(rng, shape, tile):
     N, H, W, C, O, KH, KW, s, p, d = shape
     x = rng.standard_normal((N, H, W, C)).astype(np.float16)
@@ -108,3 +108,66 @@ def test_mma_kernels_compile():
     for k in ks:
         assert k.name in ptx
     assert "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32" in ptx and "ldmatrix.sync.aligned" in ptx
+
+
+@pytest.mark.parametrize("kts", [1, 2, 3])
+@pytest.mark.parametrize("shape", [SHAPES[2], SHAPES[3], (1, 3, 3, 64, 40, 3, 3, (1, 1), (1, 1), (1, 1))],
+                         ids=["K144", "K72-dil", "K576"])
+def test_emulated_splitk_partials_sum_to_float64(rng, shape, kts):
+    """The split-K variant: grid.z blocks each sum their kts K steps; the partials, summed, are the
+    convolution, and no partial is left unwritten."""
+    N, H, W, C, O, KH, KW, s, p, d = shape
+    x = rng.standard_normal((N, H, W, C)).astype(np.float16)
+    w = rng.standard_normal((O, KH, KW, C)).astype(np.float16)
+    b = rng.standard_normal(O)
+    K = KH * KW * C
+    kp = -(-K // G.MMA_BK) * G.MMA_BK
+    wq = np.zeros((O, kp), np.float16)
+    wq[:, :K] = w.reshape(O, K)
+    want, Ho, Wo = conv64(x.astype(np.float64), w.astype(np.float64), b, s, p, d)
+    variant = G.mma_variant(C, KH, KW, s, (p[0], p[1], p[0], p[1]))
+    parts = ME.run(G.MMA_TILES["tc32x16"], variant, x, wq, b, KH=KH, KW=KW, sh=s[0], sw=s[1], ph=p[0], pw=p[1],
+                   dh=d[0], dw=d[1], Ho=Ho, Wo=Wo, kts=kts)
+    assert parts.shape[0] == -(-(kp // G.MMA_BK) // kts)
+    assert np.isfinite(parts).all(), "a partial sum not written"
+    np.testing.assert_allclose(parts.sum(0) + b, want.reshape(-1, O), rtol=1e-9, atol=1e-9)
+
+
+def test_planner_splits_k_for_few_output_tiles(rng):
+    """Few output tiles and a long K (batch 1 of a 7x7 stage): split-K, then a reduction with the
+    bias and the fused epilogue; a large batch keeps one block per tile. The plans' emulation
+    (every launch from its own arguments, arena poisoned) matches float64."""
+    from cnnrt.backends.cuda_plan import choose_splitk
+    from cnnrt.ir.graph import run_reference
+    from cnnrt.testing import cuda_emulator as CE
+
+    assert choose_splitk(49, 256, 2304, "tc32x32", 132) > 1
+    assert choose_splitk(256 * 49, 256, 2304, choose_mma_tile(256 * 49, 256, 2304, 132), 132) == 1
+    assert choose_splitk(49, 256, 96, "tc32x32", 132) == 1  # too few K steps to share
+    cases = TG.mma_conv_cases()
+    for name in ("mma_splitk_7x7_add_relu", "mma_splitk_c37_7x7"):
+        g = cases[name]
+        prog = Program(g, "fp16", nsm=132, mma=True)
+        labels = [l.label for l in prog.plan(1).launches]
+        assert any("split-K" in k for k in labels), (name, labels)
+        for n in (1, 2):
+            x = rng.standard_normal((n,) + g.input_shape).astype(np.float32)
+            out = CE.run(prog, x)["y"]
+            ref = run_reference(g, {"images": x.astype(np.float64)}, fp16_storage=True)["y"]
+            assert np.isfinite(out).all(), f"{name}: a value read before it was written"
+            err = np.abs(out - ref).max() / np.abs(ref).max()
+            assert err < 3e-3, (name, n, err)
+    assert not any("split-K" in l.label for l in Program(cases["mma_splitk_7x7_add_relu"], "fp16", nsm=132,
+                                                         mma=True).plan(512).launches)
+
+
+def test_splitk_kernels_compile():
+    from cnnrt.testing.nvrtc import compile_ptx, find_library
+
+    if find_library() is None:
+        pytest.skip("no NVRTC library here (pip install nvidia-cuda-nvrtc to check the generated CUDA on the CPU)")
+    ks = [G.mma_conv_kernel(G.MMA_TILES[t], v, "f32", splitk=True) for t in ("tc32x16", "tc64x64") for v in G.MMA_AVARIANTS]
+    ks.append(G.splitk_reduce_kernel("f16", (G.epi_op("Add", mode="full", dtype="f16"), G.epi_op("Relu"))))
+    ptx, _ = compile_ptx(G.module_source(ks))
+    for k in ks:
+        assert k.name in ptx

@@ -90,7 +90,7 @@ def test_fusion_resnet_and_mobilenet():
     assert kinds["BatchNormalization"] == {"folded away when the model loads (ir.passes)"}
     prog = Program(TG.mobilenet_v3_small(0, size=64), "fp16")
     rows = prog.describe(1)
-    assert any("depthwise conv (fused: Conv+HardSwish)" == k for _, _, k in rows)
+    assert any(k.startswith("depthwise conv") and k.endswith("(fused: Conv+HardSwish)") for _, _, k in rows)
     assert any("global avg pool + dense" in k for _, op, k in rows if op == "Dense")
     labels = {k for _, _, k in prog.describe(256)}
     assert any("cuBLAS" in k for k in labels)  # large batches go to cuBLAS for the dense layers
@@ -167,3 +167,18 @@ def test_cli_info_prints_the_cuda_plan(tmp_path):
     assert "depthwise conv (fused: Conv+Sigmoid)" in p.stdout and "in fused kernels" in p.stdout
     p = subprocess.run([sys.executable, "-m", "cnnrt", "info", "--backend", "cuda"], capture_output=True, text=True)
     assert p.returncode == 0 and "deep_mnist pattern: features kernel" in p.stdout
+
+
+def test_vec8_kernels_where_they_apply(monkeypatch):
+    """fp16 depthwise convs (mult 1) and pools with C % 8 == 0 run 8 channels a thread; fp32, C = 5
+    and CNNRT_CUDA_NO_VEC8=1 keep the one-value-a-thread kernels. (Their results: the emulated
+    plans above against float64, and the same cases on the GPU in tests/test_cuda_graph.py.)"""
+    def fams(name, precision):
+        return {l.kernel.family for l in Program(CASES[name], precision).plan(3).launches if l.kernel is not None}
+
+    assert "dwconv8" in fams("dw8_s2_clip", "fp16") and "dwconv" not in fams("dw8_chain_dil_pads", "fp16")
+    assert "pool8" in fams("pool8_max_avg", "fp16") and "pool" not in fams("pool8_max_avg", "fp16")
+    assert "dwconv8" not in fams("dw8_s2_clip", "fp32") and "pool8" not in fams("pool8_max_avg", "fp32")
+    assert "dwconv8" not in fams("conv_depthwise", "fp16")  # C = 5
+    monkeypatch.setenv("CNNRT_CUDA_NO_VEC8", "1")
+    assert "dwconv8" not in fams("dw8_s2_clip", "fp16") and "pool8" not in fams("pool8_max_avg", "fp16")

@@ -380,6 +380,8 @@ MMA_TILES = {
     "tc128x32": MmaTile(128, 32, 4, 1),
     "tc64x32": MmaTile(64, 32, 4, 1),
     "tc32x32": MmaTile(32, 32, 2, 2),
+    "tc256x16": MmaTile(256, 16, 8, 1),
+    "tc128x16": MmaTile(128, 16, 4, 1),
     "tc64x16": MmaTile(64, 16, 4, 1),
     "tc32x16": MmaTile(32, 16, 2, 1),
 }
@@ -422,11 +424,28 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
         }
     }
     u4_t ra[A_IT], rb[B_IT];
-    const int KT = (K + BK - 1) / BK;
+#if $SPLITK
+    // split-K: this block sums K steps [kt_lo, KT) and writes fp32 partial sums to its slice of ws
+    const int kt_lo = blockIdx.z * kts, KT = min((K + BK - 1) / BK, kt_lo + kts);
+#else
+    const int kt_lo = 0, KT = (K + BK - 1) / BK;
+#endif
 
     auto load = [&](int kt) {
         const int k = kt * BK + q * 8;
         if (AVAR == 2) {
+            // the chunk's 8 (kh, kw, c) in K order, stepped from one division: shared by all rows
+            int dhh[8], dww[8], cc[8];
+            bool kv[8];
+            {
+                const int tap = k / C;
+                int c = k - tap * C, kh = tap / KW, kw = tap - kh * KW;
+#pragma unroll
+                for (int e = 0; e < 8; ++e) {
+                    dhh[e] = kh * dh; dww[e] = kw * dw; cc[e] = c; kv[e] = k + e < K;
+                    if (++c == C) { c = 0; if (++kw == KW) { kw = 0; ++kh; } }
+                }
+            }
 #pragma unroll
             for (int i = 0; i < A_IT; ++i) {
                 u32_t wv[4];
@@ -435,12 +454,11 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
                     u32_t pair = 0;
 #pragma unroll
                     for (int h = 0; h < 2; ++h) {
-                        const int kk = k + 2 * j + h;
-                        const int tap = kk / C, c = kk - tap * C, kh = tap / KW, kw = tap - kh * KW;
-                        const int hi = a_h[i] + kh * dh, wi = a_w[i] + kw * dw;
+                        const int e = 2 * j + h;
+                        const int hi = a_h[i] + dhh[e], wi = a_w[i] + dww[e];
                         u32_t v = 0;
-                        if (kk < K && (unsigned)hi < (unsigned)H && (unsigned)wi < (unsigned)W)
-                            v = x[a_base[i] + ((long long)hi * W + wi) * C + c];
+                        if (kv[e] && (unsigned)hi < (unsigned)H && (unsigned)wi < (unsigned)W)
+                            v = x[a_base[i] + ((long long)hi * W + wi) * C + cc[e]];
                         pair |= v << (16 * h);
                     }
                     wv[j] = pair;
@@ -489,11 +507,11 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
 
-    load(0);
+    load(kt_lo);
     store(0);
     __syncthreads();
-    for (int kt = 0; kt < KT; ++kt) {
-        const int buf = kt & 1;
+    for (int kt = kt_lo; kt < KT; ++kt) {
+        const int buf = (kt - kt_lo) & 1;
         if (kt + 1 < KT) load(kt + 1);
 #pragma unroll
         for (int ks = 0; ks < BK / 16; ++ks) {
@@ -533,9 +551,13 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
                     const int c = o0 + wn * WTN + j * 8 + 2 * tq + e;
                     if (c >= O) continue;
                     const long long idx = (long long)m * O + c;
+#if $SPLITK
+                    ws[(long long)blockIdx.z * M * O + idx] = acc[i][j][2 * hr + e];
+#else
                     float v = acc[i][j][2 * hr + e] + bias[c];
                     $EPI
                     stf(y, idx, v);
+#endif
                 }
             }
         }
@@ -555,24 +577,61 @@ def mma_variant(C: int, KH: int, KW: int, strides, pads) -> str:
     return "vec"
 
 
-def mma_conv_kernel(tile: MmaTile, variant: str, to: str, epi=()) -> Kernel:
+def mma_conv_kernel(tile: MmaTile, variant: str, to: str, epi=(), splitk: bool = False) -> Kernel:
     """Implicit-GEMM convolution on the tensor cores (groups == 1): fp16 activations (NHWC) and weights
     packed [O][Kp] fp16 (K = KH*KW*C in (kh, kw, c) order, zero-padded to Kp, a multiple of MMA_BK),
     fp32 accumulation (mma.sync m16n8k16), bias and the fused epilogue in fp32.
     M = N*Ho*Wo pixels; grid (ceil(M/BM), ceil(O/BN)); register-staged double buffer in shared memory,
-    fragments by ldmatrix."""
+    fragments by ldmatrix.
+    splitk: grid.z blocks share K, `kts` K steps each, and write fp32 partial sums to ws[z][M][O]
+    (no bias, no epilogue): splitk_reduce_kernel finishes them. For layers with few output tiles
+    (batch 1, 7x7 maps), where one block per tile would leave most SMs idle."""
     tile.check()
-    eparams, ecode, _ = epilogue(epi)
-    params = ([("const half_t* __restrict__", "x"), ("const half_t* __restrict__", "w"),
-               ("const float* __restrict__", "bias"), (f"{CTYPE[to]}* __restrict__", "y")] + eparams
-              + [("int", n) for n in ("N", "H", "W", "C", "Ho", "Wo", "O", "KW", "sh", "sw", "ph", "pw", "dh", "dw",
-                                       "K", "Kp")])
+    eparams, ecode, _ = epilogue(() if splitk else epi)
+    dims = [("int", n) for n in ("N", "H", "W", "C", "Ho", "Wo", "O", "KW", "sh", "sw", "ph", "pw", "dh", "dw", "K", "Kp")]
+    if splitk:
+        params = ([("const half_t* __restrict__", "x"), ("const half_t* __restrict__", "w"),
+                   ("float* __restrict__", "ws")] + dims + [("int", "kts")])
+        ecode = ""
+    else:
+        params = ([("const half_t* __restrict__", "x"), ("const half_t* __restrict__", "w"),
+                   ("const float* __restrict__", "bias"), (f"{CTYPE[to]}* __restrict__", "y")] + eparams + dims)
     src = (MMA_CONV_TEMPLATE.replace("$THREADS", str(tile.threads)).replace("$BM", str(tile.bm))
            .replace("$BN", str(tile.bn)).replace("$BK", str(MMA_BK)).replace("$WARPS_M", str(tile.warps_m))
            .replace("$WARPS_N", str(tile.warps_n)).replace("$PAD", str(MMA_PAD))
-           .replace("$AVAR", str(MMA_AVARIANTS.index(variant))).replace("$EPI", ecode))
+           .replace("$AVAR", str(MMA_AVARIANTS.index(variant))).replace("$SPLITK", str(int(splitk)))
+           .replace("$EPI", ecode))
     return _finish("mma_conv", src, params, tile.threads,
-                   {"tile": tile, "variant": variant, "ti": "f16", "to": to, "epi": tuple(epi)})
+                   {"tile": tile, "variant": variant, "ti": "f16", "to": "f32" if splitk else to,
+                    "epi": () if splitk else tuple(epi), "splitk": splitk})
+
+
+SPLITK_TEMPLATE = r"""
+extern "C" __global__ void __launch_bounds__(256) $NAME(
+    $SIG)
+{
+    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
+         idx += (long long)gridDim.x * blockDim.x) {
+        const int c = (int)(idx % CH);
+        const long long nimg = idx / HWC;
+        (void)nimg;
+        float v = 0.f;
+        for (int s = 0; s < S; ++s) v += ws[(long long)s * total + idx];
+        v += bias[c];
+        $EPI
+        stf(y, idx, v);
+    }
+}
+"""
+
+
+def splitk_reduce_kernel(to: str, epi=()) -> Kernel:
+    """The end of a split-K conv: the S fp32 partial sums of each output, plus bias, then the epilogue."""
+    eparams, ecode, _ = epilogue(epi)
+    params = ([("const float* __restrict__", "ws"), ("const float* __restrict__", "bias"),
+               (f"{CTYPE[to]}* __restrict__", "y")] + eparams
+              + [("long long", "total"), ("int", "CH"), ("long long", "HWC"), ("int", "S")])
+    return _finish("splitk", SPLITK_TEMPLATE.replace("$EPI", ecode), params, 256, {"to": to, "epi": tuple(epi)})
 
 
 DW_TEMPLATE = r"""
@@ -618,6 +677,83 @@ def dwconv_kernel(ti: str, to: str, epi=()) -> Kernel:
               + [("int", n) for n in ("N", "H", "W", "C", "Ho", "Wo", "O", "KH", "KW", "sh", "sw", "ph", "pw", "dh",
                                        "dw", "mult")])
     return _finish("dwconv", DW_TEMPLATE.replace("$EPI", ecode), params, 256, {"ti": ti, "to": to, "epi": tuple(epi)})
+
+
+DW8_TEMPLATE = r"""
+extern "C" __global__ void __launch_bounds__(256) $NAME(
+    $SIG)
+{
+    const int C8 = O >> 3;
+    const long long total = (long long)N * Ho * Wo * C8;
+    const int CH = O;
+    for (long long i8 = blockIdx.x * (long long)blockDim.x + threadIdx.x; i8 < total;
+         i8 += (long long)gridDim.x * blockDim.x) {
+        const int c0 = (int)(i8 % C8) * 8;
+        long long p = i8 / C8;
+        const int wo = (int)(p % Wo); p /= Wo;
+        const int ho = (int)(p % Ho);
+        const long long nimg = p / Ho;
+        (void)nimg;
+        const long long xb = nimg * H * W * C + c0;
+        const int h0 = ho * sh - ph, w0 = wo * sw - pw;
+        float acc[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[j] = 0.f;
+        for (int kh = 0; kh < KH; ++kh) {
+            const int hi = h0 + kh * dh;
+            if ((unsigned)hi >= (unsigned)H) continue;
+            for (int kw = 0; kw < KW; ++kw) {
+                const int wi = w0 + kw * dw;
+                if ((unsigned)wi >= (unsigned)W) continue;
+                const u4_t xv = *reinterpret_cast<const u4_t*>(x + xb + ((long long)hi * W + wi) * C);
+                const f4_t wa = *reinterpret_cast<const f4_t*>(w + (kh * KW + kw) * O + c0);
+                const f4_t wb = *reinterpret_cast<const f4_t*>(w + (kh * KW + kw) * O + c0 + 4);
+                const u32_t xw[4] = {xv.x, xv.y, xv.z, xv.w};
+                const float wv[8] = {wa.x, wa.y, wa.z, wa.w, wb.x, wb.y, wb.z, wb.w};
+#pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                    acc[2 * q] = fmaf(h2f((half_t)(xw[q] & 0xffffu)), wv[2 * q], acc[2 * q]);
+                    acc[2 * q + 1] = fmaf(h2f((half_t)(xw[q] >> 16)), wv[2 * q + 1], acc[2 * q + 1]);
+                }
+            }
+        }
+        float res[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const long long idx = i8 * 8 + j;
+            const int c = c0 + j;
+            float v = acc[j] + bias[c];
+            $EPI
+            res[j] = v;
+        }
+        $STORE
+    }
+}
+"""
+
+STORE8 = {
+    "f16": """u4_t o;
+        o.x = (u32_t)f2h(res[0]) | ((u32_t)f2h(res[1]) << 16); o.y = (u32_t)f2h(res[2]) | ((u32_t)f2h(res[3]) << 16);
+        o.z = (u32_t)f2h(res[4]) | ((u32_t)f2h(res[5]) << 16); o.w = (u32_t)f2h(res[6]) | ((u32_t)f2h(res[7]) << 16);
+        *reinterpret_cast<u4_t*>(y + i8 * 8) = o;""",
+    "f32": """*reinterpret_cast<f4_t*>(y + i8 * 8) = f4_t{res[0], res[1], res[2], res[3]};
+        *reinterpret_cast<f4_t*>(y + i8 * 8 + 4) = f4_t{res[4], res[5], res[6], res[7]};""",
+}
+
+
+def dwconv8_kernel(to: str, epi=()) -> Kernel:
+    """Depthwise convolution of fp16 activations with one output per input channel (mult 1) and
+    C % 8 == 0: each thread computes 8 neighbouring channels of one output pixel from one 16-byte
+    load per tap, and stores them as one 16-byte (fp16) or two (fp32) stores. Weights packed
+    [KH*KW][O] float32, as for dwconv_kernel. Row and pixel offsets are multiples of 8 halves, so
+    every load and store is aligned."""
+    eparams, ecode, _ = epilogue(epi)
+    params = ([("const half_t* __restrict__", "x"), ("const float* __restrict__", "w"),
+               ("const float* __restrict__", "bias"), (f"{CTYPE[to]}* __restrict__", "y")] + eparams
+              + [("int", n) for n in ("N", "H", "W", "C", "Ho", "Wo", "O", "KH", "KW", "sh", "sw", "ph", "pw", "dh",
+                                       "dw")])
+    src = DW8_TEMPLATE.replace("$EPI", ecode).replace("$STORE", STORE8[to])
+    return _finish("dwconv8", src, params, 256, {"ti": "f16", "to": to, "epi": tuple(epi)})
 
 
 # ----------------------------------------------------------------------------- pooling
@@ -672,6 +808,77 @@ def pool_kernel(kind: str, ti: str, to: str, epi=()) -> Kernel:
     src = (POOL_TEMPLATE.replace("$INIT", init).replace("$BODY", body).replace("$FINAL", final)
            .replace("$EPI", ecode))
     return _finish("pool", src, params, 256, {"kind": kind, "ti": ti, "to": to, "epi": tuple(epi)})
+
+
+POOL8_TEMPLATE = r"""
+extern "C" __global__ void __launch_bounds__(256) $NAME(
+    $SIG)
+{
+    const int C8 = C >> 3;
+    const long long total = (long long)N * Ho * Wo * C8;
+    const int CH = C;
+    for (long long i8 = blockIdx.x * (long long)blockDim.x + threadIdx.x; i8 < total;
+         i8 += (long long)gridDim.x * blockDim.x) {
+        const int c0 = (int)(i8 % C8) * 8;
+        long long p = i8 / C8;
+        const int wo = (int)(p % Wo); p /= Wo;
+        const int ho = (int)(p % Ho);
+        const long long nimg = p / Ho;
+        (void)nimg;
+        const long long xb = nimg * H * W * C + c0;
+        const int h0 = ho * sh - ph, w0 = wo * sw - pw;
+        float acc[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[j] = $INIT;
+        int cnt = 0;
+        for (int kh = 0; kh < KH; ++kh) {
+            const int hi = h0 + kh * dh;
+            for (int kw = 0; kw < KW; ++kw) {
+                const int wi = w0 + kw * dw;
+                $COUNT
+                if ((unsigned)hi >= (unsigned)H || (unsigned)wi >= (unsigned)W) continue;
+                const u4_t xv = *reinterpret_cast<const u4_t*>(x + xb + ((long long)hi * W + wi) * C);
+                const u32_t xw[4] = {xv.x, xv.y, xv.z, xv.w};
+#pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                    const float a = h2f((half_t)(xw[q] & 0xffffu)), b = h2f((half_t)(xw[q] >> 16));
+                    $BODY
+                }
+            }
+        }
+        float res[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const long long idx = i8 * 8 + j;
+            const int c = c0 + j;
+            (void)c;
+            float v = $FINAL;
+            $EPI
+            res[j] = v;
+        }
+        $STORE
+    }
+}
+"""
+
+
+def pool8_kernel(kind: str, to: str, epi=()) -> Kernel:
+    """Max or average pooling of fp16 activations with C % 8 == 0, 8 neighbouring channels a
+    thread (one 16-byte load per tap, 16-byte stores); the divisor rule as pool_kernel."""
+    eparams, ecode, _ = epilogue(epi)
+    params = ([("const half_t* __restrict__", "x"), (f"{CTYPE[to]}* __restrict__", "y")] + eparams
+              + [("int", n) for n in ("N", "H", "W", "C", "Ho", "Wo", "KH", "KW", "sh", "sw", "ph", "pw", "dh", "dw",
+                                       "hlo", "hhi", "wlo", "whi")])
+    if kind == "max":
+        init, count, final = "NEG_INF", "", "acc[j]"
+        body = "acc[2 * q] = fmaxf(acc[2 * q], a); acc[2 * q + 1] = fmaxf(acc[2 * q + 1], b);"
+    else:
+        init, final = "0.f", "acc[j] / (float)(cnt > 0 ? cnt : 1)"
+        count = "if (hi >= hlo && hi < hhi && wi >= wlo && wi < whi) ++cnt;"
+        body = "acc[2 * q] += a; acc[2 * q + 1] += b;"
+    src = (POOL8_TEMPLATE.replace("$INIT", init).replace("$COUNT", count).replace("$BODY", body)
+           .replace("$FINAL", final).replace("$EPI", ecode).replace("$STORE", STORE8[to]))
+    return _finish("pool8", src, params, 256, {"kind": kind, "ti": "f16", "to": to, "epi": tuple(epi)})
 
 
 GPOOL_TEMPLATE = r"""

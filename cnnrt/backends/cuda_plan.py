@@ -78,7 +78,13 @@ BLOCKS_PER_SM = 2
 
 
 MMA_TILE_COST = {"tc128x128": 1.0, "tc128x64": 1.15, "tc64x64": 1.35, "tc128x32": 1.45, "tc64x32": 1.8,
-                 "tc32x32": 2.6, "tc64x16": 2.8, "tc32x16": 3.6}
+                 "tc32x32": 2.6, "tc256x16": 2.1, "tc128x16": 2.3, "tc64x16": 2.8, "tc32x16": 3.6}
+
+
+def vec8_enabled() -> bool:
+    """Depthwise convs and pools of fp16 tensors with C % 8 == 0 on the 8-channels-a-thread kernels,
+    unless CNNRT_CUDA_NO_VEC8=1 (then the one-value-a-thread kernels run them: an A/B switch)."""
+    return os.environ.get("CNNRT_CUDA_NO_VEC8", "") not in ("1", "true", "yes")
 
 
 def mma_enabled() -> bool:
@@ -90,7 +96,10 @@ def choose_mma_tile(M: int, O: int, K: int, nsm: int) -> str:
     """The tensor-core tile with the least estimated time (as choose_tile: waves x tile work x cost)."""
     best, best_t = None, None
     kpad = cdiv(K, G.MMA_BK) * G.MMA_BK
+    only = [x for x in os.environ.get("CNNRT_CUDA_MMA_TILES", "").split(",") if x in G.MMA_TILES]
     for name, t in G.MMA_TILES.items():
+        if only and name not in only:  # CNNRT_CUDA_MMA_TILES=tc64x16,tc32x16: a tuning switch for A/B runs
+            continue
         if O <= t.bn // 2 and t.bn > 16:
             continue
         blocks = cdiv(M, t.bm) * cdiv(O, t.bn)
@@ -100,6 +109,37 @@ def choose_mma_tile(M: int, O: int, K: int, nsm: int) -> str:
         if best_t is None or est < best_t:
             best, best_t = name, est
     return best
+
+
+SPLITK_REDUCE_STEPS = 12  # the reduction launch's cost in K steps of a conv block (~0.5 us each on an H200)
+
+
+def choose_splitk(M: int, O: int, Kp: int, tile_name: str, nsm: int) -> int:
+    """How many blocks share K in a tensor-core conv (1: no split). Estimated time: waves of blocks
+    over the SMs (up to 8 resident per SM) times the K steps each block runs, plus the reduction
+    launch for a split. A split is taken when it saves a quarter or more: layers with few output
+    tiles and a long K (batch 1 of a late ResNet stage), not short-K layers whose extra launch
+    costs more than it saves (measured on an H200: ResNet-18 batch 1 0.63 -> 0.46 ms of device time,
+    ResNet-20 batch 1 slower with splits of 18-step layers)."""
+    if os.environ.get("CNNRT_CUDA_NO_SPLITK", "") in ("1", "true", "yes"):
+        return 1
+    t = G.MMA_TILES[tile_name]
+    blocks = cdiv(M, t.bm) * cdiv(O, t.bn)
+    kt = Kp // G.MMA_BK
+    slots = nsm * max(1, min(8, 2048 // t.threads, (200 * 1024) // t.smem))
+
+    def est(s: int) -> tuple[int, int]:
+        kts = cdiv(kt, s)
+        s = cdiv(kt, kts)
+        return cdiv(blocks * s, slots) * kts + (SPLITK_REDUCE_STEPS if s > 1 else 0), s
+
+    base, _ = est(1)
+    best, best_s = base, 1
+    for s in range(2, min(32, kt // 4) + 1):
+        e, s_real = est(s)
+        if e < best:
+            best, best_s = e, s_real
+    return best_s if best <= 0.75 * base else 1
 
 
 def choose_tile(M: int, Og: int, K: int, groups: int, nsm: int) -> str:
@@ -604,11 +644,27 @@ class _Planner:
         out = grp.output
         ops, eargs = self.epi(grp, out)
         y = self.t(out)
+        dims = dict(N=n, H=h, W=wd, C=c, Ho=ho, Wo=wo, O=o, KW=kw, sh=sh, sw=sw, ph=pads[0], pw=pads[1], dh=dh, dw=dw,
+                    K=K, Kp=kp)
+        splits = choose_splitk(M, o, kp, tname, p.nsm)
+        if splits > 1:
+            kts = cdiv(kp // G.MMA_BK, splits)
+            ws = self.temp(f"{node.name}:splitk", (splits, M, o), "f32")
+            kern = G.mma_conv_kernel(tile, variant, "f32", splitk=True)
+            args = {"x": self.t(node.inputs[0]), "w": self.c(wp), "ws": ws, **dims, "kts": kts}
+            self.emit(grp, kern, (cdiv(M, tile.bm), cdiv(o, tile.bn), splits), (tile.threads,), args, [], [ws[1]],
+                      self.label(grp, f"conv implicit-GEMM tensor-core {tname} {variant} split-K x{splits}"))
+            red = G.splitk_reduce_kernel(self.dt(out), ops)
+            args = {"ws": ws, "bias": self.c(bias), "y": y}
+            self.put_epi(args, eargs)
+            args.update(total=M * o, CH=o, HWC=ho * wo * o, S=splits)
+            self.emit(grp, red, self.grid_stride(M * o), (256,), args, [], [y[1]],
+                      f"conv split-K sum of {splits} parts + bias" + (f" + {'+'.join(grp.ops[1:])}" if len(grp.ops) > 1 else ""))
+            return
         kern = G.mma_conv_kernel(tile, variant, self.dt(out), ops)
         args = {"x": self.t(node.inputs[0]), "w": self.c(wp), "bias": self.c(bias), "y": y}
         self.put_epi(args, eargs)
-        args.update(N=n, H=h, W=wd, C=c, Ho=ho, Wo=wo, O=o, KW=kw, sh=sh, sw=sw, ph=pads[0], pw=pads[1], dh=dh, dw=dw,
-                    K=K, Kp=kp)
+        args.update(dims)
         self.emit(grp, kern, (cdiv(M, tile.bm), cdiv(o, tile.bn), 1), (tile.threads,), args, [], [y[1]],
                   self.label(grp, f"conv implicit-GEMM tensor-core {tname} {variant}"))
 
@@ -630,12 +686,18 @@ class _Planner:
         out = grp.output
         ops, eargs = self.epi(grp, out)
         y = self.t(out)
-        kern = G.dwconv_kernel(self.dt(node.inputs[0]), self.dt(out), ops)
         (sh, sw), (dh, dw), pads = node.attrs["strides"], node.attrs["dilations"], node.attrs["pads"]
         args = {"x": self.t(node.inputs[0]), "w": self.c(wp), "bias": self.c(bias), "y": y}
         self.put_epi(args, eargs)
         args.update(N=n, H=h, W=wd, C=c, Ho=ho, Wo=wo, O=o, KH=kh, KW=kw, sh=sh, sw=sw, ph=pads[0], pw=pads[1], dh=dh,
-                    dw=dw, mult=o // c)
+                    dw=dw)
+        if self.dt(node.inputs[0]) == "f16" and o == c and c % 8 == 0 and self.dt(out) in ("f16", "f32") and vec8_enabled():
+            kern = G.dwconv8_kernel(self.dt(out), ops)
+            self.emit(grp, kern, self.grid_stride(n * ho * wo * o // 8), (256,), args, [], [y[1]],
+                      self.label(grp, "depthwise conv, 8 channels a thread"))
+            return
+        kern = G.dwconv_kernel(self.dt(node.inputs[0]), self.dt(out), ops)
+        args["mult"] = o // c
         self.emit(grp, kern, self.grid_stride(n * ho * wo * o), (256,), args, [], [y[1]],
                   self.label(grp, "depthwise conv"))
 
@@ -648,7 +710,6 @@ class _Planner:
         ops, eargs = self.epi(grp, out)
         y = self.t(out)
         kind = "max" if node.op == "MaxPool" else "avg"
-        kern = G.pool_kernel(kind, self.dt(node.inputs[0]), self.dt(out), ops)
         (kh, kw), (sh, sw), (dh, dw), pads = a["kernel_shape"], a["strides"], a["dilations"], a["pads"]
         incl = kind == "avg" and bool(a.get("count_include_pad", 0))
         args = {"x": self.t(node.inputs[0]), "y": y}
@@ -656,6 +717,12 @@ class _Planner:
         args.update(N=n, H=h, W=wd, C=c, Ho=ho, Wo=wo, KH=kh, KW=kw, sh=sh, sw=sw, ph=pads[0], pw=pads[1], dh=dh, dw=dw,
                     hlo=-pads[0] if incl else 0, hhi=h + pads[2] if incl else h,
                     wlo=-pads[1] if incl else 0, whi=wd + pads[3] if incl else wd)
+        if self.dt(node.inputs[0]) == "f16" and c % 8 == 0 and self.dt(out) in ("f16", "f32") and vec8_enabled():
+            kern = G.pool8_kernel(kind, self.dt(out), ops)
+            self.emit(grp, kern, self.grid_stride(n * ho * wo * c // 8), (256,), args, [], [y[1]],
+                      self.label(grp, f"{kind} pool, 8 channels a thread"))
+            return
+        kern = G.pool_kernel(kind, self.dt(node.inputs[0]), self.dt(out), ops)
         self.emit(grp, kern, self.grid_stride(n * ho * wo * c), (256,), args, [], [y[1]],
                   self.label(grp, f"{kind} pool"))
 

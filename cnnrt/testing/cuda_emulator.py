@@ -163,7 +163,9 @@ class Emulator:
         KH = K // (KW * C)
         M = N * Ho * Wo
         assert KH * KW * C == K and Kp % G.MMA_BK == 0 and Kp >= K
-        assert l.grid[0] * t.bm >= M and l.grid[1] * t.bn >= O_ and l.grid[2] == 1, "grid does not cover the output"
+        split = l.kernel.static.get("splitk", False)
+        assert l.grid[0] * t.bm >= M and l.grid[1] * t.bn >= O_, "grid does not cover the output"
+        assert l.grid[2] == (cdiv(Kp // G.MMA_BK, a["kts"]) if split else 1), "grid.z is not the number of K splits"
         assert l.block[0] == t.threads
         if l.kernel.static["variant"] != "scalar":
             assert C % 8 == 0, "16-byte loads need C % 8 == 0"
@@ -171,16 +173,30 @@ class Emulator:
             assert KH == KW == 1 and a["sh"] == a["sw"] == 1 and a["ph"] == a["pw"] == 0
         w = self.read(a["w"], O_ * Kp).reshape(O_, Kp)
         assert not w[:, K:].any(), "the weights' K padding must be zero"
-        out = self._im2col(a, KH, KW).reshape(M, K) @ w[:, :K].T
+        cols = self._im2col(a, KH, KW).reshape(M, K)
+        if split:  # each z's partial sum over its K steps, as the kernel writes them
+            kstep = a["kts"] * G.MMA_BK
+            parts = [cols[:, z:z + kstep] @ w[:, z:min(K, z + kstep)].T for z in range(0, K, kstep)]
+            assert len(parts) == l.grid[2]
+            self.store(a["ws"], np.stack(parts))
+            return
+        out = cols @ w[:, :K].T
         v = out.reshape(-1) + self.read(a["bias"])[np.arange(M * O_) % O_]
         self.store(a["y"], self.epilogue(l, v, O_, Ho * Wo * O_))
 
-    def dwconv(self, l):
+    def splitk(self, l):
+        a = l.args
+        total, S = a["total"], a["S"]
+        parts = self.read(a["ws"], S * total).reshape(S, total)
+        v = parts.sum(axis=0) + self.read(a["bias"])[np.arange(total) % a["CH"]]
+        self.store(a["y"], self.epilogue(l, v, a["CH"], a["HWC"]))
+
+    def dwconv(self, l, mult=None):
         a = l.args
         N, H, W, C, Ho, Wo, O_, KH, KW = (a[k] for k in ("N", "H", "W", "C", "Ho", "Wo", "O", "KH", "KW"))
         x = self.read(a["x"], N * H * W * C).reshape(N, H, W, C)
         w = self.read(a["w"], KH * KW * O_).reshape(KH * KW, O_)
-        xs = np.repeat(x, a["mult"], axis=3)  # output channel c reads input channel c // mult
+        xs = np.repeat(x, a["mult"] if mult is None else mult, axis=3)  # output channel c reads input channel c // mult
         acc = np.zeros((N, Ho, Wo, O_))
         for i in range(KH):
             for j in range(KW):
@@ -191,6 +207,18 @@ class Emulator:
                 acc += tap * w[i * KW + j]
         v = (acc + self.read(a["bias"], O_)).reshape(-1)
         self.store(a["y"], self.epilogue(l, v, O_, Ho * Wo * O_))
+
+    def dwconv8(self, l):
+        """The 8-channels-a-thread depthwise kernel: the same arithmetic, under its preconditions."""
+        a = l.args
+        assert a["O"] == a["C"] and a["C"] % 8 == 0, "dwconv8 needs mult 1 and C % 8 == 0"
+        assert l.grid[0] >= 1 and l.kernel.static["ti"] == "f16"
+        self.dwconv(l, mult=1)
+
+    def pool8(self, l):
+        """The 8-channels-a-thread pool: the same arithmetic, under its preconditions."""
+        assert l.args["C"] % 8 == 0 and l.kernel.static["ti"] == "f16", "pool8 needs fp16 and C % 8 == 0"
+        self.pool(l)
 
     def pool(self, l):
         a = l.args

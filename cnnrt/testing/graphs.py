@@ -337,6 +337,15 @@ def single_op_cases() -> dict:
     add("conv_sub_swapped", (5, 5, 4), lambda b, x: b.op("Sub", [b.param("k", np.linspace(-1, 1, 3)), b.conv(x, 3, 3)]))
     add("conv_mul_nc", (6, 6, 4), lambda b, x: b.op(
         "Mul", [b.conv(x, 4, 3), b.op("Sigmoid", [b.op("GlobalAveragePool", [x])])]))
+    # fp16 with C % 8 == 0: the 8-channels-a-thread depthwise and pool kernels (fp32 keeps the others)
+    add("dw8_s2_clip", (9, 7, 16), lambda b, x: b.op("Clip", [b.conv(x, 16, 3, stride=2, group=16)],
+                                                     {"min": 0.0, "max": 6.0}))
+    add("dw8_chain_dil_pads", (11, 10, 24), lambda b, x: b.conv(b.op("Relu", [b.conv(x, 24, 5, dil=2, group=24)]), 24,
+                                                                 (3, 2), pad=(2, 0, 1, 1), group=24))
+    add("pool8_max_avg", (9, 11, 8), lambda b, x: b.op("AveragePool", [b.op("MaxPool", [x], {"kernel_shape": (3, 3),
+                                                       "strides": (2, 2), "pads": (1, 1, 1, 1)})],
+                                                       {"kernel_shape": (2, 3), "pads": (0, 1, 1, 0), "strides": (1, 2),
+                                                        "count_include_pad": 0, "ceil_mode": 1}))
     add("dw_hswish", (9, 9, 6), lambda b, x: b.op("HardSwish", [b.conv(x, 6, 3, group=6)]))
     add("maxpool_3s2p1", (9, 10, 3), lambda b, x: b.op("MaxPool", [x], {"kernel_shape": (3, 3), "strides": (2, 2),
                                                                        "pads": (1, 1, 1, 1)}))
@@ -403,5 +412,8 @@ def mma_conv_cases() -> dict:
     add("mma_1x1_s2", (9, 9, 40), lambda b, x: b.conv(x, 16, 1, stride=2, pad=0))
     add("mma_wide_o130", (8, 8, 64), lambda b, x: b.conv(x, 130, 3))
     add("mma_pointwise_o200_hswish", (6, 6, 96), lambda b, x: b.op("HardSwish", [b.conv(x, 200, 1, pad=0)]))
+    # few output tiles and a long K at batch 1: split-K (cuda_plan.choose_splitk) with its reduction
+    add("mma_splitk_7x7_add_relu", (7, 7, 128), lambda b, x: b.op("Relu", [b.op("Add", [b.conv(x, 128, 3), x])]))
+    add("mma_splitk_c37_7x7", (5, 6, 37), lambda b, x: b.op("HardSwish", [b.conv(x, 40, 7, pad=3)]))
     add("mma_chain", (11, 12, 3), lambda b, x: b.op("Tanh", [b.conv(b.op("Relu", [b.conv(x, 16, 3)]), 37, 3, stride=2)]))
     return c

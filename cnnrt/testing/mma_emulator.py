@@ -62,9 +62,11 @@ def _mma(c: np.ndarray, a: np.ndarray, b0: np.ndarray, b1: np.ndarray) -> None:
 
 
 def run(tile: G.MmaTile, variant: str, x: np.ndarray, wq: np.ndarray, bias: np.ndarray, *, KH: int, KW: int,
-        sh: int, sw: int, ph: int, pw: int, dh: int, dw: int, Ho: int, Wo: int) -> np.ndarray:
+        sh: int, sw: int, ph: int, pw: int, dh: int, dw: int, Ho: int, Wo: int, kts: int | None = None) -> np.ndarray:
     """The kernel's output (N*Ho*Wo, O) before the epilogue's ops (acc + bias), float64.
-    x: (N, H, W, C) float16; wq: (O, Kp) float16 as the planner packs it."""
+    x: (N, H, W, C) float16; wq: (O, Kp) float16 as the planner packs it.
+    kts: the split-K variant, `kts` K steps per block along grid.z: returns the partial sums
+    (S, N*Ho*Wo, O) that it writes to its workspace, without bias."""
     N, H, W, C = x.shape
     O, Kp = wq.shape
     K = KH * KW * C
@@ -82,13 +84,16 @@ def run(tile: G.MmaTile, variant: str, x: np.ndarray, wq: np.ndarray, bias: np.n
     wf = np.ascontiguousarray(wq, np.float16).reshape(-1).view(np.uint16)
     HWo = Ho * Wo
     M = N * HWo
-    y = np.full(M * O, np.nan)
     tid = np.arange(TH)
     q = tid % KC
-    KT = cdiv(K, BK)
+    KT_ALL = cdiv(K, BK)
+    S = 1 if kts is None else cdiv(KT_ALL, kts)
+    ys = np.full((S, M * O), np.nan)
     eight = np.arange(8)
-    for bx in range(cdiv(M, BM)):
-        for by in range(cdiv(O, BN)):
+    for bz, bx, by in ((z, a, b) for z in range(S) for a in range(cdiv(M, BM)) for b in range(cdiv(O, BN))):
+            kt_lo = 0 if kts is None else bz * kts
+            KT = KT_ALL if kts is None else min(KT_ALL, kt_lo + kts)
+            y = ys[bz]
             m0, o0 = bx * BM, by * BN
             a_h = np.full((A_IT, TH), -(1 << 28))
             a_w = np.full((A_IT, TH), -(1 << 28))
@@ -110,17 +115,24 @@ def run(tile: G.MmaTile, variant: str, x: np.ndarray, wq: np.ndarray, bias: np.n
                 ra = np.zeros((A_IT, TH, 8), np.uint16)
                 rb = np.zeros((B_IT, TH, 8), np.uint16)
                 for i in range(A_IT):
-                    if AVAR == 2:
+                    if AVAR == 2:  # one division, then (kh, kw, c) stepped in K order, as the kernel does
+                        tap = k // C
+                        c = k - tap * C
+                        kh = tap // KW
+                        kw = tap - kh * KW
                         for j in range(8):
                             kk = k + j
-                            tap = kk // C
-                            c = kk - tap * C
-                            kh = tap // KW
-                            kw = tap - kh * KW
                             hi, wi = a_h[i] + kh * dh, a_w[i] + kw * dw
                             ok = (kk < K) & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
                             addr = a_base[i] + (hi.astype(np.int64) * W + wi) * C + c
                             ra[i, :, j] = np.where(ok, xf[np.where(ok, addr, 0)], 0)
+                            c = c + 1
+                            wrap = c == C
+                            c = np.where(wrap, 0, c)
+                            kw = kw + wrap
+                            wrap2 = kw == KW
+                            kw = np.where(wrap2, 0, kw)
+                            kh = kh + wrap2
                     else:
                         c, kh, kw = k, 0, 0
                         if AVAR == 0:
@@ -161,9 +173,9 @@ def run(tile: G.MmaTile, variant: str, x: np.ndarray, wq: np.ndarray, bias: np.n
             nw = TH // 32
             acc = np.zeros((nw, MI, NI, 32, 4))
             lane = np.arange(32)
-            store(0, *load(0))
-            for kt in range(KT):
-                buf = kt & 1
+            store(0, *load(kt_lo))
+            for kt in range(kt_lo, KT):
+                buf = (kt - kt_lo) & 1
                 nxt = load(kt + 1) if kt + 1 < KT else None
                 for warp in range(nw):
                     wm, wn = warp // WARPS_N, warp % WARPS_N
@@ -193,5 +205,5 @@ def run(tile: G.MmaTile, variant: str, x: np.ndarray, wq: np.ndarray, bias: np.n
                                 ok = (m < M) & (c < O)
                                 idx = m[ok].astype(np.int64) * O + c[ok]
                                 assert np.isnan(y[idx]).all(), "an output element written twice"
-                                y[idx] = acc[warp, i, j, ok, 2 * hr + e] + bias[c[ok]]
-    return y.reshape(M, O)
+                                y[idx] = acc[warp, i, j, ok, 2 * hr + e] + (0 if kts else bias[c[ok]])
+    return ys.reshape(M, O) if kts is None else ys.reshape(S, M, O)
