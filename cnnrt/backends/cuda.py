@@ -335,7 +335,9 @@ class FusedRunner(Runner):
         cap = max(n, 2 * self.cap, 16)
         self.graphs.clear()
         self._last = None
-        self.d_in_u8 = cp.empty(cap * 784, cp.uint8)
+        # zeroed: a plan's first run, before its graph is captured, reads the input buffer before any
+        # image is copied in (compute-sanitizer initcheck reported those reads as uninitialised)
+        self.d_in_u8 = cp.zeros(cap * 784, cp.uint8)
         self.d_in_f32 = None  # made on first float input
         self.feat = cp.empty(cap * 3136, cp.float16)
         self.hid = cp.empty(cap * self.hidden, cp.float16)
@@ -348,7 +350,7 @@ class FusedRunner(Runner):
     def _input_buffer(self, kind: str):
         if kind == "f32":
             if self.d_in_f32 is None:
-                self.d_in_f32 = self.cp.empty(self.cap * 784, self.cp.float32)
+                self.d_in_f32 = self.cp.zeros(self.cap * 784, self.cp.float32)
             return self.d_in_f32
         return self.d_in_u8
 

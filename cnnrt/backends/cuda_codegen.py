@@ -924,7 +924,7 @@ def gpool_kernel(kind: str, ti: str, to: str, epi=()) -> Kernel:
 # ----------------------------------------------------------------------------- dense (small batch)
 
 DENSE_SMALL_NB = 8  # images per pass (registers per lane)
-DENSE_SMALL_OPW = 4  # outputs per warp
+DENSE_SMALL_OPW = 4  # outputs per warp at most (the planner gives each warp fewer when that fills more SMs)
 DENSE_SMALL_SMEM = 48 * 1024
 
 DENSE_TEMPLATE = r"""
@@ -933,7 +933,7 @@ extern "C" __global__ void __launch_bounds__(256) $NAME(
 {
     extern __shared__ float xs[];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int obase = (blockIdx.x * 8 + warp) * $OPW;
+    const int obase = (blockIdx.x * 8 + warp) * OPW;
     const int CH = O;
     for (int n0 = 0; n0 < N; n0 += NB) {
         const int nb = min(NB, N - n0);
@@ -946,13 +946,31 @@ extern "C" __global__ void __launch_bounds__(256) $NAME(
             xs[e] = s * inv;
         }
         __syncthreads();
-        for (int t = 0; t < $OPW; ++t) {
+        for (int t = 0; t < OPW; ++t) {
             const int o = obase + t;
             if (o >= O) break;
             float acc[$NB];
 #pragma unroll
             for (int b = 0; b < $NB; ++b) acc[b] = 0.f;
             const long long wb = (long long)o * K;
+#if $VEC
+            if ((K & 7) == 0) {  // fp16 weights, 8 per lane per step: one 16-byte load
+                for (int k = lane * 8; k < K; k += 256) {
+                    const u4_t wq = *reinterpret_cast<const u4_t*>(w + wb + k);
+                    const u32_t ww[4] = {wq.x, wq.y, wq.z, wq.w};
+#pragma unroll
+                    for (int q = 0; q < 4; ++q) {
+                        const float w0 = h2f((half_t)(ww[q] & 0xffffu)), w1 = h2f((half_t)(ww[q] >> 16));
+#pragma unroll
+                        for (int b = 0; b < $NB; ++b)
+                            if (b < nb) {
+                                const f2_t xv = *reinterpret_cast<const f2_t*>(&xs[b * K + k + 2 * q]);
+                                acc[b] = fmaf(xv.y, w1, fmaf(xv.x, w0, acc[b]));
+                            }
+                    }
+                }
+            } else
+#endif
             for (int k = lane; k < K; k += 32) {
                 const float wv = ldf(w, wb + k);
 #pragma unroll
@@ -980,13 +998,15 @@ extern "C" __global__ void __launch_bounds__(256) $NAME(
 
 def dense_small_kernel(ti: str, tw: str, to: str, epi=()) -> Kernel:
     """Dense layer for a few rows, optionally over a global average pool of its input (HW > 1):
-    the (pooled) rows in shared memory, one warp per output, fused bias and epilogue.
-    grid ceil(O / (8 * OPW)), 256 threads, NB*K*4 bytes of dynamic shared memory."""
+    the (pooled) rows in shared memory, a warp per OPW outputs, fused bias and epilogue; fp16
+    weights with K % 8 == 0 are read 16 bytes a lane. grid ceil(O / (8 * OPW)), 256 threads,
+    NB*K*4 bytes of dynamic shared memory."""
     eparams, ecode, _ = epilogue(epi)
     params = ([(f"const {CTYPE[ti]}* __restrict__", "x"), (f"const {CTYPE[tw]}* __restrict__", "w"),
                ("const float* __restrict__", "bias"), (f"{CTYPE[to]}* __restrict__", "y")] + eparams
-              + [("int", "N"), ("int", "HW"), ("int", "K"), ("int", "O"), ("float", "inv"), ("int", "NB")])
-    src = (DENSE_TEMPLATE.replace("$OPW", str(DENSE_SMALL_OPW)).replace("$NB", str(DENSE_SMALL_NB))
+              + [("int", "N"), ("int", "HW"), ("int", "K"), ("int", "O"), ("float", "inv"), ("int", "NB"),
+                 ("int", "OPW")])
+    src = (DENSE_TEMPLATE.replace("$NB", str(DENSE_SMALL_NB)).replace("$VEC", str(int(tw == "f16")))
            .replace("$EPI", ecode))
     return _finish("dense", src, params, 256, {"ti": ti, "tw": tw, "to": to, "epi": tuple(epi)})
 

@@ -785,8 +785,9 @@ class _Planner:
             nb = min(G.DENSE_SMALL_NB, G.DENSE_SMALL_SMEM // (4 * k))
             args = {"x": xarg, "w": self.c(wname), "bias": self.c(bias), "y": y}
             self.put_epi(args, eargs)
-            args.update(N=rows, HW=hw, K=k, O=o, inv=1.0 / hw, NB=nb)
-            self.emit(grp, kern, (cdiv(o, 8 * G.DENSE_SMALL_OPW),), (256,), args, [], [y[1]],
+            opw = max(1, min(G.DENSE_SMALL_OPW, cdiv(o, 8 * p.nsm)))  # enough warps to cover every SM
+            args.update(N=rows, HW=hw, K=k, O=o, inv=1.0 / hw, NB=nb, OPW=opw)
+            self.emit(grp, kern, (cdiv(o, 8 * opw),), (256,), args, [], [y[1]],
                       self.label(grp, f"{what} small-batch kernel"), smem=nb * k * 4, nodes=nodes)
             return
         assert hw == 1

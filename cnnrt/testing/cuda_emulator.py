@@ -252,7 +252,7 @@ class Emulator:
     def dense(self, l):
         a = l.args
         N, HW, K, O_ = a["N"], a["HW"], a["K"], a["O"]
-        assert l.grid[0] * 8 * G.DENSE_SMALL_OPW >= O_, "grid does not cover the output"
+        assert 1 <= a["OPW"] <= G.DENSE_SMALL_OPW and l.grid[0] * 8 * a["OPW"] >= O_, "grid does not cover the output"
         assert a["NB"] * K * 4 <= l.smem and a["NB"] <= G.DENSE_SMALL_NB
         x = self.read(a["x"], N * HW * K).reshape(N, HW, K).sum(axis=1) * a["inv"]
         w = self.read(a["w"], O_ * K).reshape(O_, K)

@@ -390,6 +390,10 @@ def single_op_cases() -> dict:
     add("dense", (3, 3, 5), lambda b, x: b.op("Relu", [b.dense(b.op("Flatten", [x], {"axis": 1}, channels=45), 13)]))
     add("gap_dense", (5, 4, 11), lambda b, x: b.op("Tanh", [b.dense(b.op("Flatten", [b.op("GlobalAveragePool", [x])],
                                                                              {"axis": 1}), 9)]))
+    # K % 8 == 0: fp16 weights read 16 bytes a lane; O = 1100 needs 2 outputs a warp on 132 SMs
+    add("dense_k64_o300", (4, 4, 4), lambda b, x: b.dense(b.op("Flatten", [x], {"axis": 1}, channels=64), 300))
+    add("gap_dense_k64_o1100", (3, 3, 64), lambda b, x: b.dense(b.op("Flatten", [b.op("GlobalAveragePool", [x])],
+                                                                      {"axis": 1}), 1100))
     add("matmul_const", (3, 4, 6), lambda b, x: b.op("MatMul", [x, b.param("m", b.rng.standard_normal((6, 5)))]))
     return c
 

@@ -127,7 +127,8 @@ def run_tool(exe: str, tool: str, args, help_text: str) -> dict:
         cmd += ["--report-api-errors", "no"]  # CuPy and cuBLAS probe the driver; we judge kernels only
     if tool == "memcheck" and "--leak-check" in help_text:
         cmd += ["--leak-check", "no"]
-    cmd += [sys.executable, os.path.join(HERE, "sanitize_workload.py"), names, "--batches", args.batches,
+    batches = args.race_batches if tool == "racecheck" else args.batches
+    cmd += [sys.executable, os.path.join(HERE, "sanitize_workload.py"), names, "--batches", batches,
             "--fused-batches", args.fused_batches]
     t0 = time.perf_counter()
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -167,6 +168,9 @@ def main() -> int:
     ap.add_argument("--tools", default=",".join(TOOLS))
     ap.add_argument("--timeout", type=float, default=240.0, help="seconds per tool")
     ap.add_argument("--batches", default="1,7,300")
+    ap.add_argument("--race-batches", default="1,7",
+                    help="generic-plan batch sizes for racecheck, which runs each kernel 100x slower or more "
+                         "(shared-memory hazards do not depend on the batch size: every block runs the same code)")
     ap.add_argument("--fused-batches", default="1,7,300,1100")
     ap.add_argument("--print-limit", type=int, default=2000)
     ap.add_argument("--serial", action="store_true", help="one tool at a time (default: all four in parallel)")

@@ -1,6 +1,7 @@
 """The program compute-sanitizer watches (dev/cuda/sanitize.py runs it once per tool): the generic
-plan (LeNet-5, ResNet-20; fp16 with the tensor-core convs, fp32 with the SIMT ones) at batch sizes
-1, 7 and 300, one pointwise tensor-core conv, and the Deep MNIST fused pattern at 1, 7, 300 and 1,100.
+plan (LeNet-5, ResNet-20; fp16 with the tensor-core convs, fp32 with the SIMT ones; a 32x32
+MobileNetV2, a pointwise and a split-K tensor-core conv in fp16) at batch sizes 1, 7 and 300, and
+the Deep MNIST fused pattern at 1, 7, 300 and 1,100 (before the fp32 runs, the slowest).
 
     python3 dev/cuda/sanitize_workload.py OUT.json [--batches 1,7,300]
 
@@ -53,12 +54,32 @@ def main() -> int:
         print(f"ran {what} in {runs[-1]['seconds']} s", flush=True)
 
     batches = [int(v) for v in a.batches.split(",") if v]
+    mma = TG.mma_conv_cases()
     jobs = [("lenet5", TG.lenet5(1), "u8"), ("resnet20", TG.resnet20(2), "u8"),
-            ("mma_pointwise", TG.mma_conv_cases()["mma_pointwise_o200_hswish"], "f32")]
+            ("mobilenet_v2_32", TG.mobilenet_v2(4, size=32), "u8"),  # 8-channel depthwise kernels
+            ("mma_pointwise", mma["mma_pointwise_o200_hswish"], "f32"),
+            ("mma_splitk", mma["mma_splitk_7x7_add_relu"], "f32")]  # split-K at batch 1 and 7
+    fp16_only = ("mma_pointwise", "mma_splitk", "mobilenet_v2_32")
     ok_all = True
-    for precision in ("fp16", "fp32"):
+
+    def fused_runs():
+        nonlocal ok_all
+        fused = [int(v) for v in a.fused_batches.split(",") if v]
+        g = TG.deep_mnist(3)
+        r = C.prepare(g, "fp16") if fused else None
+        assert r is None or type(r).__name__ == "FusedRunner", type(r)
+        for n in fused:
+            t0 = time.perf_counter()
+            out = r.probabilities(rng.integers(0, 256, (n,) + g.input_shape, dtype=np.uint8))
+            ok = bool(np.isfinite(out).all())
+            ok_all &= ok
+            record(f"deep_mnist fused fp16 n={n}", t0, ok)
+
+    for precision in ("fp16", "fp32"):  # fp32 (SIMT) last: the slowest under racecheck
+        if precision == "fp32":
+            fused_runs()
         for name, g, kind in jobs:
-            if name == "mma_pointwise" and precision == "fp32":
+            if name in fp16_only and precision == "fp32":
                 continue
             r = GraphRunner(g, precision)
             for n in batches:
@@ -71,16 +92,6 @@ def main() -> int:
                 ok_all &= ok
                 record(f"{name} {precision} n={n} ({'tensor-core' if r.program.mma else 'SIMT'} convs)", t0, ok)
             r.close()
-    fused = [int(v) for v in a.fused_batches.split(",") if v]
-    g = TG.deep_mnist(3)
-    r = C.prepare(g, "fp16") if fused else None
-    assert r is None or type(r).__name__ == "FusedRunner", type(r)
-    for n in fused:
-        t0 = time.perf_counter()
-        out = r.probabilities(rng.integers(0, 256, (n,) + g.input_shape, dtype=np.uint8))
-        ok = bool(np.isfinite(out).all())
-        ok_all &= ok
-        record(f"deep_mnist fused fp16 n={n}", t0, ok)
     with open(a.out + ".tmp", "w") as f:
         json.dump({"kernels": our_kernels(), "runs": runs, "done": True}, f, indent=1)
     os.replace(a.out + ".tmp", a.out)
