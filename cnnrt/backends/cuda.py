@@ -340,7 +340,9 @@ class FusedRunner(Runner):
         self.d_in_u8 = cp.zeros(cap * 784, cp.uint8)
         self.d_in_f32 = None  # made on first float input
         self.feat = cp.empty(cap * 3136, cp.float16)
-        self.hid = cp.empty(cap * self.hidden, cp.float16)
+        # zeroed too: fc1 writes it through cuBLAS (sm90 GEMMs store with TMA), and initcheck reported
+        # fc2_softmax's reads of rows that GEMM had written as uninitialised (results were right)
+        self.hid = cp.zeros(cap * self.hidden, cp.float16)
         self.probs = cp.empty(cap * self.classes, cp.float32)
         self.labels = cp.empty(cap, cp.int32)
         self.h_probs = pinned_empty((cap, self.classes), np.float32)
