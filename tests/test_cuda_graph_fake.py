@@ -129,3 +129,24 @@ def test_tensor_core_convs_on_the_fake(cuda, rng, case, monkeypatch):
         assert any("tensor-core" in k for _, _, k in r.describe(3)) == want
         out = r.run({"images": x})["y"]
         assert np.isfinite(out).all() and rel_err(out, ref) < 3e-3, case
+
+
+def test_large_inputs_go_in_pieces(cuda, rng, monkeypatch):
+    # a large pageable input runs as PIPELINE_PIECES chunks over the two lanes (the host copy of one
+    # overlaps the GPU's work on the other); an explicit batch size is kept; results are unchanged
+    from cnnrt.backends import cuda_graph
+    from cnnrt.backends.cuda_graph import GraphRunner
+
+    g = TG.lenet5(3)
+    r = GraphRunner(g, "fp32")
+    x = rng.integers(0, 256, (40,) + g.input_shape, dtype=np.uint8)
+    ref = run_reference(g, {"images": scaled(g, x)})["probabilities"]
+    out = r.probabilities(x)
+    assert r.batch_size_used == 40 and len(r.lanes) == 1  # 31 KB: one chunk
+    monkeypatch.setattr(cuda_graph, "PIPELINE_BYTES", 1000)
+    out4 = r.probabilities(x)
+    assert r.batch_size_used == 10 and len(r.lanes) == 2
+    r.probabilities(x, batch_size=40)
+    assert r.batch_size_used == 40
+    for o in (out, out4):
+        assert rel_err(o, ref) < 1e-5

@@ -32,6 +32,8 @@ NAME = "cuda"
 ARENA_BUDGET = 2 << 30  # bytes of activations per lane; larger inputs are split into chunks
 MAX_CHUNK = 32768  # images per chunk at most (keeps every index of the kernels in 32 bits)
 MAX_GRAPHS = 12  # captured graphs kept per lane (least recently used dropped)
+PIPELINE_BYTES = 8 << 20  # inputs this large (and no batch size asked for) go in PIPELINE_PIECES chunks
+PIPELINE_PIECES = 4
 CTYPES = {"int": np.int32, "long long": np.int64, "float": np.float32}
 
 PATTERNS: list = []  # (name, match(graph, precision) -> bool, build(graph, precision) -> Runner)
@@ -307,6 +309,10 @@ class GraphRunner(Runner):
         if n == 0:
             self.batch_size_used = 0
             return outs
+        if not chunk and x.nbytes >= PIPELINE_BYTES and n >= 2 * PIPELINE_PIECES:
+            # a large input from ordinary (pageable) memory is copied into a lane's pinned buffer on the
+            # host first: in pieces, that copy of one piece overlaps the GPU's work on the one before
+            chunk = -(-n // PIPELINE_PIECES)
         chunk = max(1, min(int(chunk or self.max_chunk), self.max_chunk))
         self.batch_size_used = min(n, chunk)  # what eval reports: the images per chunk really run
         if n <= chunk:
