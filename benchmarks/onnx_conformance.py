@@ -54,7 +54,7 @@ def run_tests() -> dict:
             "date": t0.strftime("%Y-%m-%d %H:%M UTC"), "seconds": round(secs, 1),
             "onnx": onnx.__version__, "newest_opset": onnx.defs.onnx_opset_version(), "numpy": numpy.__version__,
             "python": platform.python_version(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "runner": "cnnrt.ir.run_reference (float32)", "tests": tests}
+            "runner": "the NumPy backend's cnnrt.backends.numpy_graph.GraphRunner, float32", "tests": tests}
 
 
 def markdown(res: dict) -> str:

@@ -246,6 +246,18 @@ def test_bad_keras_files_exit_2(keras_files, capsys):
     assert f"{d / 'lambda.keras'}: not a readable Keras model" in err and "Lambda" in err
 
 
+@keras_needed
+def test_malformed_keras_file_is_one_plain_line(keras_files):
+    """In a fresh process (TensorFlow imported there): stderr holds the one error line, without
+    Keras's "File not found" for a file that is there and without TensorFlow's startup log lines."""
+    _, d = keras_files
+    f = d / "broken.keras"
+    p = cnnrt("info", str(f), code=2)
+    assert p.stderr.splitlines() == [
+        f"cnnrt: error: {f}: not a readable Keras model (a .keras file is a zip archive; this file is not one)"]
+    assert "File not found" not in p.stderr and p.stdout == ""
+
+
 # ---------------------------------------------------------------- ONNX files
 
 @pytest.fixture(scope="module")
@@ -304,3 +316,65 @@ def test_malformed_onnx_file_exits_2(tmp_path):
     f.write_bytes(b"\x08\x07garbage that is no protobuf")
     p = cnnrt("info", str(f), code=2)
     assert f"{f}: not a" in p.stderr
+
+
+def _onnx_model(nodes, inputs, outputs, inits=()):
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_onnx_file_with_unsupported_ops_names_them_all(tmp_path):
+    """Three ops cnnrt has no kernel for, spread through a chain it otherwise reads: one message
+    names every one (node name and op type, in graph order), not just the first."""
+    if importlib.util.find_spec("cnnrt.importers.onnx") is None:
+        pytest.skip("needs cnnrt.importers.onnx")
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.ones(4, np.float32), "gamma"),
+             numpy_helper.from_array(np.zeros(4, np.float32), "beta"),
+             numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv_ok", pads=[1, 1, 1, 1]),
+             helper.make_node("InstanceNormalization", ["c", "gamma", "beta"], ["n"], name="inorm"),
+             helper.make_node("Relu", ["n"], ["r"], name="relu_ok"),
+             helper.make_node("Resize", ["r", "", "scales"], ["u"], name="upsample", mode="nearest"),
+             helper.make_node("Hardmax", ["u"], ["y"], name="hmax", axis=1)]
+    model = _onnx_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 16, 16])], inits)
+    onnx.checker.check_model(model, full_check=True)  # a valid model: what fails is cnnrt's coverage
+    f = tmp_path / "unsupported.onnx"
+    onnx.save(model, str(f))
+    out = tmp_path / "x.safetensors"
+    for args in (("info", str(f)), ("import", str(f), str(out))):
+        p = cnnrt(*args, code=2)
+        lines = p.stderr.strip().splitlines()
+        assert len(lines) == 1, p.stderr
+        assert (f"{f}: unsupported ONNX ops (opset 17): inorm (InstanceNormalization); upsample (Resize); "
+                "hmax (Hardmax)") in lines[0]
+        assert "conv_ok" not in lines[0] and "relu_ok" not in lines[0]
+    assert not out.exists()
+
+
+def test_onnx_file_with_a_dynamic_spatial_dimension_exits_2(tmp_path):
+    """Only dimension 0 may be symbolic (the batch); a symbolic height cannot be resolved."""
+    if importlib.util.find_spec("cnnrt.importers.onnx") is None:
+        pytest.skip("needs cnnrt.importers.onnx")
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("GlobalAveragePool", ["r"], ["y"], name="gap")]
+    model = _onnx_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, "H", 28])],
+                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, 1, 1])])
+    onnx.checker.check_model(model, full_check=True)
+    f = tmp_path / "dynamic_h.onnx"
+    onnx.save(model, str(f))
+    p = cnnrt("eval", "--model", str(f), "--limit", "1", code=2)
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    assert (f"{f}: input 'x' has a dynamic dimension 2 ('H') in ['N', 1, 'H', 28]; cnnrt needs static shapes "
+            "(only dimension 0 may be the batch)") in lines[0]

@@ -16,6 +16,9 @@ all.
 from __future__ import annotations
 
 import os
+import re
+import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +32,50 @@ _IDENTITY = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3
              "GaussianDropout", "AlphaDropout", "ActivityRegularization", "Identity")
 
 
-def _keras():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# what TensorFlow's import writes to stderr whatever TF_CPP_MIN_LOG_LEVEL says: abseil's notice
+# before its logging is set up, and INFO lines logged then (such as "oneDNN custom operations are on")
+_TF_STARTUP_NOISE = re.compile(rb"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written "
+                               rb"to STDERR|I\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] .*)$")
+
+
+def _quiet_import_keras():
+    """`import keras` with file descriptor 2 caught: TensorFlow's startup INFO lines are dropped,
+    anything else it wrote is written back (all of it, if the import fails)."""
+    import tempfile  # noqa: PLC0415
+
+    sys.stderr.flush()
     try:
+        saved = os.dup(2)
+    except OSError:  # no usable file descriptor 2: nothing to keep quiet
         import keras  # noqa: PLC0415
+        return keras
+    ok = False
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            import keras  # noqa: PLC0415
+            ok = True
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            lines = caught.read().splitlines(keepends=True)
+            kept = b"".join(ln for ln in lines if not (ok and _TF_STARTUP_NOISE.match(ln.rstrip(b"\r\n"))))
+            if kept:
+                sys.stderr.flush()
+                os.write(2, kept)
+    return keras
+
+
+def _keras():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported, or it has no effect
+    if "keras" in sys.modules:
+        return sys.modules["keras"]
+    try:
+        return _quiet_import_keras()
     except ImportError:
         return None
-    return keras
 
 
 def _np(v) -> np.ndarray:
@@ -550,6 +590,9 @@ def load_keras_file(path, **options) -> Graph:
         raise FormatError(f"{path}: reading Keras files needs Keras and TensorFlow: pip install 'cnnrt[tensorflow]'")
     if not path.is_file():
         raise FormatError(f"{path}: no such Keras model file")
+    if path.suffix.lower() == ".keras" and not zipfile.is_zipfile(path):
+        # (Keras itself says "File not found" here)
+        raise FormatError(f"{path}: not a readable Keras model (a .keras file is a zip archive; this file is not one)")
     try:
         km = keras.saving.load_model(str(path), compile=False, safe_mode=True)
     except Exception as e:  # noqa: BLE001 - Keras raises anything from zipfile, h5py, json, its deserializer
