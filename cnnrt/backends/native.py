@@ -87,6 +87,16 @@ def _cpu_id() -> str:
     return platform.processor() + platform.machine()
 
 
+def _tuning() -> list[str]:
+    """Register-blocking choices that differ by CPU (measured; see kernels.c): -D flags."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            amd = any(line.startswith("vendor_id") and "AuthenticAMD" in line for line in f)
+    except OSError:
+        amd = False
+    return ["-DDIRECT_G1_PX=8"] if amd else []
+
+
 def _build() -> tuple[ctypes.CDLL | None, str | None, dict]:
     if os.environ.get("CNNRT_NATIVE", "1") == "0":
         return None, "CNNRT_NATIVE=0", {}
@@ -98,7 +108,8 @@ def _build() -> tuple[ctypes.CDLL | None, str | None, dict]:
         ver = subprocess.run(cc + ["--version"], capture_output=True, text=True, timeout=60).stdout.splitlines()[:1]
     except (OSError, subprocess.SubprocessError) as e:
         return None, f"C compiler {' '.join(cc)} does not run ({e})", {}
-    key = hashlib.sha256(src + repr((FLAGS, ver, _cpu_id(), platform.machine())).encode()).hexdigest()[:16]
+    flags = FLAGS + _tuning()
+    key = hashlib.sha256(src + repr((flags, ver, _cpu_id(), platform.machine())).encode()).hexdigest()[:16]
     d = cache_dir()
     path = d / f"kernels-{key}.so"
     info = {"compiler": " ".join(cc), "library": str(path), "compiled_now": False, "compile_seconds": None}
@@ -108,7 +119,7 @@ def _build() -> tuple[ctypes.CDLL | None, str | None, dict]:
             fd, tmp = tempfile.mkstemp(dir=d, prefix=".kernels-", suffix=".so")
             os.close(fd)
             t0 = time.perf_counter()
-            p = subprocess.run(cc + FLAGS + ["-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=300)
+            p = subprocess.run(cc + flags + ["-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=300)
             if p.returncode != 0:
                 os.unlink(tmp)
                 return None, f"C build failed: {p.stderr.strip()[:400]}", info

@@ -209,9 +209,14 @@ void NAME(const float *x, const int *geo, const float *wp, float *y,            
 }
 
 /* register blocks (G vectors of channels x PX pixels), chosen by measurement on AVX-512 (32 vector
- * registers) and sized for AVX2's 16 */
+ * registers) and sized for AVX2's 16. One vector of channels (O <= 16): 16 pixels on the Xeon it was
+ * tuned on; native.py passes DIRECT_G1_PX=8 on AMD, where a ResNet-20 stage-1 conv ran 0.99 ms with
+ * 16 and 0.79-0.81 ms with 6 or 8 (Zen 4, one thread, benchmarks/cpu_profile.py). */
+#ifndef DIRECT_G1_PX
+#define DIRECT_G1_PX 16
+#endif
 #if VW == 16
-DIRECT(conv_direct_g1, 1, 16)
+DIRECT(conv_direct_g1, 1, DIRECT_G1_PX)
 DIRECT(conv_direct_g2, 2, 8)
 DIRECT(conv_direct_g4, 4, 6)
 #else
