@@ -199,12 +199,13 @@ def cmd_info(a) -> int:
 
 
 def cmd_convert(a) -> int:
-    from .formats import load_model, save_article, save_bundle
+    from .formats import ARTICLE_SIDECAR, load_model, save_article, save_bundle
 
     model = load_model(a.source)
     if a.to == "article":
         save_article(model, a.dest, overwrite=a.force)
-        print(f"wrote {a.dest} (article: the 8 raw tensors; the format keeps no name or provenance)")
+        print(f"wrote {a.dest} (article: the 8 raw tensors, and {ARTICLE_SIDECAR} with the name {model.name!r}"
+              + (" and the provenance)" if model.meta else ")"))
     else:
         save_bundle(model, a.dest, overwrite=a.force)
         print(f"wrote {a.dest} (bundle, model {model.name!r}" + (", with its provenance)" if model.meta else ")"))
@@ -318,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=None, help="default: 50 for deep_mnist, 64 for resnet")
     t.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate, cosine-decayed")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--quiet", action="store_true", help="no progress output from Keras")
+    t.add_argument("--quiet", action="store_true", help="no progress bar from Keras (there is none unless stdout "
+                   "is a terminal)")
     t.set_defaults(func=cmd_train)
 
     predict_cmd.add_parser(sub)

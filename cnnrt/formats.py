@@ -3,6 +3,8 @@
 Article format: a directory holding W_conv1 b_conv1 W_conv2 b_conv2 W_fc1 b_fc1 W_fc2 b_fc2, raw
 little-endian float32 in C order, weights as [out][kh][kw][in] (W_fc1 as [1024][7][7][64], W_fc2 as
 [10][1][1][1024]). It has no header, so the byte count is the only check there is, and it is exact.
+cnnrt writes a sidecar `cnnrt.json` beside them (name, provenance, class names) and reads it back
+when present; a directory of the 8 files alone still loads.
 
 Bundle: one safetensors file (tensors in the engine layout) whose metadata holds, under the key
 "cnnrt", a JSON description with a format version. Version 2 (written now) describes a graph
@@ -40,6 +42,10 @@ ARTICLE_TENSORS = {
     "W_fc2": ("fc2.weight", (10, 1, 1, 1024)),
     "b_fc2": ("fc2.bias", (10,)),
 }
+# beside the 8 files: what the raw format has no place for (name, provenance, class names)
+ARTICLE_SIDECAR = "cnnrt.json"
+SIDECAR_FORMAT, SIDECAR_VERSION = "cnnrt-article", 1
+MAX_SIDECAR_BYTES = 1 << 20  # a training run's provenance is a few hundred bytes
 
 
 def load_model(path: str | os.PathLike):
@@ -54,6 +60,10 @@ def load_model(path: str | os.PathLike):
     except OSError as e:
         raise FormatError(f"{path}: cannot open the model ({e.strerror})") from None
     if stat.S_ISDIR(st.st_mode):
+        if not any(os.path.lexists(path / n) for n in (*ARTICLE_TENSORS, ARTICLE_SIDECAR)):
+            raise FormatError(f"{path}: a directory that is not a model: not a cnnrt bundle (.safetensors), an ONNX or "
+                              f"Keras file (.onnx, .keras, .h5), nor an article-format directory (none of the 8 "
+                              f"raw files {' '.join(ARTICLE_TENSORS)} is in it)")
         return load_article(path)
     return _load_file(path)
 
@@ -98,7 +108,62 @@ def load_article(directory: str | os.PathLike):
         if key.startswith("fc") and key.endswith("weight"):
             t = t.reshape(shape[0], -1)
         params[key] = t
-    return to_graph(deep_mnist(params, name=article_model_name(directory)))
+    g = to_graph(deep_mnist(params, name=article_model_name(directory)))
+    side = read_sidecar(directory)
+    if side is not None:
+        g.name, g.meta = side.get("name", g.name), side.get("meta", {})
+        if side.get("labels") is not None:
+            if len(side["labels"]) != g.num_classes:
+                raise FormatError(f"{directory / ARTICLE_SIDECAR}: {len(side['labels'])} labels for the net's "
+                                  f"{g.num_classes} classes")
+            g.labels = side["labels"]
+    return g
+
+
+def read_sidecar(directory: Path) -> dict | None:
+    """The article directory's cnnrt.json (None when there is none), every field checked: the
+    raw files carry no header, so this is all that names the model and says where it came from."""
+    f = directory / ARTICLE_SIDECAR
+    if not os.path.lexists(f):
+        return None
+    try:
+        if f.is_dir():
+            raise FormatError(f"{f}: is a directory (expected the JSON file cnnrt writes beside the 8 raw files)")
+        size = f.stat().st_size
+        if size > MAX_SIDECAR_BYTES:
+            raise FormatError(f"{f}: holds {size} bytes, far more than a name and provenance take "
+                              f"(at most {MAX_SIDECAR_BYTES})")
+        raw = f.read_bytes()
+    except OSError as e:
+        raise FormatError(f"{f}: cannot read ({e.strerror or e})") from None
+    try:
+        try:
+            d = json.loads(raw.decode("utf-8"))
+        except RecursionError:
+            raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep") from None
+        if _json_depth(d) > MAX_JSON_DEPTH:
+            raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise FormatError(f"{f}: not valid JSON ({e}); expected the object cnnrt writes beside the article's "
+                          f"8 raw files (delete it to load the raw files alone)") from None
+    if not isinstance(d, dict):
+        raise FormatError(f"{f}: expected a JSON object, got {type(d).__name__}")
+    if d.get("format") != SIDECAR_FORMAT:
+        raise FormatError(f"{f}: 'format' must be {json.dumps(SIDECAR_FORMAT)}, got {json.dumps(d.get('format'))}")
+    version = d.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise FormatError(f"{f}: 'version' must be a whole number from 1, got {json.dumps(version)}")
+    if version > SIDECAR_VERSION:
+        raise FormatError(f"{f}: version {version} is newer than this cnnrt reads (version {SIDECAR_VERSION}); "
+                          f"upgrade cnnrt")
+    if "name" in d and not (isinstance(d["name"], str) and d["name"]):
+        raise FormatError(f"{f}: 'name' must be a non-empty string, got {json.dumps(d['name'])}")
+    if not isinstance(d.get("meta", {}), dict):
+        raise FormatError(f"{f}: 'meta' must be an object, got {json.dumps(d['meta'])}")
+    labels = d.get("labels")
+    if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
+        raise FormatError(f"{f}: 'labels' must be a list of strings")
+    return d
 
 
 def save_article(model, directory: str | os.PathLike, overwrite: bool = True) -> None:
@@ -107,9 +172,16 @@ def save_article(model, directory: str | os.PathLike, overwrite: bool = True) ->
 
     The files are written in a temporary directory beside `directory` and moved in when all 8
     are complete; other files in `directory` are kept. With overwrite=False, existing files of
-    those names are refused. The model's name and provenance (meta) are not stored: the format
-    has no place for them (a bundle keeps both)."""
+    those names are refused. The format has no place for the model's name, provenance (meta) and
+    class names: they go in the sidecar cnnrt.json, written with the 8 files (and always, so that
+    no older model's sidecar is left beside new weights)."""
     directory = Path(directory)
+    side = {"format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, "meta": dict(model.meta or {})}
+    if model.name:
+        side["name"] = model.name
+    labels = getattr(model, "labels", None) or (model.meta or {}).get("labels")
+    if labels:
+        side["labels"] = list(labels)
     chain = match(model) if isinstance(model, Graph) else model
     if chain is None:
         raise FormatError(f"model {model.name!r} is not the article's Deep MNIST net (the raw format stores only "
@@ -122,9 +194,10 @@ def save_article(model, directory: str | os.PathLike, overwrite: bool = True) ->
         raise FormatError(f"model {model.name!r} is not the article's Deep MNIST net (the raw format stores only "
                           f"its 8 tensors, so any other net would come back wrong); save it as a bundle instead")
     with StagedDir(directory, overwrite=overwrite) as staged:
-        staged.check(ARTICLE_TENSORS)
+        staged.check([*ARTICLE_TENSORS, ARTICLE_SIDECAR])
         for fname, (key, shape) in ARTICLE_TENSORS.items():
             np.ascontiguousarray(params[key], dtype="<f4").reshape(shape).tofile(staged.path / fname)
+        (staged.path / ARTICLE_SIDECAR).write_text(json.dumps(side, indent=1) + "\n", encoding="utf-8")
         staged.commit()
 
 

@@ -73,30 +73,57 @@ def read_labels(arg: str, classes: int) -> list[str]:
     return names
 
 
+BAR_MIN_BYTES = 8 << 20  # a source this large takes seconds to read, import and write: show the steps
+
+
+def _source_bytes(path) -> int:
+    """The size of SRC (a file, or an article directory's files); 0 if it cannot be seen (the
+    reader then says why)."""
+    p = Path(path)
+    try:
+        return sum(f.stat().st_size for f in p.iterdir() if f.is_file()) if p.is_dir() else p.stat().st_size
+    except OSError:
+        return 0
+
+
 def cmd_import(a) -> int:
     from .formats import load_bundle, save_bundle
     from .importers.preprocess import parse_numbers
     from .ir.passes import optimize
+    from .progress import bar
 
     dest = Path(a.dest)
     if dest.suffix != ".safetensors":
         raise CnnrtError(f"{dest}: the destination must be a .safetensors file")
     mean = parse_numbers(a.mean, "--mean") if a.mean is not None else None
     std = parse_numbers(a.std, "--std") if a.std is not None else None
-    g = optimize(load_with_preprocess(a.source, a.input_scale, mean, std))
-    if a.labels is not None:
-        g.labels = read_labels(a.labels, g.num_classes)
-    if a.name:
-        g.name = a.name
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    try:
-        save_bundle(g, tmp)
-        back = load_bundle(tmp)  # what later commands will read: check it before it takes the name
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    # a bar over the four steps, on a terminal only, for a source large enough to take a while
+    with bar(4, "import", unit="step", quiet=a.quiet or _source_bytes(a.source) < BAR_MIN_BYTES) as steps:
+        steps.stage("reading")
+        g = load_with_preprocess(a.source, a.input_scale, mean, std)
+        steps.step()
+        steps.stage("optimizing")
+        g = optimize(g)
+        steps.step()
+        if a.labels is not None:
+            g.labels = read_labels(a.labels, g.num_classes)
+        if a.name:
+            g.name = a.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        try:
+            steps.stage("writing")
+            save_bundle(g, tmp)
+            steps.step()
+            steps.stage("checking")
+            back = load_bundle(tmp)  # what later commands will read: check it before it takes the name
+            os.replace(tmp, dest)
+            steps.step()
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+    if a.quiet:
+        return 0
     pre = back.preprocess
     norm = "".join(f", {k} {', '.join(f'{v:.6g}' for v in pre[k])}" for k in ("mean", "std") if pre.get(k))
     print(f"wrote {dest}: {back.name}, input {back.input_shape}, {back.num_classes} classes"
@@ -120,4 +147,6 @@ def add_parser(sub) -> None:
     p.add_argument("--labels", default=None, metavar="FILE|a,b,c",
                    help="class names: a file with one per line, or comma-separated")
     p.add_argument("--name", default=None, help="the model's name (default: the source's)")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors: no progress bar (there is none "
+                   "unless stderr is a terminal), no summary line")
     p.set_defaults(func=cmd_import)

@@ -53,6 +53,11 @@ class Bar:
     def step(self, n: int = 1) -> None:
         self(self.done + n)
 
+    def stage(self, text: str) -> None:
+        """Name the step now running beside the bar (a bar over a few named steps, such as import's)."""
+        if self._tqdm is not None:
+            self._tqdm.set_postfix_str(text)
+
     def write(self, text: str) -> None:
         """A log line on stderr that does not break the bar."""
         if self._tqdm is not None:

@@ -112,6 +112,14 @@ def outputs(arch: str, dataset: str) -> tuple[str, ...]:
         + ("training.json",)
 
 
+def keras_verbose(quiet: bool, stream=None) -> int:
+    """Keras's per-epoch bar (verbose=1) where a person watches stdout, which is where Keras draws
+    it; nothing (0) in a pipe or a log file, or with --quiet, as cnnrt's own bars (cnnrt/progress.py)."""
+    from .progress import enabled
+
+    return 1 if enabled(quiet, sys.stdout if stream is None else stream) else 0
+
+
 def train(images: str, labels: str, test_images: str, test_labels: str, out: str, *, arch: str = "deep_mnist",
           dataset: str = "mnist", epochs: int | None = None, batch_size: int | None = None, lr: float = 1e-3,
           seed: int = 0, validation: int = 5000, limit: int | None = None, test_limit: int | None = None,
@@ -170,9 +178,7 @@ def train(images: str, labels: str, test_images: str, test_labels: str, out: str
         model.compile(optimizer=keras.optimizers.Adam(schedule),
                       loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
         t0 = time.perf_counter()
-        # Keras draws its own progress bar on a terminal (verbose=1), one line per epoch otherwise
-        verbose = 0 if quiet else (1 if sys.stdout.isatty() else 2)
-        model.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=verbose,
+        model.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=keras_verbose(quiet),
                   validation_data=(xv, yv) if validation else None)
         seconds = time.perf_counter() - t0
         _, test_acc = model.evaluate(xt, yt, batch_size=500, verbose=0)

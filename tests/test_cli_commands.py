@@ -1,5 +1,5 @@
 """Every `cnnrt` command end to end, in fresh processes: --version, --help, eval, info, convert,
-bench, train (on a small slice, written all or nothing), and the progress bars on a terminal."""
+bench, train (on a small slice, written all or nothing), import, and the progress bars on a terminal."""
 from __future__ import annotations
 
 import fcntl
@@ -19,7 +19,7 @@ from cli_helpers import ROOT, assert_clean_error, cnnrt
 from conftest import SHIPPED
 
 BUNDLE = SHIPPED / "deep_mnist.safetensors"
-COMMANDS = ("eval", "info", "convert", "bench", "train")
+COMMANDS = ("eval", "info", "convert", "bench", "serve", "train", "predict", "import", "batch")
 
 
 def test_version():
@@ -32,6 +32,10 @@ def test_version():
 def test_help_lists_every_command():
     out = cnnrt("--help").stdout
     assert all(c in out for c in COMMANDS) and "--version" in out
+    from cnnrt.cli import build_parser  # and COMMANDS is every command the parser has
+
+    sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    assert sorted(sub.choices) == sorted(COMMANDS)
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -52,14 +56,34 @@ def test_eval_from_another_directory(tmp_path):
     assert r["model"] == str(BUNDLE)
 
 
+def _bundle_description(path) -> dict:
+    """The cnnrt JSON a bundle holds, read with safetensors alone (not through cnnrt)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="np") as f:
+        return json.loads(f.metadata()["cnnrt"])
+
+
 def test_info_and_convert_round_trip(tmp_path):
-    cnnrt("convert", BUNDLE, tmp_path / "art", "--to", "article")
+    """bundle -> article -> bundle keeps the weights, the name and the provenance (the article's
+    8 raw files have no place for the last two: the sidecar cnnrt.json carries them)."""
+    from safetensors.numpy import load_file
+
+    p = cnnrt("convert", BUNDLE, tmp_path / "art", "--to", "article")
+    assert "cnnrt.json with the name 'deep_mnist' and the provenance" in p.stdout
     cnnrt("convert", tmp_path / "art", tmp_path / "b.safetensors", "--to", "bundle")
-    a = cnnrt("info", BUNDLE).stdout.splitlines()
-    b = cnnrt("info", tmp_path / "b.safetensors").stdout.splitlines()
-    # the layers, parameters and FLOPs agree; the name comes from the directory, no provenance
+    src, back = _bundle_description(BUNDLE), _bundle_description(tmp_path / "b.safetensors")
+    assert back["name"] == src["name"] == "deep_mnist" and back["meta"] == src["meta"]
+    assert src["meta"]["test_accuracy_keras"] == 0.9935  # the shipped model's own provenance, not an empty one
+    want, got = load_file(str(BUNDLE)), load_file(str(tmp_path / "b.safetensors"))
+    assert sorted(want) == sorted(got) and all(np.array_equal(want[k], got[k]) for k in want)
+    a = cnnrt("info", BUNDLE).stdout
+    assert cnnrt("info", tmp_path / "b.safetensors").stdout == a == cnnrt("info", tmp_path / "art").stdout
+    # without the sidecar the 8 files still load: the same layers, named after the directory, no provenance
+    (tmp_path / "art" / "cnnrt.json").unlink()
+    a, c = a.splitlines(), cnnrt("info", tmp_path / "art").stdout.splitlines()
     n = len(a) - 1 - a[::-1].index(next(line for line in a if "parameters" in line))  # nodes and totals; meta after
-    assert a[1:n + 1] == b[1:n + 1] and b[0].startswith("art: input (28, 28, 1)") and len(b) == n + 1
+    assert a[1:n + 1] == c[1:n + 1] and c[0].startswith("art: input (28, 28, 1)") and len(c) == n + 1
     x = json.loads(cnnrt("eval", "--model", tmp_path / "b.safetensors", "--limit", "300", "--json").stdout)
     y = json.loads(cnnrt("eval", "--limit", "300", "--json").stdout)
     assert x["correct"] == y["correct"]
@@ -91,7 +115,10 @@ def test_train_writes_both_formats_and_training_json(trained):
     out, p = trained
     assert sorted(os.listdir(out)) == ["article", "deep_mnist.safetensors", "training.json"]
     assert sorted(os.listdir(out / "article")) == sorted(
-        ["W_conv1", "b_conv1", "W_conv2", "b_conv2", "W_fc1", "b_fc1", "W_fc2", "b_fc2"])
+        ["W_conv1", "b_conv1", "W_conv2", "b_conv2", "W_fc1", "b_fc1", "W_fc2", "b_fc2", "cnnrt.json"])
+    # stdout is a pipe here: Keras's per-epoch bar is not drawn, only cnnrt's two lines are printed
+    assert re.fullmatch(r"Test accuracy \(Keras, 1000 images\): 0\.\d{4}\nExported [^\n]+training\.json\n", p.stdout), p.stdout
+    assert "loss" not in p.stdout + p.stderr and "Epoch" not in p.stdout + p.stderr
     assert not [f for f in os.listdir(out.parent) if f != "model"], "temporary files left beside the output"
     meta = json.loads((out / "training.json").read_text())
     assert meta["train_images"] == 1800 and meta["validation_images"] == 200 and meta["test_images"] == 1000
@@ -105,6 +132,11 @@ def test_train_writes_both_formats_and_training_json(trained):
         assert abs(r["accuracy"] - keras_acc) <= 0.003, (model, r["accuracy"], keras_acc)
     info = cnnrt("info", out / "deep_mnist.safetensors").stdout
     assert '"train_images": 1800' in info and re.search(r"softmax\s+Softmax", info)
+    # the article copy keeps the name and provenance too (its node names are the layer chain's own)
+    art = cnnrt("info", out / "article").stdout
+    assert art.split(":")[0] == info.split(":")[0] == "deep_mnist"
+    art_meta = json.loads(art[art.index("\n{"):])
+    assert art_meta == json.loads(info[info.index("\n{"):]) and meta.items() <= art_meta.items()
 
 
 def test_train_never_touches_an_existing_model(trained):
@@ -152,6 +184,33 @@ def test_a_train_failing_while_writing_leaves_the_old_files(tmp_path, monkeypatc
     assert _tree(out) == before and sorted(os.listdir(tmp_path)) == ["out"]
 
 
+def test_keras_draws_its_bar_only_on_a_terminal_without_quiet():
+    """The verbosity train gives Keras: its bar (1) on a terminal, nothing (0) in a pipe or with
+    --quiet (the pipe end to end: test_train_writes_both_formats_and_training_json)."""
+    from cnnrt.train import keras_verbose
+
+    class Stream:
+        def __init__(self, tty):
+            self.tty = tty
+
+        def isatty(self):
+            return self.tty
+
+    assert [keras_verbose(q, Stream(t)) for q, t in ((False, True), (True, True), (False, False), (True, False))] \
+        == [1, 0, 0, 0]
+
+
+def test_train_quiet_on_a_terminal_prints_no_keras_bar(tmp_path):
+    """With stdout on a terminal Keras would draw its bar; --quiet leaves only cnnrt's lines."""
+    pytest.importorskip("tensorflow")
+    test_set = (ROOT / "data/mnist/t10k-images-idx3-ubyte.gz", ROOT / "data/mnist/t10k-labels-idx1-ubyte.gz")
+    out = _with_terminal_stdout("train", "--epochs", "1", "--limit", "200", "--test-limit", "100", "--quiet",
+                                "--images", test_set[0], "--labels", test_set[1], "--out", tmp_path / "m")
+    lines = [line for line in out.replace("\r\n", "\n").split("\n") if line]
+    assert len(lines) == 2 and lines[0].startswith("Test accuracy (Keras, 100 images): "), out
+    assert lines[1].startswith("Exported ") and "step" not in out and "loss" not in out
+
+
 def test_train_without_out_is_a_usage_error():
     p = cnnrt("train", "--epochs", "1", check=False)
     assert p.returncode == 2 and "--out" in p.stderr and "Traceback" not in p.stderr
@@ -181,6 +240,28 @@ def _with_terminal_stderr(*args) -> tuple[str, str]:
     return out, err.decode(errors="replace")
 
 
+def _with_terminal_stdout(*args) -> str:
+    """Run cnnrt with stdout on a pseudo-terminal (where Keras draws its bar); return what it wrote there."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    p = subprocess.Popen([sys.executable, "-m", "cnnrt", *map(str, args)], stdout=slave, stderr=subprocess.PIPE,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    err = p.stderr.read().decode(errors="replace")
+    assert p.wait(timeout=300) == 0, err
+    os.close(master)
+    return out.decode(errors="replace")
+
+
 def test_eval_progress_bar_on_a_terminal_only():
     pytest.importorskip("tqdm")
     out, err = _with_terminal_stderr("eval", "--limit", "3000", "--backend", "numpy")
@@ -200,3 +281,30 @@ def test_bench_tiny_run_without_peers_with_its_progress_bar():
                                      "--rounds", "2", "--batch-size", "100", "--latency-calls", "2")
     assert re.search(r"bench: +\d+%\|.*\| *\d/2 ", err) and "round 2/2: cnnrt" in err, err
     assert re.search(r"^cnnrt numpy fp32 +100 ", out, re.M), out
+
+
+# ---------------------------------------------------------------- import
+
+def test_import_quiet_prints_nothing_and_writes_the_same_bundle(tmp_path):
+    p = cnnrt("import", BUNDLE, tmp_path / "a.safetensors", "--name", "again")
+    assert p.stdout.startswith(f"wrote {tmp_path / 'a.safetensors'}: again, input (28, 28, 1), 10 classes")
+    q = cnnrt("import", BUNDLE, tmp_path / "q.safetensors", "--name", "again", "--quiet")
+    assert q.stdout == "" and q.stderr == ""
+    a, b = _bundle_description(tmp_path / "a.safetensors"), _bundle_description(tmp_path / "q.safetensors")
+    assert a == b and b["name"] == "again" and b["meta"] == _bundle_description(BUNDLE)["meta"]
+    assert_clean_error(cnnrt("import", tmp_path / "nothing.onnx", tmp_path / "x.safetensors", "--quiet", check=False),
+                       "nothing.onnx")  # --quiet keeps the errors
+
+
+def test_import_progress_bar_on_a_terminal_only(tmp_path):
+    """The shipped model (13 MB) is past the size that gets a bar over import's four steps."""
+    pytest.importorskip("tqdm")
+    from cnnrt.import_cmd import BAR_MIN_BYTES
+
+    assert BUNDLE.stat().st_size >= BAR_MIN_BYTES
+    out, err = _with_terminal_stderr("import", BUNDLE, tmp_path / "a.safetensors")
+    assert re.search(r"import: +\d+%\|.*\| *\d/4 ", err), err
+    assert out.startswith("wrote ") and "import:" not in out
+    out, err = _with_terminal_stderr("import", BUNDLE, tmp_path / "b.safetensors", "--quiet")
+    assert out == "" and "import:" not in err
+    assert "import:" not in cnnrt("import", BUNDLE, tmp_path / "c.safetensors").stderr  # a pipe: no bar

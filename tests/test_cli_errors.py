@@ -91,6 +91,31 @@ def test_directory_where_a_bundle_file_is_expected_on_convert(tmp_path):
     assert_clean_error(p, "out.safetensors: is a directory")
 
 
+@pytest.mark.parametrize("command", ["eval", "info", "convert", "import"])
+def test_a_directory_that_is_not_a_model(tmp_path, command):
+    """Not "W_conv1: missing" (as if it were a damaged article directory): what it is not, plainly."""
+    d = tmp_path / "photos"
+    d.mkdir()
+    (d / "cat.png").write_bytes(b"\x89PNG")
+    args = {"eval": ["eval", "--model", d], "info": ["info", d], "convert": ["convert", d, tmp_path / "o", "--to", "bundle"],
+            "import": ["import", d, tmp_path / "o.safetensors"]}[command]
+    p = cnnrt(*args, check=False)
+    assert_clean_error(p, f"{d}: a directory that is not a model: not a cnnrt bundle (.safetensors), an ONNX or "
+                          f"Keras file (.onnx, .keras, .h5), nor an article-format directory")
+    assert "W_conv1: missing" not in p.stderr and p.stderr.count("\n") == 1
+    assert sorted(os.listdir(tmp_path)) == ["photos"]
+
+
+def test_a_damaged_article_sidecar(tmp_path):
+    """cnnrt.json beside the 8 raw files that is not the JSON object cnnrt writes: exit 2, naming it."""
+    cnnrt("convert", BUNDLE, tmp_path / "art", "--to", "article")
+    side = tmp_path / "art" / "cnnrt.json"
+    side.write_text(side.read_text()[:-10])
+    p = cnnrt("eval", "--model", tmp_path / "art", "--limit", "10", "--backend", "numpy", check=False)
+    assert_clean_error(p, f"{side}: not valid JSON")
+    assert p.stderr.count("\n") == 1
+
+
 def test_file_where_a_directory_is_expected_on_convert(tmp_path):
     (tmp_path / "art").write_text("a file")
     p = cnnrt("convert", BUNDLE, tmp_path / "art", "--to", "article", check=False)
@@ -215,6 +240,33 @@ def test_eval_reports_the_batch_size_it_ran(tmp_path):
     assert f"Backend: numpy, fp32, batch size {even_chunk(600, numpy_backend.CHUNK)} (asked for 5000)" in text
 
 
+def test_eval_on_the_gpu_planner_reports_the_batch_size_it_ran(monkeypatch, capsys):
+    """cuda_graph.GraphRunner (the GPU planner; Deep MNIST in fp32 takes it) runs chunks of at most
+    --batch-size images, or all of them in one chunk, and eval says so. In process, on the CPU fake
+    of CuPy (cnnrt.testing.fake_cupy); the labels are checked against the NumPy backend's."""
+    from cnnrt import cli
+    from cnnrt.backends.cuda_graph import GraphRunner
+    from cnnrt.testing import fake_cupy
+
+    fake_cupy.install(monkeypatch)
+    seen = []
+    monkeypatch.setattr(GraphRunner, "_launch", lambda self, li, x, kind, _f=GraphRunner._launch:
+                        seen.append(len(x)) or _f(self, li, x, kind))
+    runs = {}
+    for size in ("40", None):
+        seen.clear()
+        args = ["eval", "--backend", "cuda", "--precision", "fp32", "--limit", "100", "--json"]
+        assert cli.main(args + (["--batch-size", size] if size else [])) == 0
+        runs[size] = (json.loads(capsys.readouterr().out), list(seen))
+    r, chunks = runs["40"]
+    assert r["backend"] == "cuda" and r["kernels"].startswith("11 nodes") and chunks == [40, 40, 20]
+    assert r["batch_size"] == 40 and r["batch_size_requested"] == 40
+    r, chunks = runs[None]
+    assert r["batch_size"] == 100 and r["batch_size_requested"] is None and chunks == [100]
+    assert cli.main(["eval", "--backend", "numpy", "--limit", "100", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["correct"] == r["correct"]
+
+
 def test_session_reports_the_batch_size_it_ran(rng):
     import cnnrt as pkg
 
@@ -259,7 +311,7 @@ def test_convert_modes_follow_the_umask_and_keep_name_and_provenance(tmp_path):
     assert info_copy == info_src and '"test_accuracy_keras": 0.9935' in info_copy
     cnnrt("convert", BUNDLE, tmp_path / "art", "--to", "article", umask=0o027)
     assert {stat.S_IMODE(os.stat(f).st_mode) for f in (tmp_path / "art").iterdir()} == {0o640}
-    # article -> bundle: the raw format keeps no name; it comes from the directory
+    # article -> bundle: the 8 raw files alone (no sidecar cnnrt.json) keep no name; it comes from the directory
     cnnrt("convert", SHIPPED / "article", tmp_path / "back.safetensors", "--to", "bundle")
     assert cnnrt("info", tmp_path / "back.safetensors").stdout.startswith("deep_mnist: input (28, 28, 1)")
 

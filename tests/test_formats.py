@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from cnnrt.errors import FormatError
-from cnnrt.formats import ARTICLE_TENSORS, load_model, save_article, save_bundle
+from cnnrt.formats import ARTICLE_SIDECAR, ARTICLE_TENSORS, load_model, save_article, save_bundle
 from cnnrt.model import deep_mnist
 
 from conftest import random_deep_mnist_params
@@ -58,12 +58,83 @@ def test_article_format_read_exactly_as_written(tmp_path, rng):
 def test_article_and_bundle_roundtrip(tmp_path, random_model):
     save_article(random_model, tmp_path / "a")
     save_bundle(random_model, tmp_path / "b.safetensors")
-    sizes = {f.name: f.stat().st_size for f in (tmp_path / "a").iterdir()}
+    sizes = {f.name: f.stat().st_size for f in (tmp_path / "a").iterdir() if f.name != ARTICLE_SIDECAR}
     assert sizes == {n: 4 * int(np.prod(s)) for n, (_, s) in ARTICLE_TENSORS.items()}
     for m in (load_model(tmp_path / "a"), load_model(tmp_path / "b.safetensors")):
         for k, v in random_model.params().items():
             np.testing.assert_array_equal(m.params[k], v)
         assert m.input_shape == (28, 28, 1) and m.input_scale == pytest.approx(1 / 255)
+        assert m.name == "random"
+
+
+def test_article_sidecar_keeps_name_provenance_and_labels(tmp_path, rng):
+    """The 8 raw files have no place for them: cnnrt.json beside them does, and without it the
+    files still load (named after the directory, no provenance)."""
+    from cnnrt.ir.chain import to_graph
+
+    meta = {"command": "cnnrt train --dataset fashion-mnist", "test_accuracy_keras": 0.9, "per_1000": [1, 2]}
+    labels = [f"class {i}" for i in range(10)]
+    g = to_graph(deep_mnist(random_deep_mnist_params(rng), name="shoes", meta=meta))
+    g.labels = labels
+    save_article(g, tmp_path / "a")
+    side = json.loads((tmp_path / "a" / ARTICLE_SIDECAR).read_text())
+    assert side == {"format": "cnnrt-article", "version": 1, "name": "shoes", "meta": meta, "labels": labels}
+    back = load_model(tmp_path / "a")
+    assert (back.name, back.meta, back.labels) == ("shoes", meta, labels)
+    for k, v in g.params.items():
+        np.testing.assert_array_equal(back.params[k], v)
+    (tmp_path / "a" / ARTICLE_SIDECAR).unlink()
+    bare = load_model(tmp_path / "a")
+    assert (bare.name, bare.meta, bare.labels) == ("a", {}, None)
+
+
+def test_article_sidecar_never_outlives_its_weights(tmp_path, rng):
+    """Rewriting a directory (--force) replaces the sidecar too: no older model's name stays."""
+    save_article(deep_mnist(random_deep_mnist_params(rng), name="old", meta={"v": 1}), tmp_path / "a")
+    save_article(deep_mnist(random_deep_mnist_params(rng), name="new"), tmp_path / "a", overwrite=True)
+    m = load_model(tmp_path / "a")
+    assert (m.name, m.meta) == ("new", {})
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"{not json", r"not valid JSON"),
+    (b"\xff\xfe", r"not valid JSON"),
+    (b"", r"not valid JSON"),
+    (b"[1, 2]", r"expected a JSON object, got list"),
+    (b'{"format": "cnnrt", "version": 1}', r"'format' must be \"cnnrt-article\", got \"cnnrt\""),
+    (b'{"format": "cnnrt-article"}', r"'version' must be a whole number from 1, got null"),
+    (b'{"format": "cnnrt-article", "version": "1"}', r"'version' must be a whole number from 1, got \"1\""),
+    (b'{"format": "cnnrt-article", "version": 7}', r"version 7 is newer than this cnnrt reads \(version 1\)"),
+    (b'{"format": "cnnrt-article", "version": 1, "name": 5}', r"'name' must be a non-empty string, got 5"),
+    (b'{"format": "cnnrt-article", "version": 1, "meta": []}', r"'meta' must be an object, got \[\]"),
+    (b'{"format": "cnnrt-article", "version": 1, "labels": [1]}', r"'labels' must be a list of strings"),
+    (b'{"format": "cnnrt-article", "version": 1, "labels": ["a", "b"]}', r"2 labels for the net's 10 classes"),
+    (b"[" * 5000 + b"]" * 5000, r"nested more than 64 levels deep"),
+    (b" " * (2 << 20), r"holds 2097152 bytes, far more than a name and provenance take"),
+    (None, r"is a directory \(expected the JSON file"),
+])
+def test_bad_article_sidecar(tmp_path, random_model, content, expected):
+    save_article(random_model, tmp_path / "a")
+    f = tmp_path / "a" / ARTICLE_SIDECAR
+    f.unlink()
+    if content is None:
+        f.mkdir()
+    else:
+        f.write_bytes(content)
+    with pytest.raises(FormatError, match=expected) as e:
+        load_model(tmp_path / "a")
+    assert str(e.value).startswith(f"{f}: ")
+
+
+def test_a_directory_that_is_no_model(tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.png").write_bytes(b"not read")
+    with pytest.raises(FormatError) as e:
+        load_model(tmp_path / "photos")
+    assert str(e.value) == (f"{tmp_path / 'photos'}: a directory that is not a model: not a cnnrt bundle "
+                            f"(.safetensors), an ONNX or Keras file (.onnx, .keras, .h5), nor an article-format "
+                            f"directory (none of the 8 raw files W_conv1 b_conv1 W_conv2 b_conv2 W_fc1 b_fc1 "
+                            f"W_fc2 b_fc2 is in it)")
 
 
 def test_article_missing_file(tmp_path, random_model):
