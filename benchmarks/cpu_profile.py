@@ -1,7 +1,7 @@
 """Where cnnrt's CPU time goes: each compiled step of a zoo model timed on one thread, next to ONNX
 Runtime on one thread and on all cores, and cnnrt on all cores.
 
-    PYTHONPATH=. python3 benchmarks/cpu_profile.py resnet20:16 mobilenet_v2_96:4 resnet18:1 [--steps]
+    PYTHONPATH=. python3 benchmarks/cpu_profile.py resnet20:16 mobilenet_v2_96:4 resnet18:1 [--steps] [--json F]
 
 Per kernel kind: milliseconds, share of the total, and the rate in GFLOP/s (2 per multiply-add) on
 one thread; one core's matrix-product rate is printed first as the yardstick.
@@ -30,19 +30,25 @@ def best(fn, x, k=5):
 
 
 def main(argv=None):
-    from benchmarks.cpu_zoo import cores, images, load, ort_runtime
+    from benchmarks.cpu_zoo import cores, images, load, machine, ort_runtime
     from cnnrt.backends.cpu_kernels import BlasThreads
     from cnnrt.backends.numpy_graph import GraphRunner
 
     p = argparse.ArgumentParser()
     p.add_argument("cases", nargs="+", help="model:images")
     p.add_argument("--steps", action="store_true", help="every step, not only the totals per kernel")
+    p.add_argument("--json", default=None, help="write everything printed here as JSON too")
     a = p.parse_args(argv)
+    import datetime
+
+    out = {"machine": machine(), "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "cases": {}}
     blas = BlasThreads()
     old = blas.set_local(1)
     m = np.random.rand(1024, 1024).astype(np.float32)
     t = best(lambda v: v @ v, m)
     print(f"one core: {2 * 1024 ** 3 / t / 1e9:.1f} GFLOP/s (1024^3 sgemm); {cores()} cores")
+    out["sgemm_gflops_one_core"] = 2 * 1024 ** 3 / t / 1e9
     for case in a.cases:
         name, n = case.split(":")
         n = int(n)
@@ -70,12 +76,27 @@ def main(argv=None):
         for k, (s, w, c) in sorted(by.items(), key=lambda kv: -kv[1][0]):
             rate = f"{2 * w / s / 1e9:6.1f} GFLOP/s" if w else ""
             print(f"  {k:28s} x{c:<3d} {s * 1e3:8.2f} ms {100 * s / tot:5.1f}%  {rate}")
+        out["cases"][case] = {
+            "mflop_per_image": g.flops_per_image() / 1e6, "cnnrt_1_thread_ms": tot * 1e3, "cnnrt_all_cores_ms": tn * 1e3,
+            "ort_1_thread_ms": t_o1 * 1e3, "ort_all_cores_ms": t_on * 1e3,
+            "by_kernel": {k: {"ms": s_ * 1e3, "count": c, "gflops": 2 * w / s_ / 1e9 if w else None}
+                          for k, (s_, w, c) in by.items()},
+            "steps": [{"step": q["step"], "node": q["nodes"][0], "ms": q["seconds"] * 1e3,
+                       "gflops": 2 * q["work"] / q["seconds"] / 1e9 if q["work"] else None} for q in prof]}
         if a.steps:
             for q in prof:
                 rate = f"{2 * q['work'] / q['seconds'] / 1e9:6.1f} GFLOP/s" if q["work"] else ""
                 print(f"    {q['step']:44s} {q['nodes'][0]:12s} {q['seconds'] * 1e3:8.3f} ms {rate}")
         r1.close()
         rn.close()
+    if a.json:
+        import json
+        import os
+
+        tmp = a.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(out, f, indent=1)
+        os.replace(tmp, a.json)
 
 
 if __name__ == "__main__":
