@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from . import batch, import_cmd, predict_cmd
@@ -336,6 +337,13 @@ def main(argv: list[str] | None = None) -> int:
     except CnnrtError as e:
         print(f"cnnrt: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `cnnrt info | head`: the reader has gone; nothing is wrong, say nothing
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not complain
+        except (OSError, ValueError):
+            pass
+        return 0
     except OSError as e:  # a file the OS would not read or write: say which and why, no traceback
         where = ": ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
         print(f"cnnrt: error: {where + ': ' if where else ''}{e.strerror or e}", file=sys.stderr)

@@ -95,6 +95,8 @@ def cmd_import(a) -> int:
     dest = Path(a.dest)
     if dest.suffix != ".safetensors":
         raise CnnrtError(f"{dest}: the destination must be a .safetensors file")
+    if os.path.lexists(dest) and not a.force:  # checked first: a long import must not end in a refusal
+        raise CnnrtError(f"{dest}: exists; pass --force to replace it")
     mean = parse_numbers(a.mean, "--mean") if a.mean is not None else None
     std = parse_numbers(a.std, "--std") if a.std is not None else None
     # a bar over the four steps, on a terminal only, for a source large enough to take a while
@@ -117,6 +119,8 @@ def cmd_import(a) -> int:
             steps.step()
             steps.stage("checking")
             back = load_bundle(tmp)  # what later commands will read: check it before it takes the name
+            if os.path.lexists(dest) and not a.force:  # appeared meanwhile: still never replaced unasked
+                raise CnnrtError(f"{dest}: exists; pass --force to replace it")
             os.replace(tmp, dest)
             steps.step()
         finally:
@@ -147,6 +151,7 @@ def add_parser(sub) -> None:
     p.add_argument("--labels", default=None, metavar="FILE|a,b,c",
                    help="class names: a file with one per line, or comma-separated")
     p.add_argument("--name", default=None, help="the model's name (default: the source's)")
+    p.add_argument("--force", action="store_true", help="replace DEST if it exists (default: refuse)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors: no progress bar (there is none "
                    "unless stderr is a terminal), no summary line")
     p.set_defaults(func=cmd_import)

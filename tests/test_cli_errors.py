@@ -324,3 +324,20 @@ def test_convert_never_overwrites_without_force(tmp_path):
     assert dest.read_bytes() == b"precious" and os.listdir(tmp_path) == ["m.safetensors"]
     cnnrt("convert", BUNDLE, dest, "--to", "bundle", "--force")
     assert dest.read_bytes() == BUNDLE.read_bytes()
+
+
+def test_a_closed_pipe_is_not_an_error():
+    # `cnnrt info | head`: the reader goes away before cnnrt has written; cnnrt stops quietly
+    import subprocess
+    import sys
+
+    from cli_helpers import ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen([sys.executable, "-m", "cnnrt", "info", "--backend", "numpy"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    p.stdout.close()  # before the child writes: its first write meets a closed pipe
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 0, err
+    assert "Traceback" not in err and "Broken pipe" not in err and "error" not in err, err
+

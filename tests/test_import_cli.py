@@ -108,6 +108,19 @@ def test_import_bundle_with_labels_and_normalisation(tmp_path):
     assert np.abs(got - want).max() < 1e-5
 
 
+def test_import_never_replaces_an_existing_file_unasked(tmp_path):
+    out = tmp_path / "m.safetensors"
+    out.write_bytes(b"someone else's file")
+    p = cnnrt("import", str(BUNDLE), str(out), "--name", "first", code=2)
+    assert f"{out}: exists; pass --force to replace it" in p.stderr
+    assert out.read_bytes() == b"someone else's file"
+    cnnrt("import", str(BUNDLE), str(out), "--name", "second", "--force")
+    from cnnrt.formats import load_model
+
+    assert load_model(out).name == "second"
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["m.safetensors"]  # no temporary file left
+
+
 def test_import_bad_options_exit_2_and_write_nothing(tmp_path):
     out = tmp_path / "x.safetensors"
     p = cnnrt("import", str(BUNDLE), str(out), "--labels", "a,b,c", code=2)
