@@ -218,14 +218,16 @@ def test_train_without_out_is_a_usage_error():
 
 # ---------------------------------------------------------------- progress bars
 
-def _with_terminal_stderr(*args) -> tuple[str, str]:
-    """Run cnnrt with stderr on a pseudo-terminal (as in a person's shell) and stdout on a pipe."""
+def _on_terminal(stream: str, *args) -> tuple[str, str]:
+    """Run cnnrt with `stream` ('stdout' or 'stderr') on a pseudo-terminal, as in a person's shell,
+    and the other on a pipe; returns (what went to the terminal, what went to the pipe)."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))  # 30 rows, 100 columns
-    p = subprocess.Popen([sys.executable, "-m", "cnnrt", *map(str, args)], stdout=subprocess.PIPE, stderr=slave,
+    ends = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, stream: slave}
+    p = subprocess.Popen([sys.executable, "-m", "cnnrt", *map(str, args)], **ends,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
     os.close(slave)
-    err = b""
+    tty = b""
     while True:
         try:
             chunk = os.read(master, 4096)
@@ -233,33 +235,22 @@ def _with_terminal_stderr(*args) -> tuple[str, str]:
             break
         if not chunk:
             break
-        err += chunk
-    out = p.stdout.read().decode()
-    assert p.wait(timeout=300) == 0, err.decode(errors="replace")
+        tty += chunk
+    piped = (p.stderr if stream == "stdout" else p.stdout).read().decode(errors="replace")
+    assert p.wait(timeout=300) == 0, tty.decode(errors="replace") + piped
     os.close(master)
-    return out, err.decode(errors="replace")
+    return tty.decode(errors="replace"), piped
+
+
+def _with_terminal_stderr(*args) -> tuple[str, str]:
+    """(stdout on a pipe, stderr on a terminal)."""
+    err, out = _on_terminal("stderr", *args)
+    return out, err
 
 
 def _with_terminal_stdout(*args) -> str:
-    """Run cnnrt with stdout on a pseudo-terminal (where Keras draws its bar); return what it wrote there."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
-    p = subprocess.Popen([sys.executable, "-m", "cnnrt", *map(str, args)], stdout=slave, stderr=subprocess.PIPE,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
-    os.close(slave)
-    out = b""
-    while True:
-        try:
-            chunk = os.read(master, 4096)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        out += chunk
-    err = p.stderr.read().decode(errors="replace")
-    assert p.wait(timeout=300) == 0, err
-    os.close(master)
-    return out.decode(errors="replace")
+    """What cnnrt wrote to stdout on a terminal (where Keras draws its bar)."""
+    return _on_terminal("stdout", *args)[0]
 
 
 def test_eval_progress_bar_on_a_terminal_only():

@@ -38,9 +38,8 @@ SHAPES = [  # (N, H, W, C, O, KH, KW, stride, pad, dilation)
 ]
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=[f"s{i}" for i in range(len(SHAPES))])
-@pytest.mark.parametrize("tile", ["tc32x16", "tc64x32", "tc32x32", "tc128x64", "tc128x128", "tc256x16"])
-def test_emulated_kernel_matches_float64(rng, shape, tile):
+def emulate(rng, shape, tile, kts=None):
+    """(the emulated kernel's output, the float64 convolution, the bias, Kp) on fresh fp16 inputs of `shape`."""
     N, H, W, C, O, KH, KW, s, p, d = shape
     x = rng.standard_normal((N, H, W, C)).astype(np.float16)
     w = rng.standard_normal((O, KH, KW, C)).astype(np.float16)
@@ -52,7 +51,15 @@ def test_emulated_kernel_matches_float64(rng, shape, tile):
     want, Ho, Wo = conv64(x.astype(np.float64), w.astype(np.float64), b, s, p, d)
     variant = G.mma_variant(C, KH, KW, s, (p[0], p[1], p[0], p[1]))
     got = ME.run(G.MMA_TILES[tile], variant, x, wq, b, KH=KH, KW=KW, sh=s[0], sw=s[1], ph=p[0], pw=p[1], dh=d[0],
-                 dw=d[1], Ho=Ho, Wo=Wo)
+                 dw=d[1], Ho=Ho, Wo=Wo, kts=kts)
+    return got, want, b, kp
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=[f"s{i}" for i in range(len(SHAPES))])
+@pytest.mark.parametrize("tile", ["tc32x16", "tc64x32", "tc32x32", "tc128x64", "tc128x128", "tc256x16"])
+def test_emulated_kernel_matches_float64(rng, shape, tile):
+    O = shape[4]
+    got, want, _, _ = emulate(rng, shape, tile)
     assert np.isfinite(got).all(), "an output not written, or a value read from poisoned shared memory"
     np.testing.assert_allclose(got, want.reshape(-1, O), rtol=1e-9, atol=1e-9)
 
@@ -116,18 +123,8 @@ def test_mma_kernels_compile():
 def test_emulated_splitk_partials_sum_to_float64(rng, shape, kts):
     """The split-K variant: grid.z blocks each sum their kts K steps; the partials, summed, are the
     convolution, and no partial is left unwritten."""
-    N, H, W, C, O, KH, KW, s, p, d = shape
-    x = rng.standard_normal((N, H, W, C)).astype(np.float16)
-    w = rng.standard_normal((O, KH, KW, C)).astype(np.float16)
-    b = rng.standard_normal(O)
-    K = KH * KW * C
-    kp = -(-K // G.MMA_BK) * G.MMA_BK
-    wq = np.zeros((O, kp), np.float16)
-    wq[:, :K] = w.reshape(O, K)
-    want, Ho, Wo = conv64(x.astype(np.float64), w.astype(np.float64), b, s, p, d)
-    variant = G.mma_variant(C, KH, KW, s, (p[0], p[1], p[0], p[1]))
-    parts = ME.run(G.MMA_TILES["tc32x16"], variant, x, wq, b, KH=KH, KW=KW, sh=s[0], sw=s[1], ph=p[0], pw=p[1],
-                   dh=d[0], dw=d[1], Ho=Ho, Wo=Wo, kts=kts)
+    O = shape[4]
+    parts, want, b, kp = emulate(rng, shape, "tc32x16", kts)
     assert parts.shape[0] == -(-(kp // G.MMA_BK) // kts)
     assert np.isfinite(parts).all(), "a partial sum not written"
     np.testing.assert_allclose(parts.sum(0) + b, want.reshape(-1, O), rtol=1e-9, atol=1e-9)

@@ -679,13 +679,15 @@ def dwconv_kernel(ti: str, to: str, epi=()) -> Kernel:
     return _finish("dwconv", DW_TEMPLATE.replace("$EPI", ecode), params, 256, {"ti": ti, "to": to, "epi": tuple(epi)})
 
 
-DW8_TEMPLATE = r"""
+# The 8-channels-a-thread kernels (depthwise conv, pools) share their frame: a grid-stride loop
+# over (pixel, group of 8 channels) of an NHWC output with CH channels, the input window's origin,
+# and, after $BODY has filled float acc[8], the epilogue per channel and one vector store ($STORE).
+VEC8_FRAME = r"""
 extern "C" __global__ void __launch_bounds__(256) $NAME(
     $SIG)
 {
-    const int C8 = O >> 3;
+    const int CH = $CH, C8 = CH >> 3;
     const long long total = (long long)N * Ho * Wo * C8;
-    const int CH = O;
     for (long long i8 = blockIdx.x * (long long)blockDim.x + threadIdx.x; i8 < total;
          i8 += (long long)gridDim.x * blockDim.x) {
         const int c0 = (int)(i8 % C8) * 8;
@@ -696,7 +698,23 @@ extern "C" __global__ void __launch_bounds__(256) $NAME(
         (void)nimg;
         const long long xb = nimg * H * W * C + c0;
         const int h0 = ho * sh - ph, w0 = wo * sw - pw;
-        float acc[8];
+        $BODY
+        float res[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const long long idx = i8 * 8 + j;
+            const int c = c0 + j;
+            (void)c;
+            float v = $FINAL;
+            $EPI
+            res[j] = v;
+        }
+        $STORE
+    }
+}
+"""
+
+DW8_BODY = r"""float acc[8];
 #pragma unroll
         for (int j = 0; j < 8; ++j) acc[j] = 0.f;
         for (int kh = 0; kh < KH; ++kh) {
@@ -716,20 +734,15 @@ extern "C" __global__ void __launch_bounds__(256) $NAME(
                     acc[2 * q + 1] = fmaf(h2f((half_t)(xw[q] >> 16)), wv[2 * q + 1], acc[2 * q + 1]);
                 }
             }
-        }
-        float res[8];
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            const long long idx = i8 * 8 + j;
-            const int c = c0 + j;
-            float v = acc[j] + bias[c];
-            $EPI
-            res[j] = v;
-        }
-        $STORE
-    }
-}
-"""
+        }"""
+
+
+def vec8_source(ch: str, body: str, final: str, ecode: str, to: str) -> str:
+    """A VEC8_FRAME kernel: `ch` the output's channel count (a parameter's name), `body` fills acc[8],
+    `final` is channel j's value before the epilogue."""
+    return (VEC8_FRAME.replace("$CH", ch).replace("$BODY", body).replace("$FINAL", final).replace("$EPI", ecode)
+            .replace("$STORE", STORE8[to]))
+
 
 STORE8 = {
     "f16": """u4_t o;
@@ -752,7 +765,7 @@ def dwconv8_kernel(to: str, epi=()) -> Kernel:
                ("const float* __restrict__", "bias"), (f"{CTYPE[to]}* __restrict__", "y")] + eparams
               + [("int", n) for n in ("N", "H", "W", "C", "Ho", "Wo", "O", "KH", "KW", "sh", "sw", "ph", "pw", "dh",
                                        "dw")])
-    src = DW8_TEMPLATE.replace("$EPI", ecode).replace("$STORE", STORE8[to])
+    src = vec8_source("O", DW8_BODY, "acc[j] + bias[c]", ecode, to)
     return _finish("dwconv8", src, params, 256, {"ti": "f16", "to": to, "epi": tuple(epi)})
 
 
@@ -810,24 +823,7 @@ def pool_kernel(kind: str, ti: str, to: str, epi=()) -> Kernel:
     return _finish("pool", src, params, 256, {"kind": kind, "ti": ti, "to": to, "epi": tuple(epi)})
 
 
-POOL8_TEMPLATE = r"""
-extern "C" __global__ void __launch_bounds__(256) $NAME(
-    $SIG)
-{
-    const int C8 = C >> 3;
-    const long long total = (long long)N * Ho * Wo * C8;
-    const int CH = C;
-    for (long long i8 = blockIdx.x * (long long)blockDim.x + threadIdx.x; i8 < total;
-         i8 += (long long)gridDim.x * blockDim.x) {
-        const int c0 = (int)(i8 % C8) * 8;
-        long long p = i8 / C8;
-        const int wo = (int)(p % Wo); p /= Wo;
-        const int ho = (int)(p % Ho);
-        const long long nimg = p / Ho;
-        (void)nimg;
-        const long long xb = nimg * H * W * C + c0;
-        const int h0 = ho * sh - ph, w0 = wo * sw - pw;
-        float acc[8];
+POOL8_BODY = r"""float acc[8];
 #pragma unroll
         for (int j = 0; j < 8; ++j) acc[j] = $INIT;
         int cnt = 0;
@@ -842,24 +838,11 @@ extern "C" __global__ void __launch_bounds__(256) $NAME(
 #pragma unroll
                 for (int q = 0; q < 4; ++q) {
                     const float a = h2f((half_t)(xw[q] & 0xffffu)), b = h2f((half_t)(xw[q] >> 16));
-                    $BODY
+                    $TAP
                 }
             }
         }
-        float res[8];
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            const long long idx = i8 * 8 + j;
-            const int c = c0 + j;
-            (void)c;
-            float v = $FINAL;
-            $EPI
-            res[j] = v;
-        }
-        $STORE
-    }
-}
-"""
+        (void)cnt;"""
 
 
 def pool8_kernel(kind: str, to: str, epi=()) -> Kernel:
@@ -876,8 +859,8 @@ def pool8_kernel(kind: str, to: str, epi=()) -> Kernel:
         init, final = "0.f", "acc[j] / (float)(cnt > 0 ? cnt : 1)"
         count = "if (hi >= hlo && hi < hhi && wi >= wlo && wi < whi) ++cnt;"
         body = "acc[2 * q] += a; acc[2 * q + 1] += b;"
-    src = (POOL8_TEMPLATE.replace("$INIT", init).replace("$COUNT", count).replace("$BODY", body)
-           .replace("$FINAL", final).replace("$EPI", ecode).replace("$STORE", STORE8[to]))
+    src = vec8_source("C", POOL8_BODY.replace("$INIT", init).replace("$COUNT", count).replace("$TAP", body), final,
+                      ecode, to)
     return _finish("pool8", src, params, 256, {"kind": kind, "ti": "f16", "to": to, "epi": tuple(epi)})
 
 
