@@ -158,6 +158,33 @@ def test_planner_splits_k_for_few_output_tiles(rng):
                                                          mma=True).plan(512).launches)
 
 
+def test_planner_splits_k_of_the_fp32_simt_conv(rng):
+    """fp32 (the SIMT conv) at batch 1 of a 7x7 stage: split-K as for the tensor cores, the partial
+    sums then the reduction with bias and epilogue; not at a large batch. Emulated plans (arena
+    poisoned) against float64, within fp32's 1e-4 of the largest value."""
+    from cnnrt.backends.cuda_plan import choose_splitk_simt, choose_tile
+    from cnnrt.ir.graph import run_reference
+    from cnnrt.testing import cuda_emulator as CE
+
+    assert choose_splitk_simt(49, 512, 4608, choose_tile(49, 512, 4608, 1, 132), 132) > 1
+    assert choose_splitk_simt(256 * 49, 512, 4608, choose_tile(256 * 49, 512, 4608, 1, 132), 132) == 1
+    assert choose_splitk_simt(49, 64, 72, "32x16", 132) == 1  # too few K steps to share
+    cases = TG.mma_conv_cases()
+    for name in ("mma_splitk_7x7_add_relu", "mma_splitk_c37_7x7"):
+        g = cases[name]
+        prog = Program(g, "fp32", nsm=132)
+        labels = [l.label for l in prog.plan(1).launches]
+        assert any("split-K" in k and "tensor-core" not in k for k in labels), (name, labels)
+        for n in (1, 3):
+            x = rng.standard_normal((n,) + g.input_shape).astype(np.float32)
+            out = CE.run(prog, x)["y"]
+            ref = run_reference(g, {"images": x.astype(np.float64)})["y"]
+            assert np.isfinite(out).all(), f"{name}: a value read before it was written"
+            err = np.abs(out - ref).max() / np.abs(ref).max()
+            assert err < 1e-4, (name, n, err)
+    assert not any("split-K" in l.label for l in Program(cases["mma_splitk_7x7_add_relu"], "fp32", nsm=132).plan(512).launches)
+
+
 def test_splitk_kernels_compile():
     from cnnrt.testing.nvrtc import compile_ptx, find_library
 
@@ -165,6 +192,7 @@ def test_splitk_kernels_compile():
         pytest.skip("no NVRTC library here (pip install nvidia-cuda-nvrtc to check the generated CUDA on the CPU)")
     ks = [G.mma_conv_kernel(G.MMA_TILES[t], v, "f32", splitk=True) for t in ("tc32x16", "tc64x64") for v in G.MMA_AVARIANTS]
     ks.append(G.splitk_reduce_kernel("f16", (G.epi_op("Add", mode="full", dtype="f16"), G.epi_op("Relu"))))
+    ks += [G.conv_kernel(G.TILES[t], "f32", "f32", splitk=True) for t in ("32x16", "128x64")]
     ptx, _ = compile_ptx(G.module_source(ks))
     for k in ks:
         assert k.name in ptx

@@ -150,8 +150,8 @@ def test_info_backend_shows_the_fused_stages():
     assert any(line.startswith("Plan on numpy, fp32") for line in lines)
     if numpy_backend._compiled():
         assert any(line.split()[:3] == ["conv2", "Conv", "native.conv.direct+bias+relu"] for line in lines)
-        assert any(line.split()[:3] == ["fc1", "Dense", "numpy.dense.skip-zero-inputs+bias+relu"] for line in lines)
-        assert lines[-1].strip() == "11 nodes, 6 on compiled kernels; engine: the planner, set by the environment (graph)"
+        assert any(line.split()[:3] == ["fc1", "Dense", "native.dense+bias+relu"] for line in lines)
+        assert lines[-1].strip() == "11 nodes, 10 on compiled kernels; engine: the planner, set by the environment (graph)"
     p = cnnrt("info", str(BUNDLE), "--backend", "numpy", env={"CNNRT_STAGED": "1"})
     lines = p.stdout.splitlines()
     assert any("conv2 + pool2" in line and "Conv+Relu+MaxPool" in line and "Winograd" in line for line in lines)

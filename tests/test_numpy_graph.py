@@ -31,7 +31,7 @@ def expect(kernel, native):
         return kernel
     for a, b in (("numpy.conv.im2col", "native.conv.direct"), ("numpy.conv.pointwise", "native.conv.direct"), ("numpy.conv.winograd", "native.conv.direct"),
                  ("numpy.conv.depthwise", "native.conv.depthwise"), ("numpy.maxpool", "native.maxpool"),
-                 ("numpy.avgpool", "native.avgpool")):
+                 ("numpy.avgpool", "native.avgpool"), ("numpy.dense", "native.dense")):
         if kernel.startswith(a):
             return b if K.DIRECT != "none" or "depthwise" in b or "pool" in b else kernel
     return kernel
@@ -135,19 +135,24 @@ def test_dilated_maxpool(rng, native):
 def test_gap_head(rng, flatten, n, threads):
     b = Builder((5, 6, 11), seed=int(rng.integers(1 << 30)))
     x = b.conv("images", 9, 3)
-    check(b.graph(b.head(x, 7, flatten), "head"), n, threads, rng, kernels=["numpy.gap+flatten+dense"])
+    # with the compiled kernels: the pool in C, the Dense a step of its own (both in programs)
+    compiled = K.NATIVE and K.DENSE_BLOCK and N.lib() is not None
+    kernels = ["native.gap+flatten", "native.dense+bias"] if compiled else ["numpy.gap+flatten+dense"]
+    check(b.graph(b.head(x, 7, flatten), "head"), n, threads, rng, kernels=kernels)
 
 
 def test_gap_alone_and_dense_with_activation(rng):
     b = Builder((4, 4, 5), seed=int(rng.integers(1 << 30)))
     gp = b._add("GlobalAveragePool", ["images"], out_shape=(1, 1, 1, 5))
-    r = check(b.graph(gp, "gap"), 3, 1, rng, kernels=["numpy.gap"])
+    gap = "native.gap" if K.NATIVE and N.lib() is not None else "numpy.gap"
+    r = check(b.graph(gp, "gap"), 3, 1, rng, kernels=[gap])
     assert r.run({"images": np.ones((2, 4, 4, 5), np.float32)})[gp].shape == (2, 1, 1, 5)
     b = Builder((4, 4, 5), seed=int(rng.integers(1 << 30)))
     f = b._add("Flatten", ["images"], {"axis": 1}, out_shape=(1, 80))
     y = b.dense(f, 6, act="relu")
     y = b.dense(y, 3)
-    check(b.graph(y, "mlp"), 4, 2, rng, kernels=["numpy.dense+bias+relu"])
+    dense = "native.dense" if K.NATIVE and K.DENSE_BLOCK and N.lib() is not None else "numpy.dense"
+    check(b.graph(y, "mlp"), 4, 2, rng, kernels=[dense + "+bias+relu"])
 
 
 def test_eltwise_and_softmax(rng, native):
@@ -329,6 +334,7 @@ def test_big_dense_skips_zero_inputs(rng, n, monkeypatch):
     real = cpu_kernels.np.take
     monkeypatch.setattr(cpu_kernels.np, "take", lambda a, idx, **k: seen.append(len(idx)) or real(a, idx, **k))
     monkeypatch.setattr(K.DenseStep, "TASK_IMAGES", 0)  # (a few images go to the C kernel: tested below)
+    monkeypatch.setattr(K, "DENSE_BLOCK", False)  # (more, with the C kernels, too)
     r = GraphRunner(g, "fp32", threads=1)
     assert ("logits", "Dense", "numpy.dense.skip-zero-inputs+bias") in r.describe()
     out = r.run({"images": x})["logits"]
@@ -337,16 +343,21 @@ def test_big_dense_skips_zero_inputs(rng, n, monkeypatch):
     assert nonzero <= 640 and set(seen) == {nonzero}
 
 
-@pytest.mark.parametrize("n,threads", [(1, 1), (1, 2), (1, 3), (2, 1), (3, 2), (4, 1), (5, 1)])
+@pytest.mark.parametrize("n,threads", [(1, 1), (1, 2), (1, 3), (2, 1), (3, 2), (4, 1), (5, 1), (7, 1), (13, 2),
+                                       (70, 3)])
 @pytest.mark.parametrize("case", ["flatten_relu_softmax", "odd_columns_residual_logsoftmax"])
-def test_dense_of_a_few_images_in_programs(rng, n, threads, case):
-    """Dense steps of one to four images run in the programs on the C kernel (dense_rows: output
-    columns split over the threads, inputs that are exactly zero skipped: graphs refuse non-finite
-    weights, so a skipped term is an exact zero): a Flatten read in place, column counts that are
-    not a multiple of the vector width, a residual Add and ReLU in the epilogue; then Softmax or
-    LogSoftmax, also in C (softmax_rows). Five images go to BLAS and NumPy. Against float64, on
-    fresh inputs."""
+def test_dense_of_a_few_images_in_programs(rng, n, threads, case, monkeypatch):
+    """Dense steps of one to four images run in the programs on the C kernel (dense_block: output
+    columns split over the threads in whole strips of the packed weights, inputs that are exactly
+    zero skipped: graphs refuse non-finite weights, so a skipped term is an exact zero): a Flatten
+    read in place, column counts that are not a multiple of the vector width or of the strip, a
+    residual Add and ReLU in the epilogue; then Softmax or LogSoftmax, also in C (softmax_rows).
+    More images go to the same kernel from Python (row counts that are not a multiple of its 4-row
+    groups) and Softmax to NumPy. Against float64, on fresh inputs."""
     _native_or_skip()
+    blocks = []
+    real = K.DenseStep._run_block
+    monkeypatch.setattr(K.DenseStep, "_run_block", lambda self, *a: blocks.append(real(self, *a)) or blocks[-1])
     b = Builder((6, 5, 7), seed=int(rng.integers(1 << 30)))
     a = b.act("images", "relu")
     f = b._add("Flatten", [a], {"axis": 1}, out_shape=(1, 6 * 5 * 7))
@@ -374,6 +385,7 @@ def test_dense_of_a_few_images_in_programs(rng, n, threads, case):
         assert 7 in kinds and 8 in kinds  # the C kernels ran the Dense and Softmax steps
     elif n > K.DenseStep.TASK_IMAGES:
         assert 7 not in kinds and 8 not in kinds
+        assert blocks and all(blocks)  # dense_block from Python, on every chunk
     r.close()
 
 

@@ -8,7 +8,8 @@ faster there, while the planner was still faster for one image (docs/benchmarks.
 first time a chain is prepared on a machine, both run the same random images, alternately: a
 batch of IMAGES, and single images; the faster for each is kept (batches of up to SMALL images
 go to the one-image choice), in a small JSON file in the kernels' cache directory keyed by the
-model's shape, the thread count, the CPU and cnnrt's version. Later processes read it.
+model's shape, the thread count, the CPU, cnnrt's version and a hash of both engines' code. Later
+processes read it.
 
 `CNNRT_CHAIN_ENGINE` = auto (default), graph or staged; `CNNRT_STAGED=1` means staged.
 """
@@ -50,11 +51,26 @@ def _cpu() -> str:
     return platform.processor() or platform.machine()
 
 
+def _code() -> str:
+    """A hash of the two engines' code: a choice measured on other kernels is measured again."""
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for name in ("cpu_native/kernels.c", "graph_kernels.py", "numpy_graph.py", "numpy_plan.py", "numpy_backend.py",
+                 "cpu_kernels.py"):
+        try:
+            h.update((here / name).read_bytes())
+        except OSError:
+            pass
+    return h.hexdigest()[:16]
+
+
 def _key(graph, threads: int) -> str:
     from .. import __version__
 
     shape = [(n.op, [tuple(graph.shapes.get(t, ())) for t in n.outputs]) for n in graph.nodes]
-    text = json.dumps([shape, threads, _cpu(), os.cpu_count(), __version__], default=str)
+    text = json.dumps([shape, threads, _cpu(), os.cpu_count(), __version__, _code()], default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

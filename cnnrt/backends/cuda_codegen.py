@@ -224,7 +224,11 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
     __shared__ __align__(16) float As[2][BK][BM + AP];
     __shared__ __align__(16) float Bs[2][BK][BN];
     const int tid = threadIdx.x;
-    const int g = blockIdx.z;
+    // blockIdx.z: the group; with split-K (groups == 1) the share of K instead, kts steps of BK each
+    const int g = $SPLITK ? 0 : blockIdx.z;
+    const int KT_ALL = (K + BK - 1) / BK;
+    const int kt0 = $SPLITK ? blockIdx.z * $KTS : 0;
+    const int KT = $SPLITK ? min(KT_ALL, kt0 + $KTS) : KT_ALL;
     const int m0 = blockIdx.x * BM, o0 = blockIdx.y * BN;
     const int HWo = Ho * Wo;
     const int M = N * HWo;
@@ -245,13 +249,15 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
             a_h[i] = -(1 << 28); a_w[i] = -(1 << 28); a_base[i] = 0;
         }
     }
-    int a_c = a_k, a_kw = 0, a_kh = 0;
-    while (a_c >= Cg) { a_c -= Cg; if (++a_kw == KW) { a_kw = 0; ++a_kh; } }
+    int a_c, a_kw, a_kh;  // where this thread's first k (kt0 * BK + a_k) lies: channel, tap column, tap row
+    {
+        const int k0 = kt0 * BK + a_k, t0 = k0 / Cg;
+        a_c = k0 - t0 * Cg; a_kw = t0 % KW; a_kh = t0 / KW;
+    }
     const int b_o = tid % BN, b_r = tid / BN;
     const int ob = o0 + b_o;
     const float* wg = w + (long long)g * K * Og;
     float ra[A_IT], rb[B_IT];
-    const int KT = (K + BK - 1) / BK;
 
     auto load = [&](int kt) {
         const int k = kt * BK + a_k;
@@ -286,11 +292,13 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
 #pragma unroll
         for (int j = 0; j < TN; ++j) acc[i][j] = 0.f;
 
-    load(0);
-    store(0);
+    if (kt0 < KT) {
+        load(kt0);
+        store(0);
+    }
     __syncthreads();
-    for (int kt = 0; kt < KT; ++kt) {
-        const int buf = kt & 1;
+    for (int kt = kt0; kt < KT; ++kt) {
+        const int buf = (kt - kt0) & 1;
         if (kt + 1 < KT) load(kt + 1);
 #pragma unroll
         for (int kk = 0; kk < BK; ++kk) {
@@ -318,30 +326,41 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
             if (o >= Og) continue;
             const int c = g * Og + o;
             const long long idx = (long long)m * O + c;
-            float v = acc[i][j] + bias[c];
-            $EPI
-            stf(y, idx, v);
+$STORE
         }
     }
 }
 """
+CONV_STORE = """            float v = acc[i][j] + bias[c];
+            $EPI
+            stf(y, idx, v);"""
+CONV_STORE_SPLITK = """            ws[(long long)blockIdx.z * M * O + idx] = acc[i][j];  // a partial sum: bias and epilogue after the reduction"""
 
 
-def conv_kernel(tile: Tile, ti: str, to: str, epi=()) -> Kernel:
+def conv_kernel(tile: Tile, ti: str, to: str, epi=(), splitk: bool = False) -> Kernel:
     """Implicit-GEMM convolution, fp32 SIMT: M = N*Ho*Wo pixels, N = output channels of a group,
-    K = KH*KW*Cg; grid (ceil(M/BM), ceil(Og/BN), groups). Weights packed [group][K][Og] float32."""
+    K = KH*KW*Cg; grid (ceil(M/BM), ceil(Og/BN), groups). Weights packed [group][K][Og] float32.
+    With splitk (groups == 1): grid.z shares K, each block `kts` steps of BK, and the fp32 partial
+    sums go to ws[z][M][O] for splitk_reduce_kernel (bias and epilogue there)."""
     tile.check()
-    eparams, ecode, _ = epilogue(epi)
-    params = ([(f"const {CTYPE[ti]}* __restrict__", "x"), ("const float* __restrict__", "w"),
-               ("const float* __restrict__", "bias"), (f"{CTYPE[to]}* __restrict__", "y")] + eparams
-              + [("int", n) for n in ("N", "H", "W", "C", "Ho", "Wo", "O", "KW", "sh", "sw", "ph", "pw", "dh", "dw",
-                                       "Cg", "Og", "K")])
-    src = (CONV_TEMPLATE.replace("$THREADS", str(tile.threads)).replace("$BM", str(tile.bm))
+    eparams, ecode, _ = epilogue(() if splitk else epi)
+    if splitk:
+        params = [(f"const {CTYPE[ti]}* __restrict__", "x"), ("const float* __restrict__", "w"),
+                  ("float* __restrict__", "ws")]
+    else:
+        params = ([(f"const {CTYPE[ti]}* __restrict__", "x"), ("const float* __restrict__", "w"),
+                   ("const float* __restrict__", "bias"), (f"{CTYPE[to]}* __restrict__", "y")] + eparams)
+    params += [("int", n) for n in ("N", "H", "W", "C", "Ho", "Wo", "O", "KW", "sh", "sw", "ph", "pw", "dh", "dw",
+                                    "Cg", "Og", "K")] + ([("int", "kts")] if splitk else [])
+    src = (CONV_TEMPLATE.replace("$STORE", CONV_STORE_SPLITK if splitk else CONV_STORE)
+           .replace("$SPLITK", "true" if splitk else "false").replace("$KTS", "kts" if splitk else "0")
+           .replace("$THREADS", str(tile.threads)).replace("$BM", str(tile.bm))
            .replace("$BN", str(tile.bn)).replace("$BK", str(tile.bk)).replace("$TM", str(tile.tm))
            .replace("$TN", str(tile.tn)).replace("$EPI", ecode)
            .replace("$LOAD_A", _vec_loads("a", "As[buf][kk][ty * TM]", tile.tm))
            .replace("$LOAD_B", _vec_loads("b", "Bs[buf][kk][tx * TN]", tile.tn)))
-    return _finish("conv", src, params, tile.threads, {"tile": tile, "ti": ti, "to": to, "epi": tuple(epi)})
+    return _finish("conv", src, params, tile.threads,
+                   {"tile": tile, "ti": ti, "to": to, "epi": () if splitk else tuple(epi), "splitk": splitk})
 
 
 # ----------------------------------------------------------------------------- tensor-core convolution

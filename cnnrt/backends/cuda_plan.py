@@ -125,17 +125,35 @@ def choose_splitk(M: int, O: int, Kp: int, tile_name: str, nsm: int) -> int:
         return 1
     t = G.MMA_TILES[tile_name]
     blocks = cdiv(M, t.bm) * cdiv(O, t.bn)
-    kt = Kp // G.MMA_BK
     slots = nsm * max(1, min(8, 2048 // t.threads, (200 * 1024) // t.smem))
+    return _splits(blocks, Kp // G.MMA_BK, slots, SPLITK_REDUCE_STEPS, 4)
+
+
+SPLITK_REDUCE_STEPS_SIMT = 40  # the same launch in K steps of the SIMT conv (BK = 8: ~0.15 us each)
+
+
+def choose_splitk_simt(M: int, Og: int, K: int, tile_name: str, nsm: int) -> int:
+    """choose_splitk for the fp32 SIMT conv (groups == 1): at batch 1 a late ResNet-18 layer has
+    8 output tiles of 64x64 and 576 K steps, a few SMs busy and the rest idle."""
+    if os.environ.get("CNNRT_CUDA_NO_SPLITK", "") in ("1", "true", "yes"):
+        return 1
+    t = G.TILES[tile_name]
+    blocks = cdiv(M, t.bm) * cdiv(Og, t.bn)
+    return _splits(blocks, cdiv(K, t.bk), nsm * BLOCKS_PER_SM, SPLITK_REDUCE_STEPS_SIMT, 16)
+
+
+def _splits(blocks: int, kt: int, slots: int, reduce_steps: int, min_steps: int) -> int:
+    """The split count with the least estimated time (waves x K steps per block, plus the reduction
+    for a split), taken only when it saves a quarter or more; each share at least min_steps."""
 
     def est(s: int) -> tuple[int, int]:
         kts = cdiv(kt, s)
         s = cdiv(kt, kts)
-        return cdiv(blocks * s, slots) * kts + (SPLITK_REDUCE_STEPS if s > 1 else 0), s
+        return cdiv(blocks * s, slots) * kts + (reduce_steps if s > 1 else 0), s
 
     base, _ = est(1)
     best, best_s = base, 1
-    for s in range(2, min(32, kt // 4) + 1):
+    for s in range(2, min(32, kt // min_steps) + 1):
         e, s_real = est(s)
         if e < best:
             best, best_s = e, s_real
@@ -607,19 +625,41 @@ class _Planner:
             self._mma_conv(grp, node, w, bias, xs, ys)
             return
         wp = p.const(f"{node.name}:wpack", lambda: p._q(w.reshape(groups, og, K).transpose(0, 2, 1)))
-        tile = G.TILES[choose_tile(M, og, K, groups, p.nsm)]
+        tname = choose_tile(M, og, K, groups, p.nsm)
+        tile = G.TILES[tname]
         out = grp.output
         ops, eargs = self.epi(grp, out)
         y = self.t(out)
-        kern = G.conv_kernel(tile, self.dt(node.inputs[0]), self.dt(out), ops)
         (sh, sw), (dh, dw), pads = node.attrs["strides"], node.attrs["dilations"], node.attrs["pads"]
+        dims = dict(N=n, H=h, W=wd, C=c, Ho=ho, Wo=wo, O=o, KW=kw, sh=sh, sw=sw, ph=pads[0], pw=pads[1], dh=dh, dw=dw,
+                    Cg=cg, Og=og, K=K)
+        splits = choose_splitk_simt(M, og, K, tname, p.nsm) if groups == 1 else 1
+        if splits > 1:
+            kts = cdiv(cdiv(K, tile.bk), splits)
+            splits = cdiv(cdiv(K, tile.bk), kts)
+            ws = self.temp(f"{node.name}:splitk", (splits, M, o), "f32")
+            kern = G.conv_kernel(tile, self.dt(node.inputs[0]), "f32", splitk=True)
+            args = {"x": self.t(node.inputs[0]), "w": self.c(wp), "ws": ws, **dims, "kts": kts}
+            self.emit(grp, kern, (cdiv(M, tile.bm), cdiv(og, tile.bn), splits), (tile.threads,), args, [], [ws[1]],
+                      self.label(grp, f"conv implicit-GEMM {tname} split-K x{splits}"))
+            self._splitk_reduce(grp, ws, bias, y, ops, eargs, M, o, ho * wo * o, splits)
+            return
+        kern = G.conv_kernel(tile, self.dt(node.inputs[0]), self.dt(out), ops)
         args = {"x": self.t(node.inputs[0]), "w": self.c(wp), "bias": self.c(bias), "y": y}
         self.put_epi(args, eargs)
-        args.update(N=n, H=h, W=wd, C=c, Ho=ho, Wo=wo, O=o, KW=kw, sh=sh, sw=sw, ph=pads[0], pw=pads[1], dh=dh, dw=dw,
-                    Cg=cg, Og=og, K=K)
-        tname = next(k for k, v in G.TILES.items() if v == tile)
+        args.update(dims)
         self.emit(grp, kern, (cdiv(M, tile.bm), cdiv(og, tile.bn), groups), (tile.threads,), args, [], [y[1]],
                   self.label(grp, f"conv implicit-GEMM {tname}"))
+
+    def _splitk_reduce(self, grp: Group, ws, bias: str, y, ops, eargs, M: int, o: int, hwc: int, splits: int):
+        """The S partial sums of a split-K conv, plus bias, then the group's epilogue, into y."""
+        out = grp.output
+        red = G.splitk_reduce_kernel(self.dt(out), ops)
+        args = {"ws": ws, "bias": self.c(bias), "y": y}
+        self.put_epi(args, eargs)
+        args.update(total=M * o, CH=o, HWC=hwc, S=splits)
+        self.emit(grp, red, self.grid_stride(M * o), (256,), args, [], [y[1]],
+                  f"conv split-K sum of {splits} parts + bias" + (f" + {'+'.join(grp.ops[1:])}" if len(grp.ops) > 1 else ""))
 
     def _mma_conv(self, grp: Group, node: Node, w, bias: str, xs, ys):
         """A groups == 1 conv with fp16 input on the tensor cores (cuda_codegen.mma_conv_kernel)."""
@@ -654,12 +694,7 @@ class _Planner:
             args = {"x": self.t(node.inputs[0]), "w": self.c(wp), "ws": ws, **dims, "kts": kts}
             self.emit(grp, kern, (cdiv(M, tile.bm), cdiv(o, tile.bn), splits), (tile.threads,), args, [], [ws[1]],
                       self.label(grp, f"conv implicit-GEMM tensor-core {tname} {variant} split-K x{splits}"))
-            red = G.splitk_reduce_kernel(self.dt(out), ops)
-            args = {"ws": ws, "bias": self.c(bias), "y": y}
-            self.put_epi(args, eargs)
-            args.update(total=M * o, CH=o, HWC=ho * wo * o, S=splits)
-            self.emit(grp, red, self.grid_stride(M * o), (256,), args, [], [y[1]],
-                      f"conv split-K sum of {splits} parts + bias" + (f" + {'+'.join(grp.ops[1:])}" if len(grp.ops) > 1 else ""))
+            self._splitk_reduce(grp, ws, bias, y, ops, eargs, M, o, ho * wo * o, splits)
             return
         kern = G.mma_conv_kernel(tile, variant, self.dt(out), ops)
         args = {"x": self.t(node.inputs[0]), "w": self.c(wp), "bias": self.c(bias), "y": y}

@@ -28,7 +28,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..ir import ops as O
-from .cpu_kernels import matmul_skipping_zeros, sparse_ok
+from .cpu_kernels import aligned_copy, matmul_skipping_zeros, sparse_ok
 
 F32 = np.float32
 BLOCK_BYTES = 256 << 10  # a GEMM block's patches (im2col) or a pool/depthwise block's output: L2-sized
@@ -140,6 +140,11 @@ def native_lib():
 
 
 NATIVE = True  # use the compiled kernels where they are available (tests switch this off and on)
+# for A/B runs: CNNRT_DENSE_BLOCK=0 sends Dense steps of more images than a program takes to BLAS
+# instead of the compiled dense_block; CNNRT_CONV_PARTS=rows splits a direct convolution of one
+# image the way it was split before the cost model (ConvStep.split_choice)
+DENSE_BLOCK = os.environ.get("CNNRT_DENSE_BLOCK", "1") != "0"
+CONV_PARTS = os.environ.get("CNNRT_CONV_PARTS", "cost")
 
 
 class Epilogue:
@@ -389,7 +394,7 @@ class ConvStep(Step):
             cpad = -(-c // vw2) * vw2
             wd = np.zeros((kh * kw, cpad), F32)
             wd[:, :c] = w.reshape(o, kh * kw).T
-            self.wn, self.cpad = wd, cpad
+            self.wn, self.cpad = aligned_copy(wd), cpad
             self.kind = "native.depthwise"
         elif self.g == 1 and use_direct(self.kind, kh, kw, c, o, out_shape, tuple(attrs["strides"])):
             vw = lib.cnnrt_vector_width()
@@ -401,9 +406,11 @@ class ConvStep(Step):
             nb = self.nb = -(-o // ob)
             wpad = np.zeros((nb * ob, kh, kw, c), F32)
             wpad[:o] = w
-            self.wn = np.ascontiguousarray(wpad.reshape(nb, ob, kh, kw, c).transpose(0, 2, 3, 4, 1))
+            self.wn = aligned_copy(wpad.reshape(nb, ob, kh, kw, c).transpose(0, 2, 3, 4, 1))
             self.zeros = np.zeros(max(kw * c, 1), F32)  # a kernel row of padding
             self.kind = "native.direct"
+            self.vw, self._splits = vw, {}
+            self.px = int(lib.cnnrt_direct_px(groups)) if hasattr(lib, "cnnrt_direct_px") else 8
             self.win = Window(in_shape, kh, kw, tuple(attrs["strides"]), tuple(attrs["dilations"]),
                               tuple(attrs["pads"]), out_shape[:2])
             self.rows = out_shape[0]
@@ -436,14 +443,56 @@ class ConvStep(Step):
         return ptr(self._pc, "x", x), c[1]
 
     def parts(self, n, t):
-        """The compiled direct convolution also splits its output-channel blocks: a deep layer of
-        one image has few rows (7) but many blocks (16 of 32 channels), and each thread then reads
-        only its own share of the weights."""
-        if self.kind != "native.direct" or n >= t or self.rows * n >= 2 * t or self.nb == 1:
+        """The compiled direct convolution of fewer images than threads also splits its
+        output-channel blocks: a deep layer of one image has few rows (7) but many blocks, and
+        each thread then reads only its share of the weights. How many bands of rows and groups
+        of blocks: the split with the least estimated time (cost_of_parts)."""
+        if self.kind != "native.direct" or n >= t:
             return super().parts(n, t)
-        k = min(self.nb, -(-t // (n * self.rows)))
-        return [(i, i + 1, r, r + 1, j * self.nb // k, (j + 1) * self.nb // k)
-                for i in range(n) for r in range(self.rows) for j in range(k)]
+        if CONV_PARTS == "rows":  # the rule before the cost model (CNNRT_CONV_PARTS=rows, for A/B runs)
+            if self.rows * n >= 2 * t or self.nb == 1:
+                return super().parts(n, t)
+            k = min(self.nb, -(-t // (n * self.rows)))
+            return [(i, i + 1, r, r + 1, j * self.nb // k, (j + 1) * self.nb // k)
+                    for i in range(n) for r in range(self.rows) for j in range(k)]
+        b, k = self.split_choice(n, t)
+        rows, nb = self.rows, self.nb
+        return [(i, i + 1, q * rows // b, (q + 1) * rows // b, j * nb // k, (j + 1) * nb // k)
+                for i in range(n) for q in range(b) for j in range(k)]
+
+    def split_choice(self, n, t):
+        """(bands of rows, groups of channel blocks) per image for n < t images on t threads.
+
+        A part computes whole register blocks of PX pixels (a band of one 7-pixel row fills 2
+        blocks of 6: 42% wasted) for each of its channel blocks, whose weights it reads once
+        (1.2 MB per block in ResNet-18's last stage, from L3 when every thread reads its own).
+        The parts go to the threads as they free up, so the time is about rounds of the largest
+        part. Rates are round figures for one core (a multiply-add per lane and cycle at about
+        2.5 GHz, 15 GB/s of L3 reads); only the comparison between splits matters."""
+        key = (n, t)
+        hit = self._splits.get(key)
+        if hit is not None:
+            return hit
+        w = self.win
+        px_row, rows, nb = w.wo, self.rows, self.nb
+        px_blk = self.px
+        macs_blk = px_blk * self.groups * self.vw * w.kh * w.kw * w.c  # one pixel block, one channel block
+        wbytes = w.kh * w.kw * w.c * self.groups * self.vw * 4
+        mac_rate, byte_rate, per_part = self.vw * 2.5e9, 15e9, 2e-6
+        best = None
+        for b in range(1, min(rows, 4 * t) + 1):
+            blocks_px = -(-(-(-rows // b) * px_row) // px_blk)
+            for k in range(1, nb + 1):
+                parts = n * b * k
+                if parts > 4 * t and best is not None:
+                    break
+                blk = -(-nb // k)
+                cost = blocks_px * blk * macs_blk / mac_rate + blk * wbytes / byte_rate + per_part
+                est = -(-parts // t) * cost
+                if best is None or est < best[0] * (1 - 1e-9):
+                    best = (est, b, k)
+        self._splits[key] = best[1:]
+        return best[1:]
 
     def tasks(self, ins, out, n, threads, keep):
         """This step on n images as parts for a compiled program (native.Task fields), or None
@@ -674,7 +723,7 @@ class PoolStep(Step):
 class GapStep(Step):
     """GlobalAveragePool (+ Flatten) (+ Dense + epilogue): the classifier head in one step."""
 
-    def __init__(self, nodes, inputs, output, epilogue, dense=None, flat=False, fp16=False, out_rank=4):
+    def __init__(self, nodes, inputs, output, epilogue, dense=None, flat=False, fp16=False, out_rank=4, in_shape=None):
         super().__init__(nodes, inputs, output, epilogue)
         self.dense = None
         self.fp16 = fp16
@@ -686,6 +735,26 @@ class GapStep(Step):
             if b is not None:
                 self.epi.ops.insert(0, ("bias", np.ascontiguousarray(b, dtype=F32)))
         self.kernel = "gap" + ("+flatten" if flat else "") + ("+dense" if dense is not None else "")
+        # the pool alone, compiled: pool2d with one window over the whole map (in programs)
+        self.lib = native_lib() if dense is None and not fp16 and in_shape is not None else None
+        ne = self.epi.native() if self.lib is not None else None
+        if ne is None:
+            self.lib = None
+        else:
+            self.epi_t, self.res_idx = ne
+            h, w_, c = in_shape
+            self.geo = np.array([h, w_, c, h, w_, 1, 1, 1, 1, 0, 0, 1, 1], np.intc)
+            self.inv = np.full((1, 1, 1), 1.0 / (h * w_), F32)
+            self.kernel = "native." + self.kernel
+
+    def tasks(self, ins, out, n, threads, keep):
+        """One part per image (pool2d, as PoolStep.tasks), or None without the compiled kernels."""
+        if self.lib is None:
+            return None
+        e = Epilogue.bind(self.epi_t, self.res_idx, ins)
+        keep.append(e)
+        return [dict(kind=6, i0=i, i1=i + 1, r0=0, r1=1, cpad_or_avg=1, x=ins[0].ctypes.data, y=out.ctypes.data,
+                     geo=self.geo.ctypes.data, e=ctypes.addressof(e), inv=self.inv.ctypes.data) for i in range(n)]
 
     def run(self, ins, out, scr, i0, i1, r0, r1):
         x = ins[0][i0:i1]
@@ -707,12 +776,15 @@ class GapStep(Step):
         self.epi(y, ins, slice(i0, i1), _tmp(scr, self.key))
 
 
+
+
 class DenseStep(Step):
     """Dense + bias + epilogue; with flat, on the (N, ...) input of a Flatten it took over (the
     rows of a contiguous NHWC tensor are its flattened images: a view, no step of its own)."""
 
     kernel = "dense"
-    TASK_IMAGES = 4  # programs (a few images) run it in C, split over output columns; more: BLAS
+    TASK_IMAGES = 4  # programs (a few images) run it in C, split over output columns; more: the
+    # compiled kernel on the calling thread (BLAS where there is none, or CNNRT_DENSE_BLOCK=0)
 
     def __init__(self, nodes, inputs, output, epilogue, w, b, flat: bool = False):
         super().__init__(nodes, inputs, output, epilogue)
@@ -725,22 +797,47 @@ class DenseStep(Step):
         if self.sparse:
             self.kernel = "dense.skip-zero-inputs"
         self.lib = native_lib() if self.wt.ndim == 2 else None
-        ne = self.epi.native() if self.lib is not None and hasattr(self.lib, "dense_rows") else None
+        ne = self.epi.native() if self.lib is not None and hasattr(self.lib, "dense_block") else None
         if ne is None:
             self.lib = None
         else:
             self.epi_t, self.res_idx = ne
             self.finite = bool(np.isfinite(self.wt).all())  # zero inputs may be skipped
             self.geo = np.array(self.wt.shape, np.intc)
-            self.vw = int(self.lib.cnnrt_vector_width())
+            # the weights in strips of `strip` columns, each contiguous (dense_block in kernels.c)
+            self.strip = int(self.lib.cnnrt_dense_strip())
+            k, n_out = self.wt.shape
+            ns = -(-n_out // self.strip)
+            wp = np.zeros((k, ns * self.strip), F32)
+            wp[:, :n_out] = self.wt
+            self.wp = aligned_copy(wp.reshape(k, ns, self.strip).transpose(1, 0, 2))
+        # more images than a program takes: the compiled kernel too, rather than BLAS
+        # (CNNRT_DENSE_BLOCK=0: BLAS, for A/B runs)
+        self.block = self.lib is not None and DENSE_BLOCK
+        if self.block:  # (it skips zero inputs too, 4 images at a time, where the weights are finite)
+            self.kernel = "native.dense"
 
     @property
     def label(self) -> str:
-        few = f" (1-{self.TASK_IMAGES} images: native.dense)" if self.lib is not None and self.TASK_IMAGES else ""
+        few = (f" (1-{self.TASK_IMAGES} images: native.dense)" if self.lib is not None and self.TASK_IMAGES
+               and not self.block else "")
         return super().label + few
 
     def work(self, n):
         return n * self.wt.size
+
+    def _run_block(self, ins, out, i0, i1) -> bool:
+        """Rows i0..i1 through the compiled dense_block kernel (no packing copy of the weights,
+        zero inputs of 4 rows at a time skipped); False where it does not apply (then BLAS)."""
+        x, r = ins[0], ins[self.res_idx] if self.res_idx is not None else None
+        k = self.wt.shape[0]
+        if (x.dtype != F32 or out.dtype != F32 or not x.flags.c_contiguous or not out.flags.c_contiguous
+                or x.size != len(x) * k or (r is not None and not (r.flags.c_contiguous and r.dtype == F32))):
+            return False
+        e = Epilogue.bind(self.epi_t, self.res_idx, ins)
+        self.lib.dense_block(x.ctypes.data, self.geo.ctypes.data, self.wp.ctypes.data, out.ctypes.data, i0, i1, 0,
+                             self.wt.shape[1], int(self.finite), ctypes.byref(e))
+        return True
 
     def tasks(self, ins, out, n, threads, keep):
         """For a few images, parts of output columns for a compiled program (native.Task fields);
@@ -750,14 +847,16 @@ class DenseStep(Step):
         e = Epilogue.bind(self.epi_t, self.res_idx, ins)
         keep.append(e)
         cols = self.wt.shape[1]
-        per = max(self.vw, -(-cols // max(threads, 1)))
-        per = -(-per // self.vw) * self.vw
+        per = -(-cols // max(threads, 1))
+        per = -(-per // self.strip) * self.strip  # whole strips of the packed weights
         return [dict(kind=7, i0=0, i1=n, r0=0, r1=1, b0=c, b1=min(c + per, cols), cpad_or_avg=int(self.finite),
-                     x=ins[0].ctypes.data, w=self.wt.ctypes.data, y=out.ctypes.data, geo=self.geo.ctypes.data,
+                     x=ins[0].ctypes.data, w=self.wp.ctypes.data, y=out.ctypes.data, geo=self.geo.ctypes.data,
                      e=ctypes.addressof(e))
                 for c in range(0, cols, per)]
 
     def run(self, ins, out, scr, i0, i1, r0, r1):
+        if self.block and self._run_block(ins, out, i0, i1):
+            return
         y = out[i0:i1]
         x = ins[0][i0:i1]
         if self.flat:

@@ -139,9 +139,13 @@ def _build() -> tuple[ctypes.CDLL | None, str | None, dict]:
     for f in (lib.conv_direct_g1, lib.conv_direct_g2, lib.conv_direct_g4, lib.conv_depthwise, lib.pool2d):
         f.restype = None
     lib.cnnrt_vector_width.restype = I
-    if hasattr(lib, "dense_rows"):  # (older sources, in benchmarks/cpu_ab.py, lack it)
-        lib.dense_rows.argtypes = [P, P, P, P, I, I, I, I, I, P]
-        lib.dense_rows.restype = None
+    if hasattr(lib, "cnnrt_direct_px"):
+        lib.cnnrt_direct_px.argtypes = [I]
+        lib.cnnrt_direct_px.restype = I
+    if hasattr(lib, "dense_block"):  # (older sources, in benchmarks/cpu_ab.py, lack it)
+        lib.dense_block.argtypes = [P, P, P, P, I, I, I, I, I, P]
+        lib.dense_block.restype = None
+        lib.cnnrt_dense_strip.restype = I
     if hasattr(lib, "softmax_rows"):
         lib.softmax_rows.argtypes = [P, P, P, I, I, I]
         lib.softmax_rows.restype = None
@@ -157,6 +161,9 @@ def _build() -> tuple[ctypes.CDLL | None, str | None, dict]:
                 lib.cnnrt_set_spin_ns(int(float(os.environ.get("CNNRT_SPIN_US", "100")) * 1000))
             except ValueError:
                 pass
+        if hasattr(lib, "cnnrt_program_profile"):  # per-step times of programs (benchmarks/cpu_threads.py)
+            lib.cnnrt_program_profile.argtypes = [P, I]
+            lib.cnnrt_program_profile.restype = None
     info["vector_width"] = lib.cnnrt_vector_width()
     return lib, None, info
 

@@ -280,7 +280,7 @@ class GraphRunner(Runner):
         return (N.Task * len(tasks))(*[N.Task(**t) for t in tasks]), (ctypes.c_int * len(starts))(*starts)
 
     def _program(self, n: int, s: Scratch, feeds: dict, threads: int):
-        """The plan on n images as segments: ("c", tasks, step starts, steps, outputs) for each
+        """The plan on n images as segments: ("c", tasks, step starts, steps, outputs, labels) for each
         run of steps with compiled kernels (one cnnrt_run_program call: their parts shared by
         the threads in C, no Python between them), ("py", step) for the rest. Built once per
         thread and batch size; rebuilt when a buffer has moved (the tasks hold addresses)."""
@@ -307,7 +307,8 @@ class GraphRunner(Runner):
             for _, parts in cur:
                 tasks += parts
                 starts.append(len(tasks))
-            segs.append(("c", *self._task_arrays(tasks, starts), len(cur), {st.output: buf(st.output) for st, _ in cur}))
+            segs.append(("c", *self._task_arrays(tasks, starts), len(cur), {st.output: buf(st.output) for st, _ in cur},
+                         [st.label for st, _ in cur]))
             cur.clear()
 
         planned = set(feeds)  # tensors in planned buffers (generic steps' outputs are not)

@@ -149,7 +149,11 @@ def gap_pattern(ctx: Ctx, n: Node):
         flat = r
         t = r.outputs[0]
         d = ctx.sole_reader(t)
-        if (d is not None and d.op == "Dense" and d.inputs[0] == t and all(ctx.is_const(v) for v in d.inputs[1:])):
+        # with the compiled kernels the Dense is a step of its own (dense_block, split over the
+        # threads for one image) and the pool a compiled one: both run inside one image's program
+        compiled = not ctx.fp16 and K.native_lib() is not None and K.DENSE_BLOCK
+        if (d is not None and d.op == "Dense" and d.inputs[0] == t and all(ctx.is_const(v) for v in d.inputs[1:])
+                and not compiled):
             nodes.append(d)
             dense = (ctx.q(ctx.params[d.inputs[1]]), ctx.q(ctx.params[d.inputs[2]]) if len(d.inputs) > 2 else None)
             t = d.outputs[0]
@@ -158,7 +162,7 @@ def gap_pattern(ctx: Ctx, n: Node):
         t = _follow_epilogue(ctx, t, nodes, inputs, epi, allow_add=False)
     elif ctx.fp16:
         epi.ops.append(("round",))
-    return K.GapStep(nodes, inputs, t, epi, dense, flat is not None, ctx.fp16)
+    return K.GapStep(nodes, inputs, t, epi, dense, flat is not None, ctx.fp16, in_shape=ctx.shape(n.inputs[0]))
 
 
 @pattern("dense", priority=10)

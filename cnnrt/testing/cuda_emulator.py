@@ -145,9 +145,18 @@ class Emulator:
         KH = K // (KW * Cg)
         groups = O_ // Og
         M = N * Ho * Wo
-        assert l.grid[0] * t.bm >= M and l.grid[1] * t.bn >= Og and l.grid[2] == groups, "grid does not cover the output"
+        split = l.kernel.static.get("splitk", False)
+        assert l.grid[0] * t.bm >= M and l.grid[1] * t.bn >= Og, "grid does not cover the output"
+        assert l.grid[2] == (cdiv(cdiv(K, t.bk), a["kts"]) if split else groups), "grid.z: groups, or the K splits"
         w = self.read(a["w"], groups * K * Og).reshape(groups, K, Og)
         cols = self._im2col(a, KH, KW).reshape(M, KH * KW, groups, Cg)
+        if split:  # each z's partial sum over its kts steps of BK, as the kernel writes them
+            assert groups == 1
+            kstep = a["kts"] * t.bk
+            parts = [cols.reshape(M, K)[:, z:z + kstep] @ w[0][z:z + kstep] for z in range(0, K, kstep)]
+            assert len(parts) == l.grid[2]
+            self.store(a["ws"], np.stack(parts))
+            return
         out = np.empty((M, groups, Og))
         for g in range(groups):
             out[:, g] = cols[:, :, g, :].reshape(M, K) @ w[g]

@@ -224,6 +224,14 @@ DIRECT(conv_direct_g1, 1, 12)
 DIRECT(conv_direct_g2, 2, 6)
 DIRECT(conv_direct_g4, 4, 3)
 #endif
+/* pixels per register block of conv_direct_g<g> (for the planner's cost of a part) */
+int cnnrt_direct_px(int g) {
+#if VW == 16
+    return g == 1 ? DIRECT_G1_PX : g == 2 ? 8 : 6;
+#else
+    return g == 1 ? 12 : g == 2 ? 6 : 3;
+#endif
+}
 
 /* Depthwise 3x3: per row of output and block of 2 vectors of channels, the 9 taps' weights held
  * in registers; interior pixels read their 9 inputs without bounds checks. */
@@ -419,42 +427,88 @@ void pool2d(const float *x, int H, int W, int C, int KH, int KW, int SH, int SW,
     }
 }
 
-/* Dense for a few images (a program's part: output columns [c0, c1) of images [i0, i1)):
- * y[i, c] = epilogue(sum_k x[i, k] * wt[k, c]). geo: K (inputs), N (outputs); wt is (K, N).
- * With skip_zeros the inputs that are exactly zero are passed over (after ReLU and max-pool most
- * are: one image of Deep MNIST reads 12% of fc1's 12.8 MB); callers set it only when every weight
- * is finite, so a skipped term is an exact zero. The row of y is the accumulator (it stays in L1):
- * one pass over x and over the weight rows used, then the epilogue in place. */
-void dense_rows(const float *x, const int *geo, const float *wt, float *y, int i0, int i1, int c0, int c1,
-                int skip_zeros, const Epi *e) {
-    const int K = geo[0], N = geo[1], cols = c1 - c0, full = cols / VW * VW;
-    for (int i = i0; i < i1; i++) {
-        const float *xi = x + (size_t)i * K;
-        float *yi = y + (size_t)i * N + c0;
-        memset(yi, 0, (size_t)cols * 4);
-        for (int k = 0; k < K; k++) {
-            const float xv = xi[k];
-            if (skip_zeros && xv == 0.f) continue;
-            const float *wr = wt + (size_t)k * N + c0;
-            const vf s = splat(xv);
-            int c = 0;
-            for (; c + 4 * VW <= full; c += 4 * VW) {
-                st(yi + c, ld(yi + c) + s * ld(wr + c));
-                st(yi + c + VW, ld(yi + c + VW) + s * ld(wr + c + VW));
-                st(yi + c + 2 * VW, ld(yi + c + 2 * VW) + s * ld(wr + c + 2 * VW));
-                st(yi + c + 3 * VW, ld(yi + c + 3 * VW) + s * ld(wr + c + 3 * VW));
-            }
-            for (; c < full; c += VW) st(yi + c, ld(yi + c) + s * ld(wr + c));
-            for (; c < cols; c++) yi[c] += xv * wr[c];
-        }
-        for (int c = 0; c < cols; c += VW) {
-            const int m = cols - c < VW ? cols - c : VW;
-            const size_t off = (size_t)i * N + c0 + c;
-            vf v = epi(m == VW ? ld(yi + c) : ldn(yi + c, m), e, off, c0 + c, m);
-            if (m == VW) st(yi + c, v); else stn(yi + c, v, m);
+/* Dense (y[i, c] = epilogue(sum_k x[i, k] * w[k, c])) for images [i0, i1) and output columns
+ * [c0, c1), c0 a multiple of DB_W. The weights come packed in strips of DB_W columns, each strip
+ * K rows of DB_W floats, contiguous (zeros past N): read straight from the (K, N) matrix, a strip's
+ * rows are N floats apart (4 KB for Deep MNIST's fc1), every one in the same few cache sets and on
+ * its own page, and the strip never stays in cache; BLAS avoids that by packing the whole matrix
+ * on every call (25 MB of memory traffic for fc1's 12.8 MB, which on 16 threads of small chunks
+ * cost more than the arithmetic). Here a strip (K * DB_W floats: 800 KB for fc1 at VW = 16) stays
+ * in L2 while every group of up to 4 images goes through it: 4 x DB_V accumulators.
+ * With skip_zeros only the k where some image of the group has a non-zero input are visited
+ * (after ReLU and max-pool most inputs are exact zeros: one Deep MNIST image reads 12% of fc1's
+ * weights), from a list made once per group, so no branch depends on the data; callers set it
+ * only when every weight is finite, so a skipped term is an exact zero. */
+#define DB_V 4
+#define DB_W (DB_V * VW)
+#define DB_LOOP(R)                                                                                  \
+    for (int j = 0; j < m; j++) {                                                                   \
+        const int k = ks ? ks[j] : j;                                                               \
+        const float *wk = ws + (size_t)k * DB_W;                                                    \
+        const vf b0 = ld(wk), b1 = ld(wk + VW), b2 = ld(wk + 2 * VW), b3 = ld(wk + 3 * VW);          \
+        for (int r = 0; r < R; r++) {                                                               \
+            const float a = xr[r][k]; /* (vector * scalar: one broadcast; splat() here was 16) */     \
+            acc[r][0] += b0 * a; acc[r][1] += b1 * a; acc[r][2] += b2 * a; acc[r][3] += b3 * a;     \
+        }                                                                                           \
+    }
+void dense_block(const float *x, const int *geo, const float *wp, float *y, int i0, int i1, int c0, int c1,
+                 int skip_zeros, const Epi *e) {
+    const int K = geo[0], N = geo[1], nq = (i1 - i0 + 3) / 4;
+    if (nq <= 0 || c1 <= c0) return;
+    int stack_ks[4096], *lists = NULL, counts[64], *cnt = counts;
+    if (skip_zeros) {
+        size_t need = (size_t)nq * K;
+        lists = need <= 4096 ? stack_ks : malloc(need * sizeof(int));
+        if (nq > 64) cnt = malloc(nq * sizeof(int));
+        if (!lists || !cnt) { /* no memory for the lists: every k */
+            if (lists && lists != stack_ks) free(lists);
+            if (cnt && cnt != counts) free(cnt);
+            lists = NULL; cnt = counts; skip_zeros = 0;
         }
     }
+    if (skip_zeros)
+        for (int q = 0; q < nq; q++) {
+            const int i = i0 + 4 * q, nr = i1 - i < 4 ? i1 - i : 4;
+            int *ks = lists + (size_t)q * K, m = 0;
+            for (int k = 0; k < K; k++) {
+                int nz = 0;
+                for (int r = 0; r < nr; r++) nz |= x[(size_t)(i + r) * K + k] != 0.f;
+                ks[m] = k;
+                m += nz;
+            }
+            cnt[q] = m;
+        }
+    for (int c = c0; c < c1; c += DB_W) {
+        const float *ws = wp + (size_t)(c / DB_W) * K * DB_W;
+        const int w = (c1 < N ? c1 : N) - c;
+        for (int q = 0; q < nq; q++) {
+            const int i = i0 + 4 * q, nr = i1 - i < 4 ? i1 - i : 4;
+            const int *ks = skip_zeros ? lists + (size_t)q * K : NULL, m = skip_zeros ? cnt[q] : K;
+            const float *xr[4];
+            for (int r = 0; r < 4; r++) xr[r] = x + (size_t)(i + (r < nr ? r : nr - 1)) * K;
+            vf acc[4][DB_V];
+            for (int r = 0; r < 4; r++)
+                for (int v = 0; v < DB_V; v++) acc[r][v] = splat(0.f);
+            switch (nr) {
+            case 4: DB_LOOP(4) break;
+            case 3: DB_LOOP(3) break;
+            case 2: DB_LOOP(2) break;
+            default: DB_LOOP(1) break;
+            }
+            for (int r = 0; r < nr; r++)
+                for (int v = 0; v < DB_V && v * VW < w; v++) {
+                    const int n = w - v * VW < VW ? w - v * VW : VW, ch = c + v * VW;
+                    const size_t off = (size_t)(i + r) * N + ch;
+                    const vf o = epi(acc[r][v], e, off, ch, n);
+                    if (n == VW) st(y + off, o); else stn(y + off, o, n);
+                }
+        }
+    }
+    if (lists && lists != stack_ks) free(lists);
+    if (cnt != counts) free(cnt);
 }
+
+int cnnrt_dense_strip(void) { return DB_W; }
 
 /* Softmax (or log-softmax) over the last axis, for a program's part: images [i0, i1), each of
  * geo[1] rows of geo[0] values. The same steps as the NumPy kernel: subtract the row's maximum,
@@ -492,7 +546,7 @@ int cnnrt_vector_width(void) { return VW; }
  * One program runs at a time; a caller asking for one thread runs it inline. */
 
 typedef struct {
-    int kind;            /* 1, 2, 4: conv_direct_g1/g2/g4; 5: conv_depthwise; 6: pool2d; 7: dense_rows; 8: softmax_rows */
+    int kind;            /* 1, 2, 4: conv_direct_g1/g2/g4; 5: conv_depthwise; 6: pool2d; 7: dense_block; 8: softmax_rows */
     int i0, i1, r0, r1, b0, b1, cpad_or_avg;
     const float *x, *w, *zeros, *inv;
     float *y;
@@ -512,7 +566,7 @@ static void run_task(const Task *t) {
                t->i0, t->i1, t->r0, t->r1, t->cpad_or_avg, t->inv, t->e);
         break;
     }
-    case 7: dense_rows(t->x, t->geo, t->w, t->y, t->i0, t->i1, t->b0, t->b1, t->cpad_or_avg, t->e); break;
+    case 7: dense_block(t->x, t->geo, t->w, t->y, t->i0, t->i1, t->b0, t->b1, t->cpad_or_avg, t->e); break;
     case 8: softmax_rows(t->x, t->geo, t->y, t->i0, t->i1, t->cpad_or_avg); break;
     }
 }
@@ -559,11 +613,28 @@ static void barrier(int n) {
     }
 }
 
-static void run_share(void) {
+/* Per-step wall time of programs, for profiling (benchmarks/cpu_threads.py): when a buffer is set,
+ * the caller adds each step's nanoseconds (from the previous barrier to the end of this one) to
+ * prof_ns[step]. Off (NULL) by default: one predictable branch per step. */
+static long *prof_ns;
+static int prof_cap;
+void cnnrt_program_profile(long *buf, int cap) { prof_ns = buf; prof_cap = buf ? cap : 0; }
+
+static void run_share(int caller) {
+    long t = caller && prof_ns ? now_ns() : 0;
     for (int s = 0; s < job_steps; s++) {
         int a = job_starts[s], b = job_starts[s + 1];
         for (int k; (k = a + atomic_fetch_add(&job_next[s], 1)) < b;) run_task(job_tasks + k);
         barrier(job_threads);
+        if (t && s < prof_cap) { long u = now_ns(); prof_ns[s] += u - t; t = u; }
+    }
+}
+
+static void run_inline(const Task *tasks, const int *starts, int nsteps) {
+    long t = prof_ns ? now_ns() : 0;
+    for (int s = 0; s < nsteps; s++) {
+        for (int k = starts[s]; k < starts[s + 1]; k++) run_task(tasks + k);
+        if (t && s < prof_cap) { long u = now_ns(); prof_ns[s] += u - t; t = u; }
     }
 }
 
@@ -582,7 +653,7 @@ static void *worker(void *arg) {
             pthread_mutex_unlock(&pool_mu);
         }
         seen = atomic_load(&ticket[id]);
-        run_share();
+        run_share(0);
     }
     return NULL;
 }
@@ -617,7 +688,7 @@ int cnnrt_run_program(const Task *tasks, const int *starts, int nsteps, int thre
     static int atfork_done;
     if (threads > MAX_WORKERS + 1) threads = MAX_WORKERS + 1;
     if (threads <= 1) {
-        for (int k = 0; k < starts[nsteps]; k++) run_task(tasks + k);
+        run_inline(tasks, starts, nsteps);
         return 1;
     }
     pthread_mutex_lock(&prog_mu);
@@ -636,14 +707,14 @@ int cnnrt_run_program(const Task *tasks, const int *starts, int nsteps, int thre
     if (threads > n_workers + 1) threads = n_workers + 1;
     if (threads <= 1) {
         pthread_mutex_unlock(&prog_mu);
-        for (int k = 0; k < starts[nsteps]; k++) run_task(tasks + k);
+        run_inline(tasks, starts, nsteps);
         return 1;
     }
     if (job_next_cap < nsteps) {
         atomic_int *p = realloc(job_next, sizeof(atomic_int) * nsteps);
         if (!p) {
             pthread_mutex_unlock(&prog_mu);
-            for (int k = 0; k < starts[nsteps]; k++) run_task(tasks + k);
+            run_inline(tasks, starts, nsteps);
             return 1;
         }
         job_next = p;
@@ -657,7 +728,7 @@ int cnnrt_run_program(const Task *tasks, const int *starts, int nsteps, int thre
     for (int i = 0; i < threads - 1; i++) atomic_store(&ticket[i], gen); /* publishes the job */
     pthread_cond_broadcast(&pool_cv);
     pthread_mutex_unlock(&pool_mu);
-    run_share(); /* its last barrier: every thread is done with every task */
+    run_share(1); /* its last barrier: every thread is done with every task */
     pthread_mutex_unlock(&prog_mu);
     return threads;
 }
