@@ -94,7 +94,10 @@ def _tuning() -> list[str]:
             amd = any(line.startswith("vendor_id") and "AuthenticAMD" in line for line in f)
     except OSError:
         amd = False
-    return ["-DDIRECT_G1_PX=8"] if amd else []
+    flags = ["-DDIRECT_G1_PX=8"] if amd else []
+    # for A/B runs of other blockings: CNNRT_NATIVE_DEFINES="DIRECT_G2_PX=12 DIRECT_G4_PX=4"
+    flags += ["-D" + d for d in os.environ.get("CNNRT_NATIVE_DEFINES", "").split() if d.replace("=", "").replace("_", "").isalnum()]
+    return flags
 
 
 def _build() -> tuple[ctypes.CDLL | None, str | None, dict]:

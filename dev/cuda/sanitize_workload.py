@@ -1,6 +1,7 @@
 """The program compute-sanitizer watches (dev/cuda/sanitize.py runs it once per tool): the generic
 plan (LeNet-5, ResNet-20; fp16 with the tensor-core convs, fp32 with the SIMT ones; a 32x32
-MobileNetV2, a pointwise and a split-K tensor-core conv in fp16) at batch sizes 1, 7 and 300, and
+MobileNetV2, a pointwise and a split-K tensor-core conv in fp16, the split-K SIMT conv in fp32) at
+batch sizes 1, 7 and 300, and
 the Deep MNIST fused pattern at 1, 7, 300 and 1,100 (before the fp32 runs, the slowest).
 
     python3 dev/cuda/sanitize_workload.py OUT.json [--batches 1,7,300]
@@ -59,7 +60,7 @@ def main() -> int:
             ("mobilenet_v2_32", TG.mobilenet_v2(4, size=32), "u8"),  # 8-channel depthwise kernels
             ("mma_pointwise", mma["mma_pointwise_o200_hswish"], "f32"),
             ("mma_splitk", mma["mma_splitk_7x7_add_relu"], "f32")]  # split-K at batch 1 and 7
-    fp16_only = ("mma_pointwise", "mma_splitk", "mobilenet_v2_32")
+    fp16_only = ("mma_pointwise", "mobilenet_v2_32")  # (mma_splitk in fp32: the SIMT conv's split-K)
     ok_all = True
 
     def fused_runs():

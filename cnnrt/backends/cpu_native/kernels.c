@@ -215,10 +215,16 @@ void NAME(const float *x, const int *geo, const float *wp, float *y,            
 #ifndef DIRECT_G1_PX
 #define DIRECT_G1_PX 16
 #endif
+#ifndef DIRECT_G2_PX
+#define DIRECT_G2_PX 8
+#endif
+#ifndef DIRECT_G4_PX
+#define DIRECT_G4_PX 6
+#endif
 #if VW == 16
 DIRECT(conv_direct_g1, 1, DIRECT_G1_PX)
-DIRECT(conv_direct_g2, 2, 8)
-DIRECT(conv_direct_g4, 4, 6)
+DIRECT(conv_direct_g2, 2, DIRECT_G2_PX)
+DIRECT(conv_direct_g4, 4, DIRECT_G4_PX)
 #else
 DIRECT(conv_direct_g1, 1, 12)
 DIRECT(conv_direct_g2, 2, 6)
@@ -227,7 +233,7 @@ DIRECT(conv_direct_g4, 4, 3)
 /* pixels per register block of conv_direct_g<g> (for the planner's cost of a part) */
 int cnnrt_direct_px(int g) {
 #if VW == 16
-    return g == 1 ? DIRECT_G1_PX : g == 2 ? 8 : 6;
+    return g == 1 ? DIRECT_G1_PX : g == 2 ? DIRECT_G2_PX : DIRECT_G4_PX;
 #else
     return g == 1 ? 12 : g == 2 ? 6 : 3;
 #endif
