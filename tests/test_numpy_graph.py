@@ -507,3 +507,31 @@ def test_maxpool_2x2_stride_2_fast_path(rng, channels, native):
     y = b.maxpool("images", 2, 2)
     check(b.graph(y, "pool"), 3, 2, rng, kernels=[expect("numpy.maxpool", native)])
     check(b.graph(y, "pool"), 1, 1, rng, kernels=[expect("numpy.maxpool", native)])
+
+
+@pytest.mark.parametrize("n,k,cols,skip", [(300, 700, 70, 1), (300, 700, 70, 0), (5, 3136, 129, 1), (1, 9, 3, 1)])
+def test_dense_block_kernel_against_float64(rng, n, k, cols, skip):
+    """The compiled Dense kernel called directly on ranges of rows and whole strips of columns:
+    more 4-row groups than its lists' stack buffers hold (300 rows of 700 inputs), row counts and
+    column counts that are no multiple of the group or the strip, inputs mostly exact zeros
+    (skipped when asked), bias and ReLU in the epilogue; every output written (poisoned first)."""
+    _native_or_skip()
+    import ctypes
+
+    lib = K.native_lib()
+    x = rng.standard_normal((n, k)).astype(np.float32)
+    x[rng.random((n, k)) < 0.8] = 0.0
+    w = rng.standard_normal((k, cols)).astype(np.float32)
+    b = rng.standard_normal(cols).astype(np.float32)
+    step = K.DenseStep([], ["x"], "y", K.Epilogue([("act", K.ACTIVATIONS["Relu"]({}), "relu", "Relu", {})]), w.T, b)
+    assert step.block and step.wp.ctypes.data % 64 == 0
+    e = K.Epilogue.bind(step.epi_t, None, [x])
+    y = np.full((n, cols), np.nan, np.float32)
+    sw = step.strip
+    for i0, i1 in ((0, n // 3), (n // 3, n)):  # two row ranges, two column ranges (whole strips)
+        for c0, c1 in ((0, min(sw, cols)), (min(sw, cols), cols)):
+            lib.dense_block(x.ctypes.data, step.geo.ctypes.data, step.wp.ctypes.data, y.ctypes.data, i0, i1, c0, c1,
+                            skip, ctypes.byref(e))
+    ref = np.maximum(x.astype(np.float64) @ w.astype(np.float64) + b, 0)
+    assert np.isfinite(y).all()
+    assert rel_err(y, ref) < 1e-5
