@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -62,8 +63,10 @@ def main(argv=None) -> int:
         print(f"{t:3d} threads: " + "  ".join(f"chunk {c}: {statistics.median(v) * 1e3:8.1f} ms"
                                              for c, v in samples.items()), file=sys.stderr)
     text = json.dumps(res, indent=2)
-    if a.json:
-        Path(a.json).write_text(text + "\n")
+    if a.json:  # written whole or not at all
+        tmp = Path(a.json + ".tmp")
+        tmp.write_text(text + "\n")
+        os.replace(tmp, a.json)
     print(text if not a.json else f"wrote {a.json}")
     return 0
 

@@ -89,7 +89,11 @@ def _conv(ins, a):
 
 MIN_SPLIT_WORK = 1e7  # multiply-adds (about half a millisecond on a core) below which a step is not split over threads
 ARENA_BYTES = 16 << 20  # a chunk's planned tensors per thread: sizes the images per chunk (kernels block for the caches inside)
-MAX_CHUNK = 64
+# images per chunk at most: 16 measured fastest of 8-64 for Deep MNIST and ResNet-20 on the 16-core
+# Xeon (ResNet-20, 2,000 images on 16 threads: 141 ms against 171 ms with 64) and on the 2-core
+# AMD (1-2%), docs/cpu_chunk_*.json; before the head programs (one C call for a chunk's sub-chunks)
+# the Python work per sub-chunk made small chunks slower on 16 threads
+MAX_CHUNK = 16
 # A Dense step with at least this many bytes of weights needs many rows to be a GEMM rather than a
 # pass over its weights per few images (Deep MNIST's fc1: 12.8 MB): the steps before it run on
 # cache-sized sub-chunks that fill the rows of a chunk of DENSE_ROWS images, the rest on the chunk.
