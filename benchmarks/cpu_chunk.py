@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -64,9 +63,10 @@ def main(argv=None) -> int:
                                              for c, v in samples.items()), file=sys.stderr)
     text = json.dumps(res, indent=2)
     if a.json:  # written whole or not at all
-        tmp = Path(a.json + ".tmp")
-        tmp.write_text(text + "\n")
-        os.replace(tmp, a.json)
+        from cnnrt.fileio import atomic_write
+
+        with atomic_write(a.json, overwrite=True) as tmp:
+            tmp.write_text(text + "\n")
     print(text if not a.json else f"wrote {a.json}")
     return 0
 

@@ -91,12 +91,11 @@ def main(argv=None):
         rn.close()
     if a.json:
         import json
-        import os
 
-        tmp = a.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=1)
-        os.replace(tmp, a.json)
+        from cnnrt.fileio import atomic_write
+
+        with atomic_write(a.json, overwrite=True) as tmp:
+            tmp.write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

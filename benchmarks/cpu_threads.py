@@ -14,7 +14,6 @@ import argparse
 import ctypes
 import datetime
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -136,10 +135,10 @@ def main(argv=None):
             print(f"  {per:6d} {tc:8.4f} {to:8.4f} {tc / to:6.2f}x  (cnnrt chunks of {r.batch_size_used}) {variant}")
         r.close()
     if a.json:
-        tmp = a.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=1)
-        os.replace(tmp, a.json)
+        from cnnrt.fileio import atomic_write
+
+        with atomic_write(a.json, overwrite=True) as tmp:
+            tmp.write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":
