@@ -150,3 +150,40 @@ def test_large_inputs_go_in_pieces(cuda, rng, monkeypatch):
     assert r.batch_size_used == 40
     for o in (out, out4):
         assert rel_err(o, ref) < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["u8", "f32"])
+def test_large_inputs_copied_in_by_the_streams(cuda, rng, monkeypatch, kind):
+    # a large input (DIRECT_BYTES and up) is copied in by each lane's stream from the caller's array,
+    # its graphs are the compute alone, and the outputs gather in one pinned buffer: chunks of 7 over
+    # two lanes (a tail of 5), the whole input in PIPELINE_PIECES, and a second call replaying the
+    # captured graphs all agree with the reference; CNNRT_CUDA_DIRECT=0 takes the staged path
+    from cnnrt.backends import cuda_graph
+    from cnnrt.backends.cuda_graph import GraphRunner
+
+    g = TG.lenet5(4)
+    r = GraphRunner(g, "fp32")
+    x = rng.integers(0, 256, (40,) + g.input_shape, dtype=np.uint8)
+    ref = run_reference(g, {"images": scaled(g, x)})["probabilities"]
+    if kind == "f32":
+        x = scaled(g, x).astype(np.float32)
+    monkeypatch.setattr(cuda_graph, "DIRECT_BYTES", 1000)
+    monkeypatch.setattr(cuda_graph, "PIPELINE_BYTES", 1000)
+    seen = []
+    monkeypatch.setattr(GraphRunner, "_graph", lambda self, li, plan, copies=True, _f=GraphRunner._graph:
+                        seen.append((li, plan.n, copies)) or _f(self, li, plan, copies))
+    for bs in (7, None, 7):
+        seen.clear()
+        for lane in r.lanes:
+            if lane.arena is not None:
+                lane.arena.fill(255)
+        out = r.probabilities(x, batch_size=bs)
+        assert rel_err(out, ref) < 1e-5, bs
+        want = [(i % 2, 7, False) for i in range(5)] + [(1, 5, False)] if bs else [(i % 2, 10, False) for i in range(4)]
+        assert seen == want and r.batch_size_used == (bs or 10)
+    assert sorted(k for l in r.lanes for k in l.graphs) == sorted(
+        [(7, kind, False)] * 2 + [(10, kind, False)] * 2 + [(5, kind, False)])
+    monkeypatch.setenv("CNNRT_CUDA_DIRECT", "0")
+    seen.clear()
+    assert rel_err(r.probabilities(x, batch_size=7), ref) < 1e-5
+    assert {c for _, _, c in seen} == {True}

@@ -7,6 +7,11 @@ out to pinned host buffers, as one CUDA graph; a call is then a host copy into t
 one graph launch and a host copy out. Every tensor lives in one arena whose layout the planner
 fixed. Inputs larger than one chunk are split; chunks alternate between two lanes (stream, arena,
 pinned buffers, graphs) so that staging one chunk on the host overlaps computing the other.
+A large input (DIRECT_BYTES and up) skips the pinned staging buffer: each chunk is copied in by
+its lane's stream straight from the caller's array (at full speed and asynchronously when that
+array is in pinned memory, `cuda.pinned_empty`; staged by the driver when it is not), its graph
+is the compute alone, and its outputs go to one pinned buffer for the whole call, so no chunk
+waits for the host.
 
 Whole-graph patterns come first: the hand-written Deep MNIST kernels (cuda.FusedRunner) are the
 pattern `deep_mnist`, registered in cuda.py. A runner is safe to call from several threads (one
@@ -16,6 +21,7 @@ CuPy is imported only when a runner is built.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -34,6 +40,7 @@ MAX_CHUNK = 32768  # images per chunk at most (keeps every index of the kernels 
 MAX_GRAPHS = 12  # captured graphs kept per lane (least recently used dropped)
 PIPELINE_BYTES = 8 << 20  # inputs this large (and no batch size asked for) go in PIPELINE_PIECES chunks
 PIPELINE_PIECES = 4
+DIRECT_BYTES = 1 << 20  # inputs this large are copied to the GPU by the stream straight from the caller's array
 CTYPES = {"int": np.int32, "long long": np.int64, "float": np.float32}
 
 PATTERNS: list = []  # (name, match(graph, precision) -> bool, build(graph, precision) -> Runner)
@@ -112,6 +119,7 @@ class GraphRunner(Runner):
         self.lanes = [_Lane(self)]
         self._lock = threading.Lock()
         self._oshapes: dict = {}
+        self._h_all = None  # pinned outputs of a whole direct-copy call (_run_direct)
         per_image = max(1, self.program.plan(16).arena_bytes // 16)
         self.max_chunk = int(max(1, min(max_chunk, arena_budget // per_image)))
         self.default_batch_size = self.max_chunk
@@ -249,12 +257,13 @@ class GraphRunner(Runner):
             dst.set(np.ascontiguousarray(np.asarray(v).reshape(-1).astype(dst.dtype)))
         cp.cuda.Device().synchronize()
 
-    def _graph(self, lane_index: int, plan: Plan):
-        """The CUDA graph of a plan on a lane (captured on first use), or None if the plan has host steps."""
+    def _graph(self, lane_index: int, plan: Plan, copies: bool = True):
+        """The CUDA graph of a plan on a lane (captured on first use), or None if the plan has host steps.
+        copies=False: the compute alone (the caller copies in and out around it)."""
         lane = self.lanes[lane_index]
         lane.ensure(plan)
         bound = self._bind(lane_index, plan)
-        key = (plan.n, plan.in_kind)
+        key = (plan.n, plan.in_kind, copies)
         if key in lane.graphs:
             lane.graphs.move_to_end(key)
             return lane.graphs[key], bound
@@ -265,7 +274,7 @@ class GraphRunner(Runner):
         s.synchronize()
         s.begin_capture()
         try:
-            self._enqueue(lane, plan, bound)
+            self._enqueue(lane, plan, bound, copies)
         finally:
             graph = s.end_capture()
         try:
@@ -312,9 +321,12 @@ class GraphRunner(Runner):
         if not chunk and x.nbytes >= PIPELINE_BYTES and n >= 2 * PIPELINE_PIECES:
             # a large input from ordinary (pageable) memory is copied into a lane's pinned buffer on the
             # host first: in pieces, that copy of one piece overlaps the GPU's work on the one before
-            chunk = -(-n // PIPELINE_PIECES)
+            chunk = -(-n // int(os.environ.get("CNNRT_CUDA_PIECES", PIPELINE_PIECES)))
         chunk = max(1, min(int(chunk or self.max_chunk), self.max_chunk))
         self.batch_size_used = min(n, chunk)  # what eval reports: the images per chunk really run
+        if x.nbytes >= DIRECT_BYTES and os.environ.get("CNNRT_CUDA_DIRECT", "1") != "0":
+            self._run_direct(x, kind, chunk, outs)
+            return outs
         if n <= chunk:
             plan = self._launch(0, x, kind)
             self._collect(self.lanes[0], plan, outs, 0)
@@ -331,6 +343,55 @@ class GraphRunner(Runner):
             if pending[li] is not None:
                 self._collect(self.lanes[li], pending[li][1], outs, pending[li][0])
         return outs
+
+    def _run_direct(self, x: np.ndarray, kind: str, chunk: int, outs: dict) -> None:
+        """Chunks over two lanes, each copied in by its stream from the caller's array, computed by
+        its graph and copied out to this call's pinned output buffer; the host waits once, at the end.
+        A lane's stream orders its chunks, so a chunk never overwrites an arena still in use."""
+        from .cuda import pinned_empty
+
+        rt = self.cp.cuda.runtime
+        n = len(x)
+        starts = list(range(0, n, chunk))
+        while len(self.lanes) < min(2, len(starts)):
+            self.lanes.append(_Lane(self))
+        big = self.program.plan(min(chunk, n), kind)
+        for lane in self.lanes[:len(starts)]:
+            lane.ensure(big)  # every later chunk is no larger: no buffer moves under queued work
+        per_item = {name: prod(shape[1:]) * 4 for name, shape in self._out_shapes(n).items()}
+        total = sum(per_item.values()) * n
+        if self._h_all is None or self._h_all.size < total:
+            self._h_all = pinned_empty((max(total, 1 << 12),), np.uint8)
+        region, off = {}, 0
+        for name, b in per_item.items():
+            region[name] = off
+            off += b * n
+        src = x.ctypes.data
+        item = x.nbytes // n
+        used = set()
+        for i, start in enumerate(starts):
+            li = i % 2
+            lane = self.lanes[li]
+            cnt = min(chunk, n - start)
+            plan = self.program.plan(cnt, kind)
+            graph, bound = self._graph(li, plan, copies=False)
+            s = lane.stream
+            base = lane.arena.data.ptr
+            rt.memcpyAsync(base + plan.offsets[plan.stage], src + start * item, cnt * item,
+                           rt.memcpyHostToDevice, s.ptr)
+            if graph is not None:
+                graph.launch(s)
+            else:
+                self._enqueue(lane, plan, bound, copies=False)
+            for name, buf, _shape in plan.outputs:
+                rt.memcpyAsync(self._h_all.ctypes.data + region[name] + start * per_item[name],
+                               base + plan.offsets[buf], cnt * per_item[name], rt.memcpyDeviceToHost, s.ptr)
+            used.add(li)
+        for li in used:
+            self.lanes[li].stream.synchronize()
+        for name, shape in self._out_shapes(n).items():
+            nbytes = n * per_item[name]
+            outs[name][...] = self._h_all[region[name]:region[name] + nbytes].view(np.float32).reshape(shape)
 
     def _out_shapes(self, n: int) -> dict:
         """{output: shape} for a batch of n, remembered: shape inference walks the whole graph in
