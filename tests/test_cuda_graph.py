@@ -42,6 +42,8 @@ def poison(r):
             lane.arena.fill(255)  # NaN in fp32 and fp16
         if lane.h_out is not None:
             lane.h_out[:] = 255
+    if getattr(r, "_h_all", None) is not None:
+        r._h_all[:] = 255
     import cupy
 
     cupy.cuda.Device().synchronize()
@@ -159,6 +161,12 @@ def test_chunks_on_two_lanes(rng):
     check_fp32(out, ref, "chunked resnet20")
     again = r.probabilities(x[:9])  # the tail's size again: graphs replay with new data
     check_fp32(again, ref[:9], "replay")
+    xp = cuda_backend.pinned_empty(x.shape, x.dtype)  # 2.4 MB: copied in by the lanes' streams
+    xp[...] = x
+    poison(r)
+    check_fp32(r.probabilities(xp), ref, "chunked resnet20 from pinned memory")
+    poison(r)
+    check_fp32(r.probabilities(xp, batch_size=300), ref, "chunks of 300 from pinned memory")
 
 
 def test_graph_replay_new_data(rng):
@@ -273,6 +281,24 @@ def test_tensor_core_conv_large_batch(rng):
     rows = np.concatenate([[0, 4095], np.sort(rng.choice(4096, 100, replace=False))])
     ref = run_reference(g, {"images": x[rows].astype(np.float64)}, fp16_storage=True)["y"]
     assert rel_err(out[rows], ref) < 3e-3
+
+
+@pytest.mark.parametrize("stages", ["0", "2", "3", "5"])
+def test_tensor_core_conv_pipeline_depths(rng, monkeypatch, stages):
+    # the cp.async pipeline at other depths than the default (0: the register-staged double buffer),
+    # above 48 KB of shared memory at 5 stages of the larger tiles
+    _needs_mma()
+    monkeypatch.setenv("CNNRT_CUDA_MMA_STAGES", stages)
+    for case in ("mma_c16_add_relu", "mma_pointwise_clip"):
+        g = MMA_CASES[case]
+        r = cuda_graph.GraphRunner(g, "fp16")
+        for n in (7, 2000):
+            x = rng.standard_normal((n,) + g.input_shape).astype(np.float32)
+            poison(r)
+            out = r.run({"images": x})["y"]
+            rows = np.arange(n) if n < 100 else np.concatenate([[0, n - 1], np.sort(rng.choice(n, 60, replace=False))])
+            ref = run_reference(g, {"images": x[rows].astype(np.float64)}, fp16_storage=True)["y"]
+            assert np.isfinite(out).all() and rel_err(out[rows], ref) < 3e-3, (case, n, stages)
 
 
 @pytest.mark.parametrize("name", ["resnet20", "mobilenet_v2_32", "mobilenet_v3_small_64"])

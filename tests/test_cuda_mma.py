@@ -38,7 +38,7 @@ SHAPES = [  # (N, H, W, C, O, KH, KW, stride, pad, dilation)
 ]
 
 
-def emulate(rng, shape, tile, kts=None):
+def emulate(rng, shape, tile, kts=None, stages=0):
     """(the emulated kernel's output, the float64 convolution, the bias, Kp) on fresh fp16 inputs of `shape`."""
     N, H, W, C, O, KH, KW, s, p, d = shape
     x = rng.standard_normal((N, H, W, C)).astype(np.float16)
@@ -51,7 +51,7 @@ def emulate(rng, shape, tile, kts=None):
     want, Ho, Wo = conv64(x.astype(np.float64), w.astype(np.float64), b, s, p, d)
     variant = G.mma_variant(C, KH, KW, s, (p[0], p[1], p[0], p[1]))
     got = ME.run(G.MMA_TILES[tile], variant, x, wq, b, KH=KH, KW=KW, sh=s[0], sw=s[1], ph=p[0], pw=p[1], dh=d[0],
-                 dw=d[1], Ho=Ho, Wo=Wo, kts=kts)
+                 dw=d[1], Ho=Ho, Wo=Wo, kts=kts, stages=0 if variant == "scalar" else stages)
     return got, want, b, kp
 
 
@@ -62,6 +62,41 @@ def test_emulated_kernel_matches_float64(rng, shape, tile):
     got, want, _, _ = emulate(rng, shape, tile)
     assert np.isfinite(got).all(), "an output not written, or a value read from poisoned shared memory"
     np.testing.assert_allclose(got, want.reshape(-1, O), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("stages", [2, 3, 4])
+@pytest.mark.parametrize("tile", ["tc32x16", "tc64x32", "tc128x64"])
+@pytest.mark.parametrize("shape", [SHAPES[2], SHAPES[3], SHAPES[4], (2, 3, 3, 64, 40, 3, 3, (1, 1), (1, 1), (1, 1))],
+                         ids=["K144", "K72-dil", "pointwise", "K576"])
+def test_emulated_cp_async_pipeline_matches_float64(rng, shape, tile, stages):
+    """The cp.async pipeline (16-byte gathers): K steps fewer than, equal to and more than the stages;
+    a stage refilled before it was read shows as a wrong or NaN output."""
+    O = shape[4]
+    got, want, _, _ = emulate(rng, shape, tile, stages=stages)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want.reshape(-1, O), rtol=1e-9, atol=1e-9)
+    parts, want, b, kp = emulate(rng, shape, tile, kts=2, stages=stages)  # split-K with the pipeline
+    assert np.isfinite(parts).all()
+    np.testing.assert_allclose(parts.sum(0) + b, want.reshape(-1, O), rtol=1e-9, atol=1e-9)
+
+
+def test_planner_asks_for_the_pipelines_shared_memory(monkeypatch):
+    """16-byte gathers run the cp.async pipeline with its dynamic shared memory in the launch (the
+    executor raises the kernel's limit above 48 KB); the scalar gather keeps registers;
+    CNNRT_CUDA_MMA_STAGES=0 turns the pipeline off."""
+    g = TG.mma_conv_cases()["mma_c16_add_relu"]
+    for env, want in ((None, G.MMA_STAGES), ("3", 3), ("0", 0)):
+        if env is not None:
+            monkeypatch.setenv("CNNRT_CUDA_MMA_STAGES", env)
+        ls = [l for l in Program(g, "fp16", nsm=132, mma=True).plan(300).launches
+              if l.kernel is not None and l.kernel.family == "mma_conv"]
+        assert ls
+        for l in ls:
+            st = l.kernel.static["stages"]
+            assert st == (0 if l.kernel.static["variant"] == "scalar" else want)
+            assert l.smem == (l.kernel.static["tile"].smem_stages(st) if st else 0)
+            assert (f"cp.async x{st}" in l.label) == bool(st)
+    assert G.MMA_TILES["tc128x128"].smem_stages(4) > G.STATIC_SMEM
 
 
 def test_scalar_variant_on_a_vec_shape(rng):
@@ -109,12 +144,14 @@ def test_mma_kernels_compile():
 
     if find_library() is None:
         pytest.skip("no NVRTC library here (pip install nvidia-cuda-nvrtc to check the generated CUDA on the CPU)")
-    ks = [G.mma_conv_kernel(t, v, to, (G.epi_op("Add", mode="full", dtype="f16"), G.epi_op("Relu")))
-          for t in G.MMA_TILES.values() for v, to in zip(G.MMA_AVARIANTS, ("f16", "f32", "f16"))]
+    ks = [G.mma_conv_kernel(t, v, to, (G.epi_op("Add", mode="full", dtype="f16"), G.epi_op("Relu")), stages=st)
+          for t in G.MMA_TILES.values() for v, to in zip(G.MMA_AVARIANTS, ("f16", "f32", "f16"))
+          for st in ((0,) if v == "scalar" else (0, 3, 4))]
     ptx, _ = compile_ptx(G.module_source(ks))
     for k in ks:
         assert k.name in ptx
     assert "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32" in ptx and "ldmatrix.sync.aligned" in ptx
+    assert "cp.async.cg.shared.global" in ptx and "cp.async.wait_group" in ptx
 
 
 @pytest.mark.parametrize("kts", [1, 2, 3])

@@ -39,6 +39,12 @@ __device__ __forceinline__ void ldsm_x4(u32_t (&r)[4], u32_t addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
 }
+// 16 bytes global -> shared without registers (sm_80 and later); bytes = 0 writes 16 zero bytes
+__device__ __forceinline__ void cp_async16(u32_t dst, const void* src, int bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(dst), "l"(src), "r"(bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N)); }
 // D = A(16x16, row) * B(16x8, col) + D, fp16 inputs, fp32 accumulators (sm_80 and later)
 __device__ __forceinline__ void mma16816(float (&c)[4], const u32_t (&a)[4], u32_t b0, u32_t b1) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -381,7 +387,11 @@ class MmaTile:
 
     @property
     def smem(self) -> int:
-        return 2 * (self.bm + self.bn) * (MMA_BK + MMA_PAD) * 2
+        return self.smem_stages(2)
+
+    def smem_stages(self, stages: int) -> int:
+        """Shared memory of `stages` buffers of A and B (bytes)."""
+        return stages * (self.bm + self.bn) * (MMA_BK + MMA_PAD) * 2
 
     def check(self) -> None:
         wtm, wtn = self.bm // self.warps_m, self.bn // self.warps_n
@@ -405,6 +415,19 @@ MMA_TILES = {
     "tc32x16": MmaTile(32, 16, 2, 1),
 }
 MMA_AVARIANTS = ("vec", "pointwise", "scalar")  # how A (the im2col rows) is gathered, see mma_conv_kernel
+MMA_STAGES = 4  # cp.async pipeline depth of the 16-byte gathers (vec, pointwise); CNNRT_CUDA_MMA_STAGES=0: registers
+STATIC_SMEM = 48 * 1024  # a block gets more shared memory only after cudaFuncSetAttribute (the executor does it)
+
+
+def mma_stages(variant: str) -> int:
+    """Pipeline depth of a tensor-core conv: 0 (register-staged double buffer) for the scalar gather,
+    else MMA_STAGES buffers filled by cp.async (CNNRT_CUDA_MMA_STAGES overrides: 0, or 2 to 6)."""
+    import os
+
+    if variant == "scalar":
+        return 0
+    v = int(os.environ.get("CNNRT_CUDA_MMA_STAGES", MMA_STAGES))
+    return 0 if v < 2 else min(v, 6)
 
 MMA_CONV_TEMPLATE = r"""
 extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
@@ -417,8 +440,15 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
     constexpr int A_CH = BM * KC, B_CH = BN * KC;
     constexpr int A_IT = (A_CH + THREADS - 1) / THREADS, B_IT = (B_CH + THREADS - 1) / THREADS;
     constexpr int AVAR = $AVAR;  // 0: C % 8 == 0 (one 16-byte load per chunk), 1: 1x1 stride 1 unpadded, 2: any C
+    constexpr int STAGES = $STAGES;  // 0: register-staged double buffer; 2 and up: a cp.async pipeline this deep
+#if $STAGES
+    extern __shared__ __align__(16) unsigned char smem_raw[];  // dynamic: STAGES x (A tile, B tile)
+    half_t (*As)[BM][LDS] = reinterpret_cast<half_t (*)[BM][LDS]>(smem_raw);
+    half_t (*Bs)[BN][LDS] = reinterpret_cast<half_t (*)[BN][LDS]>(smem_raw + STAGES * BM * LDS * 2);
+#else
     __shared__ __align__(16) half_t As[2][BM][LDS];
     __shared__ __align__(16) half_t Bs[2][BN][LDS];
+#endif
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wm = warp / WARPS_N, wn = warp - wm * WARPS_N;
     const int m0 = blockIdx.x * BM, o0 = blockIdx.y * BN;
@@ -526,12 +556,56 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
 
+#if $STAGES
+    // the 16-byte gathers: cp.async straight into stage st (zero-filled outside the image and past K)
+    auto load_async = [&](int kt, int st) {
+        const int k = kt * BK + q * 8;
+        int c = k, kh = 0, kw = 0;
+        if (AVAR == 0) { const int tap = k / C; c = k - tap * C; kh = tap / KW; kw = tap - kh * KW; }
+#pragma unroll
+        for (int i = 0; i < A_IT; ++i) {
+            const int e = tid + i * THREADS;
+            if (e < A_CH) {
+                const int hi = a_h[i] + kh * dh, wi = a_w[i] + kw * dw;
+                const bool ok = k < K && (unsigned)hi < (unsigned)H && (unsigned)wi < (unsigned)W;
+                const half_t* src = ok ? x + a_base[i] + ((long long)hi * W + wi) * C + c : x;
+                cp_async16(smem_u32(&As[st][e / KC][q * 8]), src, ok ? 16 : 0);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < B_IT; ++j) {
+            const int e = tid + j * THREADS;
+            if (e < B_CH) {
+                const int o = o0 + e / KC;
+                const bool ok = o < O;
+                const half_t* src = ok ? w + (long long)o * Kp + kt * BK + q * 8 : w;
+                cp_async16(smem_u32(&Bs[st][e / KC][q * 8]), src, ok ? 16 : 0);
+            }
+        }
+    };
+    (void)ra; (void)rb;
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {  // prologue: K steps kt_lo .. kt_lo + STAGES - 2 in flight
+        if (kt_lo + s < KT) load_async(kt_lo + s, s);
+        cp_async_commit();
+    }
+    int rd = 0, wr = STAGES - 1;  // the stage computed now, the stage loaded now
+    for (int kt = kt_lo; kt < KT; ++kt) {
+        cp_async_wait<STAGES - 2>();  // this thread's copies of step kt have landed ...
+        __syncthreads();  // ... and everyone's; everyone is also done reading stage wr (step kt - 1)
+        if (kt + STAGES - 1 < KT) load_async(kt + STAGES - 1, wr);
+        cp_async_commit();
+        const int buf = rd;
+        rd = rd + 1 == STAGES ? 0 : rd + 1;
+        wr = wr + 1 == STAGES ? 0 : wr + 1;
+#else
     load(kt_lo);
     store(0);
     __syncthreads();
     for (int kt = kt_lo; kt < KT; ++kt) {
         const int buf = (kt - kt_lo) & 1;
         if (kt + 1 < KT) load(kt + 1);
+#endif
 #pragma unroll
         for (int ks = 0; ks < BK / 16; ++ks) {
             u32_t af[MI][4], bf[NI][2];
@@ -550,9 +624,14 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
 #pragma unroll
                 for (int j = 0; j < NI; ++j) mma16816(acc[i][j], af[i], bf[j][0], bf[j][1]);
         }
+#if !$STAGES
         if (kt + 1 < KT) store(buf ^ 1);
         __syncthreads();
+#endif
     }
+#if $STAGES
+    cp_async_wait<0>();  // no copy outstanding at exit (only empty groups can be left)
+#endif
 
     const int gq = lane >> 2, tq = lane & 3;
 #pragma unroll
@@ -596,7 +675,8 @@ def mma_variant(C: int, KH: int, KW: int, strides, pads) -> str:
     return "vec"
 
 
-def mma_conv_kernel(tile: MmaTile, variant: str, to: str, epi=(), splitk: bool = False) -> Kernel:
+def mma_conv_kernel(tile: MmaTile, variant: str, to: str, epi=(), splitk: bool = False,
+                    stages: int | None = None) -> Kernel:
     """Implicit-GEMM convolution on the tensor cores (groups == 1): fp16 activations (NHWC) and weights
     packed [O][Kp] fp16 (K = KH*KW*C in (kh, kw, c) order, zero-padded to Kp, a multiple of MMA_BK),
     fp32 accumulation (mma.sync m16n8k16), bias and the fused epilogue in fp32.
@@ -604,8 +684,15 @@ def mma_conv_kernel(tile: MmaTile, variant: str, to: str, epi=(), splitk: bool =
     fragments by ldmatrix.
     splitk: grid.z blocks share K, `kts` K steps each, and write fp32 partial sums to ws[z][M][O]
     (no bias, no epilogue): splitk_reduce_kernel finishes them. For layers with few output tiles
-    (batch 1, 7x7 maps), where one block per tile would leave most SMs idle."""
+    (batch 1, 7x7 maps), where one block per tile would leave most SMs idle.
+    stages (default mma_stages(variant)): 0 stages the next K step through registers into a double
+    buffer (any gather); 2 or more runs a cp.async pipeline of that many shared-memory stages
+    (16-byte gathers only), in dynamic shared memory of tile.smem_stages(stages) bytes, which the
+    launch must ask for (Kernel.static['smem'])."""
     tile.check()
+    stages = mma_stages(variant) if stages is None else stages
+    assert not (stages and variant == "scalar"), "cp.async needs the 16-byte gathers"
+    assert stages == 0 or stages >= 2
     eparams, ecode, _ = epilogue(() if splitk else epi)
     dims = [("int", n) for n in ("N", "H", "W", "C", "Ho", "Wo", "O", "KW", "sh", "sw", "ph", "pw", "dh", "dw", "K", "Kp")]
     if splitk:
@@ -619,10 +706,11 @@ def mma_conv_kernel(tile: MmaTile, variant: str, to: str, epi=(), splitk: bool =
            .replace("$BN", str(tile.bn)).replace("$BK", str(MMA_BK)).replace("$WARPS_M", str(tile.warps_m))
            .replace("$WARPS_N", str(tile.warps_n)).replace("$PAD", str(MMA_PAD))
            .replace("$AVAR", str(MMA_AVARIANTS.index(variant))).replace("$SPLITK", str(int(splitk)))
-           .replace("$EPI", ecode))
+           .replace("$STAGES", str(stages)).replace("$EPI", ecode))
     return _finish("mma_conv", src, params, tile.threads,
                    {"tile": tile, "variant": variant, "ti": "f16", "to": "f32" if splitk else to,
-                    "epi": () if splitk else tuple(epi), "splitk": splitk})
+                    "epi": () if splitk else tuple(epi), "splitk": splitk, "stages": stages,
+                    "smem": tile.smem_stages(stages) if stages else 0})
 
 
 SPLITK_TEMPLATE = r"""

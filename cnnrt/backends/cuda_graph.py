@@ -113,6 +113,7 @@ class GraphRunner(Runner):
         self._alpha = np.ones(1, np.float32)
         self._beta = np.zeros(1, np.float32)
         self.functions: dict = {}
+        self._smem: dict = {}  # kernel name -> the dynamic shared memory it was allowed
         self.dconsts: dict = {}
         self.dmeta: dict = {}
         self.bound: dict = {}
@@ -185,7 +186,11 @@ class GraphRunner(Runner):
                 for ctype, name in l.kernel.params:
                     v = l.args[name]
                     args.append(self._ptr(lane, plan, v) if "*" in ctype else CTYPES[ctype](v))
-                out.append(("kernel", self.functions[l.kernel.name], l.grid, l.block, tuple(args), l.smem))
+                fn = self.functions[l.kernel.name]
+                if l.smem > max(G.STATIC_SMEM, self._smem.get(l.kernel.name, 0)):
+                    self._allow_smem(fn, l.smem)
+                    self._smem[l.kernel.name] = l.smem
+                out.append(("kernel", fn, l.grid, l.block, tuple(args), l.smem))
             elif l.kind == "gemm":
                 gm = l.gemm
                 ab = 2 if gm["ab"] == "f16" else 0  # CUDA_R_16F or CUDA_R_32F
@@ -196,6 +201,13 @@ class GraphRunner(Runner):
         self.bound = {k: v for k, v in self.bound.items() if k[3] == key[3] or k[0] != lane_index}
         self.bound[key] = out
         return out
+
+    def _allow_smem(self, fn, nbytes: int) -> None:
+        """Raise a kernel's dynamic shared-memory limit (above 48 KB a block gets it only when asked)."""
+        try:
+            fn.max_dynamic_shared_size_bytes = int(nbytes)
+        except AttributeError:  # a bare driver function: CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+            self.cp.cuda.driver.funcSetAttribute(fn.kernel.ptr, 8, int(nbytes))
 
     # ------------------------------------------------------------ enqueue
     def _gemm(self, lane: _Lane, m, n, k, a, ab, b, c) -> None:

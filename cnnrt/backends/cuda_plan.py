@@ -92,8 +92,9 @@ def mma_enabled() -> bool:
     return os.environ.get("CNNRT_CUDA_NO_MMA", "") not in ("1", "true", "yes")
 
 
-def choose_mma_tile(M: int, O: int, K: int, nsm: int) -> str:
-    """The tensor-core tile with the least estimated time (as choose_tile: waves x tile work x cost)."""
+def choose_mma_tile(M: int, O: int, K: int, nsm: int, stages: int = 0) -> str:
+    """The tensor-core tile with the least estimated time (as choose_tile: waves x tile work x cost);
+    `stages` (the cp.async pipeline's depth) sets the shared memory a block takes."""
     best, best_t = None, None
     kpad = cdiv(K, G.MMA_BK) * G.MMA_BK
     only = [x for x in os.environ.get("CNNRT_CUDA_MMA_TILES", "").split(",") if x in G.MMA_TILES]
@@ -103,7 +104,7 @@ def choose_mma_tile(M: int, O: int, K: int, nsm: int) -> str:
         if O <= t.bn // 2 and t.bn > 16:
             continue
         blocks = cdiv(M, t.bm) * cdiv(O, t.bn)
-        per_sm = max(1, min(2048 // t.threads, (200 * 1024) // t.smem, 16))
+        per_sm = max(1, min(2048 // t.threads, (200 * 1024) // t.smem_stages(max(stages, 2)), 16))
         waves = cdiv(blocks, nsm * per_sm)
         est = waves * t.bm * t.bn * kpad * MMA_TILE_COST[name] * per_sm
         if best_t is None or est < best_t:
@@ -677,10 +678,10 @@ class _Planner:
         n, h, wd, _ = xs
         _, ho, wo, _ = ys
         M = n * ho * wo
-        tname = choose_mma_tile(M, o, K, p.nsm)
-        tile = G.MMA_TILES[tname]
         (sh, sw), (dh, dw), pads = node.attrs["strides"], node.attrs["dilations"], node.attrs["pads"]
         variant = G.mma_variant(c, kh, kw, (sh, sw), pads)
+        tname = choose_mma_tile(M, o, K, p.nsm, G.mma_stages(variant))
+        tile = G.MMA_TILES[tname]
         out = grp.output
         ops, eargs = self.epi(grp, out)
         y = self.t(out)
@@ -693,7 +694,8 @@ class _Planner:
             kern = G.mma_conv_kernel(tile, variant, "f32", splitk=True)
             args = {"x": self.t(node.inputs[0]), "w": self.c(wp), "ws": ws, **dims, "kts": kts}
             self.emit(grp, kern, (cdiv(M, tile.bm), cdiv(o, tile.bn), splits), (tile.threads,), args, [], [ws[1]],
-                      self.label(grp, f"conv implicit-GEMM tensor-core {tname} {variant} split-K x{splits}"))
+                      self.label(grp, f"conv implicit-GEMM tensor-core {tname} {variant}{self._stages(kern)} "
+                                      f"split-K x{splits}"), smem=kern.static["smem"])
             self._splitk_reduce(grp, ws, bias, y, ops, eargs, M, o, ho * wo * o, splits)
             return
         kern = G.mma_conv_kernel(tile, variant, self.dt(out), ops)
@@ -701,7 +703,13 @@ class _Planner:
         self.put_epi(args, eargs)
         args.update(dims)
         self.emit(grp, kern, (cdiv(M, tile.bm), cdiv(o, tile.bn), 1), (tile.threads,), args, [], [y[1]],
-                  self.label(grp, f"conv implicit-GEMM tensor-core {tname} {variant}"))
+                  self.label(grp, f"conv implicit-GEMM tensor-core {tname} {variant}{self._stages(kern)}"),
+                  smem=kern.static["smem"])
+
+    @staticmethod
+    def _stages(kern) -> str:
+        st = kern.static.get("stages", 0)
+        return f" cp.async x{st}" if st else ""
 
     def _bias(self, node: Node, o: int) -> str:
         if len(node.inputs) > 2:

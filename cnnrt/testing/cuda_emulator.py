@@ -176,6 +176,8 @@ class Emulator:
         assert l.grid[0] * t.bm >= M and l.grid[1] * t.bn >= O_, "grid does not cover the output"
         assert l.grid[2] == (cdiv(Kp // G.MMA_BK, a["kts"]) if split else 1), "grid.z is not the number of K splits"
         assert l.block[0] == t.threads
+        st = l.kernel.static.get("stages", 0)
+        assert l.smem == (t.smem_stages(st) if st else 0), "the launch's dynamic shared memory is not the kernel's"
         if l.kernel.static["variant"] != "scalar":
             assert C % 8 == 0, "16-byte loads need C % 8 == 0"
         if l.kernel.static["variant"] == "pointwise":

@@ -62,11 +62,15 @@ def _mma(c: np.ndarray, a: np.ndarray, b0: np.ndarray, b1: np.ndarray) -> None:
 
 
 def run(tile: G.MmaTile, variant: str, x: np.ndarray, wq: np.ndarray, bias: np.ndarray, *, KH: int, KW: int,
-        sh: int, sw: int, ph: int, pw: int, dh: int, dw: int, Ho: int, Wo: int, kts: int | None = None) -> np.ndarray:
+        sh: int, sw: int, ph: int, pw: int, dh: int, dw: int, Ho: int, Wo: int, kts: int | None = None,
+        stages: int = 0) -> np.ndarray:
     """The kernel's output (N*Ho*Wo, O) before the epilogue's ops (acc + bias), float64.
     x: (N, H, W, C) float16; wq: (O, Kp) float16 as the planner packs it.
     kts: the split-K variant, `kts` K steps per block along grid.z: returns the partial sums
-    (S, N*Ho*Wo, O) that it writes to its workspace, without bias."""
+    (S, N*Ho*Wo, O) that it writes to its workspace, without bias.
+    stages: 0 the register-staged double buffer; 2 and up the cp.async pipeline's schedule (the
+    prologue fills stages 0..stages-2, then step kt + stages - 1 goes into the stage step kt - 1
+    was read from, before step kt is computed), so a stage overwritten while still needed shows."""
     N, H, W, C = x.shape
     O, Kp = wq.shape
     K = KH * KW * C
@@ -157,8 +161,9 @@ def run(tile: G.MmaTile, variant: str, x: np.ndarray, wq: np.ndarray, bias: np.n
                     rb[j] = np.where(ok[:, None], wf[np.minimum(idx, wf.size - 1)], 0)
                 return ra, rb
 
-            As = np.full((2, BM, LDS), NAN16, np.uint16)
-            Bs = np.full((2, BN, LDS), NAN16, np.uint16)
+            nbuf = max(2, stages)
+            As = np.full((nbuf, BM, LDS), NAN16, np.uint16)
+            Bs = np.full((nbuf, BN, LDS), NAN16, np.uint16)
 
             def store(buf, ra, rb):
                 for i in range(A_IT):
@@ -173,10 +178,23 @@ def run(tile: G.MmaTile, variant: str, x: np.ndarray, wq: np.ndarray, bias: np.n
             nw = TH // 32
             acc = np.zeros((nw, MI, NI, 32, 4))
             lane = np.arange(32)
-            store(0, *load(kt_lo))
+            if stages:
+                assert AVAR != 2, "cp.async needs the 16-byte gathers"
+                for st in range(stages - 1):
+                    if kt_lo + st < KT:
+                        store(st, *load(kt_lo + st))
+                rd, wr = 0, stages - 1
+            else:
+                store(0, *load(kt_lo))
             for kt in range(kt_lo, KT):
-                buf = (kt - kt_lo) & 1
-                nxt = load(kt + 1) if kt + 1 < KT else None
+                if stages:
+                    if kt + stages - 1 < KT:
+                        store(wr, *load(kt + stages - 1))
+                    buf, nxt = rd, None
+                    rd, wr = (rd + 1) % stages, (wr + 1) % stages
+                else:
+                    buf = (kt - kt_lo) & 1
+                    nxt = load(kt + 1) if kt + 1 < KT else None
                 for warp in range(nw):
                     wm, wn = warp // WARPS_N, warp % WARPS_N
                     for ks in range(BK // 16):
