@@ -38,20 +38,21 @@ SHAPES = [  # (N, H, W, C, O, KH, KW, stride, pad, dilation)
 ]
 
 
-def emulate(rng, shape, tile, kts=None, stages=0):
+def emulate(rng, shape, tile, kts=None, stages=0, coalesce=True):
     """(the emulated kernel's output, the float64 convolution, the bias, Kp) on fresh fp16 inputs of `shape`."""
     N, H, W, C, O, KH, KW, s, p, d = shape
     x = rng.standard_normal((N, H, W, C)).astype(np.float16)
     w = rng.standard_normal((O, KH, KW, C)).astype(np.float16)
     b = rng.standard_normal(O)
     K = KH * KW * C
-    kp = -(-K // G.MMA_BK) * G.MMA_BK
+    kp = -(-K // G.MMA_KPAD) * G.MMA_KPAD
     wq = np.zeros((O, kp), np.float16)
     wq[:, :K] = w.reshape(O, K)
     want, Ho, Wo = conv64(x.astype(np.float64), w.astype(np.float64), b, s, p, d)
     variant = G.mma_variant(C, KH, KW, s, (p[0], p[1], p[0], p[1]))
-    got = ME.run(G.MMA_TILES[tile], variant, x, wq, b, KH=KH, KW=KW, sh=s[0], sw=s[1], ph=p[0], pw=p[1], dh=d[0],
-                 dw=d[1], Ho=Ho, Wo=Wo, kts=kts, stages=0 if variant == "scalar" else stages)
+    tile = G.MMA_TILES[tile] if isinstance(tile, str) else tile
+    got = ME.run(tile, variant, x, wq, b, KH=KH, KW=KW, sh=s[0], sw=s[1], ph=p[0], pw=p[1], dh=d[0],
+                 dw=d[1], Ho=Ho, Wo=Wo, kts=kts, stages=0 if variant == "scalar" else stages, coalesce=coalesce)
     return got, want, b, kp
 
 
@@ -80,12 +81,29 @@ def test_emulated_cp_async_pipeline_matches_float64(rng, shape, tile, stages):
     np.testing.assert_allclose(parts.sum(0) + b, want.reshape(-1, O), rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("stages", [0, 3])
+@pytest.mark.parametrize("tile", [G.MmaTile(64, 32, 2, 1, 64), G.MmaTile(128, 64, 2, 2, 64), G.MmaTile(64, 64, 1, 1, 64)],
+                         ids=["64x32k64", "128x64k64-w64x32", "64x64k64-w64x64"])
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[2], SHAPES[4], (2, 3, 3, 64, 40, 3, 3, (1, 1), (1, 1), (1, 1))],
+                         ids=["scalar", "K144", "pointwise", "K576"])
+def test_emulated_deep_k_steps_and_large_warp_tiles(rng, shape, tile, stages):
+    """K steps of 64 halves (four k16 steps between barriers) and warps of 64 pixels, with and
+    without the pipeline, plain and split-K, against float64."""
+    O = shape[4]
+    got, want, _, _ = emulate(rng, shape, tile, stages=stages)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want.reshape(-1, O), rtol=1e-9, atol=1e-9)
+    parts, want, b, _ = emulate(rng, shape, tile, kts=2, stages=stages)
+    assert np.isfinite(parts).all()
+    np.testing.assert_allclose(parts.sum(0) + b, want.reshape(-1, O), rtol=1e-9, atol=1e-9)
+
+
 def test_planner_asks_for_the_pipelines_shared_memory(monkeypatch):
     """16-byte gathers run the cp.async pipeline with its dynamic shared memory in the launch (the
     executor raises the kernel's limit above 48 KB); the scalar gather keeps registers;
     CNNRT_CUDA_MMA_STAGES=0 turns the pipeline off."""
     g = TG.mma_conv_cases()["mma_c16_add_relu"]
-    for env, want in ((None, G.MMA_STAGES), ("3", 3), ("0", 0)):
+    for env, want in ((None, G.MMA_STAGES), ("3", 3), ("4", 4), ("0", 0)):
         if env is not None:
             monkeypatch.setenv("CNNRT_CUDA_MMA_STAGES", env)
         ls = [l for l in Program(g, "fp16", nsm=132, mma=True).plan(300).launches
@@ -94,9 +112,19 @@ def test_planner_asks_for_the_pipelines_shared_memory(monkeypatch):
         for l in ls:
             st = l.kernel.static["stages"]
             assert st == (0 if l.kernel.static["variant"] == "scalar" else want)
-            assert l.smem == (l.kernel.static["tile"].smem_stages(st) if st else 0)
+            t = l.kernel.static["tile"]
+            assert l.smem == max(t.smem_stages(st), t.bm * (t.bn + 4) * 4)
             assert (f"cp.async x{st}" in l.label) == bool(st)
     assert G.MMA_TILES["tc128x128"].smem_stages(4) > G.STATIC_SMEM
+
+
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[2], SHAPES[4]], ids=["scalar", "K144", "pointwise"])
+@pytest.mark.parametrize("tile", ["tc64x32", "tc128x16"])
+def test_emulated_direct_store(rng, shape, tile):
+    # CNNRT_CUDA_MMA_STORE=direct: each accumulator pair stored by its own thread
+    got, want, _, _ = emulate(rng, shape, tile, coalesce=False)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want.reshape(-1, shape[4]), rtol=1e-9, atol=1e-9)
 
 
 def test_scalar_variant_on_a_vec_shape(rng):
@@ -162,7 +190,7 @@ def test_emulated_splitk_partials_sum_to_float64(rng, shape, kts):
     convolution, and no partial is left unwritten."""
     O = shape[4]
     parts, want, b, kp = emulate(rng, shape, "tc32x16", kts)
-    assert parts.shape[0] == -(-(kp // G.MMA_BK) // kts)
+    assert parts.shape[0] == -(-(-(-shape[3] * shape[5] * shape[6] // G.MMA_BK)) // kts)
     assert np.isfinite(parts).all(), "a partial sum not written"
     np.testing.assert_allclose(parts.sum(0) + b, want.reshape(-1, O), rtol=1e-9, atol=1e-9)
 

@@ -39,6 +39,25 @@ __device__ __forceinline__ void ldsm_x4(u32_t (&r)[4], u32_t addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
 }
+// 8 consecutive outputs y[i .. i+8) (n of them valid); one 16-byte store (f16) or two (f32) when vec
+__device__ __forceinline__ void st8(half_t* y, long long i, const float (&v)[8], int n, bool vec) {
+    if (vec && n >= 8) {
+        u32_t p[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) p[e] = (u32_t)f2h(v[2 * e]) | ((u32_t)f2h(v[2 * e + 1]) << 16);
+        *reinterpret_cast<u4_t*>(y + i) = u4_t{p[0], p[1], p[2], p[3]};
+    } else {
+        for (int e = 0; e < 8 && e < n; ++e) y[i + e] = f2h(v[e]);
+    }
+}
+__device__ __forceinline__ void st8(float* y, long long i, const float (&v)[8], int n, bool vec) {
+    if (vec && n >= 8) {
+        *reinterpret_cast<f4_t*>(y + i) = f4_t{v[0], v[1], v[2], v[3]};
+        *reinterpret_cast<f4_t*>(y + i + 4) = f4_t{v[4], v[5], v[6], v[7]};
+    } else {
+        for (int e = 0; e < 8 && e < n; ++e) y[i + e] = v[e];
+    }
+}
 // 16 bytes global -> shared without registers (sm_80 and later); bytes = 0 writes 16 zero bytes
 __device__ __forceinline__ void cp_async16(u32_t dst, const void* src, int bytes) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(dst), "l"(src), "r"(bytes));
@@ -374,12 +393,13 @@ def conv_kernel(tile: Tile, ti: str, to: str, epi=(), splitk: bool = False) -> K
 @dataclass(frozen=True)
 class MmaTile:
     """A block tile of the tensor-core conv: BM pixels x BN output channels, warps_m x warps_n warps,
-    each warp (BM/warps_m) x (BN/warps_n) made of m16n8k16 fragments; K steps of MMA_BK."""
+    each warp (BM/warps_m) x (BN/warps_n) made of m16n8k16 fragments; K steps of bk halves."""
 
     bm: int
     bn: int
     warps_m: int
     warps_n: int
+    bk: int = 32
 
     @property
     def threads(self) -> int:
@@ -389,19 +409,42 @@ class MmaTile:
     def smem(self) -> int:
         return self.smem_stages(2)
 
+    @property
+    def smem_out(self) -> int:
+        """Shared memory of the staged epilogue: the block's fp32 accumulators, rows padded by 4."""
+        return self.bm * (self.bn + 4) * 4
+
     def smem_stages(self, stages: int) -> int:
-        """Shared memory of `stages` buffers of A and B (bytes)."""
-        return stages * (self.bm + self.bn) * (MMA_BK + MMA_PAD) * 2
+        """Shared memory of max(2, stages) buffers of A and B (bytes): the kernel's dynamic shared memory."""
+        return max(2, stages) * (self.bm + self.bn) * (self.bk + MMA_PAD) * 2
+
+    @property
+    def regs(self) -> int:
+        """Registers a thread needs, estimated: accumulators, fragments, addressing (ptxas: 47-126)."""
+        mi, ni = self.bm // self.warps_m // 16, self.bn // self.warps_n // 8
+        return -(-(40 + 4 * mi * ni + 4 * mi + 2 * ni) // 8) * 8
+
+    def smem_kernel(self, stages: int, coalesce: bool) -> int:
+        """The kernel's dynamic shared memory: the K-step buffers, or the staged epilogue's tile if larger."""
+        return max(self.smem_stages(stages), self.smem_out if coalesce else 0)
+
+    def per_sm(self, stages: int, cap: int = 16, coalesce: bool = True) -> int:
+        """Blocks resident on one SM: the least of the thread, register and shared-memory limits."""
+        return max(1, min(cap, 2048 // self.threads, 65536 // (self.threads * self.regs),
+                          (227 * 1024) // (self.smem_kernel(stages, coalesce) + 1024)))
 
     def check(self) -> None:
         wtm, wtn = self.bm // self.warps_m, self.bn // self.warps_n
         assert self.bm % self.warps_m == 0 and self.bn % self.warps_n == 0, self
         assert wtm % 16 == 0 and wtn % 16 == 0, self  # whole m16 fragments; n8 fragments in ldmatrix.x4 pairs
-        assert self.smem <= 48 * 1024, self
+        assert self.bk in (32, 64) and MMA_KPAD % self.bk == 0, self
+        assert (self.threads % (self.bk // 8)) == 0, self
+        assert self.smem <= 200 * 1024, self
 
 
-MMA_BK = 32  # halves of K per shared-memory stage (two k16 steps)
-MMA_PAD = 8  # halves of padding per shared row: 80-byte rows, so one ldmatrix's 8 rows hit 8 distinct bank groups
+MMA_BK = 32  # halves of K per shared-memory stage (two k16 steps) of the default tiles
+MMA_KPAD = 64  # packed weights are zero-padded to a multiple of this (every tile's bk divides it)
+MMA_PAD = 8  # halves of padding per shared row (80- or 144-byte rows): one ldmatrix's 8 rows hit 8 distinct bank groups
 MMA_TILES = {
     "tc128x128": MmaTile(128, 128, 2, 4),
     "tc128x64": MmaTile(128, 64, 4, 2),
@@ -415,8 +458,16 @@ MMA_TILES = {
     "tc32x16": MmaTile(32, 16, 2, 1),
 }
 MMA_AVARIANTS = ("vec", "pointwise", "scalar")  # how A (the im2col rows) is gathered, see mma_conv_kernel
-MMA_STAGES = 4  # cp.async pipeline depth of the 16-byte gathers (vec, pointwise); CNNRT_CUDA_MMA_STAGES=0: registers
+MMA_STAGES = 0  # cp.async pipeline depth of the 16-byte gathers (0: the register-staged double buffer; dev/cuda/mma_conv.py measured no gain from 3-4 stages)
 STATIC_SMEM = 48 * 1024  # a block gets more shared memory only after cudaFuncSetAttribute (the executor does it)
+
+
+def mma_coalesce() -> bool:
+    """The tensor-core conv's outputs go through shared memory and out 16 bytes a thread, unless
+    CNNRT_CUDA_MMA_STORE=direct (each accumulator pair stored where it is: an A/B switch)."""
+    import os
+
+    return os.environ.get("CNNRT_CUDA_MMA_STORE", "") != "direct"
 
 
 def mma_stages(variant: str) -> int:
@@ -441,14 +492,10 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
     constexpr int A_IT = (A_CH + THREADS - 1) / THREADS, B_IT = (B_CH + THREADS - 1) / THREADS;
     constexpr int AVAR = $AVAR;  // 0: C % 8 == 0 (one 16-byte load per chunk), 1: 1x1 stride 1 unpadded, 2: any C
     constexpr int STAGES = $STAGES;  // 0: register-staged double buffer; 2 and up: a cp.async pipeline this deep
-#if $STAGES
-    extern __shared__ __align__(16) unsigned char smem_raw[];  // dynamic: STAGES x (A tile, B tile)
+    constexpr int NBUF = STAGES > 2 ? STAGES : 2;
+    extern __shared__ __align__(16) unsigned char smem_raw[];  // dynamic: NBUF x (A tile, B tile)
     half_t (*As)[BM][LDS] = reinterpret_cast<half_t (*)[BM][LDS]>(smem_raw);
-    half_t (*Bs)[BN][LDS] = reinterpret_cast<half_t (*)[BN][LDS]>(smem_raw + STAGES * BM * LDS * 2);
-#else
-    __shared__ __align__(16) half_t As[2][BM][LDS];
-    __shared__ __align__(16) half_t Bs[2][BN][LDS];
-#endif
+    half_t (*Bs)[BN][LDS] = reinterpret_cast<half_t (*)[BN][LDS]>(smem_raw + NBUF * BM * LDS * 2);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wm = warp / WARPS_N, wn = warp - wm * WARPS_N;
     const int m0 = blockIdx.x * BM, o0 = blockIdx.y * BN;
@@ -634,6 +681,48 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
 #endif
 
     const int gq = lane >> 2, tq = lane & 3;
+#if $COALESCE
+    // the block's accumulators go through shared memory, so that each thread then finishes 8
+    // consecutive channels of one pixel: bias, epilogue, one 16-byte store (rows of 2-byte stores
+    // scattered over 8 pixels per warp instruction left most of each memory transaction unused)
+    constexpr int LDC = BN + 4;
+    float* Cs = reinterpret_cast<float*>(smem_raw);
+#if $STAGES
+    cp_async_wait<0>();
+#endif
+    __syncthreads();  // every warp is done with the A and B tiles this overwrites
+#pragma unroll
+    for (int i = 0; i < MI; ++i)
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr)
+#pragma unroll
+            for (int j = 0; j < NI; ++j)
+                *reinterpret_cast<f2_t*>(&Cs[(wm * WTM + i * 16 + gq + 8 * hr) * LDC + wn * WTN + j * 8 + 2 * tq]) =
+                    f2_t{acc[i][j][2 * hr], acc[i][j][2 * hr + 1]};
+    __syncthreads();
+    constexpr int CG = BN / 8;
+    for (int t = tid; t < BM * CG; t += THREADS) {
+        const int r = t / CG, g = t - r * CG;
+        const int m = m0 + r, cb = o0 + g * 8;
+        if (m >= M || cb >= O) continue;
+        const long long nimg = m / HWo;
+        (void)nimg;
+        const f4_t lo = *reinterpret_cast<const f4_t*>(&Cs[r * LDC + g * 8]);
+        const f4_t hi = *reinterpret_cast<const f4_t*>(&Cs[r * LDC + g * 8 + 4]);
+        float vals[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            const int c = cb + e;
+            if (c < O) {
+                const long long idx = (long long)m * O + c;
+                float v = vals[e] + bias[c];
+                $EPI
+                vals[e] = v;
+            }
+        }
+        st8(y, (long long)m * O + cb, vals, O - cb, (O & 7) == 0);
+    }
+#else
 #pragma unroll
     for (int i = 0; i < MI; ++i) {
 #pragma unroll
@@ -660,6 +749,7 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
             }
         }
     }
+#endif
 }
 """
 
@@ -676,9 +766,9 @@ def mma_variant(C: int, KH: int, KW: int, strides, pads) -> str:
 
 
 def mma_conv_kernel(tile: MmaTile, variant: str, to: str, epi=(), splitk: bool = False,
-                    stages: int | None = None) -> Kernel:
+                    stages: int | None = None, coalesce: bool | None = None) -> Kernel:
     """Implicit-GEMM convolution on the tensor cores (groups == 1): fp16 activations (NHWC) and weights
-    packed [O][Kp] fp16 (K = KH*KW*C in (kh, kw, c) order, zero-padded to Kp, a multiple of MMA_BK),
+    packed [O][Kp] fp16 (K = KH*KW*C in (kh, kw, c) order, zero-padded to Kp, a multiple of tile.bk),
     fp32 accumulation (mma.sync m16n8k16), bias and the fused epilogue in fp32.
     M = N*Ho*Wo pixels; grid (ceil(M/BM), ceil(O/BN)); register-staged double buffer in shared memory,
     fragments by ldmatrix.
@@ -687,10 +777,12 @@ def mma_conv_kernel(tile: MmaTile, variant: str, to: str, epi=(), splitk: bool =
     (batch 1, 7x7 maps), where one block per tile would leave most SMs idle.
     stages (default mma_stages(variant)): 0 stages the next K step through registers into a double
     buffer (any gather); 2 or more runs a cp.async pipeline of that many shared-memory stages
-    (16-byte gathers only), in dynamic shared memory of tile.smem_stages(stages) bytes, which the
-    launch must ask for (Kernel.static['smem'])."""
+    (16-byte gathers only). Either way the buffers are dynamic shared memory, tile.smem_stages(stages)
+    bytes, which the launch must ask for (Kernel.static['smem']; above 48 KB the executor raises the
+    kernel's limit)."""
     tile.check()
     stages = mma_stages(variant) if stages is None else stages
+    coalesce = not splitk and (mma_coalesce() if coalesce is None else coalesce)
     assert not (stages and variant == "scalar"), "cp.async needs the 16-byte gathers"
     assert stages == 0 or stages >= 2
     eparams, ecode, _ = epilogue(() if splitk else epi)
@@ -703,14 +795,15 @@ def mma_conv_kernel(tile: MmaTile, variant: str, to: str, epi=(), splitk: bool =
         params = ([("const half_t* __restrict__", "x"), ("const half_t* __restrict__", "w"),
                    ("const float* __restrict__", "bias"), (f"{CTYPE[to]}* __restrict__", "y")] + eparams + dims)
     src = (MMA_CONV_TEMPLATE.replace("$THREADS", str(tile.threads)).replace("$BM", str(tile.bm))
-           .replace("$BN", str(tile.bn)).replace("$BK", str(MMA_BK)).replace("$WARPS_M", str(tile.warps_m))
+           .replace("$BN", str(tile.bn)).replace("$BK", str(tile.bk)).replace("$WARPS_M", str(tile.warps_m))
            .replace("$WARPS_N", str(tile.warps_n)).replace("$PAD", str(MMA_PAD))
            .replace("$AVAR", str(MMA_AVARIANTS.index(variant))).replace("$SPLITK", str(int(splitk)))
-           .replace("$STAGES", str(stages)).replace("$EPI", ecode))
+           .replace("$STAGES", str(stages)).replace("$COALESCE", str(int(coalesce))).replace("$EPI", ecode))
     return _finish("mma_conv", src, params, tile.threads,
                    {"tile": tile, "variant": variant, "ti": "f16", "to": "f32" if splitk else to,
                     "epi": () if splitk else tuple(epi), "splitk": splitk, "stages": stages,
-                    "smem": tile.smem_stages(stages) if stages else 0})
+                    "coalesce": coalesce,
+                    "smem": tile.smem_kernel(stages, coalesce)})
 
 
 SPLITK_TEMPLATE = r"""

@@ -96,7 +96,6 @@ def choose_mma_tile(M: int, O: int, K: int, nsm: int, stages: int = 0) -> str:
     """The tensor-core tile with the least estimated time (as choose_tile: waves x tile work x cost);
     `stages` (the cp.async pipeline's depth) sets the shared memory a block takes."""
     best, best_t = None, None
-    kpad = cdiv(K, G.MMA_BK) * G.MMA_BK
     only = [x for x in os.environ.get("CNNRT_CUDA_MMA_TILES", "").split(",") if x in G.MMA_TILES]
     for name, t in G.MMA_TILES.items():
         if only and name not in only:  # CNNRT_CUDA_MMA_TILES=tc64x16,tc32x16: a tuning switch for A/B runs
@@ -104,9 +103,9 @@ def choose_mma_tile(M: int, O: int, K: int, nsm: int, stages: int = 0) -> str:
         if O <= t.bn // 2 and t.bn > 16:
             continue
         blocks = cdiv(M, t.bm) * cdiv(O, t.bn)
-        per_sm = max(1, min(2048 // t.threads, (200 * 1024) // t.smem_stages(max(stages, 2)), 16))
+        per_sm = t.per_sm(stages)
         waves = cdiv(blocks, nsm * per_sm)
-        est = waves * t.bm * t.bn * kpad * MMA_TILE_COST[name] * per_sm
+        est = waves * t.bm * t.bn * cdiv(K, t.bk) * t.bk * MMA_TILE_COST[name] * per_sm
         if best_t is None or est < best_t:
             best, best_t = name, est
     return best
@@ -115,7 +114,7 @@ def choose_mma_tile(M: int, O: int, K: int, nsm: int, stages: int = 0) -> str:
 SPLITK_REDUCE_STEPS = 12  # the reduction launch's cost in K steps of a conv block (~0.5 us each on an H200)
 
 
-def choose_splitk(M: int, O: int, Kp: int, tile_name: str, nsm: int) -> int:
+def choose_splitk(M: int, O: int, K: int, tile_name: str, nsm: int, stages: int = 0) -> int:
     """How many blocks share K in a tensor-core conv (1: no split). Estimated time: waves of blocks
     over the SMs (up to 8 resident per SM) times the K steps each block runs, plus the reduction
     launch for a split. A split is taken when it saves a quarter or more: layers with few output
@@ -126,8 +125,8 @@ def choose_splitk(M: int, O: int, Kp: int, tile_name: str, nsm: int) -> int:
         return 1
     t = G.MMA_TILES[tile_name]
     blocks = cdiv(M, t.bm) * cdiv(O, t.bn)
-    slots = nsm * max(1, min(8, 2048 // t.threads, (200 * 1024) // t.smem))
-    return _splits(blocks, Kp // G.MMA_BK, slots, SPLITK_REDUCE_STEPS, 4)
+    slots = nsm * t.per_sm(stages, 8)
+    return _splits(blocks, cdiv(K, t.bk), slots, SPLITK_REDUCE_STEPS, 4)
 
 
 SPLITK_REDUCE_STEPS_SIMT = 40  # the same launch in K steps of the SIMT conv (BK = 8: ~0.15 us each)
@@ -667,7 +666,7 @@ class _Planner:
         p = self.p
         o, kh, kw, c = w.shape
         K = kh * kw * c
-        kp = cdiv(K, G.MMA_BK) * G.MMA_BK
+        kp = cdiv(K, G.MMA_KPAD) * G.MMA_KPAD
 
         def pack():
             wq = np.zeros((o, kp), np.float16)
@@ -687,9 +686,9 @@ class _Planner:
         y = self.t(out)
         dims = dict(N=n, H=h, W=wd, C=c, Ho=ho, Wo=wo, O=o, KW=kw, sh=sh, sw=sw, ph=pads[0], pw=pads[1], dh=dh, dw=dw,
                     K=K, Kp=kp)
-        splits = choose_splitk(M, o, kp, tname, p.nsm)
+        splits = choose_splitk(M, o, K, tname, p.nsm, G.mma_stages(variant))
         if splits > 1:
-            kts = cdiv(kp // G.MMA_BK, splits)
+            kts = cdiv(cdiv(K, tile.bk), splits)
             ws = self.temp(f"{node.name}:splitk", (splits, M, o), "f32")
             kern = G.mma_conv_kernel(tile, variant, "f32", splitk=True)
             args = {"x": self.t(node.inputs[0]), "w": self.c(wp), "ws": ws, **dims, "kts": kts}

@@ -171,13 +171,14 @@ class Emulator:
         N, Ho, Wo, O_, C, K, Kp, KW = (a[k] for k in ("N", "Ho", "Wo", "O", "C", "K", "Kp", "KW"))
         KH = K // (KW * C)
         M = N * Ho * Wo
-        assert KH * KW * C == K and Kp % G.MMA_BK == 0 and Kp >= K
+        assert KH * KW * C == K and Kp % t.bk == 0 and Kp >= K
         split = l.kernel.static.get("splitk", False)
         assert l.grid[0] * t.bm >= M and l.grid[1] * t.bn >= O_, "grid does not cover the output"
-        assert l.grid[2] == (cdiv(Kp // G.MMA_BK, a["kts"]) if split else 1), "grid.z is not the number of K splits"
+        assert l.grid[2] == (cdiv(cdiv(K, t.bk), a["kts"]) if split else 1), "grid.z is not the number of K splits"
         assert l.block[0] == t.threads
         st = l.kernel.static.get("stages", 0)
-        assert l.smem == (t.smem_stages(st) if st else 0), "the launch's dynamic shared memory is not the kernel's"
+        need = max(t.smem_stages(st), t.bm * (t.bn + 4) * 4 if l.kernel.static.get("coalesce") else 0)
+        assert l.smem == need, "the launch's dynamic shared memory is not what the kernel's buffers take"
         if l.kernel.static["variant"] != "scalar":
             assert C % 8 == 0, "16-byte loads need C % 8 == 0"
         if l.kernel.static["variant"] == "pointwise":
@@ -186,7 +187,7 @@ class Emulator:
         assert not w[:, K:].any(), "the weights' K padding must be zero"
         cols = self._im2col(a, KH, KW).reshape(M, K)
         if split:  # each z's partial sum over its K steps, as the kernel writes them
-            kstep = a["kts"] * G.MMA_BK
+            kstep = a["kts"] * t.bk
             parts = [cols[:, z:z + kstep] @ w[:, z:min(K, z + kstep)].T for z in range(0, K, kstep)]
             assert len(parts) == l.grid[2]
             self.store(a["ws"], np.stack(parts))

@@ -63,18 +63,20 @@ def _mma(c: np.ndarray, a: np.ndarray, b0: np.ndarray, b1: np.ndarray) -> None:
 
 def run(tile: G.MmaTile, variant: str, x: np.ndarray, wq: np.ndarray, bias: np.ndarray, *, KH: int, KW: int,
         sh: int, sw: int, ph: int, pw: int, dh: int, dw: int, Ho: int, Wo: int, kts: int | None = None,
-        stages: int = 0) -> np.ndarray:
+        stages: int = 0, coalesce: bool = True) -> np.ndarray:
     """The kernel's output (N*Ho*Wo, O) before the epilogue's ops (acc + bias), float64.
     x: (N, H, W, C) float16; wq: (O, Kp) float16 as the planner packs it.
     kts: the split-K variant, `kts` K steps per block along grid.z: returns the partial sums
     (S, N*Ho*Wo, O) that it writes to its workspace, without bias.
     stages: 0 the register-staged double buffer; 2 and up the cp.async pipeline's schedule (the
     prologue fills stages 0..stages-2, then step kt + stages - 1 goes into the stage step kt - 1
-    was read from, before step kt is computed), so a stage overwritten while still needed shows."""
+    was read from, before step kt is computed), so a stage overwritten while still needed shows.
+    coalesce: the staged epilogue (accumulator pairs to a shared fp32 tile, then each thread 8
+    consecutive channels of one pixel); split-K always stores directly."""
     N, H, W, C = x.shape
     O, Kp = wq.shape
     K = KH * KW * C
-    BM, BN, BK, TH = tile.bm, tile.bn, G.MMA_BK, tile.threads
+    BM, BN, BK, TH = tile.bm, tile.bn, tile.bk, tile.threads
     WARPS_N = tile.warps_n
     WTM, WTN = BM // tile.warps_m, BN // WARPS_N
     MI, NI = WTM // 16, WTN // 8
@@ -212,6 +214,32 @@ def run(tile: G.MmaTile, variant: str, x: np.ndarray, wq: np.ndarray, bias: np.n
                 if nxt is not None:
                     store(buf ^ 1, *nxt)
             gq, tq = lane >> 2, lane & 3
+            if coalesce and not kts:
+                LDC = BN + 4
+                Cs = np.full((BM, LDC), np.nan)
+                for warp in range(nw):
+                    wm, wn = warp // WARPS_N, warp % WARPS_N
+                    for i in range(MI):
+                        for hr in range(2):
+                            for j in range(NI):
+                                r = wm * WTM + i * 16 + gq + 8 * hr
+                                col = wn * WTN + j * 8 + 2 * tq
+                                assert np.isnan(Cs[r, col]).all() and np.isnan(Cs[r, col + 1]).all()
+                                Cs[r, col] = acc[warp, i, j, :, 2 * hr]
+                                Cs[r, col + 1] = acc[warp, i, j, :, 2 * hr + 1]
+                CG = BN // 8
+                for t in range(BM * CG):  # every (row, 8-channel group), whichever thread takes it
+                    r, g = divmod(t, CG)
+                    m, cb = m0 + r, o0 + g * 8
+                    if m >= M or cb >= O:
+                        continue
+                    vals = Cs[r, g * 8:g * 8 + 8]
+                    assert np.isfinite(vals[:min(8, O - cb)]).all(), "a staged accumulator not written"
+                    for e in range(min(8, O - cb)):
+                        idx = m * O + cb + e
+                        assert np.isnan(y[idx]), "an output element written twice"
+                        y[idx] = vals[e] + bias[cb + e]
+                continue
             for warp in range(nw):
                 wm, wn = warp // WARPS_N, warp % WARPS_N
                 for i in range(MI):

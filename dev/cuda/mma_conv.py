@@ -1,0 +1,175 @@
+"""The tensor-core conv (cuda_codegen.mma_conv_kernel), its versions side by side on the zoo's
+heaviest layer shapes: block tile, warp tile, K step (bk) and pipeline depth (0: the register-staged
+double buffer, 2+: cp.async stages). Each version is checked against float64 NumPy on sampled
+output rows and timed with CUDA events (median of --reps launches after warm-up).
+
+    PYTHONPATH=. python3 dev/cuda/mma_conv.py [--json out.json] [--layers r18_l1,r20_s1] [--reps 10]
+
+Prints, per layer, every version's time, TFLOP/s and error, the planner's current choice marked
+with '*', and writes it all as JSON (dev/cuda/NOTES.md keeps the results).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from cnnrt.backends import cuda_codegen as G  # noqa: E402
+from cnnrt.backends.cuda_plan import choose_mma_tile  # noqa: E402
+
+# name: (N, H, W, C, O, K, stride, pad): the zoo's layers that take the most device time
+LAYERS = {
+    "r18_stem": (256, 224, 224, 3, 64, 7, 2, 3),
+    "r18_l1": (256, 56, 56, 64, 64, 3, 1, 1),
+    "r18_l2": (256, 28, 28, 128, 128, 3, 1, 1),
+    "r18_l4": (256, 7, 7, 512, 512, 3, 1, 1),
+    "r20_s1": (10000, 32, 32, 16, 16, 3, 1, 1),
+    "r20_s3": (10000, 8, 8, 64, 64, 3, 1, 1),
+    "mnv2_pw": (2048, 48, 48, 16, 96, 1, 1, 0),
+    "mnv2_pw2": (2048, 24, 24, 144, 24, 1, 1, 0),
+}
+
+T = G.MmaTile
+VERSIONS = {  # name: tile; the production tiles first, then wider warp tiles and 64-deep K steps
+    "tc128x128": G.MMA_TILES["tc128x128"], "tc128x64": G.MMA_TILES["tc128x64"],
+    "tc128x32": G.MMA_TILES["tc128x32"], "tc256x16": G.MMA_TILES["tc256x16"], "tc64x64": G.MMA_TILES["tc64x64"],
+    "w128x128": T(128, 128, 2, 2), "w128x64": T(128, 64, 2, 2), "w256x64": T(256, 64, 4, 2),
+    "w128x32": T(128, 32, 2, 1), "w256x16": T(256, 16, 4, 1), "w256x32": T(256, 32, 4, 1),
+    "k128x128": T(128, 128, 2, 4, 64), "k128x64": T(128, 64, 4, 2, 64), "kw128x64": T(128, 64, 2, 2, 64),
+    "kw128x128": T(128, 128, 2, 2, 64), "k256x16": T(256, 16, 8, 1, 64), "kw256x16": T(256, 16, 4, 1, 64),
+    "k128x32": T(128, 32, 4, 1, 64), "kw128x32": T(128, 32, 2, 1, 64),
+}
+
+
+def out_size(h, k, s, p):
+    return (h + 2 * p - k) // s + 1
+
+
+def reference_rows(x, w, rows, Ho, Wo, k, s, p):
+    """float64 conv outputs of the sampled output pixels `rows` (indices into N*Ho*Wo)."""
+    N, H, W, C = x.shape
+    out = np.zeros((len(rows), w.shape[0]))
+    for r, m in enumerate(rows):
+        n, rem = divmod(int(m), Ho * Wo)
+        ho, wo = divmod(rem, Wo)
+        patch = np.zeros((k, k, C))
+        for i in range(k):
+            for j in range(k):
+                hi, wi = ho * s - p + i, wo * s - p + j
+                if 0 <= hi < H and 0 <= wi < W:
+                    patch[i, j] = x[n, hi, wi]
+        out[r] = w.reshape(w.shape[0], -1) @ patch.reshape(-1)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--layers", default=",".join(LAYERS))
+    ap.add_argument("--versions", default=",".join(VERSIONS))
+    ap.add_argument("--stages", default="0,3,4")
+    ap.add_argument("--stores", default="coalesce,direct", help="the epilogue: coalesce (through shared memory), direct")
+    ap.add_argument("--reps", type=int, default=10)
+    a = ap.parse_args(argv)
+    import cupy as cp
+
+    rng = np.random.default_rng(0)
+    nsm = int(cp.cuda.Device().attributes["MultiProcessorCount"])
+    name = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    res = {"device": name, "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "layers": {}}
+    stages_list = [int(s) for s in a.stages.split(",")]
+    for lname in a.layers.split(","):
+        N, H, W, C, O, k, s, p = LAYERS[lname]
+        Ho, Wo = out_size(H, k, s, p), out_size(W, k, s, p)
+        M, K = N * Ho * Wo, k * k * C
+        Kp = -(-K // G.MMA_KPAD) * G.MMA_KPAD
+        variant = G.mma_variant(C, k, k, (s, s), (p, p, p, p))
+        x16 = rng.standard_normal((N, H, W, C)).astype(np.float16)
+        w16 = (rng.standard_normal((O, k, k, C)) / np.sqrt(K)).astype(np.float16)
+        wq = np.zeros((O, Kp), np.float16)
+        wq[:, :K] = w16.reshape(O, K)
+        dx, dw = cp.asarray(x16), cp.asarray(wq)
+        bias = cp.zeros(O, cp.float32)
+        y = cp.empty((M, O), cp.float16)
+        rows = np.concatenate([[0, M - 1], rng.choice(M, 126, replace=False)])
+        ref = reference_rows(x16.astype(np.float64), w16.astype(np.float64), rows, Ho, Wo, k, s, p)
+        flop = 2.0 * M * O * K
+        chosen = choose_mma_tile(M, O, K, nsm, G.mma_stages(variant))
+        kernels = []
+        for vname in a.versions.split(","):
+            tile = VERSIONS[vname]
+            if O <= tile.bn // 2 and tile.bn > 16:
+                continue
+            for st in stages_list:
+                if st and variant == "scalar":
+                    continue
+                for store in a.stores.split(","):
+                    kernels.append((vname, st, store, tile, G.mma_conv_kernel(tile, variant, "f16", (), stages=st,
+                                                                              coalesce=store == "coalesce")))
+        mod = cp.RawModule(code=G.module_source(k_ for *_, k_ in kernels), options=("--std=c++17",))
+        dims = dict(N=N, H=H, W=W, C=C, Ho=Ho, Wo=Wo, O=O, KW=k, sh=s, sw=s, ph=p, pw=p, dh=1, dw=1, K=K, Kp=Kp)
+        ptrs = {"x": dx, "w": dw, "bias": bias, "y": y}
+        entry = {"shape": dict(N=N, H=H, W=W, C=C, O=O, k=k, stride=s, pad=p), "M": M, "K": K, "variant": variant,
+                 "gflop": flop / 1e9, "planner": chosen, "versions": []}
+        res["layers"][lname] = entry
+        print(f"== {lname}: N={N} {H}x{W}x{C} -> {O}, {k}x{k} s{s} p{p}, {variant}, {flop / 1e9:.1f} GFLOP; "
+              f"planner: {chosen} (stages {G.mma_stages(variant)})", flush=True)
+        for vname, st, store, tile, kern in kernels:
+            fn = mod.get_function(kern.name)
+            smem = kern.static["smem"]
+            if smem > G.STATIC_SMEM:
+                fn.max_dynamic_shared_size_bytes = smem
+            args = tuple(ptrs[n] if n in ptrs else np.int32(dims[n]) for _, n in kern.params)
+            grid = (-(-M // tile.bm), -(-O // tile.bn), 1)
+            y.fill(np.float16(np.nan))
+            try:
+                fn(grid, (tile.threads,), args, shared_mem=smem)
+                cp.cuda.Device().synchronize()
+            except Exception as e:  # noqa: BLE001 - a version that cannot launch is reported
+                entry["versions"].append({"version": vname, "stages": st, "store": store, "error": str(e)[:200]})
+                print(f"   {vname:<10} st{st} {store}: {e}")
+                continue
+            got = cp.asnumpy(y[cp.asarray(rows)]).astype(np.float64)
+            err = float(np.abs(got - ref).max() / np.abs(ref).max()) if np.isfinite(got).all() else float("inf")
+            ev = [cp.cuda.Event() for _ in range(2 * a.reps)]
+            for _ in range(2):
+                fn(grid, (tile.threads,), args, shared_mem=smem)
+            ts = []
+            for i in range(a.reps):
+                ev[2 * i].record()
+                fn(grid, (tile.threads,), args, shared_mem=smem)
+                ev[2 * i + 1].record()
+            ev[-1].synchronize()
+            ts = [cp.cuda.get_elapsed_time(ev[2 * i], ev[2 * i + 1]) for i in range(a.reps)]
+            ms = statistics.median(ts)
+            mark = "*" if (vname == chosen and st == G.mma_stages(variant)
+                           and (store == "coalesce") == G.mma_coalesce()) else " "
+            entry["versions"].append({"version": vname, "tile": [tile.bm, tile.bn, tile.warps_m, tile.warps_n, tile.bk],
+                                      "stages": st, "store": store, "ms": ms, "tflops": flop / ms / 1e9,
+                                      "rel_err": err, "planner": mark == "*"})
+            print(f" {mark} {vname:<10} st{st} {store:<8} {tile.bm}x{tile.bn} warps {tile.warps_m}x{tile.warps_n} bk{tile.bk}: "
+                  f"{ms * 1e3:8.1f} us {flop / ms / 1e9:6.1f} TFLOP/s  err {err:.1e}", flush=True)
+        best = min((v for v in entry["versions"] if "ms" in v and v["rel_err"] < 1e-2), key=lambda v: v["ms"])
+        entry["best"] = best
+        print(f"   best: {best['version']} st{best['stages']} {best['store']} {best['ms'] * 1e3:.1f} us", flush=True)
+        del dx, dw, y
+        cp.get_default_memory_pool().free_all_blocks()
+    if a.json:
+        from cnnrt.fileio import atomic_write
+
+        with atomic_write(a.json, overwrite=True) as tmp:
+            Path(tmp).write_text(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
