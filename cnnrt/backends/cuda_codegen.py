@@ -400,6 +400,7 @@ class MmaTile:
     warps_m: int
     warps_n: int
     bk: int = 32
+    stages: int = 0  # cp.async pipeline depth for the 16-byte gathers (0: register-staged double buffer)
 
     @property
     def threads(self) -> int:
@@ -446,6 +447,8 @@ MMA_BK = 32  # halves of K per shared-memory stage (two k16 steps) of the defaul
 MMA_KPAD = 64  # packed weights are zero-padded to a multiple of this (every tile's bk divides it)
 MMA_PAD = 8  # halves of padding per shared row (80- or 144-byte rows): one ldmatrix's 8 rows hit 8 distinct bank groups
 MMA_TILES = {
+    "tc128x128k64": MmaTile(128, 128, 2, 4, 64, 3),
+    "tc256x64": MmaTile(256, 64, 4, 2, 32, 3),
     "tc128x128": MmaTile(128, 128, 2, 4),
     "tc128x64": MmaTile(128, 64, 4, 2),
     "tc64x64": MmaTile(64, 64, 2, 2),
@@ -458,27 +461,36 @@ MMA_TILES = {
     "tc32x16": MmaTile(32, 16, 2, 1),
 }
 MMA_AVARIANTS = ("vec", "pointwise", "scalar")  # how A (the im2col rows) is gathered, see mma_conv_kernel
-MMA_STAGES = 0  # cp.async pipeline depth of the 16-byte gathers (0: the register-staged double buffer; dev/cuda/mma_conv.py measured no gain from 3-4 stages)
+MMA_STAGES = 0  # pipeline depth without a tile (each tile carries its own: dev/cuda/mma_conv.py measured 3 stages
+# a gain only for the warp tiles of 64x32 with 8 warps, and a loss for the others)
 STATIC_SMEM = 48 * 1024  # a block gets more shared memory only after cudaFuncSetAttribute (the executor does it)
 
 
-def mma_coalesce() -> bool:
-    """The tensor-core conv's outputs go through shared memory and out 16 bytes a thread, unless
-    CNNRT_CUDA_MMA_STORE=direct (each accumulator pair stored where it is: an A/B switch)."""
+def mma_coalesce(tile: MmaTile | None = None) -> bool:
+    """Whether the tensor-core conv's outputs go through shared memory and out 16 bytes a thread:
+    for tiles 32 channels wide and more (measured: 15% faster on MobileNetV2's widest 1x1 conv,
+    5% slower at 16 channels, where a warp's direct stores already fill 32-byte sectors).
+    CNNRT_CUDA_MMA_STORE=direct or =coalesce sets it for every tile (an A/B switch)."""
     import os
 
-    return os.environ.get("CNNRT_CUDA_MMA_STORE", "") != "direct"
+    env = os.environ.get("CNNRT_CUDA_MMA_STORE", "")
+    if env:
+        return env != "direct"
+    return tile is None or tile.bn >= 32
 
 
-def mma_stages(variant: str) -> int:
+def mma_stages(variant: str, tile: MmaTile | None = None) -> int:
     """Pipeline depth of a tensor-core conv: 0 (register-staged double buffer) for the scalar gather,
-    else MMA_STAGES buffers filled by cp.async (CNNRT_CUDA_MMA_STAGES overrides: 0, or 2 to 6)."""
+    else the tile's own depth (cp.async stages; MMA_STAGES without a tile); CNNRT_CUDA_MMA_STAGES
+    overrides it for every tile (0, or 2 to 6: an A/B switch)."""
     import os
 
     if variant == "scalar":
         return 0
-    v = int(os.environ.get("CNNRT_CUDA_MMA_STAGES", MMA_STAGES))
+    env = os.environ.get("CNNRT_CUDA_MMA_STAGES", "")
+    v = int(env) if env else (tile.stages if tile is not None else MMA_STAGES)
     return 0 if v < 2 else min(v, 6)
+
 
 MMA_CONV_TEMPLATE = r"""
 extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
@@ -781,8 +793,8 @@ def mma_conv_kernel(tile: MmaTile, variant: str, to: str, epi=(), splitk: bool =
     bytes, which the launch must ask for (Kernel.static['smem']; above 48 KB the executor raises the
     kernel's limit)."""
     tile.check()
-    stages = mma_stages(variant) if stages is None else stages
-    coalesce = not splitk and (mma_coalesce() if coalesce is None else coalesce)
+    stages = mma_stages(variant, tile) if stages is None else stages
+    coalesce = not splitk and (mma_coalesce(tile) if coalesce is None else coalesce)
     assert not (stages and variant == "scalar"), "cp.async needs the 16-byte gathers"
     assert stages == 0 or stages >= 2
     eparams, ecode, _ = epilogue(() if splitk else epi)

@@ -77,7 +77,7 @@ TILE_COST = {"128x64": 1.0, "128x32": 1.25, "64x64": 1.25, "64x32": 1.6, "128x16
 BLOCKS_PER_SM = 2
 
 
-MMA_TILE_COST = {"tc128x128": 1.0, "tc128x64": 1.15, "tc64x64": 1.35, "tc128x32": 1.45, "tc64x32": 1.8,
+MMA_TILE_COST = {"tc128x128k64": 0.9, "tc256x64": 0.93, "tc128x128": 1.0, "tc128x64": 1.15, "tc64x64": 1.35, "tc128x32": 1.45, "tc64x32": 1.8,
                  "tc32x32": 2.6, "tc256x16": 2.1, "tc128x16": 2.3, "tc64x16": 2.8, "tc32x16": 3.6}
 
 
@@ -92,9 +92,9 @@ def mma_enabled() -> bool:
     return os.environ.get("CNNRT_CUDA_NO_MMA", "") not in ("1", "true", "yes")
 
 
-def choose_mma_tile(M: int, O: int, K: int, nsm: int, stages: int = 0) -> str:
+def choose_mma_tile(M: int, O: int, K: int, nsm: int, variant: str = "vec") -> str:
     """The tensor-core tile with the least estimated time (as choose_tile: waves x tile work x cost);
-    `stages` (the cp.async pipeline's depth) sets the shared memory a block takes."""
+    the A gather `variant` sets each tile's pipeline depth, so the shared memory a block takes."""
     best, best_t = None, None
     only = [x for x in os.environ.get("CNNRT_CUDA_MMA_TILES", "").split(",") if x in G.MMA_TILES]
     for name, t in G.MMA_TILES.items():
@@ -102,10 +102,14 @@ def choose_mma_tile(M: int, O: int, K: int, nsm: int, stages: int = 0) -> str:
             continue
         if O <= t.bn // 2 and t.bn > 16:
             continue
+        if variant == "scalar" and t.stages:
+            continue  # the pipelined tiles win only with the 16-byte gathers (dev/cuda/mma_conv.py)
         blocks = cdiv(M, t.bm) * cdiv(O, t.bn)
-        per_sm = t.per_sm(stages)
-        waves = cdiv(blocks, nsm * per_sm)
-        est = waves * t.bm * t.bn * cdiv(K, t.bk) * t.bk * MMA_TILE_COST[name] * per_sm
+        per_sm = t.per_sm(G.mma_stages(variant, t), coalesce=G.mma_coalesce(t))
+        # rounds of blocks per SM: the blocks resident on an SM share it, so past one full wave a
+        # partial wave costs by its blocks per SM, not a whole wave
+        rounds = per_sm if blocks <= nsm * per_sm else cdiv(blocks, nsm)
+        est = rounds * t.bm * t.bn * cdiv(K, t.bk) * t.bk * MMA_TILE_COST[name]
         if best_t is None or est < best_t:
             best, best_t = name, est
     return best
@@ -114,7 +118,7 @@ def choose_mma_tile(M: int, O: int, K: int, nsm: int, stages: int = 0) -> str:
 SPLITK_REDUCE_STEPS = 12  # the reduction launch's cost in K steps of a conv block (~0.5 us each on an H200)
 
 
-def choose_splitk(M: int, O: int, K: int, tile_name: str, nsm: int, stages: int = 0) -> int:
+def choose_splitk(M: int, O: int, K: int, tile_name: str, nsm: int, variant: str = "vec") -> int:
     """How many blocks share K in a tensor-core conv (1: no split). Estimated time: waves of blocks
     over the SMs (up to 8 resident per SM) times the K steps each block runs, plus the reduction
     launch for a split. A split is taken when it saves a quarter or more: layers with few output
@@ -125,7 +129,7 @@ def choose_splitk(M: int, O: int, K: int, tile_name: str, nsm: int, stages: int 
         return 1
     t = G.MMA_TILES[tile_name]
     blocks = cdiv(M, t.bm) * cdiv(O, t.bn)
-    slots = nsm * t.per_sm(stages, 8)
+    slots = nsm * t.per_sm(G.mma_stages(variant, t), 8, coalesce=False)  # split-K stores directly
     return _splits(blocks, cdiv(K, t.bk), slots, SPLITK_REDUCE_STEPS, 4)
 
 
@@ -679,14 +683,14 @@ class _Planner:
         M = n * ho * wo
         (sh, sw), (dh, dw), pads = node.attrs["strides"], node.attrs["dilations"], node.attrs["pads"]
         variant = G.mma_variant(c, kh, kw, (sh, sw), pads)
-        tname = choose_mma_tile(M, o, K, p.nsm, G.mma_stages(variant))
+        tname = choose_mma_tile(M, o, K, p.nsm, variant)
         tile = G.MMA_TILES[tname]
         out = grp.output
         ops, eargs = self.epi(grp, out)
         y = self.t(out)
         dims = dict(N=n, H=h, W=wd, C=c, Ho=ho, Wo=wo, O=o, KW=kw, sh=sh, sw=sw, ph=pads[0], pw=pads[1], dh=dh, dw=dw,
                     K=K, Kp=kp)
-        splits = choose_splitk(M, o, K, tname, p.nsm, G.mma_stages(variant))
+        splits = choose_splitk(M, o, K, tname, p.nsm, variant)
         if splits > 1:
             kts = cdiv(cdiv(K, tile.bk), splits)
             ws = self.temp(f"{node.name}:splitk", (splits, M, o), "f32")

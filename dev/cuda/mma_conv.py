@@ -39,6 +39,7 @@ LAYERS = {
 
 T = G.MmaTile
 VERSIONS = {  # name: tile; the production tiles first, then wider warp tiles and 64-deep K steps
+    "tc128x128k64": G.MMA_TILES["tc128x128k64"], "tc256x64": G.MMA_TILES["tc256x64"],
     "tc128x128": G.MMA_TILES["tc128x128"], "tc128x64": G.MMA_TILES["tc128x64"],
     "tc128x32": G.MMA_TILES["tc128x32"], "tc256x16": G.MMA_TILES["tc256x16"], "tc64x64": G.MMA_TILES["tc64x64"],
     "w128x128": T(128, 128, 2, 2), "w128x64": T(128, 64, 2, 2), "w256x64": T(256, 64, 4, 2),
@@ -103,7 +104,8 @@ def main(argv=None) -> int:
         rows = np.concatenate([[0, M - 1], rng.choice(M, 126, replace=False)])
         ref = reference_rows(x16.astype(np.float64), w16.astype(np.float64), rows, Ho, Wo, k, s, p)
         flop = 2.0 * M * O * K
-        chosen = choose_mma_tile(M, O, K, nsm, G.mma_stages(variant))
+        chosen = choose_mma_tile(M, O, K, nsm, variant)
+        ctile = G.MMA_TILES[chosen]
         kernels = []
         for vname in a.versions.split(","):
             tile = VERSIONS[vname]
@@ -122,7 +124,8 @@ def main(argv=None) -> int:
                  "gflop": flop / 1e9, "planner": chosen, "versions": []}
         res["layers"][lname] = entry
         print(f"== {lname}: N={N} {H}x{W}x{C} -> {O}, {k}x{k} s{s} p{p}, {variant}, {flop / 1e9:.1f} GFLOP; "
-              f"planner: {chosen} (stages {G.mma_stages(variant)})", flush=True)
+              f"planner: {chosen} (stages {G.mma_stages(variant, ctile)}, "
+              f"{'coalesced' if G.mma_coalesce(ctile) else 'direct'} store)", flush=True)
         for vname, st, store, tile, kern in kernels:
             fn = mod.get_function(kern.name)
             smem = kern.static["smem"]
@@ -151,8 +154,8 @@ def main(argv=None) -> int:
             ev[-1].synchronize()
             ts = [cp.cuda.get_elapsed_time(ev[2 * i], ev[2 * i + 1]) for i in range(a.reps)]
             ms = statistics.median(ts)
-            mark = "*" if (vname == chosen and st == G.mma_stages(variant)
-                           and (store == "coalesce") == G.mma_coalesce()) else " "
+            mark = "*" if (vname == chosen and st == G.mma_stages(variant, ctile)
+                           and (store == "coalesce") == G.mma_coalesce(ctile)) else " "
             entry["versions"].append({"version": vname, "tile": [tile.bm, tile.bn, tile.warps_m, tile.warps_n, tile.bk],
                                       "stages": st, "store": store, "ms": ms, "tflops": flop / ms / 1e9,
                                       "rel_err": err, "planner": mark == "*"})
