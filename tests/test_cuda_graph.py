@@ -21,6 +21,7 @@ _REASON = cuda_backend.available()
 if _REASON is not None:
     pytest.skip(f"GPU tests need CuPy and an NVIDIA GPU: {_REASON}", allow_module_level=True)
 
+from cnnrt.backends import cuda_codegen as G  # noqa: E402
 from cnnrt.backends import cuda_graph  # noqa: E402
 from cnnrt.ir.graph import run_reference  # noqa: E402
 from cnnrt.testing import graphs as TG  # noqa: E402
@@ -299,6 +300,25 @@ def test_tensor_core_conv_pipeline_depths(rng, monkeypatch, stages):
             rows = np.arange(n) if n < 100 else np.concatenate([[0, n - 1], np.sort(rng.choice(n, 60, replace=False))])
             ref = run_reference(g, {"images": x[rows].astype(np.float64)}, fp16_storage=True)["y"]
             assert np.isfinite(out).all() and rel_err(out[rows], ref) < 3e-3, (case, n, stages)
+
+
+@pytest.mark.parametrize("tile", sorted(G.MMA_TILES))
+def test_every_tensor_core_tile(rng, monkeypatch, tile):
+    # each tile forced (CNNRT_CUDA_MMA_TILES) on a 3x3 conv with O = 130 (a partial last column
+    # tile, a staged epilogue with a ragged 8-channel group) and a 1x1 conv with HardSwish, at batch
+    # 1 and 300, against float64
+    _needs_mma()
+    monkeypatch.setenv("CNNRT_CUDA_MMA_TILES", tile)
+    for case in ("mma_wide_o130", "mma_pointwise_o200_hswish", "mma_c3_s2_relu"):
+        g = MMA_CASES[case]
+        r = cuda_graph.GraphRunner(g, "fp16")
+        assert any(tile in k for _, _, k in r.describe(300)), (tile, case, r.describe(300))
+        for n in (1, 300):
+            x = rng.standard_normal((n,) + g.input_shape).astype(np.float32)
+            poison(r)
+            out = r.run({"images": x})["y"]
+            ref = run_reference(g, {"images": x.astype(np.float64)}, fp16_storage=True)["y"]
+            assert np.isfinite(out).all() and rel_err(out, ref) < 3e-3, (tile, case, n, rel_err(out, ref))
 
 
 @pytest.mark.parametrize("name", ["resnet20", "mobilenet_v2_32", "mobilenet_v3_small_64"])

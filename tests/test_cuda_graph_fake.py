@@ -187,3 +187,22 @@ def test_large_inputs_copied_in_by_the_streams(cuda, rng, monkeypatch, kind):
     seen.clear()
     assert rel_err(r.probabilities(x, batch_size=7), ref) < 1e-5
     assert {c for _, _, c in seen} == {True}
+
+
+def test_every_tensor_core_tile_can_be_forced(cuda, rng, monkeypatch):
+    # CNNRT_CUDA_MMA_TILES forces a tile even where the planner would not pick it (wider than the
+    # output channels, a pipelined tile on the element gather); the plans stay right
+    from cnnrt.backends import cuda_codegen as G
+    from cnnrt.backends.cuda_graph import GraphRunner
+
+    cases = TG.mma_conv_cases()
+    for tile in G.MMA_TILES:
+        monkeypatch.setenv("CNNRT_CUDA_MMA_TILES", tile)
+        for case in ("mma_c3_s2_relu", "mma_wide_o130"):
+            g = cases[case]
+            r = GraphRunner(g, "fp16")
+            assert any(tile in k for _, _, k in r.describe(5)), (tile, case)
+            x = rng.standard_normal((5,) + g.input_shape).astype(np.float32)
+            out = r.run({"images": x})["y"]
+            ref = run_reference(g, {"images": x.astype(np.float64)}, fp16_storage=True)["y"]
+            assert np.isfinite(out).all() and rel_err(out, ref) < 3e-3, (tile, case)

@@ -100,9 +100,9 @@ def choose_mma_tile(M: int, O: int, K: int, nsm: int, variant: str = "vec") -> s
     for name, t in G.MMA_TILES.items():
         if only and name not in only:  # CNNRT_CUDA_MMA_TILES=tc64x16,tc32x16: a tuning switch for A/B runs
             continue
-        if O <= t.bn // 2 and t.bn > 16:
-            continue
-        if variant == "scalar" and t.stages:
+        if not only and O <= t.bn // 2 and t.bn > 16:
+            continue  # more than half the tile's columns would be empty (a forced tile runs anyway)
+        if not only and variant == "scalar" and t.stages:
             continue  # the pipelined tiles win only with the 16-byte gathers (dev/cuda/mma_conv.py)
         blocks = cdiv(M, t.bm) * cdiv(O, t.bn)
         per_sm = t.per_sm(G.mma_stages(variant, t), coalesce=G.mma_coalesce(t))
