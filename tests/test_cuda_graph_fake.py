@@ -167,6 +167,9 @@ def test_large_inputs_copied_in_by_the_streams(cuda, rng, monkeypatch, kind):
     ref = run_reference(g, {"images": scaled(g, x)})["probabilities"]
     if kind == "f32":
         x = scaled(g, x).astype(np.float32)
+    pageable = x
+    x = cuda.pinned_empty(x.shape, x.dtype)  # only pinned inputs take this path
+    x[...] = pageable
     monkeypatch.setattr(cuda_graph, "DIRECT_BYTES", 1000)
     monkeypatch.setattr(cuda_graph, "PIPELINE_BYTES", 1000)
     seen = []
@@ -183,10 +186,11 @@ def test_large_inputs_copied_in_by_the_streams(cuda, rng, monkeypatch, kind):
         assert seen == want and r.batch_size_used == (bs or 10)
     assert sorted(k for l in r.lanes for k in l.graphs) == sorted(
         [(7, kind, False)] * 2 + [(10, kind, False)] * 2 + [(5, kind, False)])
-    monkeypatch.setenv("CNNRT_CUDA_DIRECT", "0")
-    seen.clear()
-    assert rel_err(r.probabilities(x, batch_size=7), ref) < 1e-5
-    assert {c for _, _, c in seen} == {True}
+    for env, arr, direct in (("0", x, False), ("", pageable, False), ("all", pageable, True)):
+        monkeypatch.setenv("CNNRT_CUDA_DIRECT", env)
+        seen.clear()
+        assert rel_err(r.probabilities(arr, batch_size=7), ref) < 1e-5
+        assert {c for _, _, c in seen} == {not direct}, env
 
 
 def test_every_tensor_core_tile_can_be_forced(cuda, rng, monkeypatch):

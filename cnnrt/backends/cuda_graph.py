@@ -7,11 +7,10 @@ out to pinned host buffers, as one CUDA graph; a call is then a host copy into t
 one graph launch and a host copy out. Every tensor lives in one arena whose layout the planner
 fixed. Inputs larger than one chunk are split; chunks alternate between two lanes (stream, arena,
 pinned buffers, graphs) so that staging one chunk on the host overlaps computing the other.
-A large input (DIRECT_BYTES and up) skips the pinned staging buffer: each chunk is copied in by
-its lane's stream straight from the caller's array (at full speed and asynchronously when that
-array is in pinned memory, `cuda.pinned_empty`; staged by the driver when it is not), its graph
-is the compute alone, and its outputs go to one pinned buffer for the whole call, so no chunk
-waits for the host.
+A large input (DIRECT_BYTES and up) already in pinned memory (`cuda.pinned_empty`, PyTorch's
+`pin_memory()`) skips the staging buffer: each chunk is copied in by its lane's stream straight
+from the caller's array, at full speed and asynchronously, its graph is the compute alone, and its
+outputs go to one pinned buffer for the whole call, so no chunk waits for the host.
 
 Whole-graph patterns come first: the hand-written Deep MNIST kernels (cuda.FusedRunner) are the
 pattern `deep_mnist`, registered in cuda.py. A runner is safe to call from several threads (one
@@ -336,7 +335,7 @@ class GraphRunner(Runner):
             chunk = -(-n // int(os.environ.get("CNNRT_CUDA_PIECES", PIPELINE_PIECES)))
         chunk = max(1, min(int(chunk or self.max_chunk), self.max_chunk))
         self.batch_size_used = min(n, chunk)  # what eval reports: the images per chunk really run
-        if x.nbytes >= DIRECT_BYTES and os.environ.get("CNNRT_CUDA_DIRECT", "1") != "0":
+        if x.nbytes >= DIRECT_BYTES and self._direct(x):
             self._run_direct(x, kind, chunk, outs)
             return outs
         if n <= chunk:
@@ -355,6 +354,18 @@ class GraphRunner(Runner):
             if pending[li] is not None:
                 self._collect(self.lanes[li], pending[li][1], outs, pending[li][0])
         return outs
+
+    def _direct(self, x: np.ndarray) -> bool:
+        """Whether the lanes' streams copy x in themselves: when x is in pinned memory (the driver's
+        own staging of a pageable array was slower than ours in the zoo: MobileNetV3's 256 images
+        7.65 against 5.39 ms, docs/gpu_zoo_direct*.json). CNNRT_CUDA_DIRECT=0: never, =all: always."""
+        env = os.environ.get("CNNRT_CUDA_DIRECT", "")
+        if env in ("0", "all"):
+            return env == "all"
+        try:
+            return getattr(self.cp.cuda.runtime.pointerGetAttributes(x.ctypes.data), "type", 0) == 1
+        except Exception:  # noqa: BLE001 - memory the runtime does not know: pageable
+            return False
 
     def _run_direct(self, x: np.ndarray, kind: str, chunk: int, outs: dict) -> None:
         """Chunks over two lanes, each copied in by its stream from the caller's array, computed by

@@ -238,8 +238,14 @@ def module():
     cp.__version__ = "fake"
     cp.ndarray, cp.empty, cp.asarray, cp.asnumpy, cp.RawModule = ndarray, empty, asarray, asnumpy, RawModule
     cp.float32, cp.float16, cp.uint8, cp.int64 = np.float32, np.float16, np.uint8, np.int64
+    pinned: list = []  # (start, end) of every pinned allocation, for pointerGetAttributes
+
+    def pointer_attributes(ptr):
+        host = any(a <= int(ptr) < b for a, b in pinned)
+        return types.SimpleNamespace(type=1 if host else 0)  # cudaMemoryTypeHost, or unregistered
+
     runtime = types.SimpleNamespace(memcpyAsync=_memcpy, memcpyHostToDevice=1, memcpyDeviceToHost=2,
-                                    getDeviceCount=lambda: 1)
+                                    getDeviceCount=lambda: 1, pointerGetAttributes=pointer_attributes)
 
     class Device:
         attributes = {"MultiProcessorCount": 4}
@@ -250,7 +256,10 @@ def module():
             pass
 
     def alloc_pinned_memory(nbytes):
-        return bytearray(int(nbytes))
+        mem = bytearray(int(nbytes))
+        a = np.frombuffer(mem, np.uint8).ctypes.data
+        pinned.append((a, a + len(mem)))
+        return mem
 
     cp.cuda = types.SimpleNamespace(Stream=Stream, Device=Device, runtime=runtime, MemoryPointer=MemoryPointer,
                                     alloc_pinned_memory=alloc_pinned_memory)
