@@ -115,6 +115,17 @@ class Session:
         p = self.probabilities(x, batch_size=batch_size)
         return {"probabilities": p, "label": p.argmax(axis=1).astype(np.int64)}
 
+    def input_buffer(self, n: int, dtype=np.uint8) -> np.ndarray:
+        """An (n, H, W, C) array in the memory this backend reads fastest, to fill with images and
+        pass to probabilities/predict: page-locked on the GPU (large inputs are then copied in by
+        the GPU's own streams, with no staging copy on the host), an ordinary array on the CPU."""
+        shape = (int(n), *self.input_shape)
+        if self.backend == "cuda":
+            from .backends.cuda import pinned_empty
+
+            return pinned_empty(shape, dtype)
+        return np.empty(shape, dtype)
+
     def describe(self) -> dict:
         return {"name": self.name, "path": self.path, "backend": self.backend, "precision": self.precision,
                 "batch_size": self.default_batch_size,

@@ -38,8 +38,9 @@ SHAPES = [  # (N, H, W, C, O, KH, KW, stride, pad, dilation)
 ]
 
 
-def emulate(rng, shape, tile, kts=None, stages=0, coalesce=True):
-    """(the emulated kernel's output, the float64 convolution, the bias, Kp) on fresh fp16 inputs of `shape`."""
+def emulate(rng, shape, tile, kts=None, stages=None, coalesce=None):
+    """(the emulated kernel's output, the float64 convolution, the bias, Kp) on fresh fp16 inputs of
+    `shape`; stages and coalesce default to what the planner gives the tile."""
     N, H, W, C, O, KH, KW, s, p, d = shape
     x = rng.standard_normal((N, H, W, C)).astype(np.float16)
     w = rng.standard_normal((O, KH, KW, C)).astype(np.float16)
@@ -51,13 +52,16 @@ def emulate(rng, shape, tile, kts=None, stages=0, coalesce=True):
     want, Ho, Wo = conv64(x.astype(np.float64), w.astype(np.float64), b, s, p, d)
     variant = G.mma_variant(C, KH, KW, s, (p[0], p[1], p[0], p[1]))
     tile = G.MMA_TILES[tile] if isinstance(tile, str) else tile
+    stages = G.mma_stages(variant, tile) if stages is None else stages
+    coalesce = G.mma_coalesce(tile) if coalesce is None else coalesce
     got = ME.run(tile, variant, x, wq, b, KH=KH, KW=KW, sh=s[0], sw=s[1], ph=p[0], pw=p[1], dh=d[0],
                  dw=d[1], Ho=Ho, Wo=Wo, kts=kts, stages=0 if variant == "scalar" else stages, coalesce=coalesce)
     return got, want, b, kp
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"s{i}" for i in range(len(SHAPES))])
-@pytest.mark.parametrize("tile", ["tc32x16", "tc64x32", "tc32x32", "tc128x64", "tc128x128", "tc256x16"])
+@pytest.mark.parametrize("tile", ["tc32x16", "tc64x32", "tc32x32", "tc128x64", "tc128x128", "tc256x16", "tc256x64",
+                                  "tc128x128k64"])
 def test_emulated_kernel_matches_float64(rng, shape, tile):
     O = shape[4]
     got, want, _, _ = emulate(rng, shape, tile)

@@ -79,3 +79,34 @@ def test_bad_inputs_are_clear_errors(tmp_path):
         s.predict(np.full((1, 28, 28), np.nan, np.float32))
     with pytest.raises(FormatError, match="no such model file"):
         cnnrt.load(tmp_path / "missing.safetensors")
+
+
+def test_input_buffer_is_pinned_on_the_gpu_and_feeds_the_fast_path(rng, monkeypatch):
+    # NumPy backend: an ordinary array. GPU planner (on the CPU fake of CuPy): page-locked memory,
+    # which a large input takes straight to the streams (no staging copy); results as from an
+    # ordinary array, and against the NumPy backend
+    from cnnrt.backends import cuda_graph
+    from cnnrt.testing import fake_cupy
+
+    s = cnnrt.load(SHIPPED / "deep_mnist.safetensors", backend="numpy")
+    buf = s.input_buffer(3)
+    assert buf.shape == (3, 28, 28, 1) and buf.dtype == np.uint8
+    fake_cupy.install(monkeypatch)
+    monkeypatch.setattr(cuda_graph, "DIRECT_BYTES", 1000)
+    g = cnnrt.load(SHIPPED / "deep_mnist.safetensors", backend="cuda", precision="fp32")  # the planner
+    assert g.backend == "cuda"
+    x = rng.integers(0, 256, (30, 28, 28, 1), dtype=np.uint8)
+    buf = g.input_buffer(30)
+    buf[...] = x
+    import cupy
+
+    assert cupy.cuda.runtime.pointerGetAttributes(buf.ctypes.data).type == 1
+    seen = []
+    monkeypatch.setattr(cuda_graph.GraphRunner, "_run_direct",
+                        lambda self, *a, _f=cuda_graph.GraphRunner._run_direct: seen.append(1) or _f(self, *a))
+    p_pinned = g.probabilities(buf)
+    assert seen == [1]
+    p_plain = g.probabilities(x)
+    assert seen == [1]  # an ordinary array keeps the staged path
+    np.testing.assert_array_equal(p_pinned, p_plain)
+    np.testing.assert_allclose(p_pinned, s.probabilities(x), atol=1e-5)
