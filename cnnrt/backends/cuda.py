@@ -32,11 +32,17 @@ DEFAULT_PRECISION = "fp16"
 KERNEL_DIR = Path(__file__).resolve().parent / "cuda_kernels"
 KERNEL_FILE = KERNEL_DIR / "deep_mnist.cu"
 
-# must match deep_mnist.cu
-P_GROUP = 4
-P_THREADS = 256
+# The Deep MNIST kernels' compile-time constants live here only: load_module passes them to NVRTC
+# (-D), and deep_mnist.cu static_asserts that its shared-memory layout adds up to P_SMEM_BYTES.
+P_GROUP = 4  # images per step of the persistent features kernel
+P_WARPS = 8
+P_THREADS = 32 * P_WARPS
+# its shared memory: conv2 weights (64 rows of 1616 B), the zero band, per image the pooled conv1
+# output (14 rows of 1 KB) and the padded input (2 KB), + 64 for aligning the base at run time
 P_SMEM_BYTES = 64 * 1616 + 1152 + P_GROUP * 14 * 1024 + P_GROUP * 2048 + 64
-FC2_MAXC = 16
+FC2_MAXC = 16  # classes fc2_softmax keeps in registers (the pattern matches no more)
+KERNEL_DEFINES = tuple(f"-D{k}={v}" for k, v in (("P_GROUP", P_GROUP), ("P_WARPS", P_WARPS),
+                                                   ("P_SMEM_BYTES", P_SMEM_BYTES), ("FC2_MAXC", FC2_MAXC)))
 
 _available: str | None | bool = False  # False: not checked yet
 _modules: dict = {}
@@ -85,8 +91,10 @@ def device_name() -> str:
 
 def load_module(path: Path = KERNEL_FILE, options: tuple = ("--std=c++17",)):
     """The compiled RawModule for a kernel file (compiled once per process; CuPy keeps the binary
-    in its on-disk cache, CUPY_CACHE_DIR, so the next process starts without NVRTC)."""
+    in its on-disk cache, CUPY_CACHE_DIR, so the next process starts without NVRTC), with the
+    constants of KERNEL_DEFINES."""
     cp = _cupy()
+    options = tuple(options) + KERNEL_DEFINES
     key = (str(path), options)
     if key not in _modules:
         src = Path(path).read_text()

@@ -46,14 +46,18 @@ struct alignas(16) f32x4 { float x, y, z, w; };
 // per image: the input as fp16, zero-padded to 32x32 (2 pixels each side)
 #define SCR_BYTES 2048
 
-#define P_GROUP 4    // images per step in the persistent kernel
-#define P_WARPS 8
+// P_GROUP (images per step in the persistent kernel), P_WARPS, P_SMEM_BYTES and FC2_MAXC come from
+// cnnrt/backends/cuda.py, which passes them to NVRTC; the layout here must add up to P_SMEM_BYTES.
+#if !defined(P_GROUP) || !defined(P_WARPS) || !defined(P_SMEM_BYTES) || !defined(FC2_MAXC)
+#error "compile through cnnrt.backends.cuda.load_module: it defines P_GROUP, P_WARPS, P_SMEM_BYTES, FC2_MAXC"
+#endif
 
 #define OFF_W2 0
 #define OFF_ZB (OFF_W2 + W2_BYTES)
 #define OFF_ACT (OFF_ZB + ZB_BYTES)
 #define OFF_SCR (OFF_ACT + P_GROUP * ACT_IMG_BYTES)
-#define P_SMEM_BYTES (OFF_SCR + P_GROUP * SCR_BYTES + 64)   // + 64: the base is aligned up at run time
+static_assert(P_SMEM_BYTES == OFF_SCR + P_GROUP * SCR_BYTES + 64,  // + 64: the base is aligned up at run time
+              "P_SMEM_BYTES (cuda.py) does not match this shared-memory layout");
 
 // ------------------------------------------------------------------ small helpers
 
@@ -373,13 +377,15 @@ __device__ __forceinline__ void features_persistent(const T* __restrict__ images
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256, 1)
+static_assert(P_WARPS == 8, "features_persistent splits its work over exactly 8 warps");
+
+extern "C" __global__ void __launch_bounds__(P_WARPS * 32, 1)
 features_persistent_u8(const unsigned char* images, int n, float scale, const u32* w1f, const float* b1,
                        const half_t* w2, const float* b2, half_t* feat) {
     features_persistent<unsigned char>(images, n, scale, w1f, b1, w2, b2, feat);
 }
 
-extern "C" __global__ void __launch_bounds__(256, 1)
+extern "C" __global__ void __launch_bounds__(P_WARPS * 32, 1)
 features_persistent_f32(const float* images, int n, float scale, const u32* w1f, const float* b1,
                         const half_t* w2, const float* b2, half_t* feat) {
     features_persistent<float>(images, n, scale, w1f, b1, w2, b2, feat);
@@ -504,7 +510,6 @@ features_small_f32(const float* images, int n, float scale, const u32* w1f, cons
 
 // ------------------------------------------------------------------ fc2 + softmax + argmax
 
-#define FC2_MAXC 16
 #define FC2_IMGS 4
 
 // hid: [n][H] fp16 = fc1 before bias (cuBLAS output); b1: [H]; w: [C][H] fp16; b: [C].
