@@ -358,7 +358,7 @@ class GraphRunner(Runner):
     def _direct(self, x: np.ndarray) -> bool:
         """Whether the lanes' streams copy x in themselves: when x is in pinned memory (the driver's
         own staging of a pageable array was slower than ours in the zoo: MobileNetV3's 256 images
-        7.65 against 5.39 ms, docs/gpu_zoo_direct*.json). CNNRT_CUDA_DIRECT=0: never, =all: always."""
+        7.65 against 5.39 ms, docs/gpu_zoo_copy_st*.json). CNNRT_CUDA_DIRECT=0: never, =all: always."""
         env = os.environ.get("CNNRT_CUDA_DIRECT", "")
         if env in ("0", "all"):
             return env == "all"
