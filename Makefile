@@ -6,6 +6,7 @@ PIP    := $(PY) -m pip install -q --disable-pip-version-check
 
 .PHONY: run test venv test-env bench clean test-gpu bench-gpu bench-gpu-zoo docs-report sanitize-gpu gpu-all
 .PHONY: run test venv test-env bench clean test-gpu bench-gpu docs-report bench-cpu-zoo device-wheels serve-gpu device-ray ray-gpu
+.PHONY: bench-gpu-conv profile-gpu
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -74,12 +75,17 @@ bench-gpu:
 bench-gpu-zoo:
 	PYTHONPATH=. $(GPU_PY) benchmarks/gpu_zoo.py --json $(GPU_OUT)/gpu_zoo.json $(ZOO_ARGS)
 
+# the tensor-core conv's versions side by side on the zoo's heaviest layers (dev/cuda/mma_conv.py)
+CONV_ARGS ?=
+bench-gpu-conv:
+	PYTHONPATH=. $(GPU_PY) dev/cuda/mma_conv.py --json $(GPU_OUT)/mma_conv.json $(CONV_ARGS)
+
 # where the device time of each zoo model goes, launch by launch (benchmarks/gpu_profile.py)
 PROFILE_ARGS ?=
 profile-gpu:
 	PYTHONPATH=. $(GPU_PY) benchmarks/gpu_profile.py --json $(GPU_OUT)/gpu_profile.json $(PROFILE_ARGS)
 
-# `make gpu-all`: test-gpu, sanitize-gpu and bench-gpu-zoo in one device command (about 9 minutes);
+# `make gpu-all`: test-gpu, sanitize-gpu and bench-gpu-zoo in one device command (about 10 minutes);
 # each step has a time limit, logs go to $(GPU_OUT), a failing step does not stop the next, and the
 # exit status is non-zero if any failed.
 GPU_ALL_ZOO_ARGS ?= --compile-mode none --reps 10
@@ -92,7 +98,7 @@ gpu-all:
 	  tail -n 30 $(GPU_OUT)/$$name.log | cut -c1-300; \
 	  echo "== $$name: exit $$rc in $$(( $$(date +%s) - s )) s$$( [ $$rc = 124 ] && echo ' (TIMED OUT)')"; \
 	  [ $$rc = 0 ] || fail="$$fail $$name"; }; \
-	step test_gpu 250 env PYTHONPATH=. $(GPU_PY) -m pytest -q -m gpu tests/test_cuda.py tests/test_cuda_graph.py -rs \
+	step test_gpu 330 env PYTHONPATH=. $(GPU_PY) -m pytest -q -m gpu tests/test_cuda.py tests/test_cuda_graph.py -rs \
 	  --junitxml=$(GPU_OUT)/test_gpu.xml --durations=15; \
 	step sanitize 160 env PYTHONPATH=. $(GPU_PY) dev/cuda/sanitize.py --out $(GPU_OUT) --timeout 140 $(SAN_ARGS); \
 	step bench_gpu_zoo 180 env PYTHONPATH=. $(GPU_PY) benchmarks/gpu_zoo.py --json $(GPU_OUT)/gpu_zoo.json $(GPU_ALL_ZOO_ARGS); \
