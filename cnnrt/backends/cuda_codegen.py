@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from dataclasses import dataclass, field
 
 PRELUDE = r"""
@@ -471,8 +472,6 @@ def mma_coalesce(tile: MmaTile | None = None) -> bool:
     for tiles 32 channels wide and more (measured: 15% faster on MobileNetV2's widest 1x1 conv,
     5% slower at 16 channels, where a warp's direct stores already fill 32-byte sectors).
     CNNRT_CUDA_MMA_STORE=direct or =coalesce sets it for every tile (an A/B switch)."""
-    import os
-
     env = os.environ.get("CNNRT_CUDA_MMA_STORE", "")
     if env:
         return env != "direct"
@@ -483,8 +482,6 @@ def mma_stages(variant: str, tile: MmaTile | None = None) -> int:
     """Pipeline depth of a tensor-core conv: 0 (register-staged double buffer) for the scalar gather,
     else the tile's own depth (cp.async stages; MMA_STAGES without a tile); CNNRT_CUDA_MMA_STAGES
     overrides it for every tile (0, or 2 to 6: an A/B switch)."""
-    import os
-
     if variant == "scalar":
         return 0
     env = os.environ.get("CNNRT_CUDA_MMA_STAGES", "")
