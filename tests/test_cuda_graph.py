@@ -334,3 +334,45 @@ def test_nets_tensor_core_vs_simt(rng, name):
     ref = run_reference(g, {"images": scaled(g, x)})[g.outputs[0]].reshape(64, -1)
     check_fp16(out, ref, f"{name} tensor-core")
     check_fp16(out, simt.probabilities(x), f"{name} tensor-core vs SIMT")
+
+
+def test_halo_conv_forced_everywhere(rng, monkeypatch):
+    # CNNRT_CUDA_HALO=all: every tensor-core conv with C % 8 == 0 runs the halo kernel (footprint in
+    # shared memory), at batch 1, 7 and 300, against float64; the others keep mma_conv_kernel
+    _needs_mma()
+    monkeypatch.setenv("CNNRT_CUDA_HALO", "all")
+    seen = 0
+    for case, g in sorted(MMA_CASES.items()):
+        r = cuda_graph.GraphRunner(g, "fp16")
+        if not any("halo" in k for _, _, k in r.describe(300)):
+            continue
+        seen += 1
+        for n in (1, 7, 300):
+            x = rng.standard_normal((n,) + g.input_shape).astype(np.float32)
+            poison(r)
+            out = r.run({"images": x})["y"]
+            ref = run_reference(g, {"images": x.astype(np.float64)}, fp16_storage=True)["y"]
+            assert np.isfinite(out).all() and rel_err(out, ref) < 3e-3, (case, n, rel_err(out, ref))
+    assert seen >= 6, seen
+
+
+def test_halo_conv_large_batch(rng, monkeypatch):
+    # the planner's own choice at 5,000 images: ResNet-20 takes the halo kernel for its 16- and
+    # 32-channel convs; the whole net against the SIMT plan, and a halo layer against float64
+    _needs_mma()
+    monkeypatch.delenv("CNNRT_CUDA_HALO", raising=False)
+    g = MMA_CASES["mma_halo_bands_c8"]
+    r = cuda_graph.GraphRunner(g, "fp16")
+    assert any("halo" in k for _, _, k in r.describe(5000))
+    x = rng.standard_normal((5000,) + g.input_shape).astype(np.float32)
+    poison(r)
+    out = r.run({"images": x})["y"]
+    rows = np.concatenate([[0, 4999], np.sort(rng.choice(5000, 60, replace=False))])
+    ref = run_reference(g, {"images": x[rows].astype(np.float64)}, fp16_storage=True)["y"]
+    assert np.isfinite(out).all() and rel_err(out[rows], ref) < 3e-3
+    g = net("resnet20")
+    r, simt = runner(g, "fp16"), runner(g, "fp16", mma=False)
+    assert any("halo" in k for _, _, k in r.describe(5000))
+    xs = rng.integers(0, 256, (5000,) + g.input_shape, dtype=np.uint8)
+    poison(r)
+    check_fp16(r.probabilities(xs), simt.probabilities(xs), "resnet20 halo vs SIMT")

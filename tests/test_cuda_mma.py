@@ -265,3 +265,87 @@ def test_splitk_kernels_compile():
     ptx, _ = compile_ptx(G.module_source(ks))
     for k in ks:
         assert k.name in ptx
+
+
+# ------------------------------------------------------------------ the halo conv (input tile in shared memory)
+
+HALO_SHAPES = [  # (N, H, W, C, O, K, stride, pad, dilation)
+    (2, 10, 9, 16, 16, 3, 1, 1, 1),  # two whole images a block
+    (3, 20, 20, 8, 16, 3, 1, 1, 1),  # bands of 12 rows, the last one short; C = 8: K steps span two taps
+    (2, 33, 17, 16, 16, 3, 2, 1, 1),  # stride 2
+    (7, 8, 8, 16, 20, 3, 1, 1, 1),  # 4 images a block, 3 in the last; O = 20 (a ragged n8 fragment)
+    (1, 12, 11, 24, 40, 3, 1, 2, 2),  # dilation 2, C = 24 (no swizzle), two channel tiles
+    (5, 4, 4, 32, 70, 3, 1, 1, 1),  # 64-channel tiles of 2 warps, O = 70
+    (2, 9, 9, 64, 16, 1, 1, 0, 1),  # 1x1
+    (1, 6, 6, 16, 8, 5, 1, 2, 1),  # 5x5, K = 400 (25 K steps)
+]
+
+
+@pytest.mark.parametrize("shape", HALO_SHAPES, ids=[f"h{i}" for i in range(len(HALO_SHAPES))])
+def test_emulated_halo_conv_matches_float64(rng, shape):
+    N, H, W, C, O, k, s, p, d = shape
+    x = rng.standard_normal((N, H, W, C)).astype(np.float16)
+    w = rng.standard_normal((O, k, k, C)).astype(np.float16)
+    b = rng.standard_normal(O)
+    K = k * k * C
+    wq = np.zeros((O, -(-K // G.MMA_KPAD) * G.MMA_KPAD), np.float16)
+    wq[:, :K] = w.reshape(O, K)
+    want, Ho, Wo = conv64(x.astype(np.float64), w.astype(np.float64), b, (s, s), (p, p), (d, d))
+    g = G.HaloGeom(C, H, W, Ho, Wo, k, k, s, s, p, p, d, d)
+    t = G.halo_tile(g, O, N)
+    assert t is not None
+    got = ME.run_halo(g, t, x, wq, b).reshape(want.shape)
+    assert np.abs(got - want).max() <= 1e-9 * np.abs(want).max(), t
+
+
+@pytest.mark.parametrize("C", [8, 16, 32, 64, 128])
+def test_halo_swizzle_spreads_ldmatrix_rows_over_bank_groups(C):
+    # stride 1: an ldmatrix's 8 rows are 8 consecutive footprint positions, same chunk j; with the
+    # swizzle their 16-byte units land in 8 distinct bank groups (of 8), for every j and start
+    sws, swm = G.halo_swizzle(C)
+    cpp = C // 8
+    for start in range(16):
+        for j in range(cpp):
+            units = [(P * cpp + (j ^ ((P >> sws) & swm))) % 8 for P in range(start, start + 8)]
+            assert len(set(units)) == 8, (C, start, j, units)
+
+
+def test_halo_tile_limits():
+    g = G.HaloGeom(16, 32, 32, 32, 32, 3, 3, 1, 1, 1, 1, 1, 1)  # ResNet-20's first stage
+    t = G.halo_tile(g, 16, 10000)
+    assert (t.rows, t.imgs, t.bn, t.threads(g)) == (8, 1, 16, 256) and t.blocks(g, 10000) == 40000
+    assert G.halo_tile(G.HaloGeom(3, 32, 32, 32, 32, 3, 3, 1, 1, 1, 1, 1, 1), 16, 10) is None  # C % 8
+    big = G.HaloGeom(512, 14, 14, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1)
+    assert G.halo_tile(big, 512, 8) is None  # footprint and weights past HALO_SMEM
+
+
+def test_planner_takes_the_halo_conv_for_narrow_layers_at_large_batch(monkeypatch):
+    def halo_labels(n):
+        return [k for _, _, k in Program(TG.resnet20(0), "fp16").describe(n) if "halo" in k]
+
+    monkeypatch.delenv("CNNRT_CUDA_HALO", raising=False)
+    assert halo_labels(1) == []  # batch 1: too few blocks, the K-step kernel (and split-K) keep it
+    many = halo_labels(4096)
+    assert len(many) >= 9 and all("x 16 channels" in k or "x 32 channels" in k or "x 64 channels" in k for k in many)
+    monkeypatch.setenv("CNNRT_CUDA_HALO", "0")
+    assert halo_labels(4096) == []
+    monkeypatch.setenv("CNNRT_CUDA_HALO", "all")
+    assert len(halo_labels(1)) >= 6
+
+
+def test_halo_kernels_compile():
+    from cnnrt.testing.nvrtc import compile_ptx, find_library
+
+    if find_library() is None:
+        pytest.skip("no NVRTC library here (pip install nvidia-cuda-nvrtc to check the generated CUDA on the CPU)")
+    ks = []
+    for N, H, W, C, O, k, s, p, d in HALO_SHAPES:
+        Ho, Wo = (H + 2 * p - d * (k - 1) - 1) // s + 1, (W + 2 * p - d * (k - 1) - 1) // s + 1
+        g = G.HaloGeom(C, H, W, Ho, Wo, k, k, s, s, p, p, d, d)
+        t = G.halo_tile(g, O, N)
+        ks += [G.halo_conv_kernel(g, t, "f16", (G.epi_op("Add", mode="full", dtype="f16"), G.epi_op("Relu")), coalesce=c)
+               for c in (False, True)]
+    ptx, _ = compile_ptx(G.module_source(ks))
+    for kern in ks:
+        assert kern.name in ptx
+    assert "ldmatrix.sync.aligned" in ptx and "cp.async.cg.shared.global" in ptx

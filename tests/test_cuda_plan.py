@@ -182,3 +182,23 @@ def test_vec8_kernels_where_they_apply(monkeypatch):
     assert "dwconv8" not in fams("conv_depthwise", "fp16")  # C = 5
     monkeypatch.setenv("CNNRT_CUDA_NO_VEC8", "1")
     assert "dwconv8" not in fams("dw8_s2_clip", "fp16") and "pool8" not in fams("pool8_max_avg", "fp16")
+
+
+def test_input_channels_padded_for_the_tensor_cores(rng):
+    # 3 to 7 input channels read only by tensor-core convs are stored as 8 (zero channels, zero
+    # weights), so the stem gathers 16 bytes at a time; anything else keeps the image's channels
+    g = CASES["conv3x3"]  # C = 5
+    prog = Program(g, "fp16")
+    assert prog.in_pad == 8
+    plan = prog.plan(3)
+    assert plan.buffers[prog.base(prog.input)].shape == (3, 7, 9, 8)
+    assert "5 channels stored as 8" in plan.launches[0].label
+    assert not any("scalar" in l.label for l in plan.launches)
+    x = rng.standard_normal((3,) + g.input_shape).astype(np.float32)
+    out = EM.run(prog, x)["y"]
+    ref = run_reference(g, {"images": x.astype(np.float64)}, fp16_storage=True)["y"]
+    assert rel_err(out, ref) < 1e-2
+    assert Program(g, "fp32").in_pad == 5 and Program(g, "fp16", mma=False).in_pad == 5
+    assert Program(CASES["conv_groups3"], "fp16").in_pad == 6  # a grouped conv reads it: SIMT kernel
+    both = TG._one("conv_and_add", (6, 6, 3), lambda b, x: b.op("Add", [b.conv(x, 3, 3), x]))
+    assert Program(both, "fp16").in_pad == 3  # the Add reads the image too

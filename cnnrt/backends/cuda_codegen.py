@@ -688,7 +688,10 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
 #if $STAGES
     cp_async_wait<0>();  // no copy outstanding at exit (only empty groups can be left)
 #endif
+$EPILOGUE}
+"""
 
+MMA_EPILOGUE = r"""
     const int gq = lane >> 2, tq = lane & 3;
 #if $COALESCE
     // the block's accumulators go through shared memory, so that each thread then finishes 8
@@ -759,7 +762,6 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
         }
     }
 #endif
-}
 """
 
 
@@ -803,7 +805,8 @@ def mma_conv_kernel(tile: MmaTile, variant: str, to: str, epi=(), splitk: bool =
     else:
         params = ([("const half_t* __restrict__", "x"), ("const half_t* __restrict__", "w"),
                    ("const float* __restrict__", "bias"), (f"{CTYPE[to]}* __restrict__", "y")] + eparams + dims)
-    src = (MMA_CONV_TEMPLATE.replace("$THREADS", str(tile.threads)).replace("$BM", str(tile.bm))
+    src = (MMA_CONV_TEMPLATE.replace("$EPILOGUE", MMA_EPILOGUE)
+           .replace("$THREADS", str(tile.threads)).replace("$BM", str(tile.bm))
            .replace("$BN", str(tile.bn)).replace("$BK", str(tile.bk)).replace("$WARPS_M", str(tile.warps_m))
            .replace("$WARPS_N", str(tile.warps_n)).replace("$PAD", str(MMA_PAD))
            .replace("$AVAR", str(MMA_AVARIANTS.index(variant))).replace("$SPLITK", str(int(splitk)))
@@ -813,6 +816,244 @@ def mma_conv_kernel(tile: MmaTile, variant: str, to: str, epi=(), splitk: bool =
                     "epi": () if splitk else tuple(epi), "splitk": splitk, "stages": stages,
                     "coalesce": coalesce,
                     "smem": tile.smem_kernel(stages, coalesce)})
+
+
+# ----------------------------------------------------------------------------- tensor-core conv, input in shared memory
+
+@dataclass(frozen=True)
+class HaloGeom:
+    """A conv layer's geometry, fixed when its halo kernel is compiled (only the batch N and the
+    packed weights' row length Kp are run-time arguments)."""
+
+    C: int
+    H: int
+    W: int
+    Ho: int
+    Wo: int
+    KH: int
+    KW: int
+    sh: int
+    sw: int
+    ph: int
+    pw: int
+    dh: int
+    dw: int
+
+
+@dataclass(frozen=True)
+class HaloTile:
+    """A block of the halo conv: `imgs` whole images, or (imgs == 1) a band of `rows` output rows of
+    one image, at full width; bn output channels; warps of 32 pixels x (bn / warps_n) channels."""
+
+    rows: int
+    imgs: int
+    bn: int
+    warps_n: int
+
+    def pixels(self, g: HaloGeom) -> int:
+        return self.imgs * self.rows * g.Wo
+
+    def warps_m(self, g: HaloGeom) -> int:
+        return -(-self.pixels(g) // 32)
+
+    def threads(self, g: HaloGeom) -> int:
+        return 32 * self.warps_m(g) * self.warps_n
+
+    def bands(self, g: HaloGeom) -> int:
+        return -(-g.Ho // self.rows)
+
+    def th_in(self, g: HaloGeom) -> int:
+        return (self.rows - 1) * g.sh + (g.KH - 1) * g.dh + 1
+
+    def tw_in(self, g: HaloGeom) -> int:
+        return (g.Wo - 1) * g.sw + (g.KW - 1) * g.dw + 1
+
+    def positions(self, g: HaloGeom) -> int:
+        """Input pixels held in shared memory (the footprint); one more, all zero, follows them."""
+        return self.imgs * self.th_in(g) * self.tw_in(g)
+
+    def ks(self, g: HaloGeom) -> int:
+        return -(-(g.KH * g.KW * g.C) // 16)
+
+    def smem_x(self, g: HaloGeom) -> int:
+        return (self.positions(g) + 1) * g.C * 2
+
+    def smem_b(self, g: HaloGeom) -> int:
+        return self.bn * (self.ks(g) * 16 + 8) * 2
+
+    def smem(self, g: HaloGeom, coalesce: bool) -> int:
+        out = self.warps_m(g) * 32 * (self.bn + 4) * 4 if coalesce else 0
+        return max(self.smem_x(g) + self.smem_b(g), out)
+
+    def blocks(self, g: HaloGeom, n: int) -> int:
+        """grid.x: bands of each image, or groups of `imgs` images."""
+        return n * self.bands(g) if self.imgs == 1 else -(-n // self.imgs)
+
+
+HALO_PIXELS = 256  # output pixels a block aims for (8 warps of 32)
+HALO_SMEM = 100 * 1024  # at most this much shared memory a block (two blocks an SM)
+
+
+def halo_swizzle(C: int) -> tuple[int, int]:
+    """(shift, mask): 16-byte chunk j of footprint position P is stored at chunk j ^ ((P >> shift) & mask),
+    so the 8 rows of one ldmatrix (8 consecutive positions, C * 2 bytes apart) fall in 8 distinct
+    16-byte bank groups. Only for C / 8 a power of two (else no swizzle: mask 0)."""
+    cpp = C // 8
+    if cpp & (cpp - 1):
+        return 0, 0
+    if cpp >= 8:
+        return 0, 7
+    return {1: (3, 0), 2: (2, 1), 4: (1, 3)}[cpp]
+
+
+def halo_tile(g: HaloGeom, O: int, n: int, pixels: int = HALO_PIXELS) -> HaloTile | None:
+    """The halo tile for a layer (about `pixels` output pixels a block), or None where it does not
+    apply (C % 8, the footprint too big)."""
+    if g.C % 8:
+        return None
+    bn = 16 if O <= 16 else 32 if O <= 32 else 64
+    warps_n = bn // 32 if bn >= 64 else 1
+    hw = g.Ho * g.Wo
+    for px in (pixels, pixels // 2):  # half the pixels where the footprint does not fit
+        if hw <= px:
+            t = HaloTile(g.Ho, max(1, min(n, px // hw)), bn, warps_n)
+        else:
+            t = HaloTile(max(1, min(g.Ho, px // g.Wo)), 1, bn, warps_n)
+        if t.threads(g) <= 512 and t.smem(g, mma_coalesce_halo(t)) <= HALO_SMEM:
+            return t
+    return None
+
+
+def mma_coalesce_halo(t: HaloTile) -> bool:
+    """The halo conv's store: as mma_coalesce (shared memory for tiles 32 or more channels wide)."""
+    env = os.environ.get("CNNRT_CUDA_MMA_STORE", "")
+    if env:
+        return env != "direct"
+    return t.bn >= 32
+
+
+HALO_TEMPLATE = r"""
+extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
+    $SIG)
+{
+    // the block's input footprint (every tap of every output pixel it computes) is copied into shared
+    // memory once; the im2col rows are then ldmatrix addresses into it, so A is gathered from shared
+    // memory with no K-step loop of global loads and barriers
+    constexpr int C = $C, H = $H, W = $W, Ho = $HO, Wo = $WO, KH = $KH, KW = $KW;
+    constexpr int SH = $SH, SW = $SW, PH = $PH, PW = $PW, DH = $DH, DW = $DW;
+    constexpr int R = $ROWS, IMG = $IMGS, BANDS = (Ho + R - 1) / R;
+    constexpr int THI = (R - 1) * SH + (KH - 1) * DH + 1, TWI = (Wo - 1) * SW + (KW - 1) * DW + 1;
+    constexpr int CPP = C / 8;  // 16-byte chunks a position
+    constexpr int SWS = $SWS, SWM = $SWM;  // chunk j of position P is stored at j ^ ((P >> SWS) & SWM)
+    constexpr int NPOS = IMG * THI * TWI;  // position NPOS is all zero: padded pixels and K past the end
+    constexpr int K = KH * KW * C, KS = (K + 15) / 16, LDB = KS * 16 + 8;
+    constexpr int BM = $BM, BN = $BN, WARPS_N = $WARPS_N, THREADS = $THREADS;
+    constexpr int WTM = 32, WTN = BN / WARPS_N, MI = 2, NI = WTN / 8;
+    static_assert(C % 8 == 0 && BM == 32 * $WARPS_M && WTN % 16 == 0, "halo tile");
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    u4_t* Xs = reinterpret_cast<u4_t*>(smem_raw);
+    half_t* Bs = reinterpret_cast<half_t*>(smem_raw + (NPOS + 1) * C * 2);
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wm = warp / WARPS_N, wn = warp - wm * WARPS_N;
+    const int n0 = (blockIdx.x / BANDS) * IMG, ho0 = (blockIdx.x % BANDS) * R;
+    const int o0 = blockIdx.y * BN;
+    const int nimgs = min(IMG, N - n0), rows = min(R, Ho - ho0);
+    const int HWo = Ho * Wo;
+    const int m0 = (n0 * Ho + ho0) * Wo;
+    const int M = m0 + (nimgs - 1) * HWo + rows * Wo;  // this block's pixels are m0 .. M - 1
+    const int CH = O;
+    (void)CH;
+
+    for (int e = tid; e < NPOS * CPP; e += THREADS) {
+        const int j = e % CPP, P = e / CPP;
+        const int img = P / (THI * TWI), rem = P - img * (THI * TWI);
+        const int ri = rem / TWI, wi = rem - ri * TWI;
+        const int hi = ho0 * SH - PH + ri, wg = wi - PW;
+        const bool ok = img < nimgs && (unsigned)hi < (unsigned)H && (unsigned)wg < (unsigned)W;
+        const half_t* src = ok ? x + (((long long)(n0 + img) * H + hi) * W + wg) * C + j * 8 : x;
+        cp_async16(smem_u32(&Xs[P * CPP + (j ^ ((P >> SWS) & SWM))]), src, ok ? 16 : 0);
+    }
+    if (tid < CPP) Xs[NPOS * CPP + tid] = u4_t{0u, 0u, 0u, 0u};
+    for (int e = tid; e < BN * KS * 2; e += THREADS) {
+        const int o = e / (KS * 2), q = e - o * (KS * 2);
+        const bool ok = o0 + o < O;
+        const half_t* src = ok ? w + (long long)(o0 + o) * Kp + q * 8 : w;
+        cp_async16(smem_u32(&Bs[o * LDB + q * 8]), src, ok ? 16 : 0);
+    }
+    cp_async_commit();
+
+    // each lane's fragment rows: footprint position of its pixel's tap (0, 0), or -1 past the block's pixels
+    int pos[MI];
+#pragma unroll
+    for (int i = 0; i < MI; ++i) {
+        const int p = wm * WTM + i * 16 + (lane & 15);
+        const int img = p / (R * Wo), rem = p - img * (R * Wo), r = rem / Wo, wo = rem - r * Wo;
+        pos[i] = m0 + p < M ? (img * THI + r * SH) * TWI + wo * SW : -1;
+    }
+    const u32_t xs0 = smem_u32(Xs), zero = xs0 + NPOS * CPP * 16;
+    const u32_t bs0 = smem_u32(Bs) + ((wn * WTN + (lane & 7) + ((lane >> 4) << 3)) * LDB + ((lane >> 3) & 1) * 8) * 2;
+    float acc[MI][NI][4];
+#pragma unroll
+    for (int i = 0; i < MI; ++i)
+#pragma unroll
+        for (int j = 0; j < NI; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+    cp_async_wait<0>();
+    __syncthreads();
+
+#pragma unroll 3
+    for (int ks = 0; ks < KS; ++ks) {
+        const int k = (2 * ks + (lane >> 4)) * 8;  // this lane's 8 halves of K: one tap, channels c .. c + 7
+        const int tap = k / C, c = k - tap * C, kh = tap / KW, kw = tap - kh * KW;
+        const int toff = kh * DH * TWI + kw * DW, j = c / 8;
+        u32_t af[MI][4], bf[NI][2];
+#pragma unroll
+        for (int i = 0; i < MI; ++i) {
+            const int P = pos[i] + toff;
+            ldsm_x4(af[i], pos[i] >= 0 && k < K ? xs0 + (P * CPP + (j ^ ((P >> SWS) & SWM))) * 16 : zero);
+        }
+#pragma unroll
+        for (int j2 = 0; j2 < NI / 2; ++j2) {
+            u32_t r[4];
+            ldsm_x4(r, bs0 + (j2 * 16 * LDB + ks * 16) * 2);
+            bf[2 * j2][0] = r[0]; bf[2 * j2][1] = r[1]; bf[2 * j2 + 1][0] = r[2]; bf[2 * j2 + 1][1] = r[3];
+        }
+#pragma unroll
+        for (int i = 0; i < MI; ++i)
+#pragma unroll
+            for (int j3 = 0; j3 < NI; ++j3) mma16816(acc[i][j3], af[i], bf[j3][0], bf[j3][1]);
+    }
+$EPILOGUE}
+"""
+
+
+def halo_conv_kernel(g: HaloGeom, t: HaloTile, to: str, epi=(), coalesce: bool | None = None) -> Kernel:
+    """Tensor-core conv (groups == 1, C % 8 == 0) whose block first copies its whole input footprint
+    into shared memory (zero outside the image, swizzled against bank conflicts) with the weights of its
+    bn channels, then runs every K step from shared memory: each lane's ldmatrix row address is its
+    pixel's tap in the footprint. For layers with few channels, where the K-step gather of
+    mma_conv_kernel (global loads, shared stores and two barriers per 32 halves of K) is the cost.
+    The geometry is compiled in (HaloGeom); N and Kp are arguments. grid (t.blocks(g, N), ceil(O/bn))."""
+    coalesce = mma_coalesce_halo(t) if coalesce is None else coalesce
+    assert g.C % 8 == 0
+    eparams, ecode, _ = epilogue(epi)
+    params = ([("const half_t* __restrict__", "x"), ("const half_t* __restrict__", "w"),
+               ("const float* __restrict__", "bias"), (f"{CTYPE[to]}* __restrict__", "y")] + eparams
+              + [("int", "N"), ("int", "O"), ("int", "Kp")])
+    sws, swm = halo_swizzle(g.C)
+    wm = t.warps_m(g)
+    subs = {"$C": g.C, "$H": g.H, "$W": g.W, "$HO": g.Ho, "$WO": g.Wo, "$KH": g.KH, "$KW": g.KW, "$SH": g.sh,
+            "$SW": g.sw, "$PH": g.ph, "$PW": g.pw, "$DH": g.dh, "$DW": g.dw, "$ROWS": t.rows, "$IMGS": t.imgs,
+            "$SWS": sws, "$SWM": swm, "$BM": 32 * wm, "$BN": t.bn, "$WARPS_N": t.warps_n, "$WARPS_M": wm,
+            "$THREADS": t.threads(g)}
+    src = (HALO_TEMPLATE.replace("$EPILOGUE", MMA_EPILOGUE).replace("$SPLITK", "0").replace("$STAGES", "0")
+           .replace("$COALESCE", str(int(coalesce))).replace("$EPI", ecode))
+    for key in sorted(subs, key=len, reverse=True):  # longest first: $WARPS_N before $W
+        src = src.replace(key, str(subs[key]))
+    return _finish("mma_halo", src, params, t.threads(g),
+                   {"geom": g, "tile": t, "ti": "f16", "to": to, "epi": tuple(epi), "coalesce": coalesce,
+                    "smem": t.smem(g, coalesce)})
 
 
 SPLITK_TEMPLATE = r"""
@@ -1371,12 +1612,30 @@ extern "C" __global__ void __launch_bounds__(256) $NAME(
 """
 
 
-def prep_kernel(ti: str, to: str) -> Kernel:
-    """The model's input preprocessing: (x * scale - mean[c]) / std[c] into the storage type."""
+PREP_PAD_TEMPLATE = r"""
+extern "C" __global__ void __launch_bounds__(256) $NAME(
+    $SIG)
+{
+    // one pixel a thread: its CHI channels in, 8 out (the rest zero) in one 16-byte store
+    const long long npix = total / 8;
+    for (long long pix = blockIdx.x * (long long)blockDim.x + threadIdx.x; pix < npix;
+         pix += (long long)gridDim.x * blockDim.x) {
+        float v[8];
+#pragma unroll
+        for (int c = 0; c < 8; ++c) v[c] = c < CHI ? (ldf(x, pix * CHI + c) * scale - mean[c]) / std[c] : 0.f;
+        st8(y, pix * 8, v, 8, true);
+    }
+}
+"""
+
+
+def prep_kernel(ti: str, to: str, pad: bool = False) -> Kernel:
+    """The model's input preprocessing: (x * scale - mean[c]) / std[c] into the storage type.
+    pad: the image's CHI channels are stored as CH = 8 (total counts the output), the rest zero."""
     params = [(f"const {CTYPE[ti]}* __restrict__", "x"), (f"{CTYPE[to]}* __restrict__", "y"), ("long long", "total"),
               ("int", "CH"), ("float", "scale"), ("const float* __restrict__", "mean"),
-              ("const float* __restrict__", "std")]
-    return _finish("prep", PREP_TEMPLATE, params, 256, {"ti": ti, "to": to})
+              ("const float* __restrict__", "std")] + ([("int", "CHI")] if pad else [])
+    return _finish("prep", PREP_PAD_TEMPLATE if pad else PREP_TEMPLATE, params, 256, {"ti": ti, "to": to, "pad": pad})
 
 
 def module_source(kernels) -> str:

@@ -115,6 +115,25 @@ def choose_mma_tile(M: int, O: int, K: int, nsm: int, variant: str = "vec") -> s
     return best
 
 
+HALO_MAX_O = 64  # the halo conv by default only for layers this narrow (dev/cuda/mma_conv.py, H200: ResNet-20's
+# 16-, 32- and 64-channel 3x3 convs at 10,000 images 885 -> 356, 428 -> 221 and 308 -> 222 us)
+
+
+def choose_halo(g: G.HaloGeom, o: int, n: int, nsm: int) -> G.HaloTile | None:
+    """The halo conv's tile for a tensor-core conv layer, or None for mma_conv_kernel: for narrow
+    layers (o <= HALO_MAX_O output channels, C % 8 == 0) with more than one tap (a 1x1 conv reads
+    each input once: nothing to share) and a footprint that fits, and at least one block per SM
+    (small batches keep the split-K path). CNNRT_CUDA_HALO=0 never takes it, =all wherever it fits
+    (A/B switches)."""
+    env = os.environ.get("CNNRT_CUDA_HALO", "")
+    if env in ("0", "no", "false"):
+        return None
+    t = G.halo_tile(g, o, n)
+    if t is None or env == "all":
+        return t
+    return t if o <= HALO_MAX_O and g.KH * g.KW > 1 and t.blocks(g, n) * cdiv(o, t.bn) >= nsm else None
+
+
 SPLITK_REDUCE_STEPS = 12  # the reduction launch's cost in K steps of a conv block (~0.5 us each on an H200)
 
 
@@ -294,6 +313,7 @@ class Program:
         self.consts: dict[str, np.ndarray] = {}
         self.groups = self._fuse()
         self.out_bases = {self.base(t) for t in g.outputs}
+        self.in_pad = self._input_channel_pad()
         pp = g.preprocess
         c = self.item_shape[-1] if self.item_shape else 1
         self._chan_const("prep:mean", pp.get("mean"), c, 0.0)
@@ -301,6 +321,21 @@ class Program:
         self._chan_const("prep:zero", None, c, 0.0)
         self._chan_const("prep:one", None, c, 1.0)
         self._plans: dict = {}
+
+    def _input_channel_pad(self) -> int:
+        """Channels the fp16 input is stored with: 8 where the image has 3 to 7 channels and only
+        tensor-core convs read it, so that their A rows are 16-byte loads (and the halo kernel
+        applies) instead of element-by-element gathers; the weights get zero channels to match.
+        Else the image's own channel count."""
+        c = self.item_shape[-1] if len(self.item_shape) == 3 else 0
+        if not self.mma or not 3 <= c < 8 or self.dtype(self.input) != "f16" or self.base(self.input) in self.out_bases:
+            return c
+        readers = [n for n in self.g.nodes if self.input in n.inputs]
+        convs = {grp.nodes[0].name for grp in self.groups if grp.kind == "conv"}
+        if readers and all(n.name in convs and n.inputs[0] == self.input and n.inputs[1:2] and n.inputs[1] != self.input
+                           and int(n.attrs.get("group", 1)) == 1 for n in readers):
+            return 8
+        return c
 
     # ------------------------------------------------------------ constants
     def _q(self, a: np.ndarray) -> np.ndarray:
@@ -507,6 +542,8 @@ class _Planner:
             raise ValueError("batch size must be at least 1")
         self.p, self.n, self.in_kind = prog, n, in_kind
         self.shapes = prog.g.infer_shapes({prog.input: (n,) + prog.item_shape})
+        if prog.item_shape and prog.in_pad != prog.item_shape[-1]:  # stored with zero channels (Program.in_pad)
+            self.shapes[prog.input] = (n,) + prog.item_shape[:-1] + (prog.in_pad,)
         self.launches: list[Launch] = []
         self.buffers: dict[str, Buffer] = {}
         self.meta: list[int] = []
@@ -595,13 +632,18 @@ class _Planner:
         stage = self.temp(":stage", (self.n,) + p.item_shape, self.in_kind)
         x = self.t(p.input)
         u8 = self.in_kind == "u8"
-        k = G.prep_kernel(self.in_kind, p.dtype(p.input))
-        total = self.n * prod(p.item_shape)
-        self.emit(None, k, self.grid_stride(total), (256,),
-                  {"x": stage, "y": x, "total": total, "CH": p.item_shape[-1] if p.item_shape else 1,
-                   "scale": float(p.g.input_scale) if u8 else 1.0,
-                   "mean": self.c("prep:mean" if u8 else "prep:zero"), "std": self.c("prep:std" if u8 else "prep:one")},
-                  [stage[1]], [x[1]], label="prep (input scale/normalise)", nodes=[])
+        chi = p.item_shape[-1] if p.item_shape else 1
+        pad = bool(p.item_shape) and p.in_pad != chi
+        k = G.prep_kernel(self.in_kind, p.dtype(p.input), pad)
+        total = prod(self.shapes[p.input])
+        args = {"x": stage, "y": x, "total": total, "CH": p.in_pad if pad else chi,
+                "scale": float(p.g.input_scale) if u8 else 1.0,
+                "mean": self.c("prep:mean" if u8 else "prep:zero"), "std": self.c("prep:std" if u8 else "prep:one")}
+        if pad:
+            args["CHI"] = chi
+        threads = total // p.in_pad if pad else total  # the padded prep takes a pixel a thread
+        self.emit(None, k, self.grid_stride(threads), (256,), args, [stage[1]], [x[1]], nodes=[],
+                  label="prep (input scale/normalise" + (f"; {chi} channels stored as {p.in_pad})" if pad else ")"))
         for grp in p.groups:
             getattr(self, f"g_{grp.kind}")(grp)
         outputs = []
@@ -668,6 +710,8 @@ class _Planner:
     def _mma_conv(self, grp: Group, node: Node, w, bias: str, xs, ys):
         """A groups == 1 conv with fp16 input on the tensor cores (cuda_codegen.mma_conv_kernel)."""
         p = self.p
+        if xs[3] != w.shape[3]:  # the input stored with zero channels (Program.in_pad): zero weights for them
+            w = np.concatenate([w, np.zeros(w.shape[:3] + (xs[3] - w.shape[3],), w.dtype)], axis=3)
         o, kh, kw, c = w.shape
         K = kh * kw * c
         kp = cdiv(K, G.MMA_KPAD) * G.MMA_KPAD
@@ -683,11 +727,24 @@ class _Planner:
         M = n * ho * wo
         (sh, sw), (dh, dw), pads = node.attrs["strides"], node.attrs["dilations"], node.attrs["pads"]
         variant = G.mma_variant(c, kh, kw, (sh, sw), pads)
-        tname = choose_mma_tile(M, o, K, p.nsm, variant)
-        tile = G.MMA_TILES[tname]
         out = grp.output
         ops, eargs = self.epi(grp, out)
         y = self.t(out)
+        geom = G.HaloGeom(c, h, wd, ho, wo, kh, kw, sh, sw, pads[0], pads[1], dh, dw)
+        ht = choose_halo(geom, o, n, p.nsm)
+        if ht is not None:
+            kern = G.halo_conv_kernel(geom, ht, self.dt(out), ops)
+            args = {"x": self.t(node.inputs[0]), "w": self.c(wp), "bias": self.c(bias), "y": y}
+            self.put_epi(args, eargs)
+            args.update(N=n, O=o, Kp=kp)
+            what = f"{ht.imgs} images" if ht.imgs > 1 else f"{ht.rows} rows"
+            self.emit(grp, kern, (ht.blocks(geom, n), cdiv(o, ht.bn), 1), (ht.threads(geom),), args, [], [y[1]],
+                      self.label(grp, f"conv implicit-GEMM tensor-core halo ({what} x {ht.bn} channels, "
+                                      "input in shared memory)"),
+                      smem=kern.static["smem"])
+            return
+        tname = choose_mma_tile(M, o, K, p.nsm, variant)
+        tile = G.MMA_TILES[tname]
         dims = dict(N=n, H=h, W=wd, C=c, Ho=ho, Wo=wo, O=o, KW=kw, sh=sh, sw=sw, ph=pads[0], pw=pads[1], dh=dh, dw=dw,
                     K=K, Kp=kp)
         splits = choose_splitk(M, o, K, tname, p.nsm, variant)

@@ -118,9 +118,17 @@ class Emulator:
     # ---------------------------------------------------------- kernel families
     def prep(self, l):
         a = l.args
+        mean, std = self.read(a["mean"]), self.read(a["std"])
+        if l.kernel.static.get("pad"):  # CHI channels of the image stored as CH, the rest zero
+            chi, ch = a["CHI"], a["CH"]
+            assert ch == 8 and a["total"] % ch == 0 and chi < ch
+            x = self.read(a["x"], a["total"] // ch * chi).reshape(-1, chi)
+            y = np.zeros((x.shape[0], ch))
+            y[:, :chi] = (x * a["scale"] - mean[:chi]) / std[:chi]
+            self.store(a["y"], y.reshape(-1))
+            return
         x = self.read(a["x"], a["total"])
         c = np.arange(x.size) % a["CH"]
-        mean, std = self.read(a["mean"]), self.read(a["std"])
         self.store(a["y"], (x * a["scale"] - mean[c]) / std[c])
 
     def _im2col(self, a, KH: int, KW: int) -> np.ndarray:
@@ -195,6 +203,23 @@ class Emulator:
         out = cols @ w[:, :K].T
         v = out.reshape(-1) + self.read(a["bias"])[np.arange(M * O_) % O_]
         self.store(a["y"], self.epilogue(l, v, O_, Ho * Wo * O_))
+
+    def mma_halo(self, l):
+        """The halo tensor-core conv: geometry compiled in (static 'geom'), N, O and Kp as arguments."""
+        a, g, t = l.args, l.kernel.static["geom"], l.kernel.static["tile"]
+        N, O_, Kp = a["N"], a["O"], a["Kp"]
+        K = g.KH * g.KW * g.C
+        assert g.C % 8 == 0 and Kp % G.MMA_KPAD == 0 and Kp >= t.ks(g) * 16
+        assert l.grid == (t.blocks(g, N), cdiv(O_, t.bn), 1), "grid does not match the tile"
+        assert t.blocks(g, N) * t.imgs * t.bands(g) * t.rows >= N * g.Ho, "blocks do not cover the output rows"
+        assert l.block[0] == t.threads(g) and l.smem == t.smem(g, l.kernel.static["coalesce"])
+        dims = dict(N=N, H=g.H, W=g.W, C=g.C, Ho=g.Ho, Wo=g.Wo, sh=g.sh, sw=g.sw, ph=g.ph, pw=g.pw, dh=g.dh, dw=g.dw)
+        w = self.read(a["w"], O_ * Kp).reshape(O_, Kp)
+        assert not w[:, K:].any(), "the weights' K padding must be zero"
+        cols = self._im2col({**a, **dims}, g.KH, g.KW).reshape(-1, K)
+        M = N * g.Ho * g.Wo
+        v = (cols @ w[:, :K].T).reshape(-1) + self.read(a["bias"])[np.arange(M * O_) % O_]
+        self.store(a["y"], self.epilogue(l, v, O_, g.Ho * g.Wo * O_))
 
     def splitk(self, l):
         a = l.args

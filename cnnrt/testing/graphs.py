@@ -419,5 +419,9 @@ def mma_conv_cases() -> dict:
     # few output tiles and a long K at batch 1: split-K (cuda_plan.choose_splitk) with its reduction
     add("mma_splitk_7x7_add_relu", (7, 7, 128), lambda b, x: b.op("Relu", [b.op("Add", [b.conv(x, 128, 3), x])]))
     add("mma_splitk_c37_7x7", (5, 6, 37), lambda b, x: b.op("HardSwish", [b.conv(x, 40, 7, pad=3)]))
+    # the halo conv (cuda_codegen.halo_conv_kernel): bands of 7 rows with a short last band, and
+    # stride 2 with whole images per block
+    add("mma_halo_bands_c8", (20, 33, 8), lambda b, x: b.op("Relu", [b.conv(x, 16, 3)]))
+    add("mma_halo_c32_s2", (16, 15, 32), lambda b, x: b.op("Relu", [b.conv(x, 32, 3, stride=2)]))
     add("mma_chain", (11, 12, 3), lambda b, x: b.op("Tanh", [b.conv(b.op("Relu", [b.conv(x, 16, 3)]), 37, 3, stride=2)]))
     return c

@@ -1,6 +1,7 @@
 """The tensor-core conv (cuda_codegen.mma_conv_kernel), its versions side by side on the zoo's
 heaviest layer shapes: block tile, warp tile, K step (bk) and pipeline depth (0: the register-staged
-double buffer, 2+: cp.async stages). Each version is checked against float64 NumPy on sampled
+double buffer, 2+: cp.async stages), and the halo conv (cuda_codegen.halo_conv_kernel: the block's
+input footprint in shared memory) at several block sizes. Each version is checked against float64 NumPy on sampled
 output rows and timed with CUDA events (median of --reps launches after warm-up).
 
     PYTHONPATH=. python3 dev/cuda/mma_conv.py [--json out.json] [--layers r18_l1,r20_s1] [--reps 10]
@@ -23,15 +24,21 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from cnnrt.backends import cuda_codegen as G  # noqa: E402
-from cnnrt.backends.cuda_plan import choose_mma_tile  # noqa: E402
+from cnnrt.backends.cuda_plan import choose_halo, choose_mma_tile  # noqa: E402
 
 # name: (N, H, W, C, O, K, stride, pad): the zoo's layers that take the most device time
 LAYERS = {
     "r18_stem": (256, 224, 224, 3, 64, 7, 2, 3),
+    "r18_stem8": (256, 224, 224, 8, 64, 7, 2, 3),  # the stems with the input stored as 8 channels (Program.in_pad)
+    "r20_stem8": (10000, 32, 32, 8, 16, 3, 1, 1),
+    "mnv2_stem8": (2048, 96, 96, 8, 32, 3, 2, 1),
+    "mnv3_stem8": (256, 224, 224, 8, 16, 3, 2, 1),
     "r18_l1": (256, 56, 56, 64, 64, 3, 1, 1),
     "r18_l2": (256, 28, 28, 128, 128, 3, 1, 1),
     "r18_l4": (256, 7, 7, 512, 512, 3, 1, 1),
     "r20_s1": (10000, 32, 32, 16, 16, 3, 1, 1),
+    "r20_s2": (10000, 16, 16, 32, 32, 3, 1, 1),
+    "r20_down2": (10000, 32, 32, 16, 32, 3, 2, 1),
     "r20_s3": (10000, 8, 8, 64, 64, 3, 1, 1),
     "mnv2_pw": (2048, 48, 48, 16, 96, 1, 1, 0),
     "mnv2_pw2": (2048, 24, 24, 144, 24, 1, 1, 0),
@@ -79,6 +86,8 @@ def main(argv=None) -> int:
     ap.add_argument("--stages", default="0,3,4")
     ap.add_argument("--stores", default="coalesce,direct", help="the epilogue: coalesce (through shared memory), direct")
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--halo-pixels", default="128,256,512",
+                    help="the halo conv (footprint in shared memory) at these output pixels a block ('' for none)")
     a = ap.parse_args(argv)
     import cupy as cp
 
@@ -117,6 +126,15 @@ def main(argv=None) -> int:
                 for store in a.stores.split(","):
                     kernels.append((vname, st, store, tile, G.mma_conv_kernel(tile, variant, "f16", (), stages=st,
                                                                               coalesce=store == "coalesce")))
+        geom = G.HaloGeom(C, H, W, Ho, Wo, k, k, s, s, p, p, 1, 1)
+        halo_pick = choose_halo(geom, O, N, nsm)
+        for px in (int(v) for v in a.halo_pixels.split(",") if v):
+            ht = G.halo_tile(geom, O, N, px)
+            if ht is None:
+                continue
+            for store in a.stores.split(","):
+                hk = G.halo_conv_kernel(geom, ht, "f16", (), coalesce=store == "coalesce")
+                kernels.append((f"halo{px}", 0, store, ht, hk))
         mod = cp.RawModule(code=G.module_source(k_ for *_, k_ in kernels), options=("--std=c++17",))
         dims = dict(N=N, H=H, W=W, C=C, Ho=Ho, Wo=Wo, O=O, KW=k, sh=s, sw=s, ph=p, pw=p, dh=1, dw=1, K=K, Kp=Kp)
         ptrs = {"x": dx, "w": dw, "bias": bias, "y": y}
@@ -124,18 +142,23 @@ def main(argv=None) -> int:
                  "gflop": flop / 1e9, "planner": chosen, "versions": []}
         res["layers"][lname] = entry
         print(f"== {lname}: N={N} {H}x{W}x{C} -> {O}, {k}x{k} s{s} p{p}, {variant}, {flop / 1e9:.1f} GFLOP; "
-              f"planner: {chosen} (stages {G.mma_stages(variant, ctile)}, "
-              f"{'coalesced' if G.mma_coalesce(ctile) else 'direct'} store)", flush=True)
+              f"planner: " + (f"halo {halo_pick}" if halo_pick else f"{chosen} (stages {G.mma_stages(variant, ctile)}, "
+                              f"{'coalesced' if G.mma_coalesce(ctile) else 'direct'} store)"), flush=True)
+        if halo_pick:
+            entry["planner"] = f"halo {halo_pick}"
         for vname, st, store, tile, kern in kernels:
             fn = mod.get_function(kern.name)
             smem = kern.static["smem"]
             if smem > G.STATIC_SMEM:
                 fn.max_dynamic_shared_size_bytes = smem
             args = tuple(ptrs[n] if n in ptrs else np.int32(dims[n]) for _, n in kern.params)
-            grid = (-(-M // tile.bm), -(-O // tile.bn), 1)
+            halo = kern.family == "mma_halo"
+            grid = ((tile.blocks(geom, N), -(-O // tile.bn), 1) if halo
+                    else (-(-M // tile.bm), -(-O // tile.bn), 1))
+            threads = tile.threads(geom) if halo else tile.threads
             y.fill(np.float16(np.nan))
             try:
-                fn(grid, (tile.threads,), args, shared_mem=smem)
+                fn(grid, (threads,), args, shared_mem=smem)
                 cp.cuda.Device().synchronize()
             except Exception as e:  # noqa: BLE001 - a version that cannot launch is reported
                 entry["versions"].append({"version": vname, "stages": st, "store": store, "error": str(e)[:200]})
@@ -145,21 +168,28 @@ def main(argv=None) -> int:
             err = float(np.abs(got - ref).max() / np.abs(ref).max()) if np.isfinite(got).all() else float("inf")
             ev = [cp.cuda.Event() for _ in range(2 * a.reps)]
             for _ in range(2):
-                fn(grid, (tile.threads,), args, shared_mem=smem)
+                fn(grid, (threads,), args, shared_mem=smem)
             ts = []
             for i in range(a.reps):
                 ev[2 * i].record()
-                fn(grid, (tile.threads,), args, shared_mem=smem)
+                fn(grid, (threads,), args, shared_mem=smem)
                 ev[2 * i + 1].record()
             ev[-1].synchronize()
             ts = [cp.cuda.get_elapsed_time(ev[2 * i], ev[2 * i + 1]) for i in range(a.reps)]
             ms = statistics.median(ts)
-            mark = "*" if (vname == chosen and st == G.mma_stages(variant, ctile)
-                           and (store == "coalesce") == G.mma_coalesce(ctile)) else " "
-            entry["versions"].append({"version": vname, "tile": [tile.bm, tile.bn, tile.warps_m, tile.warps_n, tile.bk],
+            if halo:
+                mark = "*" if (halo_pick == tile and (store == "coalesce") == G.mma_coalesce_halo(tile)) else " "
+                shape = [tile.rows, tile.imgs, tile.bn, tile.warps_n]
+                desc = f"{tile.imgs}img x {tile.rows}rows x {tile.bn}ch, {threads} threads, {smem} B smem"
+            else:
+                mark = "*" if (halo_pick is None and vname == chosen and st == G.mma_stages(variant, ctile)
+                               and (store == "coalesce") == G.mma_coalesce(ctile)) else " "
+                shape = [tile.bm, tile.bn, tile.warps_m, tile.warps_n, tile.bk]
+                desc = f"{tile.bm}x{tile.bn} warps {tile.warps_m}x{tile.warps_n} bk{tile.bk}"
+            entry["versions"].append({"version": vname, "tile": shape,
                                       "stages": st, "store": store, "ms": ms, "tflops": flop / ms / 1e9,
                                       "rel_err": err, "planner": mark == "*"})
-            print(f" {mark} {vname:<10} st{st} {store:<8} {tile.bm}x{tile.bn} warps {tile.warps_m}x{tile.warps_n} bk{tile.bk}: "
+            print(f" {mark} {vname:<10} st{st} {store:<8} {desc}: "
                   f"{ms * 1e3:8.1f} us {flop / ms / 1e9:6.1f} TFLOP/s  err {err:.1e}", flush=True)
         best = min((v for v in entry["versions"] if "ms" in v and v["rel_err"] < 1e-2), key=lambda v: v["ms"])
         entry["best"] = best
