@@ -82,7 +82,10 @@ def agreement(a: np.ndarray, b: np.ndarray) -> dict:
 
 # ------------------------------------------------------------------------------------ runtimes
 
-def bench_cnnrt(g, precision, xs1, xl, reps):
+def bench_cnnrt(g, precision, xs1, xl, reps, huge: int = 0):
+    """cnnrt's times: batch 1, the large batch from a pageable and from a pinned array; with `huge`,
+    also that many images from pinned memory and the pageable copy of the large batch alone (the
+    Deep MNIST targets of issue 9)."""
     from cnnrt.backends import cuda as cuda_backend
 
     t0 = time.perf_counter()
@@ -96,6 +99,21 @@ def bench_cnnrt(g, precision, xs1, xl, reps):
     xl_p = cuda_backend.pinned_empty(xl.shape, xl.dtype)
     xl_p[...] = xl
     res["large_h2h_pinned_ms"] = wall(lambda: r.probabilities(xl_p), reps) * 1e3
+    if huge:
+        import cupy
+
+        xh = cuda_backend.pinned_empty((huge,) + xl.shape[1:], xl.dtype)
+        xh[...] = np.resize(xl, xh.shape)
+        res["huge_batch"] = huge
+        res["huge_h2h_pinned_ms"] = wall(lambda: r.probabilities(xh), max(3, reps // 2), 2) * 1e3
+        res["huge_vs_large"] = res["huge_h2h_pinned_ms"] / res["large_h2h_pinned_ms"]
+        dev = cupy.empty(xl.shape, xl.dtype)
+
+        def copy():
+            dev.set(xl)
+            cupy.cuda.Device().synchronize()
+        res["pageable_copy_ms"] = wall(copy, reps) * 1e3  # the large batch's host-to-device copy alone
+        del xh, dev
     return res, out
 
 
@@ -180,6 +198,8 @@ def main(argv=None) -> int:
     ap.add_argument("--source", choices=("auto", "onnx", "builders"), default="auto")
     ap.add_argument("--peers", default="torch,jax", help="comma-separated: torch, jax (or 'none')")
     ap.add_argument("--quick", action="store_true", help="large batches / 8, 5 reps: a smoke run")
+    ap.add_argument("--cold-start", action="store_true",
+                    help="also time a new process preparing each model, with an empty and with a warm kernel cache")
     a = ap.parse_args(argv)
     if a.table_from:
         print_table(json.loads(Path(a.table_from).read_text()))
@@ -222,6 +242,9 @@ def main(argv=None) -> int:
         out["models"][name] = entry
         print(f"== {name}: {source}, input {shape}, large batch {n}, {entry['mflop_per_image']:.1f} MFLOP/image",
               flush=True)
+        if a.cold_start:
+            entry["cold_start"] = cold_start(name, a.source)
+            print(f"   cold start: {entry['cold_start']}", flush=True)
         ours = {}
         jobs = [("cnnrt", p, None) for p in ("fp16", "fp32")]
         if "torch" in peers:
@@ -234,7 +257,8 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             try:
                 if who == "cnnrt":
-                    res, o = bench_cnnrt(g, precision, xs1, xl, reps)
+                    huge = 10 * n if name == "deep_mnist" and precision == "fp16" else 0
+                    res, o = bench_cnnrt(g, precision, xs1, xl, reps, huge)
                     ours[precision] = o
                 elif who == "torch":
                     res, o = bench_torch(g, precision, xs1, xl, reps, mode)
@@ -256,6 +280,46 @@ def main(argv=None) -> int:
     print_table(out)
     save()
     return 0
+
+
+COLD_CODE = """
+import sys, time
+t0 = time.perf_counter()
+sys.path.insert(0, {root!r})
+from benchmarks.gpu_zoo import zoo_graph
+from cnnrt.backends import cuda as C
+import cupy
+g, _ = zoo_graph({name!r}, {source!r})
+cupy.cuda.Device().synchronize()
+t1 = time.perf_counter()
+r = C.prepare(g, "fp16")
+cupy.cuda.Device().synchronize()
+t2 = time.perf_counter()
+print("COLD", t2 - t1, t2 - t0, type(r).__name__)
+"""
+
+
+def cold_start(name: str, source: str) -> dict:
+    """Issue 9's cold start: a new process prepares the fp16 model twice over one fresh CuPy kernel
+    cache directory, so the first run compiles every kernel and the second loads them from the cache.
+    prepare_s: the model's planning, compiling and loading (CUDA context already up); process_s: the
+    whole process to that point (Python, imports, graph, context)."""
+    import subprocess
+    import tempfile
+
+    root = str(Path(__file__).resolve().parents[1])
+    res = {}
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, CUPY_CACHE_DIR=cache)
+        for key in ("first", "cached"):
+            p = subprocess.run([sys.executable, "-c", COLD_CODE.format(root=root, name=name, source=source)],
+                               env=env, capture_output=True, text=True, timeout=300)
+            line = next((x for x in p.stdout.splitlines() if x.startswith("COLD")), None)
+            if line is None:
+                return {"error": p.stderr[-300:]}
+            _, prep, proc, runner = line.split()
+            res[key] = {"prepare_s": float(prep), "process_s": float(proc), "runner": runner}
+    return res
 
 
 def _free():

@@ -187,13 +187,16 @@ def test_vec8_kernels_where_they_apply(monkeypatch):
 def test_input_channels_padded_for_the_tensor_cores(rng):
     # 3 to 7 input channels read only by tensor-core convs are stored as 8 (zero channels, zero
     # weights), so the stem gathers 16 bytes at a time; anything else keeps the image's channels
+    # when the stem then runs the halo kernel (a block for every SM: nsm=1 here)
     g = CASES["conv3x3"]  # C = 5
-    prog = Program(g, "fp16")
+    prog = Program(g, "fp16", nsm=1)
     assert prog.in_pad == 8
     plan = prog.plan(3)
     assert plan.buffers[prog.base(prog.input)].shape == (3, 7, 9, 8)
     assert "5 channels stored as 8" in plan.launches[0].label
-    assert not any("scalar" in l.label for l in plan.launches)
+    assert any("halo" in l.label for l in plan.launches) and not any("scalar" in l.label for l in plan.launches)
+    small = Program(g, "fp16").plan(1)  # 132 SMs and one image: the K-step kernel on the image's 5 channels
+    assert small.launches[0].label == "prep (input scale/normalise)" and any("scalar" in l.label for l in small.launches)
     x = rng.standard_normal((3,) + g.input_shape).astype(np.float32)
     out = EM.run(prog, x)["y"]
     ref = run_reference(g, {"images": x.astype(np.float64)}, fp16_storage=True)["y"]

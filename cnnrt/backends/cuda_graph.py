@@ -88,6 +88,14 @@ class _Lane:
             self.gen += 1
 
 
+def compile_parts(kernels: int) -> int:
+    """NVRTC modules to compile side by side for this many kernels: up to one per 3 kernels and one
+    per CPU core, at most 8; CNNRT_CUDA_COMPILE_THREADS sets the most (1: one module, as before)."""
+    env = os.environ.get("CNNRT_CUDA_COMPILE_THREADS", "")
+    most = int(env) if env.isdigit() and int(env) > 0 else min(8, os.cpu_count() or 1)
+    return max(1, min(most, kernels // 3))
+
+
 class GraphRunner(Runner):
     """Any graph on the GPU, fp32 (no TF32) or fp16 storage with fp32 accumulation."""
 
@@ -140,11 +148,24 @@ class GraphRunner(Runner):
         todo = {k.name: k for k in kernels if k.name not in self.functions}
         if not todo:
             return
-        src = G.module_source(todo.values())
+        items = list(todo.values())
+        parts = compile_parts(len(items))
+        dev = self.cp.cuda.Device().id
+
+        def build(part):
+            with self.cp.cuda.Device(dev):  # a worker thread starts on device 0
+                mod = self.cp.RawModule(code=G.module_source(part), options=("--std=c++17",))
+                return {k.name: mod.get_function(k.name) for k in part}
+
         try:
-            mod = self.cp.RawModule(code=src, options=("--std=c++17",))
-            for name in todo:
-                self.functions[name] = mod.get_function(name)
+            if parts == 1:
+                self.functions.update(build(items))
+            else:  # NVRTC compiles one module per thread, side by side (the cold start)
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(parts) as ex:
+                    for fns in ex.map(build, [items[i::parts] for i in range(parts)]):
+                        self.functions.update(fns)
         except Exception as e:  # a compile error names the generated kernel: say which model and kernels
             raise CnnrtError(f"model {self.graph.name!r}: compiling {len(todo)} CUDA kernels failed: "
                              f"{type(e).__name__}: {e}") from e

@@ -323,10 +323,10 @@ class Program:
         self._plans: dict = {}
 
     def _input_channel_pad(self) -> int:
-        """Channels the fp16 input is stored with: 8 where the image has 3 to 7 channels and only
+        """Channels the fp16 input may be stored with: 8 where the image has 3 to 7 channels and only
         tensor-core convs read it, so that their A rows are 16-byte loads (and the halo kernel
         applies) instead of element-by-element gathers; the weights get zero channels to match.
-        Else the image's own channel count."""
+        Else the image's own channel count. Each plan decides (_Planner._pad_pays)."""
         c = self.item_shape[-1] if len(self.item_shape) == 3 else 0
         if not self.mma or not 3 <= c < 8 or self.dtype(self.input) != "f16" or self.base(self.input) in self.out_bases:
             return c
@@ -542,12 +542,32 @@ class _Planner:
             raise ValueError("batch size must be at least 1")
         self.p, self.n, self.in_kind = prog, n, in_kind
         self.shapes = prog.g.infer_shapes({prog.input: (n,) + prog.item_shape})
-        if prog.item_shape and prog.in_pad != prog.item_shape[-1]:  # stored with zero channels (Program.in_pad)
+        self.in_pad = prog.item_shape[-1] if prog.item_shape else 1
+        if prog.item_shape and prog.in_pad != self.in_pad and self._pad_pays(prog.in_pad):
+            self.in_pad = prog.in_pad  # the input stored with zero channels (Program.in_pad)
             self.shapes[prog.input] = (n,) + prog.item_shape[:-1] + (prog.in_pad,)
         self.launches: list[Launch] = []
         self.buffers: dict[str, Buffer] = {}
         self.meta: list[int] = []
         self.consts_used: set = set()
+
+    def _pad_pays(self, c: int) -> bool:
+        """Whether to store the input with c channels in this plan: when every conv reading it then
+        runs the halo kernel (measured on an H200: ResNet-18's stem at 256 images 1,268 -> 780 us).
+        At small batches the stem keeps the image's channels: with the K-step kernel the zero
+        channels cost more than the element gather saves (ResNet-18 at batch 1: 322 -> 336 us)."""
+        p = self.p
+        for nd in p.g.nodes:
+            if p.input not in nd.inputs:
+                continue
+            w = p.g.params[nd.inputs[1]]
+            _, ho, wo, _ = self.shapes[nd.outputs[0]]
+            (sh, sw), (dh, dw), pads = nd.attrs["strides"], nd.attrs["dilations"], nd.attrs["pads"]
+            geom = G.HaloGeom(c, p.item_shape[0], p.item_shape[1], ho, wo, w.shape[1], w.shape[2], sh, sw,
+                              pads[0], pads[1], dh, dw)
+            if choose_halo(geom, w.shape[0], self.n, p.nsm) is None:
+                return False
+        return True
 
     # -------------------------------------------------------- helpers
     def t(self, name: str):
@@ -633,17 +653,17 @@ class _Planner:
         x = self.t(p.input)
         u8 = self.in_kind == "u8"
         chi = p.item_shape[-1] if p.item_shape else 1
-        pad = bool(p.item_shape) and p.in_pad != chi
+        pad = self.in_pad != chi
         k = G.prep_kernel(self.in_kind, p.dtype(p.input), pad)
         total = prod(self.shapes[p.input])
-        args = {"x": stage, "y": x, "total": total, "CH": p.in_pad if pad else chi,
+        args = {"x": stage, "y": x, "total": total, "CH": self.in_pad,
                 "scale": float(p.g.input_scale) if u8 else 1.0,
                 "mean": self.c("prep:mean" if u8 else "prep:zero"), "std": self.c("prep:std" if u8 else "prep:one")}
         if pad:
             args["CHI"] = chi
-        threads = total // p.in_pad if pad else total  # the padded prep takes a pixel a thread
+        threads = total // self.in_pad if pad else total  # the padded prep takes a pixel a thread
         self.emit(None, k, self.grid_stride(threads), (256,), args, [stage[1]], [x[1]], nodes=[],
-                  label="prep (input scale/normalise" + (f"; {chi} channels stored as {p.in_pad})" if pad else ")"))
+                  label="prep (input scale/normalise" + (f"; {chi} channels stored as {self.in_pad})" if pad else ")"))
         for grp in p.groups:
             getattr(self, f"g_{grp.kind}")(grp)
         outputs = []
@@ -710,7 +730,8 @@ class _Planner:
     def _mma_conv(self, grp: Group, node: Node, w, bias: str, xs, ys):
         """A groups == 1 conv with fp16 input on the tensor cores (cuda_codegen.mma_conv_kernel)."""
         p = self.p
-        if xs[3] != w.shape[3]:  # the input stored with zero channels (Program.in_pad): zero weights for them
+        padded = xs[3] != w.shape[3]
+        if padded:  # the input stored with zero channels (Program.in_pad): zero weights for them
             w = np.concatenate([w, np.zeros(w.shape[:3] + (xs[3] - w.shape[3],), w.dtype)], axis=3)
         o, kh, kw, c = w.shape
         K = kh * kw * c
@@ -721,7 +742,7 @@ class _Planner:
             wq[:, :K] = p._q(w.reshape(o, K)).astype(np.float16)
             return wq
 
-        wp = p.const(f"{node.name}:wmma", pack)
+        wp = p.const(f"{node.name}:wmma" + (f":c{c}" if padded else ""), pack)
         n, h, wd, _ = xs
         _, ho, wo, _ = ys
         M = n * ho * wo

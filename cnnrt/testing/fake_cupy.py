@@ -250,7 +250,15 @@ def module():
     class Device:
         attributes = {"MultiProcessorCount": 4}
         compute_capability = "90"
-        id = 0
+
+        def __init__(self, i: int = 0):
+            self.id = i
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
 
         def synchronize(self):
             pass
