@@ -129,7 +129,12 @@ def bench_torch(g, precision, xs1, xl, reps, compile_mode=None):
     name = f"PyTorch eager {precision}"
     t0 = time.perf_counter()
     if compile_mode:
-        net = torch.compile(net, mode=compile_mode)
+        # a fresh dynamo cache for each model, static shapes (batch 1 and the large batch each get
+        # their own compile): the zoo's nets share one forward, and past the recompile limit dynamo
+        # silently runs them eagerly
+        torch._dynamo.reset()
+        torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
+        net = torch.compile(net, mode=compile_mode, dynamic=False)
         name = f"torch.compile {compile_mode} {precision}"
     xl_p = torch.from_numpy(xl).pin_memory()
     x1_p = torch.from_numpy(xs1).pin_memory()
