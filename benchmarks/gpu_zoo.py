@@ -373,6 +373,19 @@ def print_table(out) -> None:
     print("ratios: the runtime's time over cnnrt fp16's on the same model (above 1: cnnrt is faster); large batch: "
           "over cnnrt fp16's from pinned memory. PyTorch eager's batch-1 cell is its CUDA-graph replay. "
           "JAX's large batch starts as a NumPy array.")
+    for name, e in out["models"].items():
+        for r in e["results"]:
+            if r.get("huge_batch"):
+                print(f"{name}, {r['name']}: {r['huge_batch']:,} images from pinned memory {r['huge_h2h_pinned_ms']:.3g} ms "
+                      f"({r['huge_vs_large']:.2f}x the {e['large_batch']:,}-image time); the {e['large_batch']:,}-image "
+                      f"pageable copy alone {r['pageable_copy_ms']:.3g} ms, cnnrt from that pageable array "
+                      f"{r['large_h2h_ms']:.3g} ms ({r['large_h2h_ms'] / r['pageable_copy_ms']:.2f}x)")
+    cold = {n: e["cold_start"] for n, e in out["models"].items() if "first" in e.get("cold_start", {})}
+    if cold:
+        print("cold start, fp16, a new process (prepare: plan + compile + load, CUDA context up; process: from "
+              "Python's start): " + "; ".join(
+                  f"{n} {c['first']['prepare_s']:.2f} s first ({c['first']['process_s']:.2f} s process), "
+                  f"{c['cached']['prepare_s']:.2f} s cached ({c['cached']['process_s']:.2f} s)" for n, c in cold.items()))
 
 
 if __name__ == "__main__":

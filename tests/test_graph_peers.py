@@ -46,3 +46,20 @@ def test_jax_peer(rng, name):
     x = rng.integers(0, 256, (3,) + g.input_shape, dtype=np.uint8)
     out = np.asarray(jax.jit(to_jax(g, "float64"))(x))
     assert np.abs(out - reference(g, x)).max() / np.abs(reference(g, x)).max() < 1e-5
+
+
+@pytest.mark.parametrize("name", ["lenet5", "resnet20"])
+def test_torch_peer_is_one_graph_for_torch_compile(name):
+    # the zoo bench times torch.compile on this module: a graph break (once, a NumPy reduction in a
+    # shape rule) made dynamo compile each op's frame apart until its recompile limit, then run the
+    # net eagerly, so "torch.compile" timed slower than eager
+    torch = pytest.importorskip("torch")
+    from cnnrt.peers.graph_torch import to_torch
+
+    g = GRAPHS[name]()
+    net = to_torch(g, torch.float32, "cpu").eval()
+    x = torch.zeros((2,) + tuple(g.input_shape), dtype=torch.uint8)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        ex = torch._dynamo.explain(net)(x)
+    assert (ex.graph_count, ex.graph_break_count) == (1, 0), [b.reason.splitlines()[0] for b in ex.break_reasons]

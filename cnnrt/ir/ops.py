@@ -48,7 +48,12 @@ class OpError(FormatError):
 
 
 def _numel(s) -> int:
-    return int(np.prod(s, dtype=np.int64))
+    # plain Python ints (not np.prod): the torch peer calls the shape rules inside torch.compile,
+    # where a NumPy reduction is a graph break
+    n = 1
+    for v in s:
+        n *= int(v)
+    return n
 
 
 # ---------------------------------------------------------------- spatial helpers
