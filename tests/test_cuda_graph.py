@@ -376,3 +376,33 @@ def test_halo_conv_large_batch(rng, monkeypatch):
     xs = rng.integers(0, 256, (5000,) + g.input_shape, dtype=np.uint8)
     poison(r)
     check_fp16(r.probabilities(xs), simt.probabilities(xs), "resnet20 halo vs SIMT")
+
+
+def test_tf32x3_fp32_convs(rng, monkeypatch):
+    # CNNRT_CUDA_TF32X3=1 (and the halo conv wherever it fits): fp32 convs on the tensor cores in
+    # three tf32 products, against float64 at fp32's precision (issue 9: within 1e-4 of the reference)
+    _needs_mma()
+    monkeypatch.setenv("CNNRT_CUDA_TF32X3", "1")
+    monkeypatch.setenv("CNNRT_CUDA_HALO", "all")
+    seen = 0
+    for case, g in sorted(MMA_CASES.items()):
+        r = cuda_graph.GraphRunner(g, "fp32")
+        if not any("3xTF32" in k for _, _, k in r.describe(300)):
+            continue
+        seen += 1
+        for n in (1, 7, 300):
+            x = rng.standard_normal((n,) + g.input_shape).astype(np.float32)
+            poison(r)
+            out = r.run({"images": x})["y"]
+            ref = run_reference(g, {"images": x.astype(np.float64)})["y"]
+            assert np.isfinite(out).all() and rel_err(out, ref) < 1e-5, (case, n, rel_err(out, ref))
+    assert seen >= 6, seen
+    monkeypatch.delenv("CNNRT_CUDA_HALO")
+    g = net("resnet20")
+    xs = rng.integers(0, 256, (3000,) + g.input_shape, dtype=np.uint8)
+    r = runner(g, "fp32")
+    assert any("3xTF32" in k for _, _, k in r.describe(3000))
+    poison(r)
+    out = r.probabilities(xs)
+    ref = run_reference(g, {"images": scaled(g, xs[:64])})[g.outputs[0]].reshape(64, -1)
+    assert np.abs(out[:64] - ref).max() < 1e-4

@@ -349,3 +349,86 @@ def test_halo_kernels_compile():
     for kern in ks:
         assert kern.name in ptx
     assert "ldmatrix.sync.aligned" in ptx and "cp.async.cg.shared.global" in ptx
+
+
+# ------------------------------------------------------------------ fp32 on the tensor cores (3xTF32 halo conv)
+
+TF32_SHAPES = [  # (N, H, W, C, O, K, stride, pad, dilation); fp32 doubles the footprint and the weights
+    (2, 10, 9, 16, 16, 3, 1, 1, 1),  # two whole images a block
+    (3, 20, 20, 8, 16, 3, 1, 1, 1),  # bands with a short last one
+    (2, 33, 17, 16, 16, 3, 2, 1, 1),  # stride 2
+    (7, 8, 8, 16, 20, 3, 1, 1, 1),  # a short last group of images, O = 20
+    (1, 12, 11, 12, 24, 3, 1, 2, 2),  # dilation 2, C = 12 (3 chunks a position: no swizzle)
+    (2, 9, 9, 64, 16, 1, 1, 0, 1),  # 1x1
+    (1, 6, 6, 16, 8, 5, 1, 2, 1),  # 5x5
+    (3, 7, 7, 4, 20, 3, 2, 1, 1),  # C = 4: a K step of 8 spans two taps
+    (2, 5, 6, 12, 40, 3, 1, 1, 1),  # 64-channel tiles of two warps, O = 40
+]
+
+
+@pytest.mark.parametrize("shape", TF32_SHAPES, ids=[f"t{i}" for i in range(len(TF32_SHAPES))])
+def test_emulated_tf32x3_halo_conv_keeps_fp32_precision(rng, shape):
+    # fp32 inputs and weights, float64 reference: the three tf32 products keep the error near
+    # fp32's (a single tf32 product would be about 1e-3)
+    N, H, W, C, O, k, s, p, d = shape
+    x = rng.standard_normal((N, H, W, C)).astype(np.float32)
+    w = rng.standard_normal((O, k, k, C)).astype(np.float32)
+    b = rng.standard_normal(O)
+    K = k * k * C
+    wq = np.zeros((O, -(-K // G.MMA_KPAD) * G.MMA_KPAD), np.float32)
+    wq[:, :K] = w.reshape(O, K)
+    wh, wl = G.tf32_split(wq)
+    want, Ho, Wo = conv64(x.astype(np.float64), w.astype(np.float64), b, (s, s), (p, p), (d, d))
+    g = G.HaloGeom(C, H, W, Ho, Wo, k, k, s, s, p, p, d, d)
+    t = G.halo_tile(g, O, N, tf32=True)
+    assert t is not None and t.tf32
+    got = ME.run_halo_tf32(g, t, x, wh, wl, b).reshape(want.shape)
+    assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max(), t
+
+
+def test_tf32_split():
+    a = np.random.default_rng(0).standard_normal(10000).astype(np.float32)
+    hi, lo = G.tf32_split(a)
+    assert not (hi.view(np.uint32) & 0x1FFF).any() and not (lo.view(np.uint32) & 0x1FFF).any()
+    assert np.abs(hi.astype(np.float64) - a).max() <= 2.0 ** -11 * np.abs(a).max()
+    assert np.abs(hi.astype(np.float64) + lo - a).max() <= 2.0 ** -21 * np.abs(a).max()
+    assert G.tf32_round(np.float32([1 + 2 ** -11]))[0] == 1 + 2 ** -10  # a tie rounds away from zero
+
+
+def test_tf32x3_only_when_asked(rng, monkeypatch):
+    from cnnrt.testing import cuda_emulator as EM
+
+    g = TG.resnet20(0)
+    monkeypatch.delenv("CNNRT_CUDA_TF32X3", raising=False)
+    assert not any("TF32" in k for _, _, k in Program(g, "fp32", nsm=4).describe(6))
+    monkeypatch.setenv("CNNRT_CUDA_TF32X3", "1")
+    prog = Program(g, "fp32", nsm=4)
+    assert sum("3xTF32" in k for _, _, k in prog.describe(6)) >= 9
+    assert not any("TF32" in k for _, _, k in Program(g, "fp16", nsm=4).describe(6))
+    x = rng.integers(0, 256, (6,) + g.input_shape, dtype=np.uint8)
+    out = EM.run(prog, x)[g.outputs[0]]
+    xf = x.astype(np.float64) * g.preprocess["scale"]
+    if g.preprocess.get("mean") is not None:
+        xf = (xf - np.asarray(g.preprocess["mean"])) / np.asarray(g.preprocess["std"])
+    from cnnrt.ir.graph import run_reference
+
+    ref = run_reference(g, {g.input_name: xf})[g.outputs[0]]
+    assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+def test_tf32x3_kernels_compile():
+    from cnnrt.testing.nvrtc import compile_ptx, find_library
+
+    if find_library() is None:
+        pytest.skip("no NVRTC library here (pip install nvidia-cuda-nvrtc to check the generated CUDA on the CPU)")
+    ks = []
+    for N, H, W, C, O, k, s, p, d in TF32_SHAPES:
+        Ho, Wo = (H + 2 * p - d * (k - 1) - 1) // s + 1, (W + 2 * p - d * (k - 1) - 1) // s + 1
+        g = G.HaloGeom(C, H, W, Ho, Wo, k, k, s, s, p, p, d, d)
+        t = G.halo_tile(g, O, N, tf32=True)
+        ks += [G.halo_tf32_kernel(g, t, (G.epi_op("Add", mode="full", dtype="f32"), G.epi_op("Relu")), coalesce=c)
+               for c in (False, True)]
+    ptx, _ = compile_ptx(G.module_source(ks))
+    for kern in ks:
+        assert kern.name in ptx
+    assert "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32" in ptx and "cvt.rna.tf32.f32" in ptx

@@ -65,6 +65,15 @@ __device__ __forceinline__ void cp_async16(u32_t dst, const void* src, int bytes
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::); }
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N)); }
+// fp32 -> tf32 (round to nearest, ties away), as a 32-bit pattern with the low 13 bits zero
+__device__ __forceinline__ u32_t tf32_rna(float f) { u32_t r; asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(f)); return r; }
+// D = A(16x8, row) * B(8x8, col) + D, tf32 inputs, fp32 accumulators (sm_80 and later)
+__device__ __forceinline__ void mma1688(float (&c)[4], const u32_t (&a)[4], u32_t b0, u32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
 // D = A(16x16, row) * B(16x8, col) + D, fp16 inputs, fp32 accumulators (sm_80 and later)
 __device__ __forceinline__ void mma16816(float (&c)[4], const u32_t (&a)[4], u32_t b0, u32_t b1) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -843,12 +852,22 @@ class HaloGeom:
 @dataclass(frozen=True)
 class HaloTile:
     """A block of the halo conv: `imgs` whole images, or (imgs == 1) a band of `rows` output rows of
-    one image, at full width; bn output channels; warps of 32 pixels x (bn / warps_n) channels."""
+    one image, at full width; bn output channels; warps of 32 pixels x (bn / warps_n) channels.
+    tf32: the fp32 kernel (fp32 footprint, K steps of 8, split weights), else fp16 (K steps of 16)."""
 
     rows: int
     imgs: int
     bn: int
     warps_n: int
+    tf32: bool = False
+
+    @property
+    def esize(self) -> int:
+        return 4 if self.tf32 else 2
+
+    @property
+    def kstep(self) -> int:
+        return 8 if self.tf32 else 16
 
     def pixels(self, g: HaloGeom) -> int:
         return self.imgs * self.rows * g.Wo
@@ -873,13 +892,14 @@ class HaloTile:
         return self.imgs * self.th_in(g) * self.tw_in(g)
 
     def ks(self, g: HaloGeom) -> int:
-        return -(-(g.KH * g.KW * g.C) // 16)
+        return -(-(g.KH * g.KW * g.C) // self.kstep)
 
     def smem_x(self, g: HaloGeom) -> int:
-        return (self.positions(g) + 1) * g.C * 2
+        return (self.positions(g) + 1) * g.C * self.esize
 
     def smem_b(self, g: HaloGeom) -> int:
-        return self.bn * (self.ks(g) * 16 + 8) * 2
+        """The block's weights, rows padded by 16 bytes (two copies for tf32: the high and low parts)."""
+        return (2 if self.tf32 else 1) * self.bn * (self.ks(g) * self.kstep * self.esize + 16)
 
     def smem(self, g: HaloGeom, coalesce: bool) -> int:
         out = self.warps_m(g) * 32 * (self.bn + 4) * 4 if coalesce else 0
@@ -894,11 +914,11 @@ HALO_PIXELS = 256  # output pixels a block aims for (8 warps of 32)
 HALO_SMEM = 100 * 1024  # at most this much shared memory a block (two blocks an SM)
 
 
-def halo_swizzle(C: int) -> tuple[int, int]:
+def halo_swizzle(C: int, esize: int = 2) -> tuple[int, int]:
     """(shift, mask): 16-byte chunk j of footprint position P is stored at chunk j ^ ((P >> shift) & mask),
-    so the 8 rows of one ldmatrix (8 consecutive positions, C * 2 bytes apart) fall in 8 distinct
-    16-byte bank groups. Only for C / 8 a power of two (else no swizzle: mask 0)."""
-    cpp = C // 8
+    so the 8 rows of one ldmatrix (8 consecutive positions, C * esize bytes apart) fall in 8 distinct
+    16-byte bank groups. Only for chunks a position a power of two (else no swizzle: mask 0)."""
+    cpp = C * esize // 16
     if cpp & (cpp - 1):
         return 0, 0
     if cpp >= 8:
@@ -906,19 +926,19 @@ def halo_swizzle(C: int) -> tuple[int, int]:
     return {1: (3, 0), 2: (2, 1), 4: (1, 3)}[cpp]
 
 
-def halo_tile(g: HaloGeom, O: int, n: int, pixels: int = HALO_PIXELS) -> HaloTile | None:
+def halo_tile(g: HaloGeom, O: int, n: int, pixels: int = HALO_PIXELS, tf32: bool = False) -> HaloTile | None:
     """The halo tile for a layer (about `pixels` output pixels a block), or None where it does not
-    apply (C % 8, the footprint too big)."""
-    if g.C % 8:
+    apply (16-byte chunks: C % 8 for fp16, C % 4 for tf32; the footprint too big)."""
+    if g.C % (4 if tf32 else 8):
         return None
     bn = 16 if O <= 16 else 32 if O <= 32 else 64
     warps_n = bn // 32 if bn >= 64 else 1
     hw = g.Ho * g.Wo
     for px in (pixels, pixels // 2):  # half the pixels where the footprint does not fit
         if hw <= px:
-            t = HaloTile(g.Ho, max(1, min(n, px // hw)), bn, warps_n)
+            t = HaloTile(g.Ho, max(1, min(n, px // hw)), bn, warps_n, tf32)
         else:
-            t = HaloTile(max(1, min(g.Ho, px // g.Wo)), 1, bn, warps_n)
+            t = HaloTile(max(1, min(g.Ho, px // g.Wo)), 1, bn, warps_n, tf32)
         if t.threads(g) <= 512 and t.smem(g, mma_coalesce_halo(t)) <= HALO_SMEM:
             return t
     return None
@@ -1054,6 +1074,160 @@ def halo_conv_kernel(g: HaloGeom, t: HaloTile, to: str, epi=(), coalesce: bool |
     return _finish("mma_halo", src, params, t.threads(g),
                    {"geom": g, "tile": t, "ti": "f16", "to": to, "epi": tuple(epi), "coalesce": coalesce,
                     "smem": t.smem(g, coalesce)})
+
+
+HALO_TF32_TEMPLATE = r"""
+extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
+    $SIG)
+{
+    // halo_conv_kernel in fp32: the fp32 footprint in shared memory, K steps of 8 on the tensor cores
+    // in three tf32 products (3xTF32: a_hi*b_lo + a_lo*b_hi + a_hi*b_hi, the small terms first), so
+    // the result keeps about fp32's precision; the weights come split into wh + wl by the planner
+    constexpr int C = $C, H = $H, W = $W, Ho = $HO, Wo = $WO, KH = $KH, KW = $KW;
+    constexpr int SH = $SH, SW = $SW, PH = $PH, PW = $PW, DH = $DH, DW = $DW;
+    constexpr int R = $ROWS, IMG = $IMGS, BANDS = (Ho + R - 1) / R;
+    constexpr int THI = (R - 1) * SH + (KH - 1) * DH + 1, TWI = (Wo - 1) * SW + (KW - 1) * DW + 1;
+    constexpr int CPP = C / 4;  // 16-byte chunks a position
+    constexpr int SWS = $SWS, SWM = $SWM;  // chunk j of position P is stored at j ^ ((P >> SWS) & SWM)
+    constexpr int NPOS = IMG * THI * TWI;  // position NPOS is all zero: padded pixels and K past the end
+    constexpr int K = KH * KW * C, KS = (K + 7) / 8, LDB = KS * 8 + 4;
+    constexpr int BM = $BM, BN = $BN, WARPS_N = $WARPS_N, THREADS = $THREADS;
+    constexpr int WTM = 32, WTN = BN / WARPS_N, MI = 2, NI = WTN / 8;
+    static_assert(C % 4 == 0 && BM == 32 * $WARPS_M && WTN % 16 == 0, "halo tile");
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    u4_t* Xs = reinterpret_cast<u4_t*>(smem_raw);
+    float* Bh = reinterpret_cast<float*>(smem_raw + (NPOS + 1) * C * 4);
+    float* Bl = Bh + BN * LDB;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wm = warp / WARPS_N, wn = warp - wm * WARPS_N;
+    const int n0 = (blockIdx.x / BANDS) * IMG, ho0 = (blockIdx.x % BANDS) * R;
+    const int o0 = blockIdx.y * BN;
+    const int nimgs = min(IMG, N - n0), rows = min(R, Ho - ho0);
+    const int HWo = Ho * Wo;
+    const int m0 = (n0 * Ho + ho0) * Wo;
+    const int M = m0 + (nimgs - 1) * HWo + rows * Wo;  // this block's pixels are m0 .. M - 1
+    const int CH = O;
+    (void)CH;
+
+    for (int e = tid; e < NPOS * CPP; e += THREADS) {
+        const int j = e % CPP, P = e / CPP;
+        const int img = P / (THI * TWI), rem = P - img * (THI * TWI);
+        const int ri = rem / TWI, wi = rem - ri * TWI;
+        const int hi = ho0 * SH - PH + ri, wg = wi - PW;
+        const bool ok = img < nimgs && (unsigned)hi < (unsigned)H && (unsigned)wg < (unsigned)W;
+        const float* src = ok ? x + (((long long)(n0 + img) * H + hi) * W + wg) * C + j * 4 : x;
+        cp_async16(smem_u32(&Xs[P * CPP + (j ^ ((P >> SWS) & SWM))]), src, ok ? 16 : 0);
+    }
+    if (tid < CPP) Xs[NPOS * CPP + tid] = u4_t{0u, 0u, 0u, 0u};
+    for (int e = tid; e < BN * KS * 2; e += THREADS) {
+        const int o = e / (KS * 2), q = e - o * (KS * 2);
+        const bool ok = o0 + o < O;
+        const long long off = (long long)(o0 + o) * Kp + q * 4;
+        cp_async16(smem_u32(&Bh[o * LDB + q * 4]), ok ? wh + off : wh, ok ? 16 : 0);
+        cp_async16(smem_u32(&Bl[o * LDB + q * 4]), ok ? wl + off : wl, ok ? 16 : 0);
+    }
+    cp_async_commit();
+
+    int pos[MI];
+#pragma unroll
+    for (int i = 0; i < MI; ++i) {
+        const int p = wm * WTM + i * 16 + (lane & 15);
+        const int img = p / (R * Wo), rem = p - img * (R * Wo), r = rem / Wo, wo = rem - r * Wo;
+        pos[i] = m0 + p < M ? (img * THI + r * SH) * TWI + wo * SW : -1;
+    }
+    const u32_t xs0 = smem_u32(Xs), zero = xs0 + NPOS * CPP * 16;
+    const int brow = ((wn * WTN + (lane & 7) + ((lane >> 4) << 3)) * LDB + ((lane >> 3) & 1) * 4) * 4;
+    const u32_t bh0 = smem_u32(Bh) + brow, bl0 = smem_u32(Bl) + brow;
+    float acc[MI][NI][4];
+#pragma unroll
+    for (int i = 0; i < MI; ++i)
+#pragma unroll
+        for (int j = 0; j < NI; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+    cp_async_wait<0>();
+    __syncthreads();
+
+#pragma unroll 2
+    for (int ks = 0; ks < KS; ++ks) {
+        const int k = (2 * ks + (lane >> 4)) * 4;  // this lane's 4 floats of K: one tap, channels c .. c + 3
+        const int tap = k / C, c = k - tap * C, kh = tap / KW, kw = tap - kh * KW;
+        const int toff = kh * DH * TWI + kw * DW, j = c / 4;
+        u32_t ah[MI][4], al[MI][4], bh[NI][2], bl[NI][2];
+#pragma unroll
+        for (int i = 0; i < MI; ++i) {
+            const int P = pos[i] + toff;
+            u32_t raw[4];
+            ldsm_x4(raw, pos[i] >= 0 && k < K ? xs0 + (P * CPP + (j ^ ((P >> SWS) & SWM))) * 16 : zero);
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const float v = __uint_as_float(raw[r]);
+                ah[i][r] = tf32_rna(v);
+                al[i][r] = tf32_rna(v - __uint_as_float(ah[i][r]));
+            }
+        }
+#pragma unroll
+        for (int j2 = 0; j2 < NI / 2; ++j2) {
+            u32_t r[4];
+            ldsm_x4(r, bh0 + (j2 * 16 * LDB + ks * 8) * 4);
+            bh[2 * j2][0] = r[0]; bh[2 * j2][1] = r[1]; bh[2 * j2 + 1][0] = r[2]; bh[2 * j2 + 1][1] = r[3];
+            ldsm_x4(r, bl0 + (j2 * 16 * LDB + ks * 8) * 4);
+            bl[2 * j2][0] = r[0]; bl[2 * j2][1] = r[1]; bl[2 * j2 + 1][0] = r[2]; bl[2 * j2 + 1][1] = r[3];
+        }
+#pragma unroll
+        for (int i = 0; i < MI; ++i)
+#pragma unroll
+            for (int j3 = 0; j3 < NI; ++j3) {
+                mma1688(acc[i][j3], al[i], bh[j3][0], bh[j3][1]);
+                mma1688(acc[i][j3], ah[i], bl[j3][0], bl[j3][1]);
+                mma1688(acc[i][j3], ah[i], bh[j3][0], bh[j3][1]);
+            }
+    }
+$EPILOGUE}
+"""
+
+
+def halo_tf32_kernel(g: HaloGeom, t: HaloTile, epi=(), coalesce: bool | None = None) -> Kernel:
+    """halo_conv_kernel for fp32 activations (C % 4 == 0), on the tensor cores with 3xTF32 products:
+    the weights as two fp32 arrays wh (tf32-rounded) and wl (the tf32-rounded rest), packed [O][Kp]
+    like the fp16 ones (tf32_split); A is split the same way as it is read. About fp32's precision
+    (each product's relative error near 2^-21) at three tf32 MMAs a K step of 8."""
+    assert t.tf32 and g.C % 4 == 0
+    coalesce = mma_coalesce_halo(t) if coalesce is None else coalesce
+    eparams, ecode, _ = epilogue(epi)
+    params = ([("const float* __restrict__", "x"), ("const float* __restrict__", "wh"),
+               ("const float* __restrict__", "wl"), ("const float* __restrict__", "bias"),
+               ("float* __restrict__", "y")] + eparams + [("int", "N"), ("int", "O"), ("int", "Kp")])
+    sws, swm = halo_swizzle(g.C, 4)
+    wm = t.warps_m(g)
+    subs = {"$C": g.C, "$H": g.H, "$W": g.W, "$HO": g.Ho, "$WO": g.Wo, "$KH": g.KH, "$KW": g.KW, "$SH": g.sh,
+            "$SW": g.sw, "$PH": g.ph, "$PW": g.pw, "$DH": g.dh, "$DW": g.dw, "$ROWS": t.rows, "$IMGS": t.imgs,
+            "$SWS": sws, "$SWM": swm, "$BM": 32 * wm, "$BN": t.bn, "$WARPS_N": t.warps_n, "$WARPS_M": wm,
+            "$THREADS": t.threads(g)}
+    src = (HALO_TF32_TEMPLATE.replace("$EPILOGUE", MMA_EPILOGUE).replace("$SPLITK", "0").replace("$STAGES", "0")
+           .replace("$COALESCE", str(int(coalesce))).replace("$EPI", ecode))
+    for key in sorted(subs, key=len, reverse=True):
+        src = src.replace(key, str(subs[key]))
+    return _finish("mma_halo_tf32", src, params, t.threads(g),
+                   {"geom": g, "tile": t, "ti": "f32", "to": "f32", "epi": tuple(epi), "coalesce": coalesce,
+                    "smem": t.smem(g, coalesce)})
+
+
+def tf32_round(a):
+    """cvt.rna.tf32.f32 in NumPy: float32 rounded to 10 mantissa bits, ties away from zero."""
+    import numpy as np
+
+    u = np.ascontiguousarray(a, np.float32).view(np.uint32)
+    return ((u + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+def tf32_split(a):
+    """(hi, lo): hi = tf32(a), lo = tf32(a - hi), both float32; hi + lo is a to about 2^-21."""
+    import numpy as np
+
+    a = np.ascontiguousarray(a, np.float32)
+    hi = tf32_round(a)
+    return hi, tf32_round(a - hi)
 
 
 SPLITK_TEMPLATE = r"""

@@ -119,7 +119,13 @@ HALO_MAX_O = 64  # the halo conv by default only for layers this narrow (dev/cud
 # 16-, 32- and 64-channel 3x3 convs at 10,000 images 885 -> 356, 428 -> 221 and 308 -> 222 us)
 
 
-def choose_halo(g: G.HaloGeom, o: int, n: int, nsm: int) -> G.HaloTile | None:
+def tf32x3_enabled() -> bool:
+    """fp32 convs on the tensor cores in 3xTF32 (the halo kernel) where they fit, with
+    CNNRT_CUDA_TF32X3=1. Off by default until it has been checked and timed on a GPU."""
+    return os.environ.get("CNNRT_CUDA_TF32X3", "") in ("1", "true", "yes")
+
+
+def choose_halo(g: G.HaloGeom, o: int, n: int, nsm: int, tf32: bool = False) -> G.HaloTile | None:
     """The halo conv's tile for a tensor-core conv layer, or None for mma_conv_kernel: for narrow
     layers (o <= HALO_MAX_O output channels, C % 8 == 0) with more than one tap (a 1x1 conv reads
     each input once: nothing to share) and a footprint that fits, and at least one block per SM
@@ -128,7 +134,7 @@ def choose_halo(g: G.HaloGeom, o: int, n: int, nsm: int) -> G.HaloTile | None:
     env = os.environ.get("CNNRT_CUDA_HALO", "")
     if env in ("0", "no", "false"):
         return None
-    t = G.halo_tile(g, o, n)
+    t = G.halo_tile(g, o, n, tf32=tf32)
     if t is None or env == "all":
         return t
     return t if o <= HALO_MAX_O and g.KH * g.KW > 1 and t.blocks(g, n) * cdiv(o, t.bn) >= nsm else None
@@ -690,6 +696,8 @@ class _Planner:
         if p.mma and groups == 1 and self.dt(node.inputs[0]) == "f16":
             self._mma_conv(grp, node, w, bias, xs, ys)
             return
+        if groups == 1 and self.dt(node.inputs[0]) == "f32" and self._tf32_conv(grp, node, w, bias, xs, ys):
+            return
         wp = p.const(f"{node.name}:wpack", lambda: p._q(w.reshape(groups, og, K).transpose(0, 2, 1)))
         tname = choose_tile(M, og, K, groups, p.nsm)
         tile = G.TILES[tname]
@@ -786,6 +794,41 @@ class _Planner:
         self.emit(grp, kern, (cdiv(M, tile.bm), cdiv(o, tile.bn), 1), (tile.threads,), args, [], [y[1]],
                   self.label(grp, f"conv implicit-GEMM tensor-core {tname} {variant}{self._stages(kern)}"),
                   smem=kern.static["smem"])
+
+    def _tf32_conv(self, grp: Group, node: Node, w, bias: str, xs, ys) -> bool:
+        """An fp32 conv on the halo kernel with 3xTF32 tensor-core products, where tf32x3_enabled()
+        and choose_halo(tf32=True) take it; False leaves it to the SIMT kernel."""
+        p = self.p
+        o, kh, kw, c = w.shape
+        n, h, wd, _ = xs
+        _, ho, wo, _ = ys
+        (sh, sw), (dh, dw), pads = node.attrs["strides"], node.attrs["dilations"], node.attrs["pads"]
+        geom = G.HaloGeom(c, h, wd, ho, wo, kh, kw, sh, sw, pads[0], pads[1], dh, dw)
+        ht = choose_halo(geom, o, n, p.nsm, tf32=True) if tf32x3_enabled() else None
+        if ht is None or self.dt(grp.output) != "f32":
+            return False
+        K = kh * kw * c
+        kp = cdiv(K, G.MMA_KPAD) * G.MMA_KPAD
+
+        def packed():
+            wq = np.zeros((o, kp), np.float32)
+            wq[:, :K] = w.reshape(o, K)
+            return wq
+
+        wh = p.const(f"{node.name}:wtf32hi", lambda: G.tf32_split(packed())[0])
+        wl = p.const(f"{node.name}:wtf32lo", lambda: G.tf32_split(packed())[1])
+        out = grp.output
+        ops, eargs = self.epi(grp, out)
+        y = self.t(out)
+        kern = G.halo_tf32_kernel(geom, ht, ops)
+        args = {"x": self.t(node.inputs[0]), "wh": self.c(wh), "wl": self.c(wl), "bias": self.c(bias), "y": y}
+        self.put_epi(args, eargs)
+        args.update(N=n, O=o, Kp=kp)
+        what = f"{ht.imgs} images" if ht.imgs > 1 else f"{ht.rows} rows"
+        self.emit(grp, kern, (ht.blocks(geom, n), cdiv(o, ht.bn), 1), (ht.threads(geom),), args, [], [y[1]],
+                  self.label(grp, f"conv implicit-GEMM tensor-core 3xTF32 halo ({what} x {ht.bn} channels, "
+                                  "input in shared memory)"), smem=kern.static["smem"])
+        return True
 
     @staticmethod
     def _stages(kern) -> str:

@@ -221,6 +221,24 @@ class Emulator:
         v = (cols @ w[:, :K].T).reshape(-1) + self.read(a["bias"])[np.arange(M * O_) % O_]
         self.store(a["y"], self.epilogue(l, v, O_, g.Ho * g.Wo * O_))
 
+    def mma_halo_tf32(self, l):
+        """The fp32 halo conv (3xTF32): the weights as hi + lo parts; checked like mma_halo and run in
+        float64 on hi + lo (within about 2^-21 of the fp32 weights)."""
+        a, g, t = l.args, l.kernel.static["geom"], l.kernel.static["tile"]
+        N, O_, Kp = a["N"], a["O"], a["Kp"]
+        K = g.KH * g.KW * g.C
+        assert t.tf32 and g.C % 4 == 0 and Kp % G.MMA_KPAD == 0 and Kp >= t.ks(g) * 8
+        assert l.grid == (t.blocks(g, N), cdiv(O_, t.bn), 1), "grid does not match the tile"
+        assert l.block[0] == t.threads(g) and l.smem == t.smem(g, l.kernel.static["coalesce"])
+        dims = dict(N=N, H=g.H, W=g.W, C=g.C, Ho=g.Ho, Wo=g.Wo, sh=g.sh, sw=g.sw, ph=g.ph, pw=g.pw, dh=g.dh, dw=g.dw)
+        wh, wl = (self.read(a[k], O_ * Kp).reshape(O_, Kp) for k in ("wh", "wl"))
+        assert not wh[:, K:].any() and not wl[:, K:].any(), "the weights' K padding must be zero"
+        assert np.array_equal(G.tf32_round(wh), wh.astype(np.float32)), "wh is not tf32"
+        cols = self._im2col({**a, **dims}, g.KH, g.KW).reshape(-1, K)
+        M = N * g.Ho * g.Wo
+        v = (cols @ (wh + wl)[:, :K].T).reshape(-1) + self.read(a["bias"])[np.arange(M * O_) % O_]
+        self.store(a["y"], self.epilogue(l, v, O_, g.Ho * g.Wo * O_))
+
     def splitk(self, l):
         a = l.args
         total, S = a["total"], a["S"]

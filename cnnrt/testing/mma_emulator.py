@@ -347,3 +347,148 @@ def run_halo(g: G.HaloGeom, t: G.HaloTile, x: np.ndarray, wq: np.ndarray, bias: 
                                 assert np.isnan(y[idx]).all(), "an output element written twice"
                                 y[idx] = acc[warp, i, j3, ok, 2 * hr + e] + bias[c[ok]]
     return y.reshape(N * HWo, O)
+
+
+def _ldsm_x4_b32(sm: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """ldmatrix .x4 .b16 on 32-bit data (a (rows, words) uint32 array): each 8x8 b16 matrix is 8 rows
+    of 4 words; thread T receives, of matrix j, row T//4, word T%4. Returns (32, 4) uint32."""
+    out = np.empty((32, 4), np.uint32)
+    T = np.arange(32)
+    for j in range(4):
+        src = 8 * j + T // 4
+        assert (cols[src] + 3 < sm.shape[1]).all()
+        out[:, j] = sm[rows[src], cols[src] + T % 4]
+    return out
+
+
+def _tf32(bits: np.ndarray) -> np.ndarray:
+    """The tf32 value the tensor core reads from a 32-bit register: the low 13 bits ignored."""
+    return (bits.astype(np.uint32) & np.uint32(0xFFFFE000)).view(np.float32).astype(np.float64)
+
+
+def _mma1688(c: np.ndarray, a: np.ndarray, b0: np.ndarray, b1: np.ndarray) -> None:
+    """mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32: c (32, 4) += A (16x8) . B (8x8), fragments
+    as the PTX ISA lays them out; a (32, 4), b0/b1 (32,) 32-bit patterns."""
+    A, B = np.full((16, 8), np.nan), np.full((8, 8), np.nan)
+    T = np.arange(32)
+    g, t = T >> 2, T & 3
+    A[g, t], A[g + 8, t], A[g, t + 4], A[g + 8, t + 4] = (_tf32(a[:, r]) for r in range(4))
+    B[t, g], B[t + 4, g] = _tf32(b0), _tf32(b1)
+    D = A @ B
+    c[:, 0] += D[g, 2 * t]
+    c[:, 1] += D[g, 2 * t + 1]
+    c[:, 2] += D[g + 8, 2 * t]
+    c[:, 3] += D[g + 8, 2 * t + 1]
+
+
+def _rna(v: np.ndarray) -> np.ndarray:
+    """cvt.rna.tf32.f32 on float32 values, as 32-bit patterns."""
+    return G.tf32_round(v).view(np.uint32)
+
+
+def run_halo_tf32(g: G.HaloGeom, t: G.HaloTile, x: np.ndarray, wh: np.ndarray, wl: np.ndarray,
+                  bias: np.ndarray) -> np.ndarray:
+    """The fp32 halo conv (cuda_codegen.halo_tf32_kernel) thread by thread: the fp32 footprint copy,
+    both weight copies, every lane's ldmatrix address, the split of A into tf32 high and low parts
+    as the kernel does it, and the three m16n8k8 products of each K step of 8. Returns
+    (N*Ho*Wo, O) acc + bias in float64; shared memory and outputs start as NaN."""
+    N, H, W, C = x.shape
+    assert (H, W, C) == (g.H, g.W, g.C) and t.tf32
+    O, Kp = wh.shape
+    K = g.KH * g.KW * C
+    KS = t.ks(g)
+    LDB = KS * 8 + 4
+    CPP = C // 4
+    SWS, SWM = G.halo_swizzle(C, 4)
+    R, IMG, BANDS = t.rows, t.imgs, t.bands(g)
+    THI, TWI = t.th_in(g), t.tw_in(g)
+    NPOS = t.positions(g)
+    BN, WARPS_N = t.bn, t.warps_n
+    WTM, WTN, MI = 32, BN // WARPS_N, 2
+    NI = WTN // 8
+    nw = t.warps_m(g) * WARPS_N
+    NANW = np.uint32(0x7FC00000)
+    assert Kp >= KS * 8 and not wh[:, K:].any() and not wl[:, K:].any()
+    xf = np.ascontiguousarray(x, np.float32).reshape(-1).view(np.uint32)
+    whf = np.ascontiguousarray(wh, np.float32).reshape(-1).view(np.uint32)
+    wlf = np.ascontiguousarray(wl, np.float32).reshape(-1).view(np.uint32)
+    HWo = g.Ho * g.Wo
+    y = np.full(N * HWo * O, np.nan)
+    lane = np.arange(32)
+    for bx in range(t.blocks(g, N)):
+        for by in range(-(-O // BN)):
+            n0, ho0, o0 = (bx // BANDS) * IMG, (bx % BANDS) * R, by * BN
+            nimgs, rows = min(IMG, N - n0), min(R, g.Ho - ho0)
+            m0 = (n0 * g.Ho + ho0) * g.Wo
+            M = m0 + (nimgs - 1) * HWo + rows * g.Wo
+            Xs = np.full(((NPOS + 1) * CPP, 4), NANW, np.uint32)
+            for e in range(NPOS * CPP):
+                j, P = e % CPP, e // CPP
+                img, rem = divmod(P, THI * TWI)
+                ri, wi = divmod(rem, TWI)
+                hi, wg = ho0 * g.sh - g.ph + ri, wi - g.pw
+                ok = img < nimgs and 0 <= hi < H and 0 <= wg < W
+                dst = P * CPP + (j ^ ((P >> SWS) & SWM))
+                assert (Xs[dst] == NANW).all(), "a footprint chunk stored twice"
+                src = (((n0 + img) * H + hi) * W + wg) * C + j * 4
+                Xs[dst] = xf[src:src + 4] if ok else 0
+            Xs[NPOS * CPP] = 0
+            Bh = np.full((BN, LDB), NANW, np.uint32)
+            Bl = np.full((BN, LDB), NANW, np.uint32)
+            for e in range(BN * KS * 2):
+                o, q = divmod(e, KS * 2)
+                off = (o0 + o) * Kp + q * 4
+                Bh[o, q * 4:q * 4 + 4] = whf[off:off + 4] if o0 + o < O else 0
+                Bl[o, q * 4:q * 4 + 4] = wlf[off:off + 4] if o0 + o < O else 0
+            acc = np.zeros((nw, MI, NI, 32, 4))
+            for warp in range(nw):
+                wm, wn = warp // WARPS_N, warp % WARPS_N
+                pos = []
+                for i in range(MI):
+                    p = wm * WTM + i * 16 + (lane & 15)
+                    img, rem = p // (R * g.Wo), p % (R * g.Wo)
+                    r, wo = rem // g.Wo, rem % g.Wo
+                    pos.append(np.where(m0 + p < M, (img * THI + r * g.sh) * TWI + wo * g.sw, -1))
+                brow = wn * WTN + (lane & 7) + ((lane >> 4) << 3)
+                bcol = ((lane >> 3) & 1) * 4
+                for ks in range(KS):
+                    k = (2 * ks + (lane >> 4)) * 4
+                    tap, c = k // C, k % C
+                    kh, kw = tap // g.KW, tap % g.KW
+                    toff, j = kh * g.dh * TWI + kw * g.dw, c // 4
+                    ah, al = [], []
+                    for i in range(MI):
+                        P = pos[i] + toff
+                        live = (pos[i] >= 0) & (k < K)
+                        u = np.where(live, P * CPP + (j ^ ((P >> SWS) & SWM)), NPOS * CPP)
+                        assert ((u >= 0) & (u <= NPOS * CPP)).all(), "an ldmatrix row outside the footprint"
+                        raw = _ldsm_x4_b32(Xs, u, np.zeros(32, np.int64))
+                        v = raw.view(np.float32)
+                        hi_ = _rna(v)
+                        ah.append(hi_)
+                        al.append(_rna(v - hi_.view(np.float32)))
+                    bh, bl = [None] * NI, [None] * NI
+                    for j2 in range(NI // 2):
+                        rh = _ldsm_x4_b32(Bh, brow + j2 * 16, bcol + ks * 8)
+                        rl = _ldsm_x4_b32(Bl, brow + j2 * 16, bcol + ks * 8)
+                        bh[2 * j2], bh[2 * j2 + 1] = (rh[:, 0], rh[:, 1]), (rh[:, 2], rh[:, 3])
+                        bl[2 * j2], bl[2 * j2 + 1] = (rl[:, 0], rl[:, 1]), (rl[:, 2], rl[:, 3])
+                    for i in range(MI):
+                        for j3 in range(NI):
+                            _mma1688(acc[warp, i, j3], al[i], *bh[j3])
+                            _mma1688(acc[warp, i, j3], ah[i], *bl[j3])
+                            _mma1688(acc[warp, i, j3], ah[i], *bh[j3])
+            gq, tq = lane >> 2, lane & 3
+            for warp in range(nw):
+                wm, wn = warp // WARPS_N, warp % WARPS_N
+                for i in range(MI):
+                    for hr in range(2):
+                        m = m0 + wm * WTM + i * 16 + gq + 8 * hr
+                        for j3 in range(NI):
+                            for e in range(2):
+                                c = o0 + wn * WTN + j3 * 8 + 2 * tq + e
+                                ok = (m < M) & (c < O)
+                                idx = m[ok].astype(np.int64) * O + c[ok]
+                                assert np.isnan(y[idx]).all(), "an output element written twice"
+                                y[idx] = acc[warp, i, j3, ok, 2 * hr + e] + bias[c[ok]]
+    return y.reshape(N * HWo, O)
