@@ -406,3 +406,29 @@ def test_tf32x3_fp32_convs(rng, monkeypatch):
     out = r.probabilities(xs)
     ref = run_reference(g, {"images": scaled(g, xs[:64])})[g.outputs[0]].reshape(64, -1)
     assert np.abs(out[:64] - ref).max() < 1e-4
+
+
+def test_halo_stream_conv(rng, monkeypatch):
+    # CNNRT_CUDA_HALO_STREAM=1: the halo conv with the weights streamed through 3 stages, forced
+    # (CNNRT_CUDA_HALO=all) on a 128-channel conv whose weights do not fit beside the footprint,
+    # against float64, and ResNet-18 whole against its SIMT plan
+    _needs_mma()
+    monkeypatch.setenv("CNNRT_CUDA_HALO_STREAM", "1")
+    for case in ("mma_splitk_7x7_add_relu",):
+        g = MMA_CASES[case]
+        r = cuda_graph.GraphRunner(g, "fp16")
+        monkeypatch.setenv("CNNRT_CUDA_HALO", "all")
+        assert any("weights in 3 stages" in k for _, _, k in r.describe(300))
+        for n in (1, 7, 300):
+            x = rng.standard_normal((n,) + g.input_shape).astype(np.float32)
+            poison(r)
+            out = r.run({"images": x})["y"]
+            ref = run_reference(g, {"images": x.astype(np.float64)}, fp16_storage=True)["y"]
+            assert np.isfinite(out).all() and rel_err(out, ref) < 3e-3, (case, n, rel_err(out, ref))
+        monkeypatch.delenv("CNNRT_CUDA_HALO")
+    g = TG.resnet18(0)
+    r, simt = runner(g, "fp16"), runner(g, "fp16", mma=False)
+    assert any("weights in 3 stages" in k for _, _, k in r.describe(32))
+    x = rng.integers(0, 256, (32,) + g.input_shape, dtype=np.uint8)
+    poison(r)
+    check_fp16(r.probabilities(x), simt.probabilities(x), "resnet18 halo stream vs SIMT")

@@ -432,3 +432,67 @@ def test_tf32x3_kernels_compile():
     for kern in ks:
         assert kern.name in ptx
     assert "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32" in ptx and "cvt.rna.tf32.f32" in ptx
+
+
+# ------------------------------------------------------------------ the halo conv with streamed weights
+
+STREAM_SHAPES = [  # (N, H, W, C, O, K, stride, pad, dilation, weight stages)
+    (2, 10, 9, 16, 16, 3, 1, 1, 1, 2),  # two stages: each chunk refills the stage just read
+    (1, 9, 9, 64, 80, 3, 1, 1, 1, 3),  # two 64-channel column tiles, O = 80; 9 chunks
+    (2, 7, 7, 32, 24, 3, 2, 1, 1, 4),  # stride 2, more stages than a short K needs at the end
+    (1, 6, 6, 8, 16, 5, 1, 2, 1, 2),  # 5x5 on C = 8 (K steps span two taps)
+    (3, 5, 5, 24, 40, 3, 1, 1, 2, 3),  # dilation 2 on 5x5 images, a short last chunk
+]
+
+
+@pytest.mark.parametrize("shape", STREAM_SHAPES, ids=[f"s{i}" for i in range(len(STREAM_SHAPES))])
+def test_emulated_halo_stream_matches_float64(rng, shape):
+    N, H, W, C, O, k, s, p, d, bst = shape
+    x = rng.standard_normal((N, H, W, C)).astype(np.float16)
+    w = rng.standard_normal((O, k, k, C)).astype(np.float16)
+    b = rng.standard_normal(O)
+    K = k * k * C
+    wq = np.zeros((O, -(-K // G.MMA_KPAD) * G.MMA_KPAD), np.float16)
+    wq[:, :K] = w.reshape(O, K)
+    want, Ho, Wo = conv64(x.astype(np.float64), w.astype(np.float64), b, (s, s), (p, p), (d, d))
+    g = G.HaloGeom(C, H, W, Ho, Wo, k, k, s, s, p, p, d, d)
+    t = G.halo_tile(g, O, N, bstages=bst)
+    assert t is not None and t.bstages == bst
+    got = ME.run_halo_stream(g, t, x, wq, b).reshape(want.shape)
+    assert np.abs(got - want).max() <= 1e-9 * np.abs(want).max(), t
+
+
+def test_halo_stream_only_when_asked(rng, monkeypatch):
+    from cnnrt.testing import cuda_emulator as EM
+
+    # a 3x3 conv whose 64-channel weights (1,152 halves a row) do not fit beside its footprint
+    g = TG._one("wide3x3", (20, 20, 128), lambda b, x: b.op("Relu", [b.conv(x, 96, 3)]))
+    monkeypatch.delenv("CNNRT_CUDA_HALO_STREAM", raising=False)
+    assert not any("halo" in k for _, _, k in Program(g, "fp16", nsm=4).describe(8))
+    monkeypatch.setenv("CNNRT_CUDA_HALO_STREAM", "1")
+    prog = Program(g, "fp16", nsm=4)
+    assert any("weights in 3 stages" in k for _, _, k in prog.describe(8))
+    x = rng.standard_normal((8,) + g.input_shape).astype(np.float32)
+    out = EM.run(prog, x)["y"]
+    from cnnrt.ir.graph import run_reference
+
+    ref = run_reference(g, {"images": x.astype(np.float64)}, fp16_storage=True)["y"]
+    assert np.abs(out - ref).max() <= 1e-2 * np.abs(ref).max()
+
+
+def test_halo_stream_kernels_compile():
+    from cnnrt.testing.nvrtc import compile_ptx, find_library
+
+    if find_library() is None:
+        pytest.skip("no NVRTC library here (pip install nvidia-cuda-nvrtc to check the generated CUDA on the CPU)")
+    ks = []
+    for N, H, W, C, O, k, s, p, d, bst in STREAM_SHAPES:
+        Ho, Wo = (H + 2 * p - d * (k - 1) - 1) // s + 1, (W + 2 * p - d * (k - 1) - 1) // s + 1
+        g = G.HaloGeom(C, H, W, Ho, Wo, k, k, s, s, p, p, d, d)
+        t = G.halo_tile(g, O, N, bstages=bst)
+        ks += [G.halo_stream_kernel(g, t, "f16", (G.epi_op("Add", mode="full", dtype="f16"), G.epi_op("Relu")),
+                                    coalesce=c) for c in (False, True)]
+    ptx, _ = compile_ptx(G.module_source(ks))
+    for kern in ks:
+        assert kern.name in ptx
+    assert "cp.async.wait_group 1" in ptx or "cp.async.wait_group 0" in ptx

@@ -860,6 +860,8 @@ class HaloTile:
     bn: int
     warps_n: int
     tf32: bool = False
+    bstages: int = 0  # 0: the block's weights resident in shared memory; 2+: streamed in chunks, this many stages
+    kch: int = 4  # K steps a streamed chunk of weights
 
     @property
     def esize(self) -> int:
@@ -899,6 +901,8 @@ class HaloTile:
 
     def smem_b(self, g: HaloGeom) -> int:
         """The block's weights, rows padded by 16 bytes (two copies for tf32: the high and low parts)."""
+        if self.bstages:
+            return self.bstages * self.bn * (self.kch * self.kstep * self.esize + 16)
         return (2 if self.tf32 else 1) * self.bn * (self.ks(g) * self.kstep * self.esize + 16)
 
     def smem(self, g: HaloGeom, coalesce: bool) -> int:
@@ -926,19 +930,22 @@ def halo_swizzle(C: int, esize: int = 2) -> tuple[int, int]:
     return {1: (3, 0), 2: (2, 1), 4: (1, 3)}[cpp]
 
 
-def halo_tile(g: HaloGeom, O: int, n: int, pixels: int = HALO_PIXELS, tf32: bool = False) -> HaloTile | None:
+def halo_tile(g: HaloGeom, O: int, n: int, pixels: int = HALO_PIXELS, tf32: bool = False,
+              bstages: int = 0) -> HaloTile | None:
     """The halo tile for a layer (about `pixels` output pixels a block), or None where it does not
-    apply (16-byte chunks: C % 8 for fp16, C % 4 for tf32; the footprint too big)."""
-    if g.C % (4 if tf32 else 8):
+    apply (16-byte chunks: C % 8 for fp16, C % 4 for tf32; the footprint too big). bstages: the
+    weights streamed through that many shared-memory stages (fp16 only), for layers whose weights
+    do not fit beside the footprint."""
+    if g.C % (4 if tf32 else 8) or (bstages and tf32):
         return None
     bn = 16 if O <= 16 else 32 if O <= 32 else 64
     warps_n = bn // 32 if bn >= 64 else 1
     hw = g.Ho * g.Wo
     for px in (pixels, pixels // 2):  # half the pixels where the footprint does not fit
         if hw <= px:
-            t = HaloTile(g.Ho, max(1, min(n, px // hw)), bn, warps_n, tf32)
+            t = HaloTile(g.Ho, max(1, min(n, px // hw)), bn, warps_n, tf32, bstages)
         else:
-            t = HaloTile(max(1, min(g.Ho, px // g.Wo)), 1, bn, warps_n, tf32)
+            t = HaloTile(max(1, min(g.Ho, px // g.Wo)), 1, bn, warps_n, tf32, bstages)
         if t.threads(g) <= 512 and t.smem(g, mma_coalesce_halo(t)) <= HALO_SMEM:
             return t
     return None
@@ -1075,6 +1082,144 @@ def halo_conv_kernel(g: HaloGeom, t: HaloTile, to: str, epi=(), coalesce: bool |
                    {"geom": g, "tile": t, "ti": "f16", "to": to, "epi": tuple(epi), "coalesce": coalesce,
                     "smem": t.smem(g, coalesce)})
 
+
+HALO_STREAM_TEMPLATE = r"""
+extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
+    $SIG)
+{
+    // halo_conv_kernel with the weights streamed: the footprint stays in shared memory for the whole
+    // K loop, the weights come in chunks of KCH K steps through a BST-stage cp.async pipeline (for
+    // layers whose weights do not fit beside the footprint)
+    constexpr int C = $C, H = $H, W = $W, Ho = $HO, Wo = $WO, KH = $KH, KW = $KW;
+    constexpr int SH = $SH, SW = $SW, PH = $PH, PW = $PW, DH = $DH, DW = $DW;
+    constexpr int R = $ROWS, IMG = $IMGS, BANDS = (Ho + R - 1) / R;
+    constexpr int THI = (R - 1) * SH + (KH - 1) * DH + 1, TWI = (Wo - 1) * SW + (KW - 1) * DW + 1;
+    constexpr int CPP = C / 8;  // 16-byte chunks a position
+    constexpr int SWS = $SWS, SWM = $SWM;  // chunk j of position P is stored at j ^ ((P >> SWS) & SWM)
+    constexpr int NPOS = IMG * THI * TWI;  // position NPOS is all zero: padded pixels and K past the end
+    constexpr int K = KH * KW * C, KS = (K + 15) / 16;
+    constexpr int KCH = $KCH, BST = $BSTAGES, NCH = (KS + KCH - 1) / KCH, LDB = KCH * 16 + 8;
+    constexpr int BM = $BM, BN = $BN, WARPS_N = $WARPS_N, THREADS = $THREADS;
+    constexpr int WTM = 32, WTN = BN / WARPS_N, MI = 2, NI = WTN / 8;
+    static_assert(C % 8 == 0 && BM == 32 * $WARPS_M && WTN % 16 == 0 && BST >= 2, "halo tile");
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    u4_t* Xs = reinterpret_cast<u4_t*>(smem_raw);
+    half_t* Bs = reinterpret_cast<half_t*>(smem_raw + (NPOS + 1) * C * 2);  // [BST][BN][LDB]
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wm = warp / WARPS_N, wn = warp - wm * WARPS_N;
+    const int n0 = (blockIdx.x / BANDS) * IMG, ho0 = (blockIdx.x % BANDS) * R;
+    const int o0 = blockIdx.y * BN;
+    const int nimgs = min(IMG, N - n0), rows = min(R, Ho - ho0);
+    const int HWo = Ho * Wo;
+    const int m0 = (n0 * Ho + ho0) * Wo;
+    const int M = m0 + (nimgs - 1) * HWo + rows * Wo;  // this block's pixels are m0 .. M - 1
+    const int CH = O;
+    (void)CH;
+
+    // chunk ch of the weights (K halves ch * KCH * 16 ..) into stage st; zero past Kp and O
+    auto load_b = [&](int ch, int st) {
+        for (int e = tid; e < BN * KCH * 2; e += THREADS) {
+            const int o = e / (KCH * 2), q = e - o * (KCH * 2);
+            const int kq = ch * KCH * 2 + q;
+            const bool ok = o0 + o < O && kq * 8 < Kp;
+            const half_t* src = ok ? w + (long long)(o0 + o) * Kp + kq * 8 : w;
+            cp_async16(smem_u32(&Bs[(st * BN + o) * LDB + q * 8]), src, ok ? 16 : 0);
+        }
+    };
+    for (int e = tid; e < NPOS * CPP; e += THREADS) {
+        const int j = e % CPP, P = e / CPP;
+        const int img = P / (THI * TWI), rem = P - img * (THI * TWI);
+        const int ri = rem / TWI, wi = rem - ri * TWI;
+        const int hi = ho0 * SH - PH + ri, wg = wi - PW;
+        const bool ok = img < nimgs && (unsigned)hi < (unsigned)H && (unsigned)wg < (unsigned)W;
+        const half_t* src = ok ? x + (((long long)(n0 + img) * H + hi) * W + wg) * C + j * 8 : x;
+        cp_async16(smem_u32(&Xs[P * CPP + (j ^ ((P >> SWS) & SWM))]), src, ok ? 16 : 0);
+    }
+    load_b(0, 0);
+    cp_async_commit();  // group 0: the footprint and chunk 0
+#pragma unroll
+    for (int st = 1; st < BST - 1; ++st) {
+        if (st < NCH) load_b(st, st);
+        cp_async_commit();
+    }
+    if (tid < CPP) Xs[NPOS * CPP + tid] = u4_t{0u, 0u, 0u, 0u};
+
+    int pos[MI];
+#pragma unroll
+    for (int i = 0; i < MI; ++i) {
+        const int p = wm * WTM + i * 16 + (lane & 15);
+        const int img = p / (R * Wo), rem = p - img * (R * Wo), r = rem / Wo, wo = rem - r * Wo;
+        pos[i] = m0 + p < M ? (img * THI + r * SH) * TWI + wo * SW : -1;
+    }
+    const u32_t xs0 = smem_u32(Xs), zero = xs0 + NPOS * CPP * 16;
+    const u32_t bs0 = smem_u32(Bs) + ((wn * WTN + (lane & 7) + ((lane >> 4) << 3)) * LDB + ((lane >> 3) & 1) * 8) * 2;
+    float acc[MI][NI][4];
+#pragma unroll
+    for (int i = 0; i < MI; ++i)
+#pragma unroll
+        for (int j = 0; j < NI; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+
+    for (int ch = 0; ch < NCH; ++ch) {
+        cp_async_wait<BST - 2>();  // this thread's copies of chunk ch (and the footprint) have landed ...
+        __syncthreads();  // ... and everyone's; everyone is also done with the stage refilled next
+        if (ch + BST - 1 < NCH) load_b(ch + BST - 1, (ch + BST - 1) % BST);
+        cp_async_commit();
+        const u32_t bst = bs0 + (ch % BST) * BN * LDB * 2;
+#pragma unroll
+        for (int kk = 0; kk < KCH; ++kk) {
+            const int ks = ch * KCH + kk;
+            if (ks >= KS) break;
+            const int k = (2 * ks + (lane >> 4)) * 8;  // this lane's 8 halves of K: one tap, channels c .. c + 7
+            const int tap = k / C, c = k - tap * C, kh = tap / KW, kw = tap - kh * KW;
+            const int toff = kh * DH * TWI + kw * DW, j = c / 8;
+            u32_t af[MI][4], bf[NI][2];
+#pragma unroll
+            for (int i = 0; i < MI; ++i) {
+                const int P = pos[i] + toff;
+                ldsm_x4(af[i], pos[i] >= 0 && k < K ? xs0 + (P * CPP + (j ^ ((P >> SWS) & SWM))) * 16 : zero);
+            }
+#pragma unroll
+            for (int j2 = 0; j2 < NI / 2; ++j2) {
+                u32_t r[4];
+                ldsm_x4(r, bst + (j2 * 16 * LDB + kk * 16) * 2);
+                bf[2 * j2][0] = r[0]; bf[2 * j2][1] = r[1]; bf[2 * j2 + 1][0] = r[2]; bf[2 * j2 + 1][1] = r[3];
+            }
+#pragma unroll
+            for (int i = 0; i < MI; ++i)
+#pragma unroll
+                for (int j3 = 0; j3 < NI; ++j3) mma16816(acc[i][j3], af[i], bf[j3][0], bf[j3][1]);
+        }
+    }
+    cp_async_wait<0>();
+$EPILOGUE}
+"""
+
+
+def halo_stream_kernel(g: HaloGeom, t: HaloTile, to: str, epi=(), coalesce: bool | None = None) -> Kernel:
+    """halo_conv_kernel for layers whose weights do not fit in shared memory beside the footprint: the
+    weights of the block's bn channels stream through t.bstages stages of t.kch K steps (cp.async),
+    while the footprint stays. The same arguments and grid as halo_conv_kernel."""
+    assert g.C % 8 == 0 and t.bstages >= 2 and not t.tf32
+    coalesce = mma_coalesce_halo(t) if coalesce is None else coalesce
+    eparams, ecode, _ = epilogue(epi)
+    params = ([("const half_t* __restrict__", "x"), ("const half_t* __restrict__", "w"),
+               ("const float* __restrict__", "bias"), (f"{CTYPE[to]}* __restrict__", "y")] + eparams
+              + [("int", "N"), ("int", "O"), ("int", "Kp")])
+    sws, swm = halo_swizzle(g.C)
+    wm = t.warps_m(g)
+    subs = {"$C": g.C, "$H": g.H, "$W": g.W, "$HO": g.Ho, "$WO": g.Wo, "$KH": g.KH, "$KW": g.KW, "$SH": g.sh,
+            "$SW": g.sw, "$PH": g.ph, "$PW": g.pw, "$DH": g.dh, "$DW": g.dw, "$ROWS": t.rows, "$IMGS": t.imgs,
+            "$SWS": sws, "$SWM": swm, "$BM": 32 * wm, "$BN": t.bn, "$WARPS_N": t.warps_n, "$WARPS_M": wm,
+            "$THREADS": t.threads(g), "$KCH": t.kch, "$BSTAGES": t.bstages}
+    src = (HALO_STREAM_TEMPLATE.replace("$EPILOGUE", MMA_EPILOGUE).replace("$SPLITK", "0")
+           .replace("$STAGES", "1").replace("$COALESCE", str(int(coalesce))).replace("$EPI", ecode))
+    for key in sorted(subs, key=len, reverse=True):
+        src = src.replace(key, str(subs[key]))
+    return _finish("mma_halo", src, params, t.threads(g),
+                   {"geom": g, "tile": t, "ti": "f16", "to": to, "epi": tuple(epi), "coalesce": coalesce,
+                    "smem": t.smem(g, coalesce)})
 
 HALO_TF32_TEMPLATE = r"""
 extern "C" __global__ void __launch_bounds__($THREADS) $NAME(

@@ -130,14 +130,31 @@ def choose_halo(g: G.HaloGeom, o: int, n: int, nsm: int, tf32: bool = False) -> 
     layers (o <= HALO_MAX_O output channels, C % 8 == 0) with more than one tap (a 1x1 conv reads
     each input once: nothing to share) and a footprint that fits, and at least one block per SM
     (small batches keep the split-K path). CNNRT_CUDA_HALO=0 never takes it, =all wherever it fits
-    (A/B switches)."""
+    (A/B switches); a tile forced by CNNRT_CUDA_MMA_TILES keeps it off."""
     env = os.environ.get("CNNRT_CUDA_HALO", "")
     if env in ("0", "no", "false"):
         return None
+    if env != "all" and any(x in G.MMA_TILES for x in os.environ.get("CNNRT_CUDA_MMA_TILES", "").split(",")):
+        return None  # K-step tiles forced (an A/B run): they take every layer
     t = G.halo_tile(g, o, n, tf32=tf32)
+    if t is not None and (env == "all" or o <= HALO_MAX_O and g.KH * g.KW > 1 and t.blocks(g, n) * cdiv(o, t.bn) >= nsm):
+        return t
+    if tf32 or not halo_stream_enabled():
+        return None
+    t = G.halo_tile(g, o, n, bstages=HALO_STREAM_STAGES)  # the weights streamed: wider layers
     if t is None or env == "all":
         return t
-    return t if o <= HALO_MAX_O and g.KH * g.KW > 1 and t.blocks(g, n) * cdiv(o, t.bn) >= nsm else None
+    return t if g.KH * g.KW > 1 and t.blocks(g, n) * cdiv(o, t.bn) >= nsm else None
+
+
+HALO_STREAM_STAGES = 3
+
+
+def halo_stream_enabled() -> bool:
+    """The halo conv with streamed weights (cuda_codegen.halo_stream_kernel) for the layers whose
+    weights do not fit beside the footprint (ResNet-18's 3x3 convs), with CNNRT_CUDA_HALO_STREAM=1.
+    Off by default until it has been checked and timed on a GPU."""
+    return os.environ.get("CNNRT_CUDA_HALO_STREAM", "") in ("1", "true", "yes")
 
 
 SPLITK_REDUCE_STEPS = 12  # the reduction launch's cost in K steps of a conv block (~0.5 us each on an H200)
@@ -762,14 +779,15 @@ class _Planner:
         geom = G.HaloGeom(c, h, wd, ho, wo, kh, kw, sh, sw, pads[0], pads[1], dh, dw)
         ht = choose_halo(geom, o, n, p.nsm)
         if ht is not None:
-            kern = G.halo_conv_kernel(geom, ht, self.dt(out), ops)
+            kern = (G.halo_stream_kernel if ht.bstages else G.halo_conv_kernel)(geom, ht, self.dt(out), ops)
             args = {"x": self.t(node.inputs[0]), "w": self.c(wp), "bias": self.c(bias), "y": y}
             self.put_epi(args, eargs)
             args.update(N=n, O=o, Kp=kp)
             what = f"{ht.imgs} images" if ht.imgs > 1 else f"{ht.rows} rows"
+            streamed = f", weights in {ht.bstages} stages" if ht.bstages else ""
             self.emit(grp, kern, (ht.blocks(geom, n), cdiv(o, ht.bn), 1), (ht.threads(geom),), args, [], [y[1]],
                       self.label(grp, f"conv implicit-GEMM tensor-core halo ({what} x {ht.bn} channels, "
-                                      "input in shared memory)"),
+                                      f"input in shared memory{streamed})"),
                       smem=kern.static["smem"])
             return
         tname = choose_mma_tile(M, o, K, p.nsm, variant)

@@ -492,3 +492,115 @@ def run_halo_tf32(g: G.HaloGeom, t: G.HaloTile, x: np.ndarray, wh: np.ndarray, w
                                 assert np.isnan(y[idx]).all(), "an output element written twice"
                                 y[idx] = acc[warp, i, j3, ok, 2 * hr + e] + bias[c[ok]]
     return y.reshape(N * HWo, O)
+
+
+def run_halo_stream(g: G.HaloGeom, t: G.HaloTile, x: np.ndarray, wq: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """The halo conv with streamed weights (cuda_codegen.halo_stream_kernel) thread by thread: the
+    footprint copy, then the weights' chunks in the kernel's pipeline order (the prologue fills
+    stages 0 .. bstages-2; before chunk ch is computed, chunk ch + bstages - 1 goes into the stage
+    chunk ch - 1 was read from), so a stage overwritten while still needed shows up as a wrong
+    result. Returns (N*Ho*Wo, O) acc + bias in float64."""
+    N, H, W, C = x.shape
+    assert (H, W, C) == (g.H, g.W, g.C) and t.bstages >= 2 and not t.tf32
+    O, Kp = wq.shape
+    K = g.KH * g.KW * C
+    KS, KCH, BST = t.ks(g), t.kch, t.bstages
+    NCH = -(-KS // KCH)
+    LDB = KCH * 16 + 8
+    CPP = C // 8
+    SWS, SWM = G.halo_swizzle(C)
+    R, IMG, BANDS = t.rows, t.imgs, t.bands(g)
+    THI, TWI = t.th_in(g), t.tw_in(g)
+    NPOS = t.positions(g)
+    BN, WARPS_N = t.bn, t.warps_n
+    WTM, WTN, MI = 32, BN // WARPS_N, 2
+    NI = WTN // 8
+    nw = t.warps_m(g) * WARPS_N
+    assert not wq[:, K:].view(np.uint16).any()
+    xf = np.ascontiguousarray(x, np.float16).reshape(-1).view(np.uint16)
+    wf = np.ascontiguousarray(wq, np.float16).reshape(-1).view(np.uint16)
+    HWo = g.Ho * g.Wo
+    y = np.full(N * HWo * O, np.nan)
+    lane = np.arange(32)
+    for bx in range(t.blocks(g, N)):
+        for by in range(-(-O // BN)):
+            n0, ho0, o0 = (bx // BANDS) * IMG, (bx % BANDS) * R, by * BN
+            nimgs, rows = min(IMG, N - n0), min(R, g.Ho - ho0)
+            m0 = (n0 * g.Ho + ho0) * g.Wo
+            M = m0 + (nimgs - 1) * HWo + rows * g.Wo
+            Xs = np.full(((NPOS + 1) * CPP, 8), NAN16, np.uint16)
+            for e in range(NPOS * CPP):
+                j, P = e % CPP, e // CPP
+                img, rem = divmod(P, THI * TWI)
+                ri, wi = divmod(rem, TWI)
+                hi, wg = ho0 * g.sh - g.ph + ri, wi - g.pw
+                ok = img < nimgs and 0 <= hi < H and 0 <= wg < W
+                src = (((n0 + img) * H + hi) * W + wg) * C + j * 8
+                Xs[P * CPP + (j ^ ((P >> SWS) & SWM))] = xf[src:src + 8] if ok else 0
+            Xs[NPOS * CPP] = 0
+            Bs = np.full((BST, BN, LDB), NAN16, np.uint16)
+
+            def load_b(ch, st):
+                Bs[st] = NAN16  # what the stage held before is gone
+                for e in range(BN * KCH * 2):
+                    o, q = divmod(e, KCH * 2)
+                    kq = ch * KCH * 2 + q
+                    ok = o0 + o < O and kq * 8 < Kp
+                    off = (o0 + o) * Kp + kq * 8
+                    Bs[st, o, q * 8:q * 8 + 8] = wf[off:off + 8] if ok else 0
+
+            for st in range(BST - 1):
+                if st < NCH:
+                    load_b(st, st)
+            acc = np.zeros((nw, MI, NI, 32, 4))
+            pos = {}
+            for warp in range(nw):
+                wm = warp // WARPS_N
+                for i in range(MI):
+                    p = wm * WTM + i * 16 + (lane & 15)
+                    img, rem = p // (R * g.Wo), p % (R * g.Wo)
+                    r, wo = rem // g.Wo, rem % g.Wo
+                    pos[warp, i] = np.where(m0 + p < M, (img * THI + r * g.sh) * TWI + wo * g.sw, -1)
+            for ch in range(NCH):
+                if ch + BST - 1 < NCH:
+                    load_b(ch + BST - 1, (ch + BST - 1) % BST)
+                st = ch % BST
+                for warp in range(nw):
+                    wn = warp % WARPS_N
+                    for kk in range(KCH):
+                        ks = ch * KCH + kk
+                        if ks >= KS:
+                            break
+                        k = (2 * ks + (lane >> 4)) * 8
+                        tap, c = k // C, k % C
+                        kh, kw = tap // g.KW, tap % g.KW
+                        toff, j = kh * g.dh * TWI + kw * g.dw, c // 8
+                        af = []
+                        for i in range(MI):
+                            P = pos[warp, i] + toff
+                            live = (pos[warp, i] >= 0) & (k < K)
+                            u = np.where(live, P * CPP + (j ^ ((P >> SWS) & SWM)), NPOS * CPP)
+                            assert ((u >= 0) & (u <= NPOS * CPP)).all(), "an ldmatrix row outside the footprint"
+                            af.append(_ldsm_x4(Xs, u, np.zeros(32, np.int64)))
+                        bf = [None] * NI
+                        for j2 in range(NI // 2):
+                            r4 = _ldsm_x4(Bs[st], wn * WTN + j2 * 16 + (lane & 7) + ((lane >> 4) << 3),
+                                          kk * 16 + ((lane >> 3) & 1) * 8)
+                            bf[2 * j2], bf[2 * j2 + 1] = (r4[:, 0], r4[:, 1]), (r4[:, 2], r4[:, 3])
+                        for i in range(MI):
+                            for j3 in range(NI):
+                                _mma(acc[warp, i, j3], af[i], *bf[j3])
+            gq, tq = lane >> 2, lane & 3
+            for warp in range(nw):
+                wm, wn = warp // WARPS_N, warp % WARPS_N
+                for i in range(MI):
+                    for hr in range(2):
+                        m = m0 + wm * WTM + i * 16 + gq + 8 * hr
+                        for j3 in range(NI):
+                            for e in range(2):
+                                c = o0 + wn * WTN + j3 * 8 + 2 * tq + e
+                                ok = (m < M) & (c < O)
+                                idx = m[ok].astype(np.int64) * O + c[ok]
+                                assert np.isnan(y[idx]).all(), "an output element written twice"
+                                y[idx] = acc[warp, i, j3, ok, 2 * hr + e] + bias[c[ok]]
+    return y.reshape(N * HWo, O)

@@ -1,7 +1,8 @@
 """The tensor-core conv (cuda_codegen.mma_conv_kernel), its versions side by side on the zoo's
 heaviest layer shapes: block tile, warp tile, K step (bk) and pipeline depth (0: the register-staged
 double buffer, 2+: cp.async stages), and the halo conv (cuda_codegen.halo_conv_kernel: the block's
-input footprint in shared memory) at several block sizes. Each version is checked against float64 NumPy on sampled
+input footprint in shared memory; halo_stream_kernel: the weights streamed beside it) at several
+block sizes. Each version is checked against float64 NumPy on sampled
 output rows and timed with CUDA events (median of --reps launches after warm-up).
 
     PYTHONPATH=. python3 dev/cuda/mma_conv.py [--json out.json] [--layers r18_l1,r20_s1] [--reps 10]
@@ -88,6 +89,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--halo-pixels", default="128,256,512",
                     help="the halo conv (footprint in shared memory) at these output pixels a block ('' for none)")
+    ap.add_argument("--halo-stages", default="0,3",
+                    help="the halo conv's weights: 0 resident, 2+ streamed through that many stages (halo_stream_kernel)")
     a = ap.parse_args(argv)
     import cupy as cp
 
@@ -129,12 +132,14 @@ def main(argv=None) -> int:
         geom = G.HaloGeom(C, H, W, Ho, Wo, k, k, s, s, p, p, 1, 1)
         halo_pick = choose_halo(geom, O, N, nsm)
         for px in (int(v) for v in a.halo_pixels.split(",") if v):
-            ht = G.halo_tile(geom, O, N, px)
-            if ht is None:
-                continue
-            for store in a.stores.split(","):
-                hk = G.halo_conv_kernel(geom, ht, "f16", (), coalesce=store == "coalesce")
-                kernels.append((f"halo{px}", 0, store, ht, hk))
+            for bst in (int(v) for v in a.halo_stages.split(",") if v):
+                ht = G.halo_tile(geom, O, N, px, bstages=bst)
+                if ht is None:
+                    continue
+                make = G.halo_stream_kernel if bst else G.halo_conv_kernel
+                for store in a.stores.split(","):
+                    hk = make(geom, ht, "f16", (), coalesce=store == "coalesce")
+                    kernels.append((f"halo{px}" + (f"w{bst}" if bst else ""), bst, store, ht, hk))
         mod = cp.RawModule(code=G.module_source(k_ for *_, k_ in kernels), options=("--std=c++17",))
         dims = dict(N=N, H=H, W=W, C=C, Ho=Ho, Wo=Wo, O=O, KW=k, sh=s, sw=s, ph=p, pw=p, dh=1, dw=1, K=K, Kp=Kp)
         ptrs = {"x": dx, "w": dw, "bias": bias, "y": y}
