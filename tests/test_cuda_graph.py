@@ -398,14 +398,15 @@ def test_tf32x3_fp32_convs(rng, monkeypatch):
             assert np.isfinite(out).all() and rel_err(out, ref) < 1e-5, (case, n, rel_err(out, ref))
     assert seen >= 6, seen
     monkeypatch.delenv("CNNRT_CUDA_HALO")
-    g = net("resnet20")
-    xs = rng.integers(0, 256, (3000,) + g.input_shape, dtype=np.uint8)
-    r = runner(g, "fp32")
-    assert any("3xTF32" in k for _, _, k in r.describe(3000))
-    poison(r)
-    out = r.probabilities(xs)
-    ref = run_reference(g, {"images": scaled(g, xs[:64])})[g.outputs[0]].reshape(64, -1)
-    assert np.abs(out[:64] - ref).max() < 1e-4
+    for name in ("resnet20", "deep_mnist"):  # Deep MNIST's conv2: the weights streamed
+        g = net(name)
+        xs = rng.integers(0, 256, (3000,) + g.input_shape, dtype=np.uint8)
+        r = runner(g, "fp32")
+        assert any("3xTF32" in k for _, _, k in r.describe(3000)), name
+        poison(r)
+        out = r.probabilities(xs)
+        ref = run_reference(g, {"images": scaled(g, xs[:64])})[g.outputs[0]].reshape(64, -1)
+        assert np.abs(out[:64] - ref).max() < 1e-4, name
 
 
 def test_halo_stream_conv(rng, monkeypatch):

@@ -366,11 +366,16 @@ TF32_SHAPES = [  # (N, H, W, C, O, K, stride, pad, dilation); fp32 doubles the f
 ]
 
 
-@pytest.mark.parametrize("shape", TF32_SHAPES, ids=[f"t{i}" for i in range(len(TF32_SHAPES))])
+TF32_CASES = [s + (0,) for s in TF32_SHAPES] + [  # the weights streamed through 2-4 stages
+    (2, 10, 9, 16, 16, 3, 1, 1, 1, 2), (1, 9, 9, 32, 40, 3, 1, 1, 1, 3), (2, 14, 14, 32, 64, 5, 1, 2, 1, 3),
+    (3, 7, 7, 4, 20, 3, 2, 1, 1, 4)]
+
+
+@pytest.mark.parametrize("shape", TF32_CASES, ids=[f"t{i}" for i in range(len(TF32_CASES))])
 def test_emulated_tf32x3_halo_conv_keeps_fp32_precision(rng, shape):
     # fp32 inputs and weights, float64 reference: the three tf32 products keep the error near
-    # fp32's (a single tf32 product would be about 1e-3)
-    N, H, W, C, O, k, s, p, d = shape
+    # fp32's (a single tf32 product would be about 1e-3); resident or streamed weights
+    N, H, W, C, O, k, s, p, d, bst = shape
     x = rng.standard_normal((N, H, W, C)).astype(np.float32)
     w = rng.standard_normal((O, k, k, C)).astype(np.float32)
     b = rng.standard_normal(O)
@@ -380,8 +385,8 @@ def test_emulated_tf32x3_halo_conv_keeps_fp32_precision(rng, shape):
     wh, wl = G.tf32_split(wq)
     want, Ho, Wo = conv64(x.astype(np.float64), w.astype(np.float64), b, (s, s), (p, p), (d, d))
     g = G.HaloGeom(C, H, W, Ho, Wo, k, k, s, s, p, p, d, d)
-    t = G.halo_tile(g, O, N, tf32=True)
-    assert t is not None and t.tf32
+    t = G.halo_tile(g, O, N, tf32=True, bstages=bst)
+    assert t is not None and t.tf32 and t.bstages == bst
     got = ME.run_halo_tf32(g, t, x, wh, wl, b).reshape(want.shape)
     assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max(), t
 
@@ -422,10 +427,10 @@ def test_tf32x3_kernels_compile():
     if find_library() is None:
         pytest.skip("no NVRTC library here (pip install nvidia-cuda-nvrtc to check the generated CUDA on the CPU)")
     ks = []
-    for N, H, W, C, O, k, s, p, d in TF32_SHAPES:
+    for N, H, W, C, O, k, s, p, d, bst in TF32_CASES:
         Ho, Wo = (H + 2 * p - d * (k - 1) - 1) // s + 1, (W + 2 * p - d * (k - 1) - 1) // s + 1
         g = G.HaloGeom(C, H, W, Ho, Wo, k, k, s, s, p, p, d, d)
-        t = G.halo_tile(g, O, N, tf32=True)
+        t = G.halo_tile(g, O, N, tf32=True, bstages=bst)
         ks += [G.halo_tf32_kernel(g, t, (G.epi_op("Add", mode="full", dtype="f32"), G.epi_op("Relu")), coalesce=c)
                for c in (False, True)]
     ptx, _ = compile_ptx(G.module_source(ks))

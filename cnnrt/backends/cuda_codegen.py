@@ -901,9 +901,8 @@ class HaloTile:
 
     def smem_b(self, g: HaloGeom) -> int:
         """The block's weights, rows padded by 16 bytes (two copies for tf32: the high and low parts)."""
-        if self.bstages:
-            return self.bstages * self.bn * (self.kch * self.kstep * self.esize + 16)
-        return (2 if self.tf32 else 1) * self.bn * (self.ks(g) * self.kstep * self.esize + 16)
+        steps = self.kch if self.bstages else self.ks(g)
+        return (2 if self.tf32 else 1) * max(1, self.bstages) * self.bn * (steps * self.kstep * self.esize + 16)
 
     def smem(self, g: HaloGeom, coalesce: bool) -> int:
         out = self.warps_m(g) * 32 * (self.bn + 4) * 4 if coalesce else 0
@@ -934,9 +933,9 @@ def halo_tile(g: HaloGeom, O: int, n: int, pixels: int = HALO_PIXELS, tf32: bool
               bstages: int = 0) -> HaloTile | None:
     """The halo tile for a layer (about `pixels` output pixels a block), or None where it does not
     apply (16-byte chunks: C % 8 for fp16, C % 4 for tf32; the footprint too big). bstages: the
-    weights streamed through that many shared-memory stages (fp16 only), for layers whose weights
-    do not fit beside the footprint."""
-    if g.C % (4 if tf32 else 8) or (bstages and tf32):
+    weights streamed through that many shared-memory stages, for layers whose weights do not fit
+    beside the footprint."""
+    if g.C % (4 if tf32 else 8):
         return None
     bn = 16 if O <= 16 else 32 if O <= 32 else 64
     warps_n = bn // 32 if bn >= 64 else 1
@@ -1227,7 +1226,8 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
 {
     // halo_conv_kernel in fp32: the fp32 footprint in shared memory, K steps of 8 on the tensor cores
     // in three tf32 products (3xTF32: a_hi*b_lo + a_lo*b_hi + a_hi*b_hi, the small terms first), so
-    // the result keeps about fp32's precision; the weights come split into wh + wl by the planner
+    // the result keeps about fp32's precision; the weights come split into wh + wl by the planner,
+    // all resident (BST = 0) or streamed in chunks of KCH K steps through BST cp.async stages
     constexpr int C = $C, H = $H, W = $W, Ho = $HO, Wo = $WO, KH = $KH, KW = $KW;
     constexpr int SH = $SH, SW = $SW, PH = $PH, PW = $PW, DH = $DH, DW = $DW;
     constexpr int R = $ROWS, IMG = $IMGS, BANDS = (Ho + R - 1) / R;
@@ -1235,14 +1235,16 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
     constexpr int CPP = C / 4;  // 16-byte chunks a position
     constexpr int SWS = $SWS, SWM = $SWM;  // chunk j of position P is stored at j ^ ((P >> SWS) & SWM)
     constexpr int NPOS = IMG * THI * TWI;  // position NPOS is all zero: padded pixels and K past the end
-    constexpr int K = KH * KW * C, KS = (K + 7) / 8, LDB = KS * 8 + 4;
+    constexpr int K = KH * KW * C, KS = (K + 7) / 8;
+    constexpr int BST = $BSTAGES, KCH = BST ? $KCH : KS, NCH = (KS + KCH - 1) / KCH, NST = BST ? BST : 1;
+    constexpr int LDB = KCH * 8 + 4;
     constexpr int BM = $BM, BN = $BN, WARPS_N = $WARPS_N, THREADS = $THREADS;
     constexpr int WTM = 32, WTN = BN / WARPS_N, MI = 2, NI = WTN / 8;
     static_assert(C % 4 == 0 && BM == 32 * $WARPS_M && WTN % 16 == 0, "halo tile");
     extern __shared__ __align__(16) unsigned char smem_raw[];
     u4_t* Xs = reinterpret_cast<u4_t*>(smem_raw);
     float* Bh = reinterpret_cast<float*>(smem_raw + (NPOS + 1) * C * 4);
-    float* Bl = Bh + BN * LDB;
+    float* Bl = Bh + NST * BN * LDB;  // [NST][BN][LDB] each
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wm = warp / WARPS_N, wn = warp - wm * WARPS_N;
     const int n0 = (blockIdx.x / BANDS) * IMG, ho0 = (blockIdx.x % BANDS) * R;
@@ -1264,14 +1266,24 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
         cp_async16(smem_u32(&Xs[P * CPP + (j ^ ((P >> SWS) & SWM))]), src, ok ? 16 : 0);
     }
     if (tid < CPP) Xs[NPOS * CPP + tid] = u4_t{0u, 0u, 0u, 0u};
-    for (int e = tid; e < BN * KS * 2; e += THREADS) {
-        const int o = e / (KS * 2), q = e - o * (KS * 2);
-        const bool ok = o0 + o < O;
-        const long long off = (long long)(o0 + o) * Kp + q * 4;
-        cp_async16(smem_u32(&Bh[o * LDB + q * 4]), ok ? wh + off : wh, ok ? 16 : 0);
-        cp_async16(smem_u32(&Bl[o * LDB + q * 4]), ok ? wl + off : wl, ok ? 16 : 0);
+    // chunk ch of both weight parts (K floats ch * KCH * 8 ..) into stage st; zero past Kp and O
+    auto load_b = [&](int ch, int st) {
+        for (int e = tid; e < BN * KCH * 2; e += THREADS) {
+            const int o = e / (KCH * 2), q = e - o * (KCH * 2);
+            const int kq = ch * KCH * 2 + q;
+            const bool ok = o0 + o < O && kq * 4 < Kp;
+            const long long off = (long long)(o0 + o) * Kp + kq * 4;
+            cp_async16(smem_u32(&Bh[(st * BN + o) * LDB + q * 4]), ok ? wh + off : wh, ok ? 16 : 0);
+            cp_async16(smem_u32(&Bl[(st * BN + o) * LDB + q * 4]), ok ? wl + off : wl, ok ? 16 : 0);
+        }
+    };
+    load_b(0, 0);
+    cp_async_commit();  // group 0: the footprint and chunk 0
+#pragma unroll
+    for (int st = 1; st < BST - 1; ++st) {
+        if (st < NCH) load_b(st, st);
+        cp_async_commit();
     }
-    cp_async_commit();
 
     int pos[MI];
 #pragma unroll
@@ -1290,11 +1302,20 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
         for (int j = 0; j < NI; ++j)
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
-    cp_async_wait<0>();
-    __syncthreads();
-
+    for (int ch = 0; ch < NCH; ++ch) {
+#if $BSTAGES
+        cp_async_wait<BST - 2>();  // chunk ch (and the footprint) landed for this thread ...
+#else
+        cp_async_wait<0>();
+#endif
+        __syncthreads();  // ... and for everyone; everyone is done with the stage refilled next
+        if (BST && ch + BST - 1 < NCH) load_b(ch + BST - 1, (ch + BST - 1) % NST);
+        cp_async_commit();
+        const int sto = (ch % NST) * BN * LDB * 4;  // the stage's byte offset
 #pragma unroll 2
-    for (int ks = 0; ks < KS; ++ks) {
+    for (int kk = 0; kk < KCH; ++kk) {
+        const int ks = ch * KCH + kk;
+        if (ks >= KS) break;
         const int k = (2 * ks + (lane >> 4)) * 4;  // this lane's 4 floats of K: one tap, channels c .. c + 3
         const int tap = k / C, c = k - tap * C, kh = tap / KW, kw = tap - kh * KW;
         const int toff = kh * DH * TWI + kw * DW, j = c / 4;
@@ -1314,9 +1335,9 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
 #pragma unroll
         for (int j2 = 0; j2 < NI / 2; ++j2) {
             u32_t r[4];
-            ldsm_x4(r, bh0 + (j2 * 16 * LDB + ks * 8) * 4);
+            ldsm_x4(r, bh0 + sto + (j2 * 16 * LDB + kk * 8) * 4);
             bh[2 * j2][0] = r[0]; bh[2 * j2][1] = r[1]; bh[2 * j2 + 1][0] = r[2]; bh[2 * j2 + 1][1] = r[3];
-            ldsm_x4(r, bl0 + (j2 * 16 * LDB + ks * 8) * 4);
+            ldsm_x4(r, bl0 + sto + (j2 * 16 * LDB + kk * 8) * 4);
             bl[2 * j2][0] = r[0]; bl[2 * j2][1] = r[1]; bl[2 * j2 + 1][0] = r[2]; bl[2 * j2 + 1][1] = r[3];
         }
 #pragma unroll
@@ -1328,6 +1349,8 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
                 mma1688(acc[i][j3], ah[i], bh[j3][0], bh[j3][1]);
             }
     }
+    }
+    cp_async_wait<0>();
 $EPILOGUE}
 """
 
@@ -1336,7 +1359,8 @@ def halo_tf32_kernel(g: HaloGeom, t: HaloTile, epi=(), coalesce: bool | None = N
     """halo_conv_kernel for fp32 activations (C % 4 == 0), on the tensor cores with 3xTF32 products:
     the weights as two fp32 arrays wh (tf32-rounded) and wl (the tf32-rounded rest), packed [O][Kp]
     like the fp16 ones (tf32_split); A is split the same way as it is read. About fp32's precision
-    (each product's relative error near 2^-21) at three tf32 MMAs a K step of 8."""
+    (each product's relative error near 2^-21) at three tf32 MMAs a K step of 8. t.bstages: the
+    weights streamed through that many stages (layers whose weights do not fit beside the footprint)."""
     assert t.tf32 and g.C % 4 == 0
     coalesce = mma_coalesce_halo(t) if coalesce is None else coalesce
     eparams, ecode, _ = epilogue(epi)
@@ -1348,8 +1372,8 @@ def halo_tf32_kernel(g: HaloGeom, t: HaloTile, epi=(), coalesce: bool | None = N
     subs = {"$C": g.C, "$H": g.H, "$W": g.W, "$HO": g.Ho, "$WO": g.Wo, "$KH": g.KH, "$KW": g.KW, "$SH": g.sh,
             "$SW": g.sw, "$PH": g.ph, "$PW": g.pw, "$DH": g.dh, "$DW": g.dw, "$ROWS": t.rows, "$IMGS": t.imgs,
             "$SWS": sws, "$SWM": swm, "$BM": 32 * wm, "$BN": t.bn, "$WARPS_N": t.warps_n, "$WARPS_M": wm,
-            "$THREADS": t.threads(g)}
-    src = (HALO_TF32_TEMPLATE.replace("$EPILOGUE", MMA_EPILOGUE).replace("$SPLITK", "0").replace("$STAGES", "0")
+            "$THREADS": t.threads(g), "$KCH": t.kch, "$BSTAGES": t.bstages}
+    src = (HALO_TF32_TEMPLATE.replace("$EPILOGUE", MMA_EPILOGUE).replace("$SPLITK", "0").replace("$STAGES", "1")
            .replace("$COALESCE", str(int(coalesce))).replace("$EPI", ecode))
     for key in sorted(subs, key=len, reverse=True):
         src = src.replace(key, str(subs[key]))

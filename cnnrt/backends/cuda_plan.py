@@ -139,9 +139,9 @@ def choose_halo(g: G.HaloGeom, o: int, n: int, nsm: int, tf32: bool = False) -> 
     t = G.halo_tile(g, o, n, tf32=tf32)
     if t is not None and (env == "all" or o <= HALO_MAX_O and g.KH * g.KW > 1 and t.blocks(g, n) * cdiv(o, t.bn) >= nsm):
         return t
-    if tf32 or not halo_stream_enabled():
+    if not (tf32 or halo_stream_enabled()):  # (tf32 is opt-in as a whole: CNNRT_CUDA_TF32X3)
         return None
-    t = G.halo_tile(g, o, n, bstages=HALO_STREAM_STAGES)  # the weights streamed: wider layers
+    t = G.halo_tile(g, o, n, tf32=tf32, bstages=HALO_STREAM_STAGES)  # the weights streamed: wider layers
     if t is None or env == "all":
         return t
     return t if g.KH * g.KW > 1 and t.blocks(g, n) * cdiv(o, t.bn) >= nsm else None
@@ -843,9 +843,10 @@ class _Planner:
         self.put_epi(args, eargs)
         args.update(N=n, O=o, Kp=kp)
         what = f"{ht.imgs} images" if ht.imgs > 1 else f"{ht.rows} rows"
+        streamed = f", weights in {ht.bstages} stages" if ht.bstages else ""
         self.emit(grp, kern, (ht.blocks(geom, n), cdiv(o, ht.bn), 1), (ht.threads(geom),), args, [], [y[1]],
                   self.label(grp, f"conv implicit-GEMM tensor-core 3xTF32 halo ({what} x {ht.bn} channels, "
-                                  "input in shared memory)"), smem=kern.static["smem"])
+                                  f"input in shared memory{streamed})"), smem=kern.static["smem"])
         return True
 
     @staticmethod

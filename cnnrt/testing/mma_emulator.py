@@ -389,15 +389,19 @@ def _rna(v: np.ndarray) -> np.ndarray:
 def run_halo_tf32(g: G.HaloGeom, t: G.HaloTile, x: np.ndarray, wh: np.ndarray, wl: np.ndarray,
                   bias: np.ndarray) -> np.ndarray:
     """The fp32 halo conv (cuda_codegen.halo_tf32_kernel) thread by thread: the fp32 footprint copy,
-    both weight copies, every lane's ldmatrix address, the split of A into tf32 high and low parts
-    as the kernel does it, and the three m16n8k8 products of each K step of 8. Returns
-    (N*Ho*Wo, O) acc + bias in float64; shared memory and outputs start as NaN."""
+    both weight parts (resident, or streamed in the kernel's pipeline order when t.bstages), every
+    lane's ldmatrix address, the split of A into tf32 high and low parts as the kernel does it, and
+    the three m16n8k8 products of each K step of 8. Returns (N*Ho*Wo, O) acc + bias in float64;
+    shared memory and outputs start as NaN."""
     N, H, W, C = x.shape
     assert (H, W, C) == (g.H, g.W, g.C) and t.tf32
     O, Kp = wh.shape
     K = g.KH * g.KW * C
     KS = t.ks(g)
-    LDB = KS * 8 + 4
+    BST = t.bstages
+    KCH = t.kch if BST else KS
+    NCH, NST = -(-KS // KCH), max(1, BST)
+    LDB = KCH * 8 + 4
     CPP = C // 4
     SWS, SWM = G.halo_swizzle(C, 4)
     R, IMG, BANDS = t.rows, t.imgs, t.bands(g)
@@ -415,6 +419,8 @@ def run_halo_tf32(g: G.HaloGeom, t: G.HaloTile, x: np.ndarray, wh: np.ndarray, w
     HWo = g.Ho * g.Wo
     y = np.full(N * HWo * O, np.nan)
     lane = np.arange(32)
+    brow = (lane & 7) + ((lane >> 4) << 3)
+    bcol = ((lane >> 3) & 1) * 4
     for bx in range(t.blocks(g, N)):
         for by in range(-(-O // BN)):
             n0, ho0, o0 = (bx // BANDS) * IMG, (bx % BANDS) * R, by * BN
@@ -433,51 +439,68 @@ def run_halo_tf32(g: G.HaloGeom, t: G.HaloTile, x: np.ndarray, wh: np.ndarray, w
                 src = (((n0 + img) * H + hi) * W + wg) * C + j * 4
                 Xs[dst] = xf[src:src + 4] if ok else 0
             Xs[NPOS * CPP] = 0
-            Bh = np.full((BN, LDB), NANW, np.uint32)
-            Bl = np.full((BN, LDB), NANW, np.uint32)
-            for e in range(BN * KS * 2):
-                o, q = divmod(e, KS * 2)
-                off = (o0 + o) * Kp + q * 4
-                Bh[o, q * 4:q * 4 + 4] = whf[off:off + 4] if o0 + o < O else 0
-                Bl[o, q * 4:q * 4 + 4] = wlf[off:off + 4] if o0 + o < O else 0
-            acc = np.zeros((nw, MI, NI, 32, 4))
+            Bh = np.full((NST, BN, LDB), NANW, np.uint32)
+            Bl = np.full((NST, BN, LDB), NANW, np.uint32)
+
+            def load_b(ch, st):
+                Bh[st] = NANW  # what the stage held before is gone
+                Bl[st] = NANW
+                for e in range(BN * KCH * 2):
+                    o, q = divmod(e, KCH * 2)
+                    kq = ch * KCH * 2 + q
+                    ok = o0 + o < O and kq * 4 < Kp
+                    off = (o0 + o) * Kp + kq * 4
+                    Bh[st, o, q * 4:q * 4 + 4] = whf[off:off + 4] if ok else 0
+                    Bl[st, o, q * 4:q * 4 + 4] = wlf[off:off + 4] if ok else 0
+
+            load_b(0, 0)
+            for st in range(1, BST - 1):
+                if st < NCH:
+                    load_b(st, st)
+            pos = {}
             for warp in range(nw):
-                wm, wn = warp // WARPS_N, warp % WARPS_N
-                pos = []
+                wm = warp // WARPS_N
                 for i in range(MI):
                     p = wm * WTM + i * 16 + (lane & 15)
                     img, rem = p // (R * g.Wo), p % (R * g.Wo)
                     r, wo = rem // g.Wo, rem % g.Wo
-                    pos.append(np.where(m0 + p < M, (img * THI + r * g.sh) * TWI + wo * g.sw, -1))
-                brow = wn * WTN + (lane & 7) + ((lane >> 4) << 3)
-                bcol = ((lane >> 3) & 1) * 4
-                for ks in range(KS):
-                    k = (2 * ks + (lane >> 4)) * 4
-                    tap, c = k // C, k % C
-                    kh, kw = tap // g.KW, tap % g.KW
-                    toff, j = kh * g.dh * TWI + kw * g.dw, c // 4
-                    ah, al = [], []
-                    for i in range(MI):
-                        P = pos[i] + toff
-                        live = (pos[i] >= 0) & (k < K)
-                        u = np.where(live, P * CPP + (j ^ ((P >> SWS) & SWM)), NPOS * CPP)
-                        assert ((u >= 0) & (u <= NPOS * CPP)).all(), "an ldmatrix row outside the footprint"
-                        raw = _ldsm_x4_b32(Xs, u, np.zeros(32, np.int64))
-                        v = raw.view(np.float32)
-                        hi_ = _rna(v)
-                        ah.append(hi_)
-                        al.append(_rna(v - hi_.view(np.float32)))
-                    bh, bl = [None] * NI, [None] * NI
-                    for j2 in range(NI // 2):
-                        rh = _ldsm_x4_b32(Bh, brow + j2 * 16, bcol + ks * 8)
-                        rl = _ldsm_x4_b32(Bl, brow + j2 * 16, bcol + ks * 8)
-                        bh[2 * j2], bh[2 * j2 + 1] = (rh[:, 0], rh[:, 1]), (rh[:, 2], rh[:, 3])
-                        bl[2 * j2], bl[2 * j2 + 1] = (rl[:, 0], rl[:, 1]), (rl[:, 2], rl[:, 3])
-                    for i in range(MI):
-                        for j3 in range(NI):
-                            _mma1688(acc[warp, i, j3], al[i], *bh[j3])
-                            _mma1688(acc[warp, i, j3], ah[i], *bl[j3])
-                            _mma1688(acc[warp, i, j3], ah[i], *bh[j3])
+                    pos[warp, i] = np.where(m0 + p < M, (img * THI + r * g.sh) * TWI + wo * g.sw, -1)
+            acc = np.zeros((nw, MI, NI, 32, 4))
+            for ch in range(NCH):
+                if BST and ch + BST - 1 < NCH:
+                    load_b(ch + BST - 1, (ch + BST - 1) % NST)
+                st = ch % NST
+                for warp in range(nw):
+                    wn = warp % WARPS_N
+                    for kk in range(KCH):
+                        ks = ch * KCH + kk
+                        if ks >= KS:
+                            break
+                        k = (2 * ks + (lane >> 4)) * 4
+                        tap, c = k // C, k % C
+                        kh, kw = tap // g.KW, tap % g.KW
+                        toff, j = kh * g.dh * TWI + kw * g.dw, c // 4
+                        ah, al = [], []
+                        for i in range(MI):
+                            P = pos[warp, i] + toff
+                            live = (pos[warp, i] >= 0) & (k < K)
+                            u = np.where(live, P * CPP + (j ^ ((P >> SWS) & SWM)), NPOS * CPP)
+                            assert ((u >= 0) & (u <= NPOS * CPP)).all(), "an ldmatrix row outside the footprint"
+                            v = _ldsm_x4_b32(Xs, u, np.zeros(32, np.int64)).view(np.float32)
+                            hi_ = _rna(v)
+                            ah.append(hi_)
+                            al.append(_rna(v - hi_.view(np.float32)))
+                        bh, bl = [None] * NI, [None] * NI
+                        for j2 in range(NI // 2):
+                            rh = _ldsm_x4_b32(Bh[st], wn * WTN + brow + j2 * 16, bcol + kk * 8)
+                            rl = _ldsm_x4_b32(Bl[st], wn * WTN + brow + j2 * 16, bcol + kk * 8)
+                            bh[2 * j2], bh[2 * j2 + 1] = (rh[:, 0], rh[:, 1]), (rh[:, 2], rh[:, 3])
+                            bl[2 * j2], bl[2 * j2 + 1] = (rl[:, 0], rl[:, 1]), (rl[:, 2], rl[:, 3])
+                        for i in range(MI):
+                            for j3 in range(NI):
+                                _mma1688(acc[warp, i, j3], al[i], *bh[j3])
+                                _mma1688(acc[warp, i, j3], ah[i], *bl[j3])
+                                _mma1688(acc[warp, i, j3], ah[i], *bh[j3])
             gq, tq = lane >> 2, lane & 3
             for warp in range(nw):
                 wm, wn = warp // WARPS_N, warp % WARPS_N
