@@ -1054,6 +1054,27 @@ $EPILOGUE}
 """
 
 
+def _halo_source(template: str, g: HaloGeom, t: HaloTile, ecode: str, coalesce: bool, stages: int) -> str:
+    """A halo template with the shared epilogue and the layer's geometry and tile filled in."""
+    sws, swm = halo_swizzle(g.C, t.esize)
+    wm = t.warps_m(g)
+    subs = {"$C": g.C, "$H": g.H, "$W": g.W, "$HO": g.Ho, "$WO": g.Wo, "$KH": g.KH, "$KW": g.KW, "$SH": g.sh,
+            "$SW": g.sw, "$PH": g.ph, "$PW": g.pw, "$DH": g.dh, "$DW": g.dw, "$ROWS": t.rows, "$IMGS": t.imgs,
+            "$SWS": sws, "$SWM": swm, "$BM": 32 * wm, "$BN": t.bn, "$WARPS_N": t.warps_n, "$WARPS_M": wm,
+            "$THREADS": t.threads(g), "$KCH": t.kch, "$BSTAGES": t.bstages}
+    src = (template.replace("$EPILOGUE", MMA_EPILOGUE).replace("$SPLITK", "0").replace("$STAGES", str(stages))
+           .replace("$COALESCE", str(int(coalesce))).replace("$EPI", ecode))
+    for key in sorted(subs, key=len, reverse=True):  # longest first: $WARPS_N before $W
+        src = src.replace(key, str(subs[key]))
+    return src
+
+
+def _halo_params(ctype: str, weights: tuple, to: str, eparams: list) -> list:
+    return ([(f"const {ctype}* __restrict__", "x")] + [(f"const {ctype}* __restrict__", w) for w in weights]
+            + [("const float* __restrict__", "bias"), (f"{CTYPE[to]}* __restrict__", "y")] + eparams
+            + [("int", "N"), ("int", "O"), ("int", "Kp")])
+
+
 def halo_conv_kernel(g: HaloGeom, t: HaloTile, to: str, epi=(), coalesce: bool | None = None) -> Kernel:
     """Tensor-core conv (groups == 1, C % 8 == 0) whose block first copies its whole input footprint
     into shared memory (zero outside the image, swizzled against bank conflicts) with the weights of its
@@ -1062,21 +1083,10 @@ def halo_conv_kernel(g: HaloGeom, t: HaloTile, to: str, epi=(), coalesce: bool |
     mma_conv_kernel (global loads, shared stores and two barriers per 32 halves of K) is the cost.
     The geometry is compiled in (HaloGeom); N and Kp are arguments. grid (t.blocks(g, N), ceil(O/bn))."""
     coalesce = mma_coalesce_halo(t) if coalesce is None else coalesce
-    assert g.C % 8 == 0
+    assert g.C % 8 == 0 and not t.bstages and not t.tf32
     eparams, ecode, _ = epilogue(epi)
-    params = ([("const half_t* __restrict__", "x"), ("const half_t* __restrict__", "w"),
-               ("const float* __restrict__", "bias"), (f"{CTYPE[to]}* __restrict__", "y")] + eparams
-              + [("int", "N"), ("int", "O"), ("int", "Kp")])
-    sws, swm = halo_swizzle(g.C)
-    wm = t.warps_m(g)
-    subs = {"$C": g.C, "$H": g.H, "$W": g.W, "$HO": g.Ho, "$WO": g.Wo, "$KH": g.KH, "$KW": g.KW, "$SH": g.sh,
-            "$SW": g.sw, "$PH": g.ph, "$PW": g.pw, "$DH": g.dh, "$DW": g.dw, "$ROWS": t.rows, "$IMGS": t.imgs,
-            "$SWS": sws, "$SWM": swm, "$BM": 32 * wm, "$BN": t.bn, "$WARPS_N": t.warps_n, "$WARPS_M": wm,
-            "$THREADS": t.threads(g)}
-    src = (HALO_TEMPLATE.replace("$EPILOGUE", MMA_EPILOGUE).replace("$SPLITK", "0").replace("$STAGES", "0")
-           .replace("$COALESCE", str(int(coalesce))).replace("$EPI", ecode))
-    for key in sorted(subs, key=len, reverse=True):  # longest first: $WARPS_N before $W
-        src = src.replace(key, str(subs[key]))
+    params = _halo_params("half_t", ("w",), to, eparams)
+    src = _halo_source(HALO_TEMPLATE, g, t, ecode, coalesce, 0)
     return _finish("mma_halo", src, params, t.threads(g),
                    {"geom": g, "tile": t, "ti": "f16", "to": to, "epi": tuple(epi), "coalesce": coalesce,
                     "smem": t.smem(g, coalesce)})
@@ -1203,19 +1213,8 @@ def halo_stream_kernel(g: HaloGeom, t: HaloTile, to: str, epi=(), coalesce: bool
     assert g.C % 8 == 0 and t.bstages >= 2 and not t.tf32
     coalesce = mma_coalesce_halo(t) if coalesce is None else coalesce
     eparams, ecode, _ = epilogue(epi)
-    params = ([("const half_t* __restrict__", "x"), ("const half_t* __restrict__", "w"),
-               ("const float* __restrict__", "bias"), (f"{CTYPE[to]}* __restrict__", "y")] + eparams
-              + [("int", "N"), ("int", "O"), ("int", "Kp")])
-    sws, swm = halo_swizzle(g.C)
-    wm = t.warps_m(g)
-    subs = {"$C": g.C, "$H": g.H, "$W": g.W, "$HO": g.Ho, "$WO": g.Wo, "$KH": g.KH, "$KW": g.KW, "$SH": g.sh,
-            "$SW": g.sw, "$PH": g.ph, "$PW": g.pw, "$DH": g.dh, "$DW": g.dw, "$ROWS": t.rows, "$IMGS": t.imgs,
-            "$SWS": sws, "$SWM": swm, "$BM": 32 * wm, "$BN": t.bn, "$WARPS_N": t.warps_n, "$WARPS_M": wm,
-            "$THREADS": t.threads(g), "$KCH": t.kch, "$BSTAGES": t.bstages}
-    src = (HALO_STREAM_TEMPLATE.replace("$EPILOGUE", MMA_EPILOGUE).replace("$SPLITK", "0")
-           .replace("$STAGES", "1").replace("$COALESCE", str(int(coalesce))).replace("$EPI", ecode))
-    for key in sorted(subs, key=len, reverse=True):
-        src = src.replace(key, str(subs[key]))
+    params = _halo_params("half_t", ("w",), to, eparams)
+    src = _halo_source(HALO_STREAM_TEMPLATE, g, t, ecode, coalesce, 1)
     return _finish("mma_halo", src, params, t.threads(g),
                    {"geom": g, "tile": t, "ti": "f16", "to": to, "epi": tuple(epi), "coalesce": coalesce,
                     "smem": t.smem(g, coalesce)})
@@ -1364,19 +1363,8 @@ def halo_tf32_kernel(g: HaloGeom, t: HaloTile, epi=(), coalesce: bool | None = N
     assert t.tf32 and g.C % 4 == 0
     coalesce = mma_coalesce_halo(t) if coalesce is None else coalesce
     eparams, ecode, _ = epilogue(epi)
-    params = ([("const float* __restrict__", "x"), ("const float* __restrict__", "wh"),
-               ("const float* __restrict__", "wl"), ("const float* __restrict__", "bias"),
-               ("float* __restrict__", "y")] + eparams + [("int", "N"), ("int", "O"), ("int", "Kp")])
-    sws, swm = halo_swizzle(g.C, 4)
-    wm = t.warps_m(g)
-    subs = {"$C": g.C, "$H": g.H, "$W": g.W, "$HO": g.Ho, "$WO": g.Wo, "$KH": g.KH, "$KW": g.KW, "$SH": g.sh,
-            "$SW": g.sw, "$PH": g.ph, "$PW": g.pw, "$DH": g.dh, "$DW": g.dw, "$ROWS": t.rows, "$IMGS": t.imgs,
-            "$SWS": sws, "$SWM": swm, "$BM": 32 * wm, "$BN": t.bn, "$WARPS_N": t.warps_n, "$WARPS_M": wm,
-            "$THREADS": t.threads(g), "$KCH": t.kch, "$BSTAGES": t.bstages}
-    src = (HALO_TF32_TEMPLATE.replace("$EPILOGUE", MMA_EPILOGUE).replace("$SPLITK", "0").replace("$STAGES", "1")
-           .replace("$COALESCE", str(int(coalesce))).replace("$EPI", ecode))
-    for key in sorted(subs, key=len, reverse=True):
-        src = src.replace(key, str(subs[key]))
+    params = _halo_params("float", ("wh", "wl"), "f32", eparams)
+    src = _halo_source(HALO_TF32_TEMPLATE, g, t, ecode, coalesce, 1)
     return _finish("mma_halo_tf32", src, params, t.threads(g),
                    {"geom": g, "tile": t, "ti": "f32", "to": "f32", "epi": tuple(epi), "coalesce": coalesce,
                     "smem": t.smem(g, coalesce)})

@@ -355,8 +355,8 @@ class Program:
             return c
         readers = [n for n in self.g.nodes if self.input in n.inputs]
         convs = {grp.nodes[0].name for grp in self.groups if grp.kind == "conv"}
-        if readers and all(n.name in convs and n.inputs[0] == self.input and n.inputs[1:2] and n.inputs[1] != self.input
-                           and int(n.attrs.get("group", 1)) == 1 for n in readers):
+        if readers and all(n.name in convs and n.inputs[0] == self.input and n.inputs[1:2]
+                           and n.inputs[1] in self.g.params and int(n.attrs.get("group", 1)) == 1 for n in readers):
             return 8
         return c
 
@@ -783,12 +783,7 @@ class _Planner:
             args = {"x": self.t(node.inputs[0]), "w": self.c(wp), "bias": self.c(bias), "y": y}
             self.put_epi(args, eargs)
             args.update(N=n, O=o, Kp=kp)
-            what = f"{ht.imgs} images" if ht.imgs > 1 else f"{ht.rows} rows"
-            streamed = f", weights in {ht.bstages} stages" if ht.bstages else ""
-            self.emit(grp, kern, (ht.blocks(geom, n), cdiv(o, ht.bn), 1), (ht.threads(geom),), args, [], [y[1]],
-                      self.label(grp, f"conv implicit-GEMM tensor-core halo ({what} x {ht.bn} channels, "
-                                      f"input in shared memory{streamed})"),
-                      smem=kern.static["smem"])
+            self._emit_halo(grp, kern, geom, ht, args, y, "")
             return
         tname = choose_mma_tile(M, o, K, p.nsm, variant)
         tile = G.MMA_TILES[tname]
@@ -842,12 +837,16 @@ class _Planner:
         args = {"x": self.t(node.inputs[0]), "wh": self.c(wh), "wl": self.c(wl), "bias": self.c(bias), "y": y}
         self.put_epi(args, eargs)
         args.update(N=n, O=o, Kp=kp)
+        self._emit_halo(grp, kern, geom, ht, args, y, "3xTF32 ")
+        return True
+
+    def _emit_halo(self, grp: Group, kern, geom, ht, args: dict, y, kind: str) -> None:
+        """The launch of a halo conv: a block per band (or group of images) and column tile."""
         what = f"{ht.imgs} images" if ht.imgs > 1 else f"{ht.rows} rows"
         streamed = f", weights in {ht.bstages} stages" if ht.bstages else ""
-        self.emit(grp, kern, (ht.blocks(geom, n), cdiv(o, ht.bn), 1), (ht.threads(geom),), args, [], [y[1]],
-                  self.label(grp, f"conv implicit-GEMM tensor-core 3xTF32 halo ({what} x {ht.bn} channels, "
-                                  f"input in shared memory{streamed})"), smem=kern.static["smem"])
-        return True
+        self.emit(grp, kern, (ht.blocks(geom, args["N"]), cdiv(args["O"], ht.bn), 1), (ht.threads(geom),), args, [],
+                  [y[1]], self.label(grp, f"conv implicit-GEMM tensor-core {kind}halo ({what} x {ht.bn} channels, "
+                                          f"input in shared memory{streamed})"), smem=kern.static["smem"])
 
     @staticmethod
     def _stages(kern) -> str:
