@@ -281,19 +281,25 @@ HALO_SHAPES = [  # (N, H, W, C, O, K, stride, pad, dilation)
 ]
 
 
-@pytest.mark.parametrize("shape", HALO_SHAPES, ids=[f"h{i}" for i in range(len(HALO_SHAPES))])
-def test_emulated_halo_conv_matches_float64(rng, shape):
-    N, H, W, C, O, k, s, p, d = shape
-    x = rng.standard_normal((N, H, W, C)).astype(np.float16)
-    w = rng.standard_normal((O, k, k, C)).astype(np.float16)
+def halo_case(rng, shape, dtype, **tile_kw):
+    """(x, packed weights [O][Kp], bias, the float64 conv, geometry, the halo tile) on fresh inputs."""
+    N, H, W, C, O, k, s, p, d = shape[:9]
+    x = rng.standard_normal((N, H, W, C)).astype(dtype)
+    w = rng.standard_normal((O, k, k, C)).astype(dtype)
     b = rng.standard_normal(O)
     K = k * k * C
-    wq = np.zeros((O, -(-K // G.MMA_KPAD) * G.MMA_KPAD), np.float16)
+    wq = np.zeros((O, -(-K // G.MMA_KPAD) * G.MMA_KPAD), dtype)
     wq[:, :K] = w.reshape(O, K)
     want, Ho, Wo = conv64(x.astype(np.float64), w.astype(np.float64), b, (s, s), (p, p), (d, d))
     g = G.HaloGeom(C, H, W, Ho, Wo, k, k, s, s, p, p, d, d)
-    t = G.halo_tile(g, O, N)
+    t = G.halo_tile(g, O, N, **tile_kw)
     assert t is not None
+    return x, wq, b, want, g, t
+
+
+@pytest.mark.parametrize("shape", HALO_SHAPES, ids=[f"h{i}" for i in range(len(HALO_SHAPES))])
+def test_emulated_halo_conv_matches_float64(rng, shape):
+    x, wq, b, want, g, t = halo_case(rng, shape, np.float16)
     got = ME.run_halo(g, t, x, wq, b).reshape(want.shape)
     assert np.abs(got - want).max() <= 1e-9 * np.abs(want).max(), t
 
@@ -375,19 +381,9 @@ TF32_CASES = [s + (0,) for s in TF32_SHAPES] + [  # the weights streamed through
 def test_emulated_tf32x3_halo_conv_keeps_fp32_precision(rng, shape):
     # fp32 inputs and weights, float64 reference: the three tf32 products keep the error near
     # fp32's (a single tf32 product would be about 1e-3); resident or streamed weights
-    N, H, W, C, O, k, s, p, d, bst = shape
-    x = rng.standard_normal((N, H, W, C)).astype(np.float32)
-    w = rng.standard_normal((O, k, k, C)).astype(np.float32)
-    b = rng.standard_normal(O)
-    K = k * k * C
-    wq = np.zeros((O, -(-K // G.MMA_KPAD) * G.MMA_KPAD), np.float32)
-    wq[:, :K] = w.reshape(O, K)
-    wh, wl = G.tf32_split(wq)
-    want, Ho, Wo = conv64(x.astype(np.float64), w.astype(np.float64), b, (s, s), (p, p), (d, d))
-    g = G.HaloGeom(C, H, W, Ho, Wo, k, k, s, s, p, p, d, d)
-    t = G.halo_tile(g, O, N, tf32=True, bstages=bst)
-    assert t is not None and t.tf32 and t.bstages == bst
-    got = ME.run_halo_tf32(g, t, x, wh, wl, b).reshape(want.shape)
+    x, wq, b, want, g, t = halo_case(rng, shape, np.float32, tf32=True, bstages=shape[9])
+    assert t.tf32 and t.bstages == shape[9]
+    got = ME.run_halo_tf32(g, t, x, *G.tf32_split(wq), b).reshape(want.shape)
     assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max(), t
 
 
@@ -452,17 +448,8 @@ STREAM_SHAPES = [  # (N, H, W, C, O, K, stride, pad, dilation, weight stages)
 
 @pytest.mark.parametrize("shape", STREAM_SHAPES, ids=[f"s{i}" for i in range(len(STREAM_SHAPES))])
 def test_emulated_halo_stream_matches_float64(rng, shape):
-    N, H, W, C, O, k, s, p, d, bst = shape
-    x = rng.standard_normal((N, H, W, C)).astype(np.float16)
-    w = rng.standard_normal((O, k, k, C)).astype(np.float16)
-    b = rng.standard_normal(O)
-    K = k * k * C
-    wq = np.zeros((O, -(-K // G.MMA_KPAD) * G.MMA_KPAD), np.float16)
-    wq[:, :K] = w.reshape(O, K)
-    want, Ho, Wo = conv64(x.astype(np.float64), w.astype(np.float64), b, (s, s), (p, p), (d, d))
-    g = G.HaloGeom(C, H, W, Ho, Wo, k, k, s, s, p, p, d, d)
-    t = G.halo_tile(g, O, N, bstages=bst)
-    assert t is not None and t.bstages == bst
+    x, wq, b, want, g, t = halo_case(rng, shape, np.float16, bstages=shape[9])
+    assert t.bstages == shape[9]
     got = ME.run_halo_stream(g, t, x, wq, b).reshape(want.shape)
     assert np.abs(got - want).max() <= 1e-9 * np.abs(want).max(), t
 

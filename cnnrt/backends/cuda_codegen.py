@@ -958,6 +958,53 @@ def mma_coalesce_halo(t: HaloTile) -> bool:
     return t.bn >= 32
 
 
+# pieces the halo templates share (each template says where with $HALO_* lines)
+HALO_PIECES = {
+    "$HALO_GEOM\n": r"""    constexpr int C = $C, H = $H, W = $W, Ho = $HO, Wo = $WO, KH = $KH, KW = $KW;
+    constexpr int SH = $SH, SW = $SW, PH = $PH, PW = $PW, DH = $DH, DW = $DW;
+    constexpr int R = $ROWS, IMG = $IMGS, BANDS = (Ho + R - 1) / R;
+    constexpr int THI = (R - 1) * SH + (KH - 1) * DH + 1, TWI = (Wo - 1) * SW + (KW - 1) * DW + 1;
+""",
+    "$HALO_BLOCK\n": r"""    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wm = warp / WARPS_N, wn = warp - wm * WARPS_N;
+    const int n0 = (blockIdx.x / BANDS) * IMG, ho0 = (blockIdx.x % BANDS) * R;
+    const int o0 = blockIdx.y * BN;
+    const int nimgs = min(IMG, N - n0), rows = min(R, Ho - ho0);
+    const int HWo = Ho * Wo;
+    const int m0 = (n0 * Ho + ho0) * Wo;
+    const int M = m0 + (nimgs - 1) * HWo + rows * Wo;  // this block's pixels are m0 .. M - 1
+    const int CH = O;
+    (void)CH;
+""",
+    "$HALO_FOOTPRINT\n": r"""    for (int e = tid; e < NPOS * CPP; e += THREADS) {
+        const int j = e % CPP, P = e / CPP;
+        const int img = P / (THI * TWI), rem = P - img * (THI * TWI);
+        const int ri = rem / TWI, wi = rem - ri * TWI;
+        const int hi = ho0 * SH - PH + ri, wg = wi - PW;
+        const bool ok = img < nimgs && (unsigned)hi < (unsigned)H && (unsigned)wg < (unsigned)W;
+        const $XT* src = ok ? x + (((long long)(n0 + img) * H + hi) * W + wg) * C + j * $CE : x;
+        cp_async16(smem_u32(&Xs[P * CPP + (j ^ ((P >> SWS) & SWM))]), src, ok ? 16 : 0);
+    }
+""",
+    "$HALO_POS\n": r"""    int pos[MI];
+#pragma unroll
+    for (int i = 0; i < MI; ++i) {
+        const int p = wm * WTM + i * 16 + (lane & 15);
+        const int img = p / (R * Wo), rem = p - img * (R * Wo), r = rem / Wo, wo = rem - r * Wo;
+        pos[i] = m0 + p < M ? (img * THI + r * SH) * TWI + wo * SW : -1;
+    }
+""",
+    "$HALO_ACC\n": r"""    float acc[MI][NI][4];
+#pragma unroll
+    for (int i = 0; i < MI; ++i)
+#pragma unroll
+        for (int j = 0; j < NI; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+""",
+}
+
+
 HALO_TEMPLATE = r"""
 extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
     $SIG)
@@ -965,10 +1012,7 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
     // the block's input footprint (every tap of every output pixel it computes) is copied into shared
     // memory once; the im2col rows are then ldmatrix addresses into it, so A is gathered from shared
     // memory with no K-step loop of global loads and barriers
-    constexpr int C = $C, H = $H, W = $W, Ho = $HO, Wo = $WO, KH = $KH, KW = $KW;
-    constexpr int SH = $SH, SW = $SW, PH = $PH, PW = $PW, DH = $DH, DW = $DW;
-    constexpr int R = $ROWS, IMG = $IMGS, BANDS = (Ho + R - 1) / R;
-    constexpr int THI = (R - 1) * SH + (KH - 1) * DH + 1, TWI = (Wo - 1) * SW + (KW - 1) * DW + 1;
+$HALO_GEOM
     constexpr int CPP = C / 8;  // 16-byte chunks a position
     constexpr int SWS = $SWS, SWM = $SWM;  // chunk j of position P is stored at j ^ ((P >> SWS) & SWM)
     constexpr int NPOS = IMG * THI * TWI;  // position NPOS is all zero: padded pixels and K past the end
@@ -979,26 +1023,9 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
     extern __shared__ __align__(16) unsigned char smem_raw[];
     u4_t* Xs = reinterpret_cast<u4_t*>(smem_raw);
     half_t* Bs = reinterpret_cast<half_t*>(smem_raw + (NPOS + 1) * C * 2);
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int wm = warp / WARPS_N, wn = warp - wm * WARPS_N;
-    const int n0 = (blockIdx.x / BANDS) * IMG, ho0 = (blockIdx.x % BANDS) * R;
-    const int o0 = blockIdx.y * BN;
-    const int nimgs = min(IMG, N - n0), rows = min(R, Ho - ho0);
-    const int HWo = Ho * Wo;
-    const int m0 = (n0 * Ho + ho0) * Wo;
-    const int M = m0 + (nimgs - 1) * HWo + rows * Wo;  // this block's pixels are m0 .. M - 1
-    const int CH = O;
-    (void)CH;
+$HALO_BLOCK
 
-    for (int e = tid; e < NPOS * CPP; e += THREADS) {
-        const int j = e % CPP, P = e / CPP;
-        const int img = P / (THI * TWI), rem = P - img * (THI * TWI);
-        const int ri = rem / TWI, wi = rem - ri * TWI;
-        const int hi = ho0 * SH - PH + ri, wg = wi - PW;
-        const bool ok = img < nimgs && (unsigned)hi < (unsigned)H && (unsigned)wg < (unsigned)W;
-        const half_t* src = ok ? x + (((long long)(n0 + img) * H + hi) * W + wg) * C + j * 8 : x;
-        cp_async16(smem_u32(&Xs[P * CPP + (j ^ ((P >> SWS) & SWM))]), src, ok ? 16 : 0);
-    }
+$HALO_FOOTPRINT
     if (tid < CPP) Xs[NPOS * CPP + tid] = u4_t{0u, 0u, 0u, 0u};
     for (int e = tid; e < BN * KS * 2; e += THREADS) {
         const int o = e / (KS * 2), q = e - o * (KS * 2);
@@ -1009,22 +1036,10 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
     cp_async_commit();
 
     // each lane's fragment rows: footprint position of its pixel's tap (0, 0), or -1 past the block's pixels
-    int pos[MI];
-#pragma unroll
-    for (int i = 0; i < MI; ++i) {
-        const int p = wm * WTM + i * 16 + (lane & 15);
-        const int img = p / (R * Wo), rem = p - img * (R * Wo), r = rem / Wo, wo = rem - r * Wo;
-        pos[i] = m0 + p < M ? (img * THI + r * SH) * TWI + wo * SW : -1;
-    }
+$HALO_POS
     const u32_t xs0 = smem_u32(Xs), zero = xs0 + NPOS * CPP * 16;
     const u32_t bs0 = smem_u32(Bs) + ((wn * WTN + (lane & 7) + ((lane >> 4) << 3)) * LDB + ((lane >> 3) & 1) * 8) * 2;
-    float acc[MI][NI][4];
-#pragma unroll
-    for (int i = 0; i < MI; ++i)
-#pragma unroll
-        for (int j = 0; j < NI; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+$HALO_ACC
     cp_async_wait<0>();
     __syncthreads();
 
@@ -1062,6 +1077,9 @@ def _halo_source(template: str, g: HaloGeom, t: HaloTile, ecode: str, coalesce: 
             "$SW": g.sw, "$PH": g.ph, "$PW": g.pw, "$DH": g.dh, "$DW": g.dw, "$ROWS": t.rows, "$IMGS": t.imgs,
             "$SWS": sws, "$SWM": swm, "$BM": 32 * wm, "$BN": t.bn, "$WARPS_N": t.warps_n, "$WARPS_M": wm,
             "$THREADS": t.threads(g), "$KCH": t.kch, "$BSTAGES": t.bstages}
+    for key, piece in HALO_PIECES.items():
+        template = template.replace(key, piece)
+    template = template.replace("$XT", "float" if t.tf32 else "half_t").replace("$CE", "4" if t.tf32 else "8")
     src = (template.replace("$EPILOGUE", MMA_EPILOGUE).replace("$SPLITK", "0").replace("$STAGES", str(stages))
            .replace("$COALESCE", str(int(coalesce))).replace("$EPI", ecode))
     for key in sorted(subs, key=len, reverse=True):  # longest first: $WARPS_N before $W
@@ -1099,10 +1117,7 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
     // halo_conv_kernel with the weights streamed: the footprint stays in shared memory for the whole
     // K loop, the weights come in chunks of KCH K steps through a BST-stage cp.async pipeline (for
     // layers whose weights do not fit beside the footprint)
-    constexpr int C = $C, H = $H, W = $W, Ho = $HO, Wo = $WO, KH = $KH, KW = $KW;
-    constexpr int SH = $SH, SW = $SW, PH = $PH, PW = $PW, DH = $DH, DW = $DW;
-    constexpr int R = $ROWS, IMG = $IMGS, BANDS = (Ho + R - 1) / R;
-    constexpr int THI = (R - 1) * SH + (KH - 1) * DH + 1, TWI = (Wo - 1) * SW + (KW - 1) * DW + 1;
+$HALO_GEOM
     constexpr int CPP = C / 8;  // 16-byte chunks a position
     constexpr int SWS = $SWS, SWM = $SWM;  // chunk j of position P is stored at j ^ ((P >> SWS) & SWM)
     constexpr int NPOS = IMG * THI * TWI;  // position NPOS is all zero: padded pixels and K past the end
@@ -1114,16 +1129,7 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
     extern __shared__ __align__(16) unsigned char smem_raw[];
     u4_t* Xs = reinterpret_cast<u4_t*>(smem_raw);
     half_t* Bs = reinterpret_cast<half_t*>(smem_raw + (NPOS + 1) * C * 2);  // [BST][BN][LDB]
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int wm = warp / WARPS_N, wn = warp - wm * WARPS_N;
-    const int n0 = (blockIdx.x / BANDS) * IMG, ho0 = (blockIdx.x % BANDS) * R;
-    const int o0 = blockIdx.y * BN;
-    const int nimgs = min(IMG, N - n0), rows = min(R, Ho - ho0);
-    const int HWo = Ho * Wo;
-    const int m0 = (n0 * Ho + ho0) * Wo;
-    const int M = m0 + (nimgs - 1) * HWo + rows * Wo;  // this block's pixels are m0 .. M - 1
-    const int CH = O;
-    (void)CH;
+$HALO_BLOCK
 
     // chunk ch of the weights (K halves ch * KCH * 16 ..) into stage st; zero past Kp and O
     auto load_b = [&](int ch, int st) {
@@ -1135,15 +1141,7 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
             cp_async16(smem_u32(&Bs[(st * BN + o) * LDB + q * 8]), src, ok ? 16 : 0);
         }
     };
-    for (int e = tid; e < NPOS * CPP; e += THREADS) {
-        const int j = e % CPP, P = e / CPP;
-        const int img = P / (THI * TWI), rem = P - img * (THI * TWI);
-        const int ri = rem / TWI, wi = rem - ri * TWI;
-        const int hi = ho0 * SH - PH + ri, wg = wi - PW;
-        const bool ok = img < nimgs && (unsigned)hi < (unsigned)H && (unsigned)wg < (unsigned)W;
-        const half_t* src = ok ? x + (((long long)(n0 + img) * H + hi) * W + wg) * C + j * 8 : x;
-        cp_async16(smem_u32(&Xs[P * CPP + (j ^ ((P >> SWS) & SWM))]), src, ok ? 16 : 0);
-    }
+$HALO_FOOTPRINT
     load_b(0, 0);
     cp_async_commit();  // group 0: the footprint and chunk 0
 #pragma unroll
@@ -1153,22 +1151,10 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
     }
     if (tid < CPP) Xs[NPOS * CPP + tid] = u4_t{0u, 0u, 0u, 0u};
 
-    int pos[MI];
-#pragma unroll
-    for (int i = 0; i < MI; ++i) {
-        const int p = wm * WTM + i * 16 + (lane & 15);
-        const int img = p / (R * Wo), rem = p - img * (R * Wo), r = rem / Wo, wo = rem - r * Wo;
-        pos[i] = m0 + p < M ? (img * THI + r * SH) * TWI + wo * SW : -1;
-    }
+$HALO_POS
     const u32_t xs0 = smem_u32(Xs), zero = xs0 + NPOS * CPP * 16;
     const u32_t bs0 = smem_u32(Bs) + ((wn * WTN + (lane & 7) + ((lane >> 4) << 3)) * LDB + ((lane >> 3) & 1) * 8) * 2;
-    float acc[MI][NI][4];
-#pragma unroll
-    for (int i = 0; i < MI; ++i)
-#pragma unroll
-        for (int j = 0; j < NI; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+$HALO_ACC
 
     for (int ch = 0; ch < NCH; ++ch) {
         cp_async_wait<BST - 2>();  // this thread's copies of chunk ch (and the footprint) have landed ...
@@ -1227,10 +1213,7 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
     // in three tf32 products (3xTF32: a_hi*b_lo + a_lo*b_hi + a_hi*b_hi, the small terms first), so
     // the result keeps about fp32's precision; the weights come split into wh + wl by the planner,
     // all resident (BST = 0) or streamed in chunks of KCH K steps through BST cp.async stages
-    constexpr int C = $C, H = $H, W = $W, Ho = $HO, Wo = $WO, KH = $KH, KW = $KW;
-    constexpr int SH = $SH, SW = $SW, PH = $PH, PW = $PW, DH = $DH, DW = $DW;
-    constexpr int R = $ROWS, IMG = $IMGS, BANDS = (Ho + R - 1) / R;
-    constexpr int THI = (R - 1) * SH + (KH - 1) * DH + 1, TWI = (Wo - 1) * SW + (KW - 1) * DW + 1;
+$HALO_GEOM
     constexpr int CPP = C / 4;  // 16-byte chunks a position
     constexpr int SWS = $SWS, SWM = $SWM;  // chunk j of position P is stored at j ^ ((P >> SWS) & SWM)
     constexpr int NPOS = IMG * THI * TWI;  // position NPOS is all zero: padded pixels and K past the end
@@ -1244,26 +1227,9 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
     u4_t* Xs = reinterpret_cast<u4_t*>(smem_raw);
     float* Bh = reinterpret_cast<float*>(smem_raw + (NPOS + 1) * C * 4);
     float* Bl = Bh + NST * BN * LDB;  // [NST][BN][LDB] each
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int wm = warp / WARPS_N, wn = warp - wm * WARPS_N;
-    const int n0 = (blockIdx.x / BANDS) * IMG, ho0 = (blockIdx.x % BANDS) * R;
-    const int o0 = blockIdx.y * BN;
-    const int nimgs = min(IMG, N - n0), rows = min(R, Ho - ho0);
-    const int HWo = Ho * Wo;
-    const int m0 = (n0 * Ho + ho0) * Wo;
-    const int M = m0 + (nimgs - 1) * HWo + rows * Wo;  // this block's pixels are m0 .. M - 1
-    const int CH = O;
-    (void)CH;
+$HALO_BLOCK
 
-    for (int e = tid; e < NPOS * CPP; e += THREADS) {
-        const int j = e % CPP, P = e / CPP;
-        const int img = P / (THI * TWI), rem = P - img * (THI * TWI);
-        const int ri = rem / TWI, wi = rem - ri * TWI;
-        const int hi = ho0 * SH - PH + ri, wg = wi - PW;
-        const bool ok = img < nimgs && (unsigned)hi < (unsigned)H && (unsigned)wg < (unsigned)W;
-        const float* src = ok ? x + (((long long)(n0 + img) * H + hi) * W + wg) * C + j * 4 : x;
-        cp_async16(smem_u32(&Xs[P * CPP + (j ^ ((P >> SWS) & SWM))]), src, ok ? 16 : 0);
-    }
+$HALO_FOOTPRINT
     if (tid < CPP) Xs[NPOS * CPP + tid] = u4_t{0u, 0u, 0u, 0u};
     // chunk ch of both weight parts (K floats ch * KCH * 8 ..) into stage st; zero past Kp and O
     auto load_b = [&](int ch, int st) {
@@ -1284,23 +1250,11 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
         cp_async_commit();
     }
 
-    int pos[MI];
-#pragma unroll
-    for (int i = 0; i < MI; ++i) {
-        const int p = wm * WTM + i * 16 + (lane & 15);
-        const int img = p / (R * Wo), rem = p - img * (R * Wo), r = rem / Wo, wo = rem - r * Wo;
-        pos[i] = m0 + p < M ? (img * THI + r * SH) * TWI + wo * SW : -1;
-    }
+$HALO_POS
     const u32_t xs0 = smem_u32(Xs), zero = xs0 + NPOS * CPP * 16;
     const int brow = ((wn * WTN + (lane & 7) + ((lane >> 4) << 3)) * LDB + ((lane >> 3) & 1) * 4) * 4;
     const u32_t bh0 = smem_u32(Bh) + brow, bl0 = smem_u32(Bl) + brow;
-    float acc[MI][NI][4];
-#pragma unroll
-    for (int i = 0; i < MI; ++i)
-#pragma unroll
-        for (int j = 0; j < NI; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+$HALO_ACC
     for (int ch = 0; ch < NCH; ++ch) {
 #if $BSTAGES
         cp_async_wait<BST - 2>();  // chunk ch (and the footprint) landed for this thread ...

@@ -255,100 +255,6 @@ def run(tile: G.MmaTile, variant: str, x: np.ndarray, wq: np.ndarray, bias: np.n
     return ys.reshape(M, O) if kts is None else ys.reshape(S, M, O)
 
 
-def run_halo(g: G.HaloGeom, t: G.HaloTile, x: np.ndarray, wq: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """The halo conv (cuda_codegen.halo_conv_kernel) thread by thread: the footprint copy (chunk
-    order, swizzle, zero fill), the weight copy, every lane's ldmatrix address into the footprint
-    and the store of each accumulator. Returns (N*Ho*Wo, O) acc + bias in float64; shared memory
-    starts as NaN and every output must be written exactly once."""
-    N, H, W, C = x.shape
-    assert (H, W, C) == (g.H, g.W, g.C)
-    O, Kp = wq.shape
-    K = g.KH * g.KW * C
-    KS, LDB = t.ks(g), t.ks(g) * 16 + 8
-    CPP = C // 8
-    SWS, SWM = G.halo_swizzle(C)
-    R, IMG, BANDS = t.rows, t.imgs, t.bands(g)
-    THI, TWI = t.th_in(g), t.tw_in(g)
-    NPOS = t.positions(g)
-    BN, WARPS_N = t.bn, t.warps_n
-    WTM, WTN, MI = 32, BN // WARPS_N, 2
-    NI = WTN // 8
-    nw = t.warps_m(g) * WARPS_N
-    TH = 32 * nw
-    BM = 32 * t.warps_m(g)
-    assert Kp >= KS * 16 and not wq[:, K:].view(np.uint16).any()
-    xf = np.ascontiguousarray(x, np.float16).reshape(-1).view(np.uint16)
-    wf = np.ascontiguousarray(wq, np.float16).reshape(-1).view(np.uint16)
-    HWo = g.Ho * g.Wo
-    y = np.full(N * HWo * O, np.nan)
-    lane = np.arange(32)
-    for bx in range(t.blocks(g, N)):
-        for by in range(-(-O // BN)):
-            n0, ho0, o0 = (bx // BANDS) * IMG, (bx % BANDS) * R, by * BN
-            nimgs, rows = min(IMG, N - n0), min(R, g.Ho - ho0)
-            m0 = (n0 * g.Ho + ho0) * g.Wo
-            M = m0 + (nimgs - 1) * HWo + rows * g.Wo
-            Xs = np.full(((NPOS + 1) * CPP, 8), NAN16, np.uint16)
-            for e in range(NPOS * CPP):  # every chunk, whichever thread copies it
-                j, P = e % CPP, e // CPP
-                img, rem = divmod(P, THI * TWI)
-                ri, wi = divmod(rem, TWI)
-                hi, wg = ho0 * g.sh - g.ph + ri, wi - g.pw
-                ok = img < nimgs and 0 <= hi < H and 0 <= wg < W
-                dst = P * CPP + (j ^ ((P >> SWS) & SWM))
-                assert (Xs[dst] == NAN16).all(), "a footprint chunk stored twice"
-                src = (((n0 + img) * H + hi) * W + wg) * C + j * 8
-                Xs[dst] = xf[src:src + 8] if ok else 0
-            Xs[NPOS * CPP] = 0
-            Bs = np.full((BN, LDB), NAN16, np.uint16)
-            for e in range(BN * KS * 2):
-                o, q = divmod(e, KS * 2)
-                Bs[o, q * 8:q * 8 + 8] = wf[(o0 + o) * Kp + q * 8:(o0 + o) * Kp + q * 8 + 8] if o0 + o < O else 0
-            acc = np.zeros((nw, MI, NI, 32, 4))
-            for warp in range(nw):
-                wm, wn = warp // WARPS_N, warp % WARPS_N
-                pos = []
-                for i in range(MI):
-                    p = wm * WTM + i * 16 + (lane & 15)
-                    img, rem = p // (R * g.Wo), p % (R * g.Wo)
-                    r, wo = rem // g.Wo, rem % g.Wo
-                    pos.append(np.where(m0 + p < M, (img * THI + r * g.sh) * TWI + wo * g.sw, -1))
-                for ks in range(KS):
-                    k = (2 * ks + (lane >> 4)) * 8
-                    tap, c = k // C, k % C
-                    kh, kw = tap // g.KW, tap % g.KW
-                    toff, j = kh * g.dh * TWI + kw * g.dw, c // 8
-                    af = []
-                    for i in range(MI):
-                        P = pos[i] + toff
-                        live = (pos[i] >= 0) & (k < K)
-                        u = np.where(live, P * CPP + (j ^ ((P >> SWS) & SWM)), NPOS * CPP)
-                        assert ((u >= 0) & (u < NPOS * CPP + 1)).all(), "an ldmatrix row outside the footprint"
-                        af.append(_ldsm_x4(Xs, u, np.zeros(32, np.int64)))
-                    bf = [None] * NI
-                    for j2 in range(NI // 2):
-                        r4 = _ldsm_x4(Bs, wn * WTN + j2 * 16 + (lane & 7) + ((lane >> 4) << 3),
-                                      ks * 16 + ((lane >> 3) & 1) * 8)
-                        bf[2 * j2], bf[2 * j2 + 1] = (r4[:, 0], r4[:, 1]), (r4[:, 2], r4[:, 3])
-                    for i in range(MI):
-                        for j3 in range(NI):
-                            _mma(acc[warp, i, j3], af[i], *bf[j3])
-            gq, tq = lane >> 2, lane & 3
-            for warp in range(nw):  # both stores put acc[i][j][2*hr+e] at (row, channel): the direct one's indices
-                wm, wn = warp // WARPS_N, warp % WARPS_N
-                for i in range(MI):
-                    for hr in range(2):
-                        m = m0 + wm * WTM + i * 16 + gq + 8 * hr
-                        for j3 in range(NI):
-                            for e in range(2):
-                                c = o0 + wn * WTN + j3 * 8 + 2 * tq + e
-                                ok = (m < M) & (c < O)
-                                idx = m[ok].astype(np.int64) * O + c[ok]
-                                assert np.isnan(y[idx]).all(), "an output element written twice"
-                                y[idx] = acc[warp, i, j3, ok, 2 * hr + e] + bias[c[ok]]
-    return y.reshape(N * HWo, O)
-
-
 def _ldsm_x4_b32(sm: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """ldmatrix .x4 .b16 on 32-bit data (a (rows, words) uint32 array): each 8x8 b16 matrix is 8 rows
     of 4 words; thread T receives, of matrix j, row T//4, word T%4. Returns (32, 4) uint32."""
@@ -386,244 +292,216 @@ def _rna(v: np.ndarray) -> np.ndarray:
     return G.tf32_round(v).view(np.uint32)
 
 
-def run_halo_tf32(g: G.HaloGeom, t: G.HaloTile, x: np.ndarray, wh: np.ndarray, wl: np.ndarray,
-                  bias: np.ndarray) -> np.ndarray:
-    """The fp32 halo conv (cuda_codegen.halo_tf32_kernel) thread by thread: the fp32 footprint copy,
-    both weight parts (resident, or streamed in the kernel's pipeline order when t.bstages), every
-    lane's ldmatrix address, the split of A into tf32 high and low parts as the kernel does it, and
-    the three m16n8k8 products of each K step of 8. Returns (N*Ho*Wo, O) acc + bias in float64;
-    shared memory and outputs start as NaN."""
-    N, H, W, C = x.shape
-    assert (H, W, C) == (g.H, g.W, g.C) and t.tf32
-    O, Kp = wh.shape
-    K = g.KH * g.KW * C
-    KS = t.ks(g)
-    BST = t.bstages
-    KCH = t.kch if BST else KS
-    NCH, NST = -(-KS // KCH), max(1, BST)
-    LDB = KCH * 8 + 4
-    CPP = C // 4
-    SWS, SWM = G.halo_swizzle(C, 4)
-    R, IMG, BANDS = t.rows, t.imgs, t.bands(g)
-    THI, TWI = t.th_in(g), t.tw_in(g)
-    NPOS = t.positions(g)
-    BN, WARPS_N = t.bn, t.warps_n
-    WTM, WTN, MI = 32, BN // WARPS_N, 2
-    NI = WTN // 8
-    nw = t.warps_m(g) * WARPS_N
-    NANW = np.uint32(0x7FC00000)
-    assert Kp >= KS * 8 and not wh[:, K:].any() and not wl[:, K:].any()
-    xf = np.ascontiguousarray(x, np.float32).reshape(-1).view(np.uint32)
-    whf = np.ascontiguousarray(wh, np.float32).reshape(-1).view(np.uint32)
-    wlf = np.ascontiguousarray(wl, np.float32).reshape(-1).view(np.uint32)
+def _halo_blocks(g: G.HaloGeom, t: G.HaloTile, N: int, O: int):
+    """Each block's (n0, ho0, o0, nimgs, m0, M) as the kernels compute them from blockIdx."""
     HWo = g.Ho * g.Wo
-    y = np.full(N * HWo * O, np.nan)
-    lane = np.arange(32)
-    brow = (lane & 7) + ((lane >> 4) << 3)
-    bcol = ((lane >> 3) & 1) * 4
     for bx in range(t.blocks(g, N)):
-        for by in range(-(-O // BN)):
-            n0, ho0, o0 = (bx // BANDS) * IMG, (bx % BANDS) * R, by * BN
-            nimgs, rows = min(IMG, N - n0), min(R, g.Ho - ho0)
+        for by in range(-(-O // t.bn)):
+            n0, ho0, o0 = (bx // t.bands(g)) * t.imgs, (bx % t.bands(g)) * t.rows, by * t.bn
+            nimgs, rows = min(t.imgs, N - n0), min(t.rows, g.Ho - ho0)
             m0 = (n0 * g.Ho + ho0) * g.Wo
-            M = m0 + (nimgs - 1) * HWo + rows * g.Wo
-            Xs = np.full(((NPOS + 1) * CPP, 4), NANW, np.uint32)
-            for e in range(NPOS * CPP):
-                j, P = e % CPP, e // CPP
-                img, rem = divmod(P, THI * TWI)
-                ri, wi = divmod(rem, TWI)
-                hi, wg = ho0 * g.sh - g.ph + ri, wi - g.pw
-                ok = img < nimgs and 0 <= hi < H and 0 <= wg < W
-                dst = P * CPP + (j ^ ((P >> SWS) & SWM))
-                assert (Xs[dst] == NANW).all(), "a footprint chunk stored twice"
-                src = (((n0 + img) * H + hi) * W + wg) * C + j * 4
-                Xs[dst] = xf[src:src + 4] if ok else 0
-            Xs[NPOS * CPP] = 0
-            Bh = np.full((NST, BN, LDB), NANW, np.uint32)
-            Bl = np.full((NST, BN, LDB), NANW, np.uint32)
+            yield n0, ho0, o0, nimgs, m0, m0 + (nimgs - 1) * HWo + rows * g.Wo
 
-            def load_b(ch, st):
-                Bh[st] = NANW  # what the stage held before is gone
-                Bl[st] = NANW
-                for e in range(BN * KCH * 2):
-                    o, q = divmod(e, KCH * 2)
-                    kq = ch * KCH * 2 + q
-                    ok = o0 + o < O and kq * 4 < Kp
-                    off = (o0 + o) * Kp + kq * 4
-                    Bh[st, o, q * 4:q * 4 + 4] = whf[off:off + 4] if ok else 0
-                    Bl[st, o, q * 4:q * 4 + 4] = wlf[off:off + 4] if ok else 0
 
-            load_b(0, 0)
-            for st in range(1, BST - 1):
-                if st < NCH:
-                    load_b(st, st)
-            pos = {}
+def _halo_footprint(g: G.HaloGeom, t: G.HaloTile, xbits: np.ndarray, n0: int, ho0: int, nimgs: int,
+                    nan) -> np.ndarray:
+    """The block's footprint in shared memory, 16-byte chunk by chunk as the copy loop stores them
+    (swizzled, zero outside the image), then the all-zero position; a chunk stored twice fails."""
+    el = 16 // t.esize
+    cpp = g.C // el
+    sws, swm = G.halo_swizzle(g.C, t.esize)
+    thi, twi, npos = t.th_in(g), t.tw_in(g), t.positions(g)
+    Xs = np.full(((npos + 1) * cpp, el), nan, xbits.dtype)
+    for e in range(npos * cpp):  # every chunk, whichever thread copies it
+        j, P = e % cpp, e // cpp
+        img, rem = divmod(P, thi * twi)
+        ri, wi = divmod(rem, twi)
+        hi, wg = ho0 * g.sh - g.ph + ri, wi - g.pw
+        ok = img < nimgs and 0 <= hi < g.H and 0 <= wg < g.W
+        dst = P * cpp + (j ^ ((P >> sws) & swm))
+        assert (Xs[dst] == nan).all(), "a footprint chunk stored twice"
+        src = (((n0 + img) * g.H + hi) * g.W + wg) * g.C + j * el
+        Xs[dst] = xbits[src:src + el] if ok else 0
+    Xs[npos * cpp] = 0
+    return Xs
+
+
+def _halo_positions(g: G.HaloGeom, t: G.HaloTile, m0: int, M: int) -> dict:
+    """{(warp, i): each lane's footprint position of its pixel's tap (0, 0), -1 past the block's pixels}."""
+    lane = np.arange(32)
+    pos = {}
+    for warp in range(t.warps_m(g) * t.warps_n):
+        wm = warp // t.warps_n
+        for i in range(2):
+            p = wm * 32 + i * 16 + (lane & 15)
+            img, rem = p // (t.rows * g.Wo), p % (t.rows * g.Wo)
+            r, wo = rem // g.Wo, rem % g.Wo
+            pos[warp, i] = np.where(m0 + p < M, (img * t.th_in(g) + r * g.sh) * t.tw_in(g) + wo * g.sw, -1)
+    return pos
+
+
+def _halo_a_rows(g: G.HaloGeom, t: G.HaloTile, pos: np.ndarray, ks: int) -> np.ndarray:
+    """The footprint chunk each lane's ldmatrix row reads at K step ks (the zero position past K or
+    for a padded pixel)."""
+    el = 16 // t.esize
+    cpp = g.C // el
+    sws, swm = G.halo_swizzle(g.C, t.esize)
+    npos = t.positions(g)
+    lane = np.arange(32)
+    k = (2 * ks + (lane >> 4)) * el
+    tap, c = k // g.C, k % g.C
+    kh, kw = tap // g.KW, tap % g.KW
+    P = pos + kh * g.dh * t.tw_in(g) + kw * g.dw
+    live = (pos >= 0) & (k < g.KH * g.KW * g.C)
+    u = np.where(live, P * cpp + ((c // el) ^ ((P >> sws) & swm)), npos * cpp)
+    assert ((u >= 0) & (u <= npos * cpp)).all(), "an ldmatrix row outside the footprint"
+    return u
+
+
+def _halo_store(y: np.ndarray, acc: np.ndarray, g: G.HaloGeom, t: G.HaloTile, m0: int, M: int, o0: int, O: int,
+                bias: np.ndarray) -> None:
+    """acc + bias to the outputs the epilogue's indices name; an output written twice fails."""
+    lane = np.arange(32)
+    gq, tq = lane >> 2, lane & 3
+    wtn = t.bn // t.warps_n
+    for warp in range(acc.shape[0]):
+        wm, wn = warp // t.warps_n, warp % t.warps_n
+        for i in range(2):
+            for hr in range(2):
+                m = m0 + wm * 32 + i * 16 + gq + 8 * hr
+                for j3 in range(wtn // 8):
+                    for e in range(2):
+                        c = o0 + wn * wtn + j3 * 8 + 2 * tq + e
+                        ok = (m < M) & (c < O)
+                        idx = m[ok].astype(np.int64) * O + c[ok]
+                        assert np.isnan(y[idx]).all(), "an output element written twice"
+                        y[idx] = acc[warp, i, j3, ok, 2 * hr + e] + bias[c[ok]]
+
+
+def _weight_chunks(t: G.HaloTile, KS: int, parts, O: int, Kp: int, nan):
+    """The weight stages of a halo block and load_b(ch, st, o0): chunk ch of every part (K steps
+    ch * kch ..; the whole K when resident) into stage st, zero past Kp and O, the stage's old
+    contents gone first."""
+    el = 16 // t.esize
+    kch = t.kch if t.bstages else KS
+    ldb = kch * t.kstep + el
+    stages = [np.full((max(1, t.bstages), t.bn, ldb), nan, parts[0].dtype) for _ in parts]
+
+    def load_b(ch, st, o0):
+        for S, wf in zip(stages, parts):
+            S[st] = nan
+            for e in range(t.bn * kch * 2):
+                o, q = divmod(e, kch * 2)
+                kq = ch * kch * 2 + q
+                off = (o0 + o) * Kp + kq * el
+                S[st, o, q * el:q * el + el] = wf[off:off + el] if o0 + o < O and kq * el < Kp else 0
+    return kch, stages, load_b
+
+
+def _halo_run(g: G.HaloGeom, t: G.HaloTile, x: np.ndarray, weights, bias: np.ndarray, step) -> np.ndarray:
+    """The halo kernels' common schedule: per block, the footprint and weight chunk 0 (and the
+    pipeline's prologue), then for each chunk: the next chunk into the stage the last one was read
+    from, and every warp's K steps of this chunk through step(acc, warp, ks, kk, Xs, stage views)."""
+    N = x.shape[0]
+    O, Kp = weights[0].shape
+    KS = t.ks(g)
+    bits = np.uint32 if t.tf32 else np.uint16
+    nan = np.uint32(0x7FC00000) if t.tf32 else NAN16
+    xbits = np.ascontiguousarray(x, np.float32 if t.tf32 else np.float16).reshape(-1).view(bits)
+    parts = [np.ascontiguousarray(w, np.float32 if t.tf32 else np.float16).reshape(-1).view(bits) for w in weights]
+    BST = t.bstages
+    nst = max(1, BST)
+    y = np.full(N * g.Ho * g.Wo * O, np.nan)
+    nw = t.warps_m(g) * t.warps_n
+    for n0, ho0, o0, nimgs, m0, M in _halo_blocks(g, t, N, O):
+        Xs = _halo_footprint(g, t, xbits, n0, ho0, nimgs, nan)
+        kch, stages, load_b = _weight_chunks(t, KS, parts, O, Kp, nan)
+        nch = -(-KS // kch)
+        load_b(0, 0, o0)
+        for st in range(1, BST - 1):
+            if st < nch:
+                load_b(st, st, o0)
+        pos = _halo_positions(g, t, m0, M)
+        acc = np.zeros((nw, 2, t.bn // t.warps_n // 8, 32, 4))
+        for ch in range(nch):
+            if BST and ch + BST - 1 < nch:
+                load_b(ch + BST - 1, (ch + BST - 1) % nst, o0)
+            views = [S[ch % nst] for S in stages]
             for warp in range(nw):
-                wm = warp // WARPS_N
-                for i in range(MI):
-                    p = wm * WTM + i * 16 + (lane & 15)
-                    img, rem = p // (R * g.Wo), p % (R * g.Wo)
-                    r, wo = rem // g.Wo, rem % g.Wo
-                    pos[warp, i] = np.where(m0 + p < M, (img * THI + r * g.sh) * TWI + wo * g.sw, -1)
-            acc = np.zeros((nw, MI, NI, 32, 4))
-            for ch in range(NCH):
-                if BST and ch + BST - 1 < NCH:
-                    load_b(ch + BST - 1, (ch + BST - 1) % NST)
-                st = ch % NST
-                for warp in range(nw):
-                    wn = warp % WARPS_N
-                    for kk in range(KCH):
-                        ks = ch * KCH + kk
-                        if ks >= KS:
-                            break
-                        k = (2 * ks + (lane >> 4)) * 4
-                        tap, c = k // C, k % C
-                        kh, kw = tap // g.KW, tap % g.KW
-                        toff, j = kh * g.dh * TWI + kw * g.dw, c // 4
-                        ah, al = [], []
-                        for i in range(MI):
-                            P = pos[warp, i] + toff
-                            live = (pos[warp, i] >= 0) & (k < K)
-                            u = np.where(live, P * CPP + (j ^ ((P >> SWS) & SWM)), NPOS * CPP)
-                            assert ((u >= 0) & (u <= NPOS * CPP)).all(), "an ldmatrix row outside the footprint"
-                            v = _ldsm_x4_b32(Xs, u, np.zeros(32, np.int64)).view(np.float32)
-                            hi_ = _rna(v)
-                            ah.append(hi_)
-                            al.append(_rna(v - hi_.view(np.float32)))
-                        bh, bl = [None] * NI, [None] * NI
-                        for j2 in range(NI // 2):
-                            rh = _ldsm_x4_b32(Bh[st], wn * WTN + brow + j2 * 16, bcol + kk * 8)
-                            rl = _ldsm_x4_b32(Bl[st], wn * WTN + brow + j2 * 16, bcol + kk * 8)
-                            bh[2 * j2], bh[2 * j2 + 1] = (rh[:, 0], rh[:, 1]), (rh[:, 2], rh[:, 3])
-                            bl[2 * j2], bl[2 * j2 + 1] = (rl[:, 0], rl[:, 1]), (rl[:, 2], rl[:, 3])
-                        for i in range(MI):
-                            for j3 in range(NI):
-                                _mma1688(acc[warp, i, j3], al[i], *bh[j3])
-                                _mma1688(acc[warp, i, j3], ah[i], *bl[j3])
-                                _mma1688(acc[warp, i, j3], ah[i], *bh[j3])
-            gq, tq = lane >> 2, lane & 3
-            for warp in range(nw):
-                wm, wn = warp // WARPS_N, warp % WARPS_N
-                for i in range(MI):
-                    for hr in range(2):
-                        m = m0 + wm * WTM + i * 16 + gq + 8 * hr
-                        for j3 in range(NI):
-                            for e in range(2):
-                                c = o0 + wn * WTN + j3 * 8 + 2 * tq + e
-                                ok = (m < M) & (c < O)
-                                idx = m[ok].astype(np.int64) * O + c[ok]
-                                assert np.isnan(y[idx]).all(), "an output element written twice"
-                                y[idx] = acc[warp, i, j3, ok, 2 * hr + e] + bias[c[ok]]
-    return y.reshape(N * HWo, O)
+                for kk in range(kch):
+                    ks = ch * kch + kk
+                    if ks >= KS:
+                        break
+                    step(acc, warp, pos, ks, kk, Xs, views)
+        _halo_store(y, acc, g, t, m0, M, o0, O, bias)
+    return y.reshape(N * g.Ho * g.Wo, O)
+
+
+def run_halo(g: G.HaloGeom, t: G.HaloTile, x: np.ndarray, wq: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """The fp16 halo conv thread by thread: cuda_codegen.halo_conv_kernel (weights resident) or,
+    with t.bstages, halo_stream_kernel (weights streamed in the kernel's pipeline order, so a stage
+    overwritten while still needed gives a wrong result). The footprint copy (chunk order, swizzle,
+    zero fill), every lane's ldmatrix address into it, the m16n8k16 products and the store of each
+    accumulator. Returns (N*Ho*Wo, O) acc + bias in float64; shared memory starts as NaN and every
+    output must be written exactly once."""
+    assert x.shape[1:] == (g.H, g.W, g.C) and not t.tf32
+    assert not wq[:, g.KH * g.KW * g.C:].view(np.uint16).any()
+    lane = np.arange(32)
+    wtn = t.bn // t.warps_n
+
+    def step(acc, warp, pos, ks, kk, Xs, views):
+        (Bs,) = views
+        wn = warp % t.warps_n
+        af = [_ldsm_x4(Xs, _halo_a_rows(g, t, pos[warp, i], ks), np.zeros(32, np.int64)) for i in range(2)]
+        bf = []
+        for j2 in range(wtn // 16):
+            r4 = _ldsm_x4(Bs, wn * wtn + j2 * 16 + (lane & 7) + ((lane >> 4) << 3), kk * 16 + ((lane >> 3) & 1) * 8)
+            bf += [(r4[:, 0], r4[:, 1]), (r4[:, 2], r4[:, 3])]
+        for i in range(2):
+            for j3, b in enumerate(bf):
+                _mma(acc[warp, i, j3], af[i], *b)
+
+    return _halo_run(g, t, x, (wq,), bias, step)
 
 
 def run_halo_stream(g: G.HaloGeom, t: G.HaloTile, x: np.ndarray, wq: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """The halo conv with streamed weights (cuda_codegen.halo_stream_kernel) thread by thread: the
-    footprint copy, then the weights' chunks in the kernel's pipeline order (the prologue fills
-    stages 0 .. bstages-2; before chunk ch is computed, chunk ch + bstages - 1 goes into the stage
-    chunk ch - 1 was read from), so a stage overwritten while still needed shows up as a wrong
-    result. Returns (N*Ho*Wo, O) acc + bias in float64."""
-    N, H, W, C = x.shape
-    assert (H, W, C) == (g.H, g.W, g.C) and t.bstages >= 2 and not t.tf32
-    O, Kp = wq.shape
-    K = g.KH * g.KW * C
-    KS, KCH, BST = t.ks(g), t.kch, t.bstages
-    NCH = -(-KS // KCH)
-    LDB = KCH * 16 + 8
-    CPP = C // 8
-    SWS, SWM = G.halo_swizzle(C)
-    R, IMG, BANDS = t.rows, t.imgs, t.bands(g)
-    THI, TWI = t.th_in(g), t.tw_in(g)
-    NPOS = t.positions(g)
-    BN, WARPS_N = t.bn, t.warps_n
-    WTM, WTN, MI = 32, BN // WARPS_N, 2
-    NI = WTN // 8
-    nw = t.warps_m(g) * WARPS_N
-    assert not wq[:, K:].view(np.uint16).any()
-    xf = np.ascontiguousarray(x, np.float16).reshape(-1).view(np.uint16)
-    wf = np.ascontiguousarray(wq, np.float16).reshape(-1).view(np.uint16)
-    HWo = g.Ho * g.Wo
-    y = np.full(N * HWo * O, np.nan)
+    """halo_stream_kernel: run_halo with streamed weights (t.bstages >= 2)."""
+    assert t.bstages >= 2
+    return run_halo(g, t, x, wq, bias)
+
+
+def run_halo_tf32(g: G.HaloGeom, t: G.HaloTile, x: np.ndarray, wh: np.ndarray, wl: np.ndarray,
+                  bias: np.ndarray) -> np.ndarray:
+    """The fp32 halo conv (cuda_codegen.halo_tf32_kernel) thread by thread: as run_halo, with the
+    fp32 footprint, both weight parts (resident, or streamed when t.bstages), the split of A into
+    tf32 high and low parts as the kernel does it, and the three m16n8k8 products of each K step of
+    8. Returns (N*Ho*Wo, O) acc + bias in float64."""
+    assert x.shape[1:] == (g.H, g.W, g.C) and t.tf32
+    K = g.KH * g.KW * g.C
+    assert not wh[:, K:].any() and not wl[:, K:].any()
     lane = np.arange(32)
-    for bx in range(t.blocks(g, N)):
-        for by in range(-(-O // BN)):
-            n0, ho0, o0 = (bx // BANDS) * IMG, (bx % BANDS) * R, by * BN
-            nimgs, rows = min(IMG, N - n0), min(R, g.Ho - ho0)
-            m0 = (n0 * g.Ho + ho0) * g.Wo
-            M = m0 + (nimgs - 1) * HWo + rows * g.Wo
-            Xs = np.full(((NPOS + 1) * CPP, 8), NAN16, np.uint16)
-            for e in range(NPOS * CPP):
-                j, P = e % CPP, e // CPP
-                img, rem = divmod(P, THI * TWI)
-                ri, wi = divmod(rem, TWI)
-                hi, wg = ho0 * g.sh - g.ph + ri, wi - g.pw
-                ok = img < nimgs and 0 <= hi < H and 0 <= wg < W
-                src = (((n0 + img) * H + hi) * W + wg) * C + j * 8
-                Xs[P * CPP + (j ^ ((P >> SWS) & SWM))] = xf[src:src + 8] if ok else 0
-            Xs[NPOS * CPP] = 0
-            Bs = np.full((BST, BN, LDB), NAN16, np.uint16)
+    wtn = t.bn // t.warps_n
+    brow, bcol = (lane & 7) + ((lane >> 4) << 3), ((lane >> 3) & 1) * 4
 
-            def load_b(ch, st):
-                Bs[st] = NAN16  # what the stage held before is gone
-                for e in range(BN * KCH * 2):
-                    o, q = divmod(e, KCH * 2)
-                    kq = ch * KCH * 2 + q
-                    ok = o0 + o < O and kq * 8 < Kp
-                    off = (o0 + o) * Kp + kq * 8
-                    Bs[st, o, q * 8:q * 8 + 8] = wf[off:off + 8] if ok else 0
+    def step(acc, warp, pos, ks, kk, Xs, views):
+        Bh, Bl = views
+        wn = warp % t.warps_n
+        ah, al = [], []
+        for i in range(2):
+            v = _ldsm_x4_b32(Xs, _halo_a_rows(g, t, pos[warp, i], ks), np.zeros(32, np.int64)).view(np.float32)
+            hi = _rna(v)
+            ah.append(hi)
+            al.append(_rna(v - hi.view(np.float32)))
+        bh, bl = [], []
+        for j2 in range(wtn // 16):
+            rh = _ldsm_x4_b32(Bh, wn * wtn + brow + j2 * 16, bcol + kk * 8)
+            rl = _ldsm_x4_b32(Bl, wn * wtn + brow + j2 * 16, bcol + kk * 8)
+            bh += [(rh[:, 0], rh[:, 1]), (rh[:, 2], rh[:, 3])]
+            bl += [(rl[:, 0], rl[:, 1]), (rl[:, 2], rl[:, 3])]
+        for i in range(2):
+            for j3 in range(len(bh)):
+                _mma1688(acc[warp, i, j3], al[i], *bh[j3])
+                _mma1688(acc[warp, i, j3], ah[i], *bl[j3])
+                _mma1688(acc[warp, i, j3], ah[i], *bh[j3])
 
-            for st in range(BST - 1):
-                if st < NCH:
-                    load_b(st, st)
-            acc = np.zeros((nw, MI, NI, 32, 4))
-            pos = {}
-            for warp in range(nw):
-                wm = warp // WARPS_N
-                for i in range(MI):
-                    p = wm * WTM + i * 16 + (lane & 15)
-                    img, rem = p // (R * g.Wo), p % (R * g.Wo)
-                    r, wo = rem // g.Wo, rem % g.Wo
-                    pos[warp, i] = np.where(m0 + p < M, (img * THI + r * g.sh) * TWI + wo * g.sw, -1)
-            for ch in range(NCH):
-                if ch + BST - 1 < NCH:
-                    load_b(ch + BST - 1, (ch + BST - 1) % BST)
-                st = ch % BST
-                for warp in range(nw):
-                    wn = warp % WARPS_N
-                    for kk in range(KCH):
-                        ks = ch * KCH + kk
-                        if ks >= KS:
-                            break
-                        k = (2 * ks + (lane >> 4)) * 8
-                        tap, c = k // C, k % C
-                        kh, kw = tap // g.KW, tap % g.KW
-                        toff, j = kh * g.dh * TWI + kw * g.dw, c // 8
-                        af = []
-                        for i in range(MI):
-                            P = pos[warp, i] + toff
-                            live = (pos[warp, i] >= 0) & (k < K)
-                            u = np.where(live, P * CPP + (j ^ ((P >> SWS) & SWM)), NPOS * CPP)
-                            assert ((u >= 0) & (u <= NPOS * CPP)).all(), "an ldmatrix row outside the footprint"
-                            af.append(_ldsm_x4(Xs, u, np.zeros(32, np.int64)))
-                        bf = [None] * NI
-                        for j2 in range(NI // 2):
-                            r4 = _ldsm_x4(Bs[st], wn * WTN + j2 * 16 + (lane & 7) + ((lane >> 4) << 3),
-                                          kk * 16 + ((lane >> 3) & 1) * 8)
-                            bf[2 * j2], bf[2 * j2 + 1] = (r4[:, 0], r4[:, 1]), (r4[:, 2], r4[:, 3])
-                        for i in range(MI):
-                            for j3 in range(NI):
-                                _mma(acc[warp, i, j3], af[i], *bf[j3])
-            gq, tq = lane >> 2, lane & 3
-            for warp in range(nw):
-                wm, wn = warp // WARPS_N, warp % WARPS_N
-                for i in range(MI):
-                    for hr in range(2):
-                        m = m0 + wm * WTM + i * 16 + gq + 8 * hr
-                        for j3 in range(NI):
-                            for e in range(2):
-                                c = o0 + wn * WTN + j3 * 8 + 2 * tq + e
-                                ok = (m < M) & (c < O)
-                                idx = m[ok].astype(np.int64) * O + c[ok]
-                                assert np.isnan(y[idx]).all(), "an output element written twice"
-                                y[idx] = acc[warp, i, j3, ok, 2 * hr + e] + bias[c[ok]]
-    return y.reshape(N * HWo, O)
+    return _halo_run(g, t, x, (wh, wl), bias, step)
