@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip install -q --disable-pip-version-check
 
 .PHONY: run test venv test-env bench clean test-gpu bench-gpu bench-gpu-zoo docs-report sanitize-gpu gpu-all
 .PHONY: run test venv test-env bench clean test-gpu bench-gpu docs-report bench-cpu-zoo device-wheels serve-gpu device-ray ray-gpu
-.PHONY: bench-gpu-conv profile-gpu
+.PHONY: bench-gpu-conv profile-gpu gpu-ab
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -104,6 +104,23 @@ gpu-all:
 	step bench_gpu_zoo 180 env PYTHONPATH=. $(GPU_PY) benchmarks/gpu_zoo.py --json $(GPU_OUT)/gpu_zoo.json $(GPU_ALL_ZOO_ARGS); \
 	echo "gpu-all: $$(( $$(date +%s) - t0 )) s in all; failed:$${fail:- none}; logs and JSON in $(GPU_OUT)"; \
 	ls -la $(GPU_OUT); [ -z "$$fail" ]
+
+# `make gpu-ab`: the opt-in kernels not yet run on a GPU (3xTF32 fp32 convs, streamed-weight halo),
+# their GPU tests, then each against the default on the layers and models it is meant for, device
+# time launch by launch (about 4 minutes; JSON and logs in $(GPU_OUT)); the numbers decide defaults.
+gpu-ab: SHELL := /bin/bash
+gpu-ab:
+	@mkdir -p $(GPU_OUT); \
+	PYTHONPATH=. timeout 150 $(GPU_PY) -m pytest -q -m gpu tests/test_cuda_graph.py -rs -k "tf32x3 or halo_stream" \
+	  2>&1 | tail -n 15; \
+	for v in 0 1; do CNNRT_CUDA_TF32X3=$$v PYTHONPATH=. timeout 90 $(GPU_PY) benchmarks/gpu_profile.py --precision fp32 \
+	  --models resnet20,deep_mnist,mobilenet_v3_small --batches large --top 4 --json $(GPU_OUT)/gpu_profile_fp32_tf32x3_$$v.json \
+	  2>&1 | grep -v "^ "; done; \
+	for v in 0 1; do CNNRT_CUDA_HALO_STREAM=$$v PYTHONPATH=. timeout 60 $(GPU_PY) benchmarks/gpu_profile.py \
+	  --models resnet18 --batches large --top 4 --json $(GPU_OUT)/gpu_profile_stream_$$v.json 2>&1 | grep -v "^ "; done; \
+	PYTHONPATH=. timeout 120 $(GPU_PY) dev/cuda/mma_conv.py --json $(GPU_OUT)/mma_conv_stream.json \
+	  --layers r18_l1,r18_l2,r18_l4 --versions tc256x64,tc128x128k64 --stages 3 --halo-pixels 128,256 \
+	  --halo-stages 0,2,3,4 2>&1 | grep -E "^==|best|\*"
 
 # `make serve-gpu` on the device: the load test of `cnnrt serve --backend cuda`. The device image lacks
 # the server's packages; `make device-wheels` (here, with network) downloads them, pure Python, 0.7 MB,
