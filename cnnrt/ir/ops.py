@@ -48,11 +48,14 @@ class OpError(FormatError):
 
 
 def _numel(s) -> int:
-    # plain Python ints (not np.prod): the torch peer calls the shape rules inside torch.compile,
-    # where a NumPy reduction is a graph break
+    # plain Python ints (not np.prod: the torch peer calls the shape rules inside torch.compile,
+    # where a NumPy reduction is a graph break), held to int64 as np.prod was: a count past it is
+    # an OverflowError, which the readers report as bad attributes
     n = 1
     for v in s:
         n *= int(v)
+    if not -(1 << 63) <= n < (1 << 63):
+        raise OverflowError(f"element count {n} does not fit in int64")
     return n
 
 
