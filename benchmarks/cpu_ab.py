@@ -12,7 +12,6 @@ is optional: profile() times the steps one by one either way).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -80,9 +79,8 @@ def main(argv=None) -> int:
                              "a_samples": ms["A", name, n], "b_samples": ms["B", name, n]})
         print(f"{name}:{n}  A {ma:.2f} ms  B {mb:.2f} ms  B/A {mb / ma:.3f}")
     if a.json:
-        from cnnrt.fileio import atomic_write
-        with atomic_write(a.json, overwrite=True) as tmp:
-            tmp.write_text(json.dumps(res, indent=1))
+        from cnnrt.fileio import write_json
+        write_json(a.json, res)
     return 0
 
 

@@ -90,12 +90,9 @@ def main(argv=None):
         r1.close()
         rn.close()
     if a.json:
-        import json
+        from cnnrt.fileio import write_json
 
-        from cnnrt.fileio import atomic_write
-
-        with atomic_write(a.json, overwrite=True) as tmp:
-            tmp.write_text(json.dumps(out, indent=1))
+        write_json(a.json, out)
 
 
 if __name__ == "__main__":

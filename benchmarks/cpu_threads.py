@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import datetime
-import json
 import sys
 import time
 from pathlib import Path
@@ -135,10 +134,9 @@ def main(argv=None):
             print(f"  {per:6d} {tc:8.4f} {to:8.4f} {tc / to:6.2f}x  (cnnrt chunks of {r.batch_size_used}) {variant}")
         r.close()
     if a.json:
-        from cnnrt.fileio import atomic_write
+        from cnnrt.fileio import write_json
 
-        with atomic_write(a.json, overwrite=True) as tmp:
-            tmp.write_text(json.dumps(out, indent=1))
+        write_json(a.json, out)
 
 
 if __name__ == "__main__":

@@ -78,6 +78,14 @@ def atomic_write(path: str | os.PathLike, overwrite: bool = False):
         raise
 
 
+def write_json(path: str | os.PathLike, obj, indent: int = 1) -> None:
+    """obj as JSON at path, atomically (atomic_write), replacing what was there: benchmark results."""
+    import json
+
+    with atomic_write(path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(obj, indent=indent))
+
+
 def conflicts(dest: str | os.PathLike, names) -> list[Path]:
     """The entries among `names` that already exist in directory `dest`."""
     dest = Path(dest)

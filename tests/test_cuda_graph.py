@@ -341,19 +341,25 @@ def test_halo_conv_forced_everywhere(rng, monkeypatch):
     # shared memory), at batch 1, 7 and 300, against float64; the others keep mma_conv_kernel
     _needs_mma()
     monkeypatch.setenv("CNNRT_CUDA_HALO", "all")
+    assert _cases_on_kernel(rng, "fp16", "halo", 3e-3) >= 6
+
+
+def _cases_on_kernel(rng, precision: str, marker: str, tol: float) -> int:
+    """Every MMA case whose plan runs a kernel labelled `marker`, at batch 1, 7 and 300 with outputs
+    poisoned, against float64 (inputs and weights rounded to fp16 for an fp16 plan); how many ran."""
     seen = 0
     for case, g in sorted(MMA_CASES.items()):
-        r = cuda_graph.GraphRunner(g, "fp16")
-        if not any("halo" in k for _, _, k in r.describe(300)):
+        r = cuda_graph.GraphRunner(g, precision)
+        if not any(marker in k for _, _, k in r.describe(300)):
             continue
         seen += 1
         for n in (1, 7, 300):
             x = rng.standard_normal((n,) + g.input_shape).astype(np.float32)
             poison(r)
             out = r.run({"images": x})["y"]
-            ref = run_reference(g, {"images": x.astype(np.float64)}, fp16_storage=True)["y"]
-            assert np.isfinite(out).all() and rel_err(out, ref) < 3e-3, (case, n, rel_err(out, ref))
-    assert seen >= 6, seen
+            ref = run_reference(g, {"images": x.astype(np.float64)}, fp16_storage=precision == "fp16")["y"]
+            assert np.isfinite(out).all() and rel_err(out, ref) < tol, (case, n, rel_err(out, ref))
+    return seen
 
 
 def test_halo_conv_large_batch(rng, monkeypatch):
@@ -384,19 +390,7 @@ def test_tf32x3_fp32_convs(rng, monkeypatch):
     _needs_mma()
     monkeypatch.setenv("CNNRT_CUDA_TF32X3", "1")
     monkeypatch.setenv("CNNRT_CUDA_HALO", "all")
-    seen = 0
-    for case, g in sorted(MMA_CASES.items()):
-        r = cuda_graph.GraphRunner(g, "fp32")
-        if not any("3xTF32" in k for _, _, k in r.describe(300)):
-            continue
-        seen += 1
-        for n in (1, 7, 300):
-            x = rng.standard_normal((n,) + g.input_shape).astype(np.float32)
-            poison(r)
-            out = r.run({"images": x})["y"]
-            ref = run_reference(g, {"images": x.astype(np.float64)})["y"]
-            assert np.isfinite(out).all() and rel_err(out, ref) < 1e-5, (case, n, rel_err(out, ref))
-    assert seen >= 6, seen
+    assert _cases_on_kernel(rng, "fp32", "3xTF32", 1e-5) >= 6
     monkeypatch.delenv("CNNRT_CUDA_HALO")
     for name in ("resnet20", "deep_mnist"):  # Deep MNIST's conv2: the weights streamed
         g = net(name)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -202,10 +201,9 @@ def main(argv=None) -> int:
         del dx, dw, y
         cp.get_default_memory_pool().free_all_blocks()
     if a.json:
-        from cnnrt.fileio import atomic_write
+        from cnnrt.fileio import write_json
 
-        with atomic_write(a.json, overwrite=True) as tmp:
-            Path(tmp).write_text(json.dumps(res, indent=2))
+        write_json(a.json, res, indent=2)
     return 0
 
 
