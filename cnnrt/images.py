@@ -22,6 +22,7 @@ Bad input raises FormatError naming the file (or `file.npy[i]` for one image of 
 from __future__ import annotations
 
 import math
+import io
 import os
 import struct
 import warnings
@@ -95,10 +96,17 @@ def _read_with_pillow(path: Path) -> np.ndarray:
     except ImportError:
         raise FormatError(f"{path}: reading image files needs Pillow, which is not installed: {PILLOW_HINT}") from None
     try:
+        # decoded from the file's bytes in memory: a plugin that trusts a length in a damaged header
+        # (GBR's header size, up to 4 GB) then reads what the file holds, where a read of the real
+        # file first allocates all of the claimed length
+        data = path.read_bytes()
+    except OSError as e:
+        raise FormatError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
         with warnings.catch_warnings():
             # an image whose header promises far more pixels than is sane is refused, not allocated
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(io.BytesIO(data)) as im:
                 _check_claimed_size(im.size, path)
                 if im.format == "PNG":
                     _check_png_chunks(path)

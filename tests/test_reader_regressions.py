@@ -185,6 +185,20 @@ def test_png_chunk_claiming_more_than_the_file(tmp_path):
     assert read_pictures(good)[0].pixels.shape == (5, 7, 1)
 
 
+def test_header_length_pillow_trusts_beyond_the_file(tmp_path):
+    """Identifying a file, Pillow's GBR plugin reads a header whose length the file's first four
+    bytes claim: a 1,067-byte .bmp whose bytes start b'B\\0\\0\\1' (1.1 GB) allocated 1,056 MB
+    (found by test_fuzz_images in CI)."""
+    pytest.importorskip("PIL")
+    from cnnrt.images import read_pictures
+
+    head = (b"B\x00\x00\x01\x00\x00\x00\x01\x00\x00\x00\x01\x00\x08\x00\x00\x00\x00\x00\x04\x00\x00\x00"
+            b"\xc4\x0e\x00\x00\xc4\x0e\x00\x00\x00\x01\x00\x00\x00\x01\x00\x00\x00")
+    p = tmp_path / "img.bmp"
+    p.write_bytes(head + bytes(1067 - len(head)))
+    refused(lambda: read_pictures(p), str(p), "damaged or truncated image")
+
+
 def _npy_header(version: tuple, text: bytes, length: int | None = None) -> bytes:
     fmt = "<H" if version == (1, 0) else "<I"
     return b"\x93NUMPY" + bytes(version) + struct.pack(fmt, len(text) if length is None else length) + text
