@@ -355,6 +355,7 @@ def test_halo_kernels_compile():
     for kern in ks:
         assert kern.name in ptx
     assert "ldmatrix.sync.aligned" in ptx and "cp.async.cg.shared.global" in ptx
+    assert "ld.global.v4.u32" in ptx  # the coalesced epilogue reads the residual 8 halves at a time
 
 
 # ------------------------------------------------------------------ fp32 on the tensor cores (3xTF32 halo conv)
@@ -400,9 +401,9 @@ def test_tf32x3_only_when_asked(rng, monkeypatch):
     from cnnrt.testing import cuda_emulator as EM
 
     g = TG.resnet20(0)
-    monkeypatch.delenv("CNNRT_CUDA_TF32X3", raising=False)
+    monkeypatch.setenv("CNNRT_CUDA_TF32X3", "0")  # the A/B switch turns it off; on by default
     assert not any("TF32" in k for _, _, k in Program(g, "fp32", nsm=4).describe(6))
-    monkeypatch.setenv("CNNRT_CUDA_TF32X3", "1")
+    monkeypatch.delenv("CNNRT_CUDA_TF32X3")
     prog = Program(g, "fp32", nsm=4)
     assert sum("3xTF32" in k for _, _, k in prog.describe(6)) >= 9
     assert not any("TF32" in k for _, _, k in Program(g, "fp16", nsm=4).describe(6))
@@ -414,6 +415,27 @@ def test_tf32x3_only_when_asked(rng, monkeypatch):
     from cnnrt.ir.graph import run_reference
 
     ref = run_reference(g, {g.input_name: xf})[g.outputs[0]]
+    assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("case", ["pointwise", "pointwise_s2", "wide3x3"])
+def test_tf32x3_pointwise_and_streamed_convs_emulated(rng, case):
+    # fp32 1x1 convs take the 3xTF32 halo kernel too, and wide 3x3 layers stream their weights
+    # through as many stages as fit (fp32's footprint is twice fp16's); emulated against float64
+    from cnnrt.ir.graph import run_reference
+    from cnnrt.testing import cuda_emulator as EM
+
+    build = {"pointwise": ((10, 10, 24), lambda b, x: b.op("Relu", [b.conv(x, 40, 1)])),
+             "pointwise_s2": ((9, 9, 20), lambda b, x: b.conv(x, 72, 1, stride=2)),
+             "wide3x3": ((28, 28, 128), lambda b, x: b.op("Relu", [b.conv(x, 128, 3)]))}[case]
+    g = TG._one(case, *build)
+    n = {"wide3x3": 2, "pointwise_s2": 40}.get(case, 8)  # (one block an SM at least: nsm = 4)
+    prog = Program(g, "fp32", nsm=4)
+    kinds = [k for _, _, k in prog.describe(n) if "Conv" in k or "conv" in k]
+    assert kinds and all("3xTF32" in k for k in kinds), kinds
+    x = rng.standard_normal((n,) + g.input_shape).astype(np.float32)
+    out = EM.run(prog, x)["y"]
+    ref = run_reference(g, {"images": x.astype(np.float64)})["y"]
     assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
@@ -459,11 +481,13 @@ def test_halo_stream_only_when_asked(rng, monkeypatch):
 
     # a 3x3 conv whose 64-channel weights (1,152 halves a row) do not fit beside its footprint
     g = TG._one("wide3x3", (20, 20, 128), lambda b, x: b.op("Relu", [b.conv(x, 96, 3)]))
-    monkeypatch.delenv("CNNRT_CUDA_HALO_STREAM", raising=False)
+    monkeypatch.setenv("CNNRT_CUDA_HALO_STREAM", "0")  # the A/B switch turns it off; on by default
     assert not any("halo" in k for _, _, k in Program(g, "fp16", nsm=4).describe(8))
-    monkeypatch.setenv("CNNRT_CUDA_HALO_STREAM", "1")
+    monkeypatch.delenv("CNNRT_CUDA_HALO_STREAM")
     prog = Program(g, "fp16", nsm=4)
-    assert any("weights in 3 stages" in k for _, _, k in prog.describe(8))
+    assert any("weights in 2 stages" in k for _, _, k in prog.describe(8))
+    g2 = TG._one("wide3x3s2", (20, 20, 128), lambda b, x: b.op("Relu", [b.conv(x, 96, 3, stride=2)]))
+    assert not any("halo" in k for _, _, k in Program(g2, "fp16", nsm=4).describe(8))  # stride 2 keeps mma_conv
     x = rng.standard_normal((8,) + g.input_shape).astype(np.float32)
     out = EM.run(prog, x)["y"]
     from cnnrt.ir.graph import run_reference

@@ -170,15 +170,16 @@ def test_cli_info_prints_the_cuda_plan(tmp_path):
 
 
 def test_vec8_kernels_where_they_apply(monkeypatch):
-    """fp16 depthwise convs (mult 1) and pools with C % 8 == 0 run 8 channels a thread; fp32, C = 5
-    and CNNRT_CUDA_NO_VEC8=1 keep the one-value-a-thread kernels. (Their results: the emulated
+    """fp16 and fp32 depthwise convs (mult 1) and pools with C % 8 == 0 run 8 channels a thread;
+    C = 5 and CNNRT_CUDA_NO_VEC8=1 keep the one-value-a-thread kernels. (Their results: the emulated
     plans above against float64, and the same cases on the GPU in tests/test_cuda_graph.py.)"""
     def fams(name, precision):
         return {l.kernel.family for l in Program(CASES[name], precision).plan(3).launches if l.kernel is not None}
 
     assert "dwconv8" in fams("dw8_s2_clip", "fp16") and "dwconv" not in fams("dw8_chain_dil_pads", "fp16")
     assert "pool8" in fams("pool8_max_avg", "fp16") and "pool" not in fams("pool8_max_avg", "fp16")
-    assert "dwconv8" not in fams("dw8_s2_clip", "fp32") and "pool8" not in fams("pool8_max_avg", "fp32")
+    assert "dwconv8" in fams("dw8_s2_clip", "fp32") and "pool8" in fams("pool8_max_avg", "fp32")
+    assert "dwconv" not in fams("dw8_s2_clip", "fp32") and "pool" not in fams("pool8_max_avg", "fp32")
     assert "dwconv8" not in fams("conv_depthwise", "fp16")  # C = 5
     monkeypatch.setenv("CNNRT_CUDA_NO_VEC8", "1")
     assert "dwconv8" not in fams("dw8_s2_clip", "fp16") and "pool8" not in fams("pool8_max_avg", "fp16")

@@ -51,6 +51,43 @@ __device__ __forceinline__ void st8(half_t* y, long long i, const float (&v)[8],
         for (int e = 0; e < 8 && e < n; ++e) y[i + e] = f2h(v[e]);
     }
 }
+// 8 consecutive operands p[i .. i+8) (n of them valid, the rest 0): one 16-byte load (f16) or two
+// (f32) where p + i is 16-byte aligned, else element by element
+__device__ __forceinline__ void ld8(const half_t* p, long long i, float (&v)[8], int n) {
+    if (n >= 8 && (reinterpret_cast<unsigned long long>(p + i) & 15) == 0) {
+        const u4_t q = *reinterpret_cast<const u4_t*>(p + i);
+        const u32_t w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) { v[2 * e] = h2f((half_t)(w[e] & 0xffffu)); v[2 * e + 1] = h2f((half_t)(w[e] >> 16)); }
+    } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) v[e] = e < n ? h2f(p[i + e]) : 0.f;
+    }
+}
+__device__ __forceinline__ void ld8(const float* p, long long i, float (&v)[8], int n) {
+    if (n >= 8 && (reinterpret_cast<unsigned long long>(p + i) & 15) == 0) {
+        const f4_t a = *reinterpret_cast<const f4_t*>(p + i), b = *reinterpret_cast<const f4_t*>(p + i + 4);
+        v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+    } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) v[e] = e < n ? p[i + e] : 0.f;
+    }
+}
+// 8 consecutive values from a 16-byte (f16) or 32-byte (f32) aligned address: the vec8 kernels' taps
+__device__ __forceinline__ void ld8a(const half_t* p, float (&v)[8]) {
+    const u4_t q = *reinterpret_cast<const u4_t*>(p);
+    const u32_t w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+    for (int e = 0; e < 4; ++e) { v[2 * e] = h2f((half_t)(w[e] & 0xffffu)); v[2 * e + 1] = h2f((half_t)(w[e] >> 16)); }
+}
+__device__ __forceinline__ void ld8a(const float* p, float (&v)[8]) {
+    const f4_t a = *reinterpret_cast<const f4_t*>(p), b = *reinterpret_cast<const f4_t*>(p + 4);
+    v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+}
+__device__ __forceinline__ void ld8(const u8_t* p, long long i, float (&v)[8], int n) {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) v[e] = e < n ? (float)p[i + e] : 0.f;
+}
 __device__ __forceinline__ void st8(float* y, long long i, const float (&v)[8], int n, bool vec) {
     if (vec && n >= 8) {
         *reinterpret_cast<f4_t*>(y + i) = f4_t{v[0], v[1], v[2], v[3]};
@@ -183,6 +220,36 @@ def epilogue(epi) -> tuple[list, str, bool]:
         nimg |= e.mode == "nc"
         slot += 1
     return params, "\n            ".join(lines), nimg
+
+
+def epilogue8(epi) -> tuple[str, str]:
+    """(preload, code) of a chain of EpiOps for the coalesced epilogue, where a thread finishes 8
+    consecutive channels cb .. cb+7 of pixel m: operands of the output's own shape ('full') are
+    read once as 8 values (one 16-byte load for f16: per element, the 2-byte reads of a residual
+    add cost ResNet-20's 16-channel convs about a third of their time), the rest as epilogue() reads
+    them. The code runs on `float v` with `e` (0..7) and epilogue()'s names in scope."""
+    pre, lines = [], []
+    slot = 0
+    for e in epi:
+        if e.mode is None:
+            lines.append(UNARY[e.op](e.a))
+            continue
+        if e.mode == "full":
+            pre.append(f"float u{slot}[8]; ld8(e{slot}, (long long)m * O + cb, u{slot}, O - cb);")
+            read = f"u{slot}[e]"
+        else:
+            read = f"ldf(e{slot}, {index_expr(e.mode, slot)})"
+        lines.append(f"{{ const float u = {read}; v = {BINARY[e.op][1 if e.swap else 0]}; }}")
+        slot += 1
+    return "\n        ".join(pre), "\n                ".join(lines)
+
+
+def fill_epilogue(template: str, epi) -> str:
+    """A tensor-core conv template with MMA_EPILOGUE and the fused chain `epi` filled in."""
+    _, ecode, _ = epilogue(epi)
+    pre, code8 = epilogue8(epi)
+    return (template.replace("$EPILOGUE", MMA_EPILOGUE).replace("$EPRE", pre).replace("$EPI8", code8)
+            .replace("$EPI", ecode))
 
 
 def _sig(params) -> str:
@@ -731,13 +798,15 @@ MMA_EPILOGUE = r"""
         const f4_t lo = *reinterpret_cast<const f4_t*>(&Cs[r * LDC + g * 8]);
         const f4_t hi = *reinterpret_cast<const f4_t*>(&Cs[r * LDC + g * 8 + 4]);
         float vals[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+        $EPRE
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
             const int c = cb + e;
             if (c < O) {
                 const long long idx = (long long)m * O + c;
+                (void)idx;
                 float v = vals[e] + bias[c];
-                $EPI
+                $EPI8
                 vals[e] = v;
             }
         }
@@ -814,12 +883,12 @@ def mma_conv_kernel(tile: MmaTile, variant: str, to: str, epi=(), splitk: bool =
     else:
         params = ([("const half_t* __restrict__", "x"), ("const half_t* __restrict__", "w"),
                    ("const float* __restrict__", "bias"), (f"{CTYPE[to]}* __restrict__", "y")] + eparams + dims)
-    src = (MMA_CONV_TEMPLATE.replace("$EPILOGUE", MMA_EPILOGUE)
+    src = (fill_epilogue(MMA_CONV_TEMPLATE, () if splitk else epi)
            .replace("$THREADS", str(tile.threads)).replace("$BM", str(tile.bm))
            .replace("$BN", str(tile.bn)).replace("$BK", str(tile.bk)).replace("$WARPS_M", str(tile.warps_m))
            .replace("$WARPS_N", str(tile.warps_n)).replace("$PAD", str(MMA_PAD))
            .replace("$AVAR", str(MMA_AVARIANTS.index(variant))).replace("$SPLITK", str(int(splitk)))
-           .replace("$STAGES", str(stages)).replace("$COALESCE", str(int(coalesce))).replace("$EPI", ecode))
+           .replace("$STAGES", str(stages)).replace("$COALESCE", str(int(coalesce))))
     return _finish("mma_conv", src, params, tile.threads,
                    {"tile": tile, "variant": variant, "ti": "f16", "to": "f32" if splitk else to,
                     "epi": () if splitk else tuple(epi), "splitk": splitk, "stages": stages,
@@ -940,7 +1009,8 @@ def halo_tile(g: HaloGeom, O: int, n: int, pixels: int = HALO_PIXELS, tf32: bool
     bn = 16 if O <= 16 else 32 if O <= 32 else 64
     warps_n = bn // 32 if bn >= 64 else 1
     hw = g.Ho * g.Wo
-    for px in (pixels, pixels // 2):  # half the pixels where the footprint does not fit
+    # half the pixels where the footprint does not fit; fp32 (twice the bytes) a quarter if need be
+    for px in (pixels, pixels // 2) + ((pixels // 4,) if tf32 else ()):
         if hw <= px:
             t = HaloTile(g.Ho, max(1, min(n, px // hw)), bn, warps_n, tf32, bstages)
         else:
@@ -1069,7 +1139,7 @@ $EPILOGUE}
 """
 
 
-def _halo_source(template: str, g: HaloGeom, t: HaloTile, ecode: str, coalesce: bool, stages: int) -> str:
+def _halo_source(template: str, g: HaloGeom, t: HaloTile, epi, coalesce: bool, stages: int) -> str:
     """A halo template with the shared epilogue and the layer's geometry and tile filled in."""
     sws, swm = halo_swizzle(g.C, t.esize)
     wm = t.warps_m(g)
@@ -1080,8 +1150,8 @@ def _halo_source(template: str, g: HaloGeom, t: HaloTile, ecode: str, coalesce: 
     for key, piece in HALO_PIECES.items():
         template = template.replace(key, piece)
     template = template.replace("$XT", "float" if t.tf32 else "half_t").replace("$CE", "4" if t.tf32 else "8")
-    src = (template.replace("$EPILOGUE", MMA_EPILOGUE).replace("$SPLITK", "0").replace("$STAGES", str(stages))
-           .replace("$COALESCE", str(int(coalesce))).replace("$EPI", ecode))
+    src = (fill_epilogue(template, epi).replace("$SPLITK", "0").replace("$STAGES", str(stages))
+           .replace("$COALESCE", str(int(coalesce))))
     for key in sorted(subs, key=len, reverse=True):  # longest first: $WARPS_N before $W
         src = src.replace(key, str(subs[key]))
     return src
@@ -1104,7 +1174,7 @@ def halo_conv_kernel(g: HaloGeom, t: HaloTile, to: str, epi=(), coalesce: bool |
     assert g.C % 8 == 0 and not t.bstages and not t.tf32
     eparams, ecode, _ = epilogue(epi)
     params = _halo_params("half_t", ("w",), to, eparams)
-    src = _halo_source(HALO_TEMPLATE, g, t, ecode, coalesce, 0)
+    src = _halo_source(HALO_TEMPLATE, g, t, epi, coalesce, 0)
     return _finish("mma_halo", src, params, t.threads(g),
                    {"geom": g, "tile": t, "ti": "f16", "to": to, "epi": tuple(epi), "coalesce": coalesce,
                     "smem": t.smem(g, coalesce)})
@@ -1200,7 +1270,7 @@ def halo_stream_kernel(g: HaloGeom, t: HaloTile, to: str, epi=(), coalesce: bool
     coalesce = mma_coalesce_halo(t) if coalesce is None else coalesce
     eparams, ecode, _ = epilogue(epi)
     params = _halo_params("half_t", ("w",), to, eparams)
-    src = _halo_source(HALO_STREAM_TEMPLATE, g, t, ecode, coalesce, 1)
+    src = _halo_source(HALO_STREAM_TEMPLATE, g, t, epi, coalesce, 1)
     return _finish("mma_halo", src, params, t.threads(g),
                    {"geom": g, "tile": t, "ti": "f16", "to": to, "epi": tuple(epi), "coalesce": coalesce,
                     "smem": t.smem(g, coalesce)})
@@ -1318,7 +1388,7 @@ def halo_tf32_kernel(g: HaloGeom, t: HaloTile, epi=(), coalesce: bool | None = N
     coalesce = mma_coalesce_halo(t) if coalesce is None else coalesce
     eparams, ecode, _ = epilogue(epi)
     params = _halo_params("float", ("wh", "wl"), "f32", eparams)
-    src = _halo_source(HALO_TF32_TEMPLATE, g, t, ecode, coalesce, 1)
+    src = _halo_source(HALO_TF32_TEMPLATE, g, t, epi, coalesce, 1)
     return _finish("mma_halo_tf32", src, params, t.threads(g),
                    {"geom": g, "tile": t, "ti": "f32", "to": "f32", "epi": tuple(epi), "coalesce": coalesce,
                     "smem": t.smem(g, coalesce)})
@@ -1458,16 +1528,11 @@ DW8_BODY = r"""float acc[8];
             for (int kw = 0; kw < KW; ++kw) {
                 const int wi = w0 + kw * dw;
                 if ((unsigned)wi >= (unsigned)W) continue;
-                const u4_t xv = *reinterpret_cast<const u4_t*>(x + xb + ((long long)hi * W + wi) * C);
-                const f4_t wa = *reinterpret_cast<const f4_t*>(w + (kh * KW + kw) * O + c0);
-                const f4_t wb = *reinterpret_cast<const f4_t*>(w + (kh * KW + kw) * O + c0 + 4);
-                const u32_t xw[4] = {xv.x, xv.y, xv.z, xv.w};
-                const float wv[8] = {wa.x, wa.y, wa.z, wa.w, wb.x, wb.y, wb.z, wb.w};
+                float xv[8], wv[8];
+                ld8a(x + xb + ((long long)hi * W + wi) * C, xv);
+                ld8a(w + (kh * KW + kw) * O + c0, wv);
 #pragma unroll
-                for (int q = 0; q < 4; ++q) {
-                    acc[2 * q] = fmaf(h2f((half_t)(xw[q] & 0xffffu)), wv[2 * q], acc[2 * q]);
-                    acc[2 * q + 1] = fmaf(h2f((half_t)(xw[q] >> 16)), wv[2 * q + 1], acc[2 * q + 1]);
-                }
+                for (int j = 0; j < 8; ++j) acc[j] = fmaf(xv[j], wv[j], acc[j]);
             }
         }"""
 
@@ -1489,19 +1554,19 @@ STORE8 = {
 }
 
 
-def dwconv8_kernel(to: str, epi=()) -> Kernel:
-    """Depthwise convolution of fp16 activations with one output per input channel (mult 1) and
-    C % 8 == 0: each thread computes 8 neighbouring channels of one output pixel from one 16-byte
-    load per tap, and stores them as one 16-byte (fp16) or two (fp32) stores. Weights packed
-    [KH*KW][O] float32, as for dwconv_kernel. Row and pixel offsets are multiples of 8 halves, so
-    every load and store is aligned."""
+def dwconv8_kernel(to: str, epi=(), ti: str = "f16") -> Kernel:
+    """Depthwise convolution of fp16 or fp32 activations (ti) with one output per input channel
+    (mult 1) and C % 8 == 0: each thread computes 8 neighbouring channels of one output pixel from
+    one 16-byte load per tap (two for fp32), and stores them as one 16-byte (fp16) or two (fp32)
+    stores. Weights packed [KH*KW][O] float32, as for dwconv_kernel. Row and pixel offsets are
+    multiples of 8 elements, so every load and store is aligned."""
     eparams, ecode, _ = epilogue(epi)
-    params = ([("const half_t* __restrict__", "x"), ("const float* __restrict__", "w"),
+    params = ([(f"const {CTYPE[ti]}* __restrict__", "x"), ("const float* __restrict__", "w"),
                ("const float* __restrict__", "bias"), (f"{CTYPE[to]}* __restrict__", "y")] + eparams
               + [("int", n) for n in ("N", "H", "W", "C", "Ho", "Wo", "O", "KH", "KW", "sh", "sw", "ph", "pw", "dh",
                                        "dw")])
     src = vec8_source("O", DW8_BODY, "acc[j] + bias[c]", ecode, to)
-    return _finish("dwconv8", src, params, 256, {"ti": "f16", "to": to, "epi": tuple(epi)})
+    return _finish("dwconv8", src, params, 256, {"ti": ti, "to": to, "epi": tuple(epi)})
 
 
 # ----------------------------------------------------------------------------- pooling
@@ -1568,35 +1633,33 @@ POOL8_BODY = r"""float acc[8];
                 const int wi = w0 + kw * dw;
                 $COUNT
                 if ((unsigned)hi >= (unsigned)H || (unsigned)wi >= (unsigned)W) continue;
-                const u4_t xv = *reinterpret_cast<const u4_t*>(x + xb + ((long long)hi * W + wi) * C);
-                const u32_t xw[4] = {xv.x, xv.y, xv.z, xv.w};
+                float xv[8];
+                ld8a(x + xb + ((long long)hi * W + wi) * C, xv);
 #pragma unroll
-                for (int q = 0; q < 4; ++q) {
-                    const float a = h2f((half_t)(xw[q] & 0xffffu)), b = h2f((half_t)(xw[q] >> 16));
-                    $TAP
-                }
+                for (int j = 0; j < 8; ++j) { const float a = xv[j]; $TAP }
             }
         }
         (void)cnt;"""
 
 
-def pool8_kernel(kind: str, to: str, epi=()) -> Kernel:
-    """Max or average pooling of fp16 activations with C % 8 == 0, 8 neighbouring channels a
-    thread (one 16-byte load per tap, 16-byte stores); the divisor rule as pool_kernel."""
+def pool8_kernel(kind: str, to: str, epi=(), ti: str = "f16") -> Kernel:
+    """Max or average pooling of fp16 or fp32 activations (ti) with C % 8 == 0, 8 neighbouring
+    channels a thread (one 16-byte load a tap for fp16, two for fp32; 16-byte stores); the divisor
+    rule as pool_kernel."""
     eparams, ecode, _ = epilogue(epi)
-    params = ([("const half_t* __restrict__", "x"), (f"{CTYPE[to]}* __restrict__", "y")] + eparams
+    params = ([(f"const {CTYPE[ti]}* __restrict__", "x"), (f"{CTYPE[to]}* __restrict__", "y")] + eparams
               + [("int", n) for n in ("N", "H", "W", "C", "Ho", "Wo", "KH", "KW", "sh", "sw", "ph", "pw", "dh", "dw",
                                        "hlo", "hhi", "wlo", "whi")])
     if kind == "max":
         init, count, final = "NEG_INF", "", "acc[j]"
-        body = "acc[2 * q] = fmaxf(acc[2 * q], a); acc[2 * q + 1] = fmaxf(acc[2 * q + 1], b);"
+        body = "acc[j] = fmaxf(acc[j], a);"
     else:
         init, final = "0.f", "acc[j] / (float)(cnt > 0 ? cnt : 1)"
         count = "if (hi >= hlo && hi < hhi && wi >= wlo && wi < whi) ++cnt;"
-        body = "acc[2 * q] += a; acc[2 * q + 1] += b;"
+        body = "acc[j] += a;"
     src = vec8_source("C", POOL8_BODY.replace("$INIT", init).replace("$COUNT", count).replace("$TAP", body), final,
                       ecode, to)
-    return _finish("pool8", src, params, 256, {"kind": kind, "ti": "f16", "to": to, "epi": tuple(epi)})
+    return _finish("pool8", src, params, 256, {"kind": kind, "ti": ti, "to": to, "epi": tuple(epi)})
 
 
 GPOOL_TEMPLATE = r"""

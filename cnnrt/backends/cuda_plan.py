@@ -82,7 +82,7 @@ MMA_TILE_COST = {"tc128x128k64": 0.9, "tc256x64": 0.93, "tc128x128": 1.0, "tc128
 
 
 def vec8_enabled() -> bool:
-    """Depthwise convs and pools of fp16 tensors with C % 8 == 0 on the 8-channels-a-thread kernels,
+    """Depthwise convs and pools (fp16 or fp32) with C % 8 == 0 on the 8-channels-a-thread kernels,
     unless CNNRT_CUDA_NO_VEC8=1 (then the one-value-a-thread kernels run them: an A/B switch)."""
     return os.environ.get("CNNRT_CUDA_NO_VEC8", "") not in ("1", "true", "yes")
 
@@ -120,9 +120,10 @@ HALO_MAX_O = 64  # the halo conv by default only for layers this narrow (dev/cud
 
 
 def tf32x3_enabled() -> bool:
-    """fp32 convs on the tensor cores in 3xTF32 (the halo kernel) where they fit, with
-    CNNRT_CUDA_TF32X3=1. Off by default until it has been checked and timed on a GPU."""
-    return os.environ.get("CNNRT_CUDA_TF32X3", "") in ("1", "true", "yes")
+    """fp32 convs on the tensor cores in 3xTF32 (the halo kernel) where they fit; on by default
+    (H200, 2026-11-28: ResNet-20 fp32 at 10,000 images 43.0 -> 25.1 ms of device time, Deep MNIST
+    11.2 -> 8.9 ms; docs/gpu_profile_fp32_tf32x3_*.json). CNNRT_CUDA_TF32X3=0 turns it off."""
+    return os.environ.get("CNNRT_CUDA_TF32X3", "1") not in ("0", "false", "no")
 
 
 def choose_halo(g: G.HaloGeom, o: int, n: int, nsm: int, tf32: bool = False) -> G.HaloTile | None:
@@ -137,24 +138,32 @@ def choose_halo(g: G.HaloGeom, o: int, n: int, nsm: int, tf32: bool = False) -> 
     if env != "all" and any(x in G.MMA_TILES for x in os.environ.get("CNNRT_CUDA_MMA_TILES", "").split(",")):
         return None  # K-step tiles forced (an A/B run): they take every layer
     t = G.halo_tile(g, o, n, tf32=tf32)
-    if t is not None and (env == "all" or o <= HALO_MAX_O and g.KH * g.KW > 1 and t.blocks(g, n) * cdiv(o, t.bn) >= nsm):
+    taps = tf32 or g.KH * g.KW > 1  # fp32: even a 1x1 conv gains (3xTF32 against the SIMT kernel)
+    if t is not None and (env == "all" or o <= HALO_MAX_O and taps and t.blocks(g, n) * cdiv(o, t.bn) >= nsm):
         return t
-    if not (tf32 or halo_stream_enabled()):  # (tf32 is opt-in as a whole: CNNRT_CUDA_TF32X3)
-        return None
-    t = G.halo_tile(g, o, n, tf32=tf32, bstages=HALO_STREAM_STAGES)  # the weights streamed: wider layers
+    if not (tf32 or halo_stream_enabled()) or (not tf32 and g.sh * g.sw > 1 and env != "all"):
+        return None  # fp16 with streamed weights: stride 1 only (a stride-2 layer shares a pixel among
+        # fewer taps, and ResNet-18's took 211 us streamed against 166 us on mma_conv)
+    # the weights streamed: wider layers. fp32's footprint is twice as big: fewer stages may fit, and
+    # the most output pixels a block wins (a 1-row band reads its 3-row footprint for fewer outputs)
+    fits = [G.halo_tile(g, o, n, tf32=tf32, bstages=st) for st in ((HALO_TF32_STAGES, 2) if tf32 else (HALO_STREAM_STAGES,))]
+    fits = [t for t in fits if t is not None]
+    t = max(fits, key=lambda t: (t.rows * t.imgs, t.bstages)) if fits else None
     if t is None or env == "all":
         return t
-    return t if g.KH * g.KW > 1 and t.blocks(g, n) * cdiv(o, t.bn) >= nsm else None
+    return t if taps and t.blocks(g, n) * cdiv(o, t.bn) >= nsm else None
 
 
-HALO_STREAM_STAGES = 3
+HALO_STREAM_STAGES = 2  # fp16; H200: 273 us against 280 (3 stages) and 274 (4) on ResNet-18's layer1 conv
+HALO_TF32_STAGES = 3  # fp32 (3xTF32), as measured on Deep MNIST's conv2
 
 
 def halo_stream_enabled() -> bool:
-    """The halo conv with streamed weights (cuda_codegen.halo_stream_kernel) for the layers whose
-    weights do not fit beside the footprint (ResNet-18's 3x3 convs), with CNNRT_CUDA_HALO_STREAM=1.
-    Off by default until it has been checked and timed on a GPU."""
-    return os.environ.get("CNNRT_CUDA_HALO_STREAM", "") in ("1", "true", "yes")
+    """The halo conv with streamed weights (cuda_codegen.halo_stream_kernel) for the fp16 layers
+    whose weights do not fit beside the footprint (ResNet-18's stride-1 3x3 convs); on by default
+    (H200, 2026-11-28: ResNet-18 at 256 images 5.98 -> 5.56 ms of device time,
+    docs/gpu_profile_stream_*.json). CNNRT_CUDA_HALO_STREAM=0 turns it off."""
+    return os.environ.get("CNNRT_CUDA_HALO_STREAM", "1") not in ("0", "false", "no")
 
 
 SPLITK_REDUCE_STEPS = 12  # the reduction launch's cost in K steps of a conv block (~0.5 us each on an H200)
@@ -876,8 +885,9 @@ class _Planner:
         self.put_epi(args, eargs)
         args.update(N=n, H=h, W=wd, C=c, Ho=ho, Wo=wo, O=o, KH=kh, KW=kw, sh=sh, sw=sw, ph=pads[0], pw=pads[1], dh=dh,
                     dw=dw)
-        if self.dt(node.inputs[0]) == "f16" and o == c and c % 8 == 0 and self.dt(out) in ("f16", "f32") and vec8_enabled():
-            kern = G.dwconv8_kernel(self.dt(out), ops)
+        if o == c and c % 8 == 0 and self.dt(node.inputs[0]) in ("f16", "f32") and self.dt(out) in ("f16", "f32") \
+                and vec8_enabled():
+            kern = G.dwconv8_kernel(self.dt(out), ops, ti=self.dt(node.inputs[0]))
             self.emit(grp, kern, self.grid_stride(n * ho * wo * o // 8), (256,), args, [], [y[1]],
                       self.label(grp, "depthwise conv, 8 channels a thread"))
             return
@@ -902,8 +912,8 @@ class _Planner:
         args.update(N=n, H=h, W=wd, C=c, Ho=ho, Wo=wo, KH=kh, KW=kw, sh=sh, sw=sw, ph=pads[0], pw=pads[1], dh=dh, dw=dw,
                     hlo=-pads[0] if incl else 0, hhi=h + pads[2] if incl else h,
                     wlo=-pads[1] if incl else 0, whi=wd + pads[3] if incl else wd)
-        if self.dt(node.inputs[0]) == "f16" and c % 8 == 0 and self.dt(out) in ("f16", "f32") and vec8_enabled():
-            kern = G.pool8_kernel(kind, self.dt(out), ops)
+        if c % 8 == 0 and self.dt(node.inputs[0]) in ("f16", "f32") and self.dt(out) in ("f16", "f32") and vec8_enabled():
+            kern = G.pool8_kernel(kind, self.dt(out), ops, ti=self.dt(node.inputs[0]))
             self.emit(grp, kern, self.grid_stride(n * ho * wo * c // 8), (256,), args, [], [y[1]],
                       self.label(grp, f"{kind} pool, 8 channels a thread"))
             return

@@ -267,12 +267,12 @@ class Emulator:
         """The 8-channels-a-thread depthwise kernel: the same arithmetic, under its preconditions."""
         a = l.args
         assert a["O"] == a["C"] and a["C"] % 8 == 0, "dwconv8 needs mult 1 and C % 8 == 0"
-        assert l.grid[0] >= 1 and l.kernel.static["ti"] == "f16"
+        assert l.grid[0] >= 1 and l.kernel.static["ti"] in ("f16", "f32")
         self.dwconv(l, mult=1)
 
     def pool8(self, l):
         """The 8-channels-a-thread pool: the same arithmetic, under its preconditions."""
-        assert l.args["C"] % 8 == 0 and l.kernel.static["ti"] == "f16", "pool8 needs fp16 and C % 8 == 0"
+        assert l.args["C"] % 8 == 0 and l.kernel.static["ti"] in ("f16", "f32"), "pool8 needs C % 8 == 0"
         self.pool(l)
 
     def pool(self, l):
