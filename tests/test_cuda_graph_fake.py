@@ -156,7 +156,7 @@ def test_large_inputs_go_in_pieces(cuda, rng, monkeypatch):
 def test_large_inputs_copied_in_by_the_streams(cuda, rng, monkeypatch, kind):
     # a large input (DIRECT_BYTES and up) is copied in by each lane's stream from the caller's array,
     # its graphs are the compute alone, and the outputs gather in one pinned buffer: chunks of 7 over
-    # two lanes (a tail of 5), the whole input in PIPELINE_PIECES, and a second call replaying the
+    # two lanes (a tail of 5), the whole input in DIRECT_PIECES, and a second call replaying the
     # captured graphs all agree with the reference; CNNRT_CUDA_DIRECT=0 takes the staged path
     from cnnrt.backends import cuda_graph
     from cnnrt.backends.cuda_graph import GraphRunner
@@ -182,10 +182,10 @@ def test_large_inputs_copied_in_by_the_streams(cuda, rng, monkeypatch, kind):
                 lane.arena.fill(255)
         out = r.probabilities(x, batch_size=bs)
         assert rel_err(out, ref) < 1e-5, bs
-        want = [(i % 2, 7, False) for i in range(5)] + [(1, 5, False)] if bs else [(i % 2, 10, False) for i in range(4)]
-        assert seen == want and r.batch_size_used == (bs or 10)
+        want = [(i % 2, 7, False) for i in range(5)] + [(1, 5, False)] if bs else [(i % 2, 20, False) for i in range(2)]
+        assert seen == want and r.batch_size_used == (bs or 20)
     assert sorted(k for l in r.lanes for k in l.graphs) == sorted(
-        [(7, kind, False)] * 2 + [(10, kind, False)] * 2 + [(5, kind, False)])
+        [(7, kind, False)] * 2 + [(20, kind, False)] * 2 + [(5, kind, False)])
     for env, arr, direct in (("0", x, False), ("", pageable, False), ("all", pageable, True)):
         monkeypatch.setenv("CNNRT_CUDA_DIRECT", env)
         seen.clear()

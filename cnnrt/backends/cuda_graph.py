@@ -39,6 +39,8 @@ MAX_CHUNK = 32768  # images per chunk at most (keeps every index of the kernels 
 MAX_GRAPHS = 12  # captured graphs kept per lane (least recently used dropped)
 PIPELINE_BYTES = 8 << 20  # inputs this large (and no batch size asked for) go in PIPELINE_PIECES chunks
 PIPELINE_PIECES = 4
+DIRECT_PIECES = 2  # pinned input; H200, 2026-11-28: ResNet-18 x 256 6.52 against 6.94 ms in 4 pieces, MobileNetV2
+# x 2,048 9.34 against 10.0, Deep MNIST and ResNet-20 within 2% (docs/gpu_zoo_pieces*.json); pageable: 4 won
 DIRECT_BYTES = 1 << 20  # inputs this large are copied to the GPU by the stream straight from the caller's array
 CTYPES = {"int": np.int32, "long long": np.int64, "float": np.float32}
 
@@ -350,13 +352,16 @@ class GraphRunner(Runner):
         if n == 0:
             self.batch_size_used = 0
             return outs
-        if not chunk and x.nbytes >= PIPELINE_BYTES and n >= 2 * PIPELINE_PIECES:
+        direct = x.nbytes >= DIRECT_BYTES and self._direct(x)
+        pieces = int(os.environ.get("CNNRT_CUDA_PIECES", DIRECT_PIECES if direct else PIPELINE_PIECES))
+        if not chunk and x.nbytes >= PIPELINE_BYTES and n >= 2 * pieces:
             # a large input from ordinary (pageable) memory is copied into a lane's pinned buffer on the
-            # host first: in pieces, that copy of one piece overlaps the GPU's work on the one before
-            chunk = -(-n // int(os.environ.get("CNNRT_CUDA_PIECES", PIPELINE_PIECES)))
+            # host first: in pieces, that copy of one piece overlaps the GPU's work on the one before.
+            # From pinned memory the GPU copies by itself: fewer, larger pieces keep the kernels efficient
+            chunk = -(-n // pieces)
         chunk = max(1, min(int(chunk or self.max_chunk), self.max_chunk))
         self.batch_size_used = min(n, chunk)  # what eval reports: the images per chunk really run
-        if x.nbytes >= DIRECT_BYTES and self._direct(x):
+        if direct:
             self._run_direct(x, kind, chunk, outs)
             return outs
         if n <= chunk:
