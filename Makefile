@@ -105,9 +105,9 @@ gpu-all:
 	echo "gpu-all: $$(( $$(date +%s) - t0 )) s in all; failed:$${fail:- none}; logs and JSON in $(GPU_OUT)"; \
 	ls -la $(GPU_OUT); [ -z "$$fail" ]
 
-# `make gpu-ab`: the opt-in kernels not yet run on a GPU (3xTF32 fp32 convs, streamed-weight halo),
-# their GPU tests, then each against the default on the layers and models it is meant for, device
-# time launch by launch (about 4 minutes; JSON and logs in $(GPU_OUT)); the numbers decide defaults.
+# `make gpu-ab`: the 3xTF32 fp32 convs and the streamed-weight halo conv (on by default since this
+# A/B, H200 2026-11-28): their GPU tests, then each against its switch turned off on the layers and
+# models it is meant for, device time launch by launch (under a minute warm; JSON in $(GPU_OUT)).
 gpu-ab: SHELL := /bin/bash
 gpu-ab:
 	@mkdir -p $(GPU_OUT); \
