@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip install -q --disable-pip-version-check
 
 .PHONY: run test venv test-env bench clean test-gpu bench-gpu bench-gpu-zoo docs-report sanitize-gpu gpu-all
 .PHONY: run test venv test-env bench clean test-gpu bench-gpu docs-report bench-cpu-zoo device-wheels serve-gpu device-ray ray-gpu
-.PHONY: bench-gpu-conv profile-gpu gpu-ab
+.PHONY: bench-gpu-conv profile-gpu gpu-ab gpu-wgmma
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -121,6 +121,12 @@ gpu-ab:
 	PYTHONPATH=. timeout 120 $(GPU_PY) dev/cuda/mma_conv.py --json $(GPU_OUT)/mma_conv_stream.json \
 	  --layers r18_l1,r18_l2,r18_l4 --versions tc256x64,tc128x128k64 --stages 3 --halo-pixels 128,256 \
 	  --halo-stages 0,2,3,4 2>&1 | grep -E "^==|best|\*"
+
+# `make gpu-wgmma`: the wgmma (sm_90a) GEMM lab, not yet run on a GPU: checked against float64 on
+# sampled rows (outputs poisoned) and timed against cuBLAS on ResNet-18's convs as GEMMs
+gpu-wgmma:
+	@mkdir -p $(GPU_OUT)
+	PYTHONPATH=. $(GPU_PY) dev/cuda/wgmma_gemm.py --json $(GPU_OUT)/wgmma_gemm.json
 
 # `make serve-gpu` on the device: the load test of `cnnrt serve --backend cuda`. The device image lacks
 # the server's packages; `make device-wheels` (here, with network) downloads them, pure Python, 0.7 MB,
