@@ -293,7 +293,7 @@ def run(args) -> int:
             flag = "" if err < 1e-3 else "  WRONG"
             failed |= err >= 1e-3
             print(f"   {v:8s} {ms * 1e3:8.1f} us {flop / ms / 1e9:6.1f} TFLOP/s  err {err:.1e}{flag}")
-    out["shapes"][sname] = res
+        out["shapes"][sname] = res
     if args.json:
         from cnnrt.fileio import write_json
 
