@@ -47,12 +47,20 @@ SHAPES = {
     "gemm_odd": (1000, 1, 1, 200, 72, 1, 1, 0),
     "gemm_tiny": (7, 1, 1, 64, 64, 1, 1, 0),
 }
-VERSIONS = {  # name: (warpgroups, BN, BK, stages)
-    "wg1n64": (1, 64, 64, 4),
-    "wg2n64": (2, 64, 64, 4),
-    "wg2n128": (2, 128, 64, 4),
-    "wg1n128": (1, 128, 64, 4),
-    "wg2n256": (2, 256, 64, 3),
+VERSIONS = {  # name: (warpgroups, BN, BK, stages, pipe, swizzle)
+    # pipe 1: one wgmma group left in flight across K tiles (the loads then run one tile less ahead);
+    # swizzle 128: each row's 64 halves of K in 128 bytes, 16-byte chunk j at (j ^ row % 8): the
+    # layout TMA writes and cuBLAS-class kernels read, without the no-swizzle layout's bank conflicts
+    "wg1n64": (1, 64, 64, 4, 0, 0),
+    "wg2n64": (2, 64, 64, 4, 0, 0),
+    "wg2n128": (2, 128, 64, 4, 0, 0),
+    "wg1n128": (1, 128, 64, 4, 0, 0),
+    "wg2n256": (2, 256, 64, 3, 0, 0),
+    "wg2n128p": (2, 128, 64, 4, 1, 0),
+    "wg2n128s": (2, 128, 64, 4, 0, 128),
+    "wg2n128sp": (2, 128, 64, 4, 1, 128),
+    "wg2n256sp": (2, 256, 64, 4, 1, 128),
+    "wg2n64sp": (2, 64, 64, 5, 1, 128),
 }
 
 PRELUDE = r"""
@@ -68,8 +76,10 @@ __device__ __forceinline__ void cp_async16(u32_t dst, const void* src, int bytes
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::); }
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N)); }
 // a K-major, no-swizzle shared-memory matrix descriptor: start, leading and stride byte offsets (/16)
-__device__ __forceinline__ u64_t smem_desc(u32_t addr, u32_t lbo, u32_t sbo) {
-    return (u64_t)((addr & 0x3FFFF) >> 4) | ((u64_t)((lbo & 0x3FFFF) >> 4) << 16) | ((u64_t)((sbo & 0x3FFFF) >> 4) << 32);
+// swz: 0 none ("interleave"), 1 the 128-byte swizzle (bits 62-63 of the descriptor)
+__device__ __forceinline__ u64_t smem_desc(u32_t addr, u32_t lbo, u32_t sbo, u64_t swz = 0) {
+    return (u64_t)((addr & 0x3FFFF) >> 4) | ((u64_t)((lbo & 0x3FFFF) >> 4) << 16) | ((u64_t)((sbo & 0x3FFFF) >> 4) << 32)
+           | (swz << 62);
 }
 """
 
@@ -82,13 +92,19 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
     // row m = output pixel (n, ho, wo), column k = (kh, kw, c). A plain GEMM is the 1x1 conv of
     // 1x1 images: H = W = Ho = Wo = KW = 1, CI = K.
     constexpr int WG = $WG, BM = 64 * WG, BN = $BN, BK = $BK, STAGES = $STAGES, THREADS = 128 * WG;
+    constexpr int PIPE = $PIPE, SWZ = $SWZ, D = STAGES - 1 - PIPE;  // D: K tiles loaded ahead
     constexpr int A_BYTES = BM * BK * 2, B_BYTES = BN * BK * 2, STAGE_BYTES = A_BYTES + B_BYTES;
     static_assert(THREADS % BM == 0, "each thread loads one row of A");
+    static_assert(D >= 1 && (SWZ == 0 || BK == 64), "the 128-byte swizzle: a row of 64 halves");
     extern __shared__ __align__(128) unsigned char smem[];
     const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31, warp = (tid >> 5) & 3;
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
     const int KT = (K + BK - 1) / BK;
-    const u32_t s0 = smem_u32(smem);
+    const u32_t s0 = (smem_u32(smem) + 1023u) & ~1023u;  // swizzle atoms (8 rows of 128 bytes) 1024-aligned
+    // where 16-byte chunk kc of row r of a [rows x BK] tile lives, from the tile's base
+    auto at = [&](int r, int kc, int rows) -> u32_t {
+        return SWZ ? (u32_t)(r * 128 + ((kc ^ (r & 7)) << 4)) : (u32_t)((kc * rows + r) * 16);
+    };
 
     // this thread's row of A (its output pixel), found once
     const int ar = tid % BM, am = m0 + ar;
@@ -107,13 +123,13 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
             const int hi = hb + kh * dh, wi = wb + kw * dw;
             const bool ok = arow && k < K && (unsigned)hi < (unsigned)H && (unsigned)wi < (unsigned)W;
             const half_t* src = ok ? xrow + ((long long)hi * W + wi) * CI + c : A;
-            cp_async16(base + (kc * BM + ar) * 16, src, ok ? 16 : 0);
+            cp_async16(base + at(ar, kc, BM), src, ok ? 16 : 0);
         }
         for (int e = tid; e < BN * (BK / 8); e += THREADS) {
             const int r = e % BN, kc = e / BN;
             const int g = n0 + r, k = k0 + kc * 8;
             const bool ok = g < N && k < K;
-            cp_async16(base + A_BYTES + (kc * BN + r) * 16, ok ? B + (long long)g * K + k : B, ok ? 16 : 0);
+            cp_async16(base + A_BYTES + at(r, kc, BN), ok ? B + (long long)g * K + k : B, ok ? 16 : 0);
         }
     };
 
@@ -122,27 +138,33 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
     for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
 
 #pragma unroll
-    for (int s = 0; s < STAGES - 1; ++s) {
+    for (int s = 0; s < D; ++s) {
         if (s < KT) load(s, s);
         cp_async_commit();
     }
     for (int kt = 0; kt < KT; ++kt) {
-        cp_async_wait<STAGES - 2>();  // tile kt has landed (this thread's copies)
+        cp_async_wait<D - 1>();  // tile kt has landed (this thread's copies)
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // ... and is visible to the tensor cores
-        __syncthreads();  // every thread's copies; every warpgroup done with the stage loaded next
-        if (kt + STAGES - 1 < KT) load(kt + STAGES - 1, (kt + STAGES - 1) % STAGES);
+        // every thread's copies landed; every warpgroup's MMAs on the stage loaded next are done (with
+        // PIPE 1 that stage held tile kt - 2, and each warpgroup waited for all but tile kt - 1's)
+        __syncthreads();
+        if (kt + D < KT) load(kt + D, (kt + D) % STAGES);
         cp_async_commit();
-        const u32_t a0 = s0 + (kt % STAGES) * STAGE_BYTES + wg * 64 * 16, b0 = s0 + (kt % STAGES) * STAGE_BYTES + A_BYTES;
+        const u32_t sa = s0 + (kt % STAGES) * STAGE_BYTES, sb = sa + A_BYTES;
         asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
 #pragma unroll
         for (int s = 0; s < BK / 16; ++s) {
-            const u64_t da = smem_desc(a0 + 2 * s * BM * 16, BM * 16, 128);
-            const u64_t db = smem_desc(b0 + 2 * s * BN * 16, BN * 16, 128);
+            // k16 step s: no swizzle, its two core-matrix columns of K start 2s planes in; swizzled,
+            // 32 bytes into each 128-byte row (the hardware applies the XOR on the address)
+            const u64_t da = SWZ ? smem_desc(sa + wg * 64 * 128 + 32 * s, 16, 1024, 1)
+                                 : smem_desc(sa + wg * 64 * 16 + 2 * s * BM * 16, BM * 16, 128);
+            const u64_t db = SWZ ? smem_desc(sb + 32 * s, 16, 1024, 1) : smem_desc(sb + 2 * s * BN * 16, BN * 16, 128);
             $WGMMA
         }
         asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
-        asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+        asm volatile("wgmma.wait_group.sync.aligned %0;" :: "n"(PIPE) : "memory");
     }
+    asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
     cp_async_wait<0>();
 
     // accumulators: warp w of the warpgroup holds rows 16w .. 16w+15 of its 64; for each 8 columns j,
@@ -177,11 +199,12 @@ def wgmma_asm(bn: int) -> str:
 
 def source(version: str) -> tuple[str, str, int, int]:
     """(CUDA source, kernel name, threads, dynamic shared-memory bytes) of a version."""
-    wg, bn, bk, stages = VERSIONS[version]
+    wg, bn, bk, stages, pipe, swz = VERSIONS[version]
     name = f"wgmma_gemm_{version}"
     src = (KERNEL.replace("$WGMMA", wgmma_asm(bn)).replace("$NAME", name).replace("$THREADS", str(128 * wg))
-           .replace("$WG", str(wg)).replace("$BN", str(bn)).replace("$BK", str(bk)).replace("$STAGES", str(stages)))
-    smem = stages * (64 * wg + bn) * bk * 2
+           .replace("$WG", str(wg)).replace("$BN", str(bn)).replace("$BK", str(bk)).replace("$STAGES", str(stages))
+           .replace("$PIPE", str(pipe)).replace("$SWZ", str(int(swz > 0))))
+    smem = stages * (64 * wg + bn) * bk * 2 + 1024  # (+ the slack that aligns the stages to 1 KB)
     return PRELUDE + src, name, 128 * wg, smem
 
 
@@ -279,7 +302,7 @@ def run(args) -> int:
             print(f"== {sname}: {n}x{h}x{w}x{ci} -> {o}, {k}x{k} s{st} p{pd}: M={M} N={N} K={K}")
         geo = [np.int32(v) for v in (h, w, ci, ho, wo, k, st, st, pd, pd, 1, 1)]
         for v, (_, fn, threads, smem) in funcs.items():
-            wg, bn, _, _ = VERSIONS[v]
+            wg, bn = VERSIONS[v][:2]
             c = cp.full((M, N), np.nan, np.float32)  # poisoned: an unwritten output fails the check
             grid = ((M + 64 * wg - 1) // (64 * wg), (N + bn - 1) // bn)
             launch = lambda: fn(grid, (threads,), (a, b, c, np.int32(M), np.int32(N), np.int32(K), *geo),  # noqa: E731
