@@ -126,7 +126,7 @@ gpu-ab:
 # sampled rows (outputs poisoned) and timed against cuBLAS on ResNet-18's convs as GEMMs
 gpu-wgmma:
 	@mkdir -p $(GPU_OUT)
-	PYTHONPATH=. $(GPU_PY) dev/cuda/wgmma_gemm.py --json $(GPU_OUT)/wgmma_gemm.json
+	PYTHONPATH=. $(GPU_PY) dev/cuda/wgmma_gemm.py --isolate --json $(GPU_OUT)/wgmma_gemm.json
 
 # `make serve-gpu` on the device: the load test of `cnnrt serve --backend cuda`. The device image lacks
 # the server's packages; `make device-wheels` (here, with network) downloads them, pure Python, 0.7 MB,

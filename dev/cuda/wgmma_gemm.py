@@ -258,7 +258,7 @@ def run(args) -> int:
     out = {"device": cp.cuda.runtime.getDeviceProperties(0)["name"].decode(),
            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "shapes": {}}
     funcs = {}
-    for v in VERSIONS:
+    for v in args.versions.split(","):
         src, name, threads, smem = source(v)
         mod, fn = load_function(src, name)
         fn.max_dynamic_shared_size_bytes = smem
@@ -324,14 +324,54 @@ def run(args) -> int:
     return 1 if failed else 0
 
 
+def isolated(args) -> int:
+    """Each version in a process of its own (a version that faults or hangs costs only itself: a
+    kernel fault poisons the whole CUDA context), the results merged into one JSON."""
+    merged, rc = None, 0
+    for v in args.versions.split(","):
+        with tempfile.TemporaryDirectory() as d:
+            js = str(Path(d) / "v.json")
+            cmd = [sys.executable, __file__, "--versions", v, "--shapes", args.shapes, "--reps", str(args.reps), "--json", js]
+            try:
+                p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+                print(p.stdout, end="", flush=True)
+                err = None if Path(js).exists() else (p.stderr.strip().splitlines() or ["no output"])[-1]
+            except subprocess.TimeoutExpired:
+                err = f"timed out after {args.timeout} s"
+            if err is not None:
+                print(f"   {v}: FAILED: {err}", flush=True)
+                rc = 1
+                merged = merged or {"shapes": {}}
+                merged.setdefault("errors", {})[v] = err
+                continue
+            one = json.loads(Path(js).read_text())
+            rc |= p.returncode
+        if merged is None or "device" not in merged:
+            one["errors"] = (merged or {}).get("errors", {})
+            merged = one
+        else:
+            for sname, res in one["shapes"].items():
+                merged["shapes"].setdefault(sname, res)["versions"].update(res["versions"])
+    if args.json and merged is not None:
+        from cnnrt.fileio import write_json
+
+        write_json(args.json, merged)
+    return rc
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--compile-only", action="store_true", help="NVRTC + ptxas here; no GPU needed")
     ap.add_argument("--shapes", default="gemm_tiny,gemm_odd,odd_conv,r18_l1,r18_l2,r18_l3,r18_l4,r18_l2_down")
+    ap.add_argument("--versions", default=",".join(VERSIONS))
+    ap.add_argument("--isolate", action="store_true", help="each version in its own process")
+    ap.add_argument("--timeout", type=int, default=120, help="seconds per version with --isolate")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--json")
     args = ap.parse_args()
-    return compile_only() if args.compile_only else run(args)
+    if args.compile_only:
+        return compile_only()
+    return isolated(args) if args.isolate else run(args)
 
 
 if __name__ == "__main__":
