@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip install -q --disable-pip-version-check
 
 .PHONY: run test venv test-env bench clean test-gpu bench-gpu bench-gpu-zoo docs-report sanitize-gpu gpu-all
 .PHONY: run test venv test-env bench clean test-gpu bench-gpu docs-report bench-cpu-zoo device-wheels serve-gpu device-ray ray-gpu
-.PHONY: bench-gpu-conv profile-gpu gpu-ab gpu-wgmma
+.PHONY: bench-gpu-conv profile-gpu gpu-ab gpu-wgmma bench-gpu-mnist
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -68,12 +68,16 @@ SAN_ARGS ?=
 sanitize-gpu:
 	PYTHONPATH=. $(GPU_PY) dev/cuda/sanitize.py --out $(GPU_OUT) $(SAN_ARGS)
 
-bench-gpu:
-	PYTHONPATH=. $(GPU_PY) bench/bench_gpu.py --json $(GPU_OUT)/bench_gpu.json
-
-# the model zoo (Deep MNIST ... ResNet-18, MobileNetV3-small): cnnrt fp16/fp32 against PyTorch and JAX
-bench-gpu-zoo:
+# `make bench-gpu`: the model zoo (Deep MNIST ... ResNet-18, MobileNetV3-small), cnnrt fp16/fp32 against
+# PyTorch eager (and its CUDA graph at batch 1) and JAX, the table with ratios and its JSON (about 4
+# minutes; ZOO_ARGS="--compile-mode max-autotune --models resnet20" adds torch.compile, minutes a model)
+ZOO_ARGS ?= --compile-mode none
+bench-gpu bench-gpu-zoo:
 	PYTHONPATH=. $(GPU_PY) benchmarks/gpu_zoo.py --json $(GPU_OUT)/gpu_zoo.json $(ZOO_ARGS)
+
+# the article's net alone: Deep MNIST's 10,000 MNIST test images against PyTorch, torch.compile and JAX
+bench-gpu-mnist:
+	PYTHONPATH=. $(GPU_PY) bench/bench_gpu.py --json $(GPU_OUT)/bench_gpu.json
 
 # the tensor-core conv's versions side by side on the zoo's heaviest layers (dev/cuda/mma_conv.py)
 CONV_ARGS ?=
