@@ -23,12 +23,13 @@ def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int = 1, padding
     ho, wo = out_size(h, kh, stride, padding), out_size(wd, kw, stride, padding)
     (pt, pb), (pl, pr) = _pads(h, kh, stride, padding), _pads(wd, kw, stride, padding)
     xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    out = np.zeros((n, ho, wo, o), dtype=x.dtype)
+    out = np.zeros((n * ho * wo, o), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
             patch = xp[:, i:i + (ho - 1) * stride + 1:stride, j:j + (wo - 1) * stride + 1:stride, :]
-            out += patch @ w[:, i, j, :].T.astype(x.dtype)
-    return out + b.astype(x.dtype)
+            # one (pixels x C) @ (C x O) product a tap: a 4-D matmul runs as many small ones
+            out += patch.reshape(-1, c) @ w[:, i, j, :].T.astype(x.dtype)
+    return out.reshape(n, ho, wo, o) + b.astype(x.dtype)
 
 
 def maxpool2d(x: np.ndarray, size: int = 2, stride: int = 2, padding: str = "same") -> np.ndarray:
