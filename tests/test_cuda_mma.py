@@ -397,7 +397,7 @@ def test_tf32_split():
     assert G.tf32_round(np.float32([1 + 2 ** -11]))[0] == 1 + 2 ** -10  # a tie rounds away from zero
 
 
-def test_tf32x3_only_when_asked(rng, monkeypatch):
+def test_tf32x3_on_by_default_and_its_switch(rng, monkeypatch):
     from cnnrt.testing import cuda_emulator as EM
 
     g = TG.resnet20(0)
@@ -476,7 +476,7 @@ def test_emulated_halo_stream_matches_float64(rng, shape):
     assert np.abs(got - want).max() <= 1e-9 * np.abs(want).max(), t
 
 
-def test_halo_stream_only_when_asked(rng, monkeypatch):
+def test_halo_stream_on_by_default_and_its_switch(rng, monkeypatch):
     from cnnrt.testing import cuda_emulator as EM
 
     # a 3x3 conv whose 64-channel weights (1,152 halves a row) do not fit beside its footprint

@@ -1,4 +1,4 @@
-"""The wgmma GEMM lab (dev/cuda/wgmma_gemm.py) compiles for sm_90a: NVRTC to PTX, ptxas to SASS,
+"""The wgmma conv lab (dev/cuda/wgmma_gemm.py) compiles for sm_90a: NVRTC to PTX, ptxas to SASS,
 no spills. It has not yet run on a GPU; this keeps it building until it does."""
 import shutil
 import subprocess

@@ -224,10 +224,10 @@ def epilogue(epi) -> tuple[list, str, bool]:
 
 def epilogue8(epi) -> tuple[str, str]:
     """(preload, code) of a chain of EpiOps for the coalesced epilogue, where a thread finishes 8
-    consecutive channels cb .. cb+7 of pixel m: operands of the output's own shape ('full') are
-    read once as 8 values (one 16-byte load for f16: per element, the 2-byte reads of a residual
-    add cost ResNet-20's 16-channel convs about a third of their time), the rest as epilogue() reads
-    them. The code runs on `float v` with `e` (0..7) and epilogue()'s names in scope."""
+    consecutive channels cb .. cb+7 of pixel m: operands of the output's own shape ('full', a
+    residual) are read once as 8 values (one 16-byte load for f16, where element by element each
+    read took 2 bytes of a memory transaction), the rest as epilogue() reads them. The code runs on
+    `float v` with `e` (0..7) and epilogue()'s names in scope."""
     pre, lines = [], []
     slot = 0
     for e in epi:

@@ -127,11 +127,14 @@ def tf32x3_enabled() -> bool:
 
 
 def choose_halo(g: G.HaloGeom, o: int, n: int, nsm: int, tf32: bool = False) -> G.HaloTile | None:
-    """The halo conv's tile for a tensor-core conv layer, or None for mma_conv_kernel: for narrow
-    layers (o <= HALO_MAX_O output channels, C % 8 == 0) with more than one tap (a 1x1 conv reads
-    each input once: nothing to share) and a footprint that fits, and at least one block per SM
-    (small batches keep the split-K path). CNNRT_CUDA_HALO=0 never takes it, =all wherever it fits
-    (A/B switches); a tile forced by CNNRT_CUDA_MMA_TILES keeps it off."""
+    """The halo conv's tile for a tensor-core conv layer, or None for mma_conv_kernel (fp16) or the
+    SIMT conv (fp32): for narrow layers (o <= HALO_MAX_O output channels, C % 8 == 0; C % 4 for
+    tf32) with more than one tap (in fp16 a 1x1 conv reads each input once: nothing to share; in
+    fp32 the alternative is the SIMT kernel, so 1x1 convs take it too) and a footprint that fits,
+    and at least one block per SM (small batches keep the split-K path). Wider layers, whose
+    weights do not fit beside the footprint, stream them (fp16: stride 1 only). CNNRT_CUDA_HALO=0
+    never takes it, =all wherever it fits (A/B switches); a tile forced by CNNRT_CUDA_MMA_TILES
+    keeps it off."""
     env = os.environ.get("CNNRT_CUDA_HALO", "")
     if env in ("0", "no", "false"):
         return None
