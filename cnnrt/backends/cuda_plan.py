@@ -776,7 +776,7 @@ class _Planner:
 
         def pack():
             wq = np.zeros((o, kp), np.float16)
-            wq[:, :K] = p._q(w.reshape(o, K)).astype(np.float16)
+            wq[:, :K] = np.asarray(w, np.float32).reshape(o, K)  # one rounding to fp16 (as _q's, then stored)
             return wq
 
         wp = p.const(f"{node.name}:wmma" + (f":c{c}" if padded else ""), pack)
