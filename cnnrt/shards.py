@@ -443,8 +443,14 @@ def _decode_bytes(values: list, path: Path, start: int, source: Source) -> np.nd
         if v is None:
             raise FormatError(f"{where}: missing image")
         if v.startswith(_SIGNATURES):
-            out.append(_preprocess_file(io.BytesIO(v), where, source))
-        elif len(v) == h * w * c:
+            try:
+                out.append(_preprocess_file(io.BytesIO(v), where, source))
+                continue
+            except FormatError:
+                if len(v) != h * w * c:
+                    raise
+                # raw pixels whose first two happen to read as a signature ("BM", "P5": 66 77, 80 53)
+        if len(v) == h * w * c:
             out.append(np.frombuffer(v, dtype=np.uint8).reshape(h, w, c))
         else:
             raise FormatError(f"{where}: {len(v)} bytes that are neither an image file (PNG, JPEG, BMP, PNM) nor "

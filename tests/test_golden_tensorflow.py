@@ -28,12 +28,18 @@ def keras_and_files(tmp_path_factory, mnist_test):
     # perturb the constant 0.1 biases so that every tensor is random
     rng = np.random.default_rng(seed)
     km.set_weights([w + rng.standard_normal(w.shape).astype(np.float32) * 0.05 for w in km.get_weights()])
+    x = mnist_test[0][:N]
+    probs = km.predict(x[..., None].astype(np.float32) / 255.0, batch_size=500, verbose=0)
+    for _ in range(6):  # some seeds saturate the softmax (CI drew one): damp the last layer until a
+        # comparison of probabilities means something (the test asserts that it does)
+        if (probs.max(axis=1) < 0.99).mean() > 0.2:
+            break
+        km.set_weights(km.get_weights()[:-2] + [w * 0.3 for w in km.get_weights()[-2:]])
+        probs = km.predict(x[..., None].astype(np.float32) / 255.0, batch_size=500, verbose=0)
     d = tmp_path_factory.mktemp("golden")
     names = ["W_conv1", "b_conv1", "W_conv2", "b_conv2", "W_fc1", "b_fc1", "W_fc2", "b_fc2"]
     write_like_the_article(dict(zip(names, km.get_weights())), d / "article")
     save_bundle(from_keras(km), d / "m.safetensors")
-    x = mnist_test[0][:N]
-    probs = km.predict(x[..., None].astype(np.float32) / 255.0, batch_size=500, verbose=0)
     logits_model = tf.keras.Model(km.inputs, km.get_layer("fc2").output)
     logits = logits_model.predict(x[..., None].astype(np.float32) / 255.0, batch_size=500, verbose=0)
     return km, d, x, probs, logits
