@@ -126,11 +126,18 @@ gpu-ab:
 	  --layers r18_l1,r18_l2,r18_l4 --versions tc256x64,tc128x128k64 --stages 3 --halo-pixels 128,256 \
 	  --halo-stages 0,2,3,4 2>&1 | grep -E "^==|best|\*"
 
-# `make gpu-wgmma`: the wgmma (sm_90a) GEMM lab, not yet run on a GPU: checked against float64 on
-# sampled rows (outputs poisoned) and timed against cuBLAS on ResNet-18's convs as GEMMs
+# `make gpu-wgmma` (H100/H200): the Hopper wgmma conv, not yet run on a GPU. Its versions checked
+# against float64 (outputs poisoned) and timed, each in its own process (dev/cuda/wgmma_gemm.py); its
+# GPU test (CNNRT_CUDA_WGMMA=1: every tensor-core case, ResNet-18 whole); ResNet-18's device time
+# with the switch off and on. About 2-3 minutes; each step runs whatever the one before did.
+gpu-wgmma: SHELL := /bin/bash
 gpu-wgmma:
-	@mkdir -p $(GPU_OUT)
-	PYTHONPATH=. $(GPU_PY) dev/cuda/wgmma_gemm.py --isolate --json $(GPU_OUT)/wgmma_gemm.json
+	@mkdir -p $(GPU_OUT); \
+	PYTHONPATH=. timeout 240 $(GPU_PY) dev/cuda/wgmma_gemm.py --isolate --timeout 60 --json $(GPU_OUT)/wgmma_gemm.json \
+	  2>&1 | tail -n 120; \
+	PYTHONPATH=. timeout 150 $(GPU_PY) -m pytest -q -m gpu tests/test_cuda_graph.py -rs -k wgmma 2>&1 | tail -n 25; \
+	for v in 0 1; do CNNRT_CUDA_WGMMA=$$v PYTHONPATH=. timeout 60 $(GPU_PY) benchmarks/gpu_profile.py \
+	  --models resnet18 --batches large --top 4 --json $(GPU_OUT)/gpu_profile_wgmma_$$v.json 2>&1 | grep -v "^ "; done
 
 # `make serve-gpu` on the device: the load test of `cnnrt serve --backend cuda`. The device image lacks
 # the server's packages; `make device-wheels` (here, with network) downloads them, pure Python, 0.7 MB,

@@ -429,3 +429,23 @@ def test_halo_stream_conv(rng, monkeypatch):
     x = rng.integers(0, 256, (32,) + g.input_shape, dtype=np.uint8)
     poison(r)
     check_fp16(r.probabilities(x), simt.probabilities(x), "resnet18 halo stream vs SIMT")
+
+
+def test_wgmma_conv(rng, monkeypatch):
+    # CNNRT_CUDA_WGMMA=1 (opt-in, sm_90 only): every tensor-core conv with C % 8 == 0 on the Hopper
+    # wgmma kernel, at batch 1, 7 and 300 with outputs poisoned, against float64; then ResNet-18
+    # whole against its SIMT plan
+    import cupy
+
+    if int(cupy.cuda.Device().compute_capability) != 90:
+        pytest.skip("wgmma (sm_90a) runs on compute capability 9.0 only")
+    for tile in ("wg2n128sp", "wg2n128"):  # swizzled and pipelined; the plain layout
+        monkeypatch.setenv("CNNRT_CUDA_WGMMA", tile)
+        assert _cases_on_kernel(rng, "fp16", "wgmma", 3e-3) >= 4, tile
+    monkeypatch.setenv("CNNRT_CUDA_WGMMA", "1")
+    g = TG.resnet18(0)
+    r, simt = cuda_graph.GraphRunner(g, "fp16"), runner(g, "fp16", mma=False)
+    assert sum("wgmma" in k for _, _, k in r.describe(32)) >= 15
+    x = rng.integers(0, 256, (32,) + g.input_shape, dtype=np.uint8)
+    poison(r)
+    check_fp16(r.probabilities(x), simt.probabilities(x), "resnet18 wgmma vs SIMT")

@@ -512,3 +512,71 @@ def test_halo_stream_kernels_compile():
     for kern in ks:
         assert kern.name in ptx
     assert "cp.async.wait_group 1" in ptx or "cp.async.wait_group 0" in ptx
+
+
+# ------------------------------------------------------------------ the Hopper wgmma conv (opt-in)
+
+@pytest.mark.parametrize("case", ["conv3x3_add_relu", "conv_s2_o40", "pointwise_o200"])
+def test_wgmma_conv_planned_and_emulated(rng, monkeypatch, case):
+    # CNNRT_CUDA_WGMMA=1 on an sm_90a device puts each 16-byte-gather conv on the wgmma kernel;
+    # never without the switch, on other devices or in fp32; the plan emulated against float64
+    from cnnrt.ir.graph import run_reference
+    from cnnrt.testing import cuda_emulator as EM
+
+    build = {"conv3x3_add_relu": ((12, 10, 16), lambda b, x: b.op("Relu", [b.op("Add", [b.conv(x, 16, 3), x])])),
+             "conv_s2_o40": ((9, 11, 24), lambda b, x: b.conv(x, 40, 3, stride=2)),
+             "pointwise_o200": ((5, 7, 64), lambda b, x: b.op("Relu", [b.conv(x, 200, 1)]))}[case]
+    g = TG._one(case, *build)
+    monkeypatch.delenv("CNNRT_CUDA_WGMMA", raising=False)
+    assert not any("wgmma" in k for _, _, k in Program(g, "fp16", nsm=4, sm90a=True).describe(5))
+    monkeypatch.setenv("CNNRT_CUDA_WGMMA", "1")
+    assert not any("wgmma" in k for _, _, k in Program(g, "fp16", nsm=4).describe(5))  # not sm_90
+    assert not any("wgmma" in k for _, _, k in Program(g, "fp32", nsm=4, sm90a=True).describe(5))
+    prog = Program(g, "fp16", nsm=4, sm90a=True)
+    kinds = [k for _, _, k in prog.describe(5) if "onv" in k]
+    assert kinds and all("wgmma" in k and "sm_90a" in k for k in kinds), kinds
+    x = rng.standard_normal((5,) + g.input_shape).astype(np.float32)
+    out = EM.run(prog, x)["y"]
+    ref = run_reference(g, {"images": x.astype(np.float64)}, fp16_storage=True)["y"]
+    assert np.abs(out - ref).max() <= 1e-2 * np.abs(ref).max()
+
+
+def test_wgmma_conv_on_the_fake_runner(rng, monkeypatch):
+    # the runner compiles sm_90a kernels apart (cuda_graph.load_sm90a) and binds their arguments
+    from cnnrt.backends import cuda_graph
+    from cnnrt.ir.graph import run_reference
+    from cnnrt.testing import fake_cupy
+
+    fake_cupy.install(monkeypatch)
+    monkeypatch.setenv("CNNRT_CUDA_WGMMA", "wg2n64sp")
+    g = TG._one("wg", (8, 8, 32), lambda b, x: b.op("Relu", [b.conv(x, 48, 3)]))
+    r = cuda_graph.GraphRunner(g, "fp16")
+    assert any("wgmma 128x64" in k for _, _, k in r.describe(6))
+    x = rng.standard_normal((6,) + g.input_shape).astype(np.float32)
+    out = r.run({"images": x})["y"]
+    ref = run_reference(g, {"images": x.astype(np.float64)}, fp16_storage=True)["y"]
+    assert np.abs(out - ref).max() <= 1e-2 * np.abs(ref).max()
+
+
+def test_wgmma_kernels_compile_for_sm90a():
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from cnnrt.testing.nvrtc import compile_ptx, find_library
+
+    if find_library() is None or shutil.which("ptxas") is None:
+        pytest.skip("needs an NVRTC library and ptxas (pip install nvidia-cuda-nvrtc; CUDA's ptxas)")
+    epi = (G.epi_op("Add", mode="full", dtype="f16"), G.epi_op("Relu"))
+    ks = [G.wgmma_conv_kernel(t, to, epi) for t in G.WGMMA_TILES.values() for to in ("f16", "f32")]
+    ptx, _ = compile_ptx(G.module_source(ks), arch="compute_90a")
+    assert all(k.name in ptx for k in ks) and "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16" in ptx
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "k.ptx"
+        p.write_text(ptx)
+        r = subprocess.run(["ptxas", "-arch=sm_90a", "-v", str(p), "-o", str(Path(d) / "k.cubin")],
+                           capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "spill stores" in r.stderr and all(" 0 bytes spill stores" in x for x in r.stderr.splitlines()
+                                                if "spill stores" in x)

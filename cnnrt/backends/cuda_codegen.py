@@ -896,6 +896,200 @@ def mma_conv_kernel(tile: MmaTile, variant: str, to: str, epi=(), splitk: bool =
                     "smem": tile.smem_kernel(stages, coalesce)})
 
 
+# ----------------------------------------------------------------------------- tensor-core conv on Hopper's wgmma
+
+@dataclass(frozen=True)
+class WgmmaTile:
+    """A block of the wgmma conv: wg warpgroups of 128 threads, each 64 output pixels by bn output
+    channels (one m64n{bn}k16 instruction a K step of 16), K tiles of 64, `stages` cp.async stages.
+    pipe 1 keeps one wgmma group in flight across K tiles (the loads then run a tile less ahead);
+    swz 1 lays each row's 64 halves of K out in the 128-byte swizzle (16-byte chunk j of row r at
+    j ^ r % 8), else the no-swizzle core-matrix layout."""
+
+    wg: int
+    bn: int
+    stages: int
+    pipe: int = 0
+    swz: int = 0
+    bk: int = 64
+
+    @property
+    def bm(self) -> int:
+        return 64 * self.wg
+
+    @property
+    def threads(self) -> int:
+        return 128 * self.wg
+
+    @property
+    def smem(self) -> int:
+        """Dynamic shared memory: the stages, and 1 KB of slack to align them to the swizzle atom."""
+        return self.stages * (self.bm + self.bn) * self.bk * 2 + 1024
+
+    def check(self) -> None:
+        assert self.wg in (1, 2) and self.bn in (64, 128, 256) and self.bk == 64, self
+        assert self.stages - 1 - self.pipe >= 1 and self.smem <= 227 * 1024, self
+
+
+WGMMA_TILES = {  # dev/cuda/wgmma_gemm.py times them side by side
+    "wg1n64": WgmmaTile(1, 64, 4), "wg2n64": WgmmaTile(2, 64, 4), "wg2n128": WgmmaTile(2, 128, 4),
+    "wg1n128": WgmmaTile(1, 128, 4), "wg2n256": WgmmaTile(2, 256, 3), "wg2n128p": WgmmaTile(2, 128, 4, 1),
+    "wg2n128s": WgmmaTile(2, 128, 4, 0, 1), "wg2n128sp": WgmmaTile(2, 128, 4, 1, 1),
+    "wg2n256sp": WgmmaTile(2, 256, 4, 1, 1), "wg2n64sp": WgmmaTile(2, 64, 5, 1, 1),
+}
+
+WGMMA_PRELUDE = r"""
+#ifndef CNNRT_WGMMA_DESC
+#define CNNRT_WGMMA_DESC
+// a K-major shared-memory matrix descriptor: start, leading and stride byte offsets (/16);
+// swz 0 no swizzle ("interleave"), 1 the 128-byte swizzle (bits 62-63)
+__device__ __forceinline__ unsigned long long wgmma_desc(u32_t addr, u32_t lbo, u32_t sbo, unsigned long long swz) {
+    return (unsigned long long)((addr & 0x3FFFF) >> 4) | ((unsigned long long)((lbo & 0x3FFFF) >> 4) << 16)
+           | ((unsigned long long)((sbo & 0x3FFFF) >> 4) << 32) | (swz << 62);
+}
+#endif
+"""
+
+WGMMA_TEMPLATE = r"""
+extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
+    $SIG)
+{
+    // implicit GEMM: row m = output pixel (n, ho, wo), column k = (kh, kw, c) of K = KH*KW*C; the
+    // weights packed [O][Kp] as for mma_conv_kernel. Needs C % 8 == 0 (16-byte chunks of one tap).
+    constexpr int WG = $WG, BM = 64 * WG, BN = $BN, BK = 64, STAGES = $STAGES, THREADS = 128 * WG;
+    constexpr int PIPE = $PIPE, SWZ = $SWZ, D = STAGES - 1 - PIPE;  // D: K tiles loaded ahead
+    constexpr int A_BYTES = BM * BK * 2, B_BYTES = BN * BK * 2, STAGE_BYTES = A_BYTES + B_BYTES;
+    static_assert(THREADS % BM == 0 && D >= 1, "each thread loads one row of A");
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31, warp = (tid >> 5) & 3;
+    const int HWo = Ho * Wo, M = N * HWo;
+    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+    const int KT = (K + BK - 1) / BK;
+    const int CH = O;
+    (void)CH;
+    const u32_t s0 = (smem_u32(smem_raw) + 1023u) & ~1023u;  // swizzle atoms (8 rows of 128 bytes) 1 KB-aligned
+    // where 16-byte chunk kc of row r of a [rows x BK] tile lives, from the tile's base
+    auto at = [&](int r, int kc, int rows) -> u32_t {
+        return SWZ ? (u32_t)(r * 128 + ((kc ^ (r & 7)) << 4)) : (u32_t)((kc * rows + r) * 16);
+    };
+
+    // this thread's row of A (its output pixel), found once
+    const int ar = tid % BM, am = m0 + ar;
+    const bool arow = am < M;
+    const int an = arow ? am / HWo : 0, arem = am - an * HWo;
+    const int aho = arem / Wo, awo = arem - aho * Wo;
+    const int hb = aho * sh - ph, wb = awo * sw - pw;
+    const half_t* xrow = x + (long long)an * H * W * C;
+
+    auto load = [&](int kt, int stage) {
+        const u32_t base = s0 + stage * STAGE_BYTES;
+        const int k0 = kt * BK;
+        for (int kc = tid / BM; kc < BK / 8; kc += THREADS / BM) {
+            const int k = k0 + kc * 8, tap = k / C, c = k - tap * C, kh = tap / KW, kw = tap - kh * KW;
+            const int hi = hb + kh * dh, wi = wb + kw * dw;
+            const bool ok = arow && k < K && (unsigned)hi < (unsigned)H && (unsigned)wi < (unsigned)W;
+            cp_async16(base + at(ar, kc, BM), ok ? xrow + ((long long)hi * W + wi) * C + c : x, ok ? 16 : 0);
+        }
+        for (int e = tid; e < BN * (BK / 8); e += THREADS) {
+            const int r = e % BN, kc = e / BN;
+            const int g = n0 + r, k = k0 + kc * 8;
+            const bool ok = g < O && k < K;
+            cp_async16(base + A_BYTES + at(r, kc, BN), ok ? w + (long long)g * Kp + k : w, ok ? 16 : 0);
+        }
+    };
+
+    float acc[BN / 2];
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
+
+#pragma unroll
+    for (int s = 0; s < D; ++s) {
+        if (s < KT) load(s, s);
+        cp_async_commit();
+    }
+    for (int kt = 0; kt < KT; ++kt) {
+        cp_async_wait<D - 1>();  // tile kt has landed (this thread's copies)
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // ... and is visible to the tensor cores
+        // every thread's copies landed; every warpgroup's MMAs on the stage loaded next are done (with
+        // PIPE 1 that stage held tile kt - 2, and each warpgroup waited for all but tile kt - 1's)
+        __syncthreads();
+        if (kt + D < KT) load(kt + D, (kt + D) % STAGES);
+        cp_async_commit();
+        const u32_t sa = s0 + (kt % STAGES) * STAGE_BYTES, sb = sa + A_BYTES;
+        asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+#pragma unroll
+        for (int s = 0; s < BK / 16; ++s) {
+            // k16 step s: no swizzle, its two core-matrix columns of K start 2s planes in (leading
+            // byte offset: a plane, rows * 16 bytes; stride byte offset: 8 rows, 128 bytes); swizzled,
+            // 32 bytes into each 128-byte row (stride byte offset: an atom of 8 rows, 1 KB)
+            const unsigned long long da = SWZ ? wgmma_desc(sa + wg * 64 * 128 + 32 * s, 16, 1024, 1)
+                                              : wgmma_desc(sa + wg * 64 * 16 + 2 * s * BM * 16, BM * 16, 128, 0);
+            const unsigned long long db = SWZ ? wgmma_desc(sb + 32 * s, 16, 1024, 1)
+                                              : wgmma_desc(sb + 2 * s * BN * 16, BN * 16, 128, 0);
+            $WGMMA
+        }
+        asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+        asm volatile("wgmma.wait_group.sync.aligned %0;" :: "n"(PIPE) : "memory");
+    }
+    asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+    cp_async_wait<0>();
+
+    // accumulators: warp w of the warpgroup holds rows 16w .. 16w+15 of its 64; for each 8 columns j,
+    // acc[4j .. 4j+3] = (row g, cols 2t, 2t+1), (row g+8, cols 2t, 2t+1), g = lane / 4, t = lane % 4
+    const int gq = lane >> 2, tq = lane & 3;
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+        const int m = m0 + wg * 64 + warp * 16 + gq + 8 * hr;
+        if (m >= M) continue;
+        const long long nimg = m / HWo;
+        (void)nimg;
+#pragma unroll
+        for (int j = 0; j < BN / 8; ++j) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int c = n0 + j * 8 + 2 * tq + e;
+                if (c >= O) continue;
+                const long long idx = (long long)m * O + c;
+                float v = acc[4 * j + 2 * hr + e] + bias[c];
+                $EPI
+                stf(y, idx, v);
+            }
+        }
+    }
+}
+"""
+
+
+def wgmma_asm(bn: int) -> str:
+    """The inline PTX of one m64n{bn}k16 wgmma into acc[bn/2], D += A.B, both from shared memory."""
+    n = bn // 2
+    regs = ", ".join(f"%{i}" for i in range(n))
+    outs = ", ".join(f'"+f"(acc[{i}])' for i in range(n))
+    return ('asm volatile("{ .reg .pred p; setp.ne.b32 p, %' + str(n + 2) + ', 0; '
+            f'wgmma.mma_async.sync.aligned.m64n{bn}k16.f32.f16.f16 {{{regs}}}, %{n}, %{n + 1}, p, 1, 1, 0, 0; }}"\n'
+            f'                : {outs}\n'
+            '                : "l"(da), "l"(db), "r"(1) : "memory");')
+
+
+def wgmma_conv_kernel(tile: WgmmaTile, to: str, epi=()) -> Kernel:
+    """Implicit-GEMM convolution on Hopper's warpgroup MMA (`wgmma`, sm_90a only: the kernel is
+    compiled apart, static 'arch'): fp16 NHWC input with C % 8 == 0, weights packed [O][Kp] fp16 as
+    for mma_conv_kernel, fp32 accumulation, bias and the fused epilogue in fp32, stored directly.
+    Grid (ceil(M/bm), ceil(O/bn)), tile.threads threads, tile.smem bytes of dynamic shared memory.
+    Opt-in (cuda_plan.wgmma_enabled) until it has run on a GPU."""
+    tile.check()
+    eparams, ecode, _ = epilogue(epi)
+    dims = [("int", n) for n in ("N", "H", "W", "C", "Ho", "Wo", "O", "KW", "sh", "sw", "ph", "pw", "dh", "dw", "K", "Kp")]
+    params = ([("const half_t* __restrict__", "x"), ("const half_t* __restrict__", "w"),
+               ("const float* __restrict__", "bias"), (f"{CTYPE[to]}* __restrict__", "y")] + eparams + dims)
+    src = WGMMA_PRELUDE + (WGMMA_TEMPLATE.replace("$WGMMA", wgmma_asm(tile.bn)).replace("$EPI", ecode)
+                           .replace("$THREADS", str(tile.threads)).replace("$WG", str(tile.wg))
+                           .replace("$BN", str(tile.bn)).replace("$STAGES", str(tile.stages))
+                           .replace("$PIPE", str(tile.pipe)).replace("$SWZ", str(tile.swz)))
+    return _finish("wgmma_conv", src, params, tile.threads,
+                   {"tile": tile, "ti": "f16", "to": to, "epi": tuple(epi), "arch": "sm_90a", "smem": tile.smem})
+
+
 # ----------------------------------------------------------------------------- tensor-core conv, input in shared memory
 
 @dataclass(frozen=True)

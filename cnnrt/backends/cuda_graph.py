@@ -98,6 +98,25 @@ def compile_parts(kernels: int) -> int:
     return max(1, min(most, kernels // 3))
 
 
+def load_sm90a(cp, source: str, names) -> dict:
+    """Kernels that need the sm_90a target (`wgmma`): CuPy compiles for plain sm_90, so NVRTC is
+    called here for an sm_90a cubin, loaded as a module; not cached on disk (opt-in kernels)."""
+    from cupy_backends.cuda.libs import nvrtc
+
+    prog = nvrtc.createProgram(source, "cnnrt_sm90a.cu", [], [])
+    try:
+        try:
+            nvrtc.compileProgram(prog, ["--gpu-architecture=sm_90a", "--std=c++17"])
+        except Exception as e:
+            raise RuntimeError(f"{e}\n{nvrtc.getProgramLog(prog)}") from None
+        cubin = nvrtc.getCUBIN(prog)
+    finally:
+        nvrtc.destroyProgram(prog)
+    mod = cp.cuda.function.Module()
+    mod.load(bytes(cubin))
+    return {name: mod.get_function(name) for name in names}, mod
+
+
 class GraphRunner(Runner):
     """Any graph on the GPU, fp32 (no TF32) or fp16 storage with fp32 accumulation."""
 
@@ -117,11 +136,12 @@ class GraphRunner(Runner):
         cc = int(cp.cuda.Device().compute_capability)
         if mma is None:
             mma = mma_enabled() and cc >= 80
-        self.program = Program(graph, precision, self.nsm, mma=mma and cc >= 80)
+        self.program = Program(graph, precision, self.nsm, mma=mma and cc >= 80, sm90a=cc == 90)
         self.blas = _Cublas(cp)
         self._alpha = np.ones(1, np.float32)
         self._beta = np.zeros(1, np.float32)
         self.functions: dict = {}
+        self._modules: list = []  # sm_90a modules loaded by hand (load_sm90a)
         self._smem: dict = {}  # kernel name -> the dynamic shared memory it was allowed
         self.dconsts: dict = {}
         self.dmeta: dict = {}
@@ -150,7 +170,18 @@ class GraphRunner(Runner):
         todo = {k.name: k for k in kernels if k.name not in self.functions}
         if not todo:
             return
-        items = list(todo.values())
+        items = [k for k in todo.values() if k.static.get("arch") != "sm_90a"]
+        hopper = [k for k in todo.values() if k.static.get("arch") == "sm_90a"]
+        if hopper:
+            try:
+                fns, mod = load_sm90a(self.cp, G.module_source(hopper), [k.name for k in hopper])
+            except Exception as e:
+                raise CnnrtError(f"model {self.graph.name!r}: compiling {len(hopper)} sm_90a CUDA kernels failed: "
+                                 f"{type(e).__name__}: {e}") from e
+            self._modules.append(mod)  # a module's functions live as long as it does
+            self.functions.update(fns)
+        if not items:
+            return
         parts = compile_parts(len(items))
         dev = self.cp.cuda.Device().id
 
@@ -229,7 +260,7 @@ class GraphRunner(Runner):
         try:
             fn.max_dynamic_shared_size_bytes = int(nbytes)
         except AttributeError:  # a bare driver function: CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-            self.cp.cuda.driver.funcSetAttribute(fn.kernel.ptr, 8, int(nbytes))
+            self.cp.cuda.driver.funcSetAttribute(getattr(fn, "kernel", fn).ptr, 8, int(nbytes))
 
     # ------------------------------------------------------------ enqueue
     def _gemm(self, lane: _Lane, m, n, k, a, ab, b, c) -> None:

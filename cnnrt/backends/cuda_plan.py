@@ -87,6 +87,16 @@ def vec8_enabled() -> bool:
     return os.environ.get("CNNRT_CUDA_NO_VEC8", "") not in ("1", "true", "yes")
 
 
+def wgmma_tile() -> str | None:
+    """The tile of the Hopper `wgmma` conv (cuda_codegen.wgmma_conv_kernel) with CNNRT_CUDA_WGMMA=1
+    (wg2n128sp; or a tile's name from cuda_codegen.WGMMA_TILES), on sm_90 devices only; off by
+    default: written and compiled for sm_90a, not yet run on a GPU (dev/cuda/wgmma_gemm.py)."""
+    env = os.environ.get("CNNRT_CUDA_WGMMA", "")
+    if env in ("", "0", "false", "no"):
+        return None
+    return env if env in G.WGMMA_TILES else "wg2n128sp"
+
+
 def mma_enabled() -> bool:
     """Tensor-core convolutions for fp16 plans, unless CNNRT_CUDA_NO_MMA=1 (then the SIMT kernel runs them)."""
     return os.environ.get("CNNRT_CUDA_NO_MMA", "") not in ("1", "true", "yes")
@@ -319,7 +329,8 @@ class Group:
 class Program:
     """A graph compiled for the CUDA kernels, independent of the batch size."""
 
-    def __init__(self, graph: Graph, precision: str = "fp32", nsm: int = 132, mma: bool | None = None):
+    def __init__(self, graph: Graph, precision: str = "fp32", nsm: int = 132, mma: bool | None = None,
+                 sm90a: bool = False):
         from ..ir.passes import optimize
 
         if precision not in ("fp32", "fp16"):
@@ -338,6 +349,8 @@ class Program:
         self.nsm = int(nsm)
         # fp16 convolutions (groups == 1) on the tensor cores; False: every conv on the SIMT kernel
         self.mma = self.fp16 and (mma_enabled() if mma is None else bool(mma))
+        # the wgmma conv where asked for (CNNRT_CUDA_WGMMA) on a device that runs sm_90a code
+        self.wgmma = wgmma_tile() if self.mma and sm90a else None
         self.input = g.input_name
         self.item_shape = tuple(g.inputs[self.input][1:])
         for t in g.outputs:
@@ -788,6 +801,20 @@ class _Planner:
         out = grp.output
         ops, eargs = self.epi(grp, out)
         y = self.t(out)
+        if p.wgmma and variant != "scalar":  # (an A/B switch: every 16-byte-gather conv, halo or not)
+            tile = G.WGMMA_TILES[p.wgmma]
+            if o <= 64 and tile.bn > 64:
+                tile = G.WGMMA_TILES["wg2n64sp"]
+            kern = G.wgmma_conv_kernel(tile, self.dt(out), ops)
+            args = {"x": self.t(node.inputs[0]), "w": self.c(wp), "bias": self.c(bias), "y": y}
+            self.put_epi(args, eargs)
+            args.update(N=n, H=h, W=wd, C=c, Ho=ho, Wo=wo, O=o, KW=kw, sh=sh, sw=sw, ph=pads[0], pw=pads[1], dh=dh,
+                        dw=dw, K=K, Kp=kp)
+            self.emit(grp, kern, (cdiv(M, tile.bm), cdiv(o, tile.bn)), (tile.threads,), args, [], [y[1]],
+                      self.label(grp, f"conv implicit-GEMM tensor-core wgmma {tile.bm}x{tile.bn} (sm_90a, "
+                                      f"{tile.stages} stages{', 128-byte swizzle' if tile.swz else ''}"
+                                      f"{', pipelined' if tile.pipe else ''})"), smem=tile.smem)
+            return
         geom = G.HaloGeom(c, h, wd, ho, wo, kh, kw, sh, sw, pads[0], pads[1], dh, dw)
         ht = choose_halo(geom, o, n, p.nsm)
         if ht is not None:

@@ -204,6 +204,21 @@ class Emulator:
         v = out.reshape(-1) + self.read(a["bias"])[np.arange(M * O_) % O_]
         self.store(a["y"], self.epilogue(l, v, O_, Ho * Wo * O_))
 
+    def wgmma_conv(self, l):
+        """The Hopper wgmma conv: the same arithmetic as mma_conv, under its own launch geometry."""
+        a, t = l.args, l.kernel.static["tile"]
+        N, Ho, Wo, O_, C, K, Kp, KW = (a[k] for k in ("N", "Ho", "Wo", "O", "C", "K", "Kp", "KW"))
+        KH = K // (KW * C)
+        M = N * Ho * Wo
+        assert KH * KW * C == K and Kp >= K and C % 8 == 0, "16-byte chunks of one tap need C % 8 == 0"
+        assert l.grid == (cdiv(M, t.bm), cdiv(O_, t.bn), 1), "grid does not match the tile"
+        assert l.block[0] == t.threads and l.smem == t.smem, "block or shared memory is not the tile's"
+        w = self.read(a["w"], O_ * Kp).reshape(O_, Kp)
+        assert not w[:, K:].any(), "the weights' K padding must be zero"
+        cols = self._im2col(a, KH, KW).reshape(M, K)
+        v = (cols @ w[:, :K].T).reshape(-1) + self.read(a["bias"])[np.arange(M * O_) % O_]
+        self.store(a["y"], self.epilogue(l, v, O_, Ho * Wo * O_))
+
     def mma_halo(self, l):
         """The halo tensor-core conv: geometry compiled in (static 'geom'), N, O and Kp as arguments."""
         a, g, t = l.args, l.kernel.static["geom"], l.kernel.static["tile"]

@@ -170,6 +170,13 @@ class RawModule:
         return _Kernel(k)
 
 
+def _load_sm90a(cp, source: str, names) -> tuple[dict, object]:
+    """cuda_graph.load_sm90a on the fake: the kernels must be in the source it was given."""
+    for name in names:
+        assert f" {name}(" in source and "wgmma.mma_async" in source
+    return {name: _Kernel(G.GENERATED[name]) for name in names}, None
+
+
 class _Launch:
     def __init__(self, k, grid, block, smem, args):
         self.kernel, self.grid, self.block, self.smem, self.args = k, grid, block, smem, args
@@ -285,4 +292,7 @@ def install(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "cupy", cp)
     monkeypatch.setattr(cuda, "_available", None)
     monkeypatch.setattr(cuda, "_Cublas", _FakeBlas)
+    from cnnrt.backends import cuda_graph
+
+    monkeypatch.setattr(cuda_graph, "load_sm90a", _load_sm90a)
     _Kernel.emulator_factory = staticmethod(_run_launch)
