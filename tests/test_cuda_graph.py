@@ -439,7 +439,7 @@ def test_wgmma_conv(rng, monkeypatch):
 
     if int(cupy.cuda.Device().compute_capability) != 90:
         pytest.skip("wgmma (sm_90a) runs on compute capability 9.0 only")
-    for tile in ("wg2n128sp", "wg2n128"):  # swizzled and pipelined; the plain layout
+    for tile in ("wg2n128sp", "wg2n128spd", "wg2n128"):  # swizzled and pipelined, staged or direct store; plain
         monkeypatch.setenv("CNNRT_CUDA_WGMMA", tile)
         assert _cases_on_kernel(rng, "fp16", "wgmma", 3e-3) >= 4, tile
     monkeypatch.setenv("CNNRT_CUDA_WGMMA", "1")

@@ -911,6 +911,7 @@ class WgmmaTile:
     stages: int
     pipe: int = 0
     swz: int = 0
+    coal: int = 1  # the staged store: accumulators through shared memory, 16-byte stores (0: direct)
     bk: int = 64
 
     @property
@@ -929,6 +930,7 @@ class WgmmaTile:
     def check(self) -> None:
         assert self.wg in (1, 2) and self.bn in (64, 128, 256) and self.bk == 64, self
         assert self.stages - 1 - self.pipe >= 1 and self.smem <= 227 * 1024, self
+        assert self.bm * (self.bn + 4) * 4 <= self.smem - 1024, self  # the staged store fits the stages
 
 
 WGMMA_TILES = {  # dev/cuda/wgmma_gemm.py times them side by side
@@ -936,6 +938,7 @@ WGMMA_TILES = {  # dev/cuda/wgmma_gemm.py times them side by side
     "wg1n128": WgmmaTile(1, 128, 4), "wg2n256": WgmmaTile(2, 256, 3), "wg2n128p": WgmmaTile(2, 128, 4, 1),
     "wg2n128s": WgmmaTile(2, 128, 4, 0, 1), "wg2n128sp": WgmmaTile(2, 128, 4, 1, 1),
     "wg2n256sp": WgmmaTile(2, 256, 4, 1, 1), "wg2n64sp": WgmmaTile(2, 64, 5, 1, 1),
+    "wg2n128spd": WgmmaTile(2, 128, 4, 1, 1, 0),  # the direct store, for the A/B
 }
 
 WGMMA_PRELUDE = r"""
@@ -1037,6 +1040,45 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
     // accumulators: warp w of the warpgroup holds rows 16w .. 16w+15 of its 64; for each 8 columns j,
     // acc[4j .. 4j+3] = (row g, cols 2t, 2t+1), (row g+8, cols 2t, 2t+1), g = lane / 4, t = lane % 4
     const int gq = lane >> 2, tq = lane & 3;
+#if $COAL
+    // staged: the block's accumulators through shared memory (the stages are free: every wgmma has
+    // completed and every copy landed), then each thread finishes 8 consecutive channels of a pixel
+    // with one 16-byte store (fp16)
+    constexpr int LDC = BN + 4;
+    float* Cs = reinterpret_cast<float*>(smem_raw + (s0 - smem_u32(smem_raw)));
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j)
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr)
+            *reinterpret_cast<f2_t*>(&Cs[(wg * 64 + warp * 16 + gq + 8 * hr) * LDC + j * 8 + 2 * tq]) =
+                f2_t{acc[4 * j + 2 * hr], acc[4 * j + 2 * hr + 1]};
+    __syncthreads();
+    constexpr int CG = BN / 8;
+    for (int t = tid; t < BM * CG; t += THREADS) {
+        const int r = t / CG, g = t - r * CG;
+        const int m = m0 + r, cb = n0 + g * 8;
+        if (m >= M || cb >= O) continue;
+        const long long nimg = m / HWo;
+        (void)nimg;
+        const f4_t lo = *reinterpret_cast<const f4_t*>(&Cs[r * LDC + g * 8]);
+        const f4_t hi = *reinterpret_cast<const f4_t*>(&Cs[r * LDC + g * 8 + 4]);
+        float vals[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+        $EPRE
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            const int c = cb + e;
+            if (c < O) {
+                const long long idx = (long long)m * O + c;
+                (void)idx;
+                float v = vals[e] + bias[c];
+                $EPI8
+                vals[e] = v;
+            }
+        }
+        st8(y, (long long)m * O + cb, vals, O - cb, (O & 7) == 0);
+    }
+#else
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
         const int m = m0 + wg * 64 + warp * 16 + gq + 8 * hr;
@@ -1056,6 +1098,7 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
             }
         }
     }
+#endif
 }
 """
 
@@ -1074,7 +1117,8 @@ def wgmma_asm(bn: int) -> str:
 def wgmma_conv_kernel(tile: WgmmaTile, to: str, epi=()) -> Kernel:
     """Implicit-GEMM convolution on Hopper's warpgroup MMA (`wgmma`, sm_90a only: the kernel is
     compiled apart, static 'arch'): fp16 NHWC input with C % 8 == 0, weights packed [O][Kp] fp16 as
-    for mma_conv_kernel, fp32 accumulation, bias and the fused epilogue in fp32, stored directly.
+    for mma_conv_kernel, fp32 accumulation, bias and the fused epilogue in fp32, stored through
+    shared memory 8 channels at a time (tile.coal) or directly.
     Grid (ceil(M/bm), ceil(O/bn)), tile.threads threads, tile.smem bytes of dynamic shared memory.
     Opt-in (cuda_plan.wgmma_enabled) until it has run on a GPU."""
     tile.check()
@@ -1082,7 +1126,9 @@ def wgmma_conv_kernel(tile: WgmmaTile, to: str, epi=()) -> Kernel:
     dims = [("int", n) for n in ("N", "H", "W", "C", "Ho", "Wo", "O", "KW", "sh", "sw", "ph", "pw", "dh", "dw", "K", "Kp")]
     params = ([("const half_t* __restrict__", "x"), ("const half_t* __restrict__", "w"),
                ("const float* __restrict__", "bias"), (f"{CTYPE[to]}* __restrict__", "y")] + eparams + dims)
-    src = WGMMA_PRELUDE + (WGMMA_TEMPLATE.replace("$WGMMA", wgmma_asm(tile.bn)).replace("$EPI", ecode)
+    pre, code8 = epilogue8(epi)
+    src = WGMMA_PRELUDE + (WGMMA_TEMPLATE.replace("$WGMMA", wgmma_asm(tile.bn)).replace("$EPRE", pre)
+                           .replace("$EPI8", code8).replace("$EPI", ecode).replace("$COAL", str(tile.coal))
                            .replace("$THREADS", str(tile.threads)).replace("$WG", str(tile.wg))
                            .replace("$BN", str(tile.bn)).replace("$STAGES", str(tile.stages))
                            .replace("$PIPE", str(tile.pipe)).replace("$SWZ", str(tile.swz)))
