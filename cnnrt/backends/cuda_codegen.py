@@ -767,27 +767,7 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
 $EPILOGUE}
 """
 
-MMA_EPILOGUE = r"""
-    const int gq = lane >> 2, tq = lane & 3;
-#if $COALESCE
-    // the block's accumulators go through shared memory, so that each thread then finishes 8
-    // consecutive channels of one pixel: bias, epilogue, one 16-byte store (rows of 2-byte stores
-    // scattered over 8 pixels per warp instruction left most of each memory transaction unused)
-    constexpr int LDC = BN + 4;
-    float* Cs = reinterpret_cast<float*>(smem_raw);
-#if $STAGES
-    cp_async_wait<0>();
-#endif
-    __syncthreads();  // every warp is done with the A and B tiles this overwrites
-#pragma unroll
-    for (int i = 0; i < MI; ++i)
-#pragma unroll
-        for (int hr = 0; hr < 2; ++hr)
-#pragma unroll
-            for (int j = 0; j < NI; ++j)
-                *reinterpret_cast<f2_t*>(&Cs[(wm * WTM + i * 16 + gq + 8 * hr) * LDC + wn * WTN + j * 8 + 2 * tq]) =
-                    f2_t{acc[i][j][2 * hr], acc[i][j][2 * hr + 1]};
-    __syncthreads();
+STAGED_FINISH = r"""
     constexpr int CG = BN / 8;
     for (int t = tid; t < BM * CG; t += THREADS) {
         const int r = t / CG, g = t - r * CG;
@@ -812,7 +792,31 @@ MMA_EPILOGUE = r"""
         }
         st8(y, (long long)m * O + cb, vals, O - cb, (O & 7) == 0);
     }
-#else
+"""[1:]  # the staged store's second half: each thread finishes 8 consecutive
+# channels of a pixel from the block's accumulators in Cs (row r, LDC apart) with one 16-byte store
+
+MMA_EPILOGUE = r"""
+    const int gq = lane >> 2, tq = lane & 3;
+#if $COALESCE
+    // the block's accumulators go through shared memory, so that each thread then finishes 8
+    // consecutive channels of one pixel: bias, epilogue, one 16-byte store (rows of 2-byte stores
+    // scattered over 8 pixels per warp instruction left most of each memory transaction unused)
+    constexpr int LDC = BN + 4;
+    float* Cs = reinterpret_cast<float*>(smem_raw);
+#if $STAGES
+    cp_async_wait<0>();
+#endif
+    __syncthreads();  // every warp is done with the A and B tiles this overwrites
+#pragma unroll
+    for (int i = 0; i < MI; ++i)
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr)
+#pragma unroll
+            for (int j = 0; j < NI; ++j)
+                *reinterpret_cast<f2_t*>(&Cs[(wm * WTM + i * 16 + gq + 8 * hr) * LDC + wn * WTN + j * 8 + 2 * tq]) =
+                    f2_t{acc[i][j][2 * hr], acc[i][j][2 * hr + 1]};
+    __syncthreads();
+""" + STAGED_FINISH + r"""#else
 #pragma unroll
     for (int i = 0; i < MI; ++i) {
 #pragma unroll
@@ -966,7 +970,7 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
     extern __shared__ __align__(128) unsigned char smem_raw[];
     const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31, warp = (tid >> 5) & 3;
     const int HWo = Ho * Wo, M = N * HWo;
-    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+    const int m0 = blockIdx.x * BM, o0 = blockIdx.y * BN;
     const int KT = (K + BK - 1) / BK;
     const int CH = O;
     (void)CH;
@@ -995,7 +999,7 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
         }
         for (int e = tid; e < BN * (BK / 8); e += THREADS) {
             const int r = e % BN, kc = e / BN;
-            const int g = n0 + r, k = k0 + kc * 8;
+            const int g = o0 + r, k = k0 + kc * 8;
             const bool ok = g < O && k < K;
             cp_async16(base + A_BYTES + at(r, kc, BN), ok ? w + (long long)g * Kp + k : w, ok ? 16 : 0);
         }
@@ -1054,31 +1058,7 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
             *reinterpret_cast<f2_t*>(&Cs[(wg * 64 + warp * 16 + gq + 8 * hr) * LDC + j * 8 + 2 * tq]) =
                 f2_t{acc[4 * j + 2 * hr], acc[4 * j + 2 * hr + 1]};
     __syncthreads();
-    constexpr int CG = BN / 8;
-    for (int t = tid; t < BM * CG; t += THREADS) {
-        const int r = t / CG, g = t - r * CG;
-        const int m = m0 + r, cb = n0 + g * 8;
-        if (m >= M || cb >= O) continue;
-        const long long nimg = m / HWo;
-        (void)nimg;
-        const f4_t lo = *reinterpret_cast<const f4_t*>(&Cs[r * LDC + g * 8]);
-        const f4_t hi = *reinterpret_cast<const f4_t*>(&Cs[r * LDC + g * 8 + 4]);
-        float vals[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
-        $EPRE
-#pragma unroll
-        for (int e = 0; e < 8; ++e) {
-            const int c = cb + e;
-            if (c < O) {
-                const long long idx = (long long)m * O + c;
-                (void)idx;
-                float v = vals[e] + bias[c];
-                $EPI8
-                vals[e] = v;
-            }
-        }
-        st8(y, (long long)m * O + cb, vals, O - cb, (O & 7) == 0);
-    }
-#else
+""" + STAGED_FINISH + r"""#else
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
         const int m = m0 + wg * 64 + warp * 16 + gq + 8 * hr;
@@ -1089,7 +1069,7 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
         for (int j = 0; j < BN / 8; ++j) {
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
-                const int c = n0 + j * 8 + 2 * tq + e;
+                const int c = o0 + j * 8 + 2 * tq + e;
                 if (c >= O) continue;
                 const long long idx = (long long)m * O + c;
                 float v = acc[4 * j + 2 * hr + e] + bias[c];
