@@ -345,6 +345,16 @@ def test_halo_conv_forced_everywhere(rng, monkeypatch):
     assert _cases_on_kernel(rng, "fp16", "halo", 3e-3) >= 6
 
 
+def net_against_simt(rng, g, r, n: int, marker: str, least: int = 1) -> None:
+    """A whole fp16 net on runner r, whose plan for n images has at least `least` kernels labelled
+    `marker`, against the same net's plan on the SIMT kernels, outputs poisoned."""
+    assert sum(marker in k for _, _, k in r.describe(n)) >= least, marker
+    simt = runner(g, "fp16", mma=False)
+    x = rng.integers(0, 256, (n,) + g.input_shape, dtype=np.uint8)
+    poison(r)
+    check_fp16(r.probabilities(x), simt.probabilities(x), f"{g.name} {marker} vs SIMT")
+
+
 def _cases_on_kernel(rng, precision: str, marker: str, tol: float) -> int:
     """Every MMA case whose plan runs a kernel labelled `marker`, at batch 1, 7 and 300 with outputs
     poisoned, against float64 (inputs and weights rounded to fp16 for an fp16 plan); how many ran."""
@@ -377,12 +387,7 @@ def test_halo_conv_large_batch(rng, monkeypatch):
     rows = np.concatenate([[0, 4999], np.sort(rng.choice(5000, 60, replace=False))])
     ref = run_reference(g, {"images": x[rows].astype(np.float64)}, fp16_storage=True)["y"]
     assert np.isfinite(out).all() and rel_err(out[rows], ref) < 3e-3
-    g = net("resnet20")
-    r, simt = runner(g, "fp16"), runner(g, "fp16", mma=False)
-    assert any("halo" in k for _, _, k in r.describe(5000))
-    xs = rng.integers(0, 256, (5000,) + g.input_shape, dtype=np.uint8)
-    poison(r)
-    check_fp16(r.probabilities(xs), simt.probabilities(xs), "resnet20 halo vs SIMT")
+    net_against_simt(rng, net("resnet20"), runner(net("resnet20"), "fp16"), 5000, "halo")
 
 
 def test_tf32x3_fp32_convs(rng, monkeypatch):
@@ -424,11 +429,7 @@ def test_halo_stream_conv(rng, monkeypatch):
             assert np.isfinite(out).all() and rel_err(out, ref) < 3e-3, (case, n, rel_err(out, ref))
         monkeypatch.delenv("CNNRT_CUDA_HALO")
     g = TG.resnet18(0)
-    r, simt = runner(g, "fp16"), runner(g, "fp16", mma=False)
-    assert any("weights in 2 stages" in k for _, _, k in r.describe(32))
-    x = rng.integers(0, 256, (32,) + g.input_shape, dtype=np.uint8)
-    poison(r)
-    check_fp16(r.probabilities(x), simt.probabilities(x), "resnet18 halo stream vs SIMT")
+    net_against_simt(rng, g, runner(g, "fp16"), 32, "weights in 2 stages")
 
 
 def test_wgmma_conv(rng, monkeypatch):
@@ -444,8 +445,4 @@ def test_wgmma_conv(rng, monkeypatch):
         assert _cases_on_kernel(rng, "fp16", "wgmma", 3e-3) >= 4, tile
     monkeypatch.setenv("CNNRT_CUDA_WGMMA", "1")
     g = TG.resnet18(0)
-    r, simt = cuda_graph.GraphRunner(g, "fp16"), runner(g, "fp16", mma=False)
-    assert sum("wgmma" in k for _, _, k in r.describe(32)) >= 15
-    x = rng.integers(0, 256, (32,) + g.input_shape, dtype=np.uint8)
-    poison(r)
-    check_fp16(r.probabilities(x), simt.probabilities(x), "resnet18 wgmma vs SIMT")
+    net_against_simt(rng, g, cuda_graph.GraphRunner(g, "fp16"), 32, "wgmma", least=15)  # (not the cached runner)

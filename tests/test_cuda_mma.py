@@ -339,21 +339,30 @@ def test_planner_takes_the_halo_conv_for_narrow_layers_at_large_batch(monkeypatc
     assert len(halo_labels(1)) >= 6
 
 
-def test_halo_kernels_compile():
+def compiled_halo_kernels(cases, make, **tile) -> str:
+    """PTX of make(geometry, tile, coalesce) for each case (N, H, W, C, O, K, stride, pad, dilation
+    [, weight stages]) with both stores, checked to hold every kernel; skips without NVRTC."""
     from cnnrt.testing.nvrtc import compile_ptx, find_library
 
     if find_library() is None:
         pytest.skip("no NVRTC library here (pip install nvidia-cuda-nvrtc to check the generated CUDA on the CPU)")
     ks = []
-    for N, H, W, C, O, k, s, p, d in HALO_SHAPES:
+    for N, H, W, C, O, k, s, p, d, *bst in cases:
         Ho, Wo = (H + 2 * p - d * (k - 1) - 1) // s + 1, (W + 2 * p - d * (k - 1) - 1) // s + 1
         g = G.HaloGeom(C, H, W, Ho, Wo, k, k, s, s, p, p, d, d)
-        t = G.halo_tile(g, O, N)
-        ks += [G.halo_conv_kernel(g, t, "f16", (G.epi_op("Add", mode="full", dtype="f16"), G.epi_op("Relu")), coalesce=c)
-               for c in (False, True)]
+        t = G.halo_tile(g, O, N, bstages=bst[0] if bst else 0, **tile)
+        ks += [make(g, t, c) for c in (False, True)]
     ptx, _ = compile_ptx(G.module_source(ks))
     for kern in ks:
         assert kern.name in ptx
+    return ptx
+
+
+ADD_RELU16 = (G.epi_op("Add", mode="full", dtype="f16"), G.epi_op("Relu"))
+
+
+def test_halo_kernels_compile():
+    ptx = compiled_halo_kernels(HALO_SHAPES, lambda g, t, c: G.halo_conv_kernel(g, t, "f16", ADD_RELU16, coalesce=c))
     assert "ldmatrix.sync.aligned" in ptx and "cp.async.cg.shared.global" in ptx
     assert "ld.global.v4.u32" in ptx  # the coalesced epilogue reads the residual 8 halves at a time
 
@@ -440,20 +449,8 @@ def test_tf32x3_pointwise_and_streamed_convs_emulated(rng, case):
 
 
 def test_tf32x3_kernels_compile():
-    from cnnrt.testing.nvrtc import compile_ptx, find_library
-
-    if find_library() is None:
-        pytest.skip("no NVRTC library here (pip install nvidia-cuda-nvrtc to check the generated CUDA on the CPU)")
-    ks = []
-    for N, H, W, C, O, k, s, p, d, bst in TF32_CASES:
-        Ho, Wo = (H + 2 * p - d * (k - 1) - 1) // s + 1, (W + 2 * p - d * (k - 1) - 1) // s + 1
-        g = G.HaloGeom(C, H, W, Ho, Wo, k, k, s, s, p, p, d, d)
-        t = G.halo_tile(g, O, N, tf32=True, bstages=bst)
-        ks += [G.halo_tf32_kernel(g, t, (G.epi_op("Add", mode="full", dtype="f32"), G.epi_op("Relu")), coalesce=c)
-               for c in (False, True)]
-    ptx, _ = compile_ptx(G.module_source(ks))
-    for kern in ks:
-        assert kern.name in ptx
+    epi = (G.epi_op("Add", mode="full", dtype="f32"), G.epi_op("Relu"))
+    ptx = compiled_halo_kernels(TF32_CASES, lambda g, t, c: G.halo_tf32_kernel(g, t, epi, coalesce=c), tf32=True)
     assert "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32" in ptx and "cvt.rna.tf32.f32" in ptx
 
 
@@ -497,20 +494,7 @@ def test_halo_stream_on_by_default_and_its_switch(rng, monkeypatch):
 
 
 def test_halo_stream_kernels_compile():
-    from cnnrt.testing.nvrtc import compile_ptx, find_library
-
-    if find_library() is None:
-        pytest.skip("no NVRTC library here (pip install nvidia-cuda-nvrtc to check the generated CUDA on the CPU)")
-    ks = []
-    for N, H, W, C, O, k, s, p, d, bst in STREAM_SHAPES:
-        Ho, Wo = (H + 2 * p - d * (k - 1) - 1) // s + 1, (W + 2 * p - d * (k - 1) - 1) // s + 1
-        g = G.HaloGeom(C, H, W, Ho, Wo, k, k, s, s, p, p, d, d)
-        t = G.halo_tile(g, O, N, bstages=bst)
-        ks += [G.halo_stream_kernel(g, t, "f16", (G.epi_op("Add", mode="full", dtype="f16"), G.epi_op("Relu")),
-                                    coalesce=c) for c in (False, True)]
-    ptx, _ = compile_ptx(G.module_source(ks))
-    for kern in ks:
-        assert kern.name in ptx
+    ptx = compiled_halo_kernels(STREAM_SHAPES, lambda g, t, c: G.halo_stream_kernel(g, t, "f16", ADD_RELU16, coalesce=c))
     assert "cp.async.wait_group 1" in ptx or "cp.async.wait_group 0" in ptx
 
 

@@ -878,12 +878,11 @@ def mma_conv_kernel(tile: MmaTile, variant: str, to: str, epi=(), splitk: bool =
     coalesce = not splitk and (mma_coalesce(tile) if coalesce is None else coalesce)
     assert not (stages and variant == "scalar"), "cp.async needs the 16-byte gathers"
     assert stages == 0 or stages >= 2
-    eparams, ecode, _ = epilogue(() if splitk else epi)
+    eparams = epilogue(() if splitk else epi)[0]
     dims = [("int", n) for n in ("N", "H", "W", "C", "Ho", "Wo", "O", "KW", "sh", "sw", "ph", "pw", "dh", "dw", "K", "Kp")]
     if splitk:
         params = ([("const half_t* __restrict__", "x"), ("const half_t* __restrict__", "w"),
                    ("float* __restrict__", "ws")] + dims + [("int", "kts")])
-        ecode = ""
     else:
         params = ([("const half_t* __restrict__", "x"), ("const half_t* __restrict__", "w"),
                    ("const float* __restrict__", "bias"), (f"{CTYPE[to]}* __restrict__", "y")] + eparams + dims)
@@ -1294,6 +1293,39 @@ HALO_PIECES = {
 """,
 }
 
+# one K step of the halo convs (resident weights: B fragments at K step ks; streamed: at step kk of
+# the chunk in its stage, one loop deeper)
+HALO_KSTEP = r"""
+        const int k = (2 * ks + (lane >> 4)) * 8;  // this lane's 8 halves of K: one tap, channels c .. c + 7
+        const int tap = k / C, c = k - tap * C, kh = tap / KW, kw = tap - kh * KW;
+        const int toff = kh * DH * TWI + kw * DW, j = c / 8;
+        u32_t af[MI][4], bf[NI][2];
+#pragma unroll
+        for (int i = 0; i < MI; ++i) {
+            const int P = pos[i] + toff;
+            ldsm_x4(af[i], pos[i] >= 0 && k < K ? xs0 + (P * CPP + (j ^ ((P >> SWS) & SWM))) * 16 : zero);
+        }
+#pragma unroll
+        for (int j2 = 0; j2 < NI / 2; ++j2) {
+            u32_t r[4];
+            ldsm_x4(r, $BFRAG);
+            bf[2 * j2][0] = r[0]; bf[2 * j2][1] = r[1]; bf[2 * j2 + 1][0] = r[2]; bf[2 * j2 + 1][1] = r[3];
+        }
+#pragma unroll
+        for (int i = 0; i < MI; ++i)
+#pragma unroll
+            for (int j3 = 0; j3 < NI; ++j3) mma16816(acc[i][j3], af[i], bf[j3][0], bf[j3][1]);
+"""[1:]
+
+
+def _deeper(text: str) -> str:
+    """A CUDA snippet one loop level deeper (preprocessor lines stay in column 0)."""
+    return "".join(x if x.startswith("#") or not x.strip() else "    " + x for x in text.splitlines(True))
+
+
+HALO_PIECES["$HALO_KSTEP\n"] = HALO_KSTEP.replace("$BFRAG", "bs0 + (j2 * 16 * LDB + ks * 16) * 2")
+HALO_PIECES["$HALO_KSTEP_STREAM\n"] = _deeper(HALO_KSTEP).replace("$BFRAG", "bst + (j2 * 16 * LDB + kk * 16) * 2")
+
 
 HALO_TEMPLATE = r"""
 extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
@@ -1335,25 +1367,7 @@ $HALO_ACC
 
 #pragma unroll 3
     for (int ks = 0; ks < KS; ++ks) {
-        const int k = (2 * ks + (lane >> 4)) * 8;  // this lane's 8 halves of K: one tap, channels c .. c + 7
-        const int tap = k / C, c = k - tap * C, kh = tap / KW, kw = tap - kh * KW;
-        const int toff = kh * DH * TWI + kw * DW, j = c / 8;
-        u32_t af[MI][4], bf[NI][2];
-#pragma unroll
-        for (int i = 0; i < MI; ++i) {
-            const int P = pos[i] + toff;
-            ldsm_x4(af[i], pos[i] >= 0 && k < K ? xs0 + (P * CPP + (j ^ ((P >> SWS) & SWM))) * 16 : zero);
-        }
-#pragma unroll
-        for (int j2 = 0; j2 < NI / 2; ++j2) {
-            u32_t r[4];
-            ldsm_x4(r, bs0 + (j2 * 16 * LDB + ks * 16) * 2);
-            bf[2 * j2][0] = r[0]; bf[2 * j2][1] = r[1]; bf[2 * j2 + 1][0] = r[2]; bf[2 * j2 + 1][1] = r[3];
-        }
-#pragma unroll
-        for (int i = 0; i < MI; ++i)
-#pragma unroll
-            for (int j3 = 0; j3 < NI; ++j3) mma16816(acc[i][j3], af[i], bf[j3][0], bf[j3][1]);
+$HALO_KSTEP
     }
 $EPILOGUE}
 """
@@ -1377,10 +1391,19 @@ def _halo_source(template: str, g: HaloGeom, t: HaloTile, epi, coalesce: bool, s
     return src
 
 
-def _halo_params(ctype: str, weights: tuple, to: str, eparams: list) -> list:
-    return ([(f"const {ctype}* __restrict__", "x")] + [(f"const {ctype}* __restrict__", w) for w in weights]
-            + [("const float* __restrict__", "bias"), (f"{CTYPE[to]}* __restrict__", "y")] + eparams
-            + [("int", "N"), ("int", "O"), ("int", "Kp")])
+def _halo_kernel(family: str, template: str, g: HaloGeom, t: HaloTile, ti: str, weights: tuple, to: str, epi,
+                 coalesce: bool | None, stages: int) -> Kernel:
+    """A halo kernel of `template`: x and the `weights` arrays in ti, bias, y in `to`, the epilogue's
+    operands, then N, O and Kp (the geometry is compiled in)."""
+    coalesce = mma_coalesce_halo(t) if coalesce is None else coalesce
+    ctype = CTYPE[ti]
+    params = ([(f"const {ctype}* __restrict__", "x")] + [(f"const {ctype}* __restrict__", w) for w in weights]
+              + [("const float* __restrict__", "bias"), (f"{CTYPE[to]}* __restrict__", "y")] + epilogue(epi)[0]
+              + [("int", "N"), ("int", "O"), ("int", "Kp")])
+    src = _halo_source(template, g, t, epi, coalesce, stages)
+    return _finish(family, src, params, t.threads(g),
+                   {"geom": g, "tile": t, "ti": ti, "to": to, "epi": tuple(epi), "coalesce": coalesce,
+                    "smem": t.smem(g, coalesce)})
 
 
 def halo_conv_kernel(g: HaloGeom, t: HaloTile, to: str, epi=(), coalesce: bool | None = None) -> Kernel:
@@ -1390,14 +1413,8 @@ def halo_conv_kernel(g: HaloGeom, t: HaloTile, to: str, epi=(), coalesce: bool |
     pixel's tap in the footprint. For layers with few channels, where the K-step gather of
     mma_conv_kernel (global loads, shared stores and two barriers per 32 halves of K) is the cost.
     The geometry is compiled in (HaloGeom); N and Kp are arguments. grid (t.blocks(g, N), ceil(O/bn))."""
-    coalesce = mma_coalesce_halo(t) if coalesce is None else coalesce
     assert g.C % 8 == 0 and not t.bstages and not t.tf32
-    eparams, ecode, _ = epilogue(epi)
-    params = _halo_params("half_t", ("w",), to, eparams)
-    src = _halo_source(HALO_TEMPLATE, g, t, epi, coalesce, 0)
-    return _finish("mma_halo", src, params, t.threads(g),
-                   {"geom": g, "tile": t, "ti": "f16", "to": to, "epi": tuple(epi), "coalesce": coalesce,
-                    "smem": t.smem(g, coalesce)})
+    return _halo_kernel("mma_halo", HALO_TEMPLATE, g, t, "f16", ("w",), to, epi, coalesce, 0)
 
 
 HALO_STREAM_TEMPLATE = r"""
@@ -1456,25 +1473,7 @@ $HALO_ACC
         for (int kk = 0; kk < KCH; ++kk) {
             const int ks = ch * KCH + kk;
             if (ks >= KS) break;
-            const int k = (2 * ks + (lane >> 4)) * 8;  // this lane's 8 halves of K: one tap, channels c .. c + 7
-            const int tap = k / C, c = k - tap * C, kh = tap / KW, kw = tap - kh * KW;
-            const int toff = kh * DH * TWI + kw * DW, j = c / 8;
-            u32_t af[MI][4], bf[NI][2];
-#pragma unroll
-            for (int i = 0; i < MI; ++i) {
-                const int P = pos[i] + toff;
-                ldsm_x4(af[i], pos[i] >= 0 && k < K ? xs0 + (P * CPP + (j ^ ((P >> SWS) & SWM))) * 16 : zero);
-            }
-#pragma unroll
-            for (int j2 = 0; j2 < NI / 2; ++j2) {
-                u32_t r[4];
-                ldsm_x4(r, bst + (j2 * 16 * LDB + kk * 16) * 2);
-                bf[2 * j2][0] = r[0]; bf[2 * j2][1] = r[1]; bf[2 * j2 + 1][0] = r[2]; bf[2 * j2 + 1][1] = r[3];
-            }
-#pragma unroll
-            for (int i = 0; i < MI; ++i)
-#pragma unroll
-                for (int j3 = 0; j3 < NI; ++j3) mma16816(acc[i][j3], af[i], bf[j3][0], bf[j3][1]);
+$HALO_KSTEP_STREAM
         }
     }
     cp_async_wait<0>();
@@ -1487,13 +1486,7 @@ def halo_stream_kernel(g: HaloGeom, t: HaloTile, to: str, epi=(), coalesce: bool
     weights of the block's bn channels stream through t.bstages stages of t.kch K steps (cp.async),
     while the footprint stays. The same arguments and grid as halo_conv_kernel."""
     assert g.C % 8 == 0 and t.bstages >= 2 and not t.tf32
-    coalesce = mma_coalesce_halo(t) if coalesce is None else coalesce
-    eparams, ecode, _ = epilogue(epi)
-    params = _halo_params("half_t", ("w",), to, eparams)
-    src = _halo_source(HALO_STREAM_TEMPLATE, g, t, epi, coalesce, 1)
-    return _finish("mma_halo", src, params, t.threads(g),
-                   {"geom": g, "tile": t, "ti": "f16", "to": to, "epi": tuple(epi), "coalesce": coalesce,
-                    "smem": t.smem(g, coalesce)})
+    return _halo_kernel("mma_halo", HALO_STREAM_TEMPLATE, g, t, "f16", ("w",), to, epi, coalesce, 1)
 
 HALO_TF32_TEMPLATE = r"""
 extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
@@ -1605,13 +1598,7 @@ def halo_tf32_kernel(g: HaloGeom, t: HaloTile, epi=(), coalesce: bool | None = N
     (each product's relative error near 2^-21) at three tf32 MMAs a K step of 8. t.bstages: the
     weights streamed through that many stages (layers whose weights do not fit beside the footprint)."""
     assert t.tf32 and g.C % 4 == 0
-    coalesce = mma_coalesce_halo(t) if coalesce is None else coalesce
-    eparams, ecode, _ = epilogue(epi)
-    params = _halo_params("float", ("wh", "wl"), "f32", eparams)
-    src = _halo_source(HALO_TF32_TEMPLATE, g, t, epi, coalesce, 1)
-    return _finish("mma_halo_tf32", src, params, t.threads(g),
-                   {"geom": g, "tile": t, "ti": "f32", "to": "f32", "epi": tuple(epi), "coalesce": coalesce,
-                    "smem": t.smem(g, coalesce)})
+    return _halo_kernel("mma_halo_tf32", HALO_TF32_TEMPLATE, g, t, "f32", ("wh", "wl"), "f32", epi, coalesce, 1)
 
 
 def tf32_round(a):
