@@ -126,18 +126,19 @@ gpu-ab:
 	  --layers r18_l1,r18_l2,r18_l4 --versions tc256x64,tc128x128k64 --stages 3 --halo-pixels 128,256 \
 	  --halo-stages 0,2,3,4 2>&1 | grep -E "^==|best|\*"
 
-# `make gpu-wgmma` (H100/H200): the Hopper wgmma conv, not yet run on a GPU. Its versions checked
-# against float64 (outputs poisoned) and timed, each in its own process (dev/cuda/wgmma_gemm.py); its
-# GPU test (CNNRT_CUDA_WGMMA=1: every tensor-core case, ResNet-18 whole); ResNet-18's device time
-# with the switch off and on. About 2-3 minutes; each step runs whatever the one before did.
+# `make gpu-wgmma` (H100/H200): Hopper's wgmma. Its GPU tests (the im2col wgmma conv, CNNRT_CUDA_WGMMA;
+# the halo convs on wgmma, CNNRT_CUDA_WGMMA_HALO: every case against float64, outputs poisoned; whole
+# nets against their SIMT plans), then ResNet-18's and ResNet-20's device time with the halo convs on
+# mma.sync (0) and on wgmma under each spec of WGMMA_SPECS. About 3 minutes. The im2col kernel's own
+# lab: dev/cuda/wgmma_gemm.py --isolate.
+WGMMA_SPECS ?= 0 1 st3,p1 bn128 bn128,st3,p1 k2,st3,p1
 gpu-wgmma: SHELL := /bin/bash
 gpu-wgmma:
 	@mkdir -p $(GPU_OUT); \
-	PYTHONPATH=. timeout 240 $(GPU_PY) dev/cuda/wgmma_gemm.py --isolate --timeout 60 --json $(GPU_OUT)/wgmma_gemm.json \
-	  2>&1 | tail -n 120; \
-	PYTHONPATH=. timeout 150 $(GPU_PY) -m pytest -q -m gpu tests/test_cuda_graph.py -rs -k wgmma 2>&1 | tail -n 25; \
-	for v in 0 1; do CNNRT_CUDA_WGMMA=$$v PYTHONPATH=. timeout 60 $(GPU_PY) benchmarks/gpu_profile.py \
-	  --models resnet18 --batches large --top 4 --json $(GPU_OUT)/gpu_profile_wgmma_$$v.json 2>&1 | grep -v "^ "; done
+	PYTHONPATH=. timeout 240 $(GPU_PY) -m pytest -q -m gpu tests/test_cuda_graph.py -rs -k wgmma 2>&1 | tail -n 25; \
+	for v in $(WGMMA_SPECS); do echo "== CNNRT_CUDA_WGMMA_HALO=$$v"; CNNRT_CUDA_WGMMA_HALO=$$v PYTHONPATH=. timeout 90 \
+	  $(GPU_PY) benchmarks/gpu_profile.py --models resnet18,resnet20 --batches large --top 12 \
+	  --json $(GPU_OUT)/gpu_profile_wgmma_halo_$$(echo $$v | tr , _).json 2>&1 | grep -v "^ "; done
 
 # `make serve-gpu` on the device: the load test of `cnnrt serve --backend cuda`. The device image lacks
 # the server's packages; `make device-wheels` (here, with network) downloads them, pure Python, 0.7 MB,

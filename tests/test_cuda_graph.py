@@ -446,3 +446,24 @@ def test_wgmma_conv(rng, monkeypatch):
     monkeypatch.setenv("CNNRT_CUDA_WGMMA", "1")
     g = TG.resnet18(0)
     net_against_simt(rng, g, cuda_graph.GraphRunner(g, "fp16"), 32, "wgmma", least=15)  # (not the cached runner)
+
+
+def test_wgmma_halo_conv(rng, monkeypatch):
+    # CNNRT_CUDA_WGMMA_HALO (opt-in, sm_90 only): the halo convs on Hopper's wgmma (A by ldmatrix
+    # from the footprint into registers, the streamed weights read by the tensor cores from shared
+    # memory), forced on every case it fits, at batch 1, 7 and 300 with outputs poisoned, against
+    # float64; then ResNet-18 and ResNet-20 whole against their SIMT plans
+    import cupy
+
+    if int(cupy.cuda.Device().compute_capability) != 90:
+        pytest.skip("wgmma (sm_90a) runs on compute capability 9.0 only")
+    monkeypatch.setenv("CNNRT_CUDA_HALO", "all")
+    for spec in ("1", "bn128,st3,p1", "k2,st3,p1"):
+        monkeypatch.setenv("CNNRT_CUDA_WGMMA_HALO", spec)
+        assert _cases_on_kernel(rng, "fp16", "wgmma halo", 3e-3) >= 3, spec
+    monkeypatch.delenv("CNNRT_CUDA_HALO")
+    monkeypatch.setenv("CNNRT_CUDA_WGMMA_HALO", "1")
+    g = TG.resnet18(0)
+    net_against_simt(rng, g, cuda_graph.GraphRunner(g, "fp16"), 32, "wgmma halo", least=4)
+    g = net("resnet20")
+    net_against_simt(rng, g, cuda_graph.GraphRunner(g, "fp16"), 3000, "wgmma halo", least=4)

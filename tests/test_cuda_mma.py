@@ -542,6 +542,83 @@ def test_wgmma_conv_on_the_fake_runner(rng, monkeypatch):
     assert np.abs(out - ref).max() <= 1e-2 * np.abs(ref).max()
 
 
+WGMMA_HALO_CASES = {  # (item shape, net): every one a halo conv when forced (CNNRT_CUDA_HALO=all)
+    "c16_add_relu": ((12, 10, 16), lambda b, x: b.op("Relu", [b.op("Add", [b.conv(x, 16, 3), x])])),
+    "c24_o40": ((9, 11, 24), lambda b, x: b.conv(x, 40, 3)),  # 99 pixels an image: a part-empty warpgroup
+    "c64_o80": ((9, 9, 64), lambda b, x: b.op("Relu", [b.conv(x, 80, 3)])),  # two column tiles at bn 64
+    "c8_5x5": ((6, 6, 8), lambda b, x: b.conv(x, 16, 5, pad=2)),  # K steps span two taps
+    "c32_s2": ((15, 13, 32), lambda b, x: b.conv(x, 24, 3, stride=2)),
+}
+
+
+@pytest.mark.parametrize("spec", ["1", "bn128,st3,p1", "k2,st3,p1"])
+def test_wgmma_halo_planned_and_emulated(rng, monkeypatch, spec):
+    # CNNRT_CUDA_WGMMA_HALO on an sm_90a device: every halo conv on halo_wgmma_kernel (whole
+    # warpgroups, weights streamed in the core-matrix layout); never without the switch or off
+    # sm_90; the plans emulated against float64 at batch 1 and 7
+    from cnnrt.ir.graph import run_reference
+    from cnnrt.testing import cuda_emulator as EM
+
+    monkeypatch.setenv("CNNRT_CUDA_HALO", "all")
+    for case, build in WGMMA_HALO_CASES.items():
+        g = TG._one(case, *build)
+        monkeypatch.delenv("CNNRT_CUDA_WGMMA_HALO", raising=False)
+        assert not any("wgmma" in k for _, _, k in Program(g, "fp16", nsm=4, sm90a=True).describe(7))
+        monkeypatch.setenv("CNNRT_CUDA_WGMMA_HALO", spec)
+        assert not any("wgmma" in k for _, _, k in Program(g, "fp16", nsm=4).describe(7)), case
+        for n in (1, 7):
+            prog = Program(g, "fp16", nsm=4, sm90a=True)
+            kinds = [k for _, _, k in prog.describe(n) if "onv" in k]
+            assert kinds and all("wgmma halo" in k and "sm_90a" in k for k in kinds), (case, kinds)
+            x = rng.standard_normal((n,) + g.input_shape).astype(np.float32)
+            out = EM.run(prog, x)["y"]
+            ref = run_reference(g, {"images": x.astype(np.float64)}, fp16_storage=True)["y"]
+            assert np.abs(out - ref).max() <= 1e-2 * np.abs(ref).max(), (case, n)
+
+
+def test_wgmma_halo_spec_parsing(monkeypatch):
+    from cnnrt.backends.cuda_plan import WgmmaHalo, wgmma_halo_spec
+
+    for env, want in (("", None), ("0", None), ("1", WgmmaHalo()), ("bn128,st3,k2,p1", WgmmaHalo(128, 3, 2, 1)),
+                      ("st4", WgmmaHalo(bstages=4))):
+        monkeypatch.setenv("CNNRT_CUDA_WGMMA_HALO", env)
+        assert wgmma_halo_spec() == want, env
+
+
+def test_wgmma_halo_kernels_compile_for_sm90a():
+    # NVRTC and ptxas for sm_90a: every spec's kernels over the stream shapes, both stores, no spills
+    import dataclasses
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from cnnrt.backends.cuda_plan import WgmmaHalo, wgmma_halo_tile
+    from cnnrt.testing.nvrtc import compile_ptx, find_library
+
+    if find_library() is None or shutil.which("ptxas") is None:
+        pytest.skip("needs an NVRTC library and ptxas (pip install nvidia-cuda-nvrtc; CUDA's ptxas)")
+    ks = []
+    for spec in (WgmmaHalo(), WgmmaHalo(128, 3, 4, 1), WgmmaHalo(64, 3, 2, 1)):
+        for N, H, W, C, O, k, s, p, d, _ in STREAM_SHAPES:
+            Ho, Wo = (H + 2 * p - d * (k - 1) - 1) // s + 1, (W + 2 * p - d * (k - 1) - 1) // s + 1
+            g = G.HaloGeom(C, H, W, Ho, Wo, k, k, s, s, p, p, d, d)
+            t = wgmma_halo_tile(G.halo_tile(g, O, N, bstages=2), g, O, spec)
+            assert t is not None and t.threads(g) % 128 == 0
+            ks += [G.halo_wgmma_kernel(g, dataclasses.replace(t), "f16", ADD_RELU16, c, spec.pipe) for c in (False, True)]
+    ptx, _ = compile_ptx(G.module_source(ks), arch="compute_90a")
+    assert all(k.name in ptx for k in ks) and "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16" in ptx
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "k.ptx"
+        p.write_text(ptx)
+        r = subprocess.run(["ptxas", "-arch=sm_90a", "-v", str(p), "-o", str(Path(d) / "k.cubin")],
+                           capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    spills = [x for x in r.stderr.splitlines() if "spill stores" in x]
+    assert spills and all(" 0 bytes spill stores" in x for x in spills), spills
+    assert "C7515" not in r.stderr  # ptxas did not have to serialize the wgmmas
+
+
 def test_wgmma_kernels_compile_for_sm90a():
     import shutil
     import subprocess

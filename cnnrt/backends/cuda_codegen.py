@@ -1150,6 +1150,7 @@ class HaloTile:
     tf32: bool = False
     bstages: int = 0  # 0: the block's weights resident in shared memory; 2+: streamed in chunks, this many stages
     kch: int = 4  # K steps a streamed chunk of weights
+    wg: bool = False  # Hopper's wgmma (halo_wgmma_kernel): whole warpgroups of 4 warps, warps_n 1, streamed
 
     @property
     def esize(self) -> int:
@@ -1163,7 +1164,8 @@ class HaloTile:
         return self.imgs * self.rows * g.Wo
 
     def warps_m(self, g: HaloGeom) -> int:
-        return -(-self.pixels(g) // 32)
+        w = -(-self.pixels(g) // 32)
+        return -(-w // 4) * 4 if self.wg else w  # wgmma: whole warpgroups (the extra warps' rows are empty)
 
     def threads(self, g: HaloGeom) -> int:
         return 32 * self.warps_m(g) * self.warps_n
@@ -1190,6 +1192,8 @@ class HaloTile:
     def smem_b(self, g: HaloGeom) -> int:
         """The block's weights, rows padded by 16 bytes (two copies for tf32: the high and low parts)."""
         steps = self.kch if self.bstages else self.ks(g)
+        if self.wg:  # the wgmma core-matrix layout: no row padding
+            return self.bstages * self.bn * steps * 32
         return (2 if self.tf32 else 1) * max(1, self.bstages) * self.bn * (steps * self.kstep * self.esize + 16)
 
     def smem(self, g: HaloGeom, coalesce: bool) -> int:
@@ -1487,6 +1491,127 @@ def halo_stream_kernel(g: HaloGeom, t: HaloTile, to: str, epi=(), coalesce: bool
     while the footprint stays. The same arguments and grid as halo_conv_kernel."""
     assert g.C % 8 == 0 and t.bstages >= 2 and not t.tf32
     return _halo_kernel("mma_halo", HALO_STREAM_TEMPLATE, g, t, "f16", ("w",), to, epi, coalesce, 1)
+
+HALO_WGMMA_TEMPLATE = r"""
+extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
+    $SIG)
+{
+    // halo_stream_kernel on Hopper's warpgroup MMA: the footprint stays in shared memory and each
+    // warp gathers its A fragments from it by ldmatrix into registers, as there (its 2 x 16 pixels);
+    // the weights stream in chunks of KCH K steps, laid out as wgmma's core matrices (no swizzle:
+    // plane q holds halves 8q .. 8q + 7 of K for the BN rows, 16 bytes each), and the tensor cores read
+    // them straight from shared memory: per K step of 16, one m64n{BN}k16 wgmma a warpgroup and pixel
+    // group (rows 16w .. 16w + 15 of the 64 are warp w's 16 pixels), so no B fragments in registers
+$HALO_GEOM
+    constexpr int CPP = C / 8;  // 16-byte chunks a position
+    constexpr int SWS = $SWS, SWM = $SWM;  // chunk j of position P is stored at j ^ ((P >> SWS) & SWM)
+    constexpr int NPOS = IMG * THI * TWI;  // position NPOS is all zero: padded pixels and K past the end
+    constexpr int K = KH * KW * C, KS = (K + 15) / 16;
+    constexpr int KCH = $KCH, BST = $BSTAGES, NCH = (KS + KCH - 1) / KCH, PIPE = $PIPE, D = BST - 1 - PIPE;
+    constexpr int BM = $BM, BN = $BN, WARPS_N = $WARPS_N, THREADS = $THREADS;
+    constexpr int WTM = 32, WTN = BN, MI = 2, NI = BN / 8;
+    constexpr int STAGE = BN * KCH * 32;  // bytes a stage of weights
+    static_assert(C % 8 == 0 && BM == 32 * $WARPS_M && WARPS_N == 1 && THREADS % 128 == 0 && D >= 1, "halo wgmma tile");
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    u4_t* Xs = reinterpret_cast<u4_t*>(smem_raw);
+    const u32_t bsm = smem_u32(smem_raw) + (NPOS + 1) * C * 2;  // [BST][2 KCH][BN] 16-byte chunks
+$HALO_BLOCK
+
+    // chunk ch of the weights (K halves ch * KCH * 16 ..) into stage st; zero past Kp and O
+    auto load_b = [&](int ch, int st) {
+        for (int e = tid; e < BN * KCH * 2; e += THREADS) {
+            const int o = e / (KCH * 2), q = e - o * (KCH * 2);
+            const int kq = ch * KCH * 2 + q;
+            const bool ok = o0 + o < O && kq * 8 < Kp;
+            const half_t* src = ok ? w + (long long)(o0 + o) * Kp + kq * 8 : w;
+            cp_async16(bsm + st * STAGE + (q * BN + o) * 16, src, ok ? 16 : 0);
+        }
+    };
+$HALO_FOOTPRINT
+    load_b(0, 0);
+    cp_async_commit();  // group 0: the footprint and chunk 0
+#pragma unroll
+    for (int st = 1; st < D; ++st) {
+        if (st < NCH) load_b(st, st);
+        cp_async_commit();
+    }
+    if (tid < CPP) Xs[NPOS * CPP + tid] = u4_t{0u, 0u, 0u, 0u};
+
+$HALO_POS
+    const u32_t xs0 = smem_u32(Xs), zero = xs0 + NPOS * CPP * 16;
+$HALO_ACC
+
+    for (int ch = 0; ch < NCH; ++ch) {
+        cp_async_wait<D - 1>();  // this thread's copies of chunk ch (and the footprint) have landed ...
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // ... visible to the tensor cores
+        // ... and everyone's; every warpgroup's wgmmas on the stage refilled next are done (PIPE 1:
+        // each waited for all but its last chunk's, and that stage held the chunk before)
+        __syncthreads();
+        if (ch + D < NCH) load_b(ch + D, (ch + D) % BST);
+        cp_async_commit();
+        const u32_t bst = bsm + (ch % BST) * STAGE;
+        u32_t af[KCH][MI][4];
+#pragma unroll
+        for (int kk = 0; kk < KCH; ++kk) {
+            // K steps past KS read the zero position and zero weights (a chunk's tail)
+            const int k = (2 * (ch * KCH + kk) + (lane >> 4)) * 8;  // this lane's 8 halves of K: one tap
+            const int tap = k / C, c = k - tap * C, kh = tap / KW, kw = tap - kh * KW;
+            const int toff = kh * DH * TWI + kw * DW, j = c / 8;
+#pragma unroll
+            for (int i = 0; i < MI; ++i) {
+                const int P = pos[i] + toff;
+                ldsm_x4(af[kk][i], pos[i] >= 0 && k < K ? xs0 + (P * CPP + (j ^ ((P >> SWS) & SWM))) * 16 : zero);
+            }
+        }
+        asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+#pragma unroll
+        for (int kk = 0; kk < KCH; ++kk) {
+            const unsigned long long db = wgmma_desc(bst + 2 * kk * BN * 16, BN * 16, 128, 0);
+            $WGMMA0
+            $WGMMA1
+        }
+        asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+        asm volatile("wgmma.wait_group.sync.aligned %0;" :: "n"(PIPE) : "memory");
+    }
+    asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+    cp_async_wait<0>();
+$EPILOGUE}
+"""
+
+
+def wgmma_rs_asm(bn: int, i: int) -> str:
+    """The inline PTX of one m64n{bn}k16 wgmma into acc[i][0..bn/8)[4] (the halo's accumulators), A
+    from registers af[kk][i] (each warp's 16 rows, as mma.sync m16n8k16's A fragment), B by the
+    descriptor db."""
+    n = bn // 2
+    regs = ", ".join(f"%{r}" for r in range(n))
+    outs = ", ".join(f'"+f"(acc[{i}][{r // 4}][{r % 4}])' for r in range(n))
+    ins = ", ".join(f'"r"(af[kk][{i}][{e}])' for e in range(4))
+    return ('asm volatile("{ .reg .pred p; setp.ne.b32 p, %' + str(n + 5) + ', 0; '
+            f'wgmma.mma_async.sync.aligned.m64n{bn}k16.f32.f16.f16 {{{regs}}}, '
+            f'{{%{n}, %{n + 1}, %{n + 2}, %{n + 3}}}, %{n + 4}, p, 1, 1, 0; }}"\n'
+            f'                : {outs}\n'
+            f'                : {ins}, "l"(db), "r"(1) : "memory");')
+
+
+HALO_WGMMA_PIPE = 0  # wgmma groups left in flight across weight chunks (the A/B in dev/cuda/NOTES.md)
+
+
+def halo_wgmma_kernel(g: HaloGeom, t: HaloTile, to: str, epi=(), coalesce: bool | None = None,
+                      pipe: int | None = None) -> Kernel:
+    """halo_stream_kernel on Hopper's wgmma (sm_90a only, compiled apart: static 'arch'): the same
+    arguments, grid and footprint; t.wg tiles (whole warpgroups, warps_n 1, streamed weights in the
+    core-matrix layout, t.smem). pipe: wgmma groups kept in flight across chunks (needs
+    t.bstages >= 2 + pipe)."""
+    pipe = HALO_WGMMA_PIPE if pipe is None else pipe
+    assert g.C % 8 == 0 and t.wg and t.warps_n == 1 and t.bstages >= 2 + pipe and not t.tf32
+    assert t.bn % 16 == 0 and t.bn <= 256, t
+    template = (WGMMA_PRELUDE + HALO_WGMMA_TEMPLATE.replace("$WGMMA0", wgmma_rs_asm(t.bn, 0))
+                .replace("$WGMMA1", wgmma_rs_asm(t.bn, 1)).replace("$PIPE", str(pipe)))
+    k = _halo_kernel("wgmma_halo", template, g, t, "f16", ("w",), to, epi, coalesce, 1)
+    k.static.update(arch="sm_90a", pipe=pipe)
+    return k
+
 
 HALO_TF32_TEMPLATE = r"""
 extern "C" __global__ void __launch_bounds__($THREADS) $NAME(

@@ -21,7 +21,7 @@ NumPy definition runs on the CPU between device segments, and describe() says so
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -95,6 +95,44 @@ def wgmma_tile() -> str | None:
     if env in ("", "0", "false", "no"):
         return None
     return env if env in G.WGMMA_TILES else "wg2n128sp"
+
+
+@dataclass(frozen=True)
+class WgmmaHalo:
+    """How the halo convs run on Hopper's wgmma (cuda_codegen.halo_wgmma_kernel): bn output channels
+    a block (64 or 128; at most the layer's width rounded up to 16), bstages weight stages of kch K
+    steps, pipe wgmma groups in flight across chunks."""
+
+    bn: int = 64
+    bstages: int = 2
+    kch: int = 4
+    pipe: int = 0
+
+
+def wgmma_halo_spec() -> WgmmaHalo | None:
+    """The halo convs on wgmma where CNNRT_CUDA_WGMMA_HALO asks (sm_90 devices only): 1 for the
+    defaults, or a spec such as "bn128,st3,k2,p1" (an A/B switch for dev runs); off by default until
+    it has won its A/B on a GPU."""
+    env = os.environ.get("CNNRT_CUDA_WGMMA_HALO", "")
+    if env in ("", "0", "false", "no"):
+        return None
+    spec = WgmmaHalo()
+    for part in env.split(","):
+        for key, field_ in (("bn", "bn"), ("st", "bstages"), ("k", "kch"), ("p", "pipe")):
+            if part.startswith(key) and part[len(key):].isdigit():
+                spec = replace(spec, **{field_: int(part[len(key):])})
+                break
+    return spec
+
+
+def wgmma_halo_tile(t: G.HaloTile, g: G.HaloGeom, o: int, spec: WgmmaHalo) -> G.HaloTile | None:
+    """The halo tile `t` (chosen for mma.sync) as a wgmma tile: whole warpgroups, warps_n 1, the
+    weights streamed; None where it does not fit (threads, shared memory)."""
+    bn = min(spec.bn, max(16, cdiv(o, 16) * 16))
+    w = replace(t, wg=True, warps_n=1, bn=bn, bstages=max(spec.bstages, 2 + spec.pipe), kch=spec.kch)
+    if w.threads(g) > 512 or w.smem(g, G.mma_coalesce_halo(w)) > G.HALO_SMEM:
+        return None
+    return w
 
 
 def mma_enabled() -> bool:
@@ -351,6 +389,7 @@ class Program:
         self.mma = self.fp16 and (mma_enabled() if mma is None else bool(mma))
         # the wgmma conv where asked for (CNNRT_CUDA_WGMMA) on a device that runs sm_90a code
         self.wgmma = wgmma_tile() if self.mma and sm90a else None
+        self.wgmma_halo = wgmma_halo_spec() if self.mma and sm90a else None  # the halo convs on wgmma
         self.input = g.input_name
         self.item_shape = tuple(g.inputs[self.input][1:])
         for t in g.outputs:
@@ -818,11 +857,15 @@ class _Planner:
         geom = G.HaloGeom(c, h, wd, ho, wo, kh, kw, sh, sw, pads[0], pads[1], dh, dw)
         ht = choose_halo(geom, o, n, p.nsm)
         if ht is not None:
-            kern = (G.halo_stream_kernel if ht.bstages else G.halo_conv_kernel)(geom, ht, self.dt(out), ops)
+            wt = wgmma_halo_tile(ht, geom, o, p.wgmma_halo) if p.wgmma_halo else None
+            if wt is not None:
+                ht, kern = wt, G.halo_wgmma_kernel(geom, wt, self.dt(out), ops, pipe=p.wgmma_halo.pipe)
+            else:
+                kern = (G.halo_stream_kernel if ht.bstages else G.halo_conv_kernel)(geom, ht, self.dt(out), ops)
             args = {"x": self.t(node.inputs[0]), "w": self.c(wp), "bias": self.c(bias), "y": y}
             self.put_epi(args, eargs)
             args.update(N=n, O=o, Kp=kp)
-            self._emit_halo(grp, kern, geom, ht, args, y, "")
+            self._emit_halo(grp, kern, geom, ht, args, y, "wgmma " if wt is not None else "")
             return
         tname = choose_mma_tile(M, o, K, p.nsm, variant)
         tile = G.MMA_TILES[tname]
@@ -883,6 +926,8 @@ class _Planner:
         """The launch of a halo conv: a block per band (or group of images) and column tile."""
         what = f"{ht.imgs} images" if ht.imgs > 1 else f"{ht.rows} rows"
         streamed = f", weights in {ht.bstages} stages" if ht.bstages else ""
+        if ht.wg:
+            streamed += f" of {ht.kch} K steps, sm_90a" + (f", {kern.static['pipe']} group in flight" if kern.static["pipe"] else "")
         self.emit(grp, kern, (ht.blocks(geom, args["N"]), cdiv(args["O"], ht.bn), 1), (ht.threads(geom),), args, [],
                   [y[1]], self.label(grp, f"conv implicit-GEMM tensor-core {kind}halo ({what} x {ht.bn} channels, "
                                           f"input in shared memory{streamed})"), smem=kern.static["smem"])

@@ -236,6 +236,14 @@ class Emulator:
         v = (cols @ w[:, :K].T).reshape(-1) + self.read(a["bias"])[np.arange(M * O_) % O_]
         self.store(a["y"], self.epilogue(l, v, O_, g.Ho * g.Wo * O_))
 
+    def wgmma_halo(self, l):
+        """The halo conv on Hopper's wgmma: whole warpgroups, one column of warps, streamed weights;
+        then the same arithmetic and checks as mma_halo."""
+        t, g = l.kernel.static["tile"], l.kernel.static["geom"]
+        assert t.wg and t.warps_n == 1 and t.bstages >= 2 and l.block[0] % 128 == 0, "not a wgmma halo tile"
+        assert l.kernel.static["arch"] == "sm_90a" and t.warps_m(g) * 32 >= t.pixels(g)
+        self.mma_halo(l)
+
     def mma_halo_tf32(self, l):
         """The fp32 halo conv (3xTF32): the weights as hi + lo parts; checked like mma_halo and run in
         float64 on hi + lo (within about 2^-21 of the fp32 weights)."""
