@@ -127,18 +127,21 @@ gpu-ab:
 	  --halo-stages 0,2,3,4 2>&1 | grep -E "^==|best|\*"
 
 # `make gpu-wgmma` (H100/H200): Hopper's wgmma. Its GPU tests (the im2col wgmma conv, CNNRT_CUDA_WGMMA;
-# the halo convs on wgmma, CNNRT_CUDA_WGMMA_HALO: every case against float64, outputs poisoned; whole
-# nets against their SIMT plans), then ResNet-18's and ResNet-20's device time with the halo convs on
-# mma.sync (0) and on wgmma under each spec of WGMMA_SPECS. About 3 minutes. The im2col kernel's own
-# lab: dev/cuda/wgmma_gemm.py --isolate.
-WGMMA_SPECS ?= 0 1 st3,p1 bn128 bn128,st3,p1 k2,st3,p1
+# the halo convs on wgmma, CNNRT_CUDA_WGMMA_HALO; the band conv, CNNRT_CUDA_WGMMA_BAND: every case
+# against float64, outputs poisoned; whole nets against their SIMT plans), then ResNet-18's and
+# ResNet-20's device time with $(WGMMA_VAR) set to each of WGMMA_SPECS (0: off). About 3 minutes.
+# The im2col kernel's own lab: dev/cuda/wgmma_gemm.py --isolate.
+WGMMA_VAR ?= CNNRT_CUDA_WGMMA_BAND
+WGMMA_SPECS ?= 0 1 bn64 bn256 st4 st2,p0 k2,st4
+WGMMA_TESTS ?= wgmma
+WGMMA_MODELS ?= resnet18,resnet20
 gpu-wgmma: SHELL := /bin/bash
 gpu-wgmma:
 	@mkdir -p $(GPU_OUT); \
-	PYTHONPATH=. timeout 240 $(GPU_PY) -m pytest -q -m gpu tests/test_cuda_graph.py -rs -k wgmma 2>&1 | tail -n 25; \
-	for v in $(WGMMA_SPECS); do echo "== CNNRT_CUDA_WGMMA_HALO=$$v"; CNNRT_CUDA_WGMMA_HALO=$$v PYTHONPATH=. timeout 90 \
-	  $(GPU_PY) benchmarks/gpu_profile.py --models resnet18,resnet20 --batches large --top 12 \
-	  --json $(GPU_OUT)/gpu_profile_wgmma_halo_$$(echo $$v | tr , _).json 2>&1 | grep -v "^ "; done
+	PYTHONPATH=. timeout 300 $(GPU_PY) -m pytest -q -m gpu tests/test_cuda_graph.py -rs -k "$(WGMMA_TESTS)" 2>&1 | tail -n 25; \
+	for v in $(WGMMA_SPECS); do echo "== $(WGMMA_VAR)=$$v"; env $(WGMMA_VAR)=$$v PYTHONPATH=. timeout 90 \
+	  $(GPU_PY) benchmarks/gpu_profile.py --models $(WGMMA_MODELS) --batches large --top 12 \
+	  --json $(GPU_OUT)/gpu_profile_$(WGMMA_VAR)_$$(echo $$v | tr , _).json 2>&1 | grep -v "^ "; done
 
 # `make serve-gpu` on the device: the load test of `cnnrt serve --backend cuda`. The device image lacks
 # the server's packages; `make device-wheels` (here, with network) downloads them, pure Python, 0.7 MB,

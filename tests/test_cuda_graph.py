@@ -467,3 +467,34 @@ def test_wgmma_halo_conv(rng, monkeypatch):
     net_against_simt(rng, g, cuda_graph.GraphRunner(g, "fp16"), 32, "wgmma halo", least=4)
     g = net("resnet20")
     net_against_simt(rng, g, cuda_graph.GraphRunner(g, "fp16"), 3000, "wgmma halo", least=4)
+
+
+def test_wgmma_band_conv(rng, monkeypatch):
+    # CNNRT_CUDA_WGMMA_BAND (opt-in, sm_90 only): stride-1 convs with C % 16 == 0 on the wgmma band
+    # conv (A and B read by the tensor cores from shared memory, a tap one descriptor from the next),
+    # its awkward cases at 300 images (where its blocks fill the SMs) and the MMA cases it takes, with
+    # outputs poisoned, against float64; then ResNet-18 and ResNet-20 whole against their SIMT plans
+    import cupy
+
+    if int(cupy.cuda.Device().compute_capability) != 90:
+        pytest.skip("wgmma (sm_90a) runs on compute capability 9.0 only")
+    for spec in ("all", "all,bn64,st2,p0", "all,bn256,k2,st3"):
+        monkeypatch.setenv("CNNRT_CUDA_WGMMA_BAND", spec)
+        for case, g in TG.band_conv_cases().items():
+            r = cuda_graph.GraphRunner(g, "fp16")
+            assert any("wgmma band" in k for _, _, k in r.describe(300)), (spec, case)
+            for n in (300, 301):
+                x = rng.standard_normal((n,) + g.input_shape).astype(np.float32)
+                poison(r)
+                out = r.run({"images": x})["y"]
+                ref = run_reference(g, {"images": x.astype(np.float64)}, fp16_storage=True)["y"]
+                assert np.isfinite(out).all() and rel_err(out, ref) < 3e-3, (spec, case, n, rel_err(out, ref))
+        _cases_on_kernel(rng, "fp16", "wgmma band", 3e-3)
+    monkeypatch.setenv("CNNRT_CUDA_WGMMA_BAND", "all")
+    g = TG.resnet18(0)
+    net_against_simt(rng, g, cuda_graph.GraphRunner(g, "fp16"), 64, "wgmma band", least=8)
+    g = net("resnet20")
+    net_against_simt(rng, g, cuda_graph.GraphRunner(g, "fp16"), 3000, "wgmma band", least=8)
+    monkeypatch.setenv("CNNRT_CUDA_WGMMA_BAND", "1")  # the rule: ResNet-18's 28x28x128 convs
+    g = TG.resnet18(0)
+    net_against_simt(rng, g, cuda_graph.GraphRunner(g, "fp16"), 256, "wgmma band", least=3)

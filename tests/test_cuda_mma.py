@@ -619,6 +619,106 @@ def test_wgmma_halo_kernels_compile_for_sm90a():
     assert "C7515" not in r.stderr  # ptxas did not have to serialize the wgmmas
 
 
+@pytest.mark.parametrize("spec", ["all", "all,bn64,st2,p0", "all,k2,st3"])
+def test_wgmma_band_planned_and_emulated(rng, monkeypatch, spec):
+    # CNNRT_CUDA_WGMMA_BAND=all on an sm_90a device: every stride-1 conv with C % 16 == 0 on
+    # band_conv_kernel; by default only the wide ones (none of these), never with =0, off sm_90, for
+    # stride 2 or C % 16 != 0; the plans emulated against float64 at batch 1 and 7
+    from cnnrt.ir.graph import run_reference
+    from cnnrt.testing import cuda_emulator as EM
+
+    for case, g in TG.band_conv_cases().items():
+        monkeypatch.delenv("CNNRT_CUDA_WGMMA_BAND", raising=False)
+        assert not any("wgmma" in k for _, _, k in Program(g, "fp16", nsm=1, sm90a=True).describe(7))
+        monkeypatch.setenv("CNNRT_CUDA_WGMMA_BAND", "0")
+        assert not any("wgmma" in k for _, _, k in Program(g, "fp16", nsm=1, sm90a=True).describe(7))
+        monkeypatch.setenv("CNNRT_CUDA_WGMMA_BAND", spec)
+        assert not any("wgmma" in k for _, _, k in Program(g, "fp16", nsm=1).describe(7)), case
+        for n in (1, 7):
+            prog = Program(g, "fp16", nsm=1, sm90a=True)
+            kinds = [k for _, _, k in prog.describe(n) if "onv" in k]
+            assert kinds and all("wgmma band" in k and "sm_90a" in k for k in kinds), (case, kinds)
+            x = rng.standard_normal((n,) + g.input_shape).astype(np.float32)
+            out = EM.run(prog, x)["y"]
+            ref = run_reference(g, {"images": x.astype(np.float64)}, fp16_storage=True)["y"]
+            assert np.abs(out - ref).max() <= 1e-2 * np.abs(ref).max(), (case, n)
+    monkeypatch.setenv("CNNRT_CUDA_WGMMA_BAND", "all")
+    for shape, build in (((9, 11, 32), lambda b, x: b.conv(x, 40, 3, stride=2)),
+                         ((9, 11, 24), lambda b, x: b.conv(x, 40, 3))):
+        g = TG._one("not_band", shape, build)
+        assert not any("wgmma" in k for _, _, k in Program(g, "fp16", nsm=1, sm90a=True).describe(7))
+
+
+def test_band_rule_by_default(monkeypatch):
+    # by default on sm_90: ResNet-18's 28x28x128 convs (256 GEMM rows x 128 channels a block) take
+    # the band conv at 256 images, its other convs do not; =0, fp32 and other devices never
+    from cnnrt.testing import cuda_emulator as EM
+
+    monkeypatch.delenv("CNNRT_CUDA_WGMMA_BAND", raising=False)
+    g = TG.resnet18(3)
+    kinds = [k for _, _, k in Program(g, "fp16", nsm=132, sm90a=True).describe(256) if "onv" in k]
+    band = [k for k in kinds if "wgmma band" in k]
+    assert band and all("8 rows x 128 channels in 4 x 64 GEMM rows" in k for k in band), band
+    assert len(band) < len(kinds)
+    assert not any("wgmma" in k for _, _, k in Program(g, "fp16", nsm=132).describe(256))
+    assert not any("wgmma" in k for _, _, k in Program(g, "fp32", nsm=132, sm90a=True).describe(256))
+    monkeypatch.setenv("CNNRT_CUDA_WGMMA_BAND", "0")
+    assert not any("wgmma" in k for _, _, k in Program(g, "fp16", nsm=132, sm90a=True).describe(256))
+    monkeypatch.delenv("CNNRT_CUDA_WGMMA_BAND")
+    # the default plan emulated whole at a batch where the band conv's blocks fill 4 SMs
+    x = np.random.default_rng(0).integers(0, 256, (2,) + g.input_shape).astype(np.float32)
+    prog = Program(g, "fp16", nsm=4, sm90a=True)
+    assert any("wgmma band" in k for _, _, k in prog.describe(2))
+    from cnnrt.ir.graph import run_reference
+
+    out = EM.run(prog, x)[g.outputs[0]]
+    ref = run_reference(g, {g.input_name: x.astype(np.float64)}, fp16_storage=True)[g.outputs[0]]
+    assert np.abs(out - ref).max() <= 2e-2 * np.abs(ref).max()
+
+
+def test_band_tiles():
+    # the band tile of ResNet-18's stride-1 convs: GEMM rows cover the band; the shared memory fits
+    for C, HW, O in ((64, 56, 64), (128, 28, 128), (256, 14, 256), (512, 7, 512), (16, 32, 16)):
+        g = G.HaloGeom(C, HW, HW, HW, HW, 3, 3, 1, 1, 1, 1, 1, 1)
+        t = G.band_tile(g, O, 256)
+        assert t is not None and 64 * t.mt >= t.rows * t.twi(g) and t.smem(g) <= G.BAND_SMEM
+        assert t.npx(g) % 2 == 1 and t.npx(g) >= 64 * t.mt + 2 * t.twi(g) + 2 and t.useful(g) >= 0.75, t
+    assert G.band_tile(G.HaloGeom(24, 8, 8, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1), 32, 4) is None  # C % 16
+    assert G.band_tile(G.HaloGeom(32, 8, 8, 4, 4, 3, 3, 2, 2, 1, 1, 1, 1), 32, 4) is None  # stride 2
+
+
+def test_band_kernels_compile_for_sm90a():
+    # NVRTC and ptxas for sm_90a: the band conv over the band cases' shapes and ResNet-18's, no spills
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from cnnrt.testing.nvrtc import compile_ptx, find_library
+
+    if find_library() is None or shutil.which("ptxas") is None:
+        pytest.skip("needs an NVRTC library and ptxas (pip install nvidia-cuda-nvrtc; CUDA's ptxas)")
+    ks = []
+    for C, H, W, O, k, pad, dil in ((16, 12, 10, 16, 3, 1, 1), (32, 9, 11, 40, 3, 1, 1), (64, 9, 9, 80, 3, 2, 2),
+                                    (48, 7, 5, 96, 1, 0, 1), (16, 6, 6, 24, 5, 2, 1), (64, 56, 56, 64, 3, 1, 1),
+                                    (256, 14, 14, 256, 3, 1, 1), (512, 7, 7, 512, 3, 1, 1)):
+        g = G.HaloGeom(C, H, W, H, W, k, k, 1, 1, pad, pad, dil, dil)
+        for bn, st, pipe in ((128, 3, 1), (64, 2, 0), (256, 3, 1)):
+            t = G.band_tile(g, O, 64, bn=bn, bstages=st, pipe=pipe)
+            ks.append(G.band_conv_kernel(g, t, "f16", ADD_RELU16))
+    ptx, _ = compile_ptx(G.module_source(ks), arch="compute_90a")
+    assert all(k.name in ptx for k in ks) and "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16" in ptx
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "k.ptx"
+        p.write_text(ptx)
+        r = subprocess.run(["ptxas", "-arch=sm_90a", "-v", str(p), "-o", str(Path(d) / "k.cubin")],
+                           capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    spills = [x for x in r.stderr.splitlines() if "spill stores" in x]
+    assert spills and all(" 0 bytes spill stores" in x for x in spills), spills
+    assert "C7515" not in r.stderr  # ptxas did not have to serialize the wgmmas
+
+
 def test_wgmma_kernels_compile_for_sm90a():
     import shutil
     import subprocess

@@ -1082,11 +1082,12 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
 """
 
 
-def wgmma_asm(bn: int) -> str:
-    """The inline PTX of one m64n{bn}k16 wgmma into acc[bn/2], D += A.B, both from shared memory."""
+def wgmma_asm(bn: int, acc: str = "acc") -> str:
+    """The inline PTX of one m64n{bn}k16 wgmma into {acc}[bn/2], D += A.B, both from shared memory
+    (descriptors da, db)."""
     n = bn // 2
     regs = ", ".join(f"%{i}" for i in range(n))
-    outs = ", ".join(f'"+f"(acc[{i}])' for i in range(n))
+    outs = ", ".join(f'"+f"({acc}[{i}])' for i in range(n))
     return ('asm volatile("{ .reg .pred p; setp.ne.b32 p, %' + str(n + 2) + ', 0; '
             f'wgmma.mma_async.sync.aligned.m64n{bn}k16.f32.f16.f16 {{{regs}}}, %{n}, %{n + 1}, p, 1, 1, 0, 0; }}"\n'
             f'                : {outs}\n'
@@ -1611,6 +1612,245 @@ def halo_wgmma_kernel(g: HaloGeom, t: HaloTile, to: str, epi=(), coalesce: bool 
     k = _halo_kernel("wgmma_halo", template, g, t, "f16", ("w",), to, epi, coalesce, 1)
     k.static.update(arch="sm_90a", pipe=pipe)
     return k
+
+
+# ----------------------------------------------------------------------------- wgmma conv, A and B from shared memory
+
+@dataclass(frozen=True)
+class BandTile:
+    """A block of the wgmma band conv (stride 1): a band of `rows` output rows of one image at full
+    width. Its footprint is stored as C/8 planes of 16-byte positions, so the rows of the implicit
+    GEMM, taken over the footprint's width TWI (the TWI - Wo columns past the image's width are
+    computed and dropped), are positions one apart: every tap is the same matrix moved by
+    kh*dh*TWI + kw*dw positions, and one descriptor describes it. mt tiles of 64 rows (wgs warpgroups
+    of tpw tiles each) cover rows * TWI; bn output channels; the weights stream in chunks of kch K
+    steps of 16 through bstages stages; pipe wgmma groups stay in flight across chunks."""
+
+    rows: int
+    bn: int
+    wgs: int
+    tpw: int
+    kch: int = 4
+    bstages: int = 3
+    pipe: int = 1
+
+    @property
+    def mt(self) -> int:
+        return self.wgs * self.tpw
+
+    @property
+    def threads(self) -> int:
+        return 128 * self.wgs
+
+    def bands(self, g: HaloGeom) -> int:
+        return -(-g.Ho // self.rows)
+
+    def blocks(self, g: HaloGeom, n: int) -> int:
+        return n * self.bands(g)
+
+    def twi(self, g: HaloGeom) -> int:
+        return g.Wo + (g.KW - 1) * g.dw
+
+    def npos(self, g: HaloGeom) -> int:
+        return (self.rows + (g.KH - 1) * g.dh) * self.twi(g)
+
+    def npx(self, g: HaloGeom) -> int:
+        """Positions a plane: the footprint, then zeros up to the last position a tile's last row
+        reads (rows past the band's); odd, so that 8 planes' same position fall in 8 bank groups."""
+        need = max(self.npos(g), 64 * self.mt + (g.KH - 1) * g.dh * self.twi(g) + (g.KW - 1) * g.dw)
+        return need | 1
+
+    def smem(self, g: HaloGeom) -> int:
+        main = self.npx(g) * g.C * 2 + self.bstages * self.bn * self.kch * 32
+        return max(main, 64 * self.mt * (self.bn + 4) * 4)  # the staged store reuses it
+
+    def useful(self, g: HaloGeom) -> float:
+        """Output pixels per GEMM row computed (over all bands: the last may be short)."""
+        return g.Ho * g.Wo / (self.bands(g) * 64 * self.mt)
+
+
+BAND_SMEM = 227 * 1024  # a block's most dynamic shared memory on sm_90
+
+
+def band_tile(g: HaloGeom, O: int, n: int, bn: int = 128, kch: int = 4, bstages: int = 3, pipe: int = 1,
+              smem: int = BAND_SMEM) -> BandTile | None:
+    """The band tile for a stride-1 conv with C % 16 == 0 (a K step of 16 within one tap), or None:
+    of the bands whose GEMM rows fit 1, 2 or 4 tiles of 64 and whose footprint and stages fit `smem`,
+    the one with the most output pixels per row computed, discounted by the footprint's halo rows
+    read again by the next band (taller bands first on ties)."""
+    if g.C % 16 or g.sh != 1 or g.sw != 1:
+        return None
+    bn = max(16, min(bn, -(-O // 16) * 16))
+    best, score = None, -1.0
+    for rows in range(g.Ho, 0, -1):
+        twi = g.Wo + (g.KW - 1) * g.dw
+        mt = -(-rows * twi // 64)
+        if mt == 3:
+            mt = 4
+        if mt > 4:
+            continue
+        wgs, tpw = (1, 1) if mt == 1 else (2, mt // 2)
+        if tpw * bn // 2 > 128:  # accumulators a thread
+            continue
+        t = BandTile(rows, bn, wgs, tpw, kch, bstages, pipe)
+        if t.npx(g) > 16383 or t.smem(g) > smem:
+            continue
+        sc = t.useful(g) * rows / (rows + (g.KH - 1) * g.dh)  # (the footprint's halo rows read again)
+        if sc > score + 1e-9:
+            best, score = t, sc
+    return best
+
+
+BAND_TEMPLATE = r"""
+extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
+    $SIG)
+{
+    // implicit GEMM on Hopper's wgmma with A and B both read by the tensor cores from shared memory:
+    // the band's input footprint is copied once into C/8 planes of 16-byte positions (plane j holds
+    // channels 8j .. 8j + 7), so GEMM row m (footprint row m / TWI, column m % TWI) at tap (kh, kw)
+    // is position m + kh*DH*TWI + kw*DW, and 8 rows are 128 contiguous bytes: a core matrix. A tap's
+    // 16 channels are one descriptor (leading byte offset: a plane; stride byte offset: 128 bytes).
+    // The weights stream through BST stages in the same core-matrix layout. Rows whose column is
+    // past Wo, or past the band, are computed and dropped by the store.
+    constexpr int C = $C, H = $H, W = $W, Ho = $HO, Wo = $WO, KH = $KH, KW = $KW;
+    constexpr int PH = $PH, PW = $PW, DH = $DH, DW = $DW;
+    constexpr int R = $ROWS, BANDS = (Ho + R - 1) / R;
+    constexpr int THI = R + (KH - 1) * DH, TWI = Wo + (KW - 1) * DW;
+    constexpr int NPOS = THI * TWI, NPX = $NPX;  // footprint positions; positions a plane (zeros past NPOS)
+    constexpr int CPP = C / 8, CS = C / 16;  // planes; K steps a tap
+    constexpr int K = KH * KW * C, KS = K / 16;
+    constexpr int WGS = $WGS, TPW = $TPW, BM = 64 * WGS * TPW;
+    constexpr int BN = $BN, KCH = $KCH, BST = $BSTAGES, NCH = (KS + KCH - 1) / KCH, PIPE = $PIPE, D = BST - 1 - PIPE;
+    constexpr int THREADS = 128 * WGS, STAGE = BN * KCH * 32, XBYTES = NPX * CPP * 16;
+    static_assert(C % 16 == 0 && BM >= R * TWI && D >= 1, "band tile");
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    const int tid = threadIdx.x, lane = tid & 31, warp = (tid >> 5) & 3, wg = tid >> 7;
+    const int n0 = blockIdx.x / BANDS, ho0 = (blockIdx.x % BANDS) * R;
+    const int o0 = blockIdx.y * BN;
+    const int rows = min(R, Ho - ho0);
+    const int HWo = Ho * Wo;
+    const int m0 = (n0 * Ho + ho0) * Wo;  // the band's first output pixel
+    const int CH = O;
+    (void)CH;
+    const u32_t xs = smem_u32(smem_raw), bsm = xs + XBYTES;
+
+    // chunk ch of the weights (K halves ch * KCH * 16 ..) into stage st as core matrices; zero past Kp and O
+    auto load_b = [&](int ch, int st) {
+        for (int e = tid; e < BN * KCH * 2; e += THREADS) {
+            const int o = e / (KCH * 2), q = e - o * (KCH * 2);
+            const int kq = ch * KCH * 2 + q;
+            const bool ok = o0 + o < O && kq * 8 < Kp;
+            const half_t* src = ok ? w + (long long)(o0 + o) * Kp + kq * 8 : w;
+            cp_async16(bsm + st * STAGE + (q * BN + o) * 16, src, ok ? 16 : 0);
+        }
+    };
+    for (int e = tid; e < NPOS * CPP; e += THREADS) {  // the footprint, zero outside the image
+        const int j = e % CPP, P = e / CPP;
+        const int ri = P / TWI, wi = P - ri * TWI;
+        const int hi = ho0 - PH + ri, wi2 = wi - PW;
+        const bool ok = (unsigned)hi < (unsigned)H && (unsigned)wi2 < (unsigned)W;
+        const half_t* src = ok ? x + (((long long)n0 * H + hi) * W + wi2) * C + j * 8 : x;
+        cp_async16(xs + (j * NPX + P) * 16, src, ok ? 16 : 0);
+    }
+    load_b(0, 0);
+    cp_async_commit();  // group 0: the footprint and chunk 0
+#pragma unroll
+    for (int st = 1; st < D; ++st) {
+        if (st < NCH) load_b(st, st);
+        cp_async_commit();
+    }
+    for (int e = tid; e < (NPX - NPOS) * CPP; e += THREADS) {  // past the footprint (read by dropped rows only)
+        const int j = e / (NPX - NPOS), P = NPOS + e % (NPX - NPOS);
+        *reinterpret_cast<u4_t*>(smem_raw + (j * NPX + P) * 16) = u4_t{0u, 0u, 0u, 0u};
+    }
+    float acc[TPW][BN / 2];
+#pragma unroll
+    for (int t = 0; t < TPW; ++t)
+#pragma unroll
+        for (int i = 0; i < BN / 2; ++i) acc[t][i] = 0.f;
+
+    for (int ch = 0; ch < NCH; ++ch) {
+        cp_async_wait<D - 1>();  // this thread's copies of chunk ch (and the footprint) have landed ...
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // ... visible to the tensor cores
+        // ... and everyone's; every warpgroup's wgmmas on the stage refilled next are done (PIPE 1:
+        // each waited for all but its last chunk's, and that stage held the chunk before)
+        __syncthreads();
+        if (ch + D < NCH) load_b(ch + D, (ch + D) % BST);
+        cp_async_commit();
+        const u32_t bst = bsm + (ch % BST) * STAGE;
+        asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+#pragma unroll
+        for (int kk = 0; kk < KCH; ++kk) {
+            // K steps past KS (a last chunk's tail) multiply step KS - 1's A by zero weights
+            const int s = min(ch * KCH + kk, KS - 1);
+            const int tap = s / CS, j = (s - tap * CS) * 2, kh = tap / KW, kw = tap - kh * KW;
+            const u32_t a0 = xs + (j * NPX + kh * DH * TWI + kw * DW + wg * TPW * 64) * 16;
+            const unsigned long long db = wgmma_desc(bst + 2 * kk * BN * 16, BN * 16, 128, 0);
+$MMAS
+        }
+        asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+        asm volatile("wgmma.wait_group.sync.aligned %0;" :: "n"(PIPE) : "memory");
+    }
+    asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+    cp_async_wait<0>();
+
+    // staged store: GEMM row r of the block is footprint row r / TWI, column r % TWI; warp w of a
+    // warpgroup holds rows 16w .. 16w + 15 of each of its tiles (acc[t][4j ..]: rows g, g + 8)
+    const int gq = lane >> 2, tq = lane & 3;
+    constexpr int LDC = BN + 4;
+    float* Cs = reinterpret_cast<float*>(smem_raw);
+    __syncthreads();
+#pragma unroll
+    for (int t = 0; t < TPW; ++t)
+#pragma unroll
+        for (int j = 0; j < BN / 8; ++j)
+#pragma unroll
+            for (int hr = 0; hr < 2; ++hr)
+                *reinterpret_cast<f2_t*>(&Cs[((wg * TPW + t) * 64 + warp * 16 + gq + 8 * hr) * LDC + j * 8 + 2 * tq]) =
+                    f2_t{acc[t][4 * j + 2 * hr], acc[t][4 * j + 2 * hr + 1]};
+    __syncthreads();
+$FINISH}
+"""
+
+_BAND_ROW = """        const int r = t / CG, g = t - r * CG;
+        const int m = m0 + r, cb = o0 + g * 8;
+        if (m >= M || cb >= O) continue;
+"""
+
+
+def band_conv_kernel(g: HaloGeom, t: BandTile, to: str, epi=()) -> Kernel:
+    """Convolution (stride 1, groups 1, C % 16 == 0) on Hopper's wgmma with both operands read by
+    the tensor cores from shared memory (sm_90a, compiled apart): the band's footprint resident in
+    planes, a tap one descriptor away from the next (BandTile), the weights streamed; bias and the
+    fused epilogue in fp32 through the staged store. Arguments as halo_conv_kernel's (x, w, bias, y,
+    the epilogue's, N, O, Kp); grid (t.blocks(g, N), ceil(O / bn)), t.threads, t.smem(g)."""
+    assert g.C % 16 == 0 and g.sh == g.sw == 1 and t.bstages - 1 - t.pipe >= 1 and t.bn % 16 == 0
+    assert 64 * t.mt >= t.rows * t.twi(g) and t.tpw * t.bn // 2 <= 128
+    mmas = []
+    for i in range(t.tpw):
+        mmas.append(f"            {{ const unsigned long long da = wgmma_desc(a0 + {i * 64 * 16}, NPX * 16, 128, 0);\n"
+                    f"              {wgmma_asm(t.bn, f'acc[{i}]')} }}")
+    row = ("        const int r = t / CG, g = t - r * CG;\n"
+           "        const int rr = r / TWI, wo = r - rr * TWI;  // footprint row and column of GEMM row r\n"
+           "        const int m = m0 + rr * Wo + wo, cb = o0 + g * 8;\n"
+           "        if (rr >= rows || wo >= Wo || cb >= O) continue;\n")
+    assert _BAND_ROW in STAGED_FINISH
+    finish = STAGED_FINISH.replace(_BAND_ROW, row)
+    _, ecode, _ = epilogue(epi)
+    pre, code8 = epilogue8(epi)
+    src = BAND_TEMPLATE.replace("$MMAS", "\n".join(mmas)).replace("$FINISH", finish)
+    src = src.replace("$EPRE", pre).replace("$EPI8", code8).replace("$EPI", ecode)
+    subs = {"$C": g.C, "$H": g.H, "$W": g.W, "$HO": g.Ho, "$WO": g.Wo, "$KH": g.KH, "$KW": g.KW, "$PH": g.ph,
+            "$PW": g.pw, "$DH": g.dh, "$DW": g.dw, "$ROWS": t.rows, "$NPX": t.npx(g), "$WGS": t.wgs, "$TPW": t.tpw,
+            "$BN": t.bn, "$KCH": t.kch, "$BSTAGES": t.bstages, "$PIPE": t.pipe, "$THREADS": t.threads}
+    for key in sorted(subs, key=len, reverse=True):
+        src = src.replace(key, str(subs[key]))
+    params = ([("const half_t* __restrict__", "x"), ("const half_t* __restrict__", "w"),
+               ("const float* __restrict__", "bias"), (f"{CTYPE[to]}* __restrict__", "y")] + epilogue(epi)[0]
+              + [("int", "N"), ("int", "O"), ("int", "Kp")])
+    return _finish("wgmma_band", WGMMA_PRELUDE + src, params, t.threads,
+                   {"geom": g, "tile": t, "ti": "f16", "to": to, "epi": tuple(epi), "arch": "sm_90a",
+                    "smem": t.smem(g)})
 
 
 HALO_TF32_TEMPLATE = r"""

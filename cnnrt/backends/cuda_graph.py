@@ -98,22 +98,52 @@ def compile_parts(kernels: int) -> int:
     return max(1, min(most, kernels // 3))
 
 
+SM90A_OPTIONS = ["--gpu-architecture=sm_90a", "--std=c++17"]
+
+
+def sm90a_cache_path(source: str, version) -> "os.PathLike":
+    """Where the sm_90a cubin of `source` is cached: $CNNRT_CACHE_DIR/sm90a (default
+    ~/.cache/cnnrt), keyed by the source, the options and NVRTC's version."""
+    import hashlib
+
+    from .native import cache_dir
+
+    key = hashlib.sha256("\0".join([source, *SM90A_OPTIONS, repr(version)]).encode()).hexdigest()[:32]
+    return cache_dir() / "sm90a" / f"{key}.cubin"
+
+
 def load_sm90a(cp, source: str, names) -> dict:
     """Kernels that need the sm_90a target (`wgmma`): CuPy compiles for plain sm_90, so NVRTC is
-    called here for an sm_90a cubin, loaded as a module; not cached on disk (opt-in kernels)."""
+    called here for an sm_90a cubin, loaded as a module. The cubin is cached on disk (written
+    atomically; an unreadable cache entry is compiled again), so a second load does not compile."""
     from cupy_backends.cuda.libs import nvrtc
 
-    prog = nvrtc.createProgram(source, "cnnrt_sm90a.cu", [], [])
+    from ..fileio import atomic_write
+
+    path = sm90a_cache_path(source, nvrtc.getVersion())
+    cubin = None
     try:
+        cubin = path.read_bytes()
+    except OSError:
+        pass
+    if not cubin:
+        prog = nvrtc.createProgram(source, "cnnrt_sm90a.cu", [], [])
         try:
-            nvrtc.compileProgram(prog, ["--gpu-architecture=sm_90a", "--std=c++17"])
-        except Exception as e:
-            raise RuntimeError(f"{e}\n{nvrtc.getProgramLog(prog)}") from None
-        cubin = nvrtc.getCUBIN(prog)
-    finally:
-        nvrtc.destroyProgram(prog)
+            try:
+                nvrtc.compileProgram(prog, SM90A_OPTIONS)
+            except Exception as e:
+                raise RuntimeError(f"{e}\n{nvrtc.getProgramLog(prog)}") from None
+            cubin = bytes(nvrtc.getCUBIN(prog))
+        finally:
+            nvrtc.destroyProgram(prog)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write(path, overwrite=True) as tmp:
+                tmp.write_bytes(cubin)
+        except Exception:  # a read-only cache costs a compile next time, nothing else
+            pass
     mod = cp.cuda.function.Module()
-    mod.load(bytes(cubin))
+    mod.load(cubin)
     return {name: mod.get_function(name) for name in names}, mod
 
 

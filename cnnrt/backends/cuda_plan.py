@@ -125,6 +125,53 @@ def wgmma_halo_spec() -> WgmmaHalo | None:
     return spec
 
 
+@dataclass(frozen=True)
+class WgmmaBand:
+    """How stride-1 convs run on the wgmma band conv (cuda_codegen.band_conv_kernel): at most bn
+    output channels a block, bstages weight stages of kch K steps, pipe wgmma groups in flight."""
+
+    bn: int = 128
+    bstages: int = 4
+    kch: int = 4
+    pipe: int = 1
+    all: bool = False  # every conv it fits, not only the wide ones (BAND_RULE)
+    smem_kb: int = 227  # a block's most shared memory (113: two blocks an SM)
+
+
+def wgmma_band_spec() -> WgmmaBand | None:
+    """Stride-1 convs (C % 16 == 0) on the wgmma band conv, on sm_90 devices: on by default where
+    BAND_RULE takes them; CNNRT_CUDA_WGMMA_BAND=0 turns it off, "all" puts every conv it fits on it,
+    a spec such as "bn64,st3,k2,p0" changes its tile (A/B switches for dev runs)."""
+    env = os.environ.get("CNNRT_CUDA_WGMMA_BAND", "")
+    if env in ("0", "false", "no"):
+        return None
+    spec = WgmmaBand(all="all" in env.split(","))
+    for part in env.split(","):
+        for key, field_ in (("bn", "bn"), ("st", "bstages"), ("sm", "smem_kb"), ("k", "kch"), ("p", "pipe")):
+            if part.startswith(key) and part[len(key):].isdigit():
+                spec = replace(spec, **{field_: int(part[len(key):])})
+                break
+    return spec
+
+
+def choose_band(g: G.HaloGeom, o: int, n: int, nsm: int, spec: WgmmaBand) -> G.BandTile | None:
+    """The band tile for a conv the wgmma band kernel can take (stride 1, C % 16 == 0), where its
+    blocks fill the SMs at least once (small batches keep the split-K and halo paths)."""
+    t = G.band_tile(g, o, n, spec.bn, spec.kch, max(spec.bstages, 2 + spec.pipe), spec.pipe,
+                    min(spec.smem_kb * 1024, G.BAND_SMEM))
+    if t is None or t.blocks(g, n) * cdiv(o, t.bn) < nsm:
+        return None
+    if not spec.all and (t.bn < 128 or t.mt < 4):
+        return None  # BAND_RULE
+    return t
+
+
+# BAND_RULE: the band conv only where its blocks are 256 GEMM rows by at least 128 channels. H200,
+# 2026-11-28 (docs/gpu_profile_band_*.json): ResNet-18's 28x28x128 convs 291 -> 246 us; narrower or
+# shorter tiles lost (its 56x56x64 convs 277 -> 295 us, 14x14x256 281 -> 346, 7x7x512 293 -> 624,
+# ResNet-20's 16- to 64-channel convs 2-5x slower than the halo conv)
+
+
 def wgmma_halo_tile(t: G.HaloTile, g: G.HaloGeom, o: int, spec: WgmmaHalo) -> G.HaloTile | None:
     """The halo tile `t` (chosen for mma.sync) as a wgmma tile: whole warpgroups, warps_n 1, the
     weights streamed; None where it does not fit (threads, shared memory)."""
@@ -390,6 +437,7 @@ class Program:
         # the wgmma conv where asked for (CNNRT_CUDA_WGMMA) on a device that runs sm_90a code
         self.wgmma = wgmma_tile() if self.mma and sm90a else None
         self.wgmma_halo = wgmma_halo_spec() if self.mma and sm90a else None  # the halo convs on wgmma
+        self.wgmma_band = wgmma_band_spec() if self.mma and sm90a else None  # stride-1 convs on the band conv
         self.input = g.input_name
         self.item_shape = tuple(g.inputs[self.input][1:])
         for t in g.outputs:
@@ -855,6 +903,17 @@ class _Planner:
                                       f"{', pipelined' if tile.pipe else ''})"), smem=tile.smem)
             return
         geom = G.HaloGeom(c, h, wd, ho, wo, kh, kw, sh, sw, pads[0], pads[1], dh, dw)
+        bt = choose_band(geom, o, n, p.nsm, p.wgmma_band) if p.wgmma_band and variant != "scalar" else None
+        if bt is not None:
+            kern = G.band_conv_kernel(geom, bt, self.dt(out), ops)
+            args = {"x": self.t(node.inputs[0]), "w": self.c(wp), "bias": self.c(bias), "y": y}
+            self.put_epi(args, eargs)
+            args.update(N=n, O=o, Kp=kp)
+            self.emit(grp, kern, (bt.blocks(geom, n), cdiv(o, bt.bn), 1), (bt.threads,), args, [], [y[1]],
+                      self.label(grp, f"conv implicit-GEMM tensor-core wgmma band ({bt.rows} rows x {bt.bn} channels "
+                                      f"in {bt.mt} x 64 GEMM rows, {bt.useful(geom):.0%} used; input and weights "
+                                      f"in shared memory, {bt.bstages} stages, sm_90a)"), smem=kern.static["smem"])
+            return
         ht = choose_halo(geom, o, n, p.nsm)
         if ht is not None:
             wt = wgmma_halo_tile(ht, geom, o, p.wgmma_halo) if p.wgmma_halo else None

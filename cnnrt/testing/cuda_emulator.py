@@ -244,6 +244,24 @@ class Emulator:
         assert l.kernel.static["arch"] == "sm_90a" and t.warps_m(g) * 32 >= t.pixels(g)
         self.mma_halo(l)
 
+    def wgmma_band(self, l):
+        """The wgmma band conv (stride 1, C % 16 == 0): its tile's checks, then mma_halo's arithmetic."""
+        a, g, t = l.args, l.kernel.static["geom"], l.kernel.static["tile"]
+        N, O_, Kp = a["N"], a["O"], a["Kp"]
+        K = g.KH * g.KW * g.C
+        assert g.C % 16 == 0 and g.sh == g.sw == 1 and Kp % G.MMA_KPAD == 0 and Kp >= K
+        assert l.kernel.static["arch"] == "sm_90a" and 64 * t.mt >= t.rows * t.twi(g)
+        assert l.grid == (t.blocks(g, N), cdiv(O_, t.bn), 1), "grid does not match the tile"
+        assert t.bands(g) * t.rows >= g.Ho, "bands do not cover the output rows"
+        assert l.block[0] == t.threads and l.smem == t.smem(g) <= G.BAND_SMEM
+        dims = dict(N=N, H=g.H, W=g.W, C=g.C, Ho=g.Ho, Wo=g.Wo, sh=1, sw=1, ph=g.ph, pw=g.pw, dh=g.dh, dw=g.dw)
+        w = self.read(a["w"], O_ * Kp).reshape(O_, Kp)
+        assert not w[:, K:].any(), "the weights' K padding must be zero"
+        cols = self._im2col({**a, **dims}, g.KH, g.KW).reshape(-1, K)
+        M = N * g.Ho * g.Wo
+        v = (cols @ w[:, :K].T).reshape(-1) + self.read(a["bias"])[np.arange(M * O_) % O_]
+        self.store(a["y"], self.epilogue(l, v, O_, g.Ho * g.Wo * O_))
+
     def mma_halo_tf32(self, l):
         """The fp32 halo conv (3xTF32): the weights as hi + lo parts; checked like mma_halo and run in
         float64 on hi + lo (within about 2^-21 of the fp32 weights)."""

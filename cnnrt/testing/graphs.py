@@ -425,3 +425,16 @@ def mma_conv_cases() -> dict:
     add("mma_halo_c32_s2", (16, 15, 32), lambda b, x: b.op("Relu", [b.conv(x, 32, 3, stride=2)]))
     add("mma_chain", (11, 12, 3), lambda b, x: b.op("Tanh", [b.conv(b.op("Relu", [b.conv(x, 16, 3)]), 37, 3, stride=2)]))
     return c
+
+
+def band_conv_cases() -> dict[str, Graph]:
+    """Stride-1 convs with C % 16 == 0 (the wgmma band conv's), of awkward sizes: a residual add, O
+    not a multiple of 16, dilation, a 1x1 conv, a 5x5 one whose K steps are not a multiple of a chunk."""
+    builds = {
+        "c16_add_relu": ((12, 10, 16), lambda b, x: b.op("Relu", [b.op("Add", [b.conv(x, 16, 3), x])])),
+        "c32_o40": ((9, 11, 32), lambda b, x: b.conv(x, 40, 3)),
+        "c64_o80_dil2": ((9, 9, 64), lambda b, x: b.op("Relu", [b.conv(x, 80, 3, pad=2, dil=2)])),
+        "pointwise_o96": ((7, 5, 48), lambda b, x: b.op("Relu", [b.conv(x, 96, 1)])),
+        "c16_5x5": ((6, 6, 16), lambda b, x: b.conv(x, 24, 5, pad=2)),
+    }
+    return {name: _one(name, *spec) for name, spec in builds.items()}

@@ -1,7 +1,7 @@
 """The program compute-sanitizer watches (dev/cuda/sanitize.py runs it once per tool): the generic
 plan (LeNet-5, ResNet-20; fp16 with the tensor-core convs, fp32 with the SIMT ones; a 32x32
 MobileNetV2, a pointwise and a split-K tensor-core conv in fp16, the split-K SIMT conv in fp32) at
-batch sizes 1, 7 and 300, and
+batch sizes 1, 7 and 300; on sm_90 the wgmma band conv's cases at 300; and
 the Deep MNIST fused pattern at 1, 7, 300 and 1,100 (before the fp32 runs, the slowest).
 
     python3 dev/cuda/sanitize_workload.py OUT.json [--batches 1,7,300]
@@ -76,6 +76,33 @@ def main() -> int:
             ok_all &= ok
             record(f"deep_mnist fused fp16 n={n}", t0, ok)
 
+    def band_runs():
+        """sm_90 only: the wgmma band conv forced onto its awkward cases (CNNRT_CUDA_WGMMA_BAND=all),
+        at 300 images (where its blocks fill the SMs)."""
+        nonlocal ok_all
+        import cupy
+
+        if int(cupy.cuda.Device().compute_capability) != 90:
+            return
+        old = os.environ.get("CNNRT_CUDA_WGMMA_BAND")
+        os.environ["CNNRT_CUDA_WGMMA_BAND"] = "all"
+        try:
+            for name, g in TG.band_conv_cases().items():
+                r = GraphRunner(g, "fp16")
+                assert any("wgmma band" in k for _, _, k in r.describe(300)), name
+                t0 = time.perf_counter()
+                out = r.run({"images": rng.standard_normal((300,) + g.input_shape).astype(np.float32)})["y"]
+                ok = bool(np.isfinite(out).all())
+                ok_all &= ok
+                record(f"band {name} fp16 n=300 (wgmma band conv)", t0, ok)
+                r.close()
+        finally:
+            if old is None:
+                os.environ.pop("CNNRT_CUDA_WGMMA_BAND")
+            else:
+                os.environ["CNNRT_CUDA_WGMMA_BAND"] = old
+
+    band_runs()
     for precision in ("fp16", "fp32"):  # fp32 (SIMT) last: the slowest under racecheck
         if precision == "fp32":
             fused_runs()
