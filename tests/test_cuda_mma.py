@@ -650,15 +650,19 @@ def test_wgmma_band_planned_and_emulated(rng, monkeypatch, spec):
 
 
 def test_band_rule_by_default(monkeypatch):
-    # by default on sm_90: ResNet-18's 28x28x128 convs (256 GEMM rows x 128 channels a block) take
-    # the band conv at 256 images, its other convs do not; =0, fp32 and other devices never
+    # by default on sm_90: ResNet-18's stride-1 28x28x128 and 14x14x256 convs (256 GEMM rows x 128
+    # channels a block, as many weight stages as fit up to 6) take the band conv at 256 images, its
+    # other convs do not; =0, fp32 and other devices never
     from cnnrt.testing import cuda_emulator as EM
 
     monkeypatch.delenv("CNNRT_CUDA_WGMMA_BAND", raising=False)
     g = TG.resnet18(3)
     kinds = [k for _, _, k in Program(g, "fp16", nsm=132, sm90a=True).describe(256) if "onv" in k]
     band = [k for k in kinds if "wgmma band" in k]
-    assert band and all("8 rows x 128 channels in 4 x 64 GEMM rows" in k for k in band), band
+    import re
+
+    assert {re.search(r"\((\d+) rows x (\d+) channels in (\d) x 64 .* (\d) stages", k).groups() for k in band} == {
+        ("8", "128", "4", "6"), ("14", "128", "4", "5")}, band
     assert len(band) < len(kinds)
     assert not any("wgmma" in k for _, _, k in Program(g, "fp16", nsm=132).describe(256))
     assert not any("wgmma" in k for _, _, k in Program(g, "fp32", nsm=132, sm90a=True).describe(256))

@@ -131,7 +131,7 @@ class WgmmaBand:
     output channels a block, bstages weight stages of kch K steps, pipe wgmma groups in flight."""
 
     bn: int = 128
-    bstages: int = 4
+    bstages: int = 0  # 0: the tile chosen at 4 stages, then up to BAND_STAGES where they fit
     kch: int = 4
     pipe: int = 1
     all: bool = False  # every conv it fits, not only the wide ones (BAND_RULE)
@@ -157,19 +157,25 @@ def wgmma_band_spec() -> WgmmaBand | None:
 def choose_band(g: G.HaloGeom, o: int, n: int, nsm: int, spec: WgmmaBand) -> G.BandTile | None:
     """The band tile for a conv the wgmma band kernel can take (stride 1, C % 16 == 0), where its
     blocks fill the SMs at least once (small batches keep the split-K and halo paths)."""
-    t = G.band_tile(g, o, n, spec.bn, spec.kch, max(spec.bstages, 2 + spec.pipe), spec.pipe,
-                    min(spec.smem_kb * 1024, G.BAND_SMEM))
+    smem = min(spec.smem_kb * 1024, G.BAND_SMEM)
+    t = G.band_tile(g, o, n, spec.bn, spec.kch, max(spec.bstages or 4, 2 + spec.pipe), spec.pipe, smem)
     if t is None or t.blocks(g, n) * cdiv(o, t.bn) < nsm:
         return None
+    if not spec.bstages:  # more stages where they fit beside the chosen band
+        t = next(x for x in (replace(t, bstages=st) for st in range(BAND_STAGES, t.bstages - 1, -1))
+                 if x.bstages == t.bstages or x.smem(g) <= smem)
     if not spec.all and (t.bn < 128 or t.mt < 4):
         return None  # BAND_RULE
     return t
 
 
 # BAND_RULE: the band conv only where its blocks are 256 GEMM rows by at least 128 channels. H200,
-# 2026-11-28 (docs/gpu_profile_band_*.json): ResNet-18's 28x28x128 convs 291 -> 246 us; narrower or
-# shorter tiles lost (its 56x56x64 convs 277 -> 295 us, 14x14x256 281 -> 346, 7x7x512 293 -> 624,
-# ResNet-20's 16- to 64-channel convs 2-5x slower than the halo conv)
+# 2026-11-28 (docs/gpu_profile_band_stages_*_2238.json): ResNet-18's 28x28x128 convs 291 -> 233 us
+# (6 stages; 246 with 4) and 14x14x256 convs (whole images) 280 -> 238 us; narrower or shorter tiles
+# lost (its 56x56x64 convs 277 -> 295 us, 14x14x256 in 8-row bands 280 -> 346, 7x7x512 293 -> 621;
+# ResNet-20's 16- to 64-channel convs 2-5x slower than the halo conv, gpu_profile_band_all_2223.json).
+# Whole net with the rule: 5.47 -> 5.19 ms of device time (gpu_profile_band_default_*_2241.json).
+BAND_STAGES = 6  # 8 lost to 6 (258 against 233 us on the 28x28x128 conv)
 
 
 def wgmma_halo_tile(t: G.HaloTile, g: G.HaloGeom, o: int, spec: WgmmaHalo) -> G.HaloTile | None:
