@@ -669,6 +669,12 @@ def test_band_rule_by_default(monkeypatch):
     monkeypatch.setenv("CNNRT_CUDA_WGMMA_BAND", "0")
     assert not any("wgmma" in k for _, _, k in Program(g, "fp16", nsm=132, sm90a=True).describe(256))
     monkeypatch.delenv("CNNRT_CUDA_WGMMA_BAND")
+    # a wide 1x1 conv: band-shaped, but only with =all (not yet timed against the pointwise tiles)
+    pw = TG._one("pw_wide", (28, 28, 128), lambda b, x: b.op("Relu", [b.conv(x, 128, 1)]))
+    assert not any("wgmma" in k for _, _, k in Program(pw, "fp16", nsm=132, sm90a=True).describe(256))
+    monkeypatch.setenv("CNNRT_CUDA_WGMMA_BAND", "all")
+    assert any("wgmma band" in k for _, _, k in Program(pw, "fp16", nsm=132, sm90a=True).describe(256))
+    monkeypatch.delenv("CNNRT_CUDA_WGMMA_BAND")
     # the default plan emulated whole at a batch where the band conv's blocks fill 4 SMs
     x = np.random.default_rng(0).integers(0, 256, (2,) + g.input_shape).astype(np.float32)
     prog = Program(g, "fp16", nsm=4, sm90a=True)

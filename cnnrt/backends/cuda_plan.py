@@ -164,12 +164,14 @@ def choose_band(g: G.HaloGeom, o: int, n: int, nsm: int, spec: WgmmaBand) -> G.B
     if not spec.bstages:  # more stages where they fit beside the chosen band
         t = next(x for x in (replace(t, bstages=st) for st in range(BAND_STAGES, t.bstages - 1, -1))
                  if x.bstages == t.bstages or x.smem(g) <= smem)
-    if not spec.all and (t.bn < 128 or t.mt < 4):
+    if not spec.all and (t.bn < 128 or t.mt < 4 or g.KH * g.KW == 1):
         return None  # BAND_RULE
     return t
 
 
-# BAND_RULE: the band conv only where its blocks are 256 GEMM rows by at least 128 channels. H200,
+# BAND_RULE: the band conv only where its blocks are 256 GEMM rows by at least 128 channels, and
+# only for convs with more than one tap (1x1 convs on it are right, checked on the ONNX zoo, but
+# not yet timed against mma_conv's pointwise tiles). H200,
 # 2026-11-28 (docs/gpu_profile_band_stages_*_2238.json): ResNet-18's 28x28x128 convs 291 -> 233 us
 # (6 stages; 246 with 4) and 14x14x256 convs (whole images) 280 -> 238 us; narrower or shorter tiles
 # lost (its 56x56x64 convs 277 -> 295 us, 14x14x256 in 8-row bands 280 -> 346, 7x7x512 293 -> 621;
