@@ -202,33 +202,38 @@ class GraphRunner(Runner):
             return
         items = [k for k in todo.values() if k.static.get("arch") != "sm_90a"]
         hopper = [k for k in todo.values() if k.static.get("arch") == "sm_90a"]
-        if hopper:
-            try:
-                fns, mod = load_sm90a(self.cp, G.module_source(hopper), [k.name for k in hopper])
-            except Exception as e:
-                raise CnnrtError(f"model {self.graph.name!r}: compiling {len(hopper)} sm_90a CUDA kernels failed: "
-                                 f"{type(e).__name__}: {e}") from e
-            self._modules.append(mod)  # a module's functions live as long as it does
-            self.functions.update(fns)
-        if not items:
-            return
-        parts = compile_parts(len(items))
         dev = self.cp.cuda.Device().id
+
+        def build_sm90a(part):
+            with self.cp.cuda.Device(dev):
+                try:
+                    fns, mod = load_sm90a(self.cp, G.module_source(part), [k.name for k in part])
+                except Exception as e:
+                    raise CnnrtError(f"model {self.graph.name!r}: compiling {len(part)} sm_90a CUDA kernels failed: "
+                                     f"{type(e).__name__}: {e}") from e
+                self._modules.append(mod)  # a module's functions live as long as it does
+                return fns
 
         def build(part):
             with self.cp.cuda.Device(dev):  # a worker thread starts on device 0
                 mod = self.cp.RawModule(code=G.module_source(part), options=("--std=c++17",))
                 return {k.name: mod.get_function(k.name) for k in part}
 
+        # the sm_90a kernels (NVRTC calls of their own, one a kernel: each of their unrolled wgmma
+        # loops takes NVRTC about a second) and CuPy's modules, side by side (the cold start)
+        parts = compile_parts(len(items)) if items else 0
+        tasks = [(build_sm90a, [k]) for k in hopper] + [(build, items[i::parts]) for i in range(parts)]
         try:
-            if parts == 1:
-                self.functions.update(build(items))
-            else:  # NVRTC compiles one module per thread, side by side (the cold start)
+            if len(tasks) == 1:
+                self.functions.update(tasks[0][0](tasks[0][1]))
+            else:
                 from concurrent.futures import ThreadPoolExecutor
 
-                with ThreadPoolExecutor(parts) as ex:
-                    for fns in ex.map(build, [items[i::parts] for i in range(parts)]):
+                with ThreadPoolExecutor(min(len(tasks), max(parts, os.cpu_count() or 1))) as ex:
+                    for fns in ex.map(lambda t: t[0](t[1]), tasks):
                         self.functions.update(fns)
+        except CnnrtError:
+            raise
         except Exception as e:  # a compile error names the generated kernel: say which model and kernels
             raise CnnrtError(f"model {self.graph.name!r}: compiling {len(todo)} CUDA kernels failed: "
                              f"{type(e).__name__}: {e}") from e
