@@ -498,3 +498,24 @@ def test_wgmma_band_conv(rng, monkeypatch):
     monkeypatch.setenv("CNNRT_CUDA_WGMMA_BAND", "1")  # the rule: ResNet-18's 28x28x128 convs
     g = TG.resnet18(0)
     net_against_simt(rng, g, cuda_graph.GraphRunner(g, "fp16"), 256, "wgmma band", least=3)
+
+
+def test_s2d_stem(rng, monkeypatch):
+    # CNNRT_CUDA_S2D=1 (opt-in): stride-2 stems on 3-4 channels as stride-1 convs over the image's
+    # space-to-depth (prep_s2d_kernel, then the halo conv), forced with the halo conv everywhere, at
+    # batch 1, 7 and 300 with outputs poisoned, against float64; then ResNet-18 against its SIMT plan
+    _needs_mma()
+    monkeypatch.setenv("CNNRT_CUDA_S2D", "1")
+    monkeypatch.setenv("CNNRT_CUDA_HALO", "all")
+    for case, g in TG.s2d_stem_cases().items():
+        r = cuda_graph.GraphRunner(g, "fp16")
+        for n in (1, 7, 300):
+            assert "space-to-depth 2x2" in r.program.plan(n).launches[0].label, case
+            x = rng.standard_normal((n,) + g.input_shape).astype(np.float32)
+            poison(r)
+            out = r.run({"images": x})["y"]
+            ref = run_reference(g, {"images": x.astype(np.float64)}, fp16_storage=True)["y"]
+            assert np.isfinite(out).all() and rel_err(out, ref) < 3e-3, (case, n, rel_err(out, ref))
+    monkeypatch.delenv("CNNRT_CUDA_HALO")
+    g = TG.resnet18(0)
+    net_against_simt(rng, g, cuda_graph.GraphRunner(g, "fp16"), 64, "space-to-depth halo")

@@ -751,3 +751,105 @@ def test_wgmma_kernels_compile_for_sm90a():
     assert r.returncode == 0, r.stderr[-2000:]
     assert "spill stores" in r.stderr and all(" 0 bytes spill stores" in x for x in r.stderr.splitlines()
                                                 if "spill stores" in x)
+
+
+# ------------------------------------------------------------------ the space-to-depth stem (opt-in)
+
+S2D_STEMS = TG.s2d_stem_cases()
+
+
+@pytest.mark.parametrize("case", sorted(S2D_STEMS))
+def test_s2d_stem_planned_and_emulated(rng, monkeypatch, case):
+    # CNNRT_CUDA_S2D=1: the stride-2 stem runs as a stride-1 conv over the image's 2x2 space-to-depth
+    # (prep writes it, the weights are rearranged); the plan emulated against the original graph in
+    # float64, at batches 1 and 5; never without the switch, never in fp32
+    from cnnrt.ir.graph import run_reference
+    from cnnrt.testing import cuda_emulator as EM
+
+    g = S2D_STEMS[case]
+    monkeypatch.setenv("CNNRT_CUDA_HALO", "all")
+    monkeypatch.delenv("CNNRT_CUDA_S2D", raising=False)
+    assert not any("space-to-depth" in k for _, _, k in Program(g, "fp16", nsm=1).describe(5))
+    monkeypatch.setenv("CNNRT_CUDA_S2D", "1")
+    prog = Program(g, "fp16", nsm=1)
+    assert prog.s2d is not None and not Program(g, "fp32", nsm=1).s2d
+    for n in (1, 5):
+        labels = [la.label for la in prog.plan(n).launches]
+        assert "space-to-depth 2x2" in labels[0] and any("space-to-depth halo" in k for k in labels), labels
+        x = rng.standard_normal((n,) + g.input_shape).astype(np.float32)
+        out = EM.run(prog, x)["y"]
+        ref = run_reference(g, {"images": x.astype(np.float64)}, fp16_storage=True)["y"]
+        assert np.abs(out - ref).max() <= 1e-2 * np.abs(ref).max(), (case, n)
+
+
+def test_s2d_only_where_it_cuts_k(monkeypatch):
+    # a 4x4 stem (pad 1) becomes 3x3 taps on 16 channels, K 144 against 128 stored: not taken; nor a
+    # stride-1 stem, an 8-channel image or an input read twice
+    monkeypatch.setenv("CNNRT_CUDA_S2D", "1")
+    for shape, build in (((16, 16, 3), lambda b, x: b.conv(x, 32, 4, stride=2, pad=1)),
+                         ((16, 16, 3), lambda b, x: b.conv(x, 32, 3)),
+                         ((16, 16, 8), lambda b, x: b.conv(x, 32, 7, stride=2, pad=3)),
+                         ((16, 16, 3), lambda b, x: b.op("Add", [b.conv(x, 3, 3), x]))):
+        assert Program(TG._one("no_s2d", shape, build), "fp16", nsm=1).s2d is None
+
+
+def test_s2d_weights_against_a_direct_stride2_conv(rng):
+    # S2D's arithmetic alone, in float64: the stride-1 conv over the space-to-depth of x with the
+    # rearranged weights equals the stride-2 conv of x, for every kernel size and pad up to 7
+    from cnnrt.backends.cuda_plan import S2D
+
+    def conv(x, w, s, ph, pw, ho, wo):  # x (H, W, C), w (O, KH, KW, C), zero padding
+        o, kh, kw, c = w.shape
+        xp = np.zeros((x.shape[0] + 2 * kh + 2 * s * ho, x.shape[1] + 2 * kw + 2 * s * wo, c))
+        xp[kh:kh + x.shape[0], kw:kw + x.shape[1]] = x
+        y = np.zeros((ho, wo, o))
+        for i in range(ho):
+            for j in range(wo):
+                r, q = kh + i * s - ph, kw + j * s - pw
+                y[i, j] = np.einsum("abc,oabc->o", xp[r:r + kh, q:q + kw], w)
+        return y
+
+    for k in range(2, 8):
+        for p in range(0, k):
+            c, H, W = 3, 11, 8
+            x, w = rng.standard_normal((H, W, c)), rng.standard_normal((5, k, k, c))
+            ho, wo = (H + 2 * p - k) // 2 + 1, (W + 2 * p - k) // 2 + 1
+            t = S2D("stem", c, (k, p), (k, p))
+            xs = np.zeros((-(-H // 2), -(-W // 2), 16))
+            xz = np.zeros((2 * xs.shape[0], 2 * xs.shape[1], c))
+            xz[:H, :W] = x
+            for dy in range(2):
+                for dx in range(2):
+                    xs[..., (dy * 2 + dx) * c:(dy * 2 + dx + 1) * c] = xz[dy::2, dx::2]
+            ph, pw, _, _ = t.pads
+            got = conv(xs, t.weights(w), 1, ph, pw, ho, wo)  # (the weights come back in float32)
+            want = conv(x, w.astype(np.float32), 2, p, p, ho, wo)
+            assert np.abs(got - want).max() < 1e-9 * np.abs(want).max(), (k, p)
+
+
+def test_prep_s2d_kernel_compiles():
+    from cnnrt.testing.nvrtc import compile_ptx, find_library
+
+    if find_library() is None:
+        pytest.skip("no NVRTC library here (pip install nvidia-cuda-nvrtc to check the generated CUDA on the CPU)")
+    ks = [G.prep_s2d_kernel(ti, "f16") for ti in ("u8", "f32")]
+    ptx, _ = compile_ptx(G.module_source(ks))
+    assert all(k.name in ptx for k in ks)
+
+
+def test_s2d_on_the_fake_runner(rng, monkeypatch):
+    # the runner binds the space-to-depth prep's arguments and runs the plan (CuPy faked, kernels emulated)
+    from cnnrt.backends import cuda_graph
+    from cnnrt.ir.graph import run_reference
+    from cnnrt.testing import fake_cupy
+
+    fake_cupy.install(monkeypatch)
+    monkeypatch.setenv("CNNRT_CUDA_S2D", "1")
+    monkeypatch.setenv("CNNRT_CUDA_HALO", "all")
+    g = S2D_STEMS["odd_5x5"]
+    r = cuda_graph.GraphRunner(g, "fp16")
+    x = rng.standard_normal((7,) + g.input_shape).astype(np.float32)
+    assert "space-to-depth 2x2" in r.program.plan(7).launches[0].label
+    out = r.run({"images": x})["y"]
+    ref = run_reference(g, {"images": x.astype(np.float64)}, fp16_storage=True)["y"]
+    assert np.abs(out - ref).max() <= 1e-2 * np.abs(ref).max()

@@ -2549,6 +2549,53 @@ extern "C" __global__ void __launch_bounds__(256) $NAME(
 """
 
 
+PREP_S2D_TEMPLATE = r"""
+extern "C" __global__ void __launch_bounds__(256) $NAME(
+    $SIG)
+{
+    // the image's 2x2 space-to-depth: output pixel (n, bh, bw) holds input pixels (2bh + dy, 2bw + dx)
+    // as channels (dy * 2 + dx) * CHI + c, 16 channels (the rest zero, and zero past the image's
+    // edge), two 16-byte stores a pixel
+    const long long npix = (long long)N * H2 * W2;
+    for (long long pix = blockIdx.x * (long long)blockDim.x + threadIdx.x; pix < npix;
+         pix += (long long)gridDim.x * blockDim.x) {
+        const int bw = (int)(pix % W2);
+        const long long t = pix / W2;
+        const int bh = (int)(t % H2);
+        const long long n = t / H2;
+        float v[2][8];
+#pragma unroll
+        for (int q = 0; q < 16; ++q) v[q >> 3][q & 7] = 0.f;
+#pragma unroll
+        for (int d = 0; d < 4; ++d) {
+            const int h = 2 * bh + (d >> 1), w = 2 * bw + (d & 1);
+            if (h < H && w < W) {
+                const long long src = ((n * H + h) * W + w) * CHI;
+#pragma unroll
+                for (int c = 0; c < 4; ++c) {
+                    const int q = d * CHI + c;
+                    if (c < CHI) v[q >> 3][q & 7] = (ldf(x, src + c) * scale - mean[c]) / std[c];
+                }
+            }
+        }
+        st8(y, pix * 16, v[0], 8, true);
+        st8(y, pix * 16 + 8, v[1], 8, true);
+    }
+}
+"""
+
+
+def prep_s2d_kernel(ti: str, to: str) -> Kernel:
+    """The input preprocessing of a space-to-depth stem (cuda_plan.Program.s2d): (x * scale -
+    mean[c]) / std[c] of an N x H x W x CHI image (CHI <= 4) stored as its 2x2 space-to-depth,
+    N x H2 x W2 x 16 (H2, W2: H, W halved, rounded up)."""
+    assert to == "f16"
+    params = [(f"const {CTYPE[ti]}* __restrict__", "x"), (f"{CTYPE[to]}* __restrict__", "y"), ("int", "N"),
+              ("int", "H"), ("int", "W"), ("int", "H2"), ("int", "W2"), ("int", "CHI"), ("float", "scale"),
+              ("const float* __restrict__", "mean"), ("const float* __restrict__", "std")]
+    return _finish("prep", PREP_S2D_TEMPLATE, params, 256, {"ti": ti, "to": to, "s2d": True})
+
+
 def prep_kernel(ti: str, to: str, pad: bool = False) -> Kernel:
     """The model's input preprocessing: (x * scale - mean[c]) / std[c] into the storage type.
     pad: the image's CHI channels are stored as CH = 8 (total counts the output), the rest zero."""

@@ -419,6 +419,54 @@ class Group:
 
 # ---------------------------------------------------------------------------- the program
 
+@dataclass(frozen=True)
+class S2D:
+    """A stride-2 stem conv (kernel k, top/left pad p on each axis) as a stride-1 conv over the
+    image's 2x2 space-to-depth X[b][(dy * 2 + dx) * C + c] = x[2b + (dy, dx)][c]: output i reads
+    blocks i + j, j from j0 = floor(-p / 2) to floor((k - 1 - p) / 2), so taps k2 = that many and the
+    new pad -j0; tap j, phase d holds the old tap 2j + d + p (zero where that is outside the kernel)."""
+
+    node: str
+    c: int
+    h: tuple  # (k, p) along the height
+    w: tuple  # (k, p) along the width
+
+    @staticmethod
+    def _axis(k: int, p: int) -> tuple[int, int]:
+        j0, j1 = -((p + 1) // 2), (k - 1 - p) // 2
+        return j0, j1 - j0 + 1
+
+    @property
+    def kh2(self) -> int:
+        return self._axis(*self.h)[1]
+
+    @property
+    def kw2(self) -> int:
+        return self._axis(*self.w)[1]
+
+    @property
+    def pads(self) -> tuple[int, int, int, int]:
+        """(top, left, bottom, right) of the stride-1 conv (only top and left are read: the output
+        size is the stem's own)."""
+        ph, pw = -self._axis(*self.h)[0], -self._axis(*self.w)[0]
+        return ph, pw, ph, pw
+
+    def weights(self, w: np.ndarray) -> np.ndarray:
+        """The stem's weights (O, KH, KW, C) as the stride-1 conv's (O, kh2, kw2, 16)."""
+        o, kh, kw, c = w.shape
+        (j0h, _), (j0w, _) = self._axis(*self.h), self._axis(*self.w)
+        out = np.zeros((o, self.kh2, self.kw2, 16), np.float32)
+        for jh in range(self.kh2):
+            for jw in range(self.kw2):
+                for dy in range(2):
+                    for dx in range(2):
+                        a, b = 2 * (jh + j0h) + dy + self.h[1], 2 * (jw + j0w) + dx + self.w[1]
+                        if 0 <= a < kh and 0 <= b < kw:
+                            q = (dy * 2 + dx) * c
+                            out[:, jh, jw, q:q + c] = w[:, a, b, :]
+        return out
+
+
 class Program:
     """A graph compiled for the CUDA kernels, independent of the batch size."""
 
@@ -457,6 +505,7 @@ class Program:
         self.groups = self._fuse()
         self.out_bases = {self.base(t) for t in g.outputs}
         self.in_pad = self._input_channel_pad()
+        self.s2d = self._input_s2d()  # the stem as a stride-1 conv over the image's space-to-depth
         pp = g.preprocess
         c = self.item_shape[-1] if self.item_shape else 1
         self._chan_const("prep:mean", pp.get("mean"), c, 0.0)
@@ -479,6 +528,33 @@ class Program:
                            and n.inputs[1] in self.g.params and int(n.attrs.get("group", 1)) == 1 for n in readers):
             return 8
         return c
+
+    def _input_s2d(self) -> S2D | None:
+        """With CNNRT_CUDA_S2D=1 (opt-in: not yet run on a GPU): a fp16 image of 3 or 4 channels read
+        only by one stride-2 tensor-core conv (the stem: ResNet's 7x7) is stored as its 2x2
+        space-to-depth, 16 channels at half the size, and the conv runs as a stride-1 conv over it
+        (7x7 on 8 stored channels, K = 392, becomes 4x4 on 16, K = 256) where its planned kernel,
+        the halo conv, takes it (_Planner._s2d_pays)."""
+        if os.environ.get("CNNRT_CUDA_S2D", "") not in ("1", "true", "yes"):
+            return None
+        c = self.item_shape[-1] if len(self.item_shape) == 3 else 0
+        if not self.mma or not 3 <= c <= 4 or self.dtype(self.input) != "f16" or self.base(self.input) in self.out_bases:
+            return None
+        readers = [n for n in self.g.nodes if self.input in n.inputs]
+        convs = {grp.nodes[0].name for grp in self.groups if grp.kind == "conv"}
+        if len(readers) != 1:
+            return None
+        nd = readers[0]
+        if (nd.name not in convs or nd.inputs[0] != self.input or not nd.inputs[1:2] or nd.inputs[1] not in self.g.params
+                or int(nd.attrs.get("group", 1)) != 1 or tuple(nd.attrs["strides"]) != (2, 2)
+                or tuple(nd.attrs["dilations"]) != (1, 1)):
+            return None
+        _, kh, kw, _ = self.g.params[nd.inputs[1]].shape
+        pads = nd.attrs["pads"]
+        t = S2D(nd.name, c, (kh, pads[0]), (kw, pads[1]))
+        if t.kh2 * t.kw2 * 16 >= kh * kw * 8:
+            return None  # no fewer K than the 8-channel stem's
+        return t
 
     # ------------------------------------------------------------ constants
     def _q(self, a: np.ndarray) -> np.ndarray:
@@ -686,13 +762,29 @@ class _Planner:
         self.p, self.n, self.in_kind = prog, n, in_kind
         self.shapes = prog.g.infer_shapes({prog.input: (n,) + prog.item_shape})
         self.in_pad = prog.item_shape[-1] if prog.item_shape else 1
-        if prog.item_shape and prog.in_pad != self.in_pad and self._pad_pays(prog.in_pad):
+        self.s2d = prog.s2d if prog.s2d is not None and self._s2d_pays(prog.s2d) else None
+        if self.s2d is not None:  # the input stored as its space-to-depth, 16 channels at half the size
+            h, w, _ = prog.item_shape
+            self.shapes[prog.input] = (n, cdiv(h, 2), cdiv(w, 2), 16)
+        elif prog.item_shape and prog.in_pad != self.in_pad and self._pad_pays(prog.in_pad):
             self.in_pad = prog.in_pad  # the input stored with zero channels (Program.in_pad)
             self.shapes[prog.input] = (n,) + prog.item_shape[:-1] + (prog.in_pad,)
         self.launches: list[Launch] = []
         self.buffers: dict[str, Buffer] = {}
         self.meta: list[int] = []
         self.consts_used: set = set()
+
+    def _s2d_pays(self, t: S2D) -> bool:
+        """Whether this plan runs the stem over the space-to-depth input: where the halo conv takes
+        the stride-1 conv (at small batches the stem keeps its own kernel)."""
+        p = self.p
+        nd = next(x for x in p.g.nodes if x.name == t.node)
+        o = p.g.params[nd.inputs[1]].shape[0]
+        _, ho, wo, _ = self.shapes[nd.outputs[0]]
+        h, w, _ = p.item_shape
+        ph, pw, _, _ = t.pads
+        geom = G.HaloGeom(16, cdiv(h, 2), cdiv(w, 2), ho, wo, t.kh2, t.kw2, 1, 1, ph, pw, 1, 1)
+        return choose_halo(geom, o, self.n, p.nsm) is not None
 
     def _pad_pays(self, c: int) -> bool:
         """Whether to store the input with c channels in this plan: when every conv reading it then
@@ -796,6 +888,11 @@ class _Planner:
         x = self.t(p.input)
         u8 = self.in_kind == "u8"
         chi = p.item_shape[-1] if p.item_shape else 1
+        if self.s2d is not None:
+            self._prep_s2d(stage, x, chi)
+            for grp in p.groups:
+                getattr(self, f"g_{grp.kind}")(grp)
+            return self._finish_plan()
         pad = self.in_pad != chi
         k = G.prep_kernel(self.in_kind, p.dtype(p.input), pad)
         total = prod(self.shapes[p.input])
@@ -809,6 +906,21 @@ class _Planner:
                   label="prep (input scale/normalise" + (f"; {chi} channels stored as {self.in_pad})" if pad else ")"))
         for grp in p.groups:
             getattr(self, f"g_{grp.kind}")(grp)
+        return self._finish_plan()
+
+    def _prep_s2d(self, stage, x, chi: int) -> None:
+        p, u8 = self.p, self.in_kind == "u8"
+        n, h2, w2, _ = self.shapes[p.input]
+        h, w, _ = p.item_shape
+        k = G.prep_s2d_kernel(self.in_kind, p.dtype(p.input))
+        args = {"x": stage, "y": x, "N": n, "H": h, "W": w, "H2": h2, "W2": w2, "CHI": chi,
+                "scale": float(p.g.input_scale) if u8 else 1.0,
+                "mean": self.c("prep:mean" if u8 else "prep:zero"), "std": self.c("prep:std" if u8 else "prep:one")}
+        self.emit(None, k, self.grid_stride(n * h2 * w2), (256,), args, [stage[1]], [x[1]], nodes=[],
+                  label=f"prep (input scale/normalise; space-to-depth 2x2: {chi} channels stored as 16 at half the size)")
+
+    def _finish_plan(self) -> Plan:
+        p = self.p
         outputs = []
         for o in p.g.outputs:
             arg = self.t(o)
@@ -875,6 +987,10 @@ class _Planner:
     def _mma_conv(self, grp: Group, node: Node, w, bias: str, xs, ys):
         """A groups == 1 conv with fp16 input on the tensor cores (cuda_codegen.mma_conv_kernel)."""
         p = self.p
+        s2d = self.s2d is not None and node.name == self.s2d.node
+        if s2d:  # the stem over the space-to-depth input: a stride-1 conv (Program.s2d)
+            t = self.s2d
+            w = t.weights(w)
         padded = xs[3] != w.shape[3]
         if padded:  # the input stored with zero channels (Program.in_pad): zero weights for them
             w = np.concatenate([w, np.zeros(w.shape[:3] + (xs[3] - w.shape[3],), w.dtype)], axis=3)
@@ -887,11 +1003,13 @@ class _Planner:
             wq[:, :K] = np.asarray(w, np.float32).reshape(o, K)  # one rounding to fp16 (as _q's, then stored)
             return wq
 
-        wp = p.const(f"{node.name}:wmma" + (f":c{c}" if padded else ""), pack)
+        wp = p.const(f"{node.name}:wmma" + (f":c{c}" if padded else "") + (":s2d" if s2d else ""), pack)
         n, h, wd, _ = xs
         _, ho, wo, _ = ys
         M = n * ho * wo
         (sh, sw), (dh, dw), pads = node.attrs["strides"], node.attrs["dilations"], node.attrs["pads"]
+        if s2d:
+            (sh, sw), (dh, dw), pads = (1, 1), (1, 1), self.s2d.pads
         variant = G.mma_variant(c, kh, kw, (sh, sw), pads)
         out = grp.output
         ops, eargs = self.epi(grp, out)
@@ -932,7 +1050,8 @@ class _Planner:
             args = {"x": self.t(node.inputs[0]), "w": self.c(wp), "bias": self.c(bias), "y": y}
             self.put_epi(args, eargs)
             args.update(N=n, O=o, Kp=kp)
-            self._emit_halo(grp, kern, geom, ht, args, y, "wgmma " if wt is not None else "")
+            self._emit_halo(grp, kern, geom, ht, args, y,
+                            ("space-to-depth " if s2d else "") + ("wgmma " if wt is not None else ""))
             return
         tname = choose_mma_tile(M, o, K, p.nsm, variant)
         tile = G.MMA_TILES[tname]

@@ -119,6 +119,19 @@ class Emulator:
     def prep(self, l):
         a = l.args
         mean, std = self.read(a["mean"]), self.read(a["std"])
+        if l.kernel.static.get("s2d"):  # the image's 2x2 space-to-depth, 16 channels (cuda_codegen.prep_s2d_kernel)
+            N, H, W, H2, W2, chi = (a[k] for k in ("N", "H", "W", "H2", "W2", "CHI"))
+            assert chi <= 4 and H2 == -(-H // 2) and W2 == -(-W // 2)
+            x = (self.read(a["x"], N * H * W * chi).reshape(N, H, W, chi) * a["scale"] - mean[:chi]) / std[:chi]
+            xp = np.zeros((N, 2 * H2, 2 * W2, chi))
+            xp[:, :H, :W] = x
+            y = np.zeros((N, H2, W2, 16))
+            for dy in range(2):
+                for dx in range(2):
+                    q = (dy * 2 + dx) * chi
+                    y[..., q:q + chi] = xp[:, dy::2, dx::2]
+            self.store(a["y"], y.reshape(-1))
+            return
         if l.kernel.static.get("pad"):  # CHI channels of the image stored as CH, the rest zero
             chi, ch = a["CHI"], a["CH"]
             assert ch == 8 and a["total"] % ch == 0 and chi < ch

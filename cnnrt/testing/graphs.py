@@ -438,3 +438,15 @@ def band_conv_cases() -> dict[str, Graph]:
         "c16_5x5": ((6, 6, 16), lambda b, x: b.conv(x, 24, 5, pad=2)),
     }
     return {name: _one(name, *spec) for name, spec in builds.items()}
+
+
+def s2d_stem_cases() -> dict[str, Graph]:
+    """Stride-2 stems on 3 or 4 channels, which the space-to-depth stem (CNNRT_CUDA_S2D) takes:
+    ResNet's 7x7 pad 3, odd image sizes with a 5x5, an even 6x6 kernel, a 7x7 with pad 2."""
+    builds = {
+        "r18_stem": ((32, 30, 3), lambda b, x: b.op("Relu", [b.conv(x, 64, 7, stride=2, pad=3)])),
+        "odd_5x5": ((17, 13, 4), lambda b, x: b.conv(x, 24, 5, stride=2, pad=2)),
+        "k6_pad2": ((16, 16, 3), lambda b, x: b.conv(x, 32, 6, stride=2, pad=2)),
+        "7x7_pad2": ((20, 22, 3), lambda b, x: b.op("Relu", [b.conv(x, 40, 7, stride=2, pad=2)])),
+    }
+    return {name: _one(name, *spec) for name, spec in builds.items()}
