@@ -355,6 +355,16 @@ def net_against_simt(rng, g, r, n: int, marker: str, least: int = 1) -> None:
     check_fp16(r.probabilities(x), simt.probabilities(x), f"{g.name} {marker} vs SIMT")
 
 
+def against_float64(rng, r, g, n: int, tol: float, what, fp16: bool = True) -> None:
+    """Runner r on n fresh random inputs of graph g, outputs poisoned, against float64 (inputs and
+    weights rounded to fp16 where fp16): finite, and within tol of the largest output."""
+    x = rng.standard_normal((n,) + g.input_shape).astype(np.float32)
+    poison(r)
+    out = r.run({"images": x})["y"]
+    ref = run_reference(g, {"images": x.astype(np.float64)}, fp16_storage=fp16)["y"]
+    assert np.isfinite(out).all() and rel_err(out, ref) < tol, (what, n, rel_err(out, ref))
+
+
 def _cases_on_kernel(rng, precision: str, marker: str, tol: float) -> int:
     """Every MMA case whose plan runs a kernel labelled `marker`, at batch 1, 7 and 300 with outputs
     poisoned, against float64 (inputs and weights rounded to fp16 for an fp16 plan); how many ran."""
@@ -365,11 +375,7 @@ def _cases_on_kernel(rng, precision: str, marker: str, tol: float) -> int:
             continue
         seen += 1
         for n in (1, 7, 300):
-            x = rng.standard_normal((n,) + g.input_shape).astype(np.float32)
-            poison(r)
-            out = r.run({"images": x})["y"]
-            ref = run_reference(g, {"images": x.astype(np.float64)}, fp16_storage=precision == "fp16")["y"]
-            assert np.isfinite(out).all() and rel_err(out, ref) < tol, (case, n, rel_err(out, ref))
+            against_float64(rng, r, g, n, tol, case, fp16=precision == "fp16")
     return seen
 
 
@@ -422,11 +428,7 @@ def test_halo_stream_conv(rng, monkeypatch):
         monkeypatch.setenv("CNNRT_CUDA_HALO", "all")
         assert any("weights in 2 stages" in k for _, _, k in r.describe(300))
         for n in (1, 7, 300):
-            x = rng.standard_normal((n,) + g.input_shape).astype(np.float32)
-            poison(r)
-            out = r.run({"images": x})["y"]
-            ref = run_reference(g, {"images": x.astype(np.float64)}, fp16_storage=True)["y"]
-            assert np.isfinite(out).all() and rel_err(out, ref) < 3e-3, (case, n, rel_err(out, ref))
+            against_float64(rng, r, g, n, 3e-3, case)
         monkeypatch.delenv("CNNRT_CUDA_HALO")
     g = TG.resnet18(0)
     net_against_simt(rng, g, runner(g, "fp16"), 32, "weights in 2 stages")
@@ -484,11 +486,7 @@ def test_wgmma_band_conv(rng, monkeypatch):
             r = cuda_graph.GraphRunner(g, "fp16")
             assert any("wgmma band" in k for _, _, k in r.describe(300)), (spec, case)
             for n in (300, 301):
-                x = rng.standard_normal((n,) + g.input_shape).astype(np.float32)
-                poison(r)
-                out = r.run({"images": x})["y"]
-                ref = run_reference(g, {"images": x.astype(np.float64)}, fp16_storage=True)["y"]
-                assert np.isfinite(out).all() and rel_err(out, ref) < 3e-3, (spec, case, n, rel_err(out, ref))
+                against_float64(rng, r, g, n, 3e-3, (spec, case))
         _cases_on_kernel(rng, "fp16", "wgmma band", 3e-3)
     monkeypatch.setenv("CNNRT_CUDA_WGMMA_BAND", "all")
     g = TG.resnet18(0)
@@ -511,11 +509,7 @@ def test_s2d_stem(rng, monkeypatch):
         r = cuda_graph.GraphRunner(g, "fp16")
         for n in (1, 7, 300):
             assert "space-to-depth 2x2" in r.program.plan(n).launches[0].label, case
-            x = rng.standard_normal((n,) + g.input_shape).astype(np.float32)
-            poison(r)
-            out = r.run({"images": x})["y"]
-            ref = run_reference(g, {"images": x.astype(np.float64)}, fp16_storage=True)["y"]
-            assert np.isfinite(out).all() and rel_err(out, ref) < 3e-3, (case, n, rel_err(out, ref))
+            against_float64(rng, r, g, n, 3e-3, case)
     monkeypatch.delenv("CNNRT_CUDA_HALO")
     g = TG.resnet18(0)
     net_against_simt(rng, g, cuda_graph.GraphRunner(g, "fp16"), 64, "space-to-depth halo")

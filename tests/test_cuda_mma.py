@@ -542,6 +542,39 @@ def test_wgmma_conv_on_the_fake_runner(rng, monkeypatch):
     assert np.abs(out - ref).max() <= 1e-2 * np.abs(ref).max()
 
 
+def _ptxas_sm90a_clean(ptx: str) -> None:
+    """ptxas assembles the PTX for sm_90a with no spills and without serializing the wgmmas."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "k.ptx"
+        p.write_text(ptx)
+        r = subprocess.run(["ptxas", "-arch=sm_90a", "-v", str(p), "-o", str(Path(d) / "k.cubin")],
+                           capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    spills = [x for x in r.stderr.splitlines() if "spill stores" in x]
+    assert spills and all(" 0 bytes spill stores" in x for x in spills), spills
+    assert "C7515" not in r.stderr  # ptxas did not have to serialize the wgmmas
+
+
+def _sm90a_convs_emulated(rng, g, marker: str, nsm: int) -> None:
+    """Every conv of g's sm_90a fp16 plan at batch 1 and 7 on a kernel labelled `marker`, and the
+    plan emulated against float64 (inputs and weights rounded to fp16)."""
+    from cnnrt.ir.graph import run_reference
+    from cnnrt.testing import cuda_emulator as EM
+
+    for n in (1, 7):
+        prog = Program(g, "fp16", nsm=nsm, sm90a=True)
+        kinds = [k for _, _, k in prog.describe(n) if "onv" in k]
+        assert kinds and all(marker in k and "sm_90a" in k for k in kinds), (g.name, kinds)
+        x = rng.standard_normal((n,) + g.input_shape).astype(np.float32)
+        out = EM.run(prog, x)["y"]
+        ref = run_reference(g, {"images": x.astype(np.float64)}, fp16_storage=True)["y"]
+        assert np.abs(out - ref).max() <= 1e-2 * np.abs(ref).max(), (g.name, n)
+
+
 WGMMA_HALO_CASES = {  # (item shape, net): every one a halo conv when forced (CNNRT_CUDA_HALO=all)
     "c16_add_relu": ((12, 10, 16), lambda b, x: b.op("Relu", [b.op("Add", [b.conv(x, 16, 3), x])])),
     "c24_o40": ((9, 11, 24), lambda b, x: b.conv(x, 40, 3)),  # 99 pixels an image: a part-empty warpgroup
@@ -556,9 +589,6 @@ def test_wgmma_halo_planned_and_emulated(rng, monkeypatch, spec):
     # CNNRT_CUDA_WGMMA_HALO on an sm_90a device: every halo conv on halo_wgmma_kernel (whole
     # warpgroups, weights streamed in the core-matrix layout); never without the switch or off
     # sm_90; the plans emulated against float64 at batch 1 and 7
-    from cnnrt.ir.graph import run_reference
-    from cnnrt.testing import cuda_emulator as EM
-
     monkeypatch.setenv("CNNRT_CUDA_HALO", "all")
     for case, build in WGMMA_HALO_CASES.items():
         g = TG._one(case, *build)
@@ -566,14 +596,7 @@ def test_wgmma_halo_planned_and_emulated(rng, monkeypatch, spec):
         assert not any("wgmma" in k for _, _, k in Program(g, "fp16", nsm=4, sm90a=True).describe(7))
         monkeypatch.setenv("CNNRT_CUDA_WGMMA_HALO", spec)
         assert not any("wgmma" in k for _, _, k in Program(g, "fp16", nsm=4).describe(7)), case
-        for n in (1, 7):
-            prog = Program(g, "fp16", nsm=4, sm90a=True)
-            kinds = [k for _, _, k in prog.describe(n) if "onv" in k]
-            assert kinds and all("wgmma halo" in k and "sm_90a" in k for k in kinds), (case, kinds)
-            x = rng.standard_normal((n,) + g.input_shape).astype(np.float32)
-            out = EM.run(prog, x)["y"]
-            ref = run_reference(g, {"images": x.astype(np.float64)}, fp16_storage=True)["y"]
-            assert np.abs(out - ref).max() <= 1e-2 * np.abs(ref).max(), (case, n)
+        _sm90a_convs_emulated(rng, g, "wgmma halo", nsm=4)
 
 
 def test_wgmma_halo_spec_parsing(monkeypatch):
@@ -589,9 +612,6 @@ def test_wgmma_halo_kernels_compile_for_sm90a():
     # NVRTC and ptxas for sm_90a: every spec's kernels over the stream shapes, both stores, no spills
     import dataclasses
     import shutil
-    import subprocess
-    import tempfile
-    from pathlib import Path
 
     from cnnrt.backends.cuda_plan import WgmmaHalo, wgmma_halo_tile
     from cnnrt.testing.nvrtc import compile_ptx, find_library
@@ -608,15 +628,7 @@ def test_wgmma_halo_kernels_compile_for_sm90a():
             ks += [G.halo_wgmma_kernel(g, dataclasses.replace(t), "f16", ADD_RELU16, c, spec.pipe) for c in (False, True)]
     ptx, _ = compile_ptx(G.module_source(ks), arch="compute_90a")
     assert all(k.name in ptx for k in ks) and "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16" in ptx
-    with tempfile.TemporaryDirectory() as d:
-        p = Path(d) / "k.ptx"
-        p.write_text(ptx)
-        r = subprocess.run(["ptxas", "-arch=sm_90a", "-v", str(p), "-o", str(Path(d) / "k.cubin")],
-                           capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
-    spills = [x for x in r.stderr.splitlines() if "spill stores" in x]
-    assert spills and all(" 0 bytes spill stores" in x for x in spills), spills
-    assert "C7515" not in r.stderr  # ptxas did not have to serialize the wgmmas
+    _ptxas_sm90a_clean(ptx)
 
 
 @pytest.mark.parametrize("spec", ["all", "all,bn64,st2,p0", "all,k2,st3"])
@@ -624,9 +636,6 @@ def test_wgmma_band_planned_and_emulated(rng, monkeypatch, spec):
     # CNNRT_CUDA_WGMMA_BAND=all on an sm_90a device: every stride-1 conv with C % 16 == 0 on
     # band_conv_kernel; by default only the wide ones (none of these), never with =0, off sm_90, for
     # stride 2 or C % 16 != 0; the plans emulated against float64 at batch 1 and 7
-    from cnnrt.ir.graph import run_reference
-    from cnnrt.testing import cuda_emulator as EM
-
     for case, g in TG.band_conv_cases().items():
         monkeypatch.delenv("CNNRT_CUDA_WGMMA_BAND", raising=False)
         assert not any("wgmma" in k for _, _, k in Program(g, "fp16", nsm=1, sm90a=True).describe(7))
@@ -634,14 +643,7 @@ def test_wgmma_band_planned_and_emulated(rng, monkeypatch, spec):
         assert not any("wgmma" in k for _, _, k in Program(g, "fp16", nsm=1, sm90a=True).describe(7))
         monkeypatch.setenv("CNNRT_CUDA_WGMMA_BAND", spec)
         assert not any("wgmma" in k for _, _, k in Program(g, "fp16", nsm=1).describe(7)), case
-        for n in (1, 7):
-            prog = Program(g, "fp16", nsm=1, sm90a=True)
-            kinds = [k for _, _, k in prog.describe(n) if "onv" in k]
-            assert kinds and all("wgmma band" in k and "sm_90a" in k for k in kinds), (case, kinds)
-            x = rng.standard_normal((n,) + g.input_shape).astype(np.float32)
-            out = EM.run(prog, x)["y"]
-            ref = run_reference(g, {"images": x.astype(np.float64)}, fp16_storage=True)["y"]
-            assert np.abs(out - ref).max() <= 1e-2 * np.abs(ref).max(), (case, n)
+        _sm90a_convs_emulated(rng, g, "wgmma band", nsm=1)
     monkeypatch.setenv("CNNRT_CUDA_WGMMA_BAND", "all")
     for shape, build in (((9, 11, 32), lambda b, x: b.conv(x, 40, 3, stride=2)),
                          ((9, 11, 24), lambda b, x: b.conv(x, 40, 3))):
@@ -700,9 +702,6 @@ def test_band_tiles():
 def test_band_kernels_compile_for_sm90a():
     # NVRTC and ptxas for sm_90a: the band conv over the band cases' shapes and ResNet-18's, no spills
     import shutil
-    import subprocess
-    import tempfile
-    from pathlib import Path
 
     from cnnrt.testing.nvrtc import compile_ptx, find_library
 
@@ -718,22 +717,11 @@ def test_band_kernels_compile_for_sm90a():
             ks.append(G.band_conv_kernel(g, t, "f16", ADD_RELU16))
     ptx, _ = compile_ptx(G.module_source(ks), arch="compute_90a")
     assert all(k.name in ptx for k in ks) and "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16" in ptx
-    with tempfile.TemporaryDirectory() as d:
-        p = Path(d) / "k.ptx"
-        p.write_text(ptx)
-        r = subprocess.run(["ptxas", "-arch=sm_90a", "-v", str(p), "-o", str(Path(d) / "k.cubin")],
-                           capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
-    spills = [x for x in r.stderr.splitlines() if "spill stores" in x]
-    assert spills and all(" 0 bytes spill stores" in x for x in spills), spills
-    assert "C7515" not in r.stderr  # ptxas did not have to serialize the wgmmas
+    _ptxas_sm90a_clean(ptx)
 
 
 def test_wgmma_kernels_compile_for_sm90a():
     import shutil
-    import subprocess
-    import tempfile
-    from pathlib import Path
 
     from cnnrt.testing.nvrtc import compile_ptx, find_library
 
@@ -743,14 +731,7 @@ def test_wgmma_kernels_compile_for_sm90a():
     ks = [G.wgmma_conv_kernel(t, to, epi) for t in G.WGMMA_TILES.values() for to in ("f16", "f32")]
     ptx, _ = compile_ptx(G.module_source(ks), arch="compute_90a")
     assert all(k.name in ptx for k in ks) and "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16" in ptx
-    with tempfile.TemporaryDirectory() as d:
-        p = Path(d) / "k.ptx"
-        p.write_text(ptx)
-        r = subprocess.run(["ptxas", "-arch=sm_90a", "-v", str(p), "-o", str(Path(d) / "k.cubin")],
-                           capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "spill stores" in r.stderr and all(" 0 bytes spill stores" in x for x in r.stderr.splitlines()
-                                                if "spill stores" in x)
+    _ptxas_sm90a_clean(ptx)
 
 
 # ------------------------------------------------------------------ the space-to-depth stem (opt-in)

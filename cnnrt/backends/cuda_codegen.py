@@ -1332,6 +1332,34 @@ HALO_PIECES["$HALO_KSTEP\n"] = HALO_KSTEP.replace("$BFRAG", "bs0 + (j2 * 16 * LD
 HALO_PIECES["$HALO_KSTEP_STREAM\n"] = _deeper(HALO_KSTEP).replace("$BFRAG", "bst + (j2 * 16 * LDB + kk * 16) * 2")
 
 
+
+# the streamed weights' loader (fp16, chunks of KCH K steps of 16), where $BDST is the 16-byte
+# chunk's shared-memory address for row o, chunk q of the chunk's 2 KCH, stage st
+LOAD_B16 = r"""    auto load_b = [&](int ch, int st) {
+        for (int e = tid; e < BN * KCH * 2; e += THREADS) {
+            const int o = e / (KCH * 2), q = e - o * (KCH * 2);
+            const int kq = ch * KCH * 2 + q;
+            const bool ok = o0 + o < O && kq * 8 < Kp;
+            const half_t* src = ok ? w + (long long)(o0 + o) * Kp + kq * 8 : w;
+            cp_async16($BDST, src, ok ? 16 : 0);
+        }
+    };
+"""
+CORE_BDST = "bsm + st * STAGE + (q * BN + o) * 16"  # wgmma's core-matrix layout: plane q, row o
+HALO_PIECES["$LOAD_B_PADDED\n"] = LOAD_B16.replace("$BDST", "smem_u32(&Bs[(st * BN + o) * LDB + q * 8])")
+HALO_PIECES["$LOAD_B_CORE\n"] = LOAD_B16.replace("$BDST", CORE_BDST)
+# the head of a wgmma conv's loop over weight chunks: chunk ch landed and visible to the tensor
+# cores, the chunk D ahead requested, bst its stage
+HALO_PIECES["$WG_CHUNK_HEAD\n"] = r"""        cp_async_wait<D - 1>();  // this thread's copies of chunk ch (and the footprint) have landed ...
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // ... visible to the tensor cores
+        // ... and everyone's; every warpgroup's wgmmas on the stage refilled next are done (PIPE 1:
+        // each waited for all but its last chunk's, and that stage held the chunk before)
+        __syncthreads();
+        if (ch + D < NCH) load_b(ch + D, (ch + D) % BST);
+        cp_async_commit();
+        const u32_t bst = bsm + (ch % BST) * STAGE;
+"""
+
 HALO_TEMPLATE = r"""
 extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
     $SIG)
@@ -1444,15 +1472,7 @@ $HALO_GEOM
 $HALO_BLOCK
 
     // chunk ch of the weights (K halves ch * KCH * 16 ..) into stage st; zero past Kp and O
-    auto load_b = [&](int ch, int st) {
-        for (int e = tid; e < BN * KCH * 2; e += THREADS) {
-            const int o = e / (KCH * 2), q = e - o * (KCH * 2);
-            const int kq = ch * KCH * 2 + q;
-            const bool ok = o0 + o < O && kq * 8 < Kp;
-            const half_t* src = ok ? w + (long long)(o0 + o) * Kp + kq * 8 : w;
-            cp_async16(smem_u32(&Bs[(st * BN + o) * LDB + q * 8]), src, ok ? 16 : 0);
-        }
-    };
+$LOAD_B_PADDED
 $HALO_FOOTPRINT
     load_b(0, 0);
     cp_async_commit();  // group 0: the footprint and chunk 0
@@ -1519,15 +1539,7 @@ $HALO_GEOM
 $HALO_BLOCK
 
     // chunk ch of the weights (K halves ch * KCH * 16 ..) into stage st; zero past Kp and O
-    auto load_b = [&](int ch, int st) {
-        for (int e = tid; e < BN * KCH * 2; e += THREADS) {
-            const int o = e / (KCH * 2), q = e - o * (KCH * 2);
-            const int kq = ch * KCH * 2 + q;
-            const bool ok = o0 + o < O && kq * 8 < Kp;
-            const half_t* src = ok ? w + (long long)(o0 + o) * Kp + kq * 8 : w;
-            cp_async16(bsm + st * STAGE + (q * BN + o) * 16, src, ok ? 16 : 0);
-        }
-    };
+$LOAD_B_CORE
 $HALO_FOOTPRINT
     load_b(0, 0);
     cp_async_commit();  // group 0: the footprint and chunk 0
@@ -1543,14 +1555,7 @@ $HALO_POS
 $HALO_ACC
 
     for (int ch = 0; ch < NCH; ++ch) {
-        cp_async_wait<D - 1>();  // this thread's copies of chunk ch (and the footprint) have landed ...
-        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // ... visible to the tensor cores
-        // ... and everyone's; every warpgroup's wgmmas on the stage refilled next are done (PIPE 1:
-        // each waited for all but its last chunk's, and that stage held the chunk before)
-        __syncthreads();
-        if (ch + D < NCH) load_b(ch + D, (ch + D) % BST);
-        cp_async_commit();
-        const u32_t bst = bsm + (ch % BST) * STAGE;
+$WG_CHUNK_HEAD
         u32_t af[KCH][MI][4];
 #pragma unroll
         for (int kk = 0; kk < KCH; ++kk) {
@@ -1735,15 +1740,7 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
     const u32_t xs = smem_u32(smem_raw), bsm = xs + XBYTES;
 
     // chunk ch of the weights (K halves ch * KCH * 16 ..) into stage st as core matrices; zero past Kp and O
-    auto load_b = [&](int ch, int st) {
-        for (int e = tid; e < BN * KCH * 2; e += THREADS) {
-            const int o = e / (KCH * 2), q = e - o * (KCH * 2);
-            const int kq = ch * KCH * 2 + q;
-            const bool ok = o0 + o < O && kq * 8 < Kp;
-            const half_t* src = ok ? w + (long long)(o0 + o) * Kp + kq * 8 : w;
-            cp_async16(bsm + st * STAGE + (q * BN + o) * 16, src, ok ? 16 : 0);
-        }
-    };
+$LOAD_B_CORE
     for (int e = tid; e < NPOS * CPP; e += THREADS) {  // the footprint, zero outside the image
         const int j = e % CPP, P = e / CPP;
         const int ri = P / TWI, wi = P - ri * TWI;
@@ -1770,14 +1767,7 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
         for (int i = 0; i < BN / 2; ++i) acc[t][i] = 0.f;
 
     for (int ch = 0; ch < NCH; ++ch) {
-        cp_async_wait<D - 1>();  // this thread's copies of chunk ch (and the footprint) have landed ...
-        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // ... visible to the tensor cores
-        // ... and everyone's; every warpgroup's wgmmas on the stage refilled next are done (PIPE 1:
-        // each waited for all but its last chunk's, and that stage held the chunk before)
-        __syncthreads();
-        if (ch + D < NCH) load_b(ch + D, (ch + D) % BST);
-        cp_async_commit();
-        const u32_t bst = bsm + (ch % BST) * STAGE;
+$WG_CHUNK_HEAD
         asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
 #pragma unroll
         for (int kk = 0; kk < KCH; ++kk) {
@@ -1838,7 +1828,9 @@ def band_conv_kernel(g: HaloGeom, t: BandTile, to: str, epi=()) -> Kernel:
     finish = STAGED_FINISH.replace(_BAND_ROW, row)
     _, ecode, _ = epilogue(epi)
     pre, code8 = epilogue8(epi)
-    src = BAND_TEMPLATE.replace("$MMAS", "\n".join(mmas)).replace("$FINISH", finish)
+    src = (BAND_TEMPLATE.replace("$LOAD_B_CORE\n", HALO_PIECES["$LOAD_B_CORE\n"])
+           .replace("$WG_CHUNK_HEAD\n", HALO_PIECES["$WG_CHUNK_HEAD\n"])
+           .replace("$MMAS", "\n".join(mmas)).replace("$FINISH", finish))
     src = src.replace("$EPRE", pre).replace("$EPI8", code8).replace("$EPI", ecode)
     subs = {"$C": g.C, "$H": g.H, "$W": g.W, "$HO": g.Ho, "$WO": g.Wo, "$KH": g.KH, "$KW": g.KW, "$PH": g.ph,
             "$PW": g.pw, "$DH": g.dh, "$DW": g.dw, "$ROWS": t.rows, "$NPX": t.npx(g), "$WGS": t.wgs, "$TPW": t.tpw,

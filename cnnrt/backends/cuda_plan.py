@@ -116,11 +116,19 @@ def wgmma_halo_spec() -> WgmmaHalo | None:
     env = os.environ.get("CNNRT_CUDA_WGMMA_HALO", "")
     if env in ("", "0", "false", "no"):
         return None
-    spec = WgmmaHalo()
+    return _parse_spec(env, WgmmaHalo())
+
+
+SPEC_KEYS = (("bn", "bn"), ("st", "bstages"), ("sm", "smem_kb"), ("k", "kch"), ("p", "pipe"))
+
+
+def _parse_spec(env: str, spec):
+    """A tile spec from a switch's value, "bn128,st3,k2,p1": each part a key of SPEC_KEYS and a
+    number sets that field of `spec` (a frozen dataclass); other parts are left to the caller."""
     for part in env.split(","):
-        for key, field_ in (("bn", "bn"), ("st", "bstages"), ("k", "kch"), ("p", "pipe")):
-            if part.startswith(key) and part[len(key):].isdigit():
-                spec = replace(spec, **{field_: int(part[len(key):])})
+        for key, name in SPEC_KEYS:
+            if part.startswith(key) and part[len(key):].isdigit() and hasattr(spec, name):
+                spec = replace(spec, **{name: int(part[len(key):])})
                 break
     return spec
 
@@ -145,13 +153,7 @@ def wgmma_band_spec() -> WgmmaBand | None:
     env = os.environ.get("CNNRT_CUDA_WGMMA_BAND", "")
     if env in ("0", "false", "no"):
         return None
-    spec = WgmmaBand(all="all" in env.split(","))
-    for part in env.split(","):
-        for key, field_ in (("bn", "bn"), ("st", "bstages"), ("sm", "smem_kb"), ("k", "kch"), ("p", "pipe")):
-            if part.startswith(key) and part[len(key):].isdigit():
-                spec = replace(spec, **{field_: int(part[len(key):])})
-                break
-    return spec
+    return _parse_spec(env, WgmmaBand(all="all" in env.split(",")))
 
 
 def choose_band(g: G.HaloGeom, o: int, n: int, nsm: int, spec: WgmmaBand) -> G.BandTile | None:
