@@ -132,7 +132,7 @@ gpu-ab:
 # ResNet-20's device time with $(WGMMA_VAR) set to each of WGMMA_SPECS (0: off). About 3 minutes.
 # The im2col kernel's own lab: dev/cuda/wgmma_gemm.py --isolate.
 WGMMA_VAR ?= CNNRT_CUDA_WGMMA_BAND
-WGMMA_SPECS ?= 0 1 bn64 bn256 st4 st2,p0 k2,st4
+WGMMA_SPECS ?= 0 1 cm
 WGMMA_TESTS ?= wgmma
 WGMMA_MODELS ?= resnet18,resnet20
 gpu-wgmma: SHELL := /bin/bash

@@ -480,7 +480,7 @@ def test_wgmma_band_conv(rng, monkeypatch):
 
     if int(cupy.cuda.Device().compute_capability) != 90:
         pytest.skip("wgmma (sm_90a) runs on compute capability 9.0 only")
-    for spec in ("all", "all,bn64,st2,p0", "all,bn256,k2,st3"):
+    for spec in ("all", "all,bn64,st2,p0", "all,bn256,k2,st3", "all,cm"):
         monkeypatch.setenv("CNNRT_CUDA_WGMMA_BAND", spec)
         for case, g in TG.band_conv_cases().items():
             r = cuda_graph.GraphRunner(g, "fp16")

@@ -631,7 +631,7 @@ def test_wgmma_halo_kernels_compile_for_sm90a():
     _ptxas_sm90a_clean(ptx)
 
 
-@pytest.mark.parametrize("spec", ["all", "all,bn64,st2,p0", "all,k2,st3"])
+@pytest.mark.parametrize("spec", ["all", "all,bn64,st2,p0", "all,k2,st3", "all,cm", "all,cm,k8,st3"])
 def test_wgmma_band_planned_and_emulated(rng, monkeypatch, spec):
     # CNNRT_CUDA_WGMMA_BAND=all on an sm_90a device: every stride-1 conv with C % 16 == 0 on
     # band_conv_kernel; by default only the wide ones (none of these), never with =0, off sm_90, for
@@ -649,6 +649,26 @@ def test_wgmma_band_planned_and_emulated(rng, monkeypatch, spec):
                          ((9, 11, 24), lambda b, x: b.conv(x, 40, 3))):
         g = TG._one("not_band", shape, build)
         assert not any("wgmma" in k for _, _, k in Program(g, "fp16", nsm=1, sm90a=True).describe(7))
+
+
+def test_wgmma_band_spec_parsing(monkeypatch):
+    from cnnrt.backends.cuda_plan import WgmmaBand, wgmma_band_spec
+
+    for env, want in (("", WgmmaBand()), ("0", None), ("1", WgmmaBand()), ("all", WgmmaBand(all=True)),
+                      ("bn64,st3,k2,p0,sm113,cm", WgmmaBand(64, 3, 2, 0, False, 113, True))):
+        monkeypatch.setenv("CNNRT_CUDA_WGMMA_BAND", env)
+        assert wgmma_band_spec() == want, env
+
+
+def test_band_weights_cm_round_trip(rng):
+    # the channel-major packing is a permutation of K (the padding kept): every weight once
+    wq = np.zeros((5, 320), np.float32)
+    wq[:, :288] = rng.standard_normal((5, 288))  # 3x3 taps of 32 channels, padded to 320
+    cm = G.band_weights_cm(wq, 3, 3, 32)
+    assert not cm[:, 288:].any() and np.array_equal(np.sort(cm, axis=1), np.sort(wq, axis=1))
+    # step s = pair * 9 + tap holds that tap's channels 16 * pair .. 16 * pair + 15
+    w4 = wq[:, :288].reshape(5, 3, 3, 32)
+    assert np.array_equal(cm[:, (1 * 9 + 4) * 16:(1 * 9 + 5) * 16], w4[:, 1, 1, 16:32])
 
 
 def test_band_rule_by_default(monkeypatch):
@@ -712,8 +732,8 @@ def test_band_kernels_compile_for_sm90a():
                                     (48, 7, 5, 96, 1, 0, 1), (16, 6, 6, 24, 5, 2, 1), (64, 56, 56, 64, 3, 1, 1),
                                     (256, 14, 14, 256, 3, 1, 1), (512, 7, 7, 512, 3, 1, 1)):
         g = G.HaloGeom(C, H, W, H, W, k, k, 1, 1, pad, pad, dil, dil)
-        for bn, st, pipe in ((128, 3, 1), (64, 2, 0), (256, 3, 1)):
-            t = G.band_tile(g, O, 64, bn=bn, bstages=st, pipe=pipe)
+        for bn, st, pipe, cm in ((128, 3, 1, False), (64, 2, 0, False), (256, 3, 1, False), (128, 4, 1, True)):
+            t = G.band_tile(g, O, 64, bn=bn, bstages=st, pipe=pipe, cm=cm)
             ks.append(G.band_conv_kernel(g, t, "f16", ADD_RELU16))
     ptx, _ = compile_ptx(G.module_source(ks), arch="compute_90a")
     assert all(k.name in ptx for k in ks) and "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16" in ptx

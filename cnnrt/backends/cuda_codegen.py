@@ -1638,6 +1638,7 @@ class BandTile:
     kch: int = 4
     bstages: int = 3
     pipe: int = 1
+    cm: bool = False  # K channel-major (16 channels at a time, every tap): the footprint streams in with the weights
 
     @property
     def mt(self) -> int:
@@ -1678,7 +1679,7 @@ BAND_SMEM = 227 * 1024  # a block's most dynamic shared memory on sm_90
 
 
 def band_tile(g: HaloGeom, O: int, n: int, bn: int = 128, kch: int = 4, bstages: int = 3, pipe: int = 1,
-              smem: int = BAND_SMEM) -> BandTile | None:
+              smem: int = BAND_SMEM, cm: bool = False) -> BandTile | None:
     """The band tile for a stride-1 conv with C % 16 == 0 (a K step of 16 within one tap), or None:
     of the bands whose GEMM rows fit 1, 2 or 4 tiles of 64 and whose footprint and stages fit `smem`,
     the one with the most output pixels per row computed, discounted by the footprint's halo rows
@@ -1697,7 +1698,7 @@ def band_tile(g: HaloGeom, O: int, n: int, bn: int = 128, kch: int = 4, bstages:
         wgs, tpw = (1, 1) if mt == 1 else (2, mt // 2)
         if tpw * bn // 2 > 128:  # accumulators a thread
             continue
-        t = BandTile(rows, bn, wgs, tpw, kch, bstages, pipe)
+        t = BandTile(rows, bn, wgs, tpw, kch, bstages, pipe, cm)
         if t.npx(g) > 16383 or t.smem(g) > smem:
             continue
         sc = t.useful(g) * rows / (rows + (g.KH - 1) * g.dh)  # (the footprint's halo rows read again)
@@ -1802,10 +1803,59 @@ $MMAS
 $FINISH}
 """
 
+BAND_FOOTPRINT = """    for (int e = tid; e < NPOS * CPP; e += THREADS) {  // the footprint, zero outside the image
+        const int j = e % CPP, P = e / CPP;
+        const int ri = P / TWI, wi = P - ri * TWI;
+        const int hi = ho0 - PH + ri, wi2 = wi - PW;
+        const bool ok = (unsigned)hi < (unsigned)H && (unsigned)wi2 < (unsigned)W;
+        const half_t* src = ok ? x + (((long long)n0 * H + hi) * W + wi2) * C + j * 8 : x;
+        cp_async16(xs + (j * NPX + P) * 16, src, ok ? 16 : 0);
+    }
+"""
+BAND_KSTEP = """            const int tap = s / CS, j = (s - tap * CS) * 2, kh = tap / KW, kw = tap - kh * KW;
+"""
 _BAND_ROW = """        const int r = t / CG, g = t - r * CG;
         const int m = m0 + r, cb = o0 + g * 8;
         if (m >= M || cb >= O) continue;
 """
+
+
+# the channel-major band conv (BandTile.cm): K steps run 16 channels at a time over every tap, so
+# chunk ch needs only the footprint's planes of the channel pairs up to its last step's; each chunk's
+# cp.async group brings those planes with its weights (load_b below: the weights' loader, renamed
+# load_w, then the planes), and the main loop starts once the first pair has landed
+BAND_CM_LOADERS = r"""    constexpr int TAPS = KH * KW;
+    auto load_x = [&](int cp) {  // the footprint's planes 2cp and 2cp + 1, zero outside the image
+        for (int e = tid; e < NPOS * 2; e += THREADS) {
+            const int j = 2 * cp + (e & 1), P = e >> 1;
+            const int ri = P / TWI, wi = P - ri * TWI;
+            const int hi = ho0 - PH + ri, wi2 = wi - PW;
+            const bool ok = (unsigned)hi < (unsigned)H && (unsigned)wi2 < (unsigned)W;
+            const half_t* src = ok ? x + (((long long)n0 * H + hi) * W + wi2) * C + j * 8 : x;
+            cp_async16(xs + (j * NPX + P) * 16, src, ok ? 16 : 0);
+        }
+    };
+    // the last channel pair chunk ch reads (-1 before the first chunk)
+    auto last_pair = [&](int ch) { return ch < 0 ? -1 : min(CS - 1, ((ch + 1) * KCH - 1) / TAPS); };
+    auto load_b = [&](int ch, int st) {
+        load_w(ch, st);
+        for (int cp = last_pair(ch - 1) + 1; cp <= last_pair(ch); ++cp) load_x(cp);
+    };
+"""
+BAND_CM_KSTEP = """            const int cp = s / TAPS, tap = s - cp * TAPS, j = 2 * cp, kh = tap / KW, kw = tap - kh * KW;
+"""
+
+
+def band_weights_cm(wq, kh: int, kw: int, c: int):
+    """Packed weights [O][Kp] in (kh, kw, c) order as the channel-major band conv reads them:
+    (c // 16, kh, kw, c % 16), the K padding kept."""
+    import numpy as np
+
+    o, kp = wq.shape
+    K = kh * kw * c
+    out = np.zeros_like(wq)
+    out[:, :K] = wq[:, :K].reshape(o, kh, kw, c // 16, 16).transpose(0, 3, 1, 2, 4).reshape(o, K)
+    return out
 
 
 def band_conv_kernel(g: HaloGeom, t: BandTile, to: str, epi=()) -> Kernel:
@@ -1828,7 +1878,12 @@ def band_conv_kernel(g: HaloGeom, t: BandTile, to: str, epi=()) -> Kernel:
     finish = STAGED_FINISH.replace(_BAND_ROW, row)
     _, ecode, _ = epilogue(epi)
     pre, code8 = epilogue8(epi)
-    src = (BAND_TEMPLATE.replace("$LOAD_B_CORE\n", HALO_PIECES["$LOAD_B_CORE\n"])
+    template = BAND_TEMPLATE
+    if t.cm:  # the footprint streams in with the weights; K steps channel-major
+        template = (template.replace("$LOAD_B_CORE\n", HALO_PIECES["$LOAD_B_CORE\n"].replace("load_b", "load_w")
+                                     + BAND_CM_LOADERS)
+                    .replace(BAND_FOOTPRINT, "").replace(BAND_KSTEP, BAND_CM_KSTEP))
+    src = (template.replace("$LOAD_B_CORE\n", HALO_PIECES["$LOAD_B_CORE\n"])
            .replace("$WG_CHUNK_HEAD\n", HALO_PIECES["$WG_CHUNK_HEAD\n"])
            .replace("$MMAS", "\n".join(mmas)).replace("$FINISH", finish))
     src = src.replace("$EPRE", pre).replace("$EPI8", code8).replace("$EPI", ecode)

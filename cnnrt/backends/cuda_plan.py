@@ -144,6 +144,7 @@ class WgmmaBand:
     pipe: int = 1
     all: bool = False  # every conv it fits, not only the wide ones (BAND_RULE)
     smem_kb: int = 227  # a block's most shared memory (113: two blocks an SM)
+    cm: bool = False  # K channel-major, the footprint streamed in with the weights (not yet run on a GPU)
 
 
 def wgmma_band_spec() -> WgmmaBand | None:
@@ -153,14 +154,15 @@ def wgmma_band_spec() -> WgmmaBand | None:
     env = os.environ.get("CNNRT_CUDA_WGMMA_BAND", "")
     if env in ("0", "false", "no"):
         return None
-    return _parse_spec(env, WgmmaBand(all="all" in env.split(",")))
+    parts = env.split(",")
+    return _parse_spec(env, WgmmaBand(all="all" in parts, cm="cm" in parts))
 
 
 def choose_band(g: G.HaloGeom, o: int, n: int, nsm: int, spec: WgmmaBand) -> G.BandTile | None:
     """The band tile for a conv the wgmma band kernel can take (stride 1, C % 16 == 0), where its
     blocks fill the SMs at least once (small batches keep the split-K and halo paths)."""
     smem = min(spec.smem_kb * 1024, G.BAND_SMEM)
-    t = G.band_tile(g, o, n, spec.bn, spec.kch, max(spec.bstages or 4, 2 + spec.pipe), spec.pipe, smem)
+    t = G.band_tile(g, o, n, spec.bn, spec.kch, max(spec.bstages or 4, 2 + spec.pipe), spec.pipe, smem, spec.cm)
     if t is None or t.blocks(g, n) * cdiv(o, t.bn) < nsm:
         return None
     if not spec.bstages:  # more stages where they fit beside the chosen band
@@ -1034,13 +1036,16 @@ class _Planner:
         bt = choose_band(geom, o, n, p.nsm, p.wgmma_band) if p.wgmma_band and variant != "scalar" else None
         if bt is not None:
             kern = G.band_conv_kernel(geom, bt, self.dt(out), ops)
+            if bt.cm:  # its K order: channel-major
+                wp = p.const(f"{wp}:cm", lambda: G.band_weights_cm(p.consts[wp], kh, kw, c))
             args = {"x": self.t(node.inputs[0]), "w": self.c(wp), "bias": self.c(bias), "y": y}
             self.put_epi(args, eargs)
             args.update(N=n, O=o, Kp=kp)
             self.emit(grp, kern, (bt.blocks(geom, n), cdiv(o, bt.bn), 1), (bt.threads,), args, [], [y[1]],
                       self.label(grp, f"conv implicit-GEMM tensor-core wgmma band ({bt.rows} rows x {bt.bn} channels "
                                       f"in {bt.mt} x 64 GEMM rows, {bt.useful(geom):.0%} used; input and weights "
-                                      f"in shared memory, {bt.bstages} stages, sm_90a)"), smem=kern.static["smem"])
+                                      f"in shared memory, {bt.bstages} stages{', channel-major' if bt.cm else ''}, "
+                                      f"sm_90a)"), smem=kern.static["smem"])
             return
         ht = choose_halo(geom, o, n, p.nsm)
         if ht is not None:

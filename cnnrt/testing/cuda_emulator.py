@@ -243,15 +243,19 @@ class Emulator:
         assert l.block[0] == t.threads(g) and l.smem == t.smem(g, l.kernel.static["coalesce"])
         self._geom_conv(l, g)
 
-    def _geom_conv(self, l, g) -> None:
+    def _geom_conv(self, l, g, cm: bool = False) -> None:
         """A conv whose geometry is compiled in (g: HaloGeom), fp16 weights packed [O][Kp], bias and
-        the epilogue: N, O and Kp from the launch."""
+        the epilogue: N, O and Kp from the launch. cm: K packed channel-major, (c // 16, kh, kw,
+        c % 16) (the channel-major band conv), read back into (kh, kw, c)."""
         a = l.args
         N, O_, Kp = a["N"], a["O"], a["Kp"]
         K = g.KH * g.KW * g.C
         dims = dict(N=N, H=g.H, W=g.W, C=g.C, Ho=g.Ho, Wo=g.Wo, sh=g.sh, sw=g.sw, ph=g.ph, pw=g.pw, dh=g.dh, dw=g.dw)
         w = self.read(a["w"], O_ * Kp).reshape(O_, Kp)
         assert not w[:, K:].any(), "the weights' K padding must be zero"
+        if cm:
+            w = w.copy()
+            w[:, :K] = w[:, :K].reshape(O_, g.C // 16, g.KH, g.KW, 16).transpose(0, 2, 3, 1, 4).reshape(O_, K)
         cols = self._im2col({**a, **dims}, g.KH, g.KW).reshape(-1, K)
         M = N * g.Ho * g.Wo
         v = (cols @ w[:, :K].T).reshape(-1) + self.read(a["bias"])[np.arange(M * O_) % O_]
@@ -275,7 +279,7 @@ class Emulator:
         assert l.grid == (t.blocks(g, N), cdiv(O_, t.bn), 1), "grid does not match the tile"
         assert t.bands(g) * t.rows >= g.Ho, "bands do not cover the output rows"
         assert l.block[0] == t.threads and l.smem == t.smem(g) <= G.BAND_SMEM
-        self._geom_conv(l, g)
+        self._geom_conv(l, g, cm=t.cm)
 
     def mma_halo_tf32(self, l):
         """The fp32 halo conv (3xTF32): the weights as hi + lo parts; checked like mma_halo and run in
