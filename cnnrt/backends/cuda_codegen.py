@@ -1348,6 +1348,24 @@ LOAD_B16 = r"""    auto load_b = [&](int ch, int st) {
 CORE_BDST = "bsm + st * STAGE + (q * BN + o) * 16"  # wgmma's core-matrix layout: plane q, row o
 HALO_PIECES["$LOAD_B_PADDED\n"] = LOAD_B16.replace("$BDST", "smem_u32(&Bs[(st * BN + o) * LDB + q * 8])")
 HALO_PIECES["$LOAD_B_CORE\n"] = LOAD_B16.replace("$BDST", CORE_BDST)
+# the streamed fp16 halo kernels' constants, and their prologue after the footprint's copies: chunks
+# 0 .. ahead - 1 of the weights requested (BST - 1 ahead for mma.sync, D for wgmma), the zero position
+HALO_PIECES["$HALO16_HEAD\n"] = r"""    constexpr int CPP = C / 8;  // 16-byte chunks a position
+    constexpr int SWS = $SWS, SWM = $SWM;  // chunk j of position P is stored at j ^ ((P >> SWS) & SWM)
+    constexpr int NPOS = IMG * THI * TWI;  // position NPOS is all zero: padded pixels and K past the end
+    constexpr int K = KH * KW * C, KS = (K + 15) / 16;
+"""
+STREAM_PROLOGUE = r"""    load_b(0, 0);
+    cp_async_commit();  // group 0: the footprint and chunk 0
+#pragma unroll
+    for (int st = 1; st < $AHEAD; ++st) {
+        if (st < NCH) load_b(st, st);
+        cp_async_commit();
+    }
+    if (tid < CPP) Xs[NPOS * CPP + tid] = u4_t{0u, 0u, 0u, 0u};
+"""
+HALO_PIECES["$STREAM_PROLOGUE_BST\n"] = STREAM_PROLOGUE.replace("$AHEAD", "BST - 1")
+HALO_PIECES["$STREAM_PROLOGUE_D\n"] = STREAM_PROLOGUE.replace("$AHEAD", "D")
 # the head of a wgmma conv's loop over weight chunks: chunk ch landed and visible to the tensor
 # cores, the chunk D ahead requested, bst its stage
 HALO_PIECES["$WG_CHUNK_HEAD\n"] = r"""        cp_async_wait<D - 1>();  // this thread's copies of chunk ch (and the footprint) have landed ...
@@ -1458,10 +1476,7 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
     // K loop, the weights come in chunks of KCH K steps through a BST-stage cp.async pipeline (for
     // layers whose weights do not fit beside the footprint)
 $HALO_GEOM
-    constexpr int CPP = C / 8;  // 16-byte chunks a position
-    constexpr int SWS = $SWS, SWM = $SWM;  // chunk j of position P is stored at j ^ ((P >> SWS) & SWM)
-    constexpr int NPOS = IMG * THI * TWI;  // position NPOS is all zero: padded pixels and K past the end
-    constexpr int K = KH * KW * C, KS = (K + 15) / 16;
+$HALO16_HEAD
     constexpr int KCH = $KCH, BST = $BSTAGES, NCH = (KS + KCH - 1) / KCH, LDB = KCH * 16 + 8;
     constexpr int BM = $BM, BN = $BN, WARPS_N = $WARPS_N, THREADS = $THREADS;
     constexpr int WTM = 32, WTN = BN / WARPS_N, MI = 2, NI = WTN / 8;
@@ -1474,14 +1489,7 @@ $HALO_BLOCK
     // chunk ch of the weights (K halves ch * KCH * 16 ..) into stage st; zero past Kp and O
 $LOAD_B_PADDED
 $HALO_FOOTPRINT
-    load_b(0, 0);
-    cp_async_commit();  // group 0: the footprint and chunk 0
-#pragma unroll
-    for (int st = 1; st < BST - 1; ++st) {
-        if (st < NCH) load_b(st, st);
-        cp_async_commit();
-    }
-    if (tid < CPP) Xs[NPOS * CPP + tid] = u4_t{0u, 0u, 0u, 0u};
+$STREAM_PROLOGUE_BST
 
 $HALO_POS
     const u32_t xs0 = smem_u32(Xs), zero = xs0 + NPOS * CPP * 16;
@@ -1524,10 +1532,7 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
     // them straight from shared memory: per K step of 16, one m64n{BN}k16 wgmma a warpgroup and pixel
     // group (rows 16w .. 16w + 15 of the 64 are warp w's 16 pixels), so no B fragments in registers
 $HALO_GEOM
-    constexpr int CPP = C / 8;  // 16-byte chunks a position
-    constexpr int SWS = $SWS, SWM = $SWM;  // chunk j of position P is stored at j ^ ((P >> SWS) & SWM)
-    constexpr int NPOS = IMG * THI * TWI;  // position NPOS is all zero: padded pixels and K past the end
-    constexpr int K = KH * KW * C, KS = (K + 15) / 16;
+$HALO16_HEAD
     constexpr int KCH = $KCH, BST = $BSTAGES, NCH = (KS + KCH - 1) / KCH, PIPE = $PIPE, D = BST - 1 - PIPE;
     constexpr int BM = $BM, BN = $BN, WARPS_N = $WARPS_N, THREADS = $THREADS;
     constexpr int WTM = 32, WTN = BN, MI = 2, NI = BN / 8;
@@ -1541,14 +1546,7 @@ $HALO_BLOCK
     // chunk ch of the weights (K halves ch * KCH * 16 ..) into stage st; zero past Kp and O
 $LOAD_B_CORE
 $HALO_FOOTPRINT
-    load_b(0, 0);
-    cp_async_commit();  // group 0: the footprint and chunk 0
-#pragma unroll
-    for (int st = 1; st < D; ++st) {
-        if (st < NCH) load_b(st, st);
-        cp_async_commit();
-    }
-    if (tid < CPP) Xs[NPOS * CPP + tid] = u4_t{0u, 0u, 0u, 0u};
+$STREAM_PROLOGUE_D
 
 $HALO_POS
     const u32_t xs0 = smem_u32(Xs), zero = xs0 + NPOS * CPP * 16;

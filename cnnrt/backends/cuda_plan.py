@@ -527,11 +527,16 @@ class Program:
         if not self.mma or not 3 <= c < 8 or self.dtype(self.input) != "f16" or self.base(self.input) in self.out_bases:
             return c
         readers = [n for n in self.g.nodes if self.input in n.inputs]
-        convs = {grp.nodes[0].name for grp in self.groups if grp.kind == "conv"}
-        if readers and all(n.name in convs and n.inputs[0] == self.input and n.inputs[1:2]
-                           and n.inputs[1] in self.g.params and int(n.attrs.get("group", 1)) == 1 for n in readers):
+        if readers and all(self._input_conv(n) for n in readers):
             return 8
         return c
+
+    def _input_conv(self, n: Node) -> bool:
+        """Whether node n is a conv group's head reading the input as its data, with constant
+        weights and one group (what a change to the input's stored layout needs)."""
+        return (any(grp.kind == "conv" and grp.nodes[0].name == n.name for grp in self.groups)
+                and n.inputs[0] == self.input and bool(n.inputs[1:2]) and n.inputs[1] in self.g.params
+                and int(n.attrs.get("group", 1)) == 1)
 
     def _input_s2d(self) -> S2D | None:
         """With CNNRT_CUDA_S2D=1 (opt-in: not yet run on a GPU): a fp16 image of 3 or 4 channels read
@@ -545,12 +550,10 @@ class Program:
         if not self.mma or not 3 <= c <= 4 or self.dtype(self.input) != "f16" or self.base(self.input) in self.out_bases:
             return None
         readers = [n for n in self.g.nodes if self.input in n.inputs]
-        convs = {grp.nodes[0].name for grp in self.groups if grp.kind == "conv"}
         if len(readers) != 1:
             return None
         nd = readers[0]
-        if (nd.name not in convs or nd.inputs[0] != self.input or not nd.inputs[1:2] or nd.inputs[1] not in self.g.params
-                or int(nd.attrs.get("group", 1)) != 1 or tuple(nd.attrs["strides"]) != (2, 2)
+        if (not self._input_conv(nd) or tuple(nd.attrs["strides"]) != (2, 2)
                 or tuple(nd.attrs["dilations"]) != (1, 1)):
             return None
         _, kh, kw, _ = self.g.params[nd.inputs[1]].shape
