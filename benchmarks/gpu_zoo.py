@@ -205,6 +205,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="large batches / 8, 5 reps: a smoke run")
     ap.add_argument("--cold-start", action="store_true",
                     help="also time a new process preparing each model, with an empty and with a warm kernel cache")
+    ap.add_argument("--cold-start-only", action="store_true",
+                    help="time only the cold start (--cold-start), no runs")
     a = ap.parse_args(argv)
     if a.table_from:
         print_table(json.loads(Path(a.table_from).read_text()))
@@ -247,9 +249,12 @@ def main(argv=None) -> int:
         out["models"][name] = entry
         print(f"== {name}: {source}, input {shape}, large batch {n}, {entry['mflop_per_image']:.1f} MFLOP/image",
               flush=True)
-        if a.cold_start:
+        if a.cold_start or a.cold_start_only:
             entry["cold_start"] = cold_start(name, a.source)
             print(f"   cold start: {entry['cold_start']}", flush=True)
+            save()
+            if a.cold_start_only:
+                continue
         ours = {}
         jobs = [("cnnrt", p, None) for p in ("fp16", "fp32")]
         if "torch" in peers:
@@ -288,7 +293,7 @@ def main(argv=None) -> int:
 
 
 COLD_CODE = """
-import sys, time
+import json, sys, time
 t0 = time.perf_counter()
 sys.path.insert(0, {root!r})
 from benchmarks.gpu_zoo import zoo_graph
@@ -301,6 +306,7 @@ r = C.prepare(g, "fp16")
 cupy.cuda.Device().synchronize()
 t2 = time.perf_counter()
 print("COLD", t2 - t1, t2 - t0, type(r).__name__)
+print("BREAKDOWN", json.dumps(getattr(r, "prepare_breakdown", {{}})))
 """
 
 
@@ -325,6 +331,9 @@ def cold_start(name: str, source: str) -> dict:
                 return {"error": p.stderr[-300:]}
             _, prep, proc, runner = line.split()
             res[key] = {"prepare_s": float(prep), "process_s": float(proc), "runner": runner}
+            parts = next((x for x in p.stdout.splitlines() if x.startswith("BREAKDOWN")), None)
+            if parts:  # the runner's own split: planning (Python) and compiling or loading kernels
+                res[key].update(json.loads(parts.split(None, 1)[1]))
     return res
 
 
@@ -386,7 +395,16 @@ def print_table(out) -> None:
         print("cold start, fp16, a new process (prepare: plan + compile + load, CUDA context up; process: from "
               "Python's start): " + "; ".join(
                   f"{n} {c['first']['prepare_s']:.2f} s first ({c['first']['process_s']:.2f} s process), "
-                  f"{c['cached']['prepare_s']:.2f} s cached ({c['cached']['process_s']:.2f} s)" for n, c in cold.items()))
+                  f"{c['cached']['prepare_s']:.2f} s cached ({c['cached']['process_s']:.2f} s)" + _split(c['cached'])
+                  for n, c in cold.items()))
+
+
+def _split(run: dict) -> str:
+    """' [plan 0.10 s, cuBLAS and streams 0.05 s, kernels 0.20 s]' where the runner reported its split."""
+    if "plan_s" not in run:
+        return ""
+    blas = f", cuBLAS and streams {run['cublas_s']:.2f} s" if "cublas_s" in run else ""
+    return f" [plan {run['plan_s']:.2f} s{blas}, kernels {run['compile_s']:.2f} s]"
 
 
 if __name__ == "__main__":

@@ -71,9 +71,14 @@ def check_fp32(out, ref, what):
     assert err < 1e-4, f"{what}: max error {err:.2e} of the largest reference value"
 
 
-def check_fp16(out, ref, what, min_agree=0.99):
+def check_fp16(out, ref, what, min_agree=0.99, ref16=None):
+    """fp16 outputs against the float64 reference: argmax on every clear row, and on 99% of all
+    rows; where ref16 (float64 with fp16 storage, the rounding alone) agrees with the reference on
+    fewer (near-ties in a small random net), 1% below what it reaches."""
     assert out.shape == ref.shape and np.isfinite(out).all(), what
     o, r = out.reshape(len(out), -1), ref.reshape(len(ref), -1)
+    if ref16 is not None:
+        min_agree = min(min_agree, float((ref16.reshape(len(r), -1).argmax(1) == r.argmax(1)).mean()) - 0.01)
     top2 = np.sort(r, axis=1)[:, -2:]
     clear = (top2[:, 1] - top2[:, 0]) > 5e-2 * np.abs(r).max()
     agree = (o.argmax(1) == r.argmax(1))
@@ -132,7 +137,11 @@ def test_nets(rng, name, precision):
         poison(r)
         out = r.probabilities(x)
         ref = run_reference(g, {"images": scaled(g, x)})[g.outputs[0]].reshape(n, -1)
-        (check_fp32 if precision == "fp32" else check_fp16)(out, ref, f"{name} {precision} n={n}")
+        if precision == "fp32":
+            check_fp32(out, ref, f"{name} {precision} n={n}")
+        else:
+            ref16 = run_reference(g, {"images": scaled(g, x)}, fp16_storage=True)[g.outputs[0]]
+            check_fp16(out, ref, f"{name} {precision} n={n}", ref16=ref16)
         np.testing.assert_array_equal(r.predict(x), out.argmax(1))
 
 
@@ -219,21 +228,28 @@ def test_describe_and_summary():
 
 
 def test_compile_cache_is_reused(tmp_path):
-    # a second process finds the kernels in CuPy's on-disk cache (cold start target: 0.3 s)
+    # a second process finds every module in cnnrt's on-disk cubin cache (load_cubin): nothing new
+    # is written, no module falls back to CuPy's compiler (cold start target: 0.3 s)
     import os
     import subprocess
     import sys
 
-    code = ("import time, sys; t = time.perf_counter(); from cnnrt.testing.graphs import resnet20; "
+    code = ("from cnnrt.testing.graphs import resnet20; "
             "from cnnrt.backends.cuda_graph import GraphRunner; r = GraphRunner(resnet20(0), 'fp16'); "
-            "print(r.compile_seconds)")
-    env = dict(os.environ, CUPY_CACHE_DIR=str(tmp_path))
-    first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr[-2000:]
-    second = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    t1, t2 = float(first.stdout.split()[-1]), float(second.stdout.split()[-1])
-    print(f"compile and load: first {t1:.2f} s, cached {t2:.2f} s")
-    assert t2 < t1
+            "print(r.compile_seconds, r.cupy_modules)")
+    env = dict(os.environ, CUPY_CACHE_DIR=str(tmp_path / "cupy"), CNNRT_CACHE_DIR=str(tmp_path / "cnnrt"))
+
+    def entries():
+        return {p: p.stat().st_mtime_ns for p in (tmp_path / "cnnrt").rglob("*.cubin")}
+
+    runs = []
+    for _ in range(2):
+        p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-2000:]
+        runs.append((p.stdout.split(), entries()))
+    (first, cached), (second, again) = runs
+    print(f"compile and load: first {float(first[0]):.2f} s, cached {float(second[0]):.2f} s")
+    assert first[1] == second[1] == "0" and cached and again == cached
 
 
 # ------------------------------------------------------------------------------ tensor-core convolution
@@ -499,11 +515,11 @@ def test_wgmma_band_conv(rng, monkeypatch):
 
 
 def test_s2d_stem(rng, monkeypatch):
-    # CNNRT_CUDA_S2D=1 (opt-in): stride-2 stems on 3-4 channels as stride-1 convs over the image's
+    # the space-to-depth stem (on by default): stride-2 stems on 3-4 channels as stride-1 convs over the image's
     # space-to-depth (prep_s2d_kernel, then the halo conv), forced with the halo conv everywhere, at
     # batch 1, 7 and 300 with outputs poisoned, against float64; then ResNet-18 against its SIMT plan
     _needs_mma()
-    monkeypatch.setenv("CNNRT_CUDA_S2D", "1")
+    monkeypatch.delenv("CNNRT_CUDA_S2D", raising=False)
     monkeypatch.setenv("CNNRT_CUDA_HALO", "all")
     for case, g in TG.s2d_stem_cases().items():
         r = cuda_graph.GraphRunner(g, "fp16")

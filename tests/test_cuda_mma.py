@@ -761,17 +761,17 @@ S2D_STEMS = TG.s2d_stem_cases()
 
 @pytest.mark.parametrize("case", sorted(S2D_STEMS))
 def test_s2d_stem_planned_and_emulated(rng, monkeypatch, case):
-    # CNNRT_CUDA_S2D=1: the stride-2 stem runs as a stride-1 conv over the image's 2x2 space-to-depth
-    # (prep writes it, the weights are rearranged); the plan emulated against the original graph in
-    # float64, at batches 1 and 5; never without the switch, never in fp32
+    # the stride-2 stem runs as a stride-1 conv over the image's 2x2 space-to-depth (prep writes it,
+    # the weights are rearranged); the plan emulated against the original graph in float64, at
+    # batches 1 and 5; by default, never with CNNRT_CUDA_S2D=0, never in fp32
     from cnnrt.ir.graph import run_reference
     from cnnrt.testing import cuda_emulator as EM
 
     g = S2D_STEMS[case]
     monkeypatch.setenv("CNNRT_CUDA_HALO", "all")
-    monkeypatch.delenv("CNNRT_CUDA_S2D", raising=False)
+    monkeypatch.setenv("CNNRT_CUDA_S2D", "0")
     assert not any("space-to-depth" in k for _, _, k in Program(g, "fp16", nsm=1).describe(5))
-    monkeypatch.setenv("CNNRT_CUDA_S2D", "1")
+    monkeypatch.delenv("CNNRT_CUDA_S2D")
     prog = Program(g, "fp16", nsm=1)
     assert prog.s2d is not None and not Program(g, "fp32", nsm=1).s2d
     for n in (1, 5):
@@ -786,7 +786,7 @@ def test_s2d_stem_planned_and_emulated(rng, monkeypatch, case):
 def test_s2d_only_where_it_cuts_k(monkeypatch):
     # a 4x4 stem (pad 1) becomes 3x3 taps on 16 channels, K 144 against 128 stored: not taken; nor a
     # stride-1 stem, an 8-channel image or an input read twice
-    monkeypatch.setenv("CNNRT_CUDA_S2D", "1")
+    monkeypatch.delenv("CNNRT_CUDA_S2D", raising=False)
     for shape, build in (((16, 16, 3), lambda b, x: b.conv(x, 32, 4, stride=2, pad=1)),
                          ((16, 16, 3), lambda b, x: b.conv(x, 32, 3)),
                          ((16, 16, 8), lambda b, x: b.conv(x, 32, 7, stride=2, pad=3)),
@@ -845,7 +845,7 @@ def test_s2d_on_the_fake_runner(rng, monkeypatch):
     from cnnrt.testing import fake_cupy
 
     fake_cupy.install(monkeypatch)
-    monkeypatch.setenv("CNNRT_CUDA_S2D", "1")
+    monkeypatch.delenv("CNNRT_CUDA_S2D", raising=False)
     monkeypatch.setenv("CNNRT_CUDA_HALO", "all")
     g = S2D_STEMS["odd_5x5"]
     r = cuda_graph.GraphRunner(g, "fp16")

@@ -1,5 +1,5 @@
-"""cuda_graph.load_sm90a caches its sm_90a cubins on disk: a second load of the same source does not
-call NVRTC; an empty (damaged) cache entry is compiled again. NVRTC and CuPy are stand-ins here (no
+"""cuda_graph.load_cubin caches its cubins on disk (sm_90a ones and the device's own): a second load
+of the same source does not call NVRTC; an empty or unloadable (damaged) cache entry is compiled again. NVRTC and CuPy are stand-ins here (no
 GPU): they count compiles and record what was loaded."""
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ def _fakes(monkeypatch, log):
 
     class Module:
         def load(self, data):
+            if not bytes(data).startswith(b"CUBIN:"):
+                raise RuntimeError("CUDA_ERROR_INVALID_IMAGE")
             log.append(("load", bytes(data)))
 
         def get_function(self, name):
@@ -56,3 +58,34 @@ def test_sm90a_cubins_are_cached(tmp_path, monkeypatch):
     log.clear()
     cuda_graph.load_sm90a(cp, src, ["k"])
     assert [e[0] for e in log] == ["compile", "load"] and path.read_bytes() == b"CUBIN:" + src.encode()
+
+
+def test_the_devices_own_cubins_are_cached_apart(tmp_path, monkeypatch):
+    # the modules CuPy used to compile: the device's sm_XX with CuPy's -ftz=true, in cubin/
+    monkeypatch.setenv("CNNRT_CACHE_DIR", str(tmp_path))
+    log = []
+    cp = _fakes(monkeypatch, log)
+    src = 'extern "C" __global__ void k() {}'
+    cuda_graph.load_cubin(cp, src, ["k"], "sm_80")
+    assert [e[0] for e in log] == ["compile", "load"]
+    assert "--gpu-architecture=sm_80" in log[0][1] and "-ftz=true" in log[0][1]
+    path = cuda_graph.cubin_cache_path(src, (12, 9), "sm_80")
+    assert path.parent.name == "cubin" and path != cuda_graph.sm90a_cache_path(src, (12, 9))
+    assert path != cuda_graph.cubin_cache_path(src, (12, 9), "sm_90")
+    log.clear()
+    cuda_graph.load_cubin(cp, src, ["k"], "sm_80")
+    assert log == [("load", b"CUBIN:" + src.encode())]
+    path.write_bytes(b"garbage")  # present but not loadable: compiled again and rewritten
+    log.clear()
+    cuda_graph.load_cubin(cp, src, ["k"], "sm_80")
+    assert [e[0] for e in log] == ["compile", "load"] and path.read_bytes() == b"CUBIN:" + src.encode()
+
+
+def test_the_runner_loads_every_module_itself(monkeypatch):
+    # on the CuPy stand-in: every module goes through load_cubin, none falls back to CuPy's RawModule
+    from cnnrt.testing import fake_cupy
+    from cnnrt.testing import graphs as TG
+
+    fake_cupy.install(monkeypatch)
+    r = cuda_graph.GraphRunner(TG.resnet20(0), "fp16")
+    assert r.functions and r.cupy_modules == 0 and r.prepare_breakdown["cupy_modules"] == 0

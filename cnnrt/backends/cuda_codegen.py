@@ -2110,13 +2110,22 @@ extern "C" __global__ void __launch_bounds__(256) $NAME(
 {
     const int CH = $CH, C8 = CH >> 3;
     const long long total = (long long)N * Ho * Wo * C8;
+    const bool small = total <= 0x7fffffffLL;  // 32-bit index arithmetic (64-bit division is emulated)
     for (long long i8 = blockIdx.x * (long long)blockDim.x + threadIdx.x; i8 < total;
          i8 += (long long)gridDim.x * blockDim.x) {
-        const int c0 = (int)(i8 % C8) * 8;
-        long long p = i8 / C8;
-        const int wo = (int)(p % Wo); p /= Wo;
-        const int ho = (int)(p % Ho);
-        const long long nimg = p / Ho;
+        int c0, wo, ho;
+        long long nimg;
+        if (small) {
+            unsigned q = (unsigned)i8;
+            c0 = (int)(q % (unsigned)C8) * 8; q /= (unsigned)C8;
+            wo = (int)(q % (unsigned)Wo); q /= (unsigned)Wo;
+            ho = (int)(q % (unsigned)Ho); nimg = q / (unsigned)Ho;
+        } else {
+            long long p = i8 / C8;
+            c0 = (int)(i8 % C8) * 8;
+            wo = (int)(p % Wo); p /= Wo;
+            ho = (int)(p % Ho); nimg = p / Ho;
+        }
         (void)nimg;
         const long long xb = nimg * H * W * C + c0;
         const int h0 = ho * sh - ph, w0 = wo * sw - pw;
@@ -2139,15 +2148,17 @@ extern "C" __global__ void __launch_bounds__(256) $NAME(
 DW8_BODY = r"""float acc[8];
 #pragma unroll
         for (int j = 0; j < 8; ++j) acc[j] = 0.f;
-        for (int kh = 0; kh < KH; ++kh) {
+$UNROLL
+        for (int kh = 0; kh < $KH; ++kh) {
             const int hi = h0 + kh * dh;
             if ((unsigned)hi >= (unsigned)H) continue;
-            for (int kw = 0; kw < KW; ++kw) {
+$UNROLL
+            for (int kw = 0; kw < $KW; ++kw) {
                 const int wi = w0 + kw * dw;
                 if ((unsigned)wi >= (unsigned)W) continue;
                 float xv[8], wv[8];
                 ld8a(x + xb + ((long long)hi * W + wi) * C, xv);
-                ld8a(w + (kh * KW + kw) * O + c0, wv);
+                ld8a(w + (kh * $KW + kw) * O + c0, wv);
 #pragma unroll
                 for (int j = 0; j < 8; ++j) acc[j] = fmaf(xv[j], wv[j], acc[j]);
             }
@@ -2171,19 +2182,37 @@ STORE8 = {
 }
 
 
-def dwconv8_kernel(to: str, epi=(), ti: str = "f16") -> Kernel:
+def window_code(body: str, window: tuple | None, static: dict) -> str:
+    """A body's tap loops ($KH, $KW, $UNROLL) over a window compiled in and unrolled, so a thread's
+    loads issue together (window (kh, kw), recorded in static), or over the KH and KW arguments."""
+    kh, kw = window if window else ("KH", "KW")
+    if window:
+        static["window"] = (int(kh), int(kw))
+    return body.replace("$KH", str(kh)).replace("$KW", str(kw)).replace("$UNROLL", "#pragma unroll" if window else "")
+
+
+WINDOW_UNROLL = 16  # taps up to which a pool's or depthwise conv's window is compiled in (window_code)
+
+
+def window_enabled() -> bool:
+    """CNNRT_CUDA_WINDOW=0: pools and depthwise convs loop over their window at run time (A/B runs)."""
+    return os.environ.get("CNNRT_CUDA_WINDOW", "") != "0"
+
+
+def dwconv8_kernel(to: str, epi=(), ti: str = "f16", window: tuple | None = None) -> Kernel:
     """Depthwise convolution of fp16 or fp32 activations (ti) with one output per input channel
     (mult 1) and C % 8 == 0: each thread computes 8 neighbouring channels of one output pixel from
     one 16-byte load per tap (two for fp32), and stores them as one 16-byte (fp16) or two (fp32)
     stores. Weights packed [KH*KW][O] float32, as for dwconv_kernel. Row and pixel offsets are
-    multiples of 8 elements, so every load and store is aligned."""
+    multiples of 8 elements, so every load and store is aligned. window: see window_code."""
     eparams, ecode, _ = epilogue(epi)
     params = ([(f"const {CTYPE[ti]}* __restrict__", "x"), ("const float* __restrict__", "w"),
                ("const float* __restrict__", "bias"), (f"{CTYPE[to]}* __restrict__", "y")] + eparams
               + [("int", n) for n in ("N", "H", "W", "C", "Ho", "Wo", "O", "KH", "KW", "sh", "sw", "ph", "pw", "dh",
                                        "dw")])
-    src = vec8_source("O", DW8_BODY, "acc[j] + bias[c]", ecode, to)
-    return _finish("dwconv8", src, params, 256, {"ti": ti, "to": to, "epi": tuple(epi)})
+    static = {"ti": ti, "to": to, "epi": tuple(epi)}
+    src = vec8_source("O", window_code(DW8_BODY, window, static), "acc[j] + bias[c]", ecode, to)
+    return _finish("dwconv8", src, params, 256, static)
 
 
 # ----------------------------------------------------------------------------- pooling
@@ -2244,9 +2273,11 @@ POOL8_BODY = r"""float acc[8];
 #pragma unroll
         for (int j = 0; j < 8; ++j) acc[j] = $INIT;
         int cnt = 0;
-        for (int kh = 0; kh < KH; ++kh) {
+$UNROLL
+        for (int kh = 0; kh < $KH; ++kh) {
             const int hi = h0 + kh * dh;
-            for (int kw = 0; kw < KW; ++kw) {
+$UNROLL
+            for (int kw = 0; kw < $KW; ++kw) {
                 const int wi = w0 + kw * dw;
                 $COUNT
                 if ((unsigned)hi >= (unsigned)H || (unsigned)wi >= (unsigned)W) continue;
@@ -2259,10 +2290,10 @@ POOL8_BODY = r"""float acc[8];
         (void)cnt;"""
 
 
-def pool8_kernel(kind: str, to: str, epi=(), ti: str = "f16") -> Kernel:
+def pool8_kernel(kind: str, to: str, epi=(), ti: str = "f16", window: tuple | None = None) -> Kernel:
     """Max or average pooling of fp16 or fp32 activations (ti) with C % 8 == 0, 8 neighbouring
     channels a thread (one 16-byte load a tap for fp16, two for fp32; 16-byte stores); the divisor
-    rule as pool_kernel."""
+    rule as pool_kernel. window: see window_code."""
     eparams, ecode, _ = epilogue(epi)
     params = ([(f"const {CTYPE[ti]}* __restrict__", "x"), (f"{CTYPE[to]}* __restrict__", "y")] + eparams
               + [("int", n) for n in ("N", "H", "W", "C", "Ho", "Wo", "KH", "KW", "sh", "sw", "ph", "pw", "dh", "dw",
@@ -2274,9 +2305,9 @@ def pool8_kernel(kind: str, to: str, epi=(), ti: str = "f16") -> Kernel:
         init, final = "0.f", "acc[j] / (float)(cnt > 0 ? cnt : 1)"
         count = "if (hi >= hlo && hi < hhi && wi >= wlo && wi < whi) ++cnt;"
         body = "acc[j] += a;"
-    src = vec8_source("C", POOL8_BODY.replace("$INIT", init).replace("$COUNT", count).replace("$TAP", body), final,
-                      ecode, to)
-    return _finish("pool8", src, params, 256, {"kind": kind, "ti": ti, "to": to, "epi": tuple(epi)})
+    static = {"kind": kind, "ti": ti, "to": to, "epi": tuple(epi)}
+    pool = window_code(POOL8_BODY.replace("$INIT", init).replace("$COUNT", count).replace("$TAP", body), window, static)
+    return _finish("pool8", vec8_source("C", pool, final, ecode, to), params, 256, static)
 
 
 GPOOL_TEMPLATE = r"""

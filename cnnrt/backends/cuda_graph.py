@@ -101,36 +101,54 @@ def compile_parts(kernels: int) -> int:
 SM90A_OPTIONS = ["--gpu-architecture=sm_90a", "--std=c++17"]
 
 
-def sm90a_cache_path(source: str, version) -> "os.PathLike":
-    """Where the sm_90a cubin of `source` is cached: $CNNRT_CACHE_DIR/sm90a (default
-    ~/.cache/cnnrt), keyed by the source, the options and NVRTC's version."""
+def cubin_options(arch: str) -> list:
+    """NVRTC's options for a module of ours: the sm_90a kernels' (wgmma), or for the device's own
+    sm_XX the options CuPy's RawModule compiled them with (-ftz=true is CuPy's default)."""
+    if arch == "sm_90a":
+        return SM90A_OPTIONS
+    return [f"--gpu-architecture={arch}", "--std=c++17", "-ftz=true"]
+
+
+def cubin_cache_path(source: str, version, arch: str = "sm_90a") -> "os.PathLike":
+    """Where the cubin of `source` is cached: $CNNRT_CACHE_DIR (default ~/.cache/cnnrt)/sm90a for
+    the sm_90a kernels, /cubin for the others, keyed by the source, the options and NVRTC's version."""
     import hashlib
 
     from .native import cache_dir
 
-    key = hashlib.sha256("\0".join([source, *SM90A_OPTIONS, repr(version)]).encode()).hexdigest()[:32]
-    return cache_dir() / "sm90a" / f"{key}.cubin"
+    key = hashlib.sha256("\0".join([source, *cubin_options(arch), repr(version)]).encode()).hexdigest()[:32]
+    return cache_dir() / ("sm90a" if arch == "sm_90a" else "cubin") / f"{key}.cubin"
 
 
-def load_sm90a(cp, source: str, names) -> dict:
-    """Kernels that need the sm_90a target (`wgmma`): CuPy compiles for plain sm_90, so NVRTC is
-    called here for an sm_90a cubin, loaded as a module. The cubin is cached on disk (written
-    atomically; an unreadable cache entry is compiled again), so a second load does not compile."""
+def sm90a_cache_path(source: str, version) -> "os.PathLike":
+    return cubin_cache_path(source, version, "sm_90a")
+
+
+def load_cubin(cp, source: str, names, arch: str = "sm_90a") -> tuple:
+    """Our kernels as a module: NVRTC compiles `source` to a cubin for `arch`, cached on disk
+    (written atomically; an entry that cannot be read or loaded is compiled again), so a second
+    load calls no compiler. For sm_90a (wgmma) CuPy cannot be used, it compiles for plain sm_90;
+    for the others this skips the compile of an empty file CuPy's own cache makes in every new
+    process (measured on an H200: 0.11 s of MobileNetV3-small's 0.33 s cached start).
+    Returns ({name: function}, module)."""
     from cupy_backends.cuda.libs import nvrtc
 
     from ..fileio import atomic_write
 
-    path = sm90a_cache_path(source, nvrtc.getVersion())
+    path = cubin_cache_path(source, nvrtc.getVersion(), arch)
+    mod = cp.cuda.function.Module()
     cubin = None
     try:
         cubin = path.read_bytes()
-    except OSError:
-        pass
+        if cubin:
+            mod.load(cubin)
+    except Exception:  # noqa: BLE001 - unreadable or not loadable: compile it again
+        cubin = None
     if not cubin:
-        prog = nvrtc.createProgram(source, "cnnrt_sm90a.cu", [], [])
+        prog = nvrtc.createProgram(source, "cnnrt.cu", [], [])
         try:
             try:
-                nvrtc.compileProgram(prog, SM90A_OPTIONS)
+                nvrtc.compileProgram(prog, cubin_options(arch))
             except Exception as e:
                 raise RuntimeError(f"{e}\n{nvrtc.getProgramLog(prog)}") from None
             cubin = bytes(nvrtc.getCUBIN(prog))
@@ -142,9 +160,14 @@ def load_sm90a(cp, source: str, names) -> dict:
                 tmp.write_bytes(cubin)
         except Exception:  # a read-only cache costs a compile next time, nothing else
             pass
-    mod = cp.cuda.function.Module()
-    mod.load(cubin)
+        mod = cp.cuda.function.Module()
+        mod.load(cubin)
     return {name: mod.get_function(name) for name in names}, mod
+
+
+def load_sm90a(cp, source: str, names) -> tuple:
+    """load_cubin for sm_90a (the wgmma kernels)."""
+    return load_cubin(cp, source, names, "sm_90a")
 
 
 class GraphRunner(Runner):
@@ -167,25 +190,33 @@ class GraphRunner(Runner):
         if mma is None:
             mma = mma_enabled() and cc >= 80
         self.program = Program(graph, precision, self.nsm, mma=mma and cc >= 80, sm90a=cc == 90)
+        t_prog = time.perf_counter()
         self.blas = _Cublas(cp)
         self._alpha = np.ones(1, np.float32)
         self._beta = np.zeros(1, np.float32)
         self.functions: dict = {}
-        self._modules: list = []  # sm_90a modules loaded by hand (load_sm90a)
+        self._modules: list = []  # modules loaded by hand (load_cubin)
+        self.cupy_modules = 0  # modules CuPy compiled instead (load_cubin failed: see _compile)
         self._smem: dict = {}  # kernel name -> the dynamic shared memory it was allowed
         self.dconsts: dict = {}
         self.dmeta: dict = {}
         self.bound: dict = {}
         self.lanes = [_Lane(self)]
+        t_blas = time.perf_counter()
         self._lock = threading.Lock()
         self._oshapes: dict = {}
         self._h_all = None  # pinned outputs of a whole direct-copy call (_run_direct)
         per_image = max(1, self.program.plan(16).arena_bytes // 16)
         self.max_chunk = int(max(1, min(max_chunk, arena_budget // per_image)))
         self.default_batch_size = self.max_chunk
-        # compile every kernel that batch 1 and a full chunk use, in one NVRTC call
-        self._compile(self.program.plan(1).kernels + self.program.plan(self.max_chunk).kernels)
+        kernels = self.program.plan(1).kernels + self.program.plan(self.max_chunk).kernels
+        t1 = time.perf_counter()
+        # compile (or load from the caches) every kernel that batch 1 and a full chunk use
+        self._compile(kernels)
         self.compile_seconds = time.perf_counter() - t0
+        # where a cold start's time goes (benchmarks/gpu_zoo.py --cold-start prints it)
+        self.prepare_breakdown = {"plan_s": (t_prog - t0) + (t1 - t_blas), "cublas_s": t_blas - t_prog,
+                                  "compile_s": self.compile_seconds - (t1 - t0), "cupy_modules": self.cupy_modules}
 
     def close(self) -> None:
         for lane in self.lanes:
@@ -203,6 +234,7 @@ class GraphRunner(Runner):
         items = [k for k in todo.values() if k.static.get("arch") != "sm_90a"]
         hopper = [k for k in todo.values() if k.static.get("arch") == "sm_90a"]
         dev = self.cp.cuda.Device().id
+        cc = int(self.cp.cuda.Device().compute_capability)
 
         def build_sm90a(part):
             with self.cp.cuda.Device(dev):
@@ -216,8 +248,15 @@ class GraphRunner(Runner):
 
         def build(part):
             with self.cp.cuda.Device(dev):  # a worker thread starts on device 0
-                mod = self.cp.RawModule(code=G.module_source(part), options=("--std=c++17",))
-                return {k.name: mod.get_function(k.name) for k in part}
+                src, names = G.module_source(part), [k.name for k in part]
+                try:  # our own cubin cache (load_cubin); where NVRTC cannot target this device, CuPy's
+                    fns, mod = load_cubin(self.cp, src, names, f"sm_{cc}")
+                    self._modules.append(mod)
+                    return fns
+                except Exception:  # noqa: BLE001 - CuPy compiles again and says what is wrong, or falls back to PTX
+                    self.cupy_modules += 1
+                    mod = self.cp.RawModule(code=src, options=("--std=c++17",))
+                    return {n: mod.get_function(n) for n in names}
 
         # the sm_90a kernels (NVRTC calls of their own, one a kernel: each of their unrolled wgmma
         # loops takes NVRTC about a second) and CuPy's modules, side by side (the cold start)

@@ -61,7 +61,14 @@ class Graph:
         for k, shape in self.inputs.items():
             if math.prod(v for v in shape if v) >= MAX_ELEMENTS:
                 raise FormatError(f"{where}: input {k!r} has shape {shape}, too large for any tensor")
+        # an array already checked (the same object, under the same name) is not scanned again:
+        # the optimizer validates after every pass, and a net's weights are megabytes
+        checked = self.__dict__.setdefault("_checked_params", {})
+        for k in [k for k in checked if k not in self.params]:
+            del checked[k]
         for k, v in list(self.params.items()):
+            if checked.get(k) is v:
+                continue
             if not isinstance(v, np.ndarray):
                 v = np.asarray(v)
             if v.dtype.kind == "f" and v.dtype != np.float32:
@@ -77,6 +84,7 @@ class Graph:
                     raise FormatError(f"{where}: tensor {k!r} holds {int(bad.sum())} NaN or Inf values "
                                       f"(first at index {idx})")
             self.params[k] = v
+            checked[k] = v
         unknown = sorted({n.op for n in self.nodes if n.op not in O.OPS})
         if unknown:
             names = [f"{n.name} ({n.op})" for n in self.nodes if n.op not in O.OPS]
@@ -97,20 +105,37 @@ class Graph:
                 if t in have or t in producer:
                     raise FormatError(f"{where}: tensor {t!r} is produced twice")
                 producer[t] = n
-        order, done, pending = [], set(have), list(self.nodes)
-        while pending:
-            ready = [n for n in pending if all(t in done for t in n.inputs)]
-            if not ready:
-                n = pending[0]
-                missing = [t for t in n.inputs if t not in done and t not in producer]
-                if missing:
-                    raise FormatError(f"{where}: node {n.name!r} ({n.op}) reads {missing[0]!r}, which nothing produces")
-                raise FormatError(f"{where}: the graph has a cycle through node {n.name!r}")
-            ids = {id(n) for n in ready}
-            pending = [n for n in pending if id(n) not in ids]
-            for n in ready:
-                order.append(n)
-                done.update(n.outputs)
+        # in rounds: a round takes every node whose inputs earlier rounds produced, in the stored
+        # order (a node's round is one past its latest producer's); one pass over the edges
+        level: dict[int, int] = {}
+        waiting = {}  # node index -> inputs not yet produced
+        readers: dict[str, list[int]] = {}
+        frontier = []
+        for i, n in enumerate(self.nodes):
+            need = {t for t in n.inputs if t not in have}
+            waiting[i] = len(need)
+            for t in need:
+                readers.setdefault(t, []).append(i)
+            if not need:
+                level[i] = 0
+                frontier.append(i)
+        done = set(have)
+        while frontier:
+            i = frontier.pop()
+            for t in self.nodes[i].outputs:
+                done.add(t)
+                for j in readers.get(t, ()):
+                    level[j] = max(level.get(j, 0), level[i] + 1)
+                    waiting[j] -= 1
+                    if waiting[j] == 0:
+                        frontier.append(j)
+        if len(level) < len(self.nodes) or any(waiting.values()):
+            n = next(n for i, n in enumerate(self.nodes) if waiting[i])
+            missing = [t for t in n.inputs if t not in done and t not in producer]
+            if missing:
+                raise FormatError(f"{where}: node {n.name!r} ({n.op}) reads {missing[0]!r}, which nothing produces")
+            raise FormatError(f"{where}: the graph has a cycle through node {n.name!r}")
+        order = [self.nodes[i] for i in sorted(range(len(self.nodes)), key=lambda i: (level[i], i))]
         for t in self.outputs:
             if t not in done:
                 raise FormatError(f"{where}: output {t!r} is not produced by any node")

@@ -170,10 +170,11 @@ class RawModule:
         return _Kernel(k)
 
 
-def _load_sm90a(cp, source: str, names) -> tuple[dict, object]:
-    """cuda_graph.load_sm90a on the fake: the kernels must be in the source it was given."""
+def _load_cubin(cp, source: str, names, arch: str = "sm_90a") -> tuple[dict, object]:
+    """cuda_graph.load_cubin on the fake: the kernels must be in the source it was given, and the
+    sm_90a ones (only they) use wgmma."""
     for name in names:
-        assert f" {name}(" in source and "wgmma.mma_async" in source
+        assert f" {name}(" in source and (("wgmma.mma_async" in source) == (arch == "sm_90a")), (name, arch)
     return {name: _Kernel(G.GENERATED[name]) for name in names}, None
 
 
@@ -294,5 +295,5 @@ def install(monkeypatch) -> None:
     monkeypatch.setattr(cuda, "_Cublas", _FakeBlas)
     from cnnrt.backends import cuda_graph
 
-    monkeypatch.setattr(cuda_graph, "load_sm90a", _load_sm90a)
+    monkeypatch.setattr(cuda_graph, "load_cubin", _load_cubin)
     _Kernel.emulator_factory = staticmethod(_run_launch)
