@@ -1,7 +1,8 @@
 """The program compute-sanitizer watches (dev/cuda/sanitize.py runs it once per tool): the generic
 plan (LeNet-5, ResNet-20; fp16 with the tensor-core convs, fp32 with the SIMT ones; a 32x32
 MobileNetV2, a pointwise and a split-K tensor-core conv in fp16, the split-K SIMT conv in fp32) at
-batch sizes 1, 7 and 300; on sm_90 the wgmma band conv's cases at 300; and
+batch sizes 1, 7 and 300; on sm_90 the wgmma band conv's cases at 300; the space-to-depth stems
+at the same batch sizes; and
 the Deep MNIST fused pattern at 1, 7, 300 and 1,100 (before the fp32 runs, the slowest).
 
     python3 dev/cuda/sanitize_workload.py OUT.json [--batches 1,7,300]
@@ -13,6 +14,7 @@ and the runs completed so far (rewritten after each run: a timeout still shows h
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -35,6 +37,20 @@ def our_kernels() -> list[str]:
     src = open(CU).read()
     fused = re.findall(r'extern "C" __global__ void (?:__launch_bounds__\([^)]*\)\s*)?(\w+)\s*\(', src)
     return sorted(set(G.GENERATED) | set(fused))
+
+
+@contextlib.contextmanager
+def _env(var: str, value: str):
+    """os.environ[var] = value for the block, then as it was."""
+    old = os.environ.get(var)
+    os.environ[var] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(var)
+        else:
+            os.environ[var] = old
 
 
 def main() -> int:
@@ -84,9 +100,7 @@ def main() -> int:
 
         if int(cupy.cuda.Device().compute_capability) != 90:
             return
-        old = os.environ.get("CNNRT_CUDA_WGMMA_BAND")
-        os.environ["CNNRT_CUDA_WGMMA_BAND"] = "all"
-        try:
+        with _env("CNNRT_CUDA_WGMMA_BAND", "all"):
             for name, g in TG.band_conv_cases().items():
                 r = GraphRunner(g, "fp16")
                 assert any("wgmma band" in k for _, _, k in r.describe(300)), name
@@ -96,13 +110,25 @@ def main() -> int:
                 ok_all &= ok
                 record(f"band {name} fp16 n=300 (wgmma band conv)", t0, ok)
                 r.close()
-        finally:
-            if old is None:
-                os.environ.pop("CNNRT_CUDA_WGMMA_BAND")
-            else:
-                os.environ["CNNRT_CUDA_WGMMA_BAND"] = old
+
+    def s2d_runs():
+        """The space-to-depth stem (its prep kernel and the stride-1 halo conv over it), the halo
+        conv forced (CNNRT_CUDA_HALO=all) so that it runs at every batch size."""
+        nonlocal ok_all
+        with _env("CNNRT_CUDA_HALO", "all"):
+            for name, g in TG.s2d_stem_cases().items():
+                r = GraphRunner(g, "fp16")
+                for n in batches:
+                    assert "space-to-depth" in r.program.plan(n).launches[0].label, name
+                    t0 = time.perf_counter()
+                    out = r.run({"images": rng.standard_normal((n,) + g.input_shape).astype(np.float32)})["y"]
+                    ok = bool(np.isfinite(out).all())
+                    ok_all &= ok
+                    record(f"s2d {name} fp16 n={n} (space-to-depth stem)", t0, ok)
+                r.close()
 
     band_runs()
+    s2d_runs()
     for precision in ("fp16", "fp32"):  # fp32 (SIMT) last: the slowest under racecheck
         if precision == "fp32":
             fused_runs()
