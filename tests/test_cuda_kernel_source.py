@@ -31,3 +31,58 @@ def test_a_drifted_constant_does_not_compile():
         _compile(wrong)
     with pytest.raises(Exception, match="load_module"):
         _compile(tuple(d for d in C.KERNEL_DEFINES if not d.startswith("-DFC2_MAXC")))
+
+
+def test_each_part_holds_exactly_its_kernels():
+    # load_module compiles the file once per DEEP_MNIST_PARTS entry (-DCNNRT_PART=k): each part's
+    # PTX defines exactly the kernels listed for it, and together they are every kernel of the file
+    import re
+
+    whole = set(re.findall(r"\.entry\s+(\w+)", _compile(C.KERNEL_DEFINES)[0]))
+    seen = set()
+    for k, names in enumerate(C.DEEP_MNIST_PARTS):
+        entries = set(re.findall(r"\.entry\s+(\w+)", _compile(C.KERNEL_DEFINES + (f"-DCNNRT_PART={k}",))[0]))
+        assert entries == set(names), (k, entries)
+        seen |= entries
+    assert seen == whole and len(whole) == 8, whole
+
+
+def test_load_module_builds_every_part_and_names_a_missing_kernel(monkeypatch):
+    # on a stand-in for CuPy: one module per part, compiled where get_function is first called
+    # (inside the worker threads), and the FusedRunner's kernels all found
+    import types
+
+    from cnnrt.errors import CnnrtError
+
+    built = []
+
+    class RawModule:
+        def __init__(self, code, options):
+            self.part = next(o for o in options if o.startswith("-DCNNRT_PART="))
+            built.append(self.part)
+
+        def get_function(self, name):
+            return (self.part, name)
+
+    class Dev:
+        id = 0
+
+        def __init__(self, *a):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+    cp = types.SimpleNamespace(RawModule=RawModule, cuda=types.SimpleNamespace(Device=Dev))
+    monkeypatch.setattr(C, "_cupy", lambda: cp)
+    monkeypatch.setattr(C, "_modules", {})
+    mod = C.load_module()
+    assert sorted(built) == [f"-DCNNRT_PART={k}" for k in range(len(C.DEEP_MNIST_PARTS))]
+    for k, names in enumerate(C.DEEP_MNIST_PARTS):
+        for name in names:
+            assert mod.get_function(name) == (f"-DCNNRT_PART={k}", name)
+    with pytest.raises(CnnrtError, match="no CUDA kernel 'nope'"):
+        mod.get_function("nope")

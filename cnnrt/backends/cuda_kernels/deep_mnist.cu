@@ -28,6 +28,14 @@ typedef unsigned int u32;
 
 #define FULL_MASK 0xffffffffu
 
+// Which kernels this translation unit holds: cnnrt.backends.cuda.load_module compiles the file
+// once per part (-DCNNRT_PART=k, DEEP_MNIST_PARTS there), side by side; without CNNRT_PART it
+// holds them all.
+#ifndef CNNRT_PART
+#define CNNRT_PART -1
+#endif
+#define CNNRT_IN_PART(k) (CNNRT_PART < 0 || CNNRT_PART == (k))
+
 // our own 16-byte vectors (no dependence on the vector-type headers)
 struct alignas(16) u32x4 { u32 x, y, z, w; };
 struct alignas(16) f32x4 { float x, y, z, w; };
@@ -379,17 +387,21 @@ __device__ __forceinline__ void features_persistent(const T* __restrict__ images
 
 static_assert(P_WARPS == 8, "features_persistent splits its work over exactly 8 warps");
 
+#if CNNRT_IN_PART(0)
 extern "C" __global__ void __launch_bounds__(P_WARPS * 32, 1)
 features_persistent_u8(const unsigned char* images, int n, float scale, const u32* w1f, const float* b1,
                        const half_t* w2, const float* b2, half_t* feat) {
     features_persistent<unsigned char>(images, n, scale, w1f, b1, w2, b2, feat);
 }
+#endif
 
+#if CNNRT_IN_PART(1)
 extern "C" __global__ void __launch_bounds__(P_WARPS * 32, 1)
 features_persistent_f32(const float* images, int n, float scale, const u32* w1f, const float* b1,
                         const half_t* w2, const float* b2, half_t* feat) {
     features_persistent<float>(images, n, scale, w1f, b1, w2, b2, feat);
 }
+#endif
 
 // ------------------------------------------------------------------ latency kernel (few images)
 
@@ -496,17 +508,21 @@ __device__ __forceinline__ void features_small(const T* __restrict__ images, int
     }
 }
 
+#if CNNRT_IN_PART(3)
 extern "C" __global__ void __launch_bounds__(256)
 features_small_u8(const unsigned char* images, int n, float scale, const u32* w1f, const float* b1,
                   const u32x4* w2f, const float* b2, half_t* feat) {
     features_small<unsigned char>(images, n, scale, w1f, b1, w2f, b2, feat);
 }
+#endif
 
+#if CNNRT_IN_PART(3)
 extern "C" __global__ void __launch_bounds__(256)
 features_small_f32(const float* images, int n, float scale, const u32* w1f, const float* b1,
                    const u32x4* w2f, const float* b2, half_t* feat) {
     features_small<float>(images, n, scale, w1f, b1, w2f, b2, feat);
 }
+#endif
 
 // ------------------------------------------------------------------ fc2 + softmax + argmax
 
@@ -515,6 +531,7 @@ features_small_f32(const float* images, int n, float scale, const u32* w1f, cons
 // hid: [n][H] fp16 = fc1 before bias (cuBLAS output); b1: [H]; w: [C][H] fp16; b: [C].
 // One warp per 4 images (the bias and weight loads are shared by the 4): x = relu(hid + b1),
 // logits = w x + b, probs = softmax, label = first argmax.
+#if CNNRT_IN_PART(2)
 extern "C" __global__ void __launch_bounds__(256)
 fc2_softmax(const half_t* __restrict__ hid, const float* __restrict__ b1, const half_t* __restrict__ w,
             const float* __restrict__ b, int n, int H, int C, float* __restrict__ probs, int* __restrict__ labels) {
@@ -588,12 +605,14 @@ fc2_softmax(const half_t* __restrict__ hid, const float* __restrict__ b1, const 
         if (lane == 0) labels[row] = arg;
     }
 }
+#endif
 
 // ------------------------------------------------------------------ fc1 for a handful of images
 
 // hid[m][o] = sum_k feat[m][k] w[o][k] (fp16 out, fp32 accumulate, before bias), n <= 8 images per
 // pass: warp = one output o, each weight row read once for all images. For the latency path,
 // where a GEMM library's tiles would be mostly empty.
+#if CNNRT_IN_PART(2)
 extern "C" __global__ void __launch_bounds__(256)
 fc1_small(const half_t* __restrict__ feat, const half_t* __restrict__ w, int n, int K, int H, half_t* __restrict__ hid) {
     const int o = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
@@ -633,6 +652,7 @@ fc1_small(const half_t* __restrict__ feat, const half_t* __restrict__ w, int n, 
         }
     }
 }
+#endif
 
 // ------------------------------------------------------------------ fc1 + fc2 for a handful of images, one launch
 
@@ -641,6 +661,7 @@ fc1_small(const half_t* __restrict__ feat, const half_t* __restrict__ w, int n, 
 // stages fc2's weights in shared memory and does fc2 + softmax + argmax, writing probs and labels
 // (pinned host memory on the latency path: no copy back). Small code on purpose: a cold instruction
 // cache, not arithmetic, is what a one-image launch mostly waits on. Dynamic smem: C*H*2 bytes.
+#if CNNRT_IN_PART(3)
 extern "C" __global__ void __launch_bounds__(256)
 fc12_small(const half_t* __restrict__ feat, const half_t* __restrict__ w1, const float* __restrict__ b1,
            const half_t* __restrict__ w2, const float* __restrict__ b2, int n, int H, int C,
@@ -728,13 +749,16 @@ fc12_small(const half_t* __restrict__ feat, const half_t* __restrict__ w1, const
     }
     if (threadIdx.x == 0) *counter = 0u;
 }
+#endif
 
 // ------------------------------------------------------------------ timing helper
 
 // Spins for `cycles` clock cycles: queued ahead of timed work so that the events measure the
 // device's time, not the host's launch latency.
+#if CNNRT_IN_PART(3)
 extern "C" __global__ void spin(long long cycles) {
     const long long t0 = clock64();
     while (clock64() - t0 < cycles) {
     }
 }
+#endif
