@@ -90,7 +90,7 @@ def device_name() -> str:
 
 
 # Deep MNIST's kernels by translation unit (CNNRT_IN_PART in the .cu file): load_module compiles the
-# parts side by side, the two persistent feature kernels (NVRTC's longest, about 0.9 and 0.6 s) apart
+# parts side by side, each of the two persistent feature kernels (NVRTC's longest) in a part of its own
 DEEP_MNIST_PARTS = (("features_persistent_u8",), ("features_persistent_f32",), ("fc2_softmax", "fc1_small"),
                     ("features_small_u8", "features_small_f32", "fc12_small", "spin"))
 
@@ -112,7 +112,8 @@ def load_module(path: Path = KERNEL_FILE, options: tuple = ("--std=c++17",)):
     """The compiled module for a kernel file (compiled once per process; CuPy keeps the binary in
     its on-disk cache, CUPY_CACHE_DIR, so the next process starts without NVRTC), with the
     constants of KERNEL_DEFINES. Deep MNIST's file is compiled in DEEP_MNIST_PARTS, in parallel
-    (NVRTC compiles one translation unit on one core: 2.6 s whole, 0.9 s for its longest part)."""
+    (NVRTC compiles one translation unit on one core: on a 2-core machine 2.5 s for the whole
+    file, 0.5-0.7 s a part, 1.5 s for the four side by side)."""
     cp = _cupy()
     options = tuple(options) + KERNEL_DEFINES
     key = (str(path), options)
