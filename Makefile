@@ -129,18 +129,21 @@ gpu-ab:
 # `make gpu-wgmma` (H100/H200): Hopper's wgmma. Its GPU tests (the im2col wgmma conv, CNNRT_CUDA_WGMMA;
 # the halo convs on wgmma, CNNRT_CUDA_WGMMA_HALO; the band conv, CNNRT_CUDA_WGMMA_BAND: every case
 # against float64, outputs poisoned; whole nets against their SIMT plans), then ResNet-18's and
-# ResNet-20's device time with $(WGMMA_VAR) set to each of WGMMA_SPECS (0: off). About 3 minutes.
+# ResNet-20's device time (WGMMA_BATCHES: large, or e.g. 1,large) with $(WGMMA_VAR) set to each of
+# WGMMA_SPECS (0: off). About 3 minutes. The cluster split-K: WGMMA_VAR=CNNRT_CUDA_CLUSTER_SPLITK
+# WGMMA_SPECS="0 1" WGMMA_TESTS=cluster WGMMA_BATCHES=1,7.
 # The im2col kernel's own lab: dev/cuda/wgmma_gemm.py --isolate.
 WGMMA_VAR ?= CNNRT_CUDA_WGMMA_BAND
 WGMMA_SPECS ?= 0 1 cm
 WGMMA_TESTS ?= wgmma
 WGMMA_MODELS ?= resnet18,resnet20
+WGMMA_BATCHES ?= large
 gpu-wgmma: SHELL := /bin/bash
 gpu-wgmma:
 	@mkdir -p $(GPU_OUT); \
 	PYTHONPATH=. timeout 300 $(GPU_PY) -m pytest -q -m gpu tests/test_cuda_graph.py -rs -k "$(WGMMA_TESTS)" 2>&1 | tail -n 25; \
 	for v in $(WGMMA_SPECS); do echo "== $(WGMMA_VAR)=$$v"; env $(WGMMA_VAR)=$$v PYTHONPATH=. timeout 90 \
-	  $(GPU_PY) benchmarks/gpu_profile.py --models $(WGMMA_MODELS) --batches large --top 12 \
+	  $(GPU_PY) benchmarks/gpu_profile.py --models $(WGMMA_MODELS) --batches $(WGMMA_BATCHES) --top 12 \
 	  --json $(GPU_OUT)/gpu_profile_$(WGMMA_VAR)_$$(echo $$v | tr , _).json 2>&1 | grep -v "^ "; done
 
 # `make serve-gpu` on the device: the load test of `cnnrt serve --backend cuda`. The device image lacks

@@ -529,3 +529,28 @@ def test_s2d_stem(rng, monkeypatch):
     monkeypatch.delenv("CNNRT_CUDA_HALO")
     g = TG.resnet18(0)
     net_against_simt(rng, g, cuda_graph.GraphRunner(g, "fp16"), 64, "space-to-depth halo")
+
+
+def test_cluster_splitk(rng, monkeypatch):
+    # CNNRT_CUDA_CLUSTER_SPLITK=1 (opt-in, sm_90): split-K summed inside a thread block cluster
+    # (DSMEM), one launch a conv: the MMA cases at the batch sizes (1, 7, 300) whose plans take it,
+    # against float64 with outputs poisoned; ResNet-20 and ResNet-18 at batch 1 and 7 against their
+    # SIMT plans
+    import cupy
+
+    _needs_mma()
+    if int(cupy.cuda.Device().compute_capability) != 90:
+        pytest.skip("the cluster split-K is planned on sm_90 only")
+    monkeypatch.setenv("CNNRT_CUDA_CLUSTER_SPLITK", "1")
+    seen = 0
+    for case, g in sorted(MMA_CASES.items()):
+        r = cuda_graph.GraphRunner(g, "fp16")
+        for n in (1, 7, 300):
+            if any("summed in a cluster" in k for _, _, k in r.describe(n)):
+                seen += 1
+                against_float64(rng, r, g, n, 3e-3, case)
+    assert seen >= 5, seen
+    for g in (TG.resnet20(0), TG.resnet18(0)):
+        r = cuda_graph.GraphRunner(g, "fp16")
+        for n in (1, 7):
+            net_against_simt(rng, g, r, n, "summed in a cluster")

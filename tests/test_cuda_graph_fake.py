@@ -210,3 +210,20 @@ def test_every_tensor_core_tile_can_be_forced(cuda, rng, monkeypatch):
             out = r.run({"images": x})["y"]
             ref = run_reference(g, {"images": x.astype(np.float64)}, fp16_storage=True)["y"]
             assert np.isfinite(out).all() and rel_err(out, ref) < 3e-3, (tile, case)
+
+
+def test_cluster_splitk_on_the_fake_runner(cuda, rng, monkeypatch):
+    # CNNRT_CUDA_CLUSTER_SPLITK=1 (opt-in) on the fake's sm_90: ResNet-20 at batch 1 binds and runs
+    # its cluster split-K convs (one launch each, grid.z the cluster), captured and replayed
+    from cnnrt.backends.cuda_graph import GraphRunner
+
+    monkeypatch.setenv("CNNRT_CUDA_CLUSTER_SPLITK", "1")
+    g = TG.resnet20(5)
+    r = GraphRunner(g, "fp16")
+    kinds = [k for _, _, k in r.describe(1)]
+    assert sum("summed in a cluster" in k for k in kinds) >= 6, kinds
+    for _ in range(2):  # the capture, then a replay on new data
+        x = rng.integers(0, 256, (1,) + g.input_shape, dtype=np.uint8)
+        out = r.probabilities(x)
+        ref = run_reference(g, {"images": scaled(g, x)}, fp16_storage=True)[g.outputs[0]].reshape(1, -1)
+        assert rel_err(out, ref) < 1e-2

@@ -858,8 +858,67 @@ def mma_variant(C: int, KH: int, KW: int, strides, pads) -> str:
     return "vec"
 
 
+CLUSTER_PRELUDE = r"""
+#ifndef CNNRT_CLUSTER
+#define CNNRT_CLUSTER
+// thread block clusters (sm_90): every thread of the cluster's blocks arrives, then waits; the
+// release/acquire pair makes each block's shared-memory writes visible to the other blocks
+__device__ __forceinline__ void cluster_sync_all() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+__device__ __forceinline__ u32_t cluster_rank() {
+    u32_t r; asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r)); return r;
+}
+// the same shared-memory location in block `rank` of the cluster, and a 16-byte read of it
+__device__ __forceinline__ u32_t cluster_map(u32_t addr, u32_t rank) {
+    u32_t r; asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(addr), "r"(rank)); return r;
+}
+__device__ __forceinline__ f4_t ld_cluster_f4(u32_t addr) {
+    f4_t v;
+    asm volatile("ld.shared::cluster.v4.f32 {%0,%1,%2,%3}, [%4];"
+                 : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(addr) : "memory");
+    return v;
+}
+#endif
+"""
+
+# the staged epilogue (STAGED_FINISH) rewritten for a cluster split-K: the lines replaced, and by what
+_CLUSTER_FINISH = (
+    ("    constexpr int CG = BN / 8;\n",
+     "    constexpr int CG = BN / 8;\n"
+     "    // split-K over the cluster: each of its CS blocks (grid.z) summed K steps of its own into Cs;\n"
+     "    // block `rank` finishes rows rank, rank + CS, ... of the tile from all CS blocks' Cs (DSMEM)\n"
+     "    constexpr int RB = (BM + CS - 1) / CS;\n"
+     "    cluster_sync_all();  // every block's Cs is written and visible to the cluster\n"
+     "    const int rank = (int)cluster_rank();\n"
+     "    const u32_t cs0 = smem_u32(Cs);\n"),
+    ("    for (int t = tid; t < BM * CG; t += THREADS) {\n",
+     "    for (int t = tid; t < RB * CG; t += THREADS) {\n"),
+    ("        const int r = t / CG, g = t - r * CG;\n",
+     "        const int r = rank + CS * (t / CG), g = t % CG;\n"
+     "        if (r >= BM) continue;\n"),
+    ("        const f4_t lo = *reinterpret_cast<const f4_t*>(&Cs[r * LDC + g * 8]);\n"
+     "        const f4_t hi = *reinterpret_cast<const f4_t*>(&Cs[r * LDC + g * 8 + 4]);\n"
+     "        float vals[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};\n",
+     "        float vals[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};\n"
+     "        const u32_t a = cs0 + (u32_t)(r * LDC + g * 8) * 4u;\n"
+     "#pragma unroll\n"
+     "        for (int s = 0; s < CS; ++s) {  // in rank order: the sum does not depend on which block adds\n"
+     "            const u32_t rs = cluster_map(a, (u32_t)s);\n"
+     "            const f4_t lo = ld_cluster_f4(rs), hi = ld_cluster_f4(rs + 16u);\n"
+     "            vals[0] += lo.x; vals[1] += lo.y; vals[2] += lo.z; vals[3] += lo.w;\n"
+     "            vals[4] += hi.x; vals[5] += hi.y; vals[6] += hi.z; vals[7] += hi.w;\n"
+     "        }\n"),
+    ("        st8(y, (long long)m * O + cb, vals, O - cb, (O & 7) == 0);\n    }\n",
+     "        st8(y, (long long)m * O + cb, vals, O - cb, (O & 7) == 0);\n    }\n"
+     "    cluster_sync_all();  // no block leaves while another still reads its Cs\n"),
+)
+
+CLUSTER_MAX = 8  # the portable cluster size
+
+
 def mma_conv_kernel(tile: MmaTile, variant: str, to: str, epi=(), splitk: bool = False,
-                    stages: int | None = None, coalesce: bool | None = None) -> Kernel:
+                    stages: int | None = None, coalesce: bool | None = None, cluster: int = 0) -> Kernel:
     """Implicit-GEMM convolution on the tensor cores (groups == 1): fp16 activations (NHWC) and weights
     packed [O][Kp] fp16 (K = KH*KW*C in (kh, kw, c) order, zero-padded to Kp, a multiple of tile.bk),
     fp32 accumulation (mma.sync m16n8k16), bias and the fused epilogue in fp32.
@@ -872,8 +931,15 @@ def mma_conv_kernel(tile: MmaTile, variant: str, to: str, epi=(), splitk: bool =
     buffer (any gather); 2 or more runs a cp.async pipeline of that many shared-memory stages
     (16-byte gathers only). Either way the buffers are dynamic shared memory, tile.smem_stages(stages)
     bytes, which the launch must ask for (Kernel.static['smem']; above 48 KB the executor raises the
-    kernel's limit)."""
+    kernel's limit).
+    cluster (2 .. CLUSTER_MAX; sm_90 and later): split-K over a thread block cluster of that many
+    blocks along grid.z (`kts` K steps each, as splitk), summed in the kernel: each block stages its
+    partial sums in shared memory and finishes 1/cluster of the tile's rows from every block's
+    (distributed shared memory), with bias and the epilogue; no workspace, no second launch."""
     tile.check()
+    if cluster:
+        assert 2 <= cluster <= CLUSTER_MAX and not splitk
+        return _cluster_conv_kernel(tile, variant, to, epi, stages, cluster)
     stages = mma_stages(variant, tile) if stages is None else stages
     coalesce = not splitk and (mma_coalesce(tile) if coalesce is None else coalesce)
     assert not (stages and variant == "scalar"), "cp.async needs the 16-byte gathers"
@@ -897,6 +963,33 @@ def mma_conv_kernel(tile: MmaTile, variant: str, to: str, epi=(), splitk: bool =
                     "epi": () if splitk else tuple(epi), "splitk": splitk, "stages": stages,
                     "coalesce": coalesce,
                     "smem": tile.smem_kernel(stages, coalesce)})
+
+
+def _cluster_conv_kernel(tile: MmaTile, variant: str, to: str, epi, stages: int | None, cs: int) -> Kernel:
+    """mma_conv_kernel(cluster=cs): the K range of split-K, the staged epilogue (STAGED_FINISH)
+    rewritten to sum the cluster's partial tiles (_CLUSTER_FINISH)."""
+    stages = mma_stages(variant, tile) if stages is None else stages
+    dims = [("int", n) for n in ("N", "H", "W", "C", "Ho", "Wo", "O", "KW", "sh", "sw", "ph", "pw", "dh", "dw", "K", "Kp")]
+    params = ([("const half_t* __restrict__", "x"), ("const half_t* __restrict__", "w"),
+               ("const float* __restrict__", "bias"), (f"{CTYPE[to]}* __restrict__", "y")] + epilogue(epi)[0]
+              + dims + [("int", "kts")])
+    src = (fill_epilogue(MMA_CONV_TEMPLATE, epi)
+           .replace("$THREADS", str(tile.threads)).replace("$BM", str(tile.bm))
+           .replace("$BN", str(tile.bn)).replace("$BK", str(tile.bk)).replace("$WARPS_M", str(tile.warps_m))
+           .replace("$WARPS_N", str(tile.warps_n)).replace("$PAD", str(MMA_PAD))
+           .replace("$AVAR", str(MMA_AVARIANTS.index(variant))).replace("$SPLITK", "1")
+           .replace("$STAGES", str(stages)).replace("$COALESCE", "1"))
+    head = f'extern "C" __global__ void __launch_bounds__({tile.threads}) $NAME('
+    assert src.count(head) == 1
+    src = CLUSTER_PRELUDE + src.replace(
+        head, f'extern "C" __global__ void __cluster_dims__(1, 1, {cs}) __launch_bounds__({tile.threads}) $NAME(')
+    src = src.replace("    const int CH = O;\n", f"    const int CH = O;\n    constexpr int CS = {cs};  // the cluster's blocks\n", 1)
+    for old, new in _CLUSTER_FINISH:
+        assert src.count(old) == 1, old
+        src = src.replace(old, new)
+    return _finish("mma_conv", src, params, tile.threads,
+                   {"tile": tile, "variant": variant, "ti": "f16", "to": to, "epi": tuple(epi), "splitk": False,
+                    "cluster": cs, "stages": stages, "coalesce": True, "smem": tile.smem_kernel(stages, True)})
 
 
 # ----------------------------------------------------------------------------- tensor-core conv on Hopper's wgmma

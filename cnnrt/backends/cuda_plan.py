@@ -307,9 +307,47 @@ def choose_splitk_simt(M: int, Og: int, K: int, tile_name: str, nsm: int) -> int
     return _splits(blocks, cdiv(K, t.bk), nsm * BLOCKS_PER_SM, SPLITK_REDUCE_STEPS_SIMT, 16)
 
 
-def _splits(blocks: int, kt: int, slots: int, reduce_steps: int, min_steps: int) -> int:
+CLUSTER_REDUCE_STEPS = 2  # the in-cluster sum, in K steps (estimate: each block reads 1/S of S partial tiles)
+
+
+def cluster_splitk_enabled() -> bool:
+    """CNNRT_CUDA_CLUSTER_SPLITK=1 (opt-in, written without a GPU at hand and not yet run on one):
+    split-K summed inside a thread block cluster on sm_90 (mma_conv_kernel(cluster=S)), in place of
+    the split-K conv and its separate sum (11 of ResNet-18's 34 launches at batch 1, about 5 us each)."""
+    return os.environ.get("CNNRT_CUDA_CLUSTER_SPLITK", "") in ("1", "true", "yes")
+
+
+def choose_cluster_splitk(M: int, O: int, K: int, tile_name: str, nsm: int, variant: str = "vec") -> int:
+    """The cluster split-K's share count (1: none): its sum costs CLUSTER_REDUCE_STEPS, not a launch,
+    and a cluster holds at most CLUSTER_MAX blocks; taken where it saves a quarter of the unsplit
+    estimate and beats choose_splitk's split with its separate sum (a long K wants more shares than
+    a cluster holds: ResNet-18's 7x7x512 convs at batch 1 keep 29)."""
+    t = G.MMA_TILES[tile_name]
+    blocks, kt = cdiv(M, t.bm) * cdiv(O, t.bn), cdiv(K, t.bk)
+    slots = nsm * t.per_sm(G.mma_stages(variant, t), 8, coalesce=True)
+    best, cs, base = _split_estimate(blocks, kt, slots, CLUSTER_REDUCE_STEPS, 2, G.CLUSTER_MAX)
+    if cs == 1 or best > 0.75 * base:
+        return 1
+    split = choose_splitk(M, O, K, tile_name, nsm, variant)
+    if split > 1:
+        plain = nsm * t.per_sm(G.mma_stages(variant, t), 8, coalesce=False)
+        kts = cdiv(kt, split)
+        if cdiv(blocks * split, plain) * kts + SPLITK_REDUCE_STEPS <= best:
+            return 1
+    return cs
+
+
+def _splits(blocks: int, kt: int, slots: int, reduce_steps: int, min_steps: int, most: int = 32) -> int:
     """The split count with the least estimated time (waves x K steps per block, plus the reduction
-    for a split), taken only when it saves a quarter or more; each share at least min_steps."""
+    for a split), taken only when it saves a quarter or more; each share at least min_steps, at
+    most `most` shares."""
+    best, best_s, base = _split_estimate(blocks, kt, slots, reduce_steps, min_steps, most)
+    return best_s if best <= 0.75 * base else 1
+
+
+def _split_estimate(blocks: int, kt: int, slots: int, reduce_steps: int, min_steps: int,
+                    most: int) -> tuple[int, int, int]:
+    """(the best split's estimate, its split count, the estimate without a split), in K steps."""
 
     def est(s: int) -> tuple[int, int]:
         kts = cdiv(kt, s)
@@ -318,11 +356,11 @@ def _splits(blocks: int, kt: int, slots: int, reduce_steps: int, min_steps: int)
 
     base, _ = est(1)
     best, best_s = base, 1
-    for s in range(2, min(32, kt // min_steps) + 1):
+    for s in range(2, min(most, kt // min_steps) + 1):
         e, s_real = est(s)
         if e < best:
             best, best_s = e, s_real
-    return best_s if best <= 0.75 * base else 1
+    return best, best_s, base
 
 
 def choose_tile(M: int, Og: int, K: int, groups: int, nsm: int) -> str:
@@ -495,6 +533,7 @@ class Program:
         # fp16 convolutions (groups == 1) on the tensor cores; False: every conv on the SIMT kernel
         self.mma = self.fp16 and (mma_enabled() if mma is None else bool(mma))
         # the wgmma conv where asked for (CNNRT_CUDA_WGMMA) on a device that runs sm_90a code
+        self.sm90a = sm90a  # the device is sm_90: wgmma and thread block clusters
         self.wgmma = wgmma_tile() if self.mma and sm90a else None
         self.wgmma_halo = wgmma_halo_spec() if self.mma and sm90a else None  # the halo convs on wgmma
         self.wgmma_band = wgmma_band_spec() if self.mma and sm90a else None  # stride-1 convs on the band conv
@@ -1067,6 +1106,18 @@ class _Planner:
         tile = G.MMA_TILES[tname]
         dims = dict(N=n, H=h, W=wd, C=c, Ho=ho, Wo=wo, O=o, KW=kw, sh=sh, sw=sw, ph=pads[0], pw=pads[1], dh=dh, dw=dw,
                     K=K, Kp=kp)
+        cs = choose_cluster_splitk(M, o, K, tname, p.nsm, variant) if p.sm90a and cluster_splitk_enabled() else 1
+        if cs > 1:  # split-K summed in a cluster: one launch, no workspace
+            kts = cdiv(cdiv(K, tile.bk), cs)
+            assert cdiv(cdiv(K, tile.bk), kts) == cs
+            kern = G.mma_conv_kernel(tile, variant, self.dt(out), ops, cluster=cs)
+            args = {"x": self.t(node.inputs[0]), "w": self.c(wp), "bias": self.c(bias), "y": y}
+            self.put_epi(args, eargs)
+            args.update(dims, kts=kts)
+            self.emit(grp, kern, (cdiv(M, tile.bm), cdiv(o, tile.bn), cs), (tile.threads,), args, [], [y[1]],
+                      self.label(grp, f"conv implicit-GEMM tensor-core {tname} {variant}{self._stages(kern)} "
+                                      f"split-K x{cs} summed in a cluster"), smem=kern.static["smem"])
+            return
         splits = choose_splitk(M, o, K, tname, p.nsm, variant)
         if splits > 1:
             kts = cdiv(cdiv(K, tile.bk), splits)

@@ -194,8 +194,11 @@ class Emulator:
         M = N * Ho * Wo
         assert KH * KW * C == K and Kp % t.bk == 0 and Kp >= K
         split = l.kernel.static.get("splitk", False)
+        cluster = l.kernel.static.get("cluster", 0)  # split-K summed within a cluster of blocks (grid.z)
         assert l.grid[0] * t.bm >= M and l.grid[1] * t.bn >= O_, "grid does not cover the output"
-        assert l.grid[2] == (cdiv(cdiv(K, t.bk), a["kts"]) if split else 1), "grid.z is not the number of K splits"
+        assert l.grid[2] == (cdiv(cdiv(K, t.bk), a["kts"]) if split or cluster else 1), \
+            "grid.z is not the number of K splits"
+        assert not cluster or l.grid[2] == cluster, "grid.z is not the cluster's size"
         assert l.block[0] == t.threads
         st = l.kernel.static.get("stages", 0)
         need = max(t.smem_stages(st), t.bm * (t.bn + 4) * 4 if l.kernel.static.get("coalesce") else 0)

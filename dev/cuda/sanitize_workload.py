@@ -1,8 +1,8 @@
 """The program compute-sanitizer watches (dev/cuda/sanitize.py runs it once per tool): the generic
 plan (LeNet-5, ResNet-20; fp16 with the tensor-core convs, fp32 with the SIMT ones; a 32x32
 MobileNetV2, a pointwise and a split-K tensor-core conv in fp16, the split-K SIMT conv in fp32) at
-batch sizes 1, 7 and 300; on sm_90 the wgmma band conv's cases at 300; the space-to-depth stems
-at the same batch sizes; and
+batch sizes 1, 7 and 300; on sm_90 the wgmma band conv's cases at 300 and the cluster split-K
+(opt-in) where its plans take it; the space-to-depth stems at the same batch sizes; and
 the Deep MNIST fused pattern at 1, 7, 300 and 1,100 (before the fp32 runs, the slowest).
 
     python3 dev/cuda/sanitize_workload.py OUT.json [--batches 1,7,300]
@@ -127,8 +127,30 @@ def main() -> int:
                     record(f"s2d {name} fp16 n={n} (space-to-depth stem)", t0, ok)
                 r.close()
 
+    def cluster_runs():
+        """sm_90 only: the cluster split-K (CNNRT_CUDA_CLUSTER_SPLITK=1, opt-in) on ResNet-20 and the
+        split-K cases, at the batch sizes where their plans take it."""
+        nonlocal ok_all
+        import cupy
+
+        if int(cupy.cuda.Device().compute_capability) != 90:
+            return
+        with _env("CNNRT_CUDA_CLUSTER_SPLITK", "1"):
+            for name, g in (("resnet20", TG.resnet20(2)), ("mma_splitk", mma["mma_splitk_7x7_add_relu"])):
+                r = GraphRunner(g, "fp16")
+                for n in batches:
+                    if not any("summed in a cluster" in k for _, _, k in r.describe(n)):
+                        continue
+                    t0 = time.perf_counter()
+                    out = r.run({"images": rng.standard_normal((n,) + g.input_shape).astype(np.float32)})
+                    ok = all(bool(np.isfinite(v).all()) for v in out.values())
+                    ok_all &= ok
+                    record(f"cluster {name} fp16 n={n} (split-K summed in a cluster)", t0, ok)
+                r.close()
+
     band_runs()
     s2d_runs()
+    cluster_runs()
     for precision in ("fp16", "fp32"):  # fp32 (SIMT) last: the slowest under racecheck
         if precision == "fp32":
             fused_runs()
