@@ -554,3 +554,21 @@ def test_cluster_splitk(rng, monkeypatch):
         r = cuda_graph.GraphRunner(g, "fp16")
         for n in (1, 7):
             net_against_simt(rng, g, r, n, "summed in a cluster")
+
+
+@pytest.mark.parametrize("rows", [2, 4, 8])
+def test_depthwise_rows(rng, monkeypatch, rows):
+    # CNNRT_CUDA_DW_ROWS=R (opt-in): the 8-channel depthwise conv with R output rows a thread, fp16
+    # and fp32, at batch 1, 7 and 300 with outputs poisoned, against float64; MobileNetV2 (32x32)
+    # against its SIMT plan
+    monkeypatch.setenv("CNNRT_CUDA_DW_ROWS", str(rows))
+    for case in ("dw8_s2_clip", "dw8_chain_dil_pads"):
+        g = CASES[case]
+        for precision in ("fp16", "fp32"):
+            r = cuda_graph.GraphRunner(g, precision)
+            assert any(" rows" in k for _, _, k in r.describe(7)), case
+            for n in (1, 7, 300):
+                against_float64(rng, r, g, n, 1e-2 if precision == "fp16" else 1e-5, case, fp16=precision == "fp16")
+    if G.window_enabled():
+        g = net("mobilenet_v2_32")
+        net_against_simt(rng, g, cuda_graph.GraphRunner(g, "fp16"), 7, "rows")

@@ -206,3 +206,41 @@ def test_input_channels_padded_for_the_tensor_cores(rng):
     assert Program(CASES["conv_groups3"], "fp16").in_pad == 6  # a grouped conv reads it: SIMT kernel
     both = TG._one("conv_and_add", (6, 6, 3), lambda b, x: b.op("Add", [b.conv(x, 3, 3), x]))
     assert Program(both, "fp16").in_pad == 3  # the Add reads the image too
+
+
+def test_depthwise_rows_planned_emulated_and_compiled(rng, monkeypatch):
+    """CNNRT_CUDA_DW_ROWS=R (opt-in): the 8-channel depthwise conv computes R output rows a thread,
+    its launch covering ceil(Ho / R) row groups (stride 2, dilation 2, asymmetric pads, 7x1 and
+    row counts that R does not divide); the plans emulated against float64, and the kernels
+    compiled by NVRTC where a library is at hand."""
+    from cnnrt.backends.cuda_plan import GRID_STRIDE_BLOCKS
+
+    monkeypatch.setenv("CNNRT_CUDA_DW_ROWS", "4")
+    kernels = {}
+    for name in ("dw8_s2_clip", "dw8_chain_dil_pads"):
+        g = CASES[name]
+        for precision in ("fp16", "fp32"):
+            prog = Program(g, precision)
+            for n in (1, 3):
+                plan = prog.plan(n)
+                dw = [l for l in plan.launches if l.kernel is not None and l.kernel.family == "dwconv8"]
+                assert any(l.kernel.static.get("rows") for l in dw), name
+                for l in dw:  # rows where the window is compiled in (up to 16 taps: not the 5x5)
+                    a, r = l.args, l.kernel.static.get("rows", 0)
+                    assert r == (min(4, a["Ho"]) if a["KH"] * a["KW"] <= G.WINDOW_UNROLL else 0), (name, a)
+                    groups = a["N"] * -(-a["Ho"] // max(r, 1)) * a["Wo"] * a["O"] // 8
+                    assert l.grid[0] == min(-(-groups // 256), prog.nsm * GRID_STRIDE_BLOCKS), (name, l.grid)
+                    kernels[l.kernel.name] = l.kernel
+                x = rng.standard_normal((n,) + g.input_shape).astype(np.float32)
+                out = EM.run(prog, x)["y"]
+                ref = run_reference(g, {"images": x.astype(np.float64)}, fp16_storage=precision == "fp16")["y"]
+                assert np.isfinite(out).all() and rel_err(out, ref) < (1e-6 if precision == "fp32" else 1e-2), name
+    monkeypatch.setenv("CNNRT_CUDA_DW_ROWS", "9")  # past DW_ROWS_MAX: the one-row kernel
+    assert not any(l.kernel.static.get("rows") for l in Program(CASES["dw8_s2_clip"], "fp16").plan(1).launches
+                   if l.kernel is not None)
+    from cnnrt.testing.nvrtc import compile_ptx, find_library
+
+    if find_library() is None:
+        pytest.skip("no NVRTC library here: the plans were checked, the CUDA source was not")
+    ptx, _ = compile_ptx(G.module_source(kernels.values()))
+    assert all(name in ptx for name in kernels)

@@ -2292,18 +2292,109 @@ def window_enabled() -> bool:
     return os.environ.get("CNNRT_CUDA_WINDOW", "") != "0"
 
 
-def dwconv8_kernel(to: str, epi=(), ti: str = "f16", window: tuple | None = None) -> Kernel:
+DW8_ROWS_TEMPLATE = r"""
+extern "C" __global__ void __launch_bounds__(256) $NAME(
+    $SIG)
+{
+    // dwconv8 with R output rows a thread: 8 channels of pixels (ho, wo) .. (ho + R - 1, wo); a
+    // tap's weights are loaded once for the R pixels (in dwconv8 the fp32 weights were twice the
+    // bytes of the fp16 activations a pixel reads), accumulators acc[R][8]
+    constexpr int R = $ROWS;
+    const int CH = O, C8 = CH >> 3, HG = (Ho + R - 1) / R;
+    const long long total = (long long)N * HG * Wo * C8;
+    const bool small = total <= 0x7fffffffLL;
+    for (long long t8 = blockIdx.x * (long long)blockDim.x + threadIdx.x; t8 < total;
+         t8 += (long long)gridDim.x * blockDim.x) {
+        int c0, wo, hg;
+        long long nimg;
+        if (small) {
+            unsigned q = (unsigned)t8;
+            c0 = (int)(q % (unsigned)C8) * 8; q /= (unsigned)C8;
+            wo = (int)(q % (unsigned)Wo); q /= (unsigned)Wo;
+            hg = (int)(q % (unsigned)HG); nimg = q / (unsigned)HG;
+        } else {
+            long long p = t8 / C8;
+            c0 = (int)(t8 % C8) * 8;
+            wo = (int)(p % Wo); p /= Wo;
+            hg = (int)(p % HG); nimg = p / HG;
+        }
+        const long long xb = nimg * H * W * C + c0;
+        const int w0 = wo * sw - pw;
+        float acc[R][8];
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+            for (int j = 0; j < 8; ++j) acc[r][j] = 0.f;
+#pragma unroll
+        for (int kh = 0; kh < $KH; ++kh) {
+#pragma unroll
+            for (int kw = 0; kw < $KW; ++kw) {
+                const int wi = w0 + kw * dw;
+                if ((unsigned)wi >= (unsigned)W) continue;
+                float wv[8];
+                ld8a(w + (kh * $KW + kw) * O + c0, wv);
+#pragma unroll
+                for (int r = 0; r < R; ++r) {
+                    const int ho = hg * R + r, hi = ho * sh - ph + kh * dh;
+                    if (ho >= Ho || (unsigned)hi >= (unsigned)H) continue;
+                    float xv[8];
+                    ld8a(x + xb + ((long long)hi * W + wi) * C, xv);
+#pragma unroll
+                    for (int j = 0; j < 8; ++j) acc[r][j] = fmaf(xv[j], wv[j], acc[r][j]);
+                }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const int ho = hg * R + r;
+            if (ho >= Ho) break;
+            const long long i8 = ((nimg * Ho + ho) * Wo + wo) * C8 + (c0 >> 3);  // the pixel's 8 channels
+            float res[8];
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                const long long idx = i8 * 8 + j;
+                const int c = c0 + j;
+                (void)idx;
+                float v = acc[r][j] + bias[c];
+                $EPI
+                res[j] = v;
+            }
+            $STORE
+        }
+    }
+}
+"""
+
+DW_ROWS_MAX = 8
+
+
+def dw_rows() -> int:
+    """CNNRT_CUDA_DW_ROWS=R (2 .. DW_ROWS_MAX; opt-in, written without a GPU and not yet run on
+    one): the 8-channel depthwise conv computes R output rows a thread (dwconv8_kernel's rows)."""
+    env = os.environ.get("CNNRT_CUDA_DW_ROWS", "")
+    return int(env) if env.isdigit() and 2 <= int(env) <= DW_ROWS_MAX else 0
+
+
+def dwconv8_kernel(to: str, epi=(), ti: str = "f16", window: tuple | None = None, rows: int = 0) -> Kernel:
     """Depthwise convolution of fp16 or fp32 activations (ti) with one output per input channel
     (mult 1) and C % 8 == 0: each thread computes 8 neighbouring channels of one output pixel from
     one 16-byte load per tap (two for fp32), and stores them as one 16-byte (fp16) or two (fp32)
     stores. Weights packed [KH*KW][O] float32, as for dwconv_kernel. Row and pixel offsets are
-    multiples of 8 elements, so every load and store is aligned. window: see window_code."""
+    multiples of 8 elements, so every load and store is aligned. window: see window_code.
+    rows (2 .. DW_ROWS_MAX, with a window): R output rows a thread, each tap's weights loaded once
+    for the R pixels (DW8_ROWS_TEMPLATE); the launch covers N * ceil(Ho / R) * Wo * O / 8 threads."""
     eparams, ecode, _ = epilogue(epi)
     params = ([(f"const {CTYPE[ti]}* __restrict__", "x"), ("const float* __restrict__", "w"),
                ("const float* __restrict__", "bias"), (f"{CTYPE[to]}* __restrict__", "y")] + eparams
               + [("int", n) for n in ("N", "H", "W", "C", "Ho", "Wo", "O", "KH", "KW", "sh", "sw", "ph", "pw", "dh",
                                        "dw")])
     static = {"ti": ti, "to": to, "epi": tuple(epi)}
+    if rows:
+        assert window and 2 <= rows <= DW_ROWS_MAX
+        static["rows"] = rows
+        src = (window_code(DW8_ROWS_TEMPLATE, window, static).replace("$ROWS", str(rows))
+               .replace("$EPI", ecode).replace("$STORE", STORE8[to]))
+        return _finish("dwconv8", src, params, 256, static)
     src = vec8_source("O", window_code(DW8_BODY, window, static), "acc[j] + bias[c]", ecode, to)
     return _finish("dwconv8", src, params, 256, static)
 

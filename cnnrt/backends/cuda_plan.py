@@ -1210,9 +1210,11 @@ class _Planner:
         if o == c and c % 8 == 0 and self.dt(node.inputs[0]) in ("f16", "f32") and self.dt(out) in ("f16", "f32") \
                 and vec8_enabled():
             window = (kh, kw) if kh * kw <= G.WINDOW_UNROLL and G.window_enabled() else None
-            kern = G.dwconv8_kernel(self.dt(out), ops, ti=self.dt(node.inputs[0]), window=window)
-            self.emit(grp, kern, self.grid_stride(n * ho * wo * o // 8), (256,), args, [], [y[1]],
-                      self.label(grp, "depthwise conv, 8 channels a thread"))
+            rows = min(G.dw_rows(), ho) if window else 0
+            rows = rows if rows >= 2 else 0
+            kern = G.dwconv8_kernel(self.dt(out), ops, ti=self.dt(node.inputs[0]), window=window, rows=rows)
+            self.emit(grp, kern, self.grid_stride(n * cdiv(ho, max(rows, 1)) * wo * o // 8), (256,), args, [], [y[1]],
+                      self.label(grp, "depthwise conv, 8 channels a thread" + (f", {rows} rows" if rows else "")))
             return
         kern = G.dwconv_kernel(self.dt(node.inputs[0]), self.dt(out), ops)
         args["mult"] = o // c

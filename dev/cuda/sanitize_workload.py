@@ -2,7 +2,8 @@
 plan (LeNet-5, ResNet-20; fp16 with the tensor-core convs, fp32 with the SIMT ones; a 32x32
 MobileNetV2, a pointwise and a split-K tensor-core conv in fp16, the split-K SIMT conv in fp32) at
 batch sizes 1, 7 and 300; on sm_90 the wgmma band conv's cases at 300 and the cluster split-K
-(opt-in) where its plans take it; the space-to-depth stems at the same batch sizes; and
+(opt-in) where its plans take it; the space-to-depth stems and the depthwise conv with 4 rows a
+thread (opt-in) at the same batch sizes; and
 the Deep MNIST fused pattern at 1, 7, 300 and 1,100 (before the fp32 runs, the slowest).
 
     python3 dev/cuda/sanitize_workload.py OUT.json [--batches 1,7,300]
@@ -148,9 +149,25 @@ def main() -> int:
                     record(f"cluster {name} fp16 n={n} (split-K summed in a cluster)", t0, ok)
                 r.close()
 
+    def dw_rows_runs():
+        """The depthwise conv with 4 output rows a thread (CNNRT_CUDA_DW_ROWS=4, opt-in)."""
+        nonlocal ok_all
+        with _env("CNNRT_CUDA_DW_ROWS", "4"):
+            g = TG.mobilenet_v2(4, size=32)
+            r = GraphRunner(g, "fp16")
+            assert any(" rows" in k for _, _, k in r.describe(1))
+            for n in batches:
+                t0 = time.perf_counter()
+                out = r.probabilities(rng.integers(0, 256, (n,) + g.input_shape, dtype=np.uint8))
+                ok = bool(np.isfinite(out).all())
+                ok_all &= ok
+                record(f"dw rows mobilenet_v2_32 fp16 n={n} (depthwise conv, 4 rows a thread)", t0, ok)
+            r.close()
+
     band_runs()
     s2d_runs()
     cluster_runs()
+    dw_rows_runs()
     for precision in ("fp16", "fp32"):  # fp32 (SIMT) last: the slowest under racecheck
         if precision == "fp32":
             fused_runs()
