@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip install -q --disable-pip-version-check
 
 .PHONY: run test venv test-env bench clean test-gpu bench-gpu bench-gpu-zoo docs-report sanitize-gpu gpu-all
 .PHONY: run test venv test-env bench clean test-gpu bench-gpu docs-report bench-cpu-zoo device-wheels serve-gpu device-ray ray-gpu
-.PHONY: bench-gpu-conv profile-gpu gpu-ab gpu-wgmma bench-gpu-mnist
+.PHONY: bench-gpu-conv profile-gpu gpu-ab gpu-wgmma bench-gpu-mnist gpu-pending
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -145,6 +145,28 @@ gpu-wgmma:
 	for v in $(WGMMA_SPECS); do echo "== $(WGMMA_VAR)=$$v"; env $(WGMMA_VAR)=$$v PYTHONPATH=. timeout 90 \
 	  $(GPU_PY) benchmarks/gpu_profile.py --models $(WGMMA_MODELS) --batches $(WGMMA_BATCHES) --top 12 \
 	  --json $(GPU_OUT)/gpu_profile_$(WGMMA_VAR)_$$(echo $$v | tr , _).json 2>&1 | grep -v "^ "; done
+
+# `make gpu-pending` (H100/H200): what the last session wrote without a GPU, in one device command
+# (about 6 minutes): Deep MNIST's module compiled in parts (tests/test_cuda.py, the FusedRunner, and
+# its cold start), the cluster split-K (CNNRT_CUDA_CLUSTER_SPLITK) and the depthwise conv with R
+# rows a thread (CNNRT_CUDA_DW_ROWS): their GPU tests, then device time with each switch off and on
+# (JSON in $(GPU_OUT)); then compute-sanitizer over the workload, which runs both.
+gpu-pending: SHELL := /bin/bash
+gpu-pending:
+	@mkdir -p $(GPU_OUT); \
+	PYTHONPATH=. timeout 150 $(GPU_PY) -m pytest -q -m gpu tests/test_cuda.py -rs 2>&1 | tail -n 5; \
+	PYTHONPATH=. timeout 120 $(GPU_PY) benchmarks/gpu_zoo.py --models deep_mnist --cold-start-only \
+	  --json $(GPU_OUT)/gpu_zoo_cold_dm.json 2>&1 | tail -n 1; \
+	PYTHONPATH=. timeout 200 $(GPU_PY) -m pytest -q -m gpu tests/test_cuda_graph.py -rs \
+	  -k "cluster or depthwise_rows or test_nets" 2>&1 | tail -n 8; \
+	for v in 0 1; do echo "== CNNRT_CUDA_CLUSTER_SPLITK=$$v"; CNNRT_CUDA_CLUSTER_SPLITK=$$v PYTHONPATH=. timeout 60 \
+	  $(GPU_PY) benchmarks/gpu_profile.py --models resnet18,resnet20 --batches 1,7 --top 8 \
+	  --json $(GPU_OUT)/gpu_profile_cluster_$$v.json 2>&1 | grep -v "^ "; done; \
+	for v in 0 2 4 8; do echo "== CNNRT_CUDA_DW_ROWS=$$v"; CNNRT_CUDA_DW_ROWS=$$v PYTHONPATH=. timeout 60 \
+	  $(GPU_PY) benchmarks/gpu_profile.py --models mobilenet_v2,mobilenet_v3_small --batches large --top 4 \
+	  --json $(GPU_OUT)/gpu_profile_dw_rows_$$v.json 2>&1 | grep -v "^ "; done; \
+	PYTHONPATH=. timeout 120 $(GPU_PY) dev/cuda/sanitize.py --out $(GPU_OUT)/san --batches 1,7 --race-batches 1,7 \
+	  --fused-batches 1,7 --timeout 110 2>&1 | tail -n 6
 
 # `make serve-gpu` on the device: the load test of `cnnrt serve --backend cuda`. The device image lacks
 # the server's packages; `make device-wheels` (here, with network) downloads them, pure Python, 0.7 MB,
