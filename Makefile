@@ -160,7 +160,7 @@ gpu-pending:
 	PYTHONPATH=. timeout 200 $(GPU_PY) -m pytest -q -m gpu tests/test_cuda_graph.py -rs \
 	  -k "cluster or depthwise_rows or test_nets" 2>&1 | tail -n 8; \
 	for v in 0 1; do echo "== CNNRT_CUDA_CLUSTER_SPLITK=$$v"; CNNRT_CUDA_CLUSTER_SPLITK=$$v PYTHONPATH=. timeout 60 \
-	  $(GPU_PY) benchmarks/gpu_profile.py --models resnet18,resnet20 --batches 1,7 --top 8 \
+	  $(GPU_PY) benchmarks/gpu_profile.py --models resnet18,resnet20 --batches 1,7,large --top 8 \
 	  --json $(GPU_OUT)/gpu_profile_cluster_$$v.json 2>&1 | grep -v "^ "; done; \
 	for v in 0 2 4 8; do echo "== CNNRT_CUDA_DW_ROWS=$$v"; CNNRT_CUDA_DW_ROWS=$$v PYTHONPATH=. timeout 60 \
 	  $(GPU_PY) benchmarks/gpu_profile.py --models mobilenet_v2,mobilenet_v3_small --batches large --top 4 \

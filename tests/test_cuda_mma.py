@@ -273,7 +273,8 @@ def test_cluster_splitk_kernels_compile_for_sm90():
         pytest.skip("needs an NVRTC library and ptxas (pip install nvidia-cuda-nvrtc; CUDA's ptxas)")
     ks = [G.mma_conv_kernel(G.MMA_TILES[t], v, to, ADD_RELU16 if to == "f16" else (), cluster=cs)
           for t, v, to, cs in (("tc128x64", "vec", "f16", 8), ("tc32x32", "vec", "f16", 3),
-                               ("tc64x16", "scalar", "f32", 2), ("tc256x64", "pointwise", "f16", 4))]
+                               ("tc64x16", "scalar", "f32", 2), ("tc256x64", "pointwise", "f16", 4),
+                               ("tc128x128k64", "vec", "f16", 2))]
     ptx, _ = compile_ptx(G.module_source(ks), arch="compute_90")
     assert all(k.name in ptx for k in ks)
     assert ptx.count(".reqnctapercluster") == len(ks) and "barrier.cluster.arrive.release" in ptx

@@ -308,6 +308,8 @@ def choose_splitk_simt(M: int, Og: int, K: int, tile_name: str, nsm: int) -> int
 
 
 CLUSTER_REDUCE_STEPS = 2  # the in-cluster sum, in K steps (estimate: each block reads 1/S of S partial tiles)
+CLUSTER_MIN_SAVING = 0.15  # of the unsplit estimate (the split with a separate sum wants 0.25: it adds a launch);
+# at 0.15 ResNet-18's 7x7x512 convs at 256 images take 2-4 shares against 1.48 waves of blocks, for the A/B to judge
 
 
 def cluster_splitk_enabled() -> bool:
@@ -319,14 +321,14 @@ def cluster_splitk_enabled() -> bool:
 
 def choose_cluster_splitk(M: int, O: int, K: int, tile_name: str, nsm: int, variant: str = "vec") -> int:
     """The cluster split-K's share count (1: none): its sum costs CLUSTER_REDUCE_STEPS, not a launch,
-    and a cluster holds at most CLUSTER_MAX blocks; taken where it saves a quarter of the unsplit
-    estimate and beats choose_splitk's split with its separate sum (a long K wants more shares than
+    and a cluster holds at most CLUSTER_MAX blocks; taken where it saves CLUSTER_MIN_SAVING of the
+    unsplit estimate and beats choose_splitk's split with its separate sum (a long K wants more shares than
     a cluster holds: ResNet-18's 7x7x512 convs at batch 1 keep 29)."""
     t = G.MMA_TILES[tile_name]
     blocks, kt = cdiv(M, t.bm) * cdiv(O, t.bn), cdiv(K, t.bk)
     slots = nsm * t.per_sm(G.mma_stages(variant, t), 8, coalesce=True)
     best, cs, base = _split_estimate(blocks, kt, slots, CLUSTER_REDUCE_STEPS, 2, G.CLUSTER_MAX)
-    if cs == 1 or best > 0.75 * base:
+    if cs == 1 or best > (1 - CLUSTER_MIN_SAVING) * base:
         return 1
     split = choose_splitk(M, O, K, tile_name, nsm, variant)
     if split > 1:
