@@ -148,8 +148,9 @@ gpu-wgmma:
 
 # `make gpu-pending` (H100/H200): what the last session wrote without a GPU, in one device command
 # (about 6 minutes): Deep MNIST's module compiled in parts (tests/test_cuda.py, the FusedRunner, and
-# its cold start), the cluster split-K (CNNRT_CUDA_CLUSTER_SPLITK) and the depthwise conv with R
-# rows a thread (CNNRT_CUDA_DW_ROWS): their GPU tests, then device time with each switch off and on
+# its cold start), the cluster split-K (CNNRT_CUDA_CLUSTER_SPLITK), the depthwise conv with R rows a
+# thread (CNNRT_CUDA_DW_ROWS) and the 3xTF32 im2col conv for fp32 (CNNRT_CUDA_TF32_GEMM): their GPU
+# tests, then device time with each switch off and on
 # (JSON in $(GPU_OUT)); then compute-sanitizer over the workload, which runs both.
 gpu-pending: SHELL := /bin/bash
 gpu-pending:
@@ -158,13 +159,16 @@ gpu-pending:
 	PYTHONPATH=. timeout 120 $(GPU_PY) benchmarks/gpu_zoo.py --models deep_mnist --cold-start-only \
 	  --json $(GPU_OUT)/gpu_zoo_cold_dm.json 2>&1 | tail -n 1; \
 	PYTHONPATH=. timeout 200 $(GPU_PY) -m pytest -q -m gpu tests/test_cuda_graph.py -rs \
-	  -k "cluster or depthwise_rows or test_nets" 2>&1 | tail -n 8; \
+	  -k "cluster or depthwise_rows or tf32_gemm or test_nets" 2>&1 | tail -n 8; \
 	for v in 0 1; do echo "== CNNRT_CUDA_CLUSTER_SPLITK=$$v"; CNNRT_CUDA_CLUSTER_SPLITK=$$v PYTHONPATH=. timeout 60 \
 	  $(GPU_PY) benchmarks/gpu_profile.py --models resnet18,resnet20 --batches 1,7,large --top 8 \
 	  --json $(GPU_OUT)/gpu_profile_cluster_$$v.json 2>&1 | grep -v "^ "; done; \
 	for v in 0 2 4 8; do echo "== CNNRT_CUDA_DW_ROWS=$$v"; CNNRT_CUDA_DW_ROWS=$$v PYTHONPATH=. timeout 60 \
 	  $(GPU_PY) benchmarks/gpu_profile.py --models mobilenet_v2,mobilenet_v3_small --batches large --top 4 \
 	  --json $(GPU_OUT)/gpu_profile_dw_rows_$$v.json 2>&1 | grep -v "^ "; done; \
+	for v in 0 1; do echo "== CNNRT_CUDA_TF32_GEMM=$$v (fp32)"; CNNRT_CUDA_TF32_GEMM=$$v PYTHONPATH=. timeout 60 \
+	  $(GPU_PY) benchmarks/gpu_profile.py --models resnet18,mobilenet_v2,mobilenet_v3_small --precision fp32 \
+	  --batches large --top 4 --json $(GPU_OUT)/gpu_profile_tf32_gemm_$$v.json 2>&1 | grep -v "^ "; done; \
 	PYTHONPATH=. timeout 120 $(GPU_PY) dev/cuda/sanitize.py --out $(GPU_OUT)/san --batches 1,7 --race-batches 1,7 \
 	  --fused-batches 1,7 --timeout 110 2>&1 | tail -n 6
 

@@ -572,3 +572,20 @@ def test_depthwise_rows(rng, monkeypatch, rows):
     if G.window_enabled():
         g = net("mobilenet_v2_32")
         net_against_simt(rng, g, cuda_graph.GraphRunner(g, "fp16"), 7, "rows")
+
+
+def test_tf32_gemm_conv(rng, monkeypatch):
+    # CNNRT_CUDA_TF32_GEMM=1 (opt-in): the 3xTF32 im2col conv for fp32; with the halo conv off every
+    # MMA case with C % 4 == 0 takes it: at batch 1, 7 and 300 with outputs poisoned, against
+    # float64 within issue 9's 1e-4; then ResNet-18 at 32 images against its SIMT-conv plan
+    _needs_mma()
+    g = TG.resnet18(0)
+    x = rng.integers(0, 256, (32,) + g.input_shape, dtype=np.uint8)
+    base = cuda_graph.GraphRunner(g, "fp32").probabilities(x)  # the 3xTF32 halo and the SIMT convs
+    monkeypatch.setenv("CNNRT_CUDA_TF32_GEMM", "1")
+    r = cuda_graph.GraphRunner(g, "fp32")
+    assert sum("3xTF32 tc" in k for _, _, k in r.describe(32)) >= 4
+    poison(r)
+    check_fp32(r.probabilities(x), base, "resnet18 fp32, 3xTF32 im2col convs against the SIMT ones")
+    monkeypatch.setenv("CNNRT_CUDA_TF32X3", "0")
+    assert _cases_on_kernel(rng, "fp32", "3xTF32 tc", 1e-4) >= 5

@@ -292,6 +292,61 @@ def test_cluster_splitk_kernels_compile_for_sm90():
     assert len(spills) == len(ks) and max(spills) <= 4 and spills.count(0) >= len(ks) - 1, r.stderr[-2000:]
 
 
+def test_tf32_gemm_conv_planned_and_emulated(rng, monkeypatch):
+    """CNNRT_CUDA_TF32_GEMM=1 (opt-in): fp32 convs with C % 4 == 0 that the 3xTF32 halo conv does
+    not take run on the 3xTF32 im2col conv where they have a tile per SM (ResNet-18's 128- to
+    512-channel convs at 256 images; not at batch 1, where the SIMT conv splits K). The plans'
+    emulation (weights as tf32 hi + lo) matches float64 to fp32's precision."""
+    from cnnrt.ir.graph import run_reference
+    from cnnrt.testing import cuda_emulator as CE
+
+    g18 = TG.resnet18(0)
+    monkeypatch.delenv("CNNRT_CUDA_TF32_GEMM", raising=False)
+    assert not any("3xTF32 tc" in k for _, _, k in Program(g18, "fp32", nsm=132).describe(256))
+    monkeypatch.setenv("CNNRT_CUDA_TF32_GEMM", "1")
+    assert sum("3xTF32 tc" in k for _, _, k in Program(g18, "fp32", nsm=132).describe(256)) >= 8
+    assert not any("3xTF32 tc" in k for _, _, k in Program(g18, "fp32", nsm=132).describe(1))
+    assert not any("3xTF32 tc" in k for _, _, k in Program(g18, "fp16", nsm=132).describe(256))
+    monkeypatch.setenv("CNNRT_CUDA_TF32X3", "0")  # the halo conv off: every case with C % 4 == 0 takes it
+    seen = 0
+    for name, g in sorted(TG.mma_conv_cases().items()):
+        prog = Program(g, "fp32", nsm=1)
+        if not any("3xTF32 tc" in k for _, _, k in prog.describe(3)):
+            continue
+        seen += 1
+        x = rng.standard_normal((3,) + g.input_shape).astype(np.float32)
+        out = CE.run(prog, x)["y"]
+        ref = run_reference(g, {"images": x.astype(np.float64)})["y"]
+        assert np.isfinite(out).all(), name
+        assert np.abs(out - ref).max() / np.abs(ref).max() < 1e-5, name
+    assert seen >= 5, seen
+
+
+def test_tf32_gemm_kernels_compile_for_sm90():
+    # NVRTC and ptxas (sm_90): every tile, fp32 out with the residual add, no spills
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from cnnrt.testing.nvrtc import compile_ptx, find_library
+
+    if find_library() is None or shutil.which("ptxas") is None:
+        pytest.skip("needs an NVRTC library and ptxas (pip install nvidia-cuda-nvrtc; CUDA's ptxas)")
+    epi = (G.epi_op("Add", mode="full", dtype="f32"), G.epi_op("Relu"))
+    ks = [G.mma_tf32_conv_kernel(t, "f32", epi) for t in G.MMA_TILES.values()]
+    ptx, _ = compile_ptx(G.module_source(ks), arch="compute_90")
+    assert all(k.name in ptx for k in ks) and "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32" in ptx
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "k.ptx"
+        p.write_text(ptx)
+        r = subprocess.run(["ptxas", "-arch=sm_90", "-v", str(p), "-o", str(Path(d) / "k.cubin")],
+                           capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    spills = [x for x in r.stderr.splitlines() if "spill stores" in x]
+    assert len(spills) == len(ks) and all(" 0 bytes spill stores" in x for x in spills), spills
+
+
 def test_planner_splits_k_of_the_fp32_simt_conv(rng):
     """fp32 (the SIMT conv) at batch 1 of a 7x7 stage: split-K as for the tensor cores, the partial
     sums then the reduction with bias and epilogue; not at a large batch. Emulated plans (arena

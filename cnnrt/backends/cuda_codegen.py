@@ -992,6 +992,167 @@ def _cluster_conv_kernel(tile: MmaTile, variant: str, to: str, epi, stages: int 
                     "cluster": cs, "stages": stages, "coalesce": True, "smem": tile.smem_kernel(stages, True)})
 
 
+MMA_TF32_TEMPLATE = r"""
+extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
+    $SIG)
+{
+    // mma_conv_kernel for fp32 activations (C % 4 == 0) in 3xTF32: the im2col tile in fp32, a
+    // 16-byte chunk 4 channels of one tap; K steps of 8 floats, three m16n8k8 tf32 products each
+    // (a_lo*b_hi + a_hi*b_lo + a_hi*b_hi, the small terms first: about fp32's precision); the
+    // weights split on the host (wh + wl, [O][Kp] fp32), A split as it is read. A k8 step of fp32
+    // rows is 32 bytes, the same bytes as a k16 step of fp16: the fp16 conv's ldmatrix addressing,
+    // in floats, gives the tf32 fragments
+    constexpr int BM = $BM, BN = $BN, BK = $BKF, WARPS_N = $WARPS_N, THREADS = $THREADS;
+    constexpr int WTM = BM / $WARPS_M, WTN = BN / WARPS_N, MI = WTM / 16, NI = WTN / 8;
+    constexpr int LDS = BK + 4;  // floats: 16-byte padded rows
+    constexpr int KC = BK / 4;  // 16-byte chunks per tile row
+    constexpr int A_CH = BM * KC, B_CH = BN * KC;
+    constexpr int A_IT = (A_CH + THREADS - 1) / THREADS, B_IT = (B_CH + THREADS - 1) / THREADS;
+    constexpr int STAGES = $STAGES;
+    static_assert(THREADS % KC == 0 && STAGES >= 2, "tf32 tile");
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    float (*As)[BM][LDS] = reinterpret_cast<float (*)[BM][LDS]>(smem_raw);
+    float (*Bh)[BN][LDS] = reinterpret_cast<float (*)[BN][LDS]>(smem_raw + STAGES * BM * LDS * 4);
+    float (*Bl)[BN][LDS] = reinterpret_cast<float (*)[BN][LDS]>(smem_raw + STAGES * (BM + BN) * LDS * 4);
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wm = warp / WARPS_N, wn = warp - wm * WARPS_N;
+    const int m0 = blockIdx.x * BM, o0 = blockIdx.y * BN;
+    const int HWo = Ho * Wo;
+    const int M = N * HWo;
+    const int CH = O;
+    (void)CH;
+    const int q = tid % KC;
+    int a_h[A_IT], a_w[A_IT];
+    long long a_base[A_IT];
+#pragma unroll
+    for (int i = 0; i < A_IT; ++i) {
+        const int e = tid + i * THREADS;
+        const int m = m0 + e / KC;
+        if (e < A_CH && m < M) {
+            const int n = m / HWo, rem = m - n * HWo, ho = rem / Wo, wo = rem - ho * Wo;
+            a_h[i] = ho * sh - ph;
+            a_w[i] = wo * sw - pw;
+            a_base[i] = (long long)n * H * W * C;
+        } else {
+            a_h[i] = -(1 << 28); a_w[i] = -(1 << 28); a_base[i] = 0;
+        }
+    }
+    const int KT = (K + BK - 1) / BK;
+    auto load_async = [&](int kt, int st) {
+        const int k = kt * BK + q * 4;
+        const int tap = k / C, c = k - tap * C, kh = tap / KW, kw = tap - kh * KW;
+#pragma unroll
+        for (int i = 0; i < A_IT; ++i) {
+            const int e = tid + i * THREADS;
+            if (e < A_CH) {
+                const int hi = a_h[i] + kh * dh, wi = a_w[i] + kw * dw;
+                const bool ok = k < K && (unsigned)hi < (unsigned)H && (unsigned)wi < (unsigned)W;
+                const float* src = ok ? x + a_base[i] + ((long long)hi * W + wi) * C + c : x;
+                cp_async16(smem_u32(&As[st][e / KC][q * 4]), src, ok ? 16 : 0);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < B_IT; ++j) {
+            const int e = tid + j * THREADS;
+            if (e < B_CH) {
+                const int o = o0 + e / KC;
+                const bool ok = o < O;
+                const long long off = (long long)o * Kp + kt * BK + q * 4;
+                cp_async16(smem_u32(&Bh[st][e / KC][q * 4]), ok ? wh + off : wh, ok ? 16 : 0);
+                cp_async16(smem_u32(&Bl[st][e / KC][q * 4]), ok ? wl + off : wl, ok ? 16 : 0);
+            }
+        }
+    };
+
+    float acc[MI][NI][4];
+#pragma unroll
+    for (int i = 0; i < MI; ++i)
+#pragma unroll
+        for (int j = 0; j < NI; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {  // prologue: K steps 0 .. STAGES - 2 in flight
+        if (s < KT) load_async(s, s);
+        cp_async_commit();
+    }
+    int rd = 0, wr = STAGES - 1;
+    for (int kt = 0; kt < KT; ++kt) {
+        cp_async_wait<STAGES - 2>();  // this thread's copies of step kt have landed ...
+        __syncthreads();  // ... and everyone's; everyone is done with stage wr (step kt - 1)
+        if (kt + STAGES - 1 < KT) load_async(kt + STAGES - 1, wr);
+        cp_async_commit();
+        const int buf = rd;
+        rd = rd + 1 == STAGES ? 0 : rd + 1;
+        wr = wr + 1 == STAGES ? 0 : wr + 1;
+#pragma unroll
+        for (int ks = 0; ks < BK / 8; ++ks) {
+            u32_t ah[MI][4], al[MI][4], bh[NI][2], bl[NI][2];
+#pragma unroll
+            for (int i = 0; i < MI; ++i) {
+                u32_t raw[4];
+                ldsm_x4(raw, smem_u32(&As[buf][wm * WTM + i * 16 + (lane & 15)][ks * 8 + (lane >> 4) * 4]));
+#pragma unroll
+                for (int r = 0; r < 4; ++r) {
+                    const float v = __uint_as_float(raw[r]);
+                    ah[i][r] = tf32_rna(v);
+                    al[i][r] = tf32_rna(v - __uint_as_float(ah[i][r]));
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < NI / 2; ++j) {
+                const int row = wn * WTN + j * 16 + (lane & 7) + ((lane >> 4) << 3), col = ks * 8 + ((lane >> 3) & 1) * 4;
+                u32_t r[4];
+                ldsm_x4(r, smem_u32(&Bh[buf][row][col]));
+                bh[2 * j][0] = r[0]; bh[2 * j][1] = r[1]; bh[2 * j + 1][0] = r[2]; bh[2 * j + 1][1] = r[3];
+                ldsm_x4(r, smem_u32(&Bl[buf][row][col]));
+                bl[2 * j][0] = r[0]; bl[2 * j][1] = r[1]; bl[2 * j + 1][0] = r[2]; bl[2 * j + 1][1] = r[3];
+            }
+#pragma unroll
+            for (int i = 0; i < MI; ++i)
+#pragma unroll
+                for (int j = 0; j < NI; ++j) {
+                    mma1688(acc[i][j], al[i], bh[j][0], bh[j][1]);
+                    mma1688(acc[i][j], ah[i], bl[j][0], bl[j][1]);
+                    mma1688(acc[i][j], ah[i], bh[j][0], bh[j][1]);
+                }
+        }
+    }
+$EPILOGUE}
+"""
+
+MMA_TF32_STAGES = 3
+
+
+def mma_tf32_smem(tile: MmaTile, stages: int = MMA_TF32_STAGES) -> int:
+    """mma_tf32_conv_kernel's dynamic shared memory: the stages of A, wh and wl (fp32, K steps of
+    tile.bk / 2 floats, rows padded by 16 bytes), or the staged epilogue's tile if larger."""
+    return max(stages * (tile.bm + 2 * tile.bn) * (tile.bk // 2 + 4) * 4, tile.smem_out)
+
+
+def mma_tf32_conv_kernel(tile: MmaTile, to: str, epi=(), stages: int = MMA_TF32_STAGES) -> Kernel:
+    """The tensor-core conv (mma_conv_kernel's tiles and im2col gather) for fp32 activations with
+    C % 4 == 0, in 3xTF32 (MMA_TF32_TEMPLATE): fp32 convs that the 3xTF32 halo conv cannot hold
+    (its fp32 footprint too large: ResNet-18's 128- to 512-channel convs) off the SIMT kernel.
+    Weights as halo_tf32_kernel's: wh and wl, [O][Kp] fp32 (tf32_split). K steps of tile.bk / 2
+    floats (the same bytes as the fp16 tile's); a cp.async pipeline of `stages`; the staged
+    epilogue."""
+    tile.check()
+    assert stages >= 2 and tile.bk % 16 == 0
+    dims = [("int", n) for n in ("N", "H", "W", "C", "Ho", "Wo", "O", "KW", "sh", "sw", "ph", "pw", "dh", "dw", "K", "Kp")]
+    params = ([("const float* __restrict__", "x"), ("const float* __restrict__", "wh"),
+               ("const float* __restrict__", "wl"), ("const float* __restrict__", "bias"),
+               (f"{CTYPE[to]}* __restrict__", "y")] + epilogue(epi)[0] + dims)
+    src = (fill_epilogue(MMA_TF32_TEMPLATE, epi)
+           .replace("$THREADS", str(tile.threads)).replace("$BM", str(tile.bm)).replace("$BN", str(tile.bn))
+           .replace("$BKF", str(tile.bk // 2)).replace("$WARPS_M", str(tile.warps_m))
+           .replace("$WARPS_N", str(tile.warps_n)).replace("$SPLITK", "0")
+           .replace("$STAGES", str(stages)).replace("$COALESCE", "1"))
+    return _finish("mma_conv_tf32", src, params, tile.threads,
+                   {"tile": tile, "ti": "f32", "to": to, "epi": tuple(epi), "stages": stages,
+                    "smem": mma_tf32_smem(tile, stages)})
+
+
 # ----------------------------------------------------------------------------- tensor-core conv on Hopper's wgmma
 
 @dataclass(frozen=True)

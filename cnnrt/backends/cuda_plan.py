@@ -226,6 +226,12 @@ HALO_MAX_O = 64  # the halo conv by default only for layers this narrow (dev/cud
 # 16-, 32- and 64-channel 3x3 convs at 10,000 images 885 -> 356, 428 -> 221 and 308 -> 222 us)
 
 
+def tf32_gemm_enabled() -> bool:
+    """CNNRT_CUDA_TF32_GEMM=1 (opt-in, not yet run on a GPU): fp32 convs the 3xTF32 halo conv does
+    not take run on the 3xTF32 im2col conv (mma_tf32_conv_kernel) instead of the SIMT kernel."""
+    return os.environ.get("CNNRT_CUDA_TF32_GEMM", "") in ("1", "true", "yes")
+
+
 def tf32x3_enabled() -> bool:
     """fp32 convs on the tensor cores in 3xTF32 (the halo kernel) where they fit; on by default
     (H200, 2026-11-28: ResNet-20 fp32 at 10,000 images 43.0 -> 25.1 ms of device time, Deep MNIST
@@ -995,6 +1001,8 @@ class _Planner:
             return
         if groups == 1 and self.dt(node.inputs[0]) == "f32" and self._tf32_conv(grp, node, w, bias, xs, ys):
             return
+        if groups == 1 and self.dt(node.inputs[0]) == "f32" and self._tf32_gemm_conv(grp, node, w, bias, xs, ys):
+            return
         wp = p.const(f"{node.name}:wpack", lambda: p._q(w.reshape(groups, og, K).transpose(0, 2, 1)))
         tname = choose_tile(M, og, K, groups, p.nsm)
         tile = G.TILES[tname]
@@ -1169,6 +1177,45 @@ class _Planner:
         self.put_epi(args, eargs)
         args.update(N=n, O=o, Kp=kp)
         self._emit_halo(grp, kern, geom, ht, args, y, "3xTF32 ")
+        return True
+
+    def _tf32_gemm_conv(self, grp: Group, node: Node, w, bias: str, xs, ys) -> bool:
+        """With CNNRT_CUDA_TF32_GEMM=1 (opt-in, written without a GPU and not yet run on one): an fp32
+        conv that the 3xTF32 halo conv did not take, with C % 4 == 0 and at least a tile per SM, on the
+        3xTF32 im2col conv (mma_tf32_conv_kernel; the tile as choose_mma_tile picks it for fp16);
+        False: the SIMT kernel."""
+        p = self.p
+        o, kh, kw, c = w.shape
+        if not tf32_gemm_enabled() or c % 4 or self.dt(grp.output) != "f32" or xs[3] != c:
+            return False
+        n, h, wd, _ = xs
+        _, ho, wo, _ = ys
+        K = kh * kw * c
+        kp = cdiv(K, G.MMA_KPAD) * G.MMA_KPAD
+        M = n * ho * wo
+        tname = choose_mma_tile(M, o, K, p.nsm)
+        tile = G.MMA_TILES[tname]
+        if cdiv(M, tile.bm) * cdiv(o, tile.bn) < p.nsm:
+            return False  # too few tiles to fill the SMs (batch 1): the SIMT conv splits K
+
+        def packed():
+            wq = np.zeros((o, kp), np.float32)
+            wq[:, :K] = w.reshape(o, K)
+            return wq
+
+        wh = p.const(f"{node.name}:wtf32hi", lambda: G.tf32_split(packed())[0])
+        wl = p.const(f"{node.name}:wtf32lo", lambda: G.tf32_split(packed())[1])
+        out = grp.output
+        ops, eargs = self.epi(grp, out)
+        y = self.t(out)
+        kern = G.mma_tf32_conv_kernel(tile, "f32", ops)
+        (sh, sw), (dh, dw), pads = node.attrs["strides"], node.attrs["dilations"], node.attrs["pads"]
+        args = {"x": self.t(node.inputs[0]), "wh": self.c(wh), "wl": self.c(wl), "bias": self.c(bias), "y": y}
+        self.put_epi(args, eargs)
+        args.update(N=n, H=h, W=wd, C=c, Ho=ho, Wo=wo, O=o, KW=kw, sh=sh, sw=sw, ph=pads[0], pw=pads[1], dh=dh, dw=dw,
+                    K=K, Kp=kp)
+        self.emit(grp, kern, (cdiv(M, tile.bm), cdiv(o, tile.bn), 1), (tile.threads,), args, [], [y[1]],
+                  self.label(grp, f"conv implicit-GEMM tensor-core 3xTF32 {tname}"), smem=kern.static["smem"])
         return True
 
     def _emit_halo(self, grp: Group, kern, geom, ht, args: dict, y, kind: str) -> None:

@@ -284,6 +284,23 @@ class Emulator:
         assert l.block[0] == t.threads and l.smem == t.smem(g) <= G.BAND_SMEM
         self._geom_conv(l, g, cm=t.cm)
 
+    def mma_conv_tf32(self, l):
+        """The fp32 tensor-core conv (3xTF32, im2col tiles): checked like mma_conv, run in float64 on
+        the weights' hi + lo parts."""
+        a, t = l.args, l.kernel.static["tile"]
+        N, Ho, Wo, O_, C, K, Kp, KW = (a[k] for k in ("N", "Ho", "Wo", "O", "C", "K", "Kp", "KW"))
+        KH = K // (KW * C)
+        M = N * Ho * Wo
+        assert KH * KW * C == K and C % 4 == 0 and Kp % (t.bk // 2) == 0 and Kp >= K, "16-byte chunks need C % 4 == 0"
+        assert l.grid == (cdiv(M, t.bm), cdiv(O_, t.bn), 1), "grid does not match the tile"
+        assert l.block[0] == t.threads and l.smem == G.mma_tf32_smem(t, l.kernel.static["stages"])
+        wh, wl = (self.read(a[k], O_ * Kp).reshape(O_, Kp) for k in ("wh", "wl"))
+        assert not wh[:, K:].any() and not wl[:, K:].any(), "the weights' K padding must be zero"
+        assert np.array_equal(G.tf32_round(wh), wh.astype(np.float32)), "wh is not tf32"
+        cols = self._im2col(a, KH, KW).reshape(M, K)
+        v = (cols @ (wh + wl)[:, :K].T).reshape(-1) + self.read(a["bias"])[np.arange(M * O_) % O_]
+        self.store(a["y"], self.epilogue(l, v, O_, Ho * Wo * O_))
+
     def mma_halo_tf32(self, l):
         """The fp32 halo conv (3xTF32): the weights as hi + lo parts; checked like mma_halo and run in
         float64 on hi + lo (within about 2^-21 of the fp32 weights)."""

@@ -2,8 +2,8 @@
 plan (LeNet-5, ResNet-20; fp16 with the tensor-core convs, fp32 with the SIMT ones; a 32x32
 MobileNetV2, a pointwise and a split-K tensor-core conv in fp16, the split-K SIMT conv in fp32) at
 batch sizes 1, 7 and 300; on sm_90 the wgmma band conv's cases at 300 and the cluster split-K
-(opt-in) where its plans take it; the space-to-depth stems and the depthwise conv with 4 rows a
-thread (opt-in) at the same batch sizes; and
+(opt-in) where its plans take it; the space-to-depth stems, the depthwise conv with 4 rows a
+thread and the 3xTF32 im2col conv (both opt-in) at the same batch sizes; and
 the Deep MNIST fused pattern at 1, 7, 300 and 1,100 (before the fp32 runs, the slowest).
 
     python3 dev/cuda/sanitize_workload.py OUT.json [--batches 1,7,300]
@@ -164,10 +164,28 @@ def main() -> int:
                 record(f"dw rows mobilenet_v2_32 fp16 n={n} (depthwise conv, 4 rows a thread)", t0, ok)
             r.close()
 
+    def tf32_gemm_runs():
+        """The 3xTF32 im2col conv for fp32 (CNNRT_CUDA_TF32_GEMM=1, opt-in; the halo conv off so
+        that the cases take it), at the batch sizes where their plans do."""
+        nonlocal ok_all
+        with _env("CNNRT_CUDA_TF32_GEMM", "1"), _env("CNNRT_CUDA_TF32X3", "0"):
+            for name in ("mma_pointwise_o200_hswish", "mma_splitk_7x7_add_relu"):
+                r = GraphRunner(mma[name], "fp32")
+                for n in batches:
+                    if not any("3xTF32 tc" in k for _, _, k in r.describe(n)):
+                        continue
+                    t0 = time.perf_counter()
+                    out = r.run({"images": rng.standard_normal((n,) + mma[name].input_shape).astype(np.float32)})["y"]
+                    ok = bool(np.isfinite(out).all())
+                    ok_all &= ok
+                    record(f"tf32 gemm {name} fp32 n={n} (3xTF32 im2col conv)", t0, ok)
+                r.close()
+
     band_runs()
     s2d_runs()
     cluster_runs()
     dw_rows_runs()
+    tf32_gemm_runs()
     for precision in ("fp16", "fp32"):  # fp32 (SIMT) last: the slowest under racecheck
         if precision == "fp32":
             fused_runs()
