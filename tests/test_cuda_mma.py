@@ -263,9 +263,6 @@ def test_cluster_splitk_planned_and_emulated(rng, monkeypatch):
 def test_cluster_splitk_kernels_compile_for_sm90():
     # NVRTC and ptxas for sm_90: the cluster conv's cluster attribute, barrier, DSMEM reads, no spills
     import shutil
-    import subprocess
-    import tempfile
-    from pathlib import Path
 
     from cnnrt.testing.nvrtc import compile_ptx, find_library
 
@@ -279,17 +276,10 @@ def test_cluster_splitk_kernels_compile_for_sm90():
     assert all(k.name in ptx for k in ks)
     assert ptx.count(".reqnctapercluster") == len(ks) and "barrier.cluster.arrive.release" in ptx
     assert "mapa.shared::cluster" in ptx and "ld.shared::cluster.v4.f32" in ptx
-    with tempfile.TemporaryDirectory() as d:
-        p = Path(d) / "k.ptx"
-        p.write_text(ptx)
-        r = subprocess.run(["ptxas", "-arch=sm_90", "-v", str(p), "-o", str(Path(d) / "k.cubin")],
-                           capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
-    spills = [int(x.split("bytes spill stores")[0].rsplit(",", 1)[-1]) for x in r.stderr.splitlines()
-              if "spill stores" in x]
+    err, spills = _ptxas(ptx, "sm_90")
     # ptxas spills 4 bytes in one of them (tc32x32 with the residual add, 40 registers; 0 without
     # the cluster): noted, not worth a variant of its own
-    assert len(spills) == len(ks) and max(spills) <= 4 and spills.count(0) >= len(ks) - 1, r.stderr[-2000:]
+    assert len(spills) == len(ks) and max(spills) <= 4 and spills.count(0) >= len(ks) - 1, err[-2000:]
 
 
 def test_tf32_gemm_conv_planned_and_emulated(rng, monkeypatch):
@@ -325,9 +315,6 @@ def test_tf32_gemm_conv_planned_and_emulated(rng, monkeypatch):
 def test_tf32_gemm_kernels_compile_for_sm90():
     # NVRTC and ptxas (sm_90): every tile, fp32 out with the residual add, no spills
     import shutil
-    import subprocess
-    import tempfile
-    from pathlib import Path
 
     from cnnrt.testing.nvrtc import compile_ptx, find_library
 
@@ -337,14 +324,8 @@ def test_tf32_gemm_kernels_compile_for_sm90():
     ks = [G.mma_tf32_conv_kernel(t, "f32", epi) for t in G.MMA_TILES.values()]
     ptx, _ = compile_ptx(G.module_source(ks), arch="compute_90")
     assert all(k.name in ptx for k in ks) and "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32" in ptx
-    with tempfile.TemporaryDirectory() as d:
-        p = Path(d) / "k.ptx"
-        p.write_text(ptx)
-        r = subprocess.run(["ptxas", "-arch=sm_90", "-v", str(p), "-o", str(Path(d) / "k.cubin")],
-                           capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
-    spills = [x for x in r.stderr.splitlines() if "spill stores" in x]
-    assert len(spills) == len(ks) and all(" 0 bytes spill stores" in x for x in spills), spills
+    err, spills = _ptxas(ptx, "sm_90")
+    assert len(spills) == len(ks) and not any(spills), err[-2000:]
 
 
 def test_planner_splits_k_of_the_fp32_simt_conv(rng):
@@ -662,8 +643,8 @@ def test_wgmma_conv_on_the_fake_runner(rng, monkeypatch):
     assert np.abs(out - ref).max() <= 1e-2 * np.abs(ref).max()
 
 
-def _ptxas_sm90a_clean(ptx: str) -> None:
-    """ptxas assembles the PTX for sm_90a with no spills and without serializing the wgmmas."""
+def _ptxas(ptx: str, arch: str = "sm_90a") -> tuple:
+    """ptxas assembles the PTX for `arch`: its stderr (-v), and each kernel's spill-store bytes."""
     import subprocess
     import tempfile
     from pathlib import Path
@@ -671,12 +652,19 @@ def _ptxas_sm90a_clean(ptx: str) -> None:
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "k.ptx"
         p.write_text(ptx)
-        r = subprocess.run(["ptxas", "-arch=sm_90a", "-v", str(p), "-o", str(Path(d) / "k.cubin")],
+        r = subprocess.run(["ptxas", f"-arch={arch}", "-v", str(p), "-o", str(Path(d) / "k.cubin")],
                            capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    spills = [x for x in r.stderr.splitlines() if "spill stores" in x]
-    assert spills and all(" 0 bytes spill stores" in x for x in spills), spills
-    assert "C7515" not in r.stderr  # ptxas did not have to serialize the wgmmas
+    spills = [int(x.split("bytes spill stores")[0].rsplit(",", 1)[-1]) for x in r.stderr.splitlines()
+              if "spill stores" in x]
+    return r.stderr, spills
+
+
+def _ptxas_sm90a_clean(ptx: str) -> None:
+    """ptxas assembles the PTX for sm_90a with no spills and without serializing the wgmmas."""
+    err, spills = _ptxas(ptx)
+    assert spills and not any(spills), err[-2000:]
+    assert "C7515" not in err  # ptxas did not have to serialize the wgmmas
 
 
 def _sm90a_convs_emulated(rng, g, marker: str, nsm: int) -> None:

@@ -111,6 +111,14 @@ __device__ __forceinline__ void mma1688(float (&c)[4], const u32_t (&a)[4], u32_
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+// 3xTF32: D += A * B with A = ah + al and B = bh + bl split into tf32 parts, the small products
+// first (al*bh + ah*bl + ah*bh; al*bl is below fp32's precision)
+__device__ __forceinline__ void mma1688x3(float (&c)[4], const u32_t (&ah)[4], const u32_t (&al)[4],
+                                          const u32_t (&bh)[2], const u32_t (&bl)[2]) {
+    mma1688(c, al, bh[0], bh[1]);
+    mma1688(c, ah, bl[0], bl[1]);
+    mma1688(c, ah, bh[0], bh[1]);
+}
 // D = A(16x16, row) * B(16x8, col) + D, fp16 inputs, fp32 accumulators (sm_80 and later)
 __device__ __forceinline__ void mma16816(float (&c)[4], const u32_t (&a)[4], u32_t b0, u32_t b1) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -565,6 +573,77 @@ def mma_stages(variant: str, tile: MmaTile | None = None) -> int:
     return 0 if v < 2 else min(v, 6)
 
 
+# Pieces the tensor-core conv templates share (MMA_CONV_TEMPLATE, MMA_TF32_TEMPLATE), filled in by
+# conv_pieces: the accumulators zeroed, and each A row's image and top-left tap (im2col)
+ACC_ZERO = r"""    float acc[MI][NI][4];
+#pragma unroll
+    for (int i = 0; i < MI; ++i)
+#pragma unroll
+        for (int j = 0; j < NI; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;"""
+IM2COL_ROWS = r"""    int a_h[A_IT], a_w[A_IT];
+    long long a_base[A_IT];
+#pragma unroll
+    for (int i = 0; i < A_IT; ++i) {
+        const int e = tid + i * THREADS;
+        const int m = m0 + e / KC;
+        if (e < A_CH && m < M) {
+            const int n = m / HWo, rem = m - n * HWo, ho = rem / Wo, wo = rem - ho * Wo;
+            a_h[i] = ho * sh - ph;
+            a_w[i] = wo * sw - pw;
+            a_base[i] = (long long)n * H * W * C;
+        } else {
+            a_h[i] = -(1 << 28); a_w[i] = -(1 << 28); a_base[i] = 0;
+        }
+    }"""
+
+
+# the 16-byte A gather of a K step (cp.async into stage st, zero-filled outside the image and past K),
+# for `$ELEM` activations, `$CHUNK` of them a chunk
+A_GATHER = r"""#pragma unroll
+        for (int i = 0; i < A_IT; ++i) {
+            const int e = tid + i * THREADS;
+            if (e < A_CH) {
+                const int hi = a_h[i] + kh * dh, wi = a_w[i] + kw * dw;
+                const bool ok = k < K && (unsigned)hi < (unsigned)H && (unsigned)wi < (unsigned)W;
+                const $ELEM* src = ok ? x + a_base[i] + ((long long)hi * W + wi) * C + c : x;
+                cp_async16(smem_u32(&As[st][e / KC][q * $CHUNK]), src, ok ? 16 : 0);
+            }
+        }"""
+# the block's thread, warp and tile coordinates, and the GEMM's M
+BLOCK_IDS = r"""    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wm = warp / WARPS_N, wn = warp - wm * WARPS_N;
+    const int m0 = blockIdx.x * BM, o0 = blockIdx.y * BN;
+    const int HWo = Ho * Wo;
+    const int M = N * HWo;
+    const int CH = O;
+    (void)CH;"""
+# the cp.async pipeline: its prologue and the head of the K loop (K steps kt_lo .. KT)
+PIPE_HEAD = r"""#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {  // prologue: K steps kt_lo .. kt_lo + STAGES - 2 in flight
+        if (kt_lo + s < KT) load_async(kt_lo + s, s);
+        cp_async_commit();
+    }
+    int rd = 0, wr = STAGES - 1;  // the stage computed now, the stage loaded now
+    for (int kt = kt_lo; kt < KT; ++kt) {
+        cp_async_wait<STAGES - 2>();  // this thread's copies of step kt have landed ...
+        __syncthreads();  // ... and everyone's; everyone is also done reading stage wr (step kt - 1)
+        if (kt + STAGES - 1 < KT) load_async(kt + STAGES - 1, wr);
+        cp_async_commit();
+        const int buf = rd;
+        rd = rd + 1 == STAGES ? 0 : rd + 1;
+        wr = wr + 1 == STAGES ? 0 : wr + 1;"""
+
+
+def conv_pieces(src: str, elem: str = "half_t") -> str:
+    """A tensor-core conv template with the shared pieces filled in, for fp16 (half_t) or fp32
+    (float) activations."""
+    gather = A_GATHER.replace("$ELEM", elem).replace("$CHUNK", "8" if elem == "half_t" else "4")
+    return (src.replace("$BLOCK_IDS", BLOCK_IDS).replace("$ACC_ZERO", ACC_ZERO).replace("$IM2COL_ROWS", IM2COL_ROWS)
+            .replace("$A_GATHER", gather).replace("$PIPE_HEAD", PIPE_HEAD))
+
+
 MMA_CONV_TEMPLATE = r"""
 extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
     $SIG)
@@ -581,29 +660,9 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
     extern __shared__ __align__(16) unsigned char smem_raw[];  // dynamic: NBUF x (A tile, B tile)
     half_t (*As)[BM][LDS] = reinterpret_cast<half_t (*)[BM][LDS]>(smem_raw);
     half_t (*Bs)[BN][LDS] = reinterpret_cast<half_t (*)[BN][LDS]>(smem_raw + NBUF * BM * LDS * 2);
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int wm = warp / WARPS_N, wn = warp - wm * WARPS_N;
-    const int m0 = blockIdx.x * BM, o0 = blockIdx.y * BN;
-    const int HWo = Ho * Wo;
-    const int M = N * HWo;
-    const int CH = O;
-    (void)CH;
+$BLOCK_IDS
     const int q = tid % KC;  // this thread's chunk column, the same for all its chunks (THREADS % KC == 0)
-    int a_h[A_IT], a_w[A_IT];
-    long long a_base[A_IT];
-#pragma unroll
-    for (int i = 0; i < A_IT; ++i) {
-        const int e = tid + i * THREADS;
-        const int m = m0 + e / KC;
-        if (e < A_CH && m < M) {
-            const int n = m / HWo, rem = m - n * HWo, ho = rem / Wo, wo = rem - ho * Wo;
-            a_h[i] = ho * sh - ph;
-            a_w[i] = wo * sw - pw;
-            a_base[i] = (long long)n * H * W * C;
-        } else {
-            a_h[i] = -(1 << 28); a_w[i] = -(1 << 28); a_base[i] = 0;
-        }
-    }
+$IM2COL_ROWS
     u4_t ra[A_IT], rb[B_IT];
 #if $SPLITK
     // split-K: this block sums K steps [kt_lo, KT) and writes fp32 partial sums to its slice of ws
@@ -680,13 +739,7 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
         }
     };
 
-    float acc[MI][NI][4];
-#pragma unroll
-    for (int i = 0; i < MI; ++i)
-#pragma unroll
-        for (int j = 0; j < NI; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+$ACC_ZERO
 
 #if $STAGES
     // the 16-byte gathers: cp.async straight into stage st (zero-filled outside the image and past K)
@@ -694,16 +747,7 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
         const int k = kt * BK + q * 8;
         int c = k, kh = 0, kw = 0;
         if (AVAR == 0) { const int tap = k / C; c = k - tap * C; kh = tap / KW; kw = tap - kh * KW; }
-#pragma unroll
-        for (int i = 0; i < A_IT; ++i) {
-            const int e = tid + i * THREADS;
-            if (e < A_CH) {
-                const int hi = a_h[i] + kh * dh, wi = a_w[i] + kw * dw;
-                const bool ok = k < K && (unsigned)hi < (unsigned)H && (unsigned)wi < (unsigned)W;
-                const half_t* src = ok ? x + a_base[i] + ((long long)hi * W + wi) * C + c : x;
-                cp_async16(smem_u32(&As[st][e / KC][q * 8]), src, ok ? 16 : 0);
-            }
-        }
+$A_GATHER
 #pragma unroll
         for (int j = 0; j < B_IT; ++j) {
             const int e = tid + j * THREADS;
@@ -716,20 +760,7 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
         }
     };
     (void)ra; (void)rb;
-#pragma unroll
-    for (int s = 0; s < STAGES - 1; ++s) {  // prologue: K steps kt_lo .. kt_lo + STAGES - 2 in flight
-        if (kt_lo + s < KT) load_async(kt_lo + s, s);
-        cp_async_commit();
-    }
-    int rd = 0, wr = STAGES - 1;  // the stage computed now, the stage loaded now
-    for (int kt = kt_lo; kt < KT; ++kt) {
-        cp_async_wait<STAGES - 2>();  // this thread's copies of step kt have landed ...
-        __syncthreads();  // ... and everyone's; everyone is also done reading stage wr (step kt - 1)
-        if (kt + STAGES - 1 < KT) load_async(kt + STAGES - 1, wr);
-        cp_async_commit();
-        const int buf = rd;
-        rd = rd + 1 == STAGES ? 0 : rd + 1;
-        wr = wr + 1 == STAGES ? 0 : wr + 1;
+$PIPE_HEAD
 #else
     load(kt_lo);
     store(0);
@@ -952,7 +983,7 @@ def mma_conv_kernel(tile: MmaTile, variant: str, to: str, epi=(), splitk: bool =
     else:
         params = ([("const half_t* __restrict__", "x"), ("const half_t* __restrict__", "w"),
                    ("const float* __restrict__", "bias"), (f"{CTYPE[to]}* __restrict__", "y")] + eparams + dims)
-    src = (fill_epilogue(MMA_CONV_TEMPLATE, () if splitk else epi)
+    src = (fill_epilogue(conv_pieces(MMA_CONV_TEMPLATE), () if splitk else epi)
            .replace("$THREADS", str(tile.threads)).replace("$BM", str(tile.bm))
            .replace("$BN", str(tile.bn)).replace("$BK", str(tile.bk)).replace("$WARPS_M", str(tile.warps_m))
            .replace("$WARPS_N", str(tile.warps_n)).replace("$PAD", str(MMA_PAD))
@@ -973,7 +1004,7 @@ def _cluster_conv_kernel(tile: MmaTile, variant: str, to: str, epi, stages: int 
     params = ([("const half_t* __restrict__", "x"), ("const half_t* __restrict__", "w"),
                ("const float* __restrict__", "bias"), (f"{CTYPE[to]}* __restrict__", "y")] + epilogue(epi)[0]
               + dims + [("int", "kts")])
-    src = (fill_epilogue(MMA_CONV_TEMPLATE, epi)
+    src = (fill_epilogue(conv_pieces(MMA_CONV_TEMPLATE), epi)
            .replace("$THREADS", str(tile.threads)).replace("$BM", str(tile.bm))
            .replace("$BN", str(tile.bn)).replace("$BK", str(tile.bk)).replace("$WARPS_M", str(tile.warps_m))
            .replace("$WARPS_N", str(tile.warps_n)).replace("$PAD", str(MMA_PAD))
@@ -1014,43 +1045,14 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
     float (*As)[BM][LDS] = reinterpret_cast<float (*)[BM][LDS]>(smem_raw);
     float (*Bh)[BN][LDS] = reinterpret_cast<float (*)[BN][LDS]>(smem_raw + STAGES * BM * LDS * 4);
     float (*Bl)[BN][LDS] = reinterpret_cast<float (*)[BN][LDS]>(smem_raw + STAGES * (BM + BN) * LDS * 4);
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int wm = warp / WARPS_N, wn = warp - wm * WARPS_N;
-    const int m0 = blockIdx.x * BM, o0 = blockIdx.y * BN;
-    const int HWo = Ho * Wo;
-    const int M = N * HWo;
-    const int CH = O;
-    (void)CH;
+$BLOCK_IDS
     const int q = tid % KC;
-    int a_h[A_IT], a_w[A_IT];
-    long long a_base[A_IT];
-#pragma unroll
-    for (int i = 0; i < A_IT; ++i) {
-        const int e = tid + i * THREADS;
-        const int m = m0 + e / KC;
-        if (e < A_CH && m < M) {
-            const int n = m / HWo, rem = m - n * HWo, ho = rem / Wo, wo = rem - ho * Wo;
-            a_h[i] = ho * sh - ph;
-            a_w[i] = wo * sw - pw;
-            a_base[i] = (long long)n * H * W * C;
-        } else {
-            a_h[i] = -(1 << 28); a_w[i] = -(1 << 28); a_base[i] = 0;
-        }
-    }
-    const int KT = (K + BK - 1) / BK;
+$IM2COL_ROWS
+    const int kt_lo = 0, KT = (K + BK - 1) / BK;
     auto load_async = [&](int kt, int st) {
         const int k = kt * BK + q * 4;
         const int tap = k / C, c = k - tap * C, kh = tap / KW, kw = tap - kh * KW;
-#pragma unroll
-        for (int i = 0; i < A_IT; ++i) {
-            const int e = tid + i * THREADS;
-            if (e < A_CH) {
-                const int hi = a_h[i] + kh * dh, wi = a_w[i] + kw * dw;
-                const bool ok = k < K && (unsigned)hi < (unsigned)H && (unsigned)wi < (unsigned)W;
-                const float* src = ok ? x + a_base[i] + ((long long)hi * W + wi) * C + c : x;
-                cp_async16(smem_u32(&As[st][e / KC][q * 4]), src, ok ? 16 : 0);
-            }
-        }
+$A_GATHER
 #pragma unroll
         for (int j = 0; j < B_IT; ++j) {
             const int e = tid + j * THREADS;
@@ -1064,27 +1066,8 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
         }
     };
 
-    float acc[MI][NI][4];
-#pragma unroll
-    for (int i = 0; i < MI; ++i)
-#pragma unroll
-        for (int j = 0; j < NI; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
-#pragma unroll
-    for (int s = 0; s < STAGES - 1; ++s) {  // prologue: K steps 0 .. STAGES - 2 in flight
-        if (s < KT) load_async(s, s);
-        cp_async_commit();
-    }
-    int rd = 0, wr = STAGES - 1;
-    for (int kt = 0; kt < KT; ++kt) {
-        cp_async_wait<STAGES - 2>();  // this thread's copies of step kt have landed ...
-        __syncthreads();  // ... and everyone's; everyone is done with stage wr (step kt - 1)
-        if (kt + STAGES - 1 < KT) load_async(kt + STAGES - 1, wr);
-        cp_async_commit();
-        const int buf = rd;
-        rd = rd + 1 == STAGES ? 0 : rd + 1;
-        wr = wr + 1 == STAGES ? 0 : wr + 1;
+$ACC_ZERO
+$PIPE_HEAD
 #pragma unroll
         for (int ks = 0; ks < BK / 8; ++ks) {
             u32_t ah[MI][4], al[MI][4], bh[NI][2], bl[NI][2];
@@ -1111,11 +1094,7 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
 #pragma unroll
             for (int i = 0; i < MI; ++i)
 #pragma unroll
-                for (int j = 0; j < NI; ++j) {
-                    mma1688(acc[i][j], al[i], bh[j][0], bh[j][1]);
-                    mma1688(acc[i][j], ah[i], bl[j][0], bl[j][1]);
-                    mma1688(acc[i][j], ah[i], bh[j][0], bh[j][1]);
-                }
+                for (int j = 0; j < NI; ++j) mma1688x3(acc[i][j], ah[i], al[i], bh[j], bl[j]);
         }
     }
 $EPILOGUE}
@@ -1143,7 +1122,7 @@ def mma_tf32_conv_kernel(tile: MmaTile, to: str, epi=(), stages: int = MMA_TF32_
     params = ([("const float* __restrict__", "x"), ("const float* __restrict__", "wh"),
                ("const float* __restrict__", "wl"), ("const float* __restrict__", "bias"),
                (f"{CTYPE[to]}* __restrict__", "y")] + epilogue(epi)[0] + dims)
-    src = (fill_epilogue(MMA_TF32_TEMPLATE, epi)
+    src = (fill_epilogue(conv_pieces(MMA_TF32_TEMPLATE, "float"), epi)
            .replace("$THREADS", str(tile.threads)).replace("$BM", str(tile.bm)).replace("$BN", str(tile.bn))
            .replace("$BKF", str(tile.bk // 2)).replace("$WARPS_M", str(tile.warps_m))
            .replace("$WARPS_N", str(tile.warps_n)).replace("$SPLITK", "0")
@@ -2243,11 +2222,7 @@ $HALO_ACC
 #pragma unroll
         for (int i = 0; i < MI; ++i)
 #pragma unroll
-            for (int j3 = 0; j3 < NI; ++j3) {
-                mma1688(acc[i][j3], al[i], bh[j3][0], bh[j3][1]);
-                mma1688(acc[i][j3], ah[i], bl[j3][0], bl[j3][1]);
-                mma1688(acc[i][j3], ah[i], bh[j3][0], bh[j3][1]);
-            }
+            for (int j3 = 0; j3 < NI; ++j3) mma1688x3(acc[i][j3], ah[i], al[i], bh[j3], bl[j3]);
     }
     }
     cp_async_wait<0>();
@@ -2364,22 +2339,7 @@ extern "C" __global__ void __launch_bounds__(256) $NAME(
 {
     const int CH = $CH, C8 = CH >> 3;
     const long long total = (long long)N * Ho * Wo * C8;
-    const bool small = total <= 0x7fffffffLL;  // 32-bit index arithmetic (64-bit division is emulated)
-    for (long long i8 = blockIdx.x * (long long)blockDim.x + threadIdx.x; i8 < total;
-         i8 += (long long)gridDim.x * blockDim.x) {
-        int c0, wo, ho;
-        long long nimg;
-        if (small) {
-            unsigned q = (unsigned)i8;
-            c0 = (int)(q % (unsigned)C8) * 8; q /= (unsigned)C8;
-            wo = (int)(q % (unsigned)Wo); q /= (unsigned)Wo;
-            ho = (int)(q % (unsigned)Ho); nimg = q / (unsigned)Ho;
-        } else {
-            long long p = i8 / C8;
-            c0 = (int)(i8 % C8) * 8;
-            wo = (int)(p % Wo); p /= Wo;
-            ho = (int)(p % Ho); nimg = p / Ho;
-        }
+$PIXEL8_LOOP
         (void)nimg;
         const long long xb = nimg * H * W * C + c0;
         const int h0 = ho * sh - ph, w0 = wo * sw - pw;
@@ -2419,11 +2379,35 @@ $UNROLL
         }"""
 
 
+# the grid-stride loop over (image, row, column, 8 channels) of the 8-channel kernels, its index
+# split in 32-bit arithmetic where it fits: $I the loop index, $RV the row variable, $RN the rows
+PIXEL8_LOOP = r"""    const bool small = total <= 0x7fffffffLL;  // 32-bit index arithmetic (64-bit division is emulated)
+    for (long long $I = blockIdx.x * (long long)blockDim.x + threadIdx.x; $I < total;
+         $I += (long long)gridDim.x * blockDim.x) {
+        int c0, wo, $RV;
+        long long nimg;
+        if (small) {
+            unsigned q = (unsigned)$I;
+            c0 = (int)(q % (unsigned)C8) * 8; q /= (unsigned)C8;
+            wo = (int)(q % (unsigned)Wo); q /= (unsigned)Wo;
+            $RV = (int)(q % (unsigned)$RN); nimg = q / (unsigned)$RN;
+        } else {
+            long long p = $I / C8;
+            c0 = (int)($I % C8) * 8;
+            wo = (int)(p % Wo); p /= Wo;
+            $RV = (int)(p % $RN); nimg = p / $RN;
+        }"""
+
+
+def pixel8_loop(i: str = "i8", rv: str = "ho", rn: str = "Ho") -> str:
+    return PIXEL8_LOOP.replace("$I", i).replace("$RV", rv).replace("$RN", rn)
+
+
 def vec8_source(ch: str, body: str, final: str, ecode: str, to: str) -> str:
     """A VEC8_FRAME kernel: `ch` the output's channel count (a parameter's name), `body` fills acc[8],
     `final` is channel j's value before the epilogue."""
-    return (VEC8_FRAME.replace("$CH", ch).replace("$BODY", body).replace("$FINAL", final).replace("$EPI", ecode)
-            .replace("$STORE", STORE8[to]))
+    return (VEC8_FRAME.replace("$PIXEL8_LOOP", pixel8_loop()).replace("$CH", ch).replace("$BODY", body)
+            .replace("$FINAL", final).replace("$EPI", ecode).replace("$STORE", STORE8[to]))
 
 
 STORE8 = {
@@ -2463,22 +2447,7 @@ extern "C" __global__ void __launch_bounds__(256) $NAME(
     constexpr int R = $ROWS;
     const int CH = O, C8 = CH >> 3, HG = (Ho + R - 1) / R;
     const long long total = (long long)N * HG * Wo * C8;
-    const bool small = total <= 0x7fffffffLL;
-    for (long long t8 = blockIdx.x * (long long)blockDim.x + threadIdx.x; t8 < total;
-         t8 += (long long)gridDim.x * blockDim.x) {
-        int c0, wo, hg;
-        long long nimg;
-        if (small) {
-            unsigned q = (unsigned)t8;
-            c0 = (int)(q % (unsigned)C8) * 8; q /= (unsigned)C8;
-            wo = (int)(q % (unsigned)Wo); q /= (unsigned)Wo;
-            hg = (int)(q % (unsigned)HG); nimg = q / (unsigned)HG;
-        } else {
-            long long p = t8 / C8;
-            c0 = (int)(t8 % C8) * 8;
-            wo = (int)(p % Wo); p /= Wo;
-            hg = (int)(p % HG); nimg = p / HG;
-        }
+$PIXEL8_LOOP
         const long long xb = nimg * H * W * C + c0;
         const int w0 = wo * sw - pw;
         float acc[R][8];
@@ -2553,7 +2522,8 @@ def dwconv8_kernel(to: str, epi=(), ti: str = "f16", window: tuple | None = None
     if rows:
         assert window and 2 <= rows <= DW_ROWS_MAX
         static["rows"] = rows
-        src = (window_code(DW8_ROWS_TEMPLATE, window, static).replace("$ROWS", str(rows))
+        src = (window_code(DW8_ROWS_TEMPLATE.replace("$PIXEL8_LOOP", pixel8_loop("t8", "hg", "HG")), window, static)
+               .replace("$ROWS", str(rows))
                .replace("$EPI", ecode).replace("$STORE", STORE8[to]))
         return _finish("dwconv8", src, params, 256, static)
     src = vec8_source("O", window_code(DW8_BODY, window, static), "acc[j] + bias[c]", ecode, to)

@@ -1159,6 +1159,22 @@ class _Planner:
         ht = choose_halo(geom, o, n, p.nsm, tf32=True) if tf32x3_enabled() else None
         if ht is None or self.dt(grp.output) != "f32":
             return False
+        wh, wl, kp = self._tf32_weights(node, w)
+        out = grp.output
+        ops, eargs = self.epi(grp, out)
+        y = self.t(out)
+        kern = G.halo_tf32_kernel(geom, ht, ops)
+        args = {"x": self.t(node.inputs[0]), "wh": self.c(wh), "wl": self.c(wl), "bias": self.c(bias), "y": y}
+        self.put_epi(args, eargs)
+        args.update(N=n, O=o, Kp=kp)
+        self._emit_halo(grp, kern, geom, ht, args, y, "3xTF32 ")
+        return True
+
+    def _tf32_weights(self, node: Node, w) -> tuple:
+        """(wh, wl, Kp): the conv's weights packed [O][Kp] fp32 and split into their tf32 part and
+        the tf32 rest (tf32_split), as the 3xTF32 convs read them."""
+        p = self.p
+        o, kh, kw, c = w.shape
         K = kh * kw * c
         kp = cdiv(K, G.MMA_KPAD) * G.MMA_KPAD
 
@@ -1169,15 +1185,7 @@ class _Planner:
 
         wh = p.const(f"{node.name}:wtf32hi", lambda: G.tf32_split(packed())[0])
         wl = p.const(f"{node.name}:wtf32lo", lambda: G.tf32_split(packed())[1])
-        out = grp.output
-        ops, eargs = self.epi(grp, out)
-        y = self.t(out)
-        kern = G.halo_tf32_kernel(geom, ht, ops)
-        args = {"x": self.t(node.inputs[0]), "wh": self.c(wh), "wl": self.c(wl), "bias": self.c(bias), "y": y}
-        self.put_epi(args, eargs)
-        args.update(N=n, O=o, Kp=kp)
-        self._emit_halo(grp, kern, geom, ht, args, y, "3xTF32 ")
-        return True
+        return wh, wl, kp
 
     def _tf32_gemm_conv(self, grp: Group, node: Node, w, bias: str, xs, ys) -> bool:
         """With CNNRT_CUDA_TF32_GEMM=1 (opt-in, written without a GPU and not yet run on one): an fp32
@@ -1191,20 +1199,12 @@ class _Planner:
         n, h, wd, _ = xs
         _, ho, wo, _ = ys
         K = kh * kw * c
-        kp = cdiv(K, G.MMA_KPAD) * G.MMA_KPAD
         M = n * ho * wo
         tname = choose_mma_tile(M, o, K, p.nsm)
         tile = G.MMA_TILES[tname]
         if cdiv(M, tile.bm) * cdiv(o, tile.bn) < p.nsm:
             return False  # too few tiles to fill the SMs (batch 1): the SIMT conv splits K
-
-        def packed():
-            wq = np.zeros((o, kp), np.float32)
-            wq[:, :K] = w.reshape(o, K)
-            return wq
-
-        wh = p.const(f"{node.name}:wtf32hi", lambda: G.tf32_split(packed())[0])
-        wl = p.const(f"{node.name}:wtf32lo", lambda: G.tf32_split(packed())[1])
+        wh, wl, kp = self._tf32_weights(node, w)
         out = grp.output
         ops, eargs = self.epi(grp, out)
         y = self.t(out)

@@ -93,99 +93,63 @@ def main() -> int:
             ok_all &= ok
             record(f"deep_mnist fused fp16 n={n}", t0, ok)
 
+    def run_where(what, g, precision, marker, sizes=None):
+        """g on a new runner at each batch size whose plan has a kernel labelled `marker` (random
+        inputs; u8 images where the graph takes them), recorded as `what`; how many ran."""
+        nonlocal ok_all
+        r = GraphRunner(g, precision)
+        ran = 0
+        for n in sizes or batches:
+            if not any(marker in k for _, _, k in r.describe(n)):
+                continue
+            t0 = time.perf_counter()
+            x = rng.standard_normal((n,) + g.input_shape).astype(np.float32)
+            out = r.run({g.input_name: x})
+            ok = all(bool(np.isfinite(v).all()) for v in out.values())
+            ok_all &= ok
+            record(f"{what} {precision} n={n}", t0, ok)
+            ran += 1
+        r.close()
+        return ran
+
     def band_runs():
         """sm_90 only: the wgmma band conv forced onto its awkward cases (CNNRT_CUDA_WGMMA_BAND=all),
         at 300 images (where its blocks fill the SMs)."""
-        nonlocal ok_all
-        import cupy
-
-        if int(cupy.cuda.Device().compute_capability) != 90:
+        if sm != 90:
             return
         with _env("CNNRT_CUDA_WGMMA_BAND", "all"):
             for name, g in TG.band_conv_cases().items():
-                r = GraphRunner(g, "fp16")
-                assert any("wgmma band" in k for _, _, k in r.describe(300)), name
-                t0 = time.perf_counter()
-                out = r.run({"images": rng.standard_normal((300,) + g.input_shape).astype(np.float32)})["y"]
-                ok = bool(np.isfinite(out).all())
-                ok_all &= ok
-                record(f"band {name} fp16 n=300 (wgmma band conv)", t0, ok)
-                r.close()
+                assert run_where(f"band {name} (wgmma band conv)", g, "fp16", "wgmma band", [300]) == 1, name
 
     def s2d_runs():
         """The space-to-depth stem (its prep kernel and the stride-1 halo conv over it), the halo
         conv forced (CNNRT_CUDA_HALO=all) so that it runs at every batch size."""
-        nonlocal ok_all
         with _env("CNNRT_CUDA_HALO", "all"):
             for name, g in TG.s2d_stem_cases().items():
-                r = GraphRunner(g, "fp16")
-                for n in batches:
-                    assert "space-to-depth" in r.program.plan(n).launches[0].label, name
-                    t0 = time.perf_counter()
-                    out = r.run({"images": rng.standard_normal((n,) + g.input_shape).astype(np.float32)})["y"]
-                    ok = bool(np.isfinite(out).all())
-                    ok_all &= ok
-                    record(f"s2d {name} fp16 n={n} (space-to-depth stem)", t0, ok)
-                r.close()
+                assert run_where(f"s2d {name} (space-to-depth stem)", g, "fp16", "space-to-depth") == len(batches)
 
-    def cluster_runs():
-        """sm_90 only: the cluster split-K (CNNRT_CUDA_CLUSTER_SPLITK=1, opt-in) on ResNet-20 and the
-        split-K cases, at the batch sizes where their plans take it."""
-        nonlocal ok_all
-        import cupy
-
-        if int(cupy.cuda.Device().compute_capability) != 90:
-            return
-        with _env("CNNRT_CUDA_CLUSTER_SPLITK", "1"):
-            for name, g in (("resnet20", TG.resnet20(2)), ("mma_splitk", mma["mma_splitk_7x7_add_relu"])):
-                r = GraphRunner(g, "fp16")
-                for n in batches:
-                    if not any("summed in a cluster" in k for _, _, k in r.describe(n)):
-                        continue
-                    t0 = time.perf_counter()
-                    out = r.run({"images": rng.standard_normal((n,) + g.input_shape).astype(np.float32)})
-                    ok = all(bool(np.isfinite(v).all()) for v in out.values())
-                    ok_all &= ok
-                    record(f"cluster {name} fp16 n={n} (split-K summed in a cluster)", t0, ok)
-                r.close()
-
-    def dw_rows_runs():
-        """The depthwise conv with 4 output rows a thread (CNNRT_CUDA_DW_ROWS=4, opt-in)."""
-        nonlocal ok_all
+    def opt_in_runs():
+        """The opt-in kernels where their plans take them: the cluster split-K (sm_90;
+        CNNRT_CUDA_CLUSTER_SPLITK), the depthwise conv with 4 rows a thread (CNNRT_CUDA_DW_ROWS) and
+        the 3xTF32 im2col conv for fp32 (CNNRT_CUDA_TF32_GEMM, the halo conv off so that the cases
+        take it)."""
+        if sm == 90:
+            with _env("CNNRT_CUDA_CLUSTER_SPLITK", "1"):
+                for name, g in (("resnet20", TG.resnet20(2)), ("mma_splitk", mma["mma_splitk_7x7_add_relu"])):
+                    run_where(f"cluster {name} (split-K summed in a cluster)", g, "fp16", "summed in a cluster")
         with _env("CNNRT_CUDA_DW_ROWS", "4"):
-            g = TG.mobilenet_v2(4, size=32)
-            r = GraphRunner(g, "fp16")
-            assert any(" rows" in k for _, _, k in r.describe(1))
-            for n in batches:
-                t0 = time.perf_counter()
-                out = r.probabilities(rng.integers(0, 256, (n,) + g.input_shape, dtype=np.uint8))
-                ok = bool(np.isfinite(out).all())
-                ok_all &= ok
-                record(f"dw rows mobilenet_v2_32 fp16 n={n} (depthwise conv, 4 rows a thread)", t0, ok)
-            r.close()
-
-    def tf32_gemm_runs():
-        """The 3xTF32 im2col conv for fp32 (CNNRT_CUDA_TF32_GEMM=1, opt-in; the halo conv off so
-        that the cases take it), at the batch sizes where their plans do."""
-        nonlocal ok_all
+            assert run_where("dw rows mobilenet_v2_32 (depthwise conv, 4 rows a thread)",
+                             TG.mobilenet_v2(4, size=32), "fp16", " rows") == len(batches)
         with _env("CNNRT_CUDA_TF32_GEMM", "1"), _env("CNNRT_CUDA_TF32X3", "0"):
             for name in ("mma_pointwise_o200_hswish", "mma_splitk_7x7_add_relu"):
-                r = GraphRunner(mma[name], "fp32")
-                for n in batches:
-                    if not any("3xTF32 tc" in k for _, _, k in r.describe(n)):
-                        continue
-                    t0 = time.perf_counter()
-                    out = r.run({"images": rng.standard_normal((n,) + mma[name].input_shape).astype(np.float32)})["y"]
-                    ok = bool(np.isfinite(out).all())
-                    ok_all &= ok
-                    record(f"tf32 gemm {name} fp32 n={n} (3xTF32 im2col conv)", t0, ok)
-                r.close()
+                run_where(f"tf32 gemm {name} (3xTF32 im2col conv)", mma[name], "fp32", "3xTF32 tc")
 
+    import cupy
+
+    sm = int(cupy.cuda.Device().compute_capability)
     band_runs()
     s2d_runs()
-    cluster_runs()
-    dw_rows_runs()
-    tf32_gemm_runs()
+    opt_in_runs()
     for precision in ("fp16", "fp32"):  # fp32 (SIMT) last: the slowest under racecheck
         if precision == "fp32":
             fused_runs()
