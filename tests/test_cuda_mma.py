@@ -312,6 +312,14 @@ def test_tf32_gemm_conv_planned_and_emulated(rng, monkeypatch):
     assert seen >= 5, seen
 
 
+def test_no_tf32_kernels_without_tensor_cores(monkeypatch):
+    # a device before sm_80 has no tf32 mma.sync: its fp32 plans keep every conv on the SIMT kernel
+    monkeypatch.setenv("CNNRT_CUDA_TF32_GEMM", "1")
+    for g, n in ((TG.resnet20(0), 300), (TG.resnet18(0), 256)):
+        assert any("3xTF32" in k for _, _, k in Program(g, "fp32", nsm=80).describe(n))
+        assert not any("3xTF32" in k for _, _, k in Program(g, "fp32", nsm=80, tensor_cores=False).describe(n))
+
+
 def test_tf32_gemm_kernels_compile_for_sm90():
     # NVRTC and ptxas (sm_90): every tile, fp32 out with the residual add, no spills
     import shutil

@@ -189,7 +189,8 @@ class GraphRunner(Runner):
         cc = int(cp.cuda.Device().compute_capability)
         if mma is None:
             mma = mma_enabled() and cc >= 80
-        self.program = Program(graph, precision, self.nsm, mma=mma and cc >= 80, sm90a=cc == 90)
+        self.program = Program(graph, precision, self.nsm, mma=mma and cc >= 80, sm90a=cc == 90,
+                               tensor_cores=cc >= 80)
         t_prog = time.perf_counter()
         self.blas = _Cublas(cp)
         self._alpha = np.ones(1, np.float32)

@@ -521,7 +521,7 @@ class Program:
     """A graph compiled for the CUDA kernels, independent of the batch size."""
 
     def __init__(self, graph: Graph, precision: str = "fp32", nsm: int = 132, mma: bool | None = None,
-                 sm90a: bool = False):
+                 sm90a: bool = False, tensor_cores: bool = True):
         from ..ir.passes import optimize
 
         if precision not in ("fp32", "fp16"):
@@ -542,6 +542,7 @@ class Program:
         self.mma = self.fp16 and (mma_enabled() if mma is None else bool(mma))
         # the wgmma conv where asked for (CNNRT_CUDA_WGMMA) on a device that runs sm_90a code
         self.sm90a = sm90a  # the device is sm_90: wgmma and thread block clusters
+        self.tensor_cores = tensor_cores  # mma.sync (sm_80 and later): also the fp32 convs' 3xTF32 kernels
         self.wgmma = wgmma_tile() if self.mma and sm90a else None
         self.wgmma_halo = wgmma_halo_spec() if self.mma and sm90a else None  # the halo convs on wgmma
         self.wgmma_band = wgmma_band_spec() if self.mma and sm90a else None  # stride-1 convs on the band conv
@@ -1156,7 +1157,7 @@ class _Planner:
         _, ho, wo, _ = ys
         (sh, sw), (dh, dw), pads = node.attrs["strides"], node.attrs["dilations"], node.attrs["pads"]
         geom = G.HaloGeom(c, h, wd, ho, wo, kh, kw, sh, sw, pads[0], pads[1], dh, dw)
-        ht = choose_halo(geom, o, n, p.nsm, tf32=True) if tf32x3_enabled() else None
+        ht = choose_halo(geom, o, n, p.nsm, tf32=True) if tf32x3_enabled() and p.tensor_cores else None
         if ht is None or self.dt(grp.output) != "f32":
             return False
         wh, wl, kp = self._tf32_weights(node, w)
@@ -1194,7 +1195,7 @@ class _Planner:
         False: the SIMT kernel."""
         p = self.p
         o, kh, kw, c = w.shape
-        if not tf32_gemm_enabled() or c % 4 or self.dt(grp.output) != "f32" or xs[3] != c:
+        if not (tf32_gemm_enabled() and p.tensor_cores) or c % 4 or self.dt(grp.output) != "f32" or xs[3] != c:
             return False
         n, h, wd, _ = xs
         _, ho, wo, _ = ys
