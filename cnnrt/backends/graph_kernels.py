@@ -428,19 +428,31 @@ class ConvStep(Step):
         return True
 
     def _native_args(self, ins):
-        """(x address, out-of-band epilogue) for a compiled call; inputs made contiguous if they are not."""
-        x = ins[0] if ins[0].flags.c_contiguous else np.ascontiguousarray(ins[0])
+        """(x, x's address, the epilogue's reference, what else the call reads) for a compiled call.
+        An input that is not contiguous (a channel split's view) is copied, and a copy is held by
+        the caller until the call returns, never only by the pointer cache: the cache belongs to
+        the step, which the pool's threads run at once on their own images, so another thread's
+        call can replace an entry while this one's kernel still reads the copy it points at."""
+        x = ins[0]
+        if x.flags.c_contiguous:
+            xp = ptr(self._pc, "x", x)
+        else:
+            x = np.ascontiguousarray(x)
+            xp = x.ctypes.data
         if self.res_idx is None:
-            return ptr(self._pc, "x", x), self._epi_ref
+            return x, xp, self._epi_ref, None
         r = ins[self.res_idx]
-        if not r.flags.c_contiguous:
+        if not r.flags.c_contiguous:  # a copy, with an epilogue of its own for this call
             r = np.ascontiguousarray(r)
+            e = Epilogue.bind(self.epi_t, None, ins)
+            e.res = r.ctypes.data
+            return x, xp, ctypes.byref(e), (r, e)
         c = self._pc.get("res")
         if c is None or c[0] is not r:
             e = Epilogue.bind(self.epi_t, None, ins)
             e.res = r.ctypes.data
             c = self._pc["res"] = (r, ctypes.byref(e), e)
-        return ptr(self._pc, "x", x), c[1]
+        return x, xp, c[1], c
 
     def parts(self, n, t):
         """The compiled direct convolution of fewer images than threads also splits its
@@ -510,13 +522,13 @@ class ConvStep(Step):
                 for q in self.parts(n, threads)]
 
     def _native_direct(self, ins, out, scr, i0, i1, r0, r1, b0=0, b1=None):
-        x, e = self._native_args(ins)
-        self.direct(x, self._gptr, self._wptr, ptr(self._pc, "y", out), i0, i1, r0, r1, b0,
+        x, xp, e, keep = self._native_args(ins)  # (x and keep stay referenced until the call returns)
+        self.direct(xp, self._gptr, self._wptr, ptr(self._pc, "y", out), i0, i1, r0, r1, b0,
                     self.nb if b1 is None else b1, self._zptr, e)
 
     def _native_depthwise(self, ins, out, scr, i0, i1, r0, r1):
-        x, e = self._native_args(ins)
-        self.lib.conv_depthwise(x, self._gptr, self._wptr, ptr(self._pc, "y", out), i0, i1, r0, r1, self.cpad, e)
+        x, xp, e, keep = self._native_args(ins)  # (x and keep stay referenced until the call returns)
+        self.lib.conv_depthwise(xp, self._gptr, self._wptr, ptr(self._pc, "y", out), i0, i1, r0, r1, self.cpad, e)
 
     def _winograd_setup(self, w, m, in_shape, attrs, out_shape):
         from .cpu_kernels import INTEGER_TRANSFORMS, winograd_matrices
