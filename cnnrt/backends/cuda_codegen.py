@@ -619,6 +619,13 @@ BLOCK_IDS = r"""    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 
     const int M = N * HWo;
     const int CH = O;
     (void)CH;"""
+# the head of a K step's loop over the weight tile's 16-byte chunks: chunk e, its output channel o
+B_ROWS = r"""#pragma unroll
+        for (int j = 0; j < B_IT; ++j) {
+            const int e = tid + j * THREADS;
+            if (e < B_CH) {
+                const int o = o0 + e / KC;
+                const bool ok = o < O;"""
 # the cp.async pipeline: its prologue and the head of the K loop (K steps kt_lo .. KT)
 PIPE_HEAD = r"""#pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {  // prologue: K steps kt_lo .. kt_lo + STAGES - 2 in flight
@@ -641,7 +648,7 @@ def conv_pieces(src: str, elem: str = "half_t") -> str:
     (float) activations."""
     gather = A_GATHER.replace("$ELEM", elem).replace("$CHUNK", "8" if elem == "half_t" else "4")
     return (src.replace("$BLOCK_IDS", BLOCK_IDS).replace("$ACC_ZERO", ACC_ZERO).replace("$IM2COL_ROWS", IM2COL_ROWS)
-            .replace("$A_GATHER", gather).replace("$PIPE_HEAD", PIPE_HEAD))
+            .replace("$A_GATHER", gather).replace("$B_ROWS", B_ROWS).replace("$PIPE_HEAD", PIPE_HEAD))
 
 
 MMA_CONV_TEMPLATE = r"""
@@ -748,12 +755,7 @@ $ACC_ZERO
         int c = k, kh = 0, kw = 0;
         if (AVAR == 0) { const int tap = k / C; c = k - tap * C; kh = tap / KW; kw = tap - kh * KW; }
 $A_GATHER
-#pragma unroll
-        for (int j = 0; j < B_IT; ++j) {
-            const int e = tid + j * THREADS;
-            if (e < B_CH) {
-                const int o = o0 + e / KC;
-                const bool ok = o < O;
+$B_ROWS
                 const half_t* src = ok ? w + (long long)o * Kp + kt * BK + q * 8 : w;
                 cp_async16(smem_u32(&Bs[st][e / KC][q * 8]), src, ok ? 16 : 0);
             }
@@ -1053,12 +1055,7 @@ $IM2COL_ROWS
         const int k = kt * BK + q * 4;
         const int tap = k / C, c = k - tap * C, kh = tap / KW, kw = tap - kh * KW;
 $A_GATHER
-#pragma unroll
-        for (int j = 0; j < B_IT; ++j) {
-            const int e = tid + j * THREADS;
-            if (e < B_CH) {
-                const int o = o0 + e / KC;
-                const bool ok = o < O;
+$B_ROWS
                 const long long off = (long long)o * Kp + kt * BK + q * 4;
                 cp_async16(smem_u32(&Bh[st][e / KC][q * 4]), ok ? wh + off : wh, ok ? 16 : 0);
                 cp_async16(smem_u32(&Bl[st][e / KC][q * 4]), ok ? wl + off : wl, ok ? 16 : 0);
