@@ -146,8 +146,8 @@ gpu-wgmma:
 	  $(GPU_PY) benchmarks/gpu_profile.py --models $(WGMMA_MODELS) --batches $(WGMMA_BATCHES) --top 12 \
 	  --json $(GPU_OUT)/gpu_profile_$(WGMMA_VAR)_$$(echo $$v | tr , _).json 2>&1 | grep -v "^ "; done
 
-# `make gpu-pending` (H100/H200): what the last session wrote without a GPU, in one device command
-# (about 6 minutes): Deep MNIST's module compiled in parts (tests/test_cuda.py, the FusedRunner, and
+# `make gpu-pending` (H100/H200): what a session wrote without a GPU, in one device command (about 6
+# minutes; first run 2026-11-29, all four now on by default): Deep MNIST's module compiled in parts (tests/test_cuda.py, the FusedRunner, and
 # its cold start), the cluster split-K (CNNRT_CUDA_CLUSTER_SPLITK), the depthwise conv with R rows a
 # thread (CNNRT_CUDA_DW_ROWS) and the 3xTF32 im2col conv for fp32 (CNNRT_CUDA_TF32_GEMM): their GPU
 # tests, then device time with each switch off and on

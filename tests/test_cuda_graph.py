@@ -532,7 +532,7 @@ def test_s2d_stem(rng, monkeypatch):
 
 
 def test_cluster_splitk(rng, monkeypatch):
-    # CNNRT_CUDA_CLUSTER_SPLITK=1 (opt-in, sm_90): split-K summed inside a thread block cluster
+    # CNNRT_CUDA_CLUSTER_SPLITK (on by default, sm_90): split-K summed inside a thread block cluster
     # (DSMEM), one launch a conv: the MMA cases at the batch sizes (1, 7, 300) whose plans take it,
     # against float64 with outputs poisoned; ResNet-20 and ResNet-18 at batch 1 and 7 against their
     # SIMT plans
@@ -556,9 +556,42 @@ def test_cluster_splitk(rng, monkeypatch):
             net_against_simt(rng, g, r, n, "summed in a cluster")
 
 
+def test_tf32_cluster_splitk(rng, monkeypatch):
+    # fp32 at small batches on sm_90: the 3xTF32 im2col conv as a cluster split-K where the SIMT
+    # conv took the layers with fewer tiles than SMs: the MMA cases at batch 1 and 7 with outputs
+    # poisoned against float64 (1e-5), then ResNet-20 and ResNet-18 fp32 at batch 1 and 7 against
+    # their plans with the cluster split-K off (the SIMT conv), within issue 9's 1e-4
+    import cupy
+
+    _needs_mma()
+    if int(cupy.cuda.Device().compute_capability) != 90:
+        pytest.skip("the cluster split-K is planned on sm_90 only")
+    marker = "summed in a cluster"
+    seen = 0
+    for case, g in sorted(MMA_CASES.items()):
+        r = cuda_graph.GraphRunner(g, "fp32")
+        for n in (1, 7):
+            if any("3xTF32 tc" in k and marker in k for _, _, k in r.describe(n)):
+                seen += 1
+                against_float64(rng, r, g, n, 1e-5, case, fp16=False)
+    assert seen >= 6, seen
+    for g in (TG.resnet20(0), TG.resnet18(0)):
+        x = rng.integers(0, 256, (7,) + g.input_shape, dtype=np.uint8)
+        monkeypatch.setenv("CNNRT_CUDA_CLUSTER_SPLITK", "0")  # read when a batch size is planned
+        base = cuda_graph.GraphRunner(g, "fp32")
+        assert not any(marker in k for n in (1, 7) for _, _, k in base.describe(n))
+        refs = {n: base.probabilities(x[:n]) for n in (1, 7)}
+        monkeypatch.delenv("CNNRT_CUDA_CLUSTER_SPLITK")
+        r = cuda_graph.GraphRunner(g, "fp32")
+        for n in (1, 7):
+            assert sum("3xTF32 tc" in k and marker in k for _, _, k in r.describe(n)) >= 4, (g.name, n)
+            poison(r)
+            check_fp32(r.probabilities(x[:n]), refs[n], f"{g.name} fp32 x{n}: 3xTF32 cluster vs SIMT")
+
+
 @pytest.mark.parametrize("rows", [2, 4, 8])
 def test_depthwise_rows(rng, monkeypatch, rows):
-    # CNNRT_CUDA_DW_ROWS=R (opt-in): the 8-channel depthwise conv with R output rows a thread, fp16
+    # CNNRT_CUDA_DW_ROWS=R (2 by default): the 8-channel depthwise conv with R output rows a thread, fp16
     # and fp32, at batch 1, 7 and 300 with outputs poisoned, against float64; MobileNetV2 (32x32)
     # against its SIMT plan
     monkeypatch.setenv("CNNRT_CUDA_DW_ROWS", str(rows))
@@ -575,12 +608,13 @@ def test_depthwise_rows(rng, monkeypatch, rows):
 
 
 def test_tf32_gemm_conv(rng, monkeypatch):
-    # CNNRT_CUDA_TF32_GEMM=1 (opt-in): the 3xTF32 im2col conv for fp32; with the halo conv off every
+    # CNNRT_CUDA_TF32_GEMM (on by default): the 3xTF32 im2col conv for fp32; with the halo conv off every
     # MMA case with C % 4 == 0 takes it: at batch 1, 7 and 300 with outputs poisoned, against
     # float64 within issue 9's 1e-4; then ResNet-18 at 32 images against its SIMT-conv plan
     _needs_mma()
     g = TG.resnet18(0)
     x = rng.integers(0, 256, (32,) + g.input_shape, dtype=np.uint8)
+    monkeypatch.setenv("CNNRT_CUDA_TF32_GEMM", "0")
     base = cuda_graph.GraphRunner(g, "fp32").probabilities(x)  # the 3xTF32 halo and the SIMT convs
     monkeypatch.setenv("CNNRT_CUDA_TF32_GEMM", "1")
     r = cuda_graph.GraphRunner(g, "fp32")

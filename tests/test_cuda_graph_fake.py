@@ -213,7 +213,7 @@ def test_every_tensor_core_tile_can_be_forced(cuda, rng, monkeypatch):
 
 
 def test_cluster_splitk_on_the_fake_runner(cuda, rng, monkeypatch):
-    # CNNRT_CUDA_CLUSTER_SPLITK=1 (opt-in) on the fake's sm_90: ResNet-20 at batch 1 binds and runs
+    # CNNRT_CUDA_CLUSTER_SPLITK (on by default) on the fake's sm_90: ResNet-20 at batch 1 binds and runs
     # its cluster split-K convs (one launch each, grid.z the cluster), captured and replayed
     from cnnrt.backends.cuda_graph import GraphRunner
 

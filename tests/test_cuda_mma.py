@@ -228,7 +228,7 @@ def test_planner_splits_k_for_few_output_tiles(rng):
 
 
 def test_cluster_splitk_planned_and_emulated(rng, monkeypatch):
-    """CNNRT_CUDA_CLUSTER_SPLITK=1 on sm_90 (opt-in): split-K summed in a thread block cluster, one
+    """CNNRT_CUDA_CLUSTER_SPLITK (on by default, sm_90): split-K summed in a thread block cluster, one
     launch with bias and the epilogue, where its estimate beats both no split and the split with a
     separate sum (ResNet-20's 8x8x64 convs at batch 1, which had no split; ResNet-18's 14x14x256
     convs, which had 9 and 18 shares and a sum each). The plans' emulation matches float64."""
@@ -240,12 +240,16 @@ def test_cluster_splitk_planned_and_emulated(rng, monkeypatch):
     assert 1 < choose_cluster_splitk(196, 256, 2304, "tc128x64", 132) <= G.CLUSTER_MAX
     assert choose_cluster_splitk(49, 512, 4608, "tc128x64", 132) == 1  # 29 shares and a sum beat 8
     assert choose_cluster_splitk(2048 * 64, 64, 576, "tc128x64", 132) == 1  # a large batch fills the SMs
+    # at most CLUSTER_MAX_WAVES blocks an SM: ResNet-18's 56x56x64 convs at batch 7 (172 blocks)
+    # took 3 shares before the cap and lost (23 -> 36 us); 14x14x256 (44 blocks) at most 4
+    assert choose_cluster_splitk(7 * 56 * 56, 64, 576, "tc128x64", 132) == 1
+    assert choose_cluster_splitk(7 * 14 * 14, 256, 2304, "tc128x64", 132) <= 4
     cases = TG.mma_conv_cases()
     for name, g in (("resnet20", TG.resnet20(3)), ("mma_splitk_7x7_add_relu", cases["mma_splitk_7x7_add_relu"]),
                     ("mma_splitk_c37_7x7", cases["mma_splitk_c37_7x7"])):
-        monkeypatch.delenv("CNNRT_CUDA_CLUSTER_SPLITK", raising=False)
+        monkeypatch.setenv("CNNRT_CUDA_CLUSTER_SPLITK", "0")
         assert not any("cluster" in k for _, _, k in Program(g, "fp16", nsm=132, sm90a=True).describe(1))
-        monkeypatch.setenv("CNNRT_CUDA_CLUSTER_SPLITK", "1")
+        monkeypatch.delenv("CNNRT_CUDA_CLUSTER_SPLITK", raising=False)
         assert not any("cluster" in k for _, _, k in Program(g, "fp16", nsm=132).describe(1))  # sm_90 only
         prog = Program(g, "fp16", nsm=132, sm90a=True)
         for n in (1, 3):
@@ -283,7 +287,7 @@ def test_cluster_splitk_kernels_compile_for_sm90():
 
 
 def test_tf32_gemm_conv_planned_and_emulated(rng, monkeypatch):
-    """CNNRT_CUDA_TF32_GEMM=1 (opt-in): fp32 convs with C % 4 == 0 that the 3xTF32 halo conv does
+    """CNNRT_CUDA_TF32_GEMM (on by default): fp32 convs with C % 4 == 0 that the 3xTF32 halo conv does
     not take run on the 3xTF32 im2col conv where they have a tile per SM (ResNet-18's 128- to
     512-channel convs at 256 images; not at batch 1, where the SIMT conv splits K). The plans'
     emulation (weights as tf32 hi + lo) matches float64 to fp32's precision."""
@@ -291,9 +295,9 @@ def test_tf32_gemm_conv_planned_and_emulated(rng, monkeypatch):
     from cnnrt.testing import cuda_emulator as CE
 
     g18 = TG.resnet18(0)
-    monkeypatch.delenv("CNNRT_CUDA_TF32_GEMM", raising=False)
+    monkeypatch.setenv("CNNRT_CUDA_TF32_GEMM", "0")
     assert not any("3xTF32 tc" in k for _, _, k in Program(g18, "fp32", nsm=132).describe(256))
-    monkeypatch.setenv("CNNRT_CUDA_TF32_GEMM", "1")
+    monkeypatch.delenv("CNNRT_CUDA_TF32_GEMM", raising=False)
     assert sum("3xTF32 tc" in k for _, _, k in Program(g18, "fp32", nsm=132).describe(256)) >= 8
     assert not any("3xTF32 tc" in k for _, _, k in Program(g18, "fp32", nsm=132).describe(1))
     assert not any("3xTF32 tc" in k for _, _, k in Program(g18, "fp16", nsm=132).describe(256))
@@ -334,6 +338,56 @@ def test_tf32_gemm_kernels_compile_for_sm90():
     assert all(k.name in ptx for k in ks) and "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32" in ptx
     err, spills = _ptxas(ptx, "sm_90")
     assert len(spills) == len(ks) and not any(spills), err[-2000:]
+    # the cluster split-K variants (sm_90): cluster attribute, barrier, DSMEM reads
+    ks = [G.mma_tf32_conv_kernel(G.MMA_TILES[t], "f32", e, cluster=cs)
+          for t, e, cs in (("tc128x64", epi, 8), ("tc64x16", (), 3), ("tc32x32", epi, 5), ("tc128x128k64", (), 2))]
+    ptx, _ = compile_ptx(G.module_source(ks), arch="compute_90")
+    assert ptx.count(".reqnctapercluster") == len(ks) and "mapa.shared::cluster" in ptx
+    err, spills = _ptxas(ptx, "sm_90")
+    assert len(spills) == len(ks) and not any(spills), err[-2000:]
+
+
+def test_tf32_cluster_splitk_planned_and_emulated(rng, monkeypatch):
+    """fp32 at small batches on sm_90: convs with fewer output tiles than SMs and C % 4 == 0 run on
+    the 3xTF32 im2col conv as a cluster split-K (they ran on the SIMT conv: ResNet-18's 7x7x512
+    convs at batch 1 at 2.7 TFLOP/s); not before sm_90, not with CNNRT_CUDA_CLUSTER_SPLITK=0, and
+    the stem (C = 3) stays on the SIMT conv. The plans' emulation (shares checked against the
+    grid) matches float64 within fp32's 1e-5."""
+    from cnnrt.backends.cuda_plan import choose_tf32_cluster
+    from cnnrt.ir.graph import run_reference
+    from cnnrt.testing import cuda_emulator as CE
+
+    assert 2 <= choose_tf32_cluster(49, 512, 4608, "tc128x64", 132) <= G.CLUSTER_MAX
+    assert choose_tf32_cluster(49, 512, 16, "tc128x64", 132) == 1  # one K step: nothing to share
+    assert choose_tf32_cluster(128 * 132, 64, 576, "tc128x64", 132) == 1  # the blocks fill the SMs
+    g18 = TG.resnet18(0)
+    labels = [k for _, _, k in Program(g18, "fp32", nsm=132, sm90a=True).describe(1)]
+    assert sum("3xTF32 tc" in k and "summed in a cluster" in k for k in labels) >= 10, labels
+    assert not any("3xTF32 tc" in k for k in [k for _, _, k in Program(g18, "fp32", nsm=132).describe(1)])
+    monkeypatch.setenv("CNNRT_CUDA_CLUSTER_SPLITK", "0")
+    assert not any("cluster" in k for _, _, k in Program(g18, "fp32", nsm=132, sm90a=True).describe(1))
+    monkeypatch.delenv("CNNRT_CUDA_CLUSTER_SPLITK")
+    cases = TG.mma_conv_cases()
+    seen = 0
+    for name, g in [("resnet20", TG.resnet20(3))] + sorted(cases.items()):
+        prog = Program(g, "fp32", nsm=132, sm90a=True)
+        for n in (1, 3):
+            if not any("3xTF32 tc" in k and "cluster" in k for _, _, k in prog.describe(n)):
+                continue
+            seen += 1
+            x = rng.standard_normal((n,) + g.input_shape).astype(np.float32)
+            if name == "resnet20":
+                x = rng.integers(0, 256, (n,) + g.input_shape).astype(np.uint8)
+            out = CE.run(prog, x)[g.outputs[0]]
+            xf = x.astype(np.float64)
+            if name == "resnet20":
+                xf = xf * g.preprocess["scale"]
+                if g.preprocess.get("mean") is not None:
+                    xf = (xf - np.asarray(g.preprocess["mean"])) / np.asarray(g.preprocess["std"])
+            ref = run_reference(g, {g.input_name: xf})[g.outputs[0]]
+            assert np.isfinite(out).all(), f"{name}: a value read before it was written"
+            assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max(), (name, n)
+    assert seen >= 6, seen
 
 
 def test_planner_splits_k_of_the_fp32_simt_conv(rng):
@@ -519,9 +573,12 @@ def test_tf32x3_on_by_default_and_its_switch(rng, monkeypatch):
     from cnnrt.testing import cuda_emulator as EM
 
     g = TG.resnet20(0)
-    monkeypatch.setenv("CNNRT_CUDA_TF32X3", "0")  # the A/B switch turns it off; on by default
+    monkeypatch.setenv("CNNRT_CUDA_TF32X3", "0")  # the A/B switches turn them off; on by default
+    assert not any("3xTF32 halo" in k for _, _, k in Program(g, "fp32", nsm=4).describe(6))
+    monkeypatch.setenv("CNNRT_CUDA_TF32_GEMM", "0")  # the im2col one too: every conv on the SIMT kernel
     assert not any("TF32" in k for _, _, k in Program(g, "fp32", nsm=4).describe(6))
     monkeypatch.delenv("CNNRT_CUDA_TF32X3")
+    monkeypatch.delenv("CNNRT_CUDA_TF32_GEMM")
     prog = Program(g, "fp32", nsm=4)
     assert sum("3xTF32" in k for _, _, k in prog.describe(6)) >= 9
     assert not any("TF32" in k for _, _, k in Program(g, "fp16", nsm=4).describe(6))

@@ -209,7 +209,7 @@ def test_input_channels_padded_for_the_tensor_cores(rng):
 
 
 def test_depthwise_rows_planned_emulated_and_compiled(rng, monkeypatch):
-    """CNNRT_CUDA_DW_ROWS=R (opt-in): the 8-channel depthwise conv computes R output rows a thread,
+    """CNNRT_CUDA_DW_ROWS=R (2 by default): the 8-channel depthwise conv computes R output rows a thread,
     its launch covering ceil(Ho / R) row groups (stride 2, dilation 2, asymmetric pads, 7x1 and
     row counts that R does not divide); the plans emulated against float64, and the kernels
     compiled by NVRTC where a library is at hand."""
@@ -235,9 +235,13 @@ def test_depthwise_rows_planned_emulated_and_compiled(rng, monkeypatch):
                 out = EM.run(prog, x)["y"]
                 ref = run_reference(g, {"images": x.astype(np.float64)}, fp16_storage=precision == "fp16")["y"]
                 assert np.isfinite(out).all() and rel_err(out, ref) < (1e-6 if precision == "fp32" else 1e-2), name
-    monkeypatch.setenv("CNNRT_CUDA_DW_ROWS", "9")  # past DW_ROWS_MAX: the one-row kernel
-    assert not any(l.kernel.static.get("rows") for l in Program(CASES["dw8_s2_clip"], "fp16").plan(1).launches
-                   if l.kernel is not None)
+    for env in ("9", "0"):  # past DW_ROWS_MAX, or off: the one-row kernel
+        monkeypatch.setenv("CNNRT_CUDA_DW_ROWS", env)
+        assert not any(l.kernel.static.get("rows") for l in Program(CASES["dw8_s2_clip"], "fp16").plan(1).launches
+                       if l.kernel is not None)
+    monkeypatch.delenv("CNNRT_CUDA_DW_ROWS")  # the default: 2 rows
+    assert {l.kernel.static.get("rows") for l in Program(CASES["dw8_s2_clip"], "fp16").plan(1).launches
+            if l.kernel is not None and l.kernel.family == "dwconv8"} == {2}
     from cnnrt.testing.nvrtc import compile_ptx, find_library
 
     if find_library() is None:

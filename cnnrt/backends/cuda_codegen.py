@@ -998,6 +998,20 @@ def mma_conv_kernel(tile: MmaTile, variant: str, to: str, epi=(), splitk: bool =
                     "smem": tile.smem_kernel(stages, coalesce)})
 
 
+def _clustered(src: str, threads: int, cs: int) -> str:
+    """A tensor-core conv's source (split-K K range, staged epilogue) as a cluster of cs blocks along
+    grid.z whose staged epilogue sums the cluster's partial tiles (_CLUSTER_FINISH)."""
+    head = f'extern "C" __global__ void __launch_bounds__({threads}) $NAME('
+    assert src.count(head) == 1
+    src = CLUSTER_PRELUDE + src.replace(
+        head, f'extern "C" __global__ void __cluster_dims__(1, 1, {cs}) __launch_bounds__({threads}) $NAME(')
+    src = src.replace("    const int CH = O;\n", f"    const int CH = O;\n    constexpr int CS = {cs};  // the cluster's blocks\n", 1)
+    for old, new in _CLUSTER_FINISH:
+        assert src.count(old) == 1, old
+        src = src.replace(old, new)
+    return src
+
+
 def _cluster_conv_kernel(tile: MmaTile, variant: str, to: str, epi, stages: int | None, cs: int) -> Kernel:
     """mma_conv_kernel(cluster=cs): the K range of split-K, the staged epilogue (STAGED_FINISH)
     rewritten to sum the cluster's partial tiles (_CLUSTER_FINISH)."""
@@ -1012,15 +1026,7 @@ def _cluster_conv_kernel(tile: MmaTile, variant: str, to: str, epi, stages: int 
            .replace("$WARPS_N", str(tile.warps_n)).replace("$PAD", str(MMA_PAD))
            .replace("$AVAR", str(MMA_AVARIANTS.index(variant))).replace("$SPLITK", "1")
            .replace("$STAGES", str(stages)).replace("$COALESCE", "1"))
-    head = f'extern "C" __global__ void __launch_bounds__({tile.threads}) $NAME('
-    assert src.count(head) == 1
-    src = CLUSTER_PRELUDE + src.replace(
-        head, f'extern "C" __global__ void __cluster_dims__(1, 1, {cs}) __launch_bounds__({tile.threads}) $NAME(')
-    src = src.replace("    const int CH = O;\n", f"    const int CH = O;\n    constexpr int CS = {cs};  // the cluster's blocks\n", 1)
-    for old, new in _CLUSTER_FINISH:
-        assert src.count(old) == 1, old
-        src = src.replace(old, new)
-    return _finish("mma_conv", src, params, tile.threads,
+    return _finish("mma_conv", _clustered(src, tile.threads, cs), params, tile.threads,
                    {"tile": tile, "variant": variant, "ti": "f16", "to": to, "epi": tuple(epi), "splitk": False,
                     "cluster": cs, "stages": stages, "coalesce": True, "smem": tile.smem_kernel(stages, True)})
 
@@ -1106,27 +1112,38 @@ def mma_tf32_smem(tile: MmaTile, stages: int = MMA_TF32_STAGES) -> int:
     return max(stages * (tile.bm + 2 * tile.bn) * (tile.bk // 2 + 4) * 4, tile.smem_out)
 
 
-def mma_tf32_conv_kernel(tile: MmaTile, to: str, epi=(), stages: int = MMA_TF32_STAGES) -> Kernel:
+TF32_K_RANGE = "    const int kt_lo = 0, KT = (K + BK - 1) / BK;\n"
+
+
+def mma_tf32_conv_kernel(tile: MmaTile, to: str, epi=(), stages: int = MMA_TF32_STAGES, cluster: int = 0) -> Kernel:
     """The tensor-core conv (mma_conv_kernel's tiles and im2col gather) for fp32 activations with
     C % 4 == 0, in 3xTF32 (MMA_TF32_TEMPLATE): fp32 convs that the 3xTF32 halo conv cannot hold
     (its fp32 footprint too large: ResNet-18's 128- to 512-channel convs) off the SIMT kernel.
     Weights as halo_tf32_kernel's: wh and wl, [O][Kp] fp32 (tf32_split). K steps of tile.bk / 2
     floats (the same bytes as the fp16 tile's); a cp.async pipeline of `stages`; the staged
-    epilogue."""
+    epilogue. cluster (2 .. CLUSTER_MAX, sm_90): split-K over a thread block cluster along grid.z,
+    `kts` K steps a block, summed in the kernel as mma_conv_kernel(cluster=...) does: small batches,
+    whose few output tiles left the SMs idle (they ran on the SIMT conv's split-K)."""
     tile.check()
-    assert stages >= 2 and tile.bk % 16 == 0
+    assert stages >= 2 and tile.bk % 16 == 0 and (cluster == 0 or 2 <= cluster <= CLUSTER_MAX)
     dims = [("int", n) for n in ("N", "H", "W", "C", "Ho", "Wo", "O", "KW", "sh", "sw", "ph", "pw", "dh", "dw", "K", "Kp")]
     params = ([("const float* __restrict__", "x"), ("const float* __restrict__", "wh"),
                ("const float* __restrict__", "wl"), ("const float* __restrict__", "bias"),
-               (f"{CTYPE[to]}* __restrict__", "y")] + epilogue(epi)[0] + dims)
+               (f"{CTYPE[to]}* __restrict__", "y")] + epilogue(epi)[0] + dims + ([("int", "kts")] if cluster else []))
     src = (fill_epilogue(conv_pieces(MMA_TF32_TEMPLATE, "float"), epi)
            .replace("$THREADS", str(tile.threads)).replace("$BM", str(tile.bm)).replace("$BN", str(tile.bn))
            .replace("$BKF", str(tile.bk // 2)).replace("$WARPS_M", str(tile.warps_m))
            .replace("$WARPS_N", str(tile.warps_n)).replace("$SPLITK", "0")
            .replace("$STAGES", str(stages)).replace("$COALESCE", "1"))
-    return _finish("mma_conv_tf32", src, params, tile.threads,
-                   {"tile": tile, "ti": "f32", "to": to, "epi": tuple(epi), "stages": stages,
-                    "smem": mma_tf32_smem(tile, stages)})
+    static = {"tile": tile, "ti": "f32", "to": to, "epi": tuple(epi), "stages": stages,
+              "smem": mma_tf32_smem(tile, stages)}
+    if cluster:
+        assert src.count(TF32_K_RANGE) == 1
+        src = _clustered(src.replace(TF32_K_RANGE, "    // split-K: this block sums K steps [kt_lo, KT)\n"
+                                     "    const int kt_lo = blockIdx.z * kts, KT = min((K + BK - 1) / BK, kt_lo + kts);\n"),
+                         tile.threads, cluster)
+        static["cluster"] = cluster
+    return _finish("mma_conv_tf32", src, params, tile.threads, static)
 
 
 # ----------------------------------------------------------------------------- tensor-core conv on Hopper's wgmma
@@ -2493,12 +2510,15 @@ $PIXEL8_LOOP
 """
 
 DW_ROWS_MAX = 8
+DW_ROWS_DEFAULT = 2
 
 
 def dw_rows() -> int:
-    """CNNRT_CUDA_DW_ROWS=R (2 .. DW_ROWS_MAX; opt-in, written without a GPU and not yet run on
-    one): the 8-channel depthwise conv computes R output rows a thread (dwconv8_kernel's rows)."""
-    env = os.environ.get("CNNRT_CUDA_DW_ROWS", "")
+    """The 8-channel depthwise conv computes R output rows a thread (dwconv8_kernel's rows); 2 by
+    default (H200, 2026-11-29, MobileNetV2 at 2048 images: depthwise convs 3.11 -> 2.89 ms with 2
+    rows, 3.11 with 4, 4.15 with 8; MobileNetV3-small unchanged; docs/gpu_profile_dw_rows_*.json).
+    CNNRT_CUDA_DW_ROWS=0 (or 1) gives one row a thread, 2 .. DW_ROWS_MAX that many."""
+    env = os.environ.get("CNNRT_CUDA_DW_ROWS", str(DW_ROWS_DEFAULT))
     return int(env) if env.isdigit() and 2 <= int(env) <= DW_ROWS_MAX else 0
 
 

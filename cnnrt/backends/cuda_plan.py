@@ -90,7 +90,8 @@ def vec8_enabled() -> bool:
 def wgmma_tile() -> str | None:
     """The tile of the Hopper `wgmma` conv (cuda_codegen.wgmma_conv_kernel) with CNNRT_CUDA_WGMMA=1
     (wg2n128sp; or a tile's name from cuda_codegen.WGMMA_TILES), on sm_90 devices only; off by
-    default: written and compiled for sm_90a, not yet run on a GPU (dev/cuda/wgmma_gemm.py)."""
+    default: right on an H200 but slower than the mma.sync convs (ResNet-18 5.49 -> 10.48 ms,
+    docs/gpu_profile_wgmma_im2col_{0,1}_2210.json)."""
     env = os.environ.get("CNNRT_CUDA_WGMMA", "")
     if env in ("", "0", "false", "no"):
         return None
@@ -144,7 +145,7 @@ class WgmmaBand:
     pipe: int = 1
     all: bool = False  # every conv it fits, not only the wide ones (BAND_RULE)
     smem_kb: int = 227  # a block's most shared memory (113: two blocks an SM)
-    cm: bool = False  # K channel-major, the footprint streamed in with the weights (not yet run on a GPU)
+    cm: bool = False  # K channel-major, the footprint streamed in with the weights (right, slower: opt-in)
 
 
 def wgmma_band_spec() -> WgmmaBand | None:
@@ -227,9 +228,11 @@ HALO_MAX_O = 64  # the halo conv by default only for layers this narrow (dev/cud
 
 
 def tf32_gemm_enabled() -> bool:
-    """CNNRT_CUDA_TF32_GEMM=1 (opt-in, not yet run on a GPU): fp32 convs the 3xTF32 halo conv does
-    not take run on the 3xTF32 im2col conv (mma_tf32_conv_kernel) instead of the SIMT kernel."""
-    return os.environ.get("CNNRT_CUDA_TF32_GEMM", "") in ("1", "true", "yes")
+    """fp32 convs the 3xTF32 halo conv does not take run on the 3xTF32 im2col conv
+    (mma_tf32_conv_kernel) instead of the SIMT kernel; on by default (H200, 2026-11-29: ResNet-18
+    fp32 at 256 images 29.2 -> 23.4 ms of device time, MobileNetV2 16.1 -> 15.7,
+    docs/gpu_profile_tf32_gemm_{0,1}.json). CNNRT_CUDA_TF32_GEMM=0 turns it off."""
+    return os.environ.get("CNNRT_CUDA_TF32_GEMM", "1") not in ("0", "false", "no")
 
 
 def tf32x3_enabled() -> bool:
@@ -314,26 +317,34 @@ def choose_splitk_simt(M: int, Og: int, K: int, tile_name: str, nsm: int) -> int
 
 
 CLUSTER_REDUCE_STEPS = 2  # the in-cluster sum, in K steps (estimate: each block reads 1/S of S partial tiles)
-CLUSTER_MIN_SAVING = 0.15  # of the unsplit estimate (the split with a separate sum wants 0.25: it adds a launch);
-# at 0.15 ResNet-18's 7x7x512 convs at 256 images take 2-4 shares against 1.48 waves of blocks, for the A/B to judge
+CLUSTER_MIN_SAVING = 0.15  # of the unsplit estimate (the split with a separate sum wants 0.25: it adds a launch)
+CLUSTER_MAX_WAVES = 1.5  # clusters' blocks at most this many per SM. Measured (H200, 2026-11-29,
+# docs/gpu_profile_cluster_{0,1}.json): 64-192 blocks won everywhere (ResNet-18 batch 1 0.330 -> 0.266 ms,
+# ResNet-20 0.204 -> 0.154), 258-516 lost at batch 7 (ResNet-18's 172 blocks x3: 23 -> 36 us), where the
+# estimate counts co-resident blocks as free
 
 
 def cluster_splitk_enabled() -> bool:
-    """CNNRT_CUDA_CLUSTER_SPLITK=1 (opt-in, written without a GPU at hand and not yet run on one):
-    split-K summed inside a thread block cluster on sm_90 (mma_conv_kernel(cluster=S)), in place of
-    the split-K conv and its separate sum (11 of ResNet-18's 34 launches at batch 1, about 5 us each)."""
-    return os.environ.get("CNNRT_CUDA_CLUSTER_SPLITK", "") in ("1", "true", "yes")
+    """Split-K summed inside a thread block cluster on sm_90 (mma_conv_kernel(cluster=S)), in place of
+    the split-K conv and its separate sum (11 of ResNet-18's 34 launches at batch 1, about 5 us each),
+    and for small layers whose split the separate sum did not pay for (ResNet-20's 8x8x64 convs at
+    batch 1); on by default. CNNRT_CUDA_CLUSTER_SPLITK=0 turns it off."""
+    return os.environ.get("CNNRT_CUDA_CLUSTER_SPLITK", "1") not in ("0", "false", "no")
 
 
 def choose_cluster_splitk(M: int, O: int, K: int, tile_name: str, nsm: int, variant: str = "vec") -> int:
     """The cluster split-K's share count (1: none): its sum costs CLUSTER_REDUCE_STEPS, not a launch,
-    and a cluster holds at most CLUSTER_MAX blocks; taken where it saves CLUSTER_MIN_SAVING of the
-    unsplit estimate and beats choose_splitk's split with its separate sum (a long K wants more shares than
-    a cluster holds: ResNet-18's 7x7x512 convs at batch 1 keep 29)."""
+    and a cluster holds at most CLUSTER_MAX blocks, the launch at most CLUSTER_MAX_WAVES blocks an SM;
+    taken where it saves CLUSTER_MIN_SAVING of the unsplit estimate and beats choose_splitk's split
+    with its separate sum (a long K wants more shares than a cluster holds: ResNet-18's 7x7x512 convs
+    at batch 1 keep 29)."""
     t = G.MMA_TILES[tile_name]
     blocks, kt = cdiv(M, t.bm) * cdiv(O, t.bn), cdiv(K, t.bk)
+    most = min(G.CLUSTER_MAX, int(CLUSTER_MAX_WAVES * nsm) // blocks)
+    if most < 2:
+        return 1
     slots = nsm * t.per_sm(G.mma_stages(variant, t), 8, coalesce=True)
-    best, cs, base = _split_estimate(blocks, kt, slots, CLUSTER_REDUCE_STEPS, 2, G.CLUSTER_MAX)
+    best, cs, base = _split_estimate(blocks, kt, slots, CLUSTER_REDUCE_STEPS, 2, most)
     if cs == 1 or best > (1 - CLUSTER_MIN_SAVING) * base:
         return 1
     split = choose_splitk(M, O, K, tile_name, nsm, variant)
@@ -342,6 +353,22 @@ def choose_cluster_splitk(M: int, O: int, K: int, tile_name: str, nsm: int, vari
         kts = cdiv(kt, split)
         if cdiv(blocks * split, plain) * kts + SPLITK_REDUCE_STEPS <= best:
             return 1
+    return cs
+
+
+def choose_tf32_cluster(M: int, O: int, K: int, tile_name: str, nsm: int) -> int:
+    """The share count of an fp32 conv's 3xTF32 cluster split-K (mma_tf32_conv_kernel(cluster=S)),
+    for layers with fewer output tiles than SMs; 1: none (the SIMT conv and its own split-K). K steps
+    of tile.bk / 2 floats; at most CLUSTER_MAX shares and CLUSTER_MAX_WAVES blocks an SM, each share
+    at least 2 steps; the split with the least estimate (waves x steps + the in-cluster sum). The SIMT
+    alternative is slower per step by far (ResNet-18 fp32 at batch 1: its 7x7x512 convs at 2.7
+    TFLOP/s), so no saving bar."""
+    t = G.MMA_TILES[tile_name]
+    blocks, kt = cdiv(M, t.bm) * cdiv(O, t.bn), cdiv(K, t.bk // 2)
+    most = min(G.CLUSTER_MAX, int(CLUSTER_MAX_WAVES * nsm) // blocks)
+    if most < 2:
+        return 1
+    _, cs, _ = _split_estimate(blocks, kt, nsm, CLUSTER_REDUCE_STEPS, 2, most)
     return cs
 
 
@@ -1189,10 +1216,11 @@ class _Planner:
         return wh, wl, kp
 
     def _tf32_gemm_conv(self, grp: Group, node: Node, w, bias: str, xs, ys) -> bool:
-        """With CNNRT_CUDA_TF32_GEMM=1 (opt-in, written without a GPU and not yet run on one): an fp32
-        conv that the 3xTF32 halo conv did not take, with C % 4 == 0 and at least a tile per SM, on the
-        3xTF32 im2col conv (mma_tf32_conv_kernel; the tile as choose_mma_tile picks it for fp16);
-        False: the SIMT kernel."""
+        """An fp32 conv that the 3xTF32 halo conv did not take, with C % 4 == 0, on the 3xTF32 im2col
+        conv (mma_tf32_conv_kernel; the tile as choose_mma_tile picks it for fp16): with at least a
+        tile per SM; with fewer (small batches) on sm_90 as a cluster split-K where
+        choose_tf32_cluster splits K; False: the SIMT kernel (whose own split-K takes small batches
+        elsewhere)."""
         p = self.p
         o, kh, kw, c = w.shape
         if not (tf32_gemm_enabled() and p.tensor_cores) or c % 4 or self.dt(grp.output) != "f32" or xs[3] != c:
@@ -1203,20 +1231,29 @@ class _Planner:
         M = n * ho * wo
         tname = choose_mma_tile(M, o, K, p.nsm)
         tile = G.MMA_TILES[tname]
-        if cdiv(M, tile.bm) * cdiv(o, tile.bn) < p.nsm:
-            return False  # too few tiles to fill the SMs (batch 1): the SIMT conv splits K
+        cs = 0
+        if cdiv(M, tile.bm) * cdiv(o, tile.bn) < p.nsm:  # too few tiles to fill the SMs (batch 1)
+            cs = choose_tf32_cluster(M, o, K, tname, p.nsm) if p.sm90a and cluster_splitk_enabled() else 1
+            if cs < 2:
+                return False  # the SIMT conv splits K
         wh, wl, kp = self._tf32_weights(node, w)
         out = grp.output
         ops, eargs = self.epi(grp, out)
         y = self.t(out)
-        kern = G.mma_tf32_conv_kernel(tile, "f32", ops)
+        kern = G.mma_tf32_conv_kernel(tile, "f32", ops, cluster=cs)
         (sh, sw), (dh, dw), pads = node.attrs["strides"], node.attrs["dilations"], node.attrs["pads"]
         args = {"x": self.t(node.inputs[0]), "wh": self.c(wh), "wl": self.c(wl), "bias": self.c(bias), "y": y}
         self.put_epi(args, eargs)
         args.update(N=n, H=h, W=wd, C=c, Ho=ho, Wo=wo, O=o, KW=kw, sh=sh, sw=sw, ph=pads[0], pw=pads[1], dh=dh, dw=dw,
                     K=K, Kp=kp)
-        self.emit(grp, kern, (cdiv(M, tile.bm), cdiv(o, tile.bn), 1), (tile.threads,), args, [], [y[1]],
-                  self.label(grp, f"conv implicit-GEMM tensor-core 3xTF32 {tname}"), smem=kern.static["smem"])
+        split = ""
+        if cs:
+            kts = cdiv(cdiv(K, tile.bk // 2), cs)
+            assert cdiv(cdiv(K, tile.bk // 2), kts) == cs
+            args["kts"] = kts
+            split = f" split-K x{cs} summed in a cluster"
+        self.emit(grp, kern, (cdiv(M, tile.bm), cdiv(o, tile.bn), max(cs, 1)), (tile.threads,), args, [], [y[1]],
+                  self.label(grp, f"conv implicit-GEMM tensor-core 3xTF32 {tname}{split}"), smem=kern.static["smem"])
         return True
 
     def _emit_halo(self, grp: Group, kern, geom, ht, args: dict, y, kind: str) -> None:

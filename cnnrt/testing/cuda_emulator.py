@@ -292,7 +292,11 @@ class Emulator:
         KH = K // (KW * C)
         M = N * Ho * Wo
         assert KH * KW * C == K and C % 4 == 0 and Kp % (t.bk // 2) == 0 and Kp >= K, "16-byte chunks need C % 4 == 0"
-        assert l.grid == (cdiv(M, t.bm), cdiv(O_, t.bn), 1), "grid does not match the tile"
+        cs = l.kernel.static.get("cluster", 0)  # split-K summed within a cluster of blocks (grid.z)
+        assert l.grid == (cdiv(M, t.bm), cdiv(O_, t.bn), max(cs, 1)), "grid does not match the tile or cluster"
+        if cs:  # every block of the cluster has K steps, and together they cover K
+            kt = cdiv(K, t.bk // 2)
+            assert cdiv(kt, a["kts"]) == cs and (cs - 1) * a["kts"] < kt, "the cluster's K shares"
         assert l.block[0] == t.threads and l.smem == G.mma_tf32_smem(t, l.kernel.static["stages"])
         wh, wl = (self.read(a[k], O_ * Kp).reshape(O_, Kp) for k in ("wh", "wl"))
         assert not wh[:, K:].any() and not wl[:, K:].any(), "the weights' K padding must be zero"

@@ -129,10 +129,11 @@ def main() -> int:
                 assert run_where(f"s2d {name} (space-to-depth stem)", g, "fp16", "space-to-depth") == len(batches)
 
     def opt_in_runs():
-        """The opt-in kernels where their plans take them: the cluster split-K (sm_90;
-        CNNRT_CUDA_CLUSTER_SPLITK), the depthwise conv with 4 rows a thread (CNNRT_CUDA_DW_ROWS) and
-        the 3xTF32 im2col conv for fp32 (CNNRT_CUDA_TF32_GEMM, the halo conv off so that the cases
-        take it)."""
+        """Kernels behind switches, where their plans take them (all on by default since 2026-11-29;
+        the fp32 jobs below also run the 3xTF32 cluster split-K at batches 1 and 7 on sm_90): the
+        cluster split-K (sm_90; CNNRT_CUDA_CLUSTER_SPLITK), the depthwise conv with 4 rows a thread
+        (CNNRT_CUDA_DW_ROWS; 2 by default) and the 3xTF32 im2col conv for fp32
+        (CNNRT_CUDA_TF32_GEMM, the halo conv off so that the cases take it)."""
         if sm == 90:
             with _env("CNNRT_CUDA_CLUSTER_SPLITK", "1"):
                 for name, g in (("resnet20", TG.resnet20(2)), ("mma_splitk", mma["mma_splitk_7x7_add_relu"])):
