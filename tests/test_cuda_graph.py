@@ -589,6 +589,20 @@ def test_tf32_cluster_splitk(rng, monkeypatch):
             check_fp32(r.probabilities(x[:n]), refs[n], f"{g.name} fp32 x{n}: 3xTF32 cluster vs SIMT")
 
 
+def test_fp32_rgb_input_padded(rng):
+    # fp32: an RGB image stored with 4 channels where the 3xTF32 halo conv then takes the stem
+    # (7x7 stride 2 with a relu; 3x3 stride 1), at batch 7 and 300 with outputs poisoned, against
+    # float64 within 1e-5 (whole nets: test_tf32x3_fp32_convs, ResNet-18 and ResNet-20 from uint8)
+    _needs_mma()
+    stem = TG._one("stem7", (23, 29, 3), lambda b, x: b.op("Relu", [b.conv(x, 24, 7, stride=2, pad=3)]))
+    r3 = TG._one("stem3", (9, 11, 3), lambda b, x: b.conv(x, 16, 3))
+    for g in (stem, r3):
+        r = cuda_graph.GraphRunner(g, "fp32")
+        assert "3 channels stored as 4" in r.program.plan(300).launches[0].label, g.name
+        for n in (7, 300):
+            against_float64(rng, r, g, n, 1e-5, g.name, fp16=False)
+
+
 @pytest.mark.parametrize("rows", [2, 4, 8])
 def test_depthwise_rows(rng, monkeypatch, rows):
     # CNNRT_CUDA_DW_ROWS=R (2 by default): the 8-channel depthwise conv with R output rows a thread, fp16

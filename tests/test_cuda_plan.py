@@ -151,6 +151,57 @@ def test_generated_kernels_compile():
         assert f".entry {name}(" in ptx or f".entry {name} (" in ptx or name in ptx
 
 
+def test_fp32_rgb_input_padded_for_the_tf32_halo_conv(rng, monkeypatch):
+    """fp32: an RGB image read only by convs is stored with 4 channels where the 3xTF32 halo conv
+    then takes every conv reading it (a 7x7 stride-2 stem with a relu, a 3x3 stride-1 one); zero
+    weights for the fourth channel. Emulated plans
+    against float64 within 1e-5; not on a device without tensor cores, not with
+    CNNRT_CUDA_TF32X3=0, not where the halo conv does not take the stem (batch 1 on 132 SMs)."""
+    stem = TG._one("stem7", (23, 29, 3), lambda b, x: b.op("Relu", [b.conv(x, 24, 7, stride=2, pad=3)]))
+    r3 = TG._one("stem3", (9, 11, 3), lambda b, x: b.conv(x, 16, 3))
+    for g in (stem, r3):
+        prog = Program(g, "fp32", nsm=1)
+        assert prog.in_pad == 4
+        for n in (1, 3):
+            plan = prog.plan(n)
+            assert "3 channels stored as 4" in plan.launches[0].label, plan.launches[0].label
+            assert plan.buffers[prog.base(prog.input)].shape == (n,) + g.input_shape[:2] + (4,)
+            assert "3xTF32 halo" in plan.launches[1].label, plan.launches[1].label
+            x = rng.standard_normal((n,) + g.input_shape).astype(np.float32)
+            out = EM.run(prog, x)["y"]
+            ref = run_reference(g, {"images": x.astype(np.float64)})["y"]
+            assert np.isfinite(out).all() and np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max(), g.name
+    assert Program(stem, "fp32", nsm=1, tensor_cores=False).in_pad == 3
+    assert Program(stem, "fp32", nsm=132).plan(1).launches[0].label == "prep (input scale/normalise)"
+    monkeypatch.setenv("CNNRT_CUDA_TF32X3", "0")
+    assert Program(stem, "fp32", nsm=1).in_pad == 3
+
+
+def test_dense_small_batch_rows_and_fp32_loads(rng):
+    """The small-batch dense kernel holds up to 96 KB of rows on sm_80 and later (48 KB before):
+    Deep MNIST's fc1 (K = 3136 floats) takes batch 7 in one pass over its weights, not three;
+    emulated against float64 within fp32's 1e-5. Its fp32 weights are read 16 bytes a lane
+    where K % 4 == 0 (the VEC4 path: compiled in for fp32 weights only)."""
+    from cnnrt.ir.graph import run_reference
+
+    g = TG.deep_mnist(0)
+    for tc, nb in ((True, 7), (False, 3)):
+        prog = Program(g, "fp32", tensor_cores=tc)
+        dense = [l for l in prog.plan(7).launches if l.kernel is not None and l.kernel.family == "dense"]
+        fc1 = max(dense, key=lambda l: l.args["K"])
+        assert fc1.args["K"] == 3136 and fc1.args["NB"] == nb and fc1.smem == nb * 3136 * 4, (tc, fc1.args)
+        x = rng.integers(0, 256, (7,) + g.input_shape, dtype=np.uint8)
+        out = EM.run(prog, x)[g.outputs[0]]
+        xf = x.astype(np.float64) * g.preprocess["scale"]
+        if g.preprocess.get("mean") is not None:
+            xf = (xf - np.asarray(g.preprocess["mean"])) / np.asarray(g.preprocess["std"])
+        ref = run_reference(g, {g.input_name: xf})[g.outputs[0]]
+        assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max(), tc
+    src32 = G.dense_small_kernel("f32", "f32", "f32").source
+    src16 = G.dense_small_kernel("f16", "f16", "f16").source
+    assert "#if 1\n            if ((K & 3) == 0)" in src32 and "#if 0\n            if ((K & 3) == 0)" in src16
+
+
 def test_cli_info_prints_the_cuda_plan(tmp_path):
     # the plan is pure Python: `cnnrt info --backend cuda` prints it with or without a GPU
     import subprocess
@@ -202,7 +253,7 @@ def test_input_channels_padded_for_the_tensor_cores(rng):
     out = EM.run(prog, x)["y"]
     ref = run_reference(g, {"images": x.astype(np.float64)}, fp16_storage=True)["y"]
     assert rel_err(out, ref) < 1e-2
-    assert Program(g, "fp32").in_pad == 5 and Program(g, "fp16", mma=False).in_pad == 5
+    assert Program(g, "fp32").in_pad == 5 and Program(g, "fp16", mma=False).in_pad == 5  # (fp32 pads RGB only)
     assert Program(CASES["conv_groups3"], "fp16").in_pad == 6  # a grouped conv reads it: SIMT kernel
     both = TG._one("conv_and_add", (6, 6, 3), lambda b, x: b.op("Add", [b.conv(x, 3, 3), x]))
     assert Program(both, "fp16").in_pad == 3  # the Add reads the image too

@@ -594,16 +594,25 @@ class Program:
         self._plans: dict = {}
 
     def _input_channel_pad(self) -> int:
-        """Channels the fp16 input may be stored with: 8 where the image has 3 to 7 channels and only
+        """Channels the input may be stored with: fp16, 8 where the image has 3 to 7 channels and only
         tensor-core convs read it, so that their A rows are 16-byte loads (and the halo kernel
-        applies) instead of element-by-element gathers; the weights get zero channels to match.
-        Else the image's own channel count. Each plan decides (_Planner._pad_pays)."""
+        applies) instead of element-by-element gathers; fp32, 4 where an RGB image is read only by
+        convs, so that the 3xTF32 halo conv (C % 4 == 0) takes the stem off the SIMT kernel
+        (ResNet-18 fp32's 7x7 stem: 2.49 of 23.5 ms at 256 images). The weights get zero channels
+        to match. Else the image's own channel count. Each plan decides (_Planner._pad_pays)."""
         c = self.item_shape[-1] if len(self.item_shape) == 3 else 0
-        if not self.mma or not 3 <= c < 8 or self.dtype(self.input) != "f16" or self.base(self.input) in self.out_bases:
+        if self.base(self.input) in self.out_bases:
+            return c
+        if self.mma and 3 <= c < 8 and self.dtype(self.input) == "f16":
+            pad = 8
+        elif (not self.fp16 and c == 3 and self.dtype(self.input) == "f32" and self.tensor_cores
+              and tf32x3_enabled()):
+            pad = 4
+        else:
             return c
         readers = [n for n in self.g.nodes if self.input in n.inputs]
         if readers and all(self._input_conv(n) for n in readers):
-            return 8
+            return pad
         return c
 
     def _input_conv(self, n: Node) -> bool:
@@ -870,7 +879,8 @@ class _Planner:
 
     def _pad_pays(self, c: int) -> bool:
         """Whether to store the input with c channels in this plan: when every conv reading it then
-        runs the halo kernel (measured on an H200: ResNet-18's stem at 256 images 1,268 -> 780 us).
+        runs the halo kernel, fp16 or 3xTF32 (measured on an H200: ResNet-18's fp16 stem at 256
+        images 1,268 -> 780 us).
         At small batches the stem keeps the image's channels: with the K-step kernel the zero
         channels cost more than the element gather saves (ResNet-18 at batch 1: 322 -> 336 us)."""
         p = self.p
@@ -882,7 +892,7 @@ class _Planner:
             (sh, sw), (dh, dw), pads = nd.attrs["strides"], nd.attrs["dilations"], nd.attrs["pads"]
             geom = G.HaloGeom(c, p.item_shape[0], p.item_shape[1], ho, wo, w.shape[1], w.shape[2], sh, sw,
                               pads[0], pads[1], dh, dw)
-            if choose_halo(geom, w.shape[0], self.n, p.nsm) is None:
+            if choose_halo(geom, w.shape[0], self.n, p.nsm, tf32=not p.fp16) is None:
                 return False
         return True
 
@@ -976,7 +986,7 @@ class _Planner:
                 getattr(self, f"g_{grp.kind}")(grp)
             return self._finish_plan()
         pad = self.in_pad != chi
-        k = G.prep_kernel(self.in_kind, p.dtype(p.input), pad)
+        k = G.prep_kernel(self.in_kind, p.dtype(p.input), pad, self.in_pad if pad else 8)
         total = prod(self.shapes[p.input])
         args = {"x": stage, "y": x, "total": total, "CH": self.in_pad,
                 "scale": float(p.g.input_scale) if u8 else 1.0,
@@ -1026,6 +1036,12 @@ class _Planner:
         M = n * ho * wo
         if p.mma and groups == 1 and self.dt(node.inputs[0]) == "f16":
             self._mma_conv(grp, node, w, bias, xs, ys)
+            return
+        if groups == 1 and self.dt(node.inputs[0]) == "f32" and xs[3] != cg:
+            # the input stored with zero channels (Program.in_pad, fp32): zero weights for them, and
+            # the 3xTF32 halo conv, which _pad_pays saw take this conv
+            w = np.concatenate([w, np.zeros(w.shape[:3] + (xs[3] - cg,), w.dtype)], axis=3)
+            assert self._tf32_conv(grp, node, w, bias, xs, ys), "a padded input's conv off the 3xTF32 halo conv"
             return
         if groups == 1 and self.dt(node.inputs[0]) == "f32" and self._tf32_conv(grp, node, w, bias, xs, ys):
             return
@@ -1211,8 +1227,9 @@ class _Planner:
             wq[:, :K] = w.reshape(o, K)
             return wq
 
-        wh = p.const(f"{node.name}:wtf32hi", lambda: G.tf32_split(packed())[0])
-        wl = p.const(f"{node.name}:wtf32lo", lambda: G.tf32_split(packed())[1])
+        key = f"{node.name}:wtf32" + (f":c{c}" if c != p.g.params[node.inputs[1]].shape[3] else "")  # padded
+        wh = p.const(f"{key}hi", lambda: G.tf32_split(packed())[0])
+        wl = p.const(f"{key}lo", lambda: G.tf32_split(packed())[1])
         return wh, wl, kp
 
     def _tf32_gemm_conv(self, grp: Group, node: Node, w, bias: str, xs, ys) -> bool:
@@ -1369,6 +1386,10 @@ class _Planner:
     def _dense_small_ok(rows: int, k: int) -> bool:
         return rows <= DENSE_SMALL_MAX_ROWS and k * 4 <= G.DENSE_SMALL_SMEM
 
+    def _dense_smem(self) -> int:
+        """The small-batch dense kernel's most shared memory for its rows: more on sm_80 and later."""
+        return G.DENSE_SMALL_SMEM_SM80 if self.p.tensor_cores else G.DENSE_SMALL_SMEM
+
     def _dense(self, grp: Group, node: Node, xin: str, hw: int, what: str, skip=()):
         """Dense (or MatMul with a constant right side) over xin, pooled over hw positions first if hw > 1."""
         p = self.p
@@ -1390,7 +1411,7 @@ class _Planner:
             ops, eargs = self.epi(grp, out)
             y = self.t(out)
             kern = G.dense_small_kernel(xdt, xdt, self.dt(out), ops)
-            nb = min(G.DENSE_SMALL_NB, G.DENSE_SMALL_SMEM // (4 * k))
+            nb = min(G.DENSE_SMALL_NB, self._dense_smem() // (4 * k))
             args = {"x": xarg, "w": self.c(wname), "bias": self.c(bias), "y": y}
             self.put_epi(args, eargs)
             opw = max(1, min(G.DENSE_SMALL_OPW, cdiv(o, 8 * p.nsm)))  # enough warps to cover every SM

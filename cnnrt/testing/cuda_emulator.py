@@ -134,7 +134,7 @@ class Emulator:
             return
         if l.kernel.static.get("pad"):  # CHI channels of the image stored as CH, the rest zero
             chi, ch = a["CHI"], a["CH"]
-            assert ch == 8 and a["total"] % ch == 0 and chi < ch
+            assert ch == l.kernel.static["pc"] and a["total"] % ch == 0 and chi < ch
             x = self.read(a["x"], a["total"] // ch * chi).reshape(-1, chi)
             y = np.zeros((x.shape[0], ch))
             y[:, :chi] = (x * a["scale"] - mean[:chi]) / std[:chi]
@@ -392,7 +392,7 @@ class Emulator:
         a = l.args
         N, HW, K, O_ = a["N"], a["HW"], a["K"], a["O"]
         assert 1 <= a["OPW"] <= G.DENSE_SMALL_OPW and l.grid[0] * 8 * a["OPW"] >= O_, "grid does not cover the output"
-        assert a["NB"] * K * 4 <= l.smem and a["NB"] <= G.DENSE_SMALL_NB
+        assert a["NB"] * K * 4 <= l.smem <= G.DENSE_SMALL_SMEM_SM80 and a["NB"] <= G.DENSE_SMALL_NB
         x = self.read(a["x"], N * HW * K).reshape(N, HW, K).sum(axis=1) * a["inv"]
         w = self.read(a["w"], O_ * K).reshape(O_, K)
         v = x @ w.T + self.read(a["bias"], O_)
