@@ -173,11 +173,14 @@ def test_fp32_rgb_input_padded_for_the_tf32_halo_conv(rng, monkeypatch):
             assert np.isfinite(out).all() and np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max(), g.name
     assert Program(stem, "fp32", nsm=1, tensor_cores=False).in_pad == 3
     assert Program(stem, "fp32", nsm=132).plan(1).launches[0].label == "prep (input scale/normalise)"
+    monkeypatch.setenv("CNNRT_CUDA_FP32_PAD", "0")  # the A/B switch
+    assert Program(stem, "fp32", nsm=1).in_pad == 3
+    monkeypatch.delenv("CNNRT_CUDA_FP32_PAD")
     monkeypatch.setenv("CNNRT_CUDA_TF32X3", "0")
     assert Program(stem, "fp32", nsm=1).in_pad == 3
 
 
-def test_dense_small_batch_rows_and_fp32_loads(rng):
+def test_dense_small_batch_rows_and_fp32_loads(rng, monkeypatch):
     """The small-batch dense kernel holds up to 96 KB of rows on sm_80 and later (48 KB before):
     Deep MNIST's fc1 (K = 3136 floats) takes batch 7 in one pass over its weights, not three;
     emulated against float64 within fp32's 1e-5. Its fp32 weights are read 16 bytes a lane
@@ -200,6 +203,10 @@ def test_dense_small_batch_rows_and_fp32_loads(rng):
     src32 = G.dense_small_kernel("f32", "f32", "f32").source
     src16 = G.dense_small_kernel("f16", "f16", "f16").source
     assert "#if 1\n            if ((K & 3) == 0)" in src32 and "#if 0\n            if ((K & 3) == 0)" in src16
+    monkeypatch.setenv("CNNRT_CUDA_DENSE", "v1")  # the A/B switch: as before, 4-byte loads and 48 KB
+    assert "#if 0\n            if ((K & 3) == 0)" in G.dense_small_kernel("f32", "f32", "f32").source
+    dense = [l for l in Program(g, "fp32").plan(7).launches if l.kernel is not None and l.kernel.family == "dense"]
+    assert max(dense, key=lambda l: l.args["K"]).args["NB"] == 3
 
 
 def test_cli_info_prints_the_cuda_plan(tmp_path):

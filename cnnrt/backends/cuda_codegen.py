@@ -2773,6 +2773,12 @@ extern "C" __global__ void __launch_bounds__(256) $NAME(
 """
 
 
+def dense_v1() -> bool:
+    """CNNRT_CUDA_DENSE=v1: the small-batch dense kernel as it was before 2026-11-29 (fp32 weights
+    4 bytes a lane, 48 KB of rows), for an A/B on a GPU."""
+    return os.environ.get("CNNRT_CUDA_DENSE", "") == "v1"
+
+
 def dense_small_kernel(ti: str, tw: str, to: str, epi=()) -> Kernel:
     """Dense layer for a few rows, optionally over a global average pool of its input (HW > 1):
     the (pooled) rows in shared memory, a warp per OPW outputs, fused bias and epilogue; fp16
@@ -2784,7 +2790,7 @@ def dense_small_kernel(ti: str, tw: str, to: str, epi=()) -> Kernel:
                ("const float* __restrict__", "bias"), (f"{CTYPE[to]}* __restrict__", "y")] + eparams
               + [("int", "N"), ("int", "HW"), ("int", "K"), ("int", "O"), ("float", "inv"), ("int", "NB"),
                  ("int", "OPW")])
-    src = (DENSE_TEMPLATE.replace("$NB", str(DENSE_SMALL_NB)).replace("$VEC4", str(int(tw == "f32")))
+    src = (DENSE_TEMPLATE.replace("$NB", str(DENSE_SMALL_NB)).replace("$VEC4", str(int(tw == "f32" and not dense_v1())))
            .replace("$VEC", str(int(tw == "f16")))
            .replace("$EPI", ecode))
     return _finish("dense", src, params, 256, {"ti": ti, "tw": tw, "to": to, "epi": tuple(epi)})

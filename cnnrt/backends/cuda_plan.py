@@ -606,7 +606,7 @@ class Program:
         if self.mma and 3 <= c < 8 and self.dtype(self.input) == "f16":
             pad = 8
         elif (not self.fp16 and c == 3 and self.dtype(self.input) == "f32" and self.tensor_cores
-              and tf32x3_enabled()):
+              and tf32x3_enabled() and os.environ.get("CNNRT_CUDA_FP32_PAD", "1") not in ("0", "false", "no")):
             pad = 4
         else:
             return c
@@ -1387,8 +1387,9 @@ class _Planner:
         return rows <= DENSE_SMALL_MAX_ROWS and k * 4 <= G.DENSE_SMALL_SMEM
 
     def _dense_smem(self) -> int:
-        """The small-batch dense kernel's most shared memory for its rows: more on sm_80 and later."""
-        return G.DENSE_SMALL_SMEM_SM80 if self.p.tensor_cores else G.DENSE_SMALL_SMEM
+        """The small-batch dense kernel's most shared memory for its rows: more on sm_80 and later
+        (CNNRT_CUDA_DENSE=v1: 48 KB everywhere, and fp32 weights read 4 bytes a lane: the A/B switch)."""
+        return G.DENSE_SMALL_SMEM_SM80 if self.p.tensor_cores and not G.dense_v1() else G.DENSE_SMALL_SMEM
 
     def _dense(self, grp: Group, node: Node, xin: str, hw: int, what: str, skip=()):
         """Dense (or MatMul with a constant right side) over xin, pooled over hw positions first if hw > 1."""
