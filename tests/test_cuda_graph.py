@@ -50,14 +50,7 @@ def poison(r):
     cupy.cuda.Device().synchronize()
 
 
-def scaled(g, x):
-    xf = x.astype(np.float64)
-    if x.dtype == np.uint8:
-        pp = g.preprocess
-        xf = xf * pp["scale"]
-        if pp.get("mean") is not None:
-            xf = (xf - np.asarray(pp["mean"])) / np.asarray(pp["std"])
-    return xf
+scaled = TG.scaled
 
 
 def rel_err(out, ref):

@@ -379,12 +379,7 @@ def test_tf32_cluster_splitk_planned_and_emulated(rng, monkeypatch):
             if name == "resnet20":
                 x = rng.integers(0, 256, (n,) + g.input_shape).astype(np.uint8)
             out = CE.run(prog, x)[g.outputs[0]]
-            xf = x.astype(np.float64)
-            if name == "resnet20":
-                xf = xf * g.preprocess["scale"]
-                if g.preprocess.get("mean") is not None:
-                    xf = (xf - np.asarray(g.preprocess["mean"])) / np.asarray(g.preprocess["std"])
-            ref = run_reference(g, {g.input_name: xf})[g.outputs[0]]
+            ref = run_reference(g, {g.input_name: TG.scaled(g, x)})[g.outputs[0]]
             assert np.isfinite(out).all(), f"{name}: a value read before it was written"
             assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max(), (name, n)
     assert seen >= 6, seen
@@ -584,12 +579,9 @@ def test_tf32x3_on_by_default_and_its_switch(rng, monkeypatch):
     assert not any("TF32" in k for _, _, k in Program(g, "fp16", nsm=4).describe(6))
     x = rng.integers(0, 256, (6,) + g.input_shape, dtype=np.uint8)
     out = EM.run(prog, x)[g.outputs[0]]
-    xf = x.astype(np.float64) * g.preprocess["scale"]
-    if g.preprocess.get("mean") is not None:
-        xf = (xf - np.asarray(g.preprocess["mean"])) / np.asarray(g.preprocess["std"])
     from cnnrt.ir.graph import run_reference
 
-    ref = run_reference(g, {g.input_name: xf})[g.outputs[0]]
+    ref = run_reference(g, {g.input_name: TG.scaled(g, x)})[g.outputs[0]]
     assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max()
 
 

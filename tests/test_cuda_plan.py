@@ -195,10 +195,7 @@ def test_dense_small_batch_rows_and_fp32_loads(rng, monkeypatch):
         assert fc1.args["K"] == 3136 and fc1.args["NB"] == nb and fc1.smem == nb * 3136 * 4, (tc, fc1.args)
         x = rng.integers(0, 256, (7,) + g.input_shape, dtype=np.uint8)
         out = EM.run(prog, x)[g.outputs[0]]
-        xf = x.astype(np.float64) * g.preprocess["scale"]
-        if g.preprocess.get("mean") is not None:
-            xf = (xf - np.asarray(g.preprocess["mean"])) / np.asarray(g.preprocess["std"])
-        ref = run_reference(g, {g.input_name: xf})[g.outputs[0]]
+        ref = run_reference(g, {g.input_name: TG.scaled(g, x)})[g.outputs[0]]
         assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max(), tc
     src32 = G.dense_small_kernel("f32", "f32", "f32").source
     src16 = G.dense_small_kernel("f16", "f16", "f16").source

@@ -304,6 +304,18 @@ COVERAGE = {"awkward_convs": awkward_convs, "awkward_ops": awkward_ops, "with_ho
 
 # ------------------------------------------------------------------------------------ one op at a time
 
+def scaled(g: Graph, x: np.ndarray) -> np.ndarray:
+    """x as the graph's input in float64: uint8 images through the graph's preprocessing (scale,
+    then mean and std where it has them), float inputs as they are: the references' input."""
+    xf = x.astype(np.float64)
+    if x.dtype == np.uint8:
+        pp = g.preprocess
+        xf = xf * pp["scale"]
+        if pp.get("mean") is not None:
+            xf = (xf - np.asarray(pp["mean"])) / np.asarray(pp["std"])
+    return xf
+
+
 def _one(name, shape, build, seed=0) -> Graph:
     """A graph of a few nodes on a float input 'images' (N, *shape) with output 'y'."""
     b = Builder(name, shape, _rng(seed))
