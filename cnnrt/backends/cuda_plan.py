@@ -1041,7 +1041,9 @@ class _Planner:
             # the input stored with zero channels (Program.in_pad, fp32): zero weights for them, and
             # the 3xTF32 halo conv, which _pad_pays saw take this conv
             w = np.concatenate([w, np.zeros(w.shape[:3] + (xs[3] - cg,), w.dtype)], axis=3)
-            assert self._tf32_conv(grp, node, w, bias, xs, ys), "a padded input's conv off the 3xTF32 halo conv"
+            if not self._tf32_conv(grp, node, w, bias, xs, ys):
+                raise RuntimeError(f"{node.name}: its input was stored with {xs[3]} channels for the 3xTF32 "
+                                   "halo conv, which did not take it (a planner bug)")
             return
         if groups == 1 and self.dt(node.inputs[0]) == "f32" and self._tf32_conv(grp, node, w, bias, xs, ys):
             return
