@@ -1987,14 +1987,7 @@ extern "C" __global__ void __launch_bounds__($THREADS) $NAME(
 
     // chunk ch of the weights (K halves ch * KCH * 16 ..) into stage st as core matrices; zero past Kp and O
 $LOAD_B_CORE
-    for (int e = tid; e < NPOS * CPP; e += THREADS) {  // the footprint, zero outside the image
-        const int j = e % CPP, P = e / CPP;
-        const int ri = P / TWI, wi = P - ri * TWI;
-        const int hi = ho0 - PH + ri, wi2 = wi - PW;
-        const bool ok = (unsigned)hi < (unsigned)H && (unsigned)wi2 < (unsigned)W;
-        const half_t* src = ok ? x + (((long long)n0 * H + hi) * W + wi2) * C + j * 8 : x;
-        cp_async16(xs + (j * NPX + P) * 16, src, ok ? 16 : 0);
-    }
+$BAND_FOOTPRINT
     load_b(0, 0);
     cp_async_commit();  // group 0: the footprint and chunk 0
 #pragma unroll
@@ -2127,8 +2120,8 @@ def band_conv_kernel(g: HaloGeom, t: BandTile, to: str, epi=()) -> Kernel:
     if t.cm:  # the footprint streams in with the weights; K steps channel-major
         template = (template.replace("$LOAD_B_CORE\n", HALO_PIECES["$LOAD_B_CORE\n"].replace("load_b", "load_w")
                                      + BAND_CM_LOADERS)
-                    .replace(BAND_FOOTPRINT, "").replace(BAND_KSTEP, BAND_CM_KSTEP))
-    src = (template.replace("$LOAD_B_CORE\n", HALO_PIECES["$LOAD_B_CORE\n"])
+                    .replace("$BAND_FOOTPRINT\n", "").replace(BAND_KSTEP, BAND_CM_KSTEP))
+    src = (template.replace("$BAND_FOOTPRINT\n", BAND_FOOTPRINT).replace("$LOAD_B_CORE\n", HALO_PIECES["$LOAD_B_CORE\n"])
            .replace("$WG_CHUNK_HEAD\n", HALO_PIECES["$WG_CHUNK_HEAD\n"])
            .replace("$MMAS", "\n".join(mmas)).replace("$FINISH", finish))
     src = src.replace("$EPRE", pre).replace("$EPI8", code8).replace("$EPI", ecode)
