@@ -203,6 +203,18 @@ def test_runner_chunks_on_streams(rng, model16):
     check_runner(model16, r, random_images(rng, n), "chunked n=777")
 
 
+def test_runner_pageable_and_pinned_input(rng, model16):
+    # a large input in several chunks on 3 streams, from a pageable array (the driver stages it: our
+    # own staging on host threads was slower here, docs/gpu_staging_0252.json) and from pinned memory
+    r = cuda_backend.prepare(model16, "fp16", chunk=400, first_chunk=200, streams=3)
+    for x in (random_images(rng, 2345), rng.random((1111, 28, 28)).astype(np.float32)):
+        assert x.nbytes > r.stage_max_bytes and len(r.plan(len(x))) >= 3
+        check_runner(model16, r, x, f"pageable {x.dtype} n={len(x)}")
+        xp = cuda_backend.pinned_empty(x.shape, x.dtype)
+        xp[...] = x
+        check_runner(model16, r, xp, f"pinned {x.dtype} n={len(x)}")
+
+
 def test_runner_graph_reuse_new_data(rng, model16, runner16):
     # the graphs replay on static buffers: new data of an old size must give new answers
     for n in (1, 7, 1, 300, 7):

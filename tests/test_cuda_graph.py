@@ -173,6 +173,28 @@ def test_chunks_on_two_lanes(rng):
     check_fp32(r.probabilities(xp, batch_size=300), ref, "chunks of 300 from pinned memory")
 
 
+@pytest.mark.parametrize("stage", ["1", "0"])
+def test_pageable_input_staged(rng, monkeypatch, stage):
+    # a large pageable input (2.4 MB) is copied into the runner's pinned stage on host threads in
+    # pieces of 10,000 bytes (cutting images in two), each sent to the GPU once there; with
+    # CNNRT_CUDA_STAGE=0 through a lane's pinned buffer, one chunk at a time, as before
+    from cnnrt.backends import cuda_staging
+
+    monkeypatch.setenv("CNNRT_CUDA_STAGE", stage)
+    monkeypatch.setattr(cuda_staging, "PIECE_BYTES", 10000)
+    g = net("resnet20")
+    r = cuda_graph.GraphRunner(g, "fp32", max_chunk=128)
+    x = rng.integers(0, 256, (777,) + g.input_shape, dtype=np.uint8)
+    ref = run_reference(g, {"images": scaled(g, x)})[g.outputs[0]]
+    for bs in (None, 300):
+        poison(r)
+        check_fp32(r.probabilities(x, batch_size=bs), ref, f"pageable, batch_size={bs}, CNNRT_CUDA_STAGE={stage}")
+    assert (r._stager is not None) == (stage == "1")
+    xf = scaled(g, x[:250]).astype(np.float32)  # 3 MB of float32 images
+    poison(r)
+    check_fp32(r.run({"images": xf})[g.outputs[0]], ref[:250], "pageable float32")
+
+
 def test_graph_replay_new_data(rng):
     g = net("awkward_ops")
     r = runner(g, "fp32")

@@ -30,6 +30,7 @@ import numpy as np
 from ..errors import BackendUnavailable, CnnrtError
 from ..ir.graph import Graph
 from . import cuda_codegen as G
+from . import cuda_staging as STG
 from .base import Runner, check_images
 from .cuda_plan import Plan, Program, mma_enabled, prod
 
@@ -207,6 +208,7 @@ class GraphRunner(Runner):
         self._lock = threading.Lock()
         self._oshapes: dict = {}
         self._h_all = None  # pinned outputs of a whole direct-copy call (_run_direct)
+        self._stager = None  # pinned stage of large pageable inputs (cuda_staging.Stager), made on first use
         per_image = max(1, self.program.plan(16).arena_bytes // 16)
         self.max_chunk = int(max(1, min(max_chunk, arena_budget // per_image)))
         self.default_batch_size = self.max_chunk
@@ -459,16 +461,22 @@ class GraphRunner(Runner):
             self.batch_size_used = 0
             return outs
         direct = x.nbytes >= DIRECT_BYTES and self._direct(x)
-        pieces = int(os.environ.get("CNNRT_CUDA_PIECES", DIRECT_PIECES if direct else PIPELINE_PIECES))
-        if not chunk and x.nbytes >= PIPELINE_BYTES and n >= 2 * pieces:
+        # a large pageable input: copied into our pinned buffer on host threads, piece by piece, each
+        # piece's copy to the GPU enqueued as soon as it is there (cuda_staging.py)
+        staged = not direct and x.nbytes >= DIRECT_BYTES and STG.enabled()
+        if staged:
+            pieces = STG.chunks()
+        else:
+            pieces = int(os.environ.get("CNNRT_CUDA_PIECES", DIRECT_PIECES if direct else PIPELINE_PIECES))
+        if not chunk and (staged or x.nbytes >= PIPELINE_BYTES) and n >= 2 * pieces:
             # a large input from ordinary (pageable) memory is copied into a lane's pinned buffer on the
             # host first: in pieces, that copy of one piece overlaps the GPU's work on the one before.
             # From pinned memory the GPU copies by itself: fewer, larger pieces keep the kernels efficient
             chunk = -(-n // pieces)
         chunk = max(1, min(int(chunk or self.max_chunk), self.max_chunk))
         self.batch_size_used = min(n, chunk)  # what eval reports: the images per chunk really run
-        if direct:
-            self._run_direct(x, kind, chunk, outs)
+        if direct or staged:
+            self._run_direct(x, kind, chunk, outs, staged)
             return outs
         if n <= chunk:
             plan = self._launch(0, x, kind)
@@ -494,20 +502,40 @@ class GraphRunner(Runner):
         env = os.environ.get("CNNRT_CUDA_DIRECT", "")
         if env in ("0", "all"):
             return env == "all"
-        try:
-            return getattr(self.cp.cuda.runtime.pointerGetAttributes(x.ctypes.data), "type", 0) == 1
-        except Exception:  # noqa: BLE001 - memory the runtime does not know: pageable
-            return False
+        return STG.is_pinned(self.cp.cuda.runtime, x)
 
-    def _run_direct(self, x: np.ndarray, kind: str, chunk: int, outs: dict) -> None:
+    def _run_direct(self, x: np.ndarray, kind: str, chunk: int, outs: dict, staged: bool = False) -> None:
         """Chunks over two lanes, each copied in by its stream from the caller's array, computed by
         its graph and copied out to this call's pinned output buffer; the host waits once, at the end.
-        A lane's stream orders its chunks, so a chunk never overwrites an arena still in use."""
+        A lane's stream orders its chunks, so a chunk never overwrites an arena still in use.
+        staged: x is pageable; it is copied into the runner's pinned stage on host threads first,
+        and each piece goes to the GPU as soon as it is there."""
+        from .cuda import pinned_empty
+
+        n = len(x)
+        starts = list(range(0, n, chunk))
+        item = x.nbytes // n
+        pieces = None
+        if staged:
+            if self._stager is None:
+                self._stager = STG.Stager(lambda shape: pinned_empty(shape, np.uint8))
+            x, pieces = self._stager.stage(x, [(s * item, min(chunk, n - s) * item) for s in starts])
+        try:
+            self._enqueue_direct(x.ctypes.data, n, kind, chunk, outs, starts, item, pieces)
+        except BaseException:
+            if pieces is not None:  # no copy may still write the stage, no stream still read it
+                self._stager.wait_all(pieces)
+            for lane in self.lanes:
+                lane.stream.synchronize()
+            raise
+
+    def _enqueue_direct(self, src: int, n: int, kind: str, chunk: int, outs: dict, starts: list, item: int,
+                        pieces) -> None:
+        """_run_direct's work: src is the address of n items of `item` bytes in pinned memory;
+        pieces, if staged, the cuda_staging pieces of each chunk (each waited for before its copy)."""
         from .cuda import pinned_empty
 
         rt = self.cp.cuda.runtime
-        n = len(x)
-        starts = list(range(0, n, chunk))
         while len(self.lanes) < min(2, len(starts)):
             self.lanes.append(_Lane(self))
         big = self.program.plan(min(chunk, n), kind)
@@ -521,8 +549,6 @@ class GraphRunner(Runner):
         for name, b in per_item.items():
             region[name] = off
             off += b * n
-        src = x.ctypes.data
-        item = x.nbytes // n
         used = set()
         for i, start in enumerate(starts):
             li = i % 2
@@ -532,8 +558,14 @@ class GraphRunner(Runner):
             graph, bound = self._graph(li, plan, copies=False)
             s = lane.stream
             base = lane.arena.data.ptr
-            rt.memcpyAsync(base + plan.offsets[plan.stage], src + start * item, cnt * item,
-                           rt.memcpyHostToDevice, s.ptr)
+            dst = base + plan.offsets[plan.stage]
+            if pieces is None:
+                rt.memcpyAsync(dst, src + start * item, cnt * item, rt.memcpyHostToDevice, s.ptr)
+            else:
+                for p in pieces[i]:
+                    p.wait()
+                    rt.memcpyAsync(dst + p.offset - start * item, src + p.offset, p.nbytes,
+                                   rt.memcpyHostToDevice, s.ptr)
             if graph is not None:
                 graph.launch(s)
             else:
