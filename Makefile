@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip install -q --disable-pip-version-check
 
 .PHONY: run test venv test-env bench clean test-gpu bench-gpu bench-gpu-zoo docs-report sanitize-gpu gpu-all
 .PHONY: run test venv test-env bench clean test-gpu bench-gpu docs-report bench-cpu-zoo device-wheels serve-gpu device-ray ray-gpu
-.PHONY: bench-gpu-conv profile-gpu gpu-ab gpu-wgmma bench-gpu-mnist gpu-pending
+.PHONY: bench-gpu-conv profile-gpu gpu-ab gpu-wgmma bench-gpu-mnist gpu-pending profile-ncu
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -88,6 +88,21 @@ bench-gpu-conv:
 PROFILE_ARGS ?=
 profile-gpu:
 	PYTHONPATH=. $(GPU_PY) benchmarks/gpu_profile.py --json $(GPU_OUT)/gpu_profile.json $(PROFILE_ARGS)
+
+# `make profile-ncu`: Nsight Compute on the kernels behind issue 9's misses (text in $(GPU_OUT)/ncu_*.txt,
+# the headline lines printed): ResNet-20 fp32's 3xTF32 halo conv, ResNet-18 fp16's largest convs at 256
+# images, Deep MNIST's one-image kernels. About 3 minutes.
+NCU ?= ncu
+NCU_SECTIONS ?= --section SpeedOfLight --section ComputeWorkloadAnalysis --section Occupancy --section WarpStateStats
+NCU_KEYS ?= "^  [a-z_0-9]+.*\(|Duration|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|Executed Ipc A|Issue Slots Busy|Achieved Occupancy|Theoretical Occupancy|Registers Per|Block Limit|Stall|One or More|No Eligible"
+profile-ncu: SHELL := /bin/bash
+profile-ncu:
+	@mkdir -p $(GPU_OUT); \
+	run() { out=$$1; shift; echo "== $$out"; timeout 200 $(NCU) $(NCU_SECTIONS) "$$@" > $(GPU_OUT)/$$out.txt 2>&1; \
+	  grep -E $(NCU_KEYS) $(GPU_OUT)/$$out.txt | head -n 120; }; \
+	run ncu_resnet20_fp32 -k regex:mma_halo_tf32 -c 2 $(GPU_PY) dev/cuda/profile_net.py resnet20 fp32 10000; \
+	run ncu_resnet18_fp16 -k regex:"mma_halo_|mma_conv_|wgmma_band" -c 5 $(GPU_PY) dev/cuda/profile_net.py resnet18 fp16 256; \
+	run ncu_deep_mnist_b1 -k regex:"features_small|fc12_small" -c 4 $(GPU_PY) dev/cuda/profile_one.py latency
 
 # `make gpu-all`: test-gpu, sanitize-gpu and bench-gpu-zoo in one device command (about 10 minutes);
 # each step has a time limit, logs go to $(GPU_OUT), a failing step does not stop the next, and the
