@@ -161,16 +161,20 @@ gpu-wgmma:
 	  $(GPU_PY) benchmarks/gpu_profile.py --models $(WGMMA_MODELS) --batches $(WGMMA_BATCHES) --top 12 \
 	  --json $(GPU_OUT)/gpu_profile_$(WGMMA_VAR)_$$(echo $$v | tr , _).json 2>&1 | grep -v "^ "; done
 
-# `make gpu-pending` (H100/H200): what a session could not finish on a GPU, in one device command
-# (the 2026-11-29 02:42 run checked the last one's; its A/B JSON is in docs/). Left on 2026-11-29:
-# staging a pageable input on host threads (cuda_staging.py): its GPU tests, then its A/B against
-# the driver's staging, thread counts and piece sizes, in one process (benchmarks/gpu_staging.py).
+# `make gpu-pending` (H100/H200): what a session could not finish on a GPU, in one device command.
+# Left on 2026-11-29 03:15: the 3xTF32 convs' activation split by truncation (CNNRT_CUDA_TF32_SPLIT,
+# cuda_codegen.tf32_split_mode): its GPU tests, its A/B against cvt.rna in device time (fp32, batch 1
+# and large), then a cnnrt-only zoo run for the fp32 figures (JSON in $(GPU_OUT)).
 gpu-pending: SHELL := /bin/bash
 gpu-pending:
 	@mkdir -p $(GPU_OUT); \
-	PYTHONPATH=. timeout 200 $(GPU_PY) -m pytest -q -m gpu tests/test_cuda.py tests/test_cuda_graph.py -rs \
-	  -k "pageable or chunks or runner_random or same_size or concurrent or ten_thousand" 2>&1 | tail -n 8; \
-	PYTHONPATH=. timeout 150 $(GPU_PY) benchmarks/gpu_staging.py --json $(GPU_OUT)/gpu_staging.json
+	PYTHONPATH=. timeout 150 $(GPU_PY) -m pytest -q -m gpu tests/test_cuda_graph.py -rs \
+	  -k "tf32x3_fp32_convs or tf32_cluster or tf32_gemm or rgb_input_padded or (test_nets and fp32)" 2>&1 | tail -n 8; \
+	for v in rna trunc; do echo "== CNNRT_CUDA_TF32_SPLIT=$$v (fp32)"; CNNRT_CUDA_TF32_SPLIT=$$v PYTHONPATH=. timeout 60 \
+	  $(GPU_PY) benchmarks/gpu_profile.py --models resnet20,resnet18,mobilenet_v2,mobilenet_v3_small,deep_mnist \
+	  --precision fp32 --batches 1,large --top 4 --json $(GPU_OUT)/gpu_profile_tf32_split_$$v.json 2>&1 | grep -v "^ "; done; \
+	PYTHONPATH=. timeout 120 $(GPU_PY) benchmarks/gpu_zoo.py --peers none --compile-mode none \
+	  --json $(GPU_OUT)/gpu_zoo_cnnrt.json 2>&1 | tail -n 16
 
 # `make serve-gpu` on the device: the load test of `cnnrt serve --backend cuda`. The device image lacks
 # the server's packages; `make device-wheels` (here, with network) downloads them, pure Python, 0.7 MB,

@@ -545,14 +545,39 @@ TF32_CASES = [s + (0,) for s in TF32_SHAPES] + [  # the weights streamed through
     (3, 7, 7, 4, 20, 3, 2, 1, 1, 4)]
 
 
+@pytest.mark.parametrize("split", ["trunc", "half", "rna"])
 @pytest.mark.parametrize("shape", TF32_CASES, ids=[f"t{i}" for i in range(len(TF32_CASES))])
-def test_emulated_tf32x3_halo_conv_keeps_fp32_precision(rng, shape):
+def test_emulated_tf32x3_halo_conv_keeps_fp32_precision(rng, monkeypatch, shape, split):
     # fp32 inputs and weights, float64 reference: the three tf32 products keep the error near
-    # fp32's (a single tf32 product would be about 1e-3); resident or streamed weights
+    # fp32's (a single tf32 product would be about 1e-3); resident or streamed weights; the
+    # activations split by truncation (the default) or by cvt.rna (CNNRT_CUDA_TF32_SPLIT=rna)
+    monkeypatch.setenv("CNNRT_CUDA_TF32_SPLIT", split)
+    assert G.tf32_split_mode() == split
     x, wq, b, want, g, t = halo_case(rng, shape, np.float32, tf32=True, bstages=shape[9])
     assert t.tf32 and t.bstages == shape[9]
     got = ME.run_halo_tf32(g, t, x, *G.tf32_split(wq), b).reshape(want.shape)
     assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max(), t
+
+
+@pytest.mark.parametrize("split", ["trunc", "half", "rna"])
+def test_tf32_split_of_activations(monkeypatch, split):
+    # hi + lo within 2^-21 of v, both with the low 13 bits zero (the tensor cores read 19 bits);
+    # NaN stays NaN through lo, and the kernels' two sources differ only in the split they call
+    monkeypatch.setenv("CNNRT_CUDA_TF32_SPLIT", split)
+    v = np.random.default_rng(1).standard_normal(10000).astype(np.float32) * np.float32(1e3)
+    hi, lo = G.tf32_split_a(v)
+    assert not (hi & 0x1FFF).any() and not (lo & 0x1FFF).any()
+    err = np.abs(hi.view(np.float32).astype(np.float64) + lo.view(np.float32) - v)
+    assert err.max() <= 2.0 ** -21 * np.abs(v).max() and err.max() > 0
+    _, lo_nan = G.tf32_split_a(np.float32([np.nan]))
+    assert np.isnan(lo_nan.view(np.float32)).all()
+    src = G.halo_tf32_kernel(*tf32_layer()).source
+    assert f"tf32_split_{split}(v, ah[i][r], al[i][r])" in src and "$TF32_SPLIT" not in src
+
+
+def tf32_layer():
+    g = G.HaloGeom(C=16, H=8, W=8, Ho=8, Wo=8, KH=3, KW=3, sh=1, sw=1, ph=1, pw=1, dh=1, dw=1)
+    return g, G.halo_tile(g, 16, 4, tf32=True)
 
 
 def test_tf32_split():
@@ -609,7 +634,9 @@ def test_tf32x3_pointwise_and_streamed_convs_emulated(rng, case):
 def test_tf32x3_kernels_compile():
     epi = (G.epi_op("Add", mode="full", dtype="f32"), G.epi_op("Relu"))
     ptx = compiled_halo_kernels(TF32_CASES, lambda g, t, c: G.halo_tf32_kernel(g, t, epi, coalesce=c), tf32=True)
-    assert "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32" in ptx and "cvt.rna.tf32.f32" in ptx
+    assert "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32" in ptx
+    # the activations' split: cvt.rna only where CNNRT_CUDA_TF32_SPLIT=rna asks for it
+    assert ("cvt.rna.tf32.f32" in ptx) == (G.tf32_split_mode() == "rna")
 
 
 # ------------------------------------------------------------------ the halo conv with streamed weights

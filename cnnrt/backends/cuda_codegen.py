@@ -104,6 +104,21 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N)); }
 // fp32 -> tf32 (round to nearest, ties away), as a 32-bit pattern with the low 13 bits zero
 __device__ __forceinline__ u32_t tf32_rna(float f) { u32_t r; asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(f)); return r; }
+// An activation split as the 3xTF32 convs read it: v = hi + lo, each with the low 13 bits zero.
+// trunc: hi = v truncated (an AND), lo = the exact rest truncated (an FADD and an AND); rna: both
+// parts rounded by cvt.rna (the ALU pipe was the busiest in the 3xTF32 halo conv, ncu 2026-11-29)
+__device__ __forceinline__ void tf32_split_trunc(float v, u32_t& hi, u32_t& lo) {
+    hi = __float_as_uint(v) & 0xFFFFE000u;
+    lo = __float_as_uint(v - __uint_as_float(hi)) & 0xFFFFE000u;
+}
+__device__ __forceinline__ void tf32_split_half(float v, u32_t& hi, u32_t& lo) {  // hi rounded half up
+    hi = (__float_as_uint(v) + 0x1000u) & 0xFFFFE000u;
+    lo = __float_as_uint(v - __uint_as_float(hi)) & 0xFFFFE000u;
+}
+__device__ __forceinline__ void tf32_split_rna(float v, u32_t& hi, u32_t& lo) {
+    hi = tf32_rna(v);
+    lo = tf32_rna(v - __uint_as_float(hi));
+}
 // D = A(16x8, row) * B(8x8, col) + D, tf32 inputs, fp32 accumulators (sm_80 and later)
 __device__ __forceinline__ void mma1688(float (&c)[4], const u32_t (&a)[4], u32_t b0, u32_t b1) {
     asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -267,7 +282,31 @@ def _sig(params) -> str:
 GENERATED: dict = {}  # name -> Kernel, every kernel generated in this process (the CPU fake of CuPy reads it)
 
 
+def tf32_split_mode() -> str:
+    """How the 3xTF32 convs split an activation into tf32 parts: "trunc" (the default: an AND for
+    the high part, the exact rest truncated for the low one) or "rna" (cvt.rna for both, as before
+    2026-11-29); CNNRT_CUDA_TF32_SPLIT=rna is the A/B switch. Both keep about fp32's precision."""
+    env = os.environ.get("CNNRT_CUDA_TF32_SPLIT", "")
+    return env if env in ("rna", "half") else "trunc"
+
+
+def tf32_split_a(v):
+    """The split of float32 activations the kernels do as they read them (tf32_split_mode), as
+    (hi, lo) 32-bit patterns: for the emulators."""
+    import numpy as np
+
+    v = np.ascontiguousarray(v, np.float32)
+    if tf32_split_mode() == "rna":
+        hi = tf32_round(v)
+        return hi.view(np.uint32), tf32_round(v - hi).view(np.uint32)
+    mask = np.uint32(0xFFFFE000)
+    bits = v.view(np.uint32)
+    hi = ((bits + np.uint32(0x1000)) if tf32_split_mode() == "half" else bits) & mask
+    return hi, (v - hi.view(np.float32)).view(np.uint32) & mask
+
+
 def _finish(family: str, template: str, params: list, threads: int = 256, static: dict | None = None) -> Kernel:
+    template = template.replace("$TF32_SPLIT", f"tf32_split_{tf32_split_mode()}")
     body = template.replace("$SIG", _sig(params))
     h = hashlib.sha1(body.encode()).hexdigest()[:12]
     name = f"{family}_{h}"
@@ -1081,8 +1120,7 @@ $PIPE_HEAD
 #pragma unroll
                 for (int r = 0; r < 4; ++r) {
                     const float v = __uint_as_float(raw[r]);
-                    ah[i][r] = tf32_rna(v);
-                    al[i][r] = tf32_rna(v - __uint_as_float(ah[i][r]));
+                    $TF32_SPLIT(v, ah[i][r], al[i][r]);
                 }
             }
 #pragma unroll
@@ -2214,8 +2252,7 @@ $HALO_ACC
 #pragma unroll
             for (int r = 0; r < 4; ++r) {
                 const float v = __uint_as_float(raw[r]);
-                ah[i][r] = tf32_rna(v);
-                al[i][r] = tf32_rna(v - __uint_as_float(ah[i][r]));
+                $TF32_SPLIT(v, ah[i][r], al[i][r]);
             }
         }
 #pragma unroll

@@ -489,9 +489,9 @@ def run_halo_tf32(g: G.HaloGeom, t: G.HaloTile, x: np.ndarray, wh: np.ndarray, w
         ah, al = [], []
         for i in range(2):
             v = _ldsm_x4_b32(Xs, _halo_a_rows(g, t, pos[warp, i], ks), np.zeros(32, np.int64)).view(np.float32)
-            hi = _rna(v)
+            hi, lo = G.tf32_split_a(v)  # as the kernel splits it (cuda_codegen.tf32_split_mode)
             ah.append(hi)
-            al.append(_rna(v - hi.view(np.float32)))
+            al.append(lo)
         bh, bl = [], []
         for j2 in range(wtn // 16):
             rh = _ldsm_x4_b32(Bh, wn * wtn + brow + j2 * 16, bcol + kk * 8)
