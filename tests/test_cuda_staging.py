@@ -107,3 +107,32 @@ def test_shutdown_then_stage_again(rng, monkeypatch):
     s.wait_all(pieces)
     np.testing.assert_array_equal(out, x[::-1])
     STG.shutdown()
+
+
+def test_forked_child_gets_its_own_pool(rng):
+    # a pool made before fork has no threads in the child: the child must make its own, not hang
+    import multiprocessing as mp
+
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    s, _ = stager()
+    x = rng.integers(0, 256, 3000, dtype=np.uint8)
+    out, pieces = s.stage(x, [(0, 3000)], piece_bytes=100)
+    s.wait_all(pieces)  # the parent's pool exists now
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child_stage, args=(q,))
+    p.start()
+    p.join(20)
+    alive = p.is_alive()
+    if alive:
+        p.kill()
+    assert not alive and q.get(timeout=5) == "ok"
+
+
+def _child_stage(q):
+    s, _ = stager()
+    x = np.arange(5000, dtype=np.uint16).view(np.uint8)
+    out, pieces = s.stage(x, [(0, x.nbytes)], piece_bytes=333)
+    s.wait_all(pieces)
+    q.put("ok" if np.array_equal(out, x) else "wrong")

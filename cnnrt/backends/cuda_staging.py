@@ -27,6 +27,7 @@ PIECE_BYTES = 1 << 20  # one host thread's task; small enough that the first chu
 MAX_THREADS = 4  # copies are memory-bound: 8 threads were slower than 4 on a 16-core host (gpu_staging_0249.json)
 
 _pool: ThreadPoolExecutor | None = None
+_pool_pid = 0  # the process that made _pool: a forked child must not use its parent's (threadless) pool
 _pool_lock = threading.Lock()
 
 
@@ -50,10 +51,11 @@ def enabled() -> bool:
 
 
 def _executor() -> ThreadPoolExecutor:
-    global _pool
+    global _pool, _pool_pid
     with _pool_lock:
-        if _pool is None:
+        if _pool is None or _pool_pid != os.getpid():
             _pool = ThreadPoolExecutor(max_workers=threads(), thread_name_prefix="cnnrt-stage")
+            _pool_pid = os.getpid()
         return _pool
 
 
