@@ -181,11 +181,44 @@ def test_large_inputs_copied_in_by_the_streams(cuda, rng, monkeypatch, kind):
         assert seen == want and r.batch_size_used == (bs or 20)
     assert sorted(k for l in r.lanes for k in l.graphs) == sorted(
         [(7, kind, False)] * 2 + [(20, kind, False)] * 2 + [(5, kind, False)])
-    for env, arr, direct in (("0", x, False), ("", pageable, False), ("all", pageable, True)):
+    # not direct: staged into the runner's pinned buffer on host threads (graphs without copies), or
+    # with CNNRT_CUDA_STAGE=0 through each lane's pinned buffer (graphs with the copies)
+    for env, stage, arr, copies in (("0", "1", x, False), ("", "1", pageable, False), ("", "0", pageable, True),
+                                    ("all", "1", pageable, False)):
         monkeypatch.setenv("CNNRT_CUDA_DIRECT", env)
+        monkeypatch.setenv("CNNRT_CUDA_STAGE", stage)
+        r._stager = None
         seen.clear()
         assert rel_err(r.probabilities(arr, batch_size=7), ref) < 1e-5
-        assert {c for _, _, c in seen} == {not direct}, env
+        assert {c for _, _, c in seen} == {copies}, (env, stage)
+        assert (r._stager is not None) == (env != "all" and stage == "1"), (env, stage)
+
+
+@pytest.mark.parametrize("kind", ["u8", "f32"])
+def test_pageable_input_staged_in_pieces(cuda, rng, monkeypatch, kind):
+    # a large pageable input: copied into the runner's pinned stage on host threads in pieces that
+    # cut images in two, each piece's copy enqueued once it is there, in STAGE_CHUNKS chunks over
+    # two lanes; a second, smaller call reuses the stage
+    from cnnrt.backends import cuda_graph, cuda_staging
+    from cnnrt.backends.cuda_graph import GraphRunner
+
+    monkeypatch.setattr(cuda_graph, "DIRECT_BYTES", 1000)
+    monkeypatch.setattr(cuda_staging, "PIECE_BYTES", 1000)
+    monkeypatch.setenv("CNNRT_CUDA_STAGE_CHUNKS", "3")
+    g = TG.lenet5(5)
+    r = GraphRunner(g, "fp32")
+    x = rng.integers(0, 256, (29,) + g.input_shape, dtype=np.uint8)
+    ref = run_reference(g, {"images": scaled(g, x)})["probabilities"]
+    if kind == "f32":
+        x = scaled(g, x).astype(np.float32)
+    for lane in r.lanes:
+        if lane.arena is not None:
+            lane.arena.fill(255)
+    assert rel_err(r.probabilities(x), ref) < 1e-5
+    assert r.batch_size_used == 10 and r._stager is not None and len(r.lanes) == 2
+    size = r._stager.buffer.size
+    assert rel_err(r.probabilities(x[:13]), ref[:13]) < 1e-5
+    assert r._stager.buffer.size == size
 
 
 def test_every_tensor_core_tile_can_be_forced(cuda, rng, monkeypatch):
