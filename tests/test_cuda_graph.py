@@ -448,6 +448,23 @@ def test_tf32x3_fp32_convs(rng, monkeypatch):
         assert np.isfinite(out).all() and rel_err(out[:16], ref) < 1e-4, (name, rel_err(out[:16], ref))
 
 
+def test_tf32_dense(rng, monkeypatch):
+    # CNNRT_CUDA_TF32_DENSE=1 (opt-in): Deep MNIST fp32's fc1 and fc2 at 3,000 images on the 3xTF32
+    # im2col conv as 1x1 convs, outputs poisoned, logits against float64 relative to their size
+    _needs_mma()
+    monkeypatch.setenv("CNNRT_CUDA_TF32_DENSE", "1")
+    g = TG.logits(net("deep_mnist"))
+    r = cuda_graph.GraphRunner(g, "fp32")
+    n = 3000
+    assert sum("dense as a 1x1 conv, tensor-core 3xTF32" in k for _, op, k in r.describe(n) if op == "Dense") >= 1
+    xs = rng.integers(0, 256, (n,) + g.input_shape, dtype=np.uint8)
+    poison(r)
+    out = r.run({"images": xs})[g.outputs[0]].reshape(n, -1)
+    rows = np.concatenate([[0, n - 1], np.sort(rng.choice(n, 30, replace=False))])
+    ref = run_reference(g, {"images": scaled(g, xs[rows])})[g.outputs[0]].reshape(len(rows), -1)
+    assert np.isfinite(out).all() and rel_err(out[rows], ref) < 1e-4, rel_err(out[rows], ref)
+
+
 def test_halo_stream_conv(rng, monkeypatch):
     # the halo conv with the weights streamed through 2 stages (on by default), forced
     # (CNNRT_CUDA_HALO=all) on a 128-channel conv whose weights do not fit beside the footprint,

@@ -316,6 +316,30 @@ def test_tf32_gemm_conv_planned_and_emulated(rng, monkeypatch):
     assert seen >= 5, seen
 
 
+def test_tf32_dense_planned_and_emulated(rng, monkeypatch):
+    """CNNRT_CUDA_TF32_DENSE=1 (opt-in): fp32 Dense layers with a tile per SM run on the 3xTF32 im2col
+    conv as a 1x1 conv, bias and ReLU in its epilogue; with fewer tiles than SMs they keep cuBLAS.
+    The plan's emulation matches float64 to fp32's precision; off by default."""
+    from cnnrt.ir.graph import run_reference
+    from cnnrt.testing import cuda_emulator as CE
+
+    g = TG.logits(TG.deep_mnist(0))
+    label = "dense as a 1x1 conv, tensor-core 3xTF32"
+    assert not any(label in k for _, _, k in Program(g, "fp32", nsm=4).describe(300))
+    monkeypatch.setenv("CNNRT_CUDA_TF32_DENSE", "1")
+    prog = Program(g, "fp32", nsm=4)
+    rows = {n: k for n, op, k in prog.describe(300) if op == "Dense"}
+    assert len(rows) == 2 and all(label in k for k in rows.values()), rows
+    assert sum("(fused: Dense+Relu)" in k for k in rows.values()) == 1, rows  # fc1 with its ReLU
+    assert not any(label in k for _, _, k in Program(g, "fp32", nsm=132).describe(300))  # 24 tiles
+    assert not any(label in k for _, _, k in Program(g, "fp16", nsm=4).describe(300))
+    assert not any(label in k for _, _, k in Program(g, "fp32", nsm=4, tensor_cores=False).describe(300))
+    x = rng.integers(0, 256, (300,) + g.input_shape, dtype=np.uint8)
+    out = CE.run(prog, x)[g.outputs[0]]
+    ref = run_reference(g, {"images": TG.scaled(g, x)})[g.outputs[0]]
+    assert np.isfinite(out).all() and np.abs(out - ref).max() / np.abs(ref).max() < 1e-5
+
+
 def test_no_tf32_kernels_without_tensor_cores(monkeypatch):
     # a device before sm_80 has no tf32 mma.sync: its fp32 plans keep every conv on the SIMT kernel
     monkeypatch.setenv("CNNRT_CUDA_TF32_GEMM", "1")

@@ -83,8 +83,9 @@ def test_bad_inputs_are_clear_errors(tmp_path):
 
 def test_input_buffer_is_pinned_on_the_gpu_and_feeds_the_fast_path(rng, monkeypatch):
     # NumPy backend: an ordinary array. GPU planner (on the CPU fake of CuPy): page-locked memory,
-    # which a large input takes straight to the streams (no staging copy); results as from an
-    # ordinary array, and against the NumPy backend
+    # which a large input takes straight to the streams (no staging copy; an ordinary array is
+    # first staged into the runner's pinned buffer); results as from an ordinary array, and
+    # against the NumPy backend
     from cnnrt.backends import cuda_graph
     from cnnrt.testing import fake_cupy
 
@@ -102,11 +103,11 @@ def test_input_buffer_is_pinned_on_the_gpu_and_feeds_the_fast_path(rng, monkeypa
 
     assert cupy.cuda.runtime.pointerGetAttributes(buf.ctypes.data).type == 1
     seen = []
-    monkeypatch.setattr(cuda_graph.GraphRunner, "_run_direct",
-                        lambda self, *a, _f=cuda_graph.GraphRunner._run_direct: seen.append(1) or _f(self, *a))
+    monkeypatch.setattr(cuda_graph.GraphRunner, "_run_direct",  # records whether the input was staged
+                        lambda self, *a, _f=cuda_graph.GraphRunner._run_direct: seen.append(a[4:]) or _f(self, *a))
     p_pinned = g.probabilities(buf)
-    assert seen == [1]
+    assert seen == [(False,)]
     p_plain = g.probabilities(x)
-    assert seen == [1]  # an ordinary array keeps the staged path
+    assert seen == [(False,), (True,)]  # an ordinary array is staged first
     np.testing.assert_array_equal(p_pinned, p_plain)
     np.testing.assert_allclose(p_pinned, s.probabilities(x), atol=1e-5)

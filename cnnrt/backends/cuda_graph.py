@@ -10,7 +10,9 @@ pinned buffers, graphs) so that staging one chunk on the host overlaps computing
 A large input (DIRECT_BYTES and up) already in pinned memory (`cuda.pinned_empty`, PyTorch's
 `pin_memory()`) skips the staging buffer: each chunk is copied in by its lane's stream straight
 from the caller's array, at full speed and asynchronously, its graph is the compute alone, and its
-outputs go to one pinned buffer for the whole call, so no chunk waits for the host.
+outputs go to one pinned buffer for the whole call, so no chunk waits for the host. A large
+pageable input takes the same path after cuda_staging.py copies it into the runner's own pinned
+buffer on host threads, each piece's copy to the GPU enqueued as soon as the piece is there.
 
 Whole-graph patterns come first: the hand-written Deep MNIST kernels (cuda.FusedRunner) are the
 pattern `deep_mnist`, registered in cuda.py. A runner is safe to call from several threads (one
@@ -469,9 +471,10 @@ class GraphRunner(Runner):
         else:
             pieces = int(os.environ.get("CNNRT_CUDA_PIECES", DIRECT_PIECES if direct else PIPELINE_PIECES))
         if not chunk and (staged or x.nbytes >= PIPELINE_BYTES) and n >= 2 * pieces:
-            # a large input from ordinary (pageable) memory is copied into a lane's pinned buffer on the
-            # host first: in pieces, that copy of one piece overlaps the GPU's work on the one before.
-            # From pinned memory the GPU copies by itself: fewer, larger pieces keep the kernels efficient
+            # a large input from ordinary (pageable) memory is copied into pinned memory on the host
+            # first (staged on threads, or with CNNRT_CUDA_STAGE=0 into a lane's buffer): in pieces, that
+            # copy of one piece overlaps the GPU's work on the one before. From pinned memory the GPU
+            # copies by itself: fewer, larger pieces keep the kernels efficient
             chunk = -(-n // pieces)
         chunk = max(1, min(int(chunk or self.max_chunk), self.max_chunk))
         self.batch_size_used = min(n, chunk)  # what eval reports: the images per chunk really run

@@ -235,6 +235,14 @@ def tf32_gemm_enabled() -> bool:
     return os.environ.get("CNNRT_CUDA_TF32_GEMM", "1") not in ("0", "false", "no")
 
 
+def tf32_dense_enabled() -> bool:
+    """fp32 Dense layers at large batch on the 3xTF32 im2col conv (a 1x1 conv over (rows, 1, 1, K))
+    instead of cuBLAS's fp32 GEMM: CNNRT_CUDA_TF32_DENSE=1. Opt-in: written on 2026-11-29 without
+    device time left to measure it (Deep MNIST fp32's fc1 took 1.5 of 7.4 ms at 10,000 images on
+    cuBLAS, about 42 TFLOP/s); `make gpu-pending` runs its A/B."""
+    return os.environ.get("CNNRT_CUDA_TF32_DENSE", "0") in ("1", "true", "yes")
+
+
 def tf32x3_enabled() -> bool:
     """fp32 convs on the tensor cores in 3xTF32 (the halo kernel) where they fit; on by default
     (H200, 2026-11-28: ResNet-20 fp32 at 10,000 images 43.0 -> 25.1 ms of device time, Deep MNIST
@@ -1423,6 +1431,8 @@ class _Planner:
                       self.label(grp, f"{what} small-batch kernel"), smem=nb * k * 4, nodes=nodes)
             return
         assert hw == 1
+        if self._tf32_dense(grp, node, xarg, wsrc, bias, rows, k, o, xdt, nodes):
+            return
         acc = self.temp(f"{node.name}:acc", (rows, o), "f32")
         self.launches.append(Launch("gemm", f"dense cuBLAS GEMM ({'fp16 in, ' if xdt == 'f16' else ''}fp32 accumulate)",
                                     nodes, [xarg[1]], [acc[1]],
@@ -1436,6 +1446,38 @@ class _Planner:
         args.update(y=y, total=rows * o, CH=o, HWC=o, meta=("m", self.add_meta([0])))
         self.emit(grp, kern, self.grid_stride(rows * o), (256,), args, [], [y[1]],
                   "dense bias" + (f" (fused: {'+'.join(grp.ops[1:])})" if len(nodes) > 1 else ""), nodes=nodes)
+
+    def _tf32_dense(self, grp: Group, node: Node, xarg, wsrc, bias: str, rows: int, k: int, o: int, xdt: str,
+                    nodes) -> bool:
+        """An fp32 Dense over `rows` rows on the 3xTF32 im2col conv as a 1x1 conv over (rows, 1, 1, k),
+        bias and the fused chain in its epilogue, where tf32_dense_enabled() and it has a tile per
+        SM; False: cuBLAS."""
+        p = self.p
+        if not (tf32_dense_enabled() and p.tensor_cores) or xdt != "f32" or self.dt(grp.output) != "f32" or k % 4:
+            return False
+        tname = choose_mma_tile(rows, o, k, p.nsm)
+        tile = G.MMA_TILES[tname]
+        if cdiv(rows, tile.bm) * cdiv(o, tile.bn) < p.nsm:
+            return False
+        kp = cdiv(k, G.MMA_KPAD) * G.MMA_KPAD
+
+        def packed():
+            wq = np.zeros((o, kp), np.float32)
+            wq[:, :k] = p._q(wsrc)
+            return wq
+
+        wh = p.const(f"{node.name}:wtf32hi", lambda: G.tf32_split(packed())[0])
+        wl = p.const(f"{node.name}:wtf32lo", lambda: G.tf32_split(packed())[1])
+        ops, eargs = self.epi(grp, grp.output)
+        y = self.t(grp.output)
+        kern = G.mma_tf32_conv_kernel(tile, "f32", ops)
+        args = {"x": xarg, "wh": self.c(wh), "wl": self.c(wl), "bias": self.c(bias), "y": y}
+        self.put_epi(args, eargs)
+        args.update(N=rows, H=1, W=1, C=k, Ho=1, Wo=1, O=o, KW=1, sh=1, sw=1, ph=0, pw=0, dh=1, dw=1, K=k, Kp=kp)
+        self.emit(grp, kern, (cdiv(rows, tile.bm), cdiv(o, tile.bn), 1), (tile.threads,), args, [], [y[1]],
+                  self.label(grp, f"dense as a 1x1 conv, tensor-core 3xTF32 {tname}"), smem=kern.static["smem"],
+                  nodes=nodes)
+        return True
 
     def g_eltwise(self, grp: Group):
         node = grp.nodes[0]
