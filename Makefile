@@ -165,8 +165,9 @@ gpu-wgmma:
 # (about 6 minutes). Left on 2026-11-29 03:20 (the device time was spent): compute-sanitizer after
 # the 3xTF32 convs' truncating split and the pageable staging (both on by default, their GPU tests
 # passed), the whole fp32 and large-batch GPU subset again, and Nsight Compute on Deep MNIST's
-# one-image kernels (dev/cuda/profile_one.py failed at 03:04, fixed since); and the opt-in 3xTF32
-# dense layers (CNNRT_CUDA_TF32_DENSE=1): their GPU test and A/B on Deep MNIST fp32.
+# one-image kernels (dev/cuda/profile_one.py failed at 03:04, fixed since); and two opt-in fp32
+# changes written after the device time was spent, their GPU tests and A/B: the 3xTF32 dense layers
+# (CNNRT_CUDA_TF32_DENSE=1) and the halo conv's footprint split once (CNNRT_CUDA_TF32_PRESPLIT=1).
 gpu-pending: SHELL := /bin/bash
 gpu-pending:
 	@mkdir -p $(GPU_OUT); \
@@ -175,6 +176,9 @@ gpu-pending:
 	for v in 0 1; do echo "== CNNRT_CUDA_TF32_DENSE=$$v (fp32)"; CNNRT_CUDA_TF32_DENSE=$$v PYTHONPATH=. timeout 60 \
 	  $(GPU_PY) benchmarks/gpu_profile.py --models deep_mnist,resnet18,mobilenet_v2 --precision fp32 --batches large \
 	  --top 4 --json $(GPU_OUT)/gpu_profile_tf32_dense_$$v.json 2>&1 | grep -v "^ "; done; \
+	for v in 0 1; do echo "== CNNRT_CUDA_TF32_PRESPLIT=$$v (fp32)"; CNNRT_CUDA_TF32_PRESPLIT=$$v PYTHONPATH=. timeout 60 \
+	  $(GPU_PY) benchmarks/gpu_profile.py --models resnet20,resnet18,deep_mnist,mobilenet_v2 --precision fp32 \
+	  --batches large --top 4 --json $(GPU_OUT)/gpu_profile_tf32_presplit_$$v.json 2>&1 | grep -v "^ "; done; \
 	PYTHONPATH=. timeout 150 $(GPU_PY) dev/cuda/sanitize.py --out /tmp/cnnrt_san --batches 7,300 --race-batches 7 \
 	  --fused-batches 1 --timeout 140 2>&1 | tail -n 6; cp /tmp/cnnrt_san/sanitize.json $(GPU_OUT)/sanitize.json; \
 	timeout 100 $(NCU) $(NCU_SECTIONS) -k regex:"features_small|fc12_small" -c 4 $(GPU_PY) dev/cuda/profile_one.py latency \

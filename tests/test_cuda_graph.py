@@ -427,10 +427,13 @@ def test_halo_conv_large_batch(rng, monkeypatch):
     net_against_simt(rng, net("resnet20"), runner(net("resnet20"), "fp16"), 5000, "halo")
 
 
-def test_tf32x3_fp32_convs(rng, monkeypatch):
+@pytest.mark.parametrize("presplit", ["0", "1"])
+def test_tf32x3_fp32_convs(rng, monkeypatch, presplit):
     # CNNRT_CUDA_TF32X3=1 (and the halo conv wherever it fits): fp32 convs on the tensor cores in
-    # three tf32 products, against float64 at fp32's precision (issue 9: within 1e-4 of the reference)
+    # three tf32 products, against float64 at fp32's precision (issue 9: within 1e-4 of the reference);
+    # CNNRT_CUDA_TF32_PRESPLIT=1 (opt-in): the halo conv's footprint split once in shared memory
     _needs_mma()
+    monkeypatch.setenv("CNNRT_CUDA_TF32_PRESPLIT", presplit)
     monkeypatch.setenv("CNNRT_CUDA_TF32X3", "1")
     monkeypatch.setenv("CNNRT_CUDA_HALO", "all")
     assert _cases_on_kernel(rng, "fp32", "3xTF32", 1e-5) >= 6
@@ -440,8 +443,9 @@ def test_tf32x3_fp32_convs(rng, monkeypatch):
     for name, n in (("resnet20", 3000), ("deep_mnist", 3000), ("mobilenet_v2", 512), ("resnet18", 96)):
         g = TG.logits(net(name))
         xs = rng.integers(0, 256, (n,) + g.input_shape, dtype=np.uint8)
-        r = runner(g, "fp32")
+        r = cuda_graph.GraphRunner(g, "fp32")  # planned under this test's switches
         assert any("3xTF32" in k for _, _, k in r.describe(n)), name
+        assert (presplit == "1") == any("input split once" in k for _, _, k in r.describe(n)), name
         poison(r)
         out = r.run({"images": xs})[g.outputs[0]].reshape(n, -1)
         ref = run_reference(g, {"images": scaled(g, xs[:16])})[g.outputs[0]].reshape(16, -1)

@@ -663,6 +663,41 @@ def test_tf32x3_kernels_compile():
     assert ("cvt.rna.tf32.f32" in ptx) == (G.tf32_split_mode() == "rna")
 
 
+def test_tf32x3_presplit_kernels_compile_and_plan(rng, monkeypatch):
+    """CNNRT_CUDA_TF32_PRESPLIT=1 (opt-in, not yet run on a GPU): the 3xTF32 halo conv with its
+    footprint split once into hi and lo parts in shared memory. Its tiles count twice the footprint's
+    bytes; the plans take it where it fits and their emulation matches float64; NVRTC and ptxas
+    (sm_90) build every case with both weight layouts and stores, without spills."""
+    import shutil
+
+    from cnnrt.ir.graph import run_reference
+    from cnnrt.testing import cuda_emulator as CE
+
+    g = G.HaloGeom(16, 8, 8, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1)
+    t0, t1 = G.halo_tile(g, 16, 4, tf32=True), G.halo_tile(g, 16, 4, tf32=True, presplit=True)
+    assert t1.presplit and not t0.presplit and t1.smem_x(g) == 2 * t0.smem_x(g)
+    assert not G.halo_tile(g, 16, 4, presplit=True).presplit  # fp16: no split to keep
+    monkeypatch.setenv("CNNRT_CUDA_TF32_PRESPLIT", "1")
+    for g20, n in ((TG.logits(TG.resnet20(0)), 6), (TG.logits(TG.deep_mnist(0)), 6)):
+        prog = Program(g20, "fp32", nsm=1)
+        assert any("input split once" in k for _, _, k in prog.describe(n)), g20.name
+        x = rng.integers(0, 256, (n,) + g20.input_shape, dtype=np.uint8)
+        out = CE.run(prog, x)[g20.outputs[0]]
+        ref = run_reference(g20, {"images": TG.scaled(g20, x)})[g20.outputs[0]]
+        assert np.abs(out - ref).max() / np.abs(ref).max() < 1e-5, g20.name
+    monkeypatch.delenv("CNNRT_CUDA_TF32_PRESPLIT")
+    assert not any("input split once" in k for _, _, k in Program(TG.resnet20(0), "fp32", nsm=1).describe(6))
+    from cnnrt.testing.nvrtc import find_library
+
+    if find_library() is None or shutil.which("ptxas") is None:
+        pytest.skip("needs an NVRTC library and ptxas (pip install nvidia-cuda-nvrtc; CUDA's ptxas)")
+    epi = (G.epi_op("Add", mode="full", dtype="f32"), G.epi_op("Relu"))
+    ptx = compiled_halo_kernels(TF32_CASES, lambda g, t, c: G.halo_tf32_kernel(g, t, epi, coalesce=c), tf32=True,
+                                presplit=True)
+    err, spills = _ptxas(ptx, "sm_90")
+    assert spills and not any(spills), err[-2000:]
+
+
 # ------------------------------------------------------------------ the halo conv with streamed weights
 
 STREAM_SHAPES = [  # (N, H, W, C, O, K, stride, pad, dilation, weight stages)

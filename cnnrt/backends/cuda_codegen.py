@@ -1437,6 +1437,7 @@ class HaloTile:
     bstages: int = 0  # 0: the block's weights resident in shared memory; 2+: streamed in chunks, this many stages
     kch: int = 4  # K steps a streamed chunk of weights
     wg: bool = False  # Hopper's wgmma (halo_wgmma_kernel): whole warpgroups of 4 warps, warps_n 1, streamed
+    presplit: bool = False  # tf32: the footprint split into tf32 hi and lo parts once, both kept in shared memory
 
     @property
     def esize(self) -> int:
@@ -1473,7 +1474,7 @@ class HaloTile:
         return -(-(g.KH * g.KW * g.C) // self.kstep)
 
     def smem_x(self, g: HaloGeom) -> int:
-        return (self.positions(g) + 1) * g.C * self.esize
+        return (self.positions(g) + 1) * g.C * self.esize * (2 if self.presplit else 1)
 
     def smem_b(self, g: HaloGeom) -> int:
         """The block's weights, rows padded by 16 bytes (two copies for tf32: the high and low parts)."""
@@ -1508,11 +1509,12 @@ def halo_swizzle(C: int, esize: int = 2) -> tuple[int, int]:
 
 
 def halo_tile(g: HaloGeom, O: int, n: int, pixels: int = HALO_PIXELS, tf32: bool = False,
-              bstages: int = 0) -> HaloTile | None:
+              bstages: int = 0, presplit: bool = False) -> HaloTile | None:
     """The halo tile for a layer (about `pixels` output pixels a block), or None where it does not
     apply (16-byte chunks: C % 8 for fp16, C % 4 for tf32; the footprint too big). bstages: the
     weights streamed through that many shared-memory stages, for layers whose weights do not fit
-    beside the footprint."""
+    beside the footprint. presplit (tf32): the footprint kept as tf32 hi and lo parts (twice the
+    bytes)."""
     if g.C % (4 if tf32 else 8):
         return None
     bn = 16 if O <= 16 else 32 if O <= 32 else 64
@@ -1520,10 +1522,11 @@ def halo_tile(g: HaloGeom, O: int, n: int, pixels: int = HALO_PIXELS, tf32: bool
     hw = g.Ho * g.Wo
     # half the pixels where the footprint does not fit; fp32 (twice the bytes) a quarter if need be
     for px in (pixels, pixels // 2) + ((pixels // 4,) if tf32 else ()):
+        split = presplit and tf32
         if hw <= px:
-            t = HaloTile(g.Ho, max(1, min(n, px // hw)), bn, warps_n, tf32, bstages)
+            t = HaloTile(g.Ho, max(1, min(n, px // hw)), bn, warps_n, tf32, bstages, presplit=split)
         else:
-            t = HaloTile(max(1, min(g.Ho, px // g.Wo)), 1, bn, warps_n, tf32, bstages)
+            t = HaloTile(max(1, min(g.Ho, px // g.Wo)), 1, bn, warps_n, tf32, bstages, presplit=split)
         if t.threads(g) <= 512 and t.smem(g, mma_coalesce_halo(t)) <= HALO_SMEM:
             return t
     return None
@@ -1716,7 +1719,7 @@ def _halo_source(template: str, g: HaloGeom, t: HaloTile, epi, coalesce: bool, s
     subs = {"$C": g.C, "$H": g.H, "$W": g.W, "$HO": g.Ho, "$WO": g.Wo, "$KH": g.KH, "$KW": g.KW, "$SH": g.sh,
             "$SW": g.sw, "$PH": g.ph, "$PW": g.pw, "$DH": g.dh, "$DW": g.dw, "$ROWS": t.rows, "$IMGS": t.imgs,
             "$SWS": sws, "$SWM": swm, "$BM": 32 * wm, "$BN": t.bn, "$WARPS_N": t.warps_n, "$WARPS_M": wm,
-            "$THREADS": t.threads(g), "$KCH": t.kch, "$BSTAGES": t.bstages}
+            "$THREADS": t.threads(g), "$KCH": t.kch, "$BSTAGES": t.bstages, "$PRESPLIT": int(t.presplit)}
     for key, piece in HALO_PIECES.items():
         template = template.replace(key, piece)
     template = template.replace("$XT", "float" if t.tf32 else "half_t").replace("$CE", "4" if t.tf32 else "8")
@@ -2194,14 +2197,18 @@ $HALO_GEOM
     constexpr int BM = $BM, BN = $BN, WARPS_N = $WARPS_N, THREADS = $THREADS;
     constexpr int WTM = 32, WTN = BN / WARPS_N, MI = 2, NI = WTN / 8;
     static_assert(C % 4 == 0 && BM == 32 * $WARPS_M && WTN % 16 == 0, "halo tile");
+    // PRESPLIT: the footprint is split into tf32 hi (in place) and lo (Xl, right after it) once it
+    // has landed, so a K step loads both parts instead of splitting each value it reads
+    constexpr int PRESPLIT = $PRESPLIT, XL = (NPOS + 1) * CPP;  // Xl's offset in 16-byte chunks
     extern __shared__ __align__(16) unsigned char smem_raw[];
     u4_t* Xs = reinterpret_cast<u4_t*>(smem_raw);
-    float* Bh = reinterpret_cast<float*>(smem_raw + (NPOS + 1) * C * 4);
+    float* Bh = reinterpret_cast<float*>(smem_raw + (NPOS + 1) * C * 4 * (PRESPLIT ? 2 : 1));
     float* Bl = Bh + NST * BN * LDB;  // [NST][BN][LDB] each
 $HALO_BLOCK
 
 $HALO_FOOTPRINT
     if (tid < CPP) Xs[NPOS * CPP + tid] = u4_t{0u, 0u, 0u, 0u};
+    if (PRESPLIT && tid < CPP) Xs[XL + NPOS * CPP + tid] = u4_t{0u, 0u, 0u, 0u};
     // chunk ch of both weight parts (K floats ch * KCH * 8 ..) into stage st; zero past Kp and O
     auto load_b = [&](int ch, int st) {
         for (int e = tid; e < BN * KCH * 2; e += THREADS) {
@@ -2233,6 +2240,19 @@ $HALO_ACC
         cp_async_wait<0>();
 #endif
         __syncthreads();  // ... and for everyone; everyone is done with the stage refilled next
+        if (PRESPLIT && ch == 0) {  // the footprint has landed: split it once, for every K step
+            for (int e = tid; e < NPOS * CPP; e += THREADS) {
+                const u4_t v = Xs[e];
+                u4_t h, l;
+                $TF32_SPLIT(__uint_as_float(v.x), h.x, l.x);
+                $TF32_SPLIT(__uint_as_float(v.y), h.y, l.y);
+                $TF32_SPLIT(__uint_as_float(v.z), h.z, l.z);
+                $TF32_SPLIT(__uint_as_float(v.w), h.w, l.w);
+                Xs[e] = h;
+                Xs[XL + e] = l;
+            }
+            __syncthreads();
+        }
         if (BST && ch + BST - 1 < NCH) load_b(ch + BST - 1, (ch + BST - 1) % NST);
         cp_async_commit();
         const int sto = (ch % NST) * BN * LDB * 4;  // the stage's byte offset
@@ -2247,12 +2267,18 @@ $HALO_ACC
 #pragma unroll
         for (int i = 0; i < MI; ++i) {
             const int P = pos[i] + toff;
-            u32_t raw[4];
-            ldsm_x4(raw, pos[i] >= 0 && k < K ? xs0 + (P * CPP + (j ^ ((P >> SWS) & SWM))) * 16 : zero);
+            const u32_t addr = pos[i] >= 0 && k < K ? xs0 + (P * CPP + (j ^ ((P >> SWS) & SWM))) * 16 : zero;
+            if (PRESPLIT) {
+                ldsm_x4(ah[i], addr);
+                ldsm_x4(al[i], addr + XL * 16);
+            } else {
+                u32_t raw[4];
+                ldsm_x4(raw, addr);
 #pragma unroll
-            for (int r = 0; r < 4; ++r) {
-                const float v = __uint_as_float(raw[r]);
-                $TF32_SPLIT(v, ah[i][r], al[i][r]);
+                for (int r = 0; r < 4; ++r) {
+                    const float v = __uint_as_float(raw[r]);
+                    $TF32_SPLIT(v, ah[i][r], al[i][r]);
+                }
             }
         }
 #pragma unroll

@@ -243,6 +243,14 @@ def tf32_dense_enabled() -> bool:
     return os.environ.get("CNNRT_CUDA_TF32_DENSE", "0") in ("1", "true", "yes")
 
 
+def tf32_presplit_enabled() -> bool:
+    """The 3xTF32 halo conv splits its footprint into tf32 hi and lo parts once, in shared memory
+    (twice the footprint's bytes), instead of splitting each value at each of the K steps that read
+    it (a 3x3 conv reads a value 9 times): CNNRT_CUDA_TF32_PRESPLIT=1. Opt-in: written on 2026-11-29
+    after ncu found that kernel bound by its ALU pipe, without device time left to run it."""
+    return os.environ.get("CNNRT_CUDA_TF32_PRESPLIT", "0") in ("1", "true", "yes")
+
+
 def tf32x3_enabled() -> bool:
     """fp32 convs on the tensor cores in 3xTF32 (the halo kernel) where they fit; on by default
     (H200, 2026-11-28: ResNet-20 fp32 at 10,000 images 43.0 -> 25.1 ms of device time, Deep MNIST
@@ -264,7 +272,8 @@ def choose_halo(g: G.HaloGeom, o: int, n: int, nsm: int, tf32: bool = False) -> 
         return None
     if env != "all" and any(x in G.MMA_TILES for x in os.environ.get("CNNRT_CUDA_MMA_TILES", "").split(",")):
         return None  # K-step tiles forced (an A/B run): they take every layer
-    t = G.halo_tile(g, o, n, tf32=tf32)
+    split = tf32 and tf32_presplit_enabled()
+    t = G.halo_tile(g, o, n, tf32=tf32, presplit=split)
     taps = tf32 or g.KH * g.KW > 1  # fp32: even a 1x1 conv gains (3xTF32 against the SIMT kernel)
     if t is not None and (env == "all" or o <= HALO_MAX_O and taps and t.blocks(g, n) * cdiv(o, t.bn) >= nsm):
         return t
@@ -273,7 +282,8 @@ def choose_halo(g: G.HaloGeom, o: int, n: int, nsm: int, tf32: bool = False) -> 
         # fewer taps, and ResNet-18's took 211 us streamed against 166 us on mma_conv)
     # the weights streamed: wider layers. fp32's footprint is twice as big: fewer stages may fit, and
     # the most output pixels a block wins (a 1-row band reads its 3-row footprint for fewer outputs)
-    fits = [G.halo_tile(g, o, n, tf32=tf32, bstages=st) for st in ((HALO_TF32_STAGES, 2) if tf32 else (HALO_STREAM_STAGES,))]
+    fits = [G.halo_tile(g, o, n, tf32=tf32, bstages=st, presplit=split)
+            for st in ((HALO_TF32_STAGES, 2) if tf32 else (HALO_STREAM_STAGES,))]
     fits = [t for t in fits if t is not None]
     t = max(fits, key=lambda t: (t.rows * t.imgs, t.bstages)) if fits else None
     if t is None or env == "all":
@@ -1287,6 +1297,8 @@ class _Planner:
         """The launch of a halo conv: a block per band (or group of images) and column tile."""
         what = f"{ht.imgs} images" if ht.imgs > 1 else f"{ht.rows} rows"
         streamed = f", weights in {ht.bstages} stages" if ht.bstages else ""
+        if ht.presplit:
+            streamed += ", input split once"
         if ht.wg:
             streamed += f" of {ht.kch} K steps, sm_90a" + (f", {kern.static['pipe']} group in flight" if kern.static["pipe"] else "")
         self.emit(grp, kern, (ht.blocks(geom, args["N"]), cdiv(args["O"], ht.bn), 1), (ht.threads(geom),), args, [],
