@@ -466,16 +466,16 @@ class GraphRunner(Runner):
         # a large pageable input: copied into our pinned buffer on host threads, piece by piece, each
         # piece's copy to the GPU enqueued as soon as it is there (cuda_staging.py)
         staged = not direct and x.nbytes >= DIRECT_BYTES and STG.enabled()
-        if staged:
-            pieces = STG.chunks()
-        else:
-            pieces = int(os.environ.get("CNNRT_CUDA_PIECES", DIRECT_PIECES if direct else PIPELINE_PIECES))
-        if not chunk and (staged or x.nbytes >= PIPELINE_BYTES) and n >= 2 * pieces:
+        if not chunk and (staged or x.nbytes >= PIPELINE_BYTES):
             # a large input from ordinary (pageable) memory is copied into pinned memory on the host
             # first (staged on threads, or with CNNRT_CUDA_STAGE=0 into a lane's buffer): in pieces, that
             # copy of one piece overlaps the GPU's work on the one before. From pinned memory the GPU
             # copies by itself: fewer, larger pieces keep the kernels efficient
-            chunk = -(-n // pieces)
+            if staged:
+                pieces = STG.chunks()
+            else:
+                pieces = int(os.environ.get("CNNRT_CUDA_PIECES", DIRECT_PIECES if direct else PIPELINE_PIECES))
+            chunk = -(-n // pieces) if n >= 2 * pieces else None
         chunk = max(1, min(int(chunk or self.max_chunk), self.max_chunk))
         self.batch_size_used = min(n, chunk)  # what eval reports: the images per chunk really run
         if direct or staged:
