@@ -167,12 +167,17 @@ gpu-wgmma:
 # passed), the whole fp32 and large-batch GPU subset again, and Nsight Compute on Deep MNIST's
 # one-image kernels (dev/cuda/profile_one.py failed at 03:04, fixed since); and two opt-in fp32
 # changes written after the device time was spent, their GPU tests and A/B: the 3xTF32 dense layers
-# (CNNRT_CUDA_TF32_DENSE=1) and the halo conv's footprint split once (CNNRT_CUDA_TF32_PRESPLIT=1).
+# (CNNRT_CUDA_TF32_DENSE=1) and the halo conv's footprint split once (CNNRT_CUDA_TF32_PRESPLIT=1);
+# Deep MNIST from a pageable array in equal chunks (CNNRT_CUDA_DM_PAGEABLE_CHUNKS=N) against the
+# growing ones; and the batch-1 host time change (cuda_plan.prod) shows in the zoo's batch-1 column.
 gpu-pending: SHELL := /bin/bash
 gpu-pending:
 	@mkdir -p $(GPU_OUT); \
-	PYTHONPATH=. timeout 200 $(GPU_PY) -m pytest -q -m gpu tests/test_cuda_graph.py -rs \
+	PYTHONPATH=. timeout 200 $(GPU_PY) -m pytest -q -m gpu tests/test_cuda_graph.py tests/test_cuda.py -rs \
 	  -k "fp32 or tf32 or pageable or chunks or ten_thousand or concurrent" 2>&1 | tail -n 8; \
+	for v in 0 8 4; do echo "== CNNRT_CUDA_DM_PAGEABLE_CHUNKS=$$v"; CNNRT_CUDA_DM_PAGEABLE_CHUNKS=$$v PYTHONPATH=. \
+	  timeout 60 $(GPU_PY) benchmarks/gpu_zoo.py --models deep_mnist --peers none --compile-mode none \
+	  --json $(GPU_OUT)/gpu_zoo_dm_pageable_$$v.json 2>&1 | grep "deep_mnist, cnnrt fp16"; done; \
 	for v in 0 1; do echo "== CNNRT_CUDA_TF32_DENSE=$$v (fp32)"; CNNRT_CUDA_TF32_DENSE=$$v PYTHONPATH=. timeout 60 \
 	  $(GPU_PY) benchmarks/gpu_profile.py --models deep_mnist,resnet18,mobilenet_v2 --precision fp32 --batches large \
 	  --top 4 --json $(GPU_OUT)/gpu_profile_tf32_dense_$$v.json 2>&1 | grep -v "^ "; done; \

@@ -203,12 +203,15 @@ def test_runner_chunks_on_streams(rng, model16):
     check_runner(model16, r, random_images(rng, n), "chunked n=777")
 
 
-def test_runner_pageable_and_pinned_input(rng, model16):
+@pytest.mark.parametrize("equal", ["", "5"])
+def test_runner_pageable_and_pinned_input(rng, model16, monkeypatch, equal):
     # a large input in several chunks on 3 streams, from a pageable array (the driver stages it: our
-    # own staging on host threads was slower here, docs/gpu_staging_0252.json) and from pinned memory
+    # own staging on host threads was slower here, docs/gpu_staging_0252.json) and from pinned memory;
+    # CNNRT_CUDA_DM_PAGEABLE_CHUNKS=5 (opt-in): a pageable input in a first chunk and 4 equal ones
+    monkeypatch.setenv("CNNRT_CUDA_DM_PAGEABLE_CHUNKS", equal)
     r = cuda_backend.prepare(model16, "fp16", chunk=400, first_chunk=200, streams=3)
     for x in (random_images(rng, 2345), rng.random((1111, 28, 28)).astype(np.float32)):
-        assert x.nbytes > r.stage_max_bytes and len(r.plan(len(x))) >= 3
+        assert x.nbytes > r.stage_max_bytes and len(r.plan(len(x))) >= 3 and len(r.plan(len(x), 5)) >= 4
         check_runner(model16, r, x, f"pageable {x.dtype} n={len(x)}")
         xp = cuda_backend.pinned_empty(x.shape, x.dtype)
         xp[...] = x

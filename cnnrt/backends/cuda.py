@@ -16,6 +16,7 @@ CuPy is imported only when the backend is used, never by `import cnnrt`.
 """
 from __future__ import annotations
 
+import os
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -24,6 +25,7 @@ import numpy as np
 
 from ..errors import BackendUnavailable, CnnrtError, FormatError
 from ..model import Conv2D, Dense, MaxPool2D, Model, Softmax
+from . import cuda_staging as STG
 from .base import Runner, check_images
 
 NAME = "cuda"
@@ -257,6 +259,14 @@ def _register_patterns() -> None:
         cuda_graph.register_pattern("deep_mnist", _match_deep_mnist, _build_deep_mnist)
 
 
+def pageable_chunks() -> int:
+    """CNNRT_CUDA_DM_PAGEABLE_CHUNKS=N (opt-in, not yet run on a GPU): Deep MNIST's runner cuts a
+    large pageable input into a first chunk and N - 1 equal ones (FusedRunner.plan) instead of
+    chunks growing 7x; 0 (the default) keeps the growing chunks."""
+    env = os.environ.get("CNNRT_CUDA_DM_PAGEABLE_CHUNKS", "")
+    return int(env) if env.isdigit() else 0
+
+
 def pinned_empty(shape, dtype=np.uint8) -> np.ndarray:
     """A NumPy array in page-locked host memory: inputs there are copied to the GPU at full speed
     and asynchronously (a pageable array is staged by the driver, several times slower)."""
@@ -407,16 +417,24 @@ class FusedRunner(Runner):
 
     # -------------------------------------------------------------- launches
 
-    def plan(self, n: int) -> list[tuple[int, int]]:
+    def plan(self, n: int, equal_chunks: int = 0) -> list[tuple[int, int]]:
         """(offset, count) chunks: a small first chunk so compute starts while the rest is copied
         in, then chunks `growth` times larger (copying in is ~4x faster than computing), at most
-        `chunk` images each; a tail smaller than half the last chunk is folded into it."""
+        `chunk` images each; a tail smaller than half the last chunk is folded into it.
+        equal_chunks > 1 (a pageable input, CNNRT_CUDA_DM_PAGEABLE_CHUNKS): after the first chunk,
+        equal ones, (n - first) / (equal_chunks - 1) images each: the driver copies a pageable chunk
+        on the calling thread, about as fast as the GPU computes one, so the copy of each chunk
+        overlaps the compute of the one before (with the growing chunks the largest one's compute
+        waits for its whole copy)."""
         first = min(self.first_chunk, self.chunk)
         if n <= 2 * first:
             return [(0, n)]
-        out, off, prev = [(0, first)], first, first
+        growth, step = self.growth, self.chunk
+        if equal_chunks > 1:
+            growth, step = 1, min(self.chunk, max(first, -(-(n - first) // (equal_chunks - 1))))
+        out, off, prev = [(0, first)], first, step if equal_chunks > 1 else first
         while off < n:
-            cnt = min(prev * self.growth, self.chunk, n - off)
+            cnt = min(prev * growth, step, n - off)
             if n - off - cnt < cnt // 2:
                 cnt = n - off
             out.append((off, cnt))
@@ -491,9 +509,10 @@ class FusedRunner(Runner):
         self.blas.gemm_fp16(handle, 1, 0, self.hidden, cnt, 3136, self._alpha.ctypes.data, self.fw1.data.ptr, 3136,
                             feat_ptr, 3136, self._beta.ctypes.data, hid_ptr, self.hidden)
 
-    def _graphs_for(self, n: int, kind: str, want_probs: bool):
-        """[(offset, count, stream index, graph, staged)] for n images, captured on first use."""
-        key = (n, kind, want_probs)
+    def _graphs_for(self, n: int, kind: str, want_probs: bool, equal_chunks: int = 0):
+        """[(offset, count, stream index, graph, staged)] for n images in plan(n, equal_chunks)'s
+        chunks, captured on first use."""
+        key = (n, kind, want_probs, equal_chunks)
         entry = self.graphs.get(key)
         if entry is not None:
             self.graphs.move_to_end(key)
@@ -505,7 +524,7 @@ class FusedRunner(Runner):
             stage = self._stage(n * 784 * itemsize)
         direct = staged and self._direct_ok(n)
         entry = []
-        for i, (off, cnt) in enumerate(self.plan(n)):
+        for i, (off, cnt) in enumerate(self.plan(n, equal_chunks)):
             si = i % len(self.streams)
             s, h = self.streams[si], self.handles[si]
             # run once outside capture: cuBLAS picks and sets up its kernel, errors surface here
@@ -548,9 +567,12 @@ class FusedRunner(Runner):
         self._ensure(n)
         if kind == "f32":
             self._input_buffer("f32")
-        entry = self._graphs_for(n, kind, want_probs)
         rt = self.runtime
         item = 784 * x.itemsize
+        equal = pageable_chunks() if n * item > self.stage_max_bytes else 0
+        if equal and STG.is_pinned(rt, x):
+            equal = 0  # pinned: the streams copy it themselves, asynchronously; the growing chunks
+        entry = self._graphs_for(n, kind, want_probs, equal)
         if entry[0][4]:  # staged through our pinned buffer, copied in by the graph or read in place
             stage = self._stage(n * item)
             np.copyto(stage[:n * item], x.reshape(-1).view(np.uint8))
