@@ -219,6 +219,11 @@ def test_pageable_input_staged_in_pieces(cuda, rng, monkeypatch, kind):
     size = r._stager.buffer.size
     assert rel_err(r.probabilities(x[:13]), ref[:13]) < 1e-5
     assert r._stager.buffer.size == size
+    # an input larger than the stage's cap runs in windows of at most that many bytes
+    monkeypatch.setattr(cuda_staging, "MAX_STAGE_BYTES", 7 * x[0].nbytes)
+    r2 = GraphRunner(g, "fp32")
+    assert rel_err(r2.probabilities(x), ref) < 1e-5
+    assert r2._stager.buffer.size <= max(7 * x[0].nbytes, 1 << 12)
 
 
 def test_every_tensor_core_tile_can_be_forced(cuda, rng, monkeypatch):

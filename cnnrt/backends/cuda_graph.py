@@ -466,6 +466,15 @@ class GraphRunner(Runner):
         # a large pageable input: copied into our pinned buffer on host threads, piece by piece, each
         # piece's copy to the GPU enqueued as soon as it is there (cuda_staging.py)
         staged = not direct and x.nbytes >= DIRECT_BYTES and STG.enabled()
+        if staged and x.nbytes > STG.MAX_STAGE_BYTES:
+            # the pinned stage holds at most MAX_STAGE_BYTES: a larger input goes in windows of that
+            # size, each staged and run as a call of its own (page-locked memory is scarce)
+            step = max(1, STG.MAX_STAGE_BYTES // (x.nbytes // n))
+            for start in range(0, n, step):
+                part = self._run(x[start:start + step], chunk)
+                for name, v in part.items():
+                    outs[name][start:start + len(v)] = v
+            return outs
         if not chunk and (staged or x.nbytes >= PIPELINE_BYTES):
             # a large input from ordinary (pageable) memory is copied into pinned memory on the host
             # first (staged on threads, or with CNNRT_CUDA_STAGE=0 into a lane's buffer): in pieces, that

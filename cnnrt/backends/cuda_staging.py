@@ -24,6 +24,7 @@ import numpy as np
 CHUNKS = 4  # compute chunks of a staged input: the GPU computes one while the host stages the next
 # (H200 host, 2026-11-29: 4 beat 8 and 16 on all six zoo models, docs/gpu_staging_0252.json)
 PIECE_BYTES = 1 << 20  # one host thread's task; small enough that the first chunk is ready early
+MAX_STAGE_BYTES = 256 << 20  # the pinned stage's most bytes: a larger input is run in windows this size
 MAX_THREADS = 4  # copies are memory-bound: 8 threads were slower than 4 on a 16-core host (gpu_staging_0249.json)
 
 _pool: ThreadPoolExecutor | None = None
