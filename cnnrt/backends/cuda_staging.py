@@ -97,7 +97,7 @@ class Stager:
     def _ensure(self, nbytes: int) -> np.ndarray:
         if self.buffer is None or self.buffer.size < nbytes:
             grow = 0 if self.buffer is None else self.buffer.size + self.buffer.size // 4
-            self.buffer = self._alloc((max(nbytes, grow, 1 << 12),))
+            self.buffer = self._alloc((max(nbytes, min(grow, MAX_STAGE_BYTES), 1 << 12),))
         return self.buffer
 
     def stage(self, x: np.ndarray, chunks: list[tuple[int, int]], piece_bytes: int | None = None
