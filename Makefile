@@ -169,12 +169,13 @@ gpu-wgmma:
 # changes written after the device time was spent, their GPU tests and A/B: the 3xTF32 dense layers
 # (CNNRT_CUDA_TF32_DENSE=1) and the halo conv's footprint split once (CNNRT_CUDA_TF32_PRESPLIT=1);
 # Deep MNIST from a pageable array in equal chunks (CNNRT_CUDA_DM_PAGEABLE_CHUNKS=N) against the
-# growing ones; and the batch-1 host time change (cuda_plan.prod) shows in the zoo's batch-1 column.
+# growing ones; and the batch-1 host time changes (cuda_plan.prod; Deep MNIST's repeat-shape copy by
+# array assignment) show in the zoo's batch-1 column.
 gpu-pending: SHELL := /bin/bash
 gpu-pending:
 	@mkdir -p $(GPU_OUT); \
 	PYTHONPATH=. timeout 200 $(GPU_PY) -m pytest -q -m gpu tests/test_cuda_graph.py tests/test_cuda.py -rs \
-	  -k "fp32 or tf32 or pageable or chunks or ten_thousand or concurrent" 2>&1 | tail -n 8; \
+	  -k "fp32 or tf32 or pageable or chunks or ten_thousand or concurrent or same_size or runner_random" 2>&1 | tail -n 8; \
 	for v in 0 8 4; do echo "== CNNRT_CUDA_DM_PAGEABLE_CHUNKS=$$v"; CNNRT_CUDA_DM_PAGEABLE_CHUNKS=$$v PYTHONPATH=. \
 	  timeout 60 $(GPU_PY) benchmarks/gpu_zoo.py --models deep_mnist --peers none --compile-mode none \
 	  --json $(GPU_OUT)/gpu_zoo_dm_pageable_$$v.json 2>&1 | grep "deep_mnist, cnnrt fp16"; done; \
