@@ -162,8 +162,8 @@ gpu-wgmma:
 	  --json $(GPU_OUT)/gpu_profile_$(WGMMA_VAR)_$$(echo $$v | tr , _).json 2>&1 | grep -v "^ "; done
 
 # `make gpu-pending` (H100/H200): what a session could not finish on a GPU, in one device command of
-# about 6 minutes; `make gpu-pending-check` (about 4 minutes) runs the sanitizer and Nsight Compute
-# after it. Left on 2026-11-29 (the device time was spent at 03:20):
+# about 6 minutes; `make gpu-pending-check` (about 4 minutes) runs the sanitizer and `make profile-ncu`
+# (which now includes Deep MNIST's one-image kernels) after it. Left on 2026-11-29 (the device time was spent at 03:20):
 # - GPU tests after the last changes: the 3xTF32 convs' truncating split (its tests passed at
 #   03:08/03:20), the pageable staging's window cap, the generic runner's batch-1 host path
 #   (cuda_plan.prod), Deep MNIST's repeat-shape copy by array assignment;
@@ -193,8 +193,7 @@ gpu-pending-check:
 	@mkdir -p $(GPU_OUT); \
 	PYTHONPATH=. timeout 150 $(GPU_PY) dev/cuda/sanitize.py --out /tmp/cnnrt_san --batches 7,300 --race-batches 7 \
 	  --fused-batches 1 --timeout 140 2>&1 | tail -n 6; cp /tmp/cnnrt_san/sanitize.json $(GPU_OUT)/sanitize.json; \
-	timeout 100 $(NCU) $(NCU_SECTIONS) -k regex:"features_small|fc12_small" -c 4 $(GPU_PY) dev/cuda/profile_one.py latency \
-	  > $(GPU_OUT)/ncu_deep_mnist_b1.txt 2>&1; grep -E $(NCU_KEYS) $(GPU_OUT)/ncu_deep_mnist_b1.txt | head -n 60
+	$(MAKE) --no-print-directory profile-ncu GPU_OUT=$(GPU_OUT)
 
 # `make serve-gpu` on the device: the load test of `cnnrt serve --backend cuda`. The device image lacks
 # the server's packages; `make device-wheels` (here, with network) downloads them, pure Python, 0.7 MB,

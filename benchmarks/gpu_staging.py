@@ -24,6 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.gpu_zoo import MODELS, zoo_graph  # noqa: E402
+from cnnrt.backends import cuda_staging as STG  # noqa: E402 (no CuPy in it)
+
+DEFAULT_PIECE = STG.PIECE_BYTES
 
 def _mode(threads: int, chunks: int, piece: int | None = None):
     label = f"staged, {threads} threads, {chunks} chunks" + (f", {piece >> 20} MB pieces" if piece else "")
@@ -37,8 +40,6 @@ MODES += [_mode(t, c) for t in (2, 4) for c in (4, 8, 16)] + [_mode(4, 8, 4 << 2
 
 
 def use(env: dict, piece) -> None:
-    from cnnrt.backends import cuda_staging as STG
-
     threads = STG.threads()
     for k, v in env.items():
         os.environ[k] = v
@@ -48,7 +49,6 @@ def use(env: dict, piece) -> None:
 
 
 def main(argv=None) -> int:
-    global DEFAULT_PIECE
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", required=True)
     ap.add_argument("--models", default=",".join(MODELS))
@@ -60,9 +60,7 @@ def main(argv=None) -> int:
     import cupy
 
     from cnnrt.backends import cuda as cuda_backend
-    from cnnrt.backends import cuda_staging as STG
 
-    DEFAULT_PIECE = STG.PIECE_BYTES
     out = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "device": cuda_backend.device_name(), "host_cpus": os.cpu_count(), "precision": a.precision,
            "what": "host to host, uint8 NHWC images -> float32 outputs; medians in ms", "models": {}}
@@ -131,8 +129,6 @@ def main(argv=None) -> int:
         cupy.get_default_memory_pool().free_all_blocks()
     return 0
 
-
-DEFAULT_PIECE = 1 << 20
 
 if __name__ == "__main__":
     raise SystemExit(main())

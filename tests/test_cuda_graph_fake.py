@@ -29,6 +29,21 @@ def rel_err(out, ref):
     return np.abs(out - ref).max() / np.abs(ref).max()
 
 
+def poison(r):
+    """Every lane's arena filled with 0xFF (NaN in fp16 and fp32): what a run does not write shows."""
+    for lane in r.lanes:
+        if lane.arena is not None:
+            lane.arena.fill(255)
+
+
+def lenet_case(rng, seed: int, n: int, kind: str):
+    """(graph, n fresh images as uint8 or scaled float32, the float64 reference's probabilities)."""
+    g = TG.lenet5(seed)
+    x = rng.integers(0, 256, (n,) + g.input_shape, dtype=np.uint8)
+    ref = run_reference(g, {"images": scaled(g, x)})["probabilities"]
+    return g, (scaled(g, x).astype(np.float32) if kind == "f32" else x), ref
+
+
 @pytest.mark.parametrize("name", ["awkward_ops", "with_host_op", "awkward_convs"])
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_runner_on_the_fake(cuda, rng, name, precision):
@@ -39,9 +54,7 @@ def test_runner_on_the_fake(cuda, rng, name, precision):
     assert isinstance(r, GraphRunner)
     for n in (1, 5, 1):  # the second batch-1 call replays the captured graph with new data
         x = rng.integers(0, 256, (n,) + g.input_shape, dtype=np.uint8)
-        for lane in r.lanes:
-            if lane.arena is not None:
-                lane.arena.fill(255)
+        poison(r)
         out = r.probabilities(x)
         ref = run_reference(g, {"images": scaled(g, x)})[g.outputs[0]].reshape(n, -1)
         assert np.isfinite(out).all()
@@ -156,12 +169,8 @@ def test_large_inputs_copied_in_by_the_streams(cuda, rng, monkeypatch, kind):
     from cnnrt.backends import cuda_graph
     from cnnrt.backends.cuda_graph import GraphRunner
 
-    g = TG.lenet5(4)
+    g, x, ref = lenet_case(rng, 4, 40, kind)
     r = GraphRunner(g, "fp32")
-    x = rng.integers(0, 256, (40,) + g.input_shape, dtype=np.uint8)
-    ref = run_reference(g, {"images": scaled(g, x)})["probabilities"]
-    if kind == "f32":
-        x = scaled(g, x).astype(np.float32)
     pageable = x
     x = cuda.pinned_empty(x.shape, x.dtype)  # only pinned inputs take this path
     x[...] = pageable
@@ -172,9 +181,7 @@ def test_large_inputs_copied_in_by_the_streams(cuda, rng, monkeypatch, kind):
                         seen.append((li, plan.n, copies)) or _f(self, li, plan, copies))
     for bs in (7, None, 7):
         seen.clear()
-        for lane in r.lanes:
-            if lane.arena is not None:
-                lane.arena.fill(255)
+        poison(r)
         out = r.probabilities(x, batch_size=bs)
         assert rel_err(out, ref) < 1e-5, bs
         want = [(i % 2, 7, False) for i in range(5)] + [(1, 5, False)] if bs else [(i % 2, 20, False) for i in range(2)]
@@ -205,15 +212,9 @@ def test_pageable_input_staged_in_pieces(cuda, rng, monkeypatch, kind):
     monkeypatch.setattr(cuda_graph, "DIRECT_BYTES", 1000)
     monkeypatch.setattr(cuda_staging, "PIECE_BYTES", 1000)
     monkeypatch.setenv("CNNRT_CUDA_STAGE_CHUNKS", "3")
-    g = TG.lenet5(5)
+    g, x, ref = lenet_case(rng, 5, 29, kind)
     r = GraphRunner(g, "fp32")
-    x = rng.integers(0, 256, (29,) + g.input_shape, dtype=np.uint8)
-    ref = run_reference(g, {"images": scaled(g, x)})["probabilities"]
-    if kind == "f32":
-        x = scaled(g, x).astype(np.float32)
-    for lane in r.lanes:
-        if lane.arena is not None:
-            lane.arena.fill(255)
+    poison(r)
     assert rel_err(r.probabilities(x), ref) < 1e-5
     assert r.batch_size_used == 10 and r._stager is not None and len(r.lanes) == 2
     size = r._stager.buffer.size
