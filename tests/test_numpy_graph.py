@@ -85,6 +85,26 @@ CONVS = {
 }
 
 
+@pytest.mark.parametrize("vectors", [3, 6, 9])
+@pytest.mark.parametrize("k,stride", [(1, 1), (3, 2)])
+@pytest.mark.parametrize("n,threads", [(3, 2), (1, 2), (1, 1)])
+def test_direct_conv_of_three_vector_blocks(rng, vectors, k, stride, n, threads):
+    """Output channels a multiple of three vectors but not of four (MobileNetV2's expanding layers:
+    96 and 144 with 16-float vectors) take the three-vector block, partial pixel blocks and the
+    border included, and match float64. With CNNRT_DIRECT_G3=0 they took two-vector blocks."""
+    from cnnrt.backends import graph_kernels as gk
+
+    lib = N.lib()
+    if lib is None:
+        pytest.skip(f"no compiled kernels: {N.why()}")
+    o = vectors * lib.cnnrt_vector_width()
+    b = Builder((7, 9, 24 if k == 1 else 5), seed=int(rng.integers(1 << 30)))
+    y = b.conv("images", o, k, stride=stride, pad=k // 2, act="relu6")
+    r = check(b.graph(y, "g3"), n, threads, rng, kernels=["native.conv.direct"])
+    st = r.plan.steps[0]
+    assert gk.DIRECT_G3 and st.kind == "native.direct" and st.groups == (4 if vectors % 4 == 0 else 3), st.groups
+
+
 @pytest.mark.parametrize("name", sorted(CONVS))
 @pytest.mark.parametrize("n,threads", [(1, 1), (5, 2), (1, 2)])
 def test_conv_kernels(rng, name, n, threads, native):

@@ -145,6 +145,9 @@ NATIVE = True  # use the compiled kernels where they are available (tests switch
 # image the way it was split before the cost model (ConvStep.split_choice)
 DENSE_BLOCK = os.environ.get("CNNRT_DENSE_BLOCK", "1") != "0"
 CONV_PARTS = os.environ.get("CNNRT_CONV_PARTS", "cost")
+# CNNRT_DIRECT_G3=0: output channels that are a multiple of three vectors but not four (96, 144)
+# take two-vector blocks, as before the three-vector kernel
+DIRECT_G3 = os.environ.get("CNNRT_DIRECT_G3", "1") != "0"
 
 
 class Epilogue:
@@ -398,9 +401,11 @@ class ConvStep(Step):
             self.kind = "native.depthwise"
         elif self.g == 1 and use_direct(self.kind, kh, kw, c, o, out_shape, tuple(attrs["strides"])):
             vw = lib.cnnrt_vector_width()
-            # output channels per block: four vectors where they divide O, else two, one for O <= one vector
-            groups = 4 if o % (4 * vw) == 0 else 1 if o <= vw else 2
-            self.direct = {1: lib.conv_direct_g1, 2: lib.conv_direct_g2, 4: lib.conv_direct_g4}[groups]
+            # output channels per block: four vectors where they divide O, else three where those do,
+            # else two, one for O <= one vector
+            groups = (4 if o % (4 * vw) == 0 else 1 if o <= vw else
+                      3 if DIRECT_G3 and o % (3 * vw) == 0 and hasattr(lib, "conv_direct_g3") else 2)
+            self.direct = getattr(lib, f"conv_direct_g{groups}")
             self.groups = groups
             ob = groups * vw
             nb = self.nb = -(-o // ob)

@@ -100,6 +100,12 @@ def _tuning() -> list[str]:
     return flags
 
 
+def _direct_kernels(lib) -> list:
+    """The direct convolutions with 1, 2, 3 and 4 vectors of output channels a block (older
+    sources, which benchmarks/cpu_ab.py loads, lack the 3)."""
+    return [getattr(lib, f"conv_direct_g{g}") for g in (1, 2, 3, 4) if hasattr(lib, f"conv_direct_g{g}")]
+
+
 def _build() -> tuple[ctypes.CDLL | None, str | None, dict]:
     if os.environ.get("CNNRT_NATIVE", "1") == "0":
         return None, "CNNRT_NATIVE=0", {}
@@ -135,11 +141,11 @@ def _build() -> tuple[ctypes.CDLL | None, str | None, dict]:
     except OSError as e:
         return None, f"cannot load {path} ({e})", info
     P, I = ctypes.c_void_p, ctypes.c_int
-    for f in (lib.conv_direct_g1, lib.conv_direct_g2, lib.conv_direct_g4):
+    for f in _direct_kernels(lib):
         f.argtypes = [P, P, P, P, I, I, I, I, I, I, P, P]
     lib.conv_depthwise.argtypes = [P, P, P, P, I, I, I, I, I, P]
     lib.pool2d.argtypes = [P, I, I, I, I, I, I, I, I, I, I, I, P, I, I, I, I, I, I, I, P, P]
-    for f in (lib.conv_direct_g1, lib.conv_direct_g2, lib.conv_direct_g4, lib.conv_depthwise, lib.pool2d):
+    for f in (*_direct_kernels(lib), lib.conv_depthwise, lib.pool2d):
         f.restype = None
     lib.cnnrt_vector_width.restype = I
     if hasattr(lib, "cnnrt_direct_px"):

@@ -100,6 +100,9 @@ static inline vf epi(vf v, const Epi *e, size_t off, int ch, int n) {
  * PT, PL, HO, WO. */
 
 #define PATCH 1024 /* the longest kernel row (KW*C floats) gathered for a border pixel */
+#ifndef DIRECT_PIX_OUTER_BYTES
+#define DIRECT_PIX_OUTER_BYTES 32768 /* L1 data: 32 KB on Zen 4, 48 KB on the Xeon */
+#endif
 
 /* Direct convolution, any kernel/stride/dilation/padding, one group. Weights packed as
  * [O/(G*VW)][KH][KW][C][G*VW] (zeros past O). Loops: output-channel block outermost (its weights,
@@ -117,7 +120,10 @@ void NAME(const float *x, const int *geo, const float *wp, float *y,            
     const int KC = KW * C <= PATCH ? KW * C : 1;                                                    \
     float patch[PX * KC]; /* border pixels' gathered kernel rows (on the stack: at most 64 KB) */  \
     const long total = (long)(i1 - i0) * (r1 - r0) * WO;                                           \
-    for (int ob = b0; ob < b1; ob++) {                                                              \
+    /* small weights (all the call's blocks in L1): pixel blocks outermost, each read once for     \
+     * every channel block, instead of once per channel block */                                   \
+    const int pix_outer = (long)(b1 - b0) * KH * KW * C * ob_ * 4 <= DIRECT_PIX_OUTER_BYTES;       \
+    for (int obo = b0; obo < (pix_outer ? b0 + 1 : b1); obo++) {                                    \
     int cn = i0, coy = r0, cox = 0; /* the next pixel, counted up (no divisions per pixel) */      \
     for (long q0 = 0; q0 < total; q0 += PX) {                                                       \
         const float *xb[PX];                                                                        \
@@ -134,6 +140,7 @@ void NAME(const float *x, const int *geo, const float *wp, float *y,            
                 xb[p] = xb[0]; yp[p] = yp[0]; iy0[p] = iy0[0]; ix0[p] = ix0[0];                     \
             }                                                                                       \
         }                                                                                           \
+        for (int ob = obo; ob < (pix_outer ? b1 : obo + 1); ob++) {                                 \
         vf acc[PX][G];                                                                              \
         for (int p = 0; p < PX; p++)                                                                \
             for (int g = 0; g < G; g++) acc[p][g] = splat(0.f);                                     \
@@ -204,6 +211,7 @@ void NAME(const float *x, const int *geo, const float *wp, float *y,            
                 int ch = ob * ob_ + g * VW, cnt = O - ch < VW ? O - ch : VW;                        \
                 if (cnt == VW) st(yp[p] + ch, acc[p][g]); else if (cnt > 0) stn(yp[p] + ch, acc[p][g], cnt); \
             }                                                                                       \
+        }                                                                                           \
     }                                                                                               \
     }                                                                                               \
 }
@@ -221,21 +229,28 @@ void NAME(const float *x, const int *geo, const float *wp, float *y,            
 #ifndef DIRECT_G4_PX
 #define DIRECT_G4_PX 6
 #endif
+/* three vectors (O a multiple of 3 VW but not of 4: MobileNetV2's 48, 96, 144, 240 ...), which
+ * would otherwise take two-vector blocks (144: 10 vectors for 9, the last block half empty) */
+#ifndef DIRECT_G3_PX
+#define DIRECT_G3_PX 8
+#endif
 #if VW == 16
 DIRECT(conv_direct_g1, 1, DIRECT_G1_PX)
 DIRECT(conv_direct_g2, 2, DIRECT_G2_PX)
+DIRECT(conv_direct_g3, 3, DIRECT_G3_PX)
 DIRECT(conv_direct_g4, 4, DIRECT_G4_PX)
 #else
 DIRECT(conv_direct_g1, 1, 12)
 DIRECT(conv_direct_g2, 2, 6)
+DIRECT(conv_direct_g3, 3, 4)
 DIRECT(conv_direct_g4, 4, 3)
 #endif
 /* pixels per register block of conv_direct_g<g> (for the planner's cost of a part) */
 int cnnrt_direct_px(int g) {
 #if VW == 16
-    return g == 1 ? DIRECT_G1_PX : g == 2 ? DIRECT_G2_PX : DIRECT_G4_PX;
+    return g == 1 ? DIRECT_G1_PX : g == 2 ? DIRECT_G2_PX : g == 3 ? DIRECT_G3_PX : DIRECT_G4_PX;
 #else
-    return g == 1 ? 12 : g == 2 ? 6 : 3;
+    return g == 1 ? 12 : g == 2 ? 6 : g == 3 ? 4 : 3;
 #endif
 }
 
@@ -552,7 +567,7 @@ int cnnrt_vector_width(void) { return VW; }
  * One program runs at a time; a caller asking for one thread runs it inline. */
 
 typedef struct {
-    int kind;            /* 1, 2, 4: conv_direct_g1/g2/g4; 5: conv_depthwise; 6: pool2d; 7: dense_block; 8: softmax_rows */
+    int kind;            /* 1-4: conv_direct_g1/g2/g3/g4; 5: conv_depthwise; 6: pool2d; 7: dense_block; 8: softmax_rows */
     int i0, i1, r0, r1, b0, b1, cpad_or_avg;
     const float *x, *w, *zeros, *inv;
     float *y;
@@ -564,6 +579,7 @@ static void run_task(const Task *t) {
     switch (t->kind) {
     case 1: conv_direct_g1(t->x, t->geo, t->w, t->y, t->i0, t->i1, t->r0, t->r1, t->b0, t->b1, t->zeros, t->e); break;
     case 2: conv_direct_g2(t->x, t->geo, t->w, t->y, t->i0, t->i1, t->r0, t->r1, t->b0, t->b1, t->zeros, t->e); break;
+    case 3: conv_direct_g3(t->x, t->geo, t->w, t->y, t->i0, t->i1, t->r0, t->r1, t->b0, t->b1, t->zeros, t->e); break;
     case 4: conv_direct_g4(t->x, t->geo, t->w, t->y, t->i0, t->i1, t->r0, t->r1, t->b0, t->b1, t->zeros, t->e); break;
     case 5: conv_depthwise(t->x, t->geo, t->w, t->y, t->i0, t->i1, t->r0, t->r1, t->cpad_or_avg, t->e); break;
     case 6: {
