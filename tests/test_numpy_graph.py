@@ -29,7 +29,7 @@ def expect(kernel, native):
     """The kernel a layer gets: the compiled one where it exists, with native on."""
     if not native:
         return kernel
-    for a, b in (("numpy.conv.im2col", "native.conv.direct"), ("numpy.conv.pointwise", "native.conv.direct"), ("numpy.conv.winograd", "native.conv.direct"),
+    for a, b in (("numpy.conv.im2col", "native.conv.direct"), ("numpy.conv.pointwise", "native.conv.direct"), ("numpy.conv.winograd", "native.conv.winograd.f2x2"),
                  ("numpy.conv.depthwise", "native.conv.depthwise"), ("numpy.maxpool", "native.maxpool"),
                  ("numpy.avgpool", "native.avgpool"), ("numpy.dense", "native.dense")):
         if kernel.startswith(a):
@@ -83,6 +83,26 @@ CONVS = {
     "border-gather-7x7": ((9, 11, 48), dict(o=20, k=7, pad=(3, 2, 1, 3)), "numpy.conv.im2col"),
     "border-per-tap-72": ((7, 10, 72), dict(o=36, k=3, pad=(1, 2, 0, 1)), "numpy.conv.winograd.f2x2"),
 }
+
+
+@pytest.mark.parametrize("o", [8, 13, 40, 48, 64, 96])
+@pytest.mark.parametrize("hwc,pad", [((9, 11, 20), 1), ((6, 5, 9), (2, 0, 0, 2)), ((8, 8, 64), 0)])
+@pytest.mark.parametrize("n,threads", [(3, 2), (1, 2), (1, 1)])
+def test_compiled_winograd_f2x2(rng, o, hwc, pad, n, threads):
+    """3x3 stride-1 convolutions on the compiled Winograd F(2x2, 3x3): odd output sizes (tiles
+    overhanging the output in both directions), channels that fill no vector, 1-4 vectors of output
+    channels a block, asymmetric and no padding, strips of tiles across tile rows and images, a
+    residual add and a clip in the epilogue, one image split over two threads; against float64."""
+    lib = N.lib()
+    if lib is None:
+        pytest.skip(f"no compiled kernels: {N.why()}")
+    b = Builder(hwc, seed=int(rng.integers(1 << 30)))
+    y = b.conv("images", o, 3, pad=pad, act="relu")
+    z = b.conv(y, o, 3, pad=1)
+    z = b.add(z, y, act="relu6")
+    r = check(b.graph(z, "wino"), n, threads, rng, kernels=["native.conv.winograd.f2x2"])
+    labels = [k for _, op, k in r.describe() if op == "Add"]
+    assert labels and labels[0].startswith("native.conv.winograd.f2x2") and "+add" in labels[0], labels
 
 
 @pytest.mark.parametrize("vectors", [3, 6, 9])

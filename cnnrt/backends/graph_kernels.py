@@ -148,6 +148,12 @@ CONV_PARTS = os.environ.get("CNNRT_CONV_PARTS", "cost")
 # CNNRT_DIRECT_G3=0: output channels that are a multiple of three vectors but not four (96, 144)
 # take two-vector blocks, as before the three-vector kernel
 DIRECT_G3 = os.environ.get("CNNRT_DIRECT_G3", "1") != "0"
+# CNNRT_NATIVE_WINOGRAD=0: 3x3 stride-1 convolutions that the NumPy planner gives Winograd take the
+# compiled direct convolution instead of the compiled Winograd F(2x2, 3x3)
+NATIVE_WINOGRAD = os.environ.get("CNNRT_NATIVE_WINOGRAD", "1") != "0"
+# the transforms written out in kernels.c's WINO2 (checked against winograd_matrices at setup)
+WINO2_BT = np.array([[-1, 0, 1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, -1, 0, 1]], np.float64)
+WINO2_AT = np.array([[1, 1, 1, 0], [0, 1, -1, 1]], np.float64)
 
 
 class Epilogue:
@@ -379,8 +385,9 @@ class ConvStep(Step):
             og = o // g
             # (g, kh*kw*cg, og)
             self.wg = np.ascontiguousarray(w.reshape(g, og, kh * kw * cg).transpose(0, 2, 1), dtype=F32)
-        self.kernel = ("native.conv." + self.kind[7:] if self.kind.startswith("native.") else
-                       f"conv.{self.kind}" + (f".f{self.m}x{self.m}" if self.kind == "winograd" else ""))
+        self.kernel = ("native.conv." + self.kind[7:] if self.kind.startswith("native.") else f"conv.{self.kind}")
+        if "winograd" in self.kind:
+            self.kernel += f".f{self.m}x{self.m}"
 
     def _native_setup(self, w, in_shape, attrs, out_shape) -> bool:
         """Switch to a compiled kernel (cnnrt.backends.native) where one fits and pays."""
@@ -399,12 +406,27 @@ class ConvStep(Step):
             wd[:, :c] = w.reshape(o, kh * kw).T
             self.wn, self.cpad = aligned_copy(wd), cpad
             self.kind = "native.depthwise"
+        elif self.kind == "winograd" and NATIVE_WINOGRAD and hasattr(lib, "conv_wino2_g1"):
+            from .cpu_kernels import INTEGER_TRANSFORMS, winograd_matrices
+
+            at, gm, bt = winograd_matrices(2, 3, None, integer=INTEGER_TRANSFORMS)
+            if not (np.array_equal(bt, WINO2_BT) and np.array_equal(at, WINO2_AT)):
+                return False  # kernels.c's transforms are not these: leave the layer to the others
+            vw = lib.cnnrt_vector_width()
+            groups = self._channel_groups(lib, o, vw)
+            ob = groups * vw
+            nb = self.nb = -(-o // ob)
+            u = np.einsum("xa,oabc,yb->xyco", gm, w.astype(np.float64), gm).reshape(16, c, o)  # G w G^T
+            up = np.zeros((16, c, nb * ob), np.float64)
+            up[..., :o] = u
+            self.wn = aligned_copy(up.reshape(16, c, nb, ob).transpose(2, 0, 1, 3).astype(F32))  # [nb][16][c][ob]
+            self.wino = getattr(lib, f"conv_wino2_g{groups}")
+            self.groups, self.kind, self.m = groups, "native.winograd", 2
+            self.win = Window(in_shape, kh, kw, (1, 1), (1, 1), tuple(attrs["pads"]), out_shape[:2])
+            self.rows = -(-out_shape[0] // 2)  # the unit of a row split: tile rows (two output rows)
         elif self.g == 1 and use_direct(self.kind, kh, kw, c, o, out_shape, tuple(attrs["strides"])):
             vw = lib.cnnrt_vector_width()
-            # output channels per block: four vectors where they divide O, else three where those do,
-            # else two, one for O <= one vector
-            groups = (4 if o % (4 * vw) == 0 else 1 if o <= vw else
-                      3 if DIRECT_G3 and o % (3 * vw) == 0 and hasattr(lib, "conv_direct_g3") else 2)
+            groups = self._channel_groups(lib, o, vw)
             self.direct = getattr(lib, f"conv_direct_g{groups}")
             self.groups = groups
             ob = groups * vw
@@ -431,6 +453,13 @@ class ConvStep(Step):
                             np.intc)
         self._gptr = self.geo.ctypes.data
         return True
+
+    @staticmethod
+    def _channel_groups(lib, o, vw) -> int:
+        """Output channels per register block, in vectors: four where they divide O, else three
+        where those do, else two, one for O <= one vector."""
+        return (4 if o % (4 * vw) == 0 else 1 if o <= vw else
+                3 if DIRECT_G3 and o % (3 * vw) == 0 and hasattr(lib, "conv_direct_g3") else 2)
 
     def _native_args(self, ins):
         """(x, x's address, the epilogue's reference, what else the call reads) for a compiled call.
@@ -522,6 +551,9 @@ class ConvStep(Step):
         if self.kind == "native.depthwise":
             return [dict(base, kind=5, i0=q[0], i1=q[1], r0=q[2], r1=q[3], cpad_or_avg=self.cpad)
                     for q in Step.parts(self, n, threads)]
+        if self.kind == "native.winograd":  # rows: tile rows
+            return [dict(base, kind=10 + self.groups, i0=q[0], i1=q[1], r0=q[2], r1=q[3], b0=0, b1=self.nb)
+                    for q in Step.parts(self, n, threads)]
         return [dict(base, kind=self.groups, i0=q[0], i1=q[1], r0=q[2], r1=q[3],
                      b0=q[4] if len(q) > 4 else 0, b1=q[5] if len(q) > 4 else self.nb, zeros=self._zptr)
                 for q in self.parts(n, threads)]
@@ -530,6 +562,10 @@ class ConvStep(Step):
         x, xp, e, keep = self._native_args(ins)  # (x and keep stay referenced until the call returns)
         self.direct(xp, self._gptr, self._wptr, ptr(self._pc, "y", out), i0, i1, r0, r1, b0,
                     self.nb if b1 is None else b1, self._zptr, e)
+
+    def _native_winograd(self, ins, out, scr, i0, i1, t0, t1):
+        x, xp, e, keep = self._native_args(ins)  # (x and keep stay referenced until the call returns)
+        self.wino(xp, self._gptr, self._wptr, ptr(self._pc, "y", out), i0, i1, t0, t1, 0, self.nb, e)
 
     def _native_depthwise(self, ins, out, scr, i0, i1, r0, r1):
         x, xp, e, keep = self._native_args(ins)  # (x and keep stay referenced until the call returns)

@@ -106,6 +106,11 @@ def _direct_kernels(lib) -> list:
     return [getattr(lib, f"conv_direct_g{g}") for g in (1, 2, 3, 4) if hasattr(lib, f"conv_direct_g{g}")]
 
 
+def _wino_kernels(lib) -> list:
+    """Winograd F(2x2, 3x3) with 1-4 vectors of output channels a block (absent from older sources)."""
+    return [getattr(lib, f"conv_wino2_g{g}") for g in (1, 2, 3, 4) if hasattr(lib, f"conv_wino2_g{g}")]
+
+
 def _build() -> tuple[ctypes.CDLL | None, str | None, dict]:
     if os.environ.get("CNNRT_NATIVE", "1") == "0":
         return None, "CNNRT_NATIVE=0", {}
@@ -143,6 +148,9 @@ def _build() -> tuple[ctypes.CDLL | None, str | None, dict]:
     P, I = ctypes.c_void_p, ctypes.c_int
     for f in _direct_kernels(lib):
         f.argtypes = [P, P, P, P, I, I, I, I, I, I, P, P]
+    for f in _wino_kernels(lib):
+        f.argtypes = [P, P, P, P, I, I, I, I, I, I, P]
+        f.restype = None
     lib.conv_depthwise.argtypes = [P, P, P, P, I, I, I, I, I, P]
     lib.pool2d.argtypes = [P, I, I, I, I, I, I, I, I, I, I, I, P, I, I, I, I, I, I, I, P, P]
     for f in (*_direct_kernels(lib), lib.conv_depthwise, lib.pool2d):
