@@ -262,7 +262,9 @@ int cnnrt_direct_px(int g) {
  * storage order, across tile rows and images): every tile's input transform BT d B into V [16][WT][CP]; per channel block the 16 products
  * over the channels into M [16][WT][G*VW] (register blocks of PX tiles x G vectors); then A^T M A
  * with the epilogue into the output. V and M (L2-sized) are the call's own. */
-#define WT 16
+#ifndef WT
+#define WT 16 /* tiles a strip */
+#endif
 #define WINO2(NAME, G, PX)                                                                          \
 void NAME(const float *x, const int *geo, const float *U, float *y, int i0, int i1, int t0, int t1, \
           int b0, int b1, const Epi *e) {                                                           \
@@ -358,11 +360,20 @@ void NAME(const float *x, const int *geo, const float *U, float *y, int i0, int 
     free(M);                                                                                        \
 }
 
+#ifndef WINO_G1_PX
+#define WINO_G1_PX 8
+#endif
+#ifndef WINO_G2_PX
+#define WINO_G2_PX 8
+#endif
+#ifndef WINO_G4_PX
+#define WINO_G4_PX 6
+#endif
 #if VW == 16
-WINO2(conv_wino2_g1, 1, 8)
-WINO2(conv_wino2_g2, 2, 8)
+WINO2(conv_wino2_g1, 1, WINO_G1_PX)
+WINO2(conv_wino2_g2, 2, WINO_G2_PX)
 WINO2(conv_wino2_g3, 3, 8)
-WINO2(conv_wino2_g4, 4, 6)
+WINO2(conv_wino2_g4, 4, WINO_G4_PX)
 #else
 WINO2(conv_wino2_g1, 1, 12)
 WINO2(conv_wino2_g2, 2, 6)
