@@ -29,10 +29,12 @@ def expect(kernel, native):
     """The kernel a layer gets: the compiled one where it exists, with native on."""
     if not native:
         return kernel
-    for a, b in (("numpy.conv.im2col", "native.conv.direct"), ("numpy.conv.pointwise", "native.conv.direct"), ("numpy.conv.winograd", "native.conv.winograd.f2x2"),
+    for a, b in (("numpy.conv.im2col", "native.conv.direct"), ("numpy.conv.pointwise", "native.conv.direct"), ("numpy.conv.winograd", "native.conv.winograd"),
                  ("numpy.conv.depthwise", "native.conv.depthwise"), ("numpy.maxpool", "native.maxpool"),
                  ("numpy.avgpool", "native.avgpool"), ("numpy.dense", "native.dense")):
         if kernel.startswith(a):
+            if "winograd" in a:  # the compiled Winograd picks its own tile (test_compiled_winograd)
+                return "native.conv.winograd" if K.NATIVE_WINOGRAD != "0" else "native.conv.direct"
             return b if K.DIRECT != "none" or "depthwise" in b or "pool" in b else kernel
     return kernel
 
@@ -86,23 +88,32 @@ CONVS = {
 
 
 @pytest.mark.parametrize("o", [8, 13, 40, 48, 64, 96])
-@pytest.mark.parametrize("hwc,pad", [((9, 11, 20), 1), ((6, 5, 9), (2, 0, 0, 2)), ((8, 8, 64), 0)])
+@pytest.mark.parametrize("hwc,pad", [((9, 11, 20), 1), ((6, 5, 9), (2, 0, 0, 2)), ((8, 8, 64), 0), ((16, 13, 24), 1)])
 @pytest.mark.parametrize("n,threads", [(3, 2), (1, 2), (1, 1)])
-def test_compiled_winograd_f2x2(rng, o, hwc, pad, n, threads):
-    """3x3 stride-1 convolutions on the compiled Winograd F(2x2, 3x3): odd output sizes (tiles
+@pytest.mark.parametrize("tile", ["2", "1"])
+def test_compiled_winograd(rng, o, hwc, pad, n, threads, tile, monkeypatch):
+    """3x3 stride-1 convolutions on the compiled Winograd, F(2x2, 3x3) for all (tile "2") and its
+    default tile (F(4x4) where it fits, tile "1"): odd output sizes (tiles
     overhanging the output in both directions), channels that fill no vector, 1-4 vectors of output
     channels a block, asymmetric and no padding, strips of tiles across tile rows and images, a
     residual add and a clip in the epilogue, one image split over two threads; against float64."""
     lib = N.lib()
     if lib is None:
         pytest.skip(f"no compiled kernels: {N.why()}")
+    monkeypatch.setattr(K, "NATIVE_WINOGRAD", tile)
     b = Builder(hwc, seed=int(rng.integers(1 << 30)))
     y = b.conv("images", o, 3, pad=pad, act="relu")
     z = b.conv(y, o, 3, pad=1)
     z = b.add(z, y, act="relu6")
-    r = check(b.graph(z, "wino"), n, threads, rng, kernels=["native.conv.winograd.f2x2"])
+    g = b.graph(z, "wino")
+    conv = [nd for nd in g.nodes if nd.op == "Conv"][-1]
+    ho, wo = b.shapes[conv.name][1:3]
+    # tile "1": F(4x4) where its tiles overhang the output by at most 35%
+    m = 4 if ho >= 4 and wo >= 4 and -(-ho // 4) * -(-wo // 4) * 16 <= 1.35 * ho * wo else 2
+    want = "f2x2" if tile == "2" else f"f{m}x{m}"
+    r = check(g, n, threads, rng, kernels=["native.conv.winograd." + want])
     labels = [k for _, op, k in r.describe() if op == "Add"]
-    assert labels and labels[0].startswith("native.conv.winograd.f2x2") and "+add" in labels[0], labels
+    assert labels and labels[0].startswith("native.conv.winograd." + want) and "+add" in labels[0], labels
 
 
 @pytest.mark.parametrize("vectors", [3, 6, 9])

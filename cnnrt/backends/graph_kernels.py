@@ -148,12 +148,19 @@ CONV_PARTS = os.environ.get("CNNRT_CONV_PARTS", "cost")
 # CNNRT_DIRECT_G3=0: output channels that are a multiple of three vectors but not four (96, 144)
 # take two-vector blocks, as before the three-vector kernel
 DIRECT_G3 = os.environ.get("CNNRT_DIRECT_G3", "1") != "0"
-# CNNRT_NATIVE_WINOGRAD=0: 3x3 stride-1 convolutions that the NumPy planner gives Winograd take the
-# compiled direct convolution instead of the compiled Winograd F(2x2, 3x3)
-NATIVE_WINOGRAD = os.environ.get("CNNRT_NATIVE_WINOGRAD", "1") != "0"
-# the transforms written out in kernels.c's WINO2 (checked against winograd_matrices at setup)
-WINO2_BT = np.array([[-1, 0, 1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, -1, 0, 1]], np.float64)
-WINO2_AT = np.array([[1, 1, 1, 0], [0, 1, -1, 1]], np.float64)
+# CNNRT_NATIVE_WINOGRAD: 3x3 stride-1 convolutions that the NumPy planner gives Winograd run on the
+# compiled Winograd with the planner's tile (F(4x4) or F(2x2), winograd_tile; "1", the default);
+# "2": F(2x2) for all of them; "0": the compiled direct convolution instead
+NATIVE_WINOGRAD = os.environ.get("CNNRT_NATIVE_WINOGRAD", "1")
+# the transforms written out in kernels.c (bt_f2, at_f2, bt_f4, at_f4), checked against
+# winograd_matrices at setup: a layer whose matrices differ is left to the other kernels
+WINO_BT_AT = {
+    2: (np.array([[-1, 0, 1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, -1, 0, 1]], np.float64),
+        np.array([[1, 1, 1, 0], [0, 1, -1, 1]], np.float64)),
+    4: (np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
+                  [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float64),
+        np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], np.float64)),
+}
 
 
 class Epilogue:
@@ -362,7 +369,7 @@ class ConvStep(Step):
         self.flops = out_shape[0] * out_shape[1] * o * kh * kw * cg
         if b is not None:
             self.epi.ops.insert(0, ("bias", np.ascontiguousarray(b, dtype=F32)))
-        m = winograd_tile(kh, kw, attrs, c, o, g, out_shape) if WINOGRAD else 0
+        m = self.m = winograd_tile(kh, kw, attrs, c, o, g, out_shape) if WINOGRAD else 0
         if m:
             self.kind = "winograd"
         elif g == 1 and kh == kw == 1 and self.win.sh == self.win.sw == 1 and self.win.no_pad:
@@ -406,24 +413,26 @@ class ConvStep(Step):
             wd[:, :c] = w.reshape(o, kh * kw).T
             self.wn, self.cpad = aligned_copy(wd), cpad
             self.kind = "native.depthwise"
-        elif self.kind == "winograd" and NATIVE_WINOGRAD and hasattr(lib, "conv_wino2_g1"):
+        elif self.kind == "winograd" and NATIVE_WINOGRAD != "0" and hasattr(lib, "conv_wino2_g1"):
             from .cpu_kernels import INTEGER_TRANSFORMS, winograd_matrices
 
-            at, gm, bt = winograd_matrices(2, 3, None, integer=INTEGER_TRANSFORMS)
-            if not (np.array_equal(bt, WINO2_BT) and np.array_equal(at, WINO2_AT)):
+            # (older kernels, which benchmarks/cpu_ab.py loads, have F(2x2) only)
+            m = 2 if NATIVE_WINOGRAD == "2" or not hasattr(lib, "conv_wino4_g1") else native_winograd_tile(out_shape)
+            at, gm, bt = winograd_matrices(m, 3, None, integer=INTEGER_TRANSFORMS)
+            if not (np.array_equal(bt, WINO_BT_AT[m][0]) and np.array_equal(at, WINO_BT_AT[m][1])):
                 return False  # kernels.c's transforms are not these: leave the layer to the others
             vw = lib.cnnrt_vector_width()
             groups = self._channel_groups(lib, o, vw)
-            ob = groups * vw
+            ob, aa = groups * vw, (m + 2) ** 2
             nb = self.nb = -(-o // ob)
-            u = np.einsum("xa,oabc,yb->xyco", gm, w.astype(np.float64), gm).reshape(16, c, o)  # G w G^T
-            up = np.zeros((16, c, nb * ob), np.float64)
+            u = np.einsum("xa,oabc,yb->xyco", gm, w.astype(np.float64), gm).reshape(aa, c, o)  # G w G^T
+            up = np.zeros((aa, c, nb * ob), np.float64)
             up[..., :o] = u
-            self.wn = aligned_copy(up.reshape(16, c, nb, ob).transpose(2, 0, 1, 3).astype(F32))  # [nb][16][c][ob]
-            self.wino = getattr(lib, f"conv_wino2_g{groups}")
-            self.groups, self.kind, self.m = groups, "native.winograd", 2
+            self.wn = aligned_copy(up.reshape(aa, c, nb, ob).transpose(2, 0, 1, 3).astype(F32))  # [nb][aa][c][ob]
+            self.wino = getattr(lib, f"conv_wino{m}_g{groups}")
+            self.groups, self.kind, self.m = groups, "native.winograd", m
             self.win = Window(in_shape, kh, kw, (1, 1), (1, 1), tuple(attrs["pads"]), out_shape[:2])
-            self.rows = -(-out_shape[0] // 2)  # the unit of a row split: tile rows (two output rows)
+            self.rows = -(-out_shape[0] // m)  # the unit of a row split: tile rows (m output rows)
         elif self.g == 1 and use_direct(self.kind, kh, kw, c, o, out_shape, tuple(attrs["strides"])):
             vw = lib.cnnrt_vector_width()
             groups = self._channel_groups(lib, o, vw)
@@ -552,7 +561,8 @@ class ConvStep(Step):
             return [dict(base, kind=5, i0=q[0], i1=q[1], r0=q[2], r1=q[3], cpad_or_avg=self.cpad)
                     for q in Step.parts(self, n, threads)]
         if self.kind == "native.winograd":  # rows: tile rows
-            return [dict(base, kind=10 + self.groups, i0=q[0], i1=q[1], r0=q[2], r1=q[3], b0=0, b1=self.nb)
+            return [dict(base, kind=(10 if self.m == 2 else 20) + self.groups, i0=q[0], i1=q[1], r0=q[2], r1=q[3],
+                         b0=0, b1=self.nb)
                     for q in Step.parts(self, n, threads)]
         return [dict(base, kind=self.groups, i0=q[0], i1=q[1], r0=q[2], r1=q[3],
                      b0=q[4] if len(q) > 4 else 0, b1=q[5] if len(q) > 4 else self.nb, zeros=self._zptr)
@@ -1033,6 +1043,17 @@ def use_direct(kind, kh, kw, c, o, out_shape, strides) -> bool:
     # measured on one core (benchmarks/cpu_profile.py): at or above NumPy's im2col and Winograd
     # kernels for every layer of the zoo, and above the BLAS for 1x1 ones (its epilogue is fused)
     return True
+
+
+NATIVE_F4_SLACK = float(os.environ.get("CNNRT_NATIVE_F4_SLACK", "1.35"))
+
+
+def native_winograd_tile(out_shape) -> int:
+    """The compiled Winograd's tile for a layer winograd_tile gave one: F(4x4) where its tiles
+    overhang the output by at most NATIVE_F4_SLACK (ResNet-18's 14x14 and 7x7: 1.31; its 36
+    products per 16 outputs against F(2x2)'s 64 still win there), else F(2x2)."""
+    ho, wo = out_shape[0], out_shape[1]
+    return 4 if ho >= 4 and wo >= 4 and -(-ho // 4) * -(-wo // 4) * 16 <= NATIVE_F4_SLACK * ho * wo else 2
 
 
 def winograd_tile(kh, kw, attrs, c, o, g, out_shape) -> int:

@@ -107,8 +107,10 @@ def _direct_kernels(lib) -> list:
 
 
 def _wino_kernels(lib) -> list:
-    """Winograd F(2x2, 3x3) with 1-4 vectors of output channels a block (absent from older sources)."""
-    return [getattr(lib, f"conv_wino2_g{g}") for g in (1, 2, 3, 4) if hasattr(lib, f"conv_wino2_g{g}")]
+    """Winograd F(2x2, 3x3) and F(4x4, 3x3) with 1-4 vectors of output channels a block (absent from
+    older sources)."""
+    return [getattr(lib, f"conv_wino{m}_g{g}") for m in (2, 4) for g in (1, 2, 3, 4)
+            if hasattr(lib, f"conv_wino{m}_g{g}")]
 
 
 def _build() -> tuple[ctypes.CDLL | None, str | None, dict]:

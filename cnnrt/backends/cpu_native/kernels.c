@@ -254,25 +254,43 @@ int cnnrt_direct_px(int g) {
 #endif
 }
 
-/* Winograd F(2x2, 3x3) (stride 1, undilated, one group): 16 multiply-adds a tile and channel pair
- * instead of direct's 36. U: the transformed weights G w G^T packed [nb][16][C][G*VW] (zeros past
- * O; cnnrt/backends/graph_kernels.py writes them with the same BT, G, AT as the NumPy Winograd of
- * F(2x2, 3x3), and checks these formulas' matrices against its own). A call: images i0..i1, tile
- * rows t0..t1 (two output rows each), channel blocks b0..b1. Per strip of up to WT tiles (in
- * storage order, across tile rows and images): every tile's input transform BT d B into V [16][WT][CP]; per channel block the 16 products
- * over the channels into M [16][WT][G*VW] (register blocks of PX tiles x G vectors); then A^T M A
- * with the epilogue into the output. V and M (L2-sized) are the call's own. */
+/* Winograd F(m x m, 3x3), m = 2 or 4 (stride 1, undilated, one group): per tile of m x m outputs
+ * and channel pair, (m + 2)^2 multiply-adds instead of direct's 9 m^2 (16 instead of 36 for m = 2,
+ * 36 instead of 144 for m = 4). U: the transformed weights G w G^T packed [nb][(m+2)^2][C][G*VW]
+ * (zeros past O; cnnrt/backends/graph_kernels.py writes them with the G of the NumPy Winograd's
+ * winograd_matrices and checks that its BT and AT are the ones written out below). A call: images
+ * i0..i1, tile rows t0..t1 (m output rows each), channel blocks b0..b1. Per strip of up to WT
+ * tiles (in storage order, across tile rows and images): every tile's input transform BT d B into
+ * V [(m+2)^2][WT][CP]; per channel block the (m+2)^2 products over the channels into
+ * M [(m+2)^2][WT][G*VW] (register blocks of PX tiles x G vectors); then A^T M A with the epilogue
+ * into the output. V and M (L2-sized) are the call's own. */
+/* BT = [-1 0 1 0; 0 1 1 0; 0 -1 1 0; 0 -1 0 1], AT = [1 1 1 0; 0 1 -1 1] (points 0, 1, -1) */
+static inline void bt_f2(vf *o, const vf *d) { o[0] = d[2] - d[0]; o[1] = d[1] + d[2]; o[2] = d[2] - d[1]; o[3] = d[3] - d[1]; }
+static inline void at_f2(vf *o, const vf *m) { o[0] = m[0] + m[1] + m[2]; o[1] = m[1] - m[2] + m[3]; }
+/* BT = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1],
+ * AT = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1] (points 0, 1, -1, 2, -2) */
+static inline void bt_f4(vf *o, const vf *d) {
+    const vf a = d[4] - 4.f * d[2], b = d[3] - 4.f * d[1], c = d[4] - d[2], e = 2.f * (d[3] - d[1]);
+    o[0] = 4.f * d[0] - 5.f * d[2] + d[4];
+    o[1] = a + b; o[2] = a - b; o[3] = c + e; o[4] = c - e;
+    o[5] = 4.f * d[1] - 5.f * d[3] + d[5];
+}
+static inline void at_f4(vf *o, const vf *m) {
+    const vf p1 = m[1] + m[2], m1 = m[1] - m[2], p2 = m[3] + m[4], m2 = m[3] - m[4];
+    o[0] = m[0] + p1 + p2; o[1] = m1 + 2.f * m2; o[2] = p1 + 4.f * p2; o[3] = m1 + 8.f * m2 + m[5];
+}
 #ifndef WT
 #define WT 16 /* tiles a strip */
 #endif
-#define WINO2(NAME, G, PX)                                                                          \
+#define WINO(NAME, MT, G, PX)                                                                       \
 void NAME(const float *x, const int *geo, const float *U, float *y, int i0, int i1, int t0, int t1, \
           int b0, int b1, const Epi *e) {                                                           \
+    enum { A = MT + 2, AA = (MT + 2) * (MT + 2) };                                                  \
     const int H = geo[0], W = geo[1], C = geo[2], O = geo[3], PT = geo[10], PL = geo[11];          \
     const int HO = geo[12], WO = geo[13];                                                           \
-    const int ob_ = G * VW, CP = (C + VW - 1) / VW * VW, TW = (WO + 1) / 2;                         \
+    const int ob_ = G * VW, CP = (C + VW - 1) / VW * VW, TW = (WO + MT - 1) / MT;                   \
     const size_t xs = (size_t)WT * CP;                                                              \
-    float *V = malloc(sizeof(float) * 16 * xs), *M = malloc(sizeof(float) * 16 * WT * ob_);        \
+    float *V = malloc(sizeof(float) * AA * xs), *M = malloc(sizeof(float) * AA * WT * ob_);        \
     if (!V || !M) { free(V); free(M); return; }                                                     \
     const long total = (long)(i1 - i0) * (t1 - t0) * TW;                                           \
     int cn = i0, cty = t0, ctx = 0; /* the next tile, counted up (strips run across tile rows) */  \
@@ -280,38 +298,39 @@ void NAME(const float *x, const int *geo, const float *U, float *y, int i0, int 
         const int nt = total - q0 < WT ? (int)(total - q0) : WT;                                    \
         int tn[WT], toy[WT], tox[WT];                                                               \
         for (int t = 0; t < nt; t++) {                                                              \
-            tn[t] = cn; toy[t] = cty * 2; tox[t] = ctx * 2;                                         \
+            tn[t] = cn; toy[t] = cty * MT; tox[t] = ctx * MT;                                       \
             if (++ctx == TW) { ctx = 0; if (++cty == t1) { cty = t0; cn++; } }                      \
         }                                                                                           \
         for (int t = 0; t < nt; t++) {                                                              \
             const float *xn = x + (size_t)tn[t] * H * W * C;                                        \
             const int iy0 = toy[t] - PT, ix0 = tox[t] - PL;                                         \
-            const int inside = iy0 >= 0 && iy0 + 4 <= H && ix0 >= 0 && ix0 + 4 <= W;                \
+            const int inside = iy0 >= 0 && iy0 + A <= H && ix0 >= 0 && ix0 + A <= W;                \
             for (int c0 = 0; c0 < C; c0 += VW) {                                                    \
                 const int cnt = C - c0 < VW ? C - c0 : VW;                                          \
-                vf d[4][4], s[4][4];                                                                \
-                for (int u = 0; u < 4; u++)                                                         \
-                    for (int v = 0; v < 4; v++) {                                                   \
+                vf d[A][A], s[A][A], col[A], tc[A];                                                 \
+                for (int u = 0; u < A; u++)                                                         \
+                    for (int v = 0; v < A; v++) {                                                   \
                         const int iy = iy0 + u, ix = ix0 + v;                                       \
                         const float *q = xn + ((size_t)iy * W + ix) * C + c0;                       \
                         if (inside && cnt == VW) d[u][v] = ld(q);                                   \
                         else if (iy < 0 || iy >= H || ix < 0 || ix >= W) d[u][v] = splat(0.f);      \
                         else d[u][v] = cnt == VW ? ld(q) : ldn(q, cnt);                             \
                     }                                                                               \
-                for (int v = 0; v < 4; v++) { /* BT d: BT = [-1 0 1 0; 0 1 1 0; 0 -1 1 0; 0 -1 0 1] */ \
-                    s[0][v] = d[2][v] - d[0][v]; s[1][v] = d[1][v] + d[2][v];                       \
-                    s[2][v] = d[2][v] - d[1][v]; s[3][v] = d[3][v] - d[1][v];                       \
+                for (int v = 0; v < A; v++) { /* BT d */                                            \
+                    for (int u = 0; u < A; u++) col[u] = d[u][v];                                   \
+                    bt_f##MT(tc, col);                                                              \
+                    for (int u = 0; u < A; u++) s[u][v] = tc[u];                                    \
                 }                                                                                   \
-                for (int u = 0; u < 4; u++) { /* (BT d) B */                                        \
-                    float *vp = V + ((size_t)(u * 4) * WT + t) * CP + c0;                           \
-                    st(vp, s[u][2] - s[u][0]); st(vp + xs, s[u][1] + s[u][2]);                      \
-                    st(vp + 2 * xs, s[u][2] - s[u][1]); st(vp + 3 * xs, s[u][3] - s[u][1]);         \
+                for (int u = 0; u < A; u++) { /* (BT d) B */                                        \
+                    bt_f##MT(tc, s[u]);                                                             \
+                    float *vp = V + ((size_t)(u * A) * WT + t) * CP + c0;                           \
+                    for (int v = 0; v < A; v++) st(vp + v * xs, tc[v]);                             \
                 }                                                                                   \
             }                                                                                       \
         }                                                                                           \
         for (int ob = b0; ob < b1; ob++) {                                                          \
-            for (int xi = 0; xi < 16; xi++) {                                                       \
-                const float *wk = U + ((size_t)ob * 16 + xi) * C * ob_;                             \
+            for (int xi = 0; xi < AA; xi++) {                                                       \
+                const float *wk = U + ((size_t)ob * AA + xi) * C * ob_;                             \
                 const float *vx = V + (size_t)xi * xs;                                              \
                 float *mx = M + (size_t)xi * WT * ob_;                                              \
                 for (int p0 = 0; p0 < nt; p0 += PX) {                                               \
@@ -332,24 +351,24 @@ void NAME(const float *x, const int *geo, const float *U, float *y, int i0, int 
                         for (int g = 0; g < G; g++) st(mx + (size_t)(p0 + p) * ob_ + g * VW, acc[p][g]); \
                 }                                                                                   \
             }                                                                                       \
-            for (int t = 0; t < nt; t++) { /* A^T M A, AT = [1 1 1 0; 0 1 -1 1], then the epilogue */ \
+            for (int t = 0; t < nt; t++) { /* A^T M A, then the epilogue */                         \
                 const int n = tn[t], oy0 = toy[t], ox0 = tox[t];                                    \
                 for (int g = 0; g < G; g++) {                                                       \
                     const int ch = ob * ob_ + g * VW, cnt = O - ch < VW ? O - ch : VW;              \
                     if (cnt <= 0) continue;                                                         \
-                    vf m[4][4], r[2][4];                                                            \
-                    for (int xi = 0; xi < 16; xi++) m[xi / 4][xi % 4] = ld(M + ((size_t)xi * WT + t) * ob_ + g * VW); \
-                    for (int v = 0; v < 4; v++) {                                                   \
-                        r[0][v] = m[0][v] + m[1][v] + m[2][v];                                      \
-                        r[1][v] = m[1][v] - m[2][v] + m[3][v];                                      \
+                    vf m[A][A], r[MT][A], col[A], tc[MT], o[MT];                                    \
+                    for (int xi = 0; xi < AA; xi++) m[xi / A][xi % A] = ld(M + ((size_t)xi * WT + t) * ob_ + g * VW); \
+                    for (int v = 0; v < A; v++) {                                                   \
+                        for (int u = 0; u < A; u++) col[u] = m[u][v];                               \
+                        at_f##MT(tc, col);                                                          \
+                        for (int i = 0; i < MT; i++) r[i][v] = tc[i];                               \
                     }                                                                               \
-                    for (int u = 0; u < 2 && oy0 + u < HO; u++) {                                   \
-                        const size_t off = (((size_t)n * HO + oy0 + u) * WO + ox0) * O + ch;        \
-                        vf o0 = epi(r[u][0] + r[u][1] + r[u][2], e, off, ch, cnt);                  \
-                        if (cnt == VW) st(y + off, o0); else stn(y + off, o0, cnt);                 \
-                        if (ox0 + 1 < WO) {                                                         \
-                            vf o1 = epi(r[u][1] - r[u][2] + r[u][3], e, off + O, ch, cnt);          \
-                            if (cnt == VW) st(y + off + O, o1); else stn(y + off + O, o1, cnt);     \
+                    for (int i = 0; i < MT && oy0 + i < HO; i++) {                                  \
+                        at_f##MT(o, r[i]);                                                          \
+                        const size_t off = (((size_t)n * HO + oy0 + i) * WO + ox0) * O + ch;        \
+                        for (int j = 0; j < MT && ox0 + j < WO; j++) {                              \
+                            const vf v = epi(o[j], e, off + (size_t)j * O, ch, cnt);                \
+                            if (cnt == VW) st(y + off + (size_t)j * O, v); else stn(y + off + (size_t)j * O, v, cnt); \
                         }                                                                           \
                     }                                                                               \
                 }                                                                                   \
@@ -370,16 +389,18 @@ void NAME(const float *x, const int *geo, const float *U, float *y, int i0, int 
 #define WINO_G4_PX 6
 #endif
 #if VW == 16
-WINO2(conv_wino2_g1, 1, WINO_G1_PX)
-WINO2(conv_wino2_g2, 2, WINO_G2_PX)
-WINO2(conv_wino2_g3, 3, 8)
-WINO2(conv_wino2_g4, 4, WINO_G4_PX)
+#define WINO_PX(G) (G == 1 ? WINO_G1_PX : G == 2 ? WINO_G2_PX : G == 3 ? 8 : WINO_G4_PX)
 #else
-WINO2(conv_wino2_g1, 1, 12)
-WINO2(conv_wino2_g2, 2, 6)
-WINO2(conv_wino2_g3, 3, 4)
-WINO2(conv_wino2_g4, 4, 3)
+#define WINO_PX(G) (G == 1 ? 12 : G == 2 ? 6 : G == 3 ? 4 : 3)
 #endif
+WINO(conv_wino2_g1, 2, 1, WINO_PX(1))
+WINO(conv_wino2_g2, 2, 2, WINO_PX(2))
+WINO(conv_wino2_g3, 2, 3, WINO_PX(3))
+WINO(conv_wino2_g4, 2, 4, WINO_PX(4))
+WINO(conv_wino4_g1, 4, 1, WINO_PX(1))
+WINO(conv_wino4_g2, 4, 2, WINO_PX(2))
+WINO(conv_wino4_g3, 4, 3, WINO_PX(3))
+WINO(conv_wino4_g4, 4, 4, WINO_PX(4))
 
 /* Depthwise 3x3: per row of output and block of 2 vectors of channels, the 9 taps' weights held
  * in registers; interior pixels read their 9 inputs without bounds checks. */
@@ -694,7 +715,7 @@ int cnnrt_vector_width(void) { return VW; }
  * One program runs at a time; a caller asking for one thread runs it inline. */
 
 typedef struct {
-    int kind;            /* 1-4: conv_direct_g1/g2/g3/g4; 11-14: conv_wino2_g1..g4; 5: conv_depthwise; 6: pool2d; 7: dense_block; 8: softmax_rows */
+    int kind;            /* 1-4: conv_direct_g1/g2/g3/g4; 11-14: conv_wino2_g1..g4; 21-24: conv_wino4_g1..g4; 5: conv_depthwise; 6: pool2d; 7: dense_block; 8: softmax_rows */
     int i0, i1, r0, r1, b0, b1, cpad_or_avg;
     const float *x, *w, *zeros, *inv;
     float *y;
@@ -712,6 +733,10 @@ static void run_task(const Task *t) {
     case 12: conv_wino2_g2(t->x, t->geo, t->w, t->y, t->i0, t->i1, t->r0, t->r1, t->b0, t->b1, t->e); break;
     case 13: conv_wino2_g3(t->x, t->geo, t->w, t->y, t->i0, t->i1, t->r0, t->r1, t->b0, t->b1, t->e); break;
     case 14: conv_wino2_g4(t->x, t->geo, t->w, t->y, t->i0, t->i1, t->r0, t->r1, t->b0, t->b1, t->e); break;
+    case 21: conv_wino4_g1(t->x, t->geo, t->w, t->y, t->i0, t->i1, t->r0, t->r1, t->b0, t->b1, t->e); break;
+    case 22: conv_wino4_g2(t->x, t->geo, t->w, t->y, t->i0, t->i1, t->r0, t->r1, t->b0, t->b1, t->e); break;
+    case 23: conv_wino4_g3(t->x, t->geo, t->w, t->y, t->i0, t->i1, t->r0, t->r1, t->b0, t->b1, t->e); break;
+    case 24: conv_wino4_g4(t->x, t->geo, t->w, t->y, t->i0, t->i1, t->r0, t->r1, t->b0, t->b1, t->e); break;
     case 5: conv_depthwise(t->x, t->geo, t->w, t->y, t->i0, t->i1, t->r0, t->r1, t->cpad_or_avg, t->e); break;
     case 6: {
         const int *g = t->geo;
