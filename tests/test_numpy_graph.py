@@ -89,14 +89,15 @@ CONVS = {
 
 @pytest.mark.parametrize("o", [8, 13, 40, 48, 64, 96])
 @pytest.mark.parametrize("hwc,pad", [((9, 11, 20), 1), ((6, 5, 9), (2, 0, 0, 2)), ((8, 8, 64), 0), ((16, 13, 24), 1)])
-@pytest.mark.parametrize("n,threads", [(3, 2), (1, 2), (1, 1)])
+@pytest.mark.parametrize("n,threads", [(3, 2), (1, 2), (1, 1), (1, 5)])
 @pytest.mark.parametrize("tile", ["2", "1"])
 def test_compiled_winograd(rng, o, hwc, pad, n, threads, tile, monkeypatch):
     """3x3 stride-1 convolutions on the compiled Winograd, F(2x2, 3x3) for all (tile "2") and its
     default tile (F(4x4) where it fits, tile "1"): odd output sizes (tiles
     overhanging the output in both directions), channels that fill no vector, 1-4 vectors of output
     channels a block, asymmetric and no padding, strips of tiles across tile rows and images, a
-    residual add and a clip in the epilogue, one image split over two threads; against float64."""
+    residual add and a clip in the epilogue, one image split over two threads, and over five (more
+    threads than tile rows: the channel blocks are split too); against float64."""
     lib = N.lib()
     if lib is None:
         pytest.skip(f"no compiled kernels: {N.why()}")
@@ -114,6 +115,9 @@ def test_compiled_winograd(rng, o, hwc, pad, n, threads, tile, monkeypatch):
     r = check(g, n, threads, rng, kernels=["native.conv.winograd." + want])
     labels = [k for _, op, k in r.describe() if op == "Add"]
     assert labels and labels[0].startswith("native.conv.winograd." + want) and "+add" in labels[0], labels
+    for st in r.plan.steps:  # more threads than bands of tile rows: each band's channel blocks shared out
+        if st.kind == "native.winograd" and n * st.rows < threads and st.nb > 1:
+            assert any(q[5] - q[4] < st.nb for q in st.parts(n, threads)), st.parts(n, threads)
 
 
 @pytest.mark.parametrize("vectors", [3, 6, 9])

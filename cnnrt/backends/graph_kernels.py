@@ -149,8 +149,8 @@ CONV_PARTS = os.environ.get("CNNRT_CONV_PARTS", "cost")
 # take two-vector blocks, as before the three-vector kernel
 DIRECT_G3 = os.environ.get("CNNRT_DIRECT_G3", "1") != "0"
 # CNNRT_NATIVE_WINOGRAD: 3x3 stride-1 convolutions that the NumPy planner gives Winograd run on the
-# compiled Winograd with the planner's tile (F(4x4) or F(2x2), winograd_tile; "1", the default);
-# "2": F(2x2) for all of them; "0": the compiled direct convolution instead
+# compiled Winograd, F(4x4) or F(2x2) by native_winograd_tile ("1", the default); "2": F(2x2) for
+# all of them; "0": the compiled direct convolution instead
 NATIVE_WINOGRAD = os.environ.get("CNNRT_NATIVE_WINOGRAD", "1")
 # the transforms written out in kernels.c (bt_f2, at_f2, bt_f4, at_f4), checked against
 # winograd_matrices at setup: a layer whose matrices differ is left to the other kernels
@@ -502,6 +502,14 @@ class ConvStep(Step):
         output-channel blocks: a deep layer of one image has few rows (7) but many blocks, and
         each thread then reads only its share of the weights. How many bands of rows and groups
         of blocks: the split with the least estimated time (cost_of_parts)."""
+        if self.kind == "native.winograd" and n < t:
+            # bands of tile rows, then groups of channel blocks where there are fewer bands than
+            # threads (ResNet-18's 7x7 maps: 2 tile rows); each group transforms its tiles' input
+            rows, nb = self.rows, self.nb
+            bands = min(rows, -(-t // n))
+            k = min(nb, -(-t // (n * bands)))
+            return [(i, i + 1, q * rows // bands, (q + 1) * rows // bands, j * nb // k, (j + 1) * nb // k)
+                    for i in range(n) for q in range(bands) for j in range(k)]
         if self.kind != "native.direct" or n >= t:
             return super().parts(n, t)
         if CONV_PARTS == "rows":  # the rule before the cost model (CNNRT_CONV_PARTS=rows, for A/B runs)
@@ -562,8 +570,8 @@ class ConvStep(Step):
                     for q in Step.parts(self, n, threads)]
         if self.kind == "native.winograd":  # rows: tile rows
             return [dict(base, kind=(10 if self.m == 2 else 20) + self.groups, i0=q[0], i1=q[1], r0=q[2], r1=q[3],
-                         b0=0, b1=self.nb)
-                    for q in Step.parts(self, n, threads)]
+                         b0=q[4] if len(q) > 4 else 0, b1=q[5] if len(q) > 4 else self.nb)
+                    for q in self.parts(n, threads)]
         return [dict(base, kind=self.groups, i0=q[0], i1=q[1], r0=q[2], r1=q[3],
                      b0=q[4] if len(q) > 4 else 0, b1=q[5] if len(q) > 4 else self.nb, zeros=self._zptr)
                 for q in self.parts(n, threads)]
@@ -573,9 +581,10 @@ class ConvStep(Step):
         self.direct(xp, self._gptr, self._wptr, ptr(self._pc, "y", out), i0, i1, r0, r1, b0,
                     self.nb if b1 is None else b1, self._zptr, e)
 
-    def _native_winograd(self, ins, out, scr, i0, i1, t0, t1):
+    def _native_winograd(self, ins, out, scr, i0, i1, t0, t1, b0=0, b1=None):
         x, xp, e, keep = self._native_args(ins)  # (x and keep stay referenced until the call returns)
-        self.wino(xp, self._gptr, self._wptr, ptr(self._pc, "y", out), i0, i1, t0, t1, 0, self.nb, e)
+        self.wino(xp, self._gptr, self._wptr, ptr(self._pc, "y", out), i0, i1, t0, t1, b0,
+                  self.nb if b1 is None else b1, e)
 
     def _native_depthwise(self, ins, out, scr, i0, i1, r0, r1):
         x, xp, e, keep = self._native_args(ins)  # (x and keep stay referenced until the call returns)
