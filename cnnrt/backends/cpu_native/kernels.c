@@ -13,6 +13,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sched.h>
@@ -291,7 +292,10 @@ void NAME(const float *x, const int *geo, const float *U, float *y, int i0, int 
     const int ob_ = G * VW, CP = (C + VW - 1) / VW * VW, TW = (WO + MT - 1) / MT;                   \
     const size_t xs = (size_t)WT * CP;                                                              \
     float *V = malloc(sizeof(float) * AA * xs), *M = malloc(sizeof(float) * AA * WT * ob_);        \
-    if (!V || !M) { free(V); free(M); return; }                                                     \
+    if (!V || !M) { /* never a result left unwritten: stop the process, saying why */             \
+        fputs("cnnrt: out of memory for the Winograd kernel's tiles\n", stderr);                      \
+        abort();                                                                                    \
+    }                                                                                               \
     const long total = (long)(i1 - i0) * (t1 - t0) * TW;                                           \
     int cn = i0, cty = t0, ctx = 0; /* the next tile, counted up (strips run across tile rows) */  \
     for (long q0 = 0; q0 < total; q0 += WT) {                                                       \
@@ -311,10 +315,12 @@ void NAME(const float *x, const int *geo, const float *U, float *y, int i0, int 
                 for (int u = 0; u < A; u++)                                                         \
                     for (int v = 0; v < A; v++) {                                                   \
                         const int iy = iy0 + u, ix = ix0 + v;                                       \
+                        if (!inside && (iy < 0 || iy >= H || ix < 0 || ix >= W)) {                  \
+                            d[u][v] = splat(0.f);                                                   \
+                            continue;                                                               \
+                        }                                                                           \
                         const float *q = xn + ((size_t)iy * W + ix) * C + c0;                       \
-                        if (inside && cnt == VW) d[u][v] = ld(q);                                   \
-                        else if (iy < 0 || iy >= H || ix < 0 || ix >= W) d[u][v] = splat(0.f);      \
-                        else d[u][v] = cnt == VW ? ld(q) : ldn(q, cnt);                             \
+                        d[u][v] = cnt == VW ? ld(q) : ldn(q, cnt);                                  \
                     }                                                                               \
                 for (int v = 0; v < A; v++) { /* BT d */                                            \
                     for (int u = 0; u < A; u++) col[u] = d[u][v];                                   \
