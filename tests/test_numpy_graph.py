@@ -47,6 +47,11 @@ def check(g, n, threads, rng, tol=1e-5, kernels=(), chunk=None):
     used = {k for _, _, k in r.describe()}
     for k in kernels:
         assert any(u.startswith(k) for u in used), f"{k} not used: {sorted(used)}"
+    if any(u.startswith("native.conv.winograd.f4x4") for u in used):
+        # F(4x4)'s transforms (coefficients up to 8) round about 10 times more than direct
+        # convolution: over 120 random two-conv blocks its worst was 1.0e-5 (F(2x2) 7e-7, direct
+        # 2e-6); a wrong transform errs by O(1)
+        tol = max(tol, 5e-5)
     out = r.run({g.input_name: x})
     for t in g.outputs:
         assert out[t].shape == ref[t].shape
