@@ -369,7 +369,7 @@ class ConvStep(Step):
         self.flops = out_shape[0] * out_shape[1] * o * kh * kw * cg
         if b is not None:
             self.epi.ops.insert(0, ("bias", np.ascontiguousarray(b, dtype=F32)))
-        m = self.m = winograd_tile(kh, kw, attrs, c, o, g, out_shape) if WINOGRAD else 0
+        m = winograd_tile(kh, kw, attrs, c, o, g, out_shape) if WINOGRAD else 0
         if m:
             self.kind = "winograd"
         elif g == 1 and kh == kw == 1 and self.win.sh == self.win.sw == 1 and self.win.no_pad:
